@@ -1,0 +1,7 @@
+"""``python -m bootwatch``."""
+
+import sys
+
+from bootwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The one way bootwatch stops with a user-facing error.
+
+Every error a user can cause or fix is a :class:`BootwatchError`: one line that names the file and
+the problem, an optional hint, and the exit code the command line uses. Nothing else is allowed to
+reach the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+# Exit codes, as in sysexits.h where one fits.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG
+
+
+class BootwatchError(Exception):
+    """An error with a message for humans, an optional hint and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: Optional[str] = None,
+                 path: Optional[Union[str, Path]] = None) -> None:
+        self.message = f"{path}: {message}" if path is not None else message
+        self.hint = hint
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(BootwatchError):
+    """The command line was wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(BootwatchError):
+    """The configuration is invalid: the daemon must not start."""
+
+    exit_code = EXIT_CONFIG
+
+
+class UnsafeDirectoryError(BootwatchError):
+    """A directory bootwatch writes to failed a security check."""
+
+
+class UnsafePathError(BootwatchError):
+    """A path would escape the boot or the cache directory."""
+
+
+class IndexCorruptError(BootwatchError):
+    """``cacheindex.json`` cannot be read or does not have boom's structure."""
+
+    def __init__(self, message: str, *, path: Union[str, Path]) -> None:
+        super().__init__(message, path=path,
+                         hint="nothing was changed; run 'bootwatch fsck --repair' to rebuild the "
+                              "index from the images (the corrupt file is kept)")
+
+
+def describe_oserror(err: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``."""
+    text = os.strerror(err.errno).lower() if err.errno else str(err)
+    return f"{err.filename}: {text}" if err.filename else text
