@@ -1,0 +1,646 @@
+"""The daemon's configuration: TOML in /etc, drop-ins merged like systemd's, strict validation.
+
+Where the configuration comes from, in order:
+
+1. the embedded defaults (:data:`EMBEDDED_DEFAULTS`), so that no file at all is a valid setup;
+2. the main file: the ``path`` argument (``--config``), else ``$BOOTWATCH_CONFIG`` when it is set
+   and not empty, else ``/etc/bootwatch/bootwatch.toml``. Only the last one may be missing: a
+   file that was named explicitly must exist;
+3. the drop-ins ``<main file>.d/*.toml`` in lexical order of their names, as systemd sorts
+   ``*.conf`` drop-ins. They apply even when the main file is absent.
+
+Each file is merged *key by key*: a drop-in that sets ``[watch] settle`` changes that key and
+nothing else. A list (``[cache] patterns``) is one value: a drop-in replaces the whole list.
+``[metrics] textfile = ""`` resets the text file to "not set", so a drop-in can undo an earlier one.
+
+Every value is checked in the file that set it, so an error names the file that is wrong, the line
+of the key, the ``[section] key``, what was expected and what was found, in one line::
+
+    /etc/bootwatch/bootwatch.toml:7: [watch] settle: expected a duration like "250ms", "30s",
+    "15m", "1h" or "1d", found "fast"
+
+Durations are strings of one or more ``<number><unit>`` terms, units ``ms``, ``s``, ``m``, ``h``
+and ``d``, for example ``"250ms"``, ``"1.5s"`` or ``"1h30m"``. Plain numbers are refused: ``30``
+could be seconds or milliseconds, and a config should not make the reader guess. A duration must
+be greater than zero.
+
+``[paths] entries`` defaults to ``<boot>/loader/entries`` and follows ``boot`` (also through
+:meth:`Config.with_overrides`) unless a file sets it. ``[paths] runtime`` defaults to
+``$RUNTIME_DIRECTORY`` (its first entry; systemd sets it for ``RuntimeDirectory=``), else
+``/run/bootwatch``, unless a file sets it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+from bootwatch.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
+CONFIG_ENV = "BOOTWATCH_CONFIG"
+RUNTIME_ENV = "RUNTIME_DIRECTORY"
+DEFAULT_RUNTIME = Path("/run/bootwatch")
+
+TRACK_VALUES = ("referenced", "all")
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
+
+DURATION_EXAMPLES = '"250ms", "30s", "15m", "1h" or "1d"'
+# Longest unit first, so that "ms" is never read as "m" followed by garbage.
+_DURATION_UNITS = (("ms", 0.001), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
+_DURATION_TERM = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+
+
+# --------------------------------------------------------------------------------------------
+# The effective configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class PathsConfig:
+    boot: Path
+    entries: Path
+    cache: Path
+    runtime: Path
+    # True when a file set ``entries``; otherwise it follows ``boot`` in with_overrides().
+    entries_explicit: bool = dataclasses.field(default=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    track: str
+    patterns: Tuple[str, ...]
+    keep: int
+    auto_restore: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    settle: float  # seconds
+    rescan_interval: float  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    level: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsConfig:
+    clean_interval: float  # seconds
+    gc_interval: float  # seconds
+    verify_interval: float  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Optional[Path]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    paths: PathsConfig
+    cache: CacheConfig
+    watch: WatchConfig
+    log: LogConfig
+    jobs: JobsConfig
+    metrics: MetricsConfig
+    # The files that were read, main file first, then the drop-ins in the order applied.
+    sources: Tuple[Path, ...] = ()
+
+    def with_overrides(self, boot: Optional[Path] = None,
+                       cache: Optional[Path] = None) -> Config:
+        """The configuration with the command line's ``--boot-dir`` / ``--cache-dir`` applied.
+
+        When ``boot`` changes and no file set ``entries``, ``entries`` moves with it.
+        """
+        paths = self.paths
+        if boot is not None:
+            boot = _absolute_override(boot)
+            entries = paths.entries if paths.entries_explicit else boot / "loader" / "entries"
+            paths = dataclasses.replace(paths, boot=boot, entries=entries)
+        if cache is not None:
+            paths = dataclasses.replace(paths, cache=_absolute_override(cache))
+        return dataclasses.replace(self, paths=paths)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML that :func:`load_config` reads back unchanged.
+
+        ``entries`` and ``runtime`` are written out even when they were derived, so the output
+        shows what the daemon really uses; a value that is not set is a comment.
+        """
+        lines = ["# bootwatch: effective configuration"]
+        if self.sources:
+            lines.append("# read from: " + ", ".join(str(s) for s in self.sources))
+        else:
+            lines.append("# read from: (no file, embedded defaults)")
+        for section in SCHEMA:
+            lines.append("")
+            lines.append(f"[{section.name}]")
+            group = getattr(self, section.name)
+            for key in section.keys:
+                value = getattr(group, key.name)
+                if value is None:
+                    lines.append(f"# {key.name} is not set")
+                else:
+                    lines.append(f"{key.name} = {_render(key.kind, value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _absolute_override(path: Path) -> Path:
+    # The command line may give a relative path: it means relative to the working directory.
+    return Path(os.path.abspath(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Values: parsing and rendering
+
+
+def parse_duration(text: str) -> float:
+    """``"1h30m"`` -> 5400.0 seconds. Raises ValueError for anything else, or for zero."""
+    pos = 0
+    total = 0.0
+    if not text:
+        raise ValueError("empty duration")
+    for match in _DURATION_TERM.finditer(text):
+        if match.start() != pos:
+            raise ValueError(f"bad duration {text!r}")
+        total += float(match.group(1)) * dict(_DURATION_UNITS)[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(f"bad duration {text!r}")
+    if not total > 0 or not math.isfinite(total):
+        raise ValueError(f"duration {text!r} is not greater than zero")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest canonical spelling: 0.25 -> ``"250ms"``, 5400 -> ``"1h30m"``."""
+    millis = round(seconds * 1000, 6)
+    if millis != int(millis):
+        # Below a millisecond: keep every digit, in seconds.
+        return f"{seconds!r}s"
+    millis = int(millis)
+    parts = []
+    for unit, factor in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000),
+                         ("ms", 1)):
+        count, millis = divmod(millis, factor)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _render(kind: str, value: Any) -> str:
+    if kind == "duration":
+        return json.dumps(format_duration(value))
+    if kind == "bool":
+        return "true" if value else "false"
+    if kind == "int":
+        return str(value)
+    if kind == "patterns":
+        return "[" + ", ".join(json.dumps(p) for p in value) + "]"
+    # Paths and strings. JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(str(value))
+
+
+def _describe(value: Any) -> str:
+    """A found value as the reader typed it, in TOML spelling."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return f"{value} (a {type(value).__name__})"  # dates and times
+
+
+# Each validator takes the raw TOML value and returns the typed value or raises _Invalid.
+class _Invalid(Exception):
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def _check_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("an absolute path as a string")
+    if "\0" in value or not value.startswith("/"):
+        raise _Invalid("an absolute path")
+    # normpath: "/boot/" and "/boot//x" name the same directory as "/boot" and "/boot/x".
+    return Path(os.path.normpath(value))
+
+
+def _check_optional_path(value: Any) -> Optional[Path]:
+    if value == "":
+        return None
+    if not isinstance(value, str) or "\0" in value or not value.startswith("/"):
+        raise _Invalid('an absolute path ending in ".prom", or "" for none')
+    if not value.endswith(".prom"):
+        # node_exporter's textfile collector reads *.prom and silently ignores anything else.
+        raise _Invalid('an absolute path ending in ".prom" (node_exporter reads only *.prom)')
+    return Path(os.path.normpath(value))
+
+
+def _check_track(value: Any) -> str:
+    if value not in TRACK_VALUES:
+        raise _Invalid('"referenced" or "all"')
+    return str(value)
+
+
+def _check_patterns(value: Any) -> Tuple[str, ...]:
+    # A TOML array is a list; the embedded default is a tuple so that it cannot be modified.
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
+        raise _Invalid('a list of glob strings like ["vmlinuz-*"]')
+    return tuple(value)
+
+
+def _check_keep(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Invalid("an integer of at least 1")
+    return value
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
+def _check_duration(value: Any) -> float:
+    if not isinstance(value, str):
+        raise _Invalid(f"a duration string like {DURATION_EXAMPLES}")
+    try:
+        return parse_duration(value)
+    except ValueError:
+        if _DURATION_TERM.fullmatch(value) or re.fullmatch(r"(?:%s)+" % _DURATION_TERM.pattern,
+                                                           value):
+            raise _Invalid(f"a duration greater than zero, like {DURATION_EXAMPLES}") from None
+        raise _Invalid(f"a duration like {DURATION_EXAMPLES}") from None
+
+
+def _check_level(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise _Invalid("one of " + ", ".join(json.dumps(v) for v in LOG_LEVELS))
+    return value.lower()
+
+
+# --------------------------------------------------------------------------------------------
+# The schema: every section and key, with its default and what it does
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    kind: str  # path | optional_path | enum | patterns | int | bool | duration | level
+    check: Callable[[Any], Any]
+    default: Any  # the TOML value; None: derived or not set (see the help)
+    help: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    name: str
+    keys: Tuple[Key, ...]
+
+    def key(self, name: str) -> Optional[Key]:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+SCHEMA: Tuple[Section, ...] = (
+    Section("paths", (
+        Key("boot", "path", _check_path, "/boot",
+            "The boot directory that holds the images and the BLS entries."),
+        Key("entries", "path", _check_path, None,
+            'The BLS entries directory. Default: "<boot>/loader/entries", following boot.'),
+        Key("cache", "path", _check_path, "/var/lib/bootwatch/cache",
+            "The boom-compatible image cache (<sha1>.img files and cacheindex.json)."),
+        Key("runtime", "path", _check_path, None,
+            "Where the daemon keeps its state file. Default: $RUNTIME_DIRECTORY (systemd's "
+            'RuntimeDirectory=), else "/run/bootwatch".'),
+    )),
+    Section("cache", (
+        Key("track", "enum", _check_track, "referenced",
+            '"referenced": cache the images that a BLS entry names; '
+            '"all": cache every file in the boot directory that matches patterns.'),
+        Key("patterns", "patterns", _check_patterns,
+            ("vmlinuz-*", "vmlinux-*", "initramfs-*", "initrd*", "*.efi"),
+            'Globs of the files to cache with track = "all".'),
+        Key("keep", "int", _check_keep, 2,
+            "How many images to keep per path: cleaning removes older ones."),
+        Key("auto_restore", "bool", _check_bool, True,
+            "Restore a referenced image that disappears from the boot directory."),
+    )),
+    Section("watch", (
+        Key("settle", "duration", _check_duration, "250ms",
+            "How long a burst of file events must be quiet before bootwatch acts on it."),
+        Key("rescan_interval", "duration", _check_duration, "15m",
+            "How often to reconcile the whole boot directory, a safety net for lost events."),
+    )),
+    Section("log", (
+        Key("level", "level", _check_level, "info",
+            'Log level: "debug", "info", "notice", "warning" or "error".'),
+    )),
+    Section("jobs", (
+        Key("clean_interval", "duration", _check_duration, "1h",
+            "How often to clean the cache (as 'bootwatch clean')."),
+        Key("gc_interval", "duration", _check_duration, "1m",
+            "How often to remove pin links whose owner is dead (as 'bootwatch gc')."),
+        Key("verify_interval", "duration", _check_duration, "1d",
+            "The period over which every cached image is re-hashed once."),
+    )),
+    Section("metrics", (
+        Key("textfile", "optional_path", _check_optional_path, None,
+            "node_exporter textfile-collector output, e.g. "
+            '"/var/lib/prometheus/node-exporter/bootwatch.prom". Not set: no metrics.'),
+    )),
+)
+
+EMBEDDED_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    section.name: MappingProxyType({k.name: k.default for k in section.keys
+                                    if k.default is not None})
+    for section in SCHEMA
+})
+"""The defaults as TOML values, by section and key. Derived and unset keys are absent."""
+
+
+def _render_defaults() -> str:
+    lines = ["# bootwatch: embedded default configuration"]
+    for section in SCHEMA:
+        lines.append("")
+        lines.append(f"[{section.name}]")
+        for key in section.keys:
+            lines.append(f"# {key.help}")
+            if key.default is None:
+                lines.append(f"# {key.name} =")
+            elif key.kind == "duration":
+                lines.append(f"{key.name} = {json.dumps(key.default)}")
+            else:
+                lines.append(f"{key.name} = {_render(key.kind, key.default)}")
+    return "\n".join(lines) + "\n"
+
+
+EMBEDDED_DEFAULTS_TOML: str = _render_defaults()
+"""The defaults as commented TOML text (the shipped etc/bootwatch/bootwatch.toml says the same)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclasses.dataclass
+class _Setting:
+    value: Any
+    source: Optional[Path]  # None: embedded default
+
+
+def load_config(path: Optional[Path] = None, *,
+                environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, merge and validate the configuration; see the module docstring for the order.
+
+    Raises :class:`ConfigError` (exit code 78) for any problem, naming the file and the line.
+    """
+    if path is not None:
+        main, explicit = Path(path), True
+    elif environ.get(CONFIG_ENV):
+        main, explicit = Path(environ[CONFIG_ENV]), True
+    else:
+        main, explicit = DEFAULT_CONFIG_PATH, False
+
+    settings: Dict[Tuple[str, str], _Setting] = {}
+    sources: List[Path] = []
+
+    text = _read(main, must_exist=explicit)
+    if text is not None:
+        _merge(settings, main, text)
+        sources.append(main)
+    for dropin in _dropins(main):
+        text = _read(dropin, must_exist=True)
+        if text is not None:
+            _merge(settings, dropin, text)
+            sources.append(dropin)
+    return _build(settings, tuple(sources), environ)
+
+
+def _dropins(main: Path) -> List[Path]:
+    directory = main.with_name(main.name + ".d")
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory)
+                       if entry.name.endswith(".toml") and not entry.is_dir())
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise ConfigError("expected a directory of *.toml drop-ins, found a file",
+                          path=directory) from None
+    except OSError as err:
+        raise ConfigError(f"cannot list the drop-ins: {os.strerror(err.errno or 0).lower()}",
+                          path=directory) from None
+    return [directory / name for name in names]
+
+
+def _read(path: Path, *, must_exist: bool) -> Optional[str]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise ConfigError("no such file", path=path,
+                              hint="the configuration file was named explicitly "
+                                   f"(--config or ${CONFIG_ENV}), so it must exist") from None
+        return None
+    except OSError as err:
+        raise ConfigError(f"cannot read: {os.strerror(err.errno or 0).lower()}",
+                          path=path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"expected UTF-8 text, found byte 0x{data[err.start]:02x}",
+                          path=f"{path}:{line}") from None
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _merge(settings: Dict[Tuple[str, str], _Setting], path: Path, text: str) -> None:
+    """Validate one file and lay its keys over ``settings``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise _syntax_error(path, text, str(err)) from None
+
+    sections = {s.name: s for s in SCHEMA}
+    for name, table in data.items():
+        section = sections.get(name)
+        if section is None:
+            where = _locate(text, name, None)
+            if isinstance(table, dict):
+                raise _error(path, where, f"[{name}]", "unknown section",
+                             "one of " + ", ".join(f"[{s}]" for s in sections),
+                             hint=_did_you_mean(name, sections, "[{}]"))
+            home = [s.name for s in SCHEMA if s.key(name) is not None]
+            raise _error(path, where, name, "key outside any section",
+                         "only the sections " + ", ".join(f"[{s}]" for s in sections),
+                         hint=f"put it under [{home[0]}]" if home else None)
+        if not isinstance(table, dict):
+            raise _error(path, _locate(text, name, None), f"[{name}]",
+                         f"found {_describe(table)}", "a table")
+        for key_name, value in table.items():
+            key = section.key(key_name)
+            where = _locate(text, name, key_name)
+            if key is None:
+                raise _error(path, where, f"[{name}] {key_name}", "unknown key",
+                             "one of " + ", ".join(k.name for k in section.keys),
+                             hint=_did_you_mean(key_name, [k.name for k in section.keys], "{}"))
+            try:
+                typed = key.check(value)
+            except _Invalid as invalid:
+                raise _error(path, where, f"[{name}] {key_name}", f"found {_describe(value)}",
+                             invalid.expected) from None
+            settings[(name, key_name)] = _Setting(typed, path)
+
+
+def _build(settings: Mapping[Tuple[str, str], _Setting], sources: Tuple[Path, ...],
+           environ: Mapping[str, str]) -> Config:
+    def get(section: str, name: str) -> Any:
+        if (section, name) in settings:
+            return settings[(section, name)].value
+        key = next(s for s in SCHEMA if s.name == section).key(name)
+        assert key is not None and key.default is not None
+        return key.check(key.default)
+
+    boot = get("paths", "boot")
+    entries_explicit = ("paths", "entries") in settings
+    entries = settings[("paths", "entries")].value if entries_explicit else \
+        boot / "loader" / "entries"
+    if ("paths", "runtime") in settings:
+        runtime = settings[("paths", "runtime")].value
+    else:
+        runtime = _runtime_from_environment(environ)
+    textfile = settings[("metrics", "textfile")].value \
+        if ("metrics", "textfile") in settings else None
+
+    return Config(
+        paths=PathsConfig(boot=boot, entries=entries, cache=get("paths", "cache"),
+                          runtime=runtime, entries_explicit=entries_explicit),
+        cache=CacheConfig(track=get("cache", "track"), patterns=get("cache", "patterns"),
+                          keep=get("cache", "keep"), auto_restore=get("cache", "auto_restore")),
+        watch=WatchConfig(settle=get("watch", "settle"),
+                          rescan_interval=get("watch", "rescan_interval")),
+        log=LogConfig(level=get("log", "level")),
+        jobs=JobsConfig(clean_interval=get("jobs", "clean_interval"),
+                        gc_interval=get("jobs", "gc_interval"),
+                        verify_interval=get("jobs", "verify_interval")),
+        metrics=MetricsConfig(textfile=textfile),
+        sources=sources,
+    )
+
+
+def _runtime_from_environment(environ: Mapping[str, str]) -> Path:
+    # systemd sets RUNTIME_DIRECTORY to a colon-separated list, one per RuntimeDirectory= entry.
+    value = environ.get(RUNTIME_ENV, "").split(":")[0]
+    if not value:
+        return DEFAULT_RUNTIME
+    if not value.startswith("/"):
+        raise ConfigError(f"${RUNTIME_ENV}: expected an absolute path, found {json.dumps(value)}")
+    return Path(os.path.normpath(value))
+
+
+# --------------------------------------------------------------------------------------------
+# Error messages
+
+
+def _error(path: Path, line: Optional[int], what: str, found: str, expected: str, *,
+           hint: Optional[str] = None) -> ConfigError:
+    location = f"{path}:{line}" if line else str(path)
+    if found.startswith("found "):
+        return ConfigError(f"{what}: expected {expected}, {found}", path=location, hint=hint)
+    return ConfigError(f"{what}: {found}, expected {expected}", path=location, hint=hint)
+
+
+def _did_you_mean(name: str, candidates: Any, template: str) -> Optional[str]:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"did you mean {template.format(close[0])}?" if close else None
+
+
+def _syntax_error(path: Path, text: str, message: str) -> ConfigError:
+    """tomllib says ``Invalid value (at line 7, column 10)``; name the section and key too."""
+    match = _TOML_POSITION.search(message)
+    if not match:
+        return ConfigError(f"expected valid TOML, found a syntax error: {message}", path=path)
+    line, column = int(match.group(1)), int(match.group(2))
+    reason = message[:match.start()]
+    lines = text.splitlines()
+    source = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    section = _section_at(lines, line)
+    key = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", lines[line - 1]) if 0 < line <= len(lines) \
+        else None
+    what = " ".join(p for p in (f"[{section}]" if section else "",
+                                key.group(1) if key else "") if p)
+    found = f"found {reason[:1].lower() + reason[1:]} at column {column}"
+    if source:
+        found += f" in: {source}"
+    prefix = f"{what}: " if what else ""
+    return ConfigError(f"{prefix}expected valid TOML, {found}", path=f"{path}:{line}")
+
+
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$")
+
+
+def _unquote(name: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in name.split("."))
+
+
+def _section_at(lines: List[str], line: int) -> Optional[str]:
+    """The ``[table]`` that line ``line`` (1-based) belongs to, by the last header above it."""
+    for text in reversed(lines[:line - 1]):
+        match = _HEADER.match(text)
+        if match:
+            return _unquote(match.group(1))
+    return None
+
+
+def _locate(text: str, section: str, key: Optional[str]) -> Optional[int]:
+    """The 1-based line where ``[section] key`` (or the section itself) is set, if found.
+
+    A scan of the text, not a parse: it understands ``[section]`` headers, ``key = ...`` inside
+    them, and ``section.key = ...`` / ``section = {...}`` at the top level, with or without quotes.
+    That covers everything a person writes; for the rest the message has no line number.
+    """
+    quoted = lambda name: r"""(?:%s|"%s"|'%s')""" % ((re.escape(name),) * 3)  # noqa: E731
+    key_re = re.compile(r"^\s*%s\s*=" % quoted(key)) if key else None
+    dotted = re.compile(r"^\s*%s\s*\.\s*%s\s*[=.]" % (quoted(section), quoted(key))) if key \
+        else re.compile(r"^\s*%s\s*[.=]" % quoted(section))
+    inline = re.compile(r"^\s*%s\s*=\s*\{.*\b%s\s*=" % (quoted(section), quoted(key))) if key \
+        else None
+    current: Optional[str] = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            current = _unquote(header.group(1))
+            if key is None and (current == section or current.startswith(section + ".")):
+                return number
+            if key is not None and (current == f"{section}.{key}" or
+                                    current.startswith(f"{section}.{key}.")):
+                return number  # [section.key] makes the key a table
+            continue
+        if current is None:
+            if dotted.match(line) or (inline is not None and inline.match(line)):
+                return number
+        elif current == section and key_re is not None and key_re.match(line):
+            return number
+    return None
