@@ -210,8 +210,9 @@ class BoomEnv:
         except (ValueError, KeyError) as err:
             raise AssertionError(f"boom cache list printed no Cache report ({err}):\n"
                                  f"{proc.stdout}\n{proc.stderr}") from err
-        return [{"path": r["cache_path"], "image_id": r["cache_imgid"], "ts": r["cache_ts"],
-                 "state": r["cache_state"], "count": r["cache_count"]} for r in rows]
+        # boom's report prints a number 0 as the string "0" (and other numbers as numbers).
+        return [{"path": r["cache_path"], "image_id": r["cache_imgid"], "ts": int(r["cache_ts"]),
+                 "state": r["cache_state"], "count": int(r["cache_count"])} for r in rows]
 
     def boom_create(self, version: str, backup: bool = True, title: Optional[str] = None
                     ) -> subprocess.CompletedProcess:
