@@ -1,0 +1,506 @@
+"""The cache operations: add, remove, restore, list/show, verify, clean and fsck.
+
+This is the library that the command line, the daemon and the scheduled jobs share. Every
+mutation runs inside :meth:`BootCache.transaction`, which holds the writers' lock, loads the index
+once, and writes it at most once, atomically, when the block ends. Images that the new index no
+longer lists are deleted only after that write (see the protocol in ``store.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
+
+from bootwatch import bls
+from bootwatch.errors import BootwatchError, UnsafePathError, describe_oserror
+from bootwatch.hashing import ContentChangedError, Digest, StatSignature, hash_and_copy
+from bootwatch.index import CacheIndex
+from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
+from bootwatch.store import CacheStore, TempFile, fsync_directory
+
+CACHED = "CACHED"
+MISSING = "MISSING"
+BROKEN = "BROKEN"
+RESTORED = "RESTORED"
+UNKNOWN = "UNKNOWN"
+
+RESTORE_TEMP_PREFIX = ".bootwatch-restore."
+
+
+def restored_marker_name(path: str) -> str:
+    """boom's dot file beside a restored image: ``.<basename>.boomrestored``."""
+    return f".{path.rsplit('/', 1)[-1]}.boomrestored"
+
+
+@dataclass(frozen=True)
+class PathStatus:
+    """What ``list`` and ``show`` report for one cached path."""
+
+    path: str
+    image_id: str
+    images: List[str]
+    state: str
+    count: int
+    image_ts: int
+    mode: int
+    uid: int
+    gid: int
+    boot_changed: bool
+    image_problem: Optional[str]
+    verified: Optional[dict]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path, "image_id": self.image_id, "state": self.state, "count": self.count,
+            "images": self.images, "image_ts": self.image_ts, "mode": self.mode, "uid": self.uid,
+            "gid": self.gid, "boot_changed": self.boot_changed, "image_problem": self.image_problem,
+            "verified": self.verified,
+        }
+
+
+@dataclass
+class AddResult:
+    path: str
+    image_id: str
+    outcome: str  # "cached" (first image), "changed" (new image id), "unchanged"
+    previous_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ImageVerification:
+    image_id: str
+    paths: List[str]
+    ok: bool
+    message: str
+    checks: List[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "message": self.message,
+                "checks": self.checks}
+
+
+@dataclass
+class CleanReport:
+    uncached_paths: List[str] = field(default_factory=list)
+    trimmed_images: List[str] = field(default_factory=list)
+    deleted_images: List[str] = field(default_factory=list)
+    kept_pinned: List[str] = field(default_factory=list)
+    removed_restored_copies: List[str] = field(default_factory=list)
+    removed_temp_files: List[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class Transaction:
+    """The operations a holder of the lock can apply to the loaded index.
+
+    Built by :meth:`BootCache.transaction`; the index is written once when the block ends, and
+    only if something changed.
+    """
+
+    def __init__(self, cache: "BootCache", index: CacheIndex) -> None:
+        self.cache = cache
+        self.index = index
+        self.dirty = False
+        self.unlisted: Set[str] = set()
+        self._references: Optional[Dict[str, int]] = None
+
+    @property
+    def references(self) -> Dict[str, int]:
+        if self._references is None:
+            self._references = self.cache.references()
+        return self._references
+
+    def refresh_references(self) -> Dict[str, int]:
+        self._references = None
+        return self.references
+
+    # ---------------------------------------------------------------- add
+
+    def add(self, path: str) -> AddResult:
+        """Cache the current content of the boot file ``path``, reading it once."""
+        store = self.cache.store
+        real = self.cache.boot_file(path)
+        try:
+            fd = open_nofollow(real)
+        except FileNotFoundError:
+            raise BootwatchError("does not exist in the boot directory", path=real) from None
+        except OSError as e:
+            raise BootwatchError(describe_oserror(e) if e.filename else os.strerror(e.errno), path=real) from None
+        with contextlib.ExitStack() as stack:
+            stack.callback(os.close, fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BootwatchError("is not a regular file", path=real)
+            signature = StatSignature.of(st)
+            previous = self.index.newest(path) if path in self.index else None
+            known = self.index.known_content(path, signature) if path in self.index else None
+            if known is not None and known == previous and store.has_image(known):
+                return AddResult(path, known, "unchanged", previous)
+            try:
+                with TempFile(store.directory) as tmp:
+                    os.fchmod(tmp.fd, 0o644)
+                    digest = hash_and_copy(fd, tmp.fd)
+                    if StatSignature.of(os.fstat(fd)) != signature:
+                        raise ContentChangedError(str(real))
+                    existing = store.image_stat(digest.sha1)
+                    if existing is None or existing.st_size != digest.size:
+                        tmp.commit(store.image_path(digest.sha1))
+            except ContentChangedError:
+                raise BootwatchError("changed while it was being cached; try again once it is complete",
+                                     path=real) from None
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise BootwatchError(f"no space left on device while caching {path}; nothing was changed",
+                                         path=store.directory, hint="free space in the cache directory or "
+                                         "run 'bootwatch clean'") from None
+                raise BootwatchError(describe_oserror(e)) from None
+        self._record(path, digest, st, signature)
+        if previous is None:
+            outcome = "cached"
+        elif previous == digest.sha1:
+            outcome = "unchanged"
+        else:
+            outcome = "changed"
+        return AddResult(path, digest.sha1, outcome, previous)
+
+    def _record(self, path: str, digest: Digest, st: os.stat_result, signature: StatSignature) -> None:
+        self.index.add_image(path, digest, st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime), cached_at=_now())
+        self.index.record_signature(path, signature, digest.sha1)
+        self.unlisted.update(self.index.trim(path, self.cache.keep))
+        self.dirty = True
+
+    # ---------------------------------------------------------------- remove
+
+    def remove(self, path: str, *, force: bool = False) -> List[str]:
+        """Uncache ``path``. Refused while boot entries reference it, unless ``force``."""
+        normalize_boot_path(path)
+        if path not in self.index:
+            raise BootwatchError("is not cached", path=path)
+        count = self.references.get(path, 0)
+        if count and not force:
+            raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
+                                 "not removing it", path=path, hint="use 'remove --force' to uncache it anyway")
+        if not count:
+            self._remove_restored_copy(path)
+        ids = self.index.image_ids(path)
+        self.unlisted.update(self.index.remove_path(path))
+        self.dirty = True
+        return ids
+
+    def _remove_restored_copy(self, path: str) -> bool:
+        """Delete a copy bootwatch or boom restored, if nothing references it and it is unchanged."""
+        try:
+            real = self.cache.boot_file(path)
+        except UnsafePathError:
+            return False
+        marker = real.parent / restored_marker_name(path)
+        if not os.path.lexists(marker):
+            return False
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+            return False
+        if self.index.known_content(path, StatSignature.of(st)) != self.index.newest(path):
+            return False  # someone rewrote it since it was restored: it is theirs now
+        os.unlink(real)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+        fsync_directory(real.parent)
+        return True
+
+    # ---------------------------------------------------------------- restore
+
+    def restore(self, path: str) -> str:
+        """Copy the newest image of a MISSING path back into the boot directory; return its id."""
+        normalize_boot_path(path)
+        if path not in self.index:
+            raise BootwatchError("is not cached", path=path)
+        state = self.cache.path_status(self.index, path, self.references).state
+        if state != MISSING:
+            raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
+        image_id = self.index.newest(path)
+        meta = self.index.meta(path)
+        real = self.cache.boot_file(path)
+        if not real.parent.is_dir():
+            raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
+        with contextlib.ExitStack() as stack:
+            src = self.cache.store.open_image(image_id)
+            stack.callback(os.close, src)
+            tmp = stack.enter_context(TempFile(real.parent, prefix=RESTORE_TEMP_PREFIX))
+            try:
+                digest = hash_and_copy(src, tmp.fd)
+            except OSError as e:
+                raise BootwatchError(f"cannot restore {path}: {describe_oserror(e)}", path=real) from None
+            if digest.sha1 != image_id:
+                raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
+                                     "not restoring it", path=self.cache.store.image_path(image_id),
+                                     hint="run 'bootwatch fsck --repair'")
+            os.fchown(tmp.fd, meta.uid, meta.gid)
+            os.fchmod(tmp.fd, stat.S_IMODE(meta.mode))
+            ts = self.index.image_ts(image_id)
+            os.utime(tmp.fd, (ts, ts))
+            marker = real.parent / restored_marker_name(path)
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            try:
+                tmp.commit(real, replace=False)
+            except FileExistsError:
+                raise BootwatchError("appeared while it was being restored; left alone", path=real) from None
+        self.index.record_signature(path, StatSignature.of(os.lstat(real)), image_id)
+        self.dirty = True
+        return image_id
+
+    # ---------------------------------------------------------------- verification results
+
+    def record_verification(self, result: ImageVerification) -> None:
+        if result.image_id in self.index.known_image_ids():
+            self.index.record_verification(result.image_id, {
+                "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
+            self.dirty = True
+
+
+class BootCache:
+    """A boot directory, its BLS entries, and the cache that keeps its images."""
+
+    def __init__(self, boot_dir: Path, entries_dir: Path, cache_dir: Path, *, keep: int = 2,
+                 runtime_dir: Optional[Path] = None) -> None:
+        self.boot_dir = Path(boot_dir)
+        self.entries_dir = Path(entries_dir)
+        self.store = CacheStore(Path(cache_dir))
+        self.keep = keep
+        self.runtime_dir = runtime_dir
+
+    @classmethod
+    def from_config(cls, config) -> "BootCache":  # config: bootwatch.config.Config
+        return cls(config.paths.boot, config.paths.entries, config.paths.cache, keep=config.cache.keep,
+                   runtime_dir=config.paths.runtime)
+
+    # ---------------------------------------------------------------- reading
+
+    def boot_file(self, path: str) -> Path:
+        return resolve_in_boot(self.boot_dir, path)
+
+    def entries(self) -> List[bls.BootEntry]:
+        return bls.read_entries(self.entries_dir)
+
+    def references(self) -> Dict[str, int]:
+        return bls.reference_counts(self.entries())
+
+    def load_index(self) -> CacheIndex:
+        """Read the index without the lock (renames make that safe). No cache directory: empty."""
+        if not os.path.lexists(self.store.directory):
+            return CacheIndex()
+        self.store.check()
+        return self.store.load_index()
+
+    def path_status(self, index: CacheIndex, path: str, references: Dict[str, int]) -> PathStatus:
+        """The state of one path, computed as boom computes it, without reading the boot file.
+
+        boom hashes the boot file to tell RESTORED from CACHED; bootwatch uses the stat signature
+        recorded when it last hashed or restored the file. A boot file that changed since is
+        reported with ``boot_changed`` (its new content is hashed by add, scan or the daemon).
+        """
+        newest = index.newest(path)
+        boot_st: Optional[os.stat_result] = None
+        restored_marker = False
+        try:
+            real = self.boot_file(path)
+            boot_st = os.stat(real)
+            restored_marker = os.path.lexists(real.parent / restored_marker_name(path))
+        except (OSError, UnsafePathError):
+            boot_st = None
+        image_st = self.store.image_stat(newest)
+        boot_changed = False
+        if boot_st is not None and image_st is not None:
+            known = index.known_content(path, StatSignature.of(boot_st))
+            boot_changed = known is None
+            state = RESTORED if restored_marker and known == newest else CACHED
+        elif image_st is not None:
+            state = MISSING
+        elif boot_st is not None:
+            state = BROKEN
+        else:
+            state = UNKNOWN
+        extra = index.image_extra(newest)
+        problem: Optional[str] = None
+        if image_st is None:
+            problem = "image file missing"
+        elif isinstance(extra.get("size"), int) and image_st.st_size != extra["size"]:
+            problem = f"image size {image_st.st_size} differs from the {extra['size']} bytes cached"
+        elif isinstance(extra.get("verified"), dict) and not extra["verified"].get("ok", True):
+            problem = f"failed verification: {extra['verified'].get('message', '')}"
+        meta = index.meta(path)
+        return PathStatus(path=path, image_id=newest, images=index.images_newest_first(path), state=state,
+                          count=references.get(path, 0), image_ts=index.image_ts(newest), mode=meta.mode,
+                          uid=meta.uid, gid=meta.gid, boot_changed=boot_changed, image_problem=problem,
+                          verified=extra.get("verified") if isinstance(extra.get("verified"), dict) else None)
+
+    def list(self, paths: Optional[Sequence[str]] = None) -> List[PathStatus]:
+        index = self.load_index()
+        references = self.references()
+        selected = index.paths() if paths is None else list(paths)
+        result = []
+        for path in selected:
+            if path not in index:
+                raise BootwatchError("is not cached", path=path)
+            result.append(self.path_status(index, path, references))
+        return result
+
+    # ---------------------------------------------------------------- writing
+
+    @contextlib.contextmanager
+    def transaction(self, *, remove_stale: bool = True) -> Iterator[Transaction]:
+        """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
+        with self.store.locked(remove_stale=remove_stale):
+            txn = Transaction(self, self.store.load_index())
+            yield txn
+            if txn.dirty:
+                self.store.write_index(txn.index)
+            self._delete_unlisted(txn)
+
+    def _delete_unlisted(self, txn: Transaction) -> List[str]:
+        listed = txn.index.all_image_ids()
+        pinned = self.store.pinned_image_ids()
+        deleted = []
+        for image_id in sorted(txn.unlisted):
+            if image_id not in listed and image_id not in pinned and self.store.delete_image(image_id):
+                deleted.append(image_id)
+        if deleted:
+            fsync_directory(self.store.directory)
+        return deleted
+
+    def add(self, paths: Sequence[str]) -> List[AddResult]:
+        with self.transaction() as txn:
+            return [txn.add(path) for path in paths]
+
+    def remove(self, paths: Sequence[str], *, force: bool = False) -> None:
+        with self.transaction() as txn:
+            for path in paths:
+                txn.remove(path, force=force)
+
+    def restore(self, paths: Sequence[str]) -> List[str]:
+        with self.transaction() as txn:
+            return [txn.restore(path) for path in paths]
+
+    # ---------------------------------------------------------------- verify
+
+    def verify_image(self, index: CacheIndex, image_id: str) -> ImageVerification:
+        """Re-hash one cached image and compare it with its id and the SHA256 recorded at caching time."""
+        paths = index.paths_of(image_id)
+        try:
+            fd = self.store.open_image(image_id)
+        except FileNotFoundError:
+            return ImageVerification(image_id, paths, False, "image file is missing")
+        except OSError as e:
+            return ImageVerification(image_id, paths, False, describe_oserror(e))
+        try:
+            digest = hash_and_copy(fd)
+        except OSError as e:
+            return ImageVerification(image_id, paths, False, f"read error: {os.strerror(e.errno)}")
+        finally:
+            os.close(fd)
+        if digest.sha1 != image_id:
+            return ImageVerification(image_id, paths, False, f"content hashes to {digest.sha1}, not to its id")
+        recorded = index.image_extra(image_id).get("sha256")
+        if isinstance(recorded, str) and recorded != digest.sha256:
+            return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
+        checks = self._content_checks(image_id)
+        failed = [c for c in checks if c.get("outcome") == "failed"]
+        if failed:
+            return ImageVerification(image_id, paths, False, failed[0].get("message", "content check failed"), checks)
+        return ImageVerification(image_id, paths, True, "ok", checks)
+
+    def _content_checks(self, image_id: str) -> List[dict]:
+        """Checks by kind of image (kernel, initramfs, filesystem): see ``imagecheck.py``."""
+        return []
+
+    def verify(self, paths: Optional[Sequence[str]] = None) -> List[ImageVerification]:
+        """Verify the images of ``paths`` (all by default) and record the results in the index.
+
+        Hashing runs without the lock, so the daemon and other writers are not held up; the
+        results are recorded under the lock, for the images that are still listed then.
+        """
+        index = self.load_index()
+        selected = index.paths() if not paths else list(paths)
+        ids: List[str] = []
+        for path in selected:
+            if path not in index:
+                raise BootwatchError("is not cached", path=path)
+            ids.extend(i for i in index.images_newest_first(path) if i not in ids)
+        results = [self.verify_image(index, image_id) for image_id in ids]
+        if results:
+            with self.transaction(remove_stale=False) as txn:
+                for result in results:
+                    txn.record_verification(result)
+        return results
+
+    # ---------------------------------------------------------------- clean
+
+    def clean(self, *, dry_run: bool = False,
+              keep_unreferenced: Callable[[str], bool] = lambda path: False) -> CleanReport:
+        """Uncache unreferenced paths, trim to ``keep`` images, delete orphans and stale temp files.
+
+        A path stays cached while a boot entry references it, while ``keep_unreferenced`` says so
+        (the daemon's ``track = "all"`` policy), or while a pin holds one of its images.
+        """
+        report = CleanReport()
+        with self.transaction(remove_stale=False) as txn:
+            temp_files = self.store.stale_temp_files() + self._stale_restore_temp_files(txn.index)
+            report.removed_temp_files = [str(p) for p in temp_files]
+            pinned = self.store.pinned_image_ids()
+            # A dry run works on a copy that is thrown away; the real run on the locked index.
+            work = Transaction(self, txn.index.copy() if dry_run else txn.index)
+            work._references = txn.references
+            for path in work.index.paths():
+                if txn.references.get(path, 0) or keep_unreferenced(path):
+                    continue
+                if set(work.index.image_ids(path)) & pinned:
+                    report.kept_pinned.append(path)
+                    continue
+                if not dry_run and work._remove_restored_copy(path):
+                    report.removed_restored_copies.append(path)
+                work.unlisted.update(work.index.remove_path(path))
+                report.uncached_paths.append(path)
+            for path in work.index.paths():
+                dropped = work.index.trim(path, self.keep)
+                report.trimmed_images.extend(dropped)
+                work.unlisted.update(dropped)
+            strays = work.index.drop_stray_images()
+            listed = work.index.all_image_ids()
+            work.unlisted.update(strays)
+            work.unlisted.update(set(self.store.image_ids_on_disk()) - listed)
+            report.deleted_images = sorted(i for i in work.unlisted
+                                           if i not in pinned and self.store.has_image(i))
+            report.kept_pinned += sorted(i for i in work.unlisted if i in pinned and self.store.has_image(i))
+            if not dry_run:
+                txn.dirty = bool(report.uncached_paths or report.trimmed_images or strays)
+                txn.unlisted.update(work.unlisted)
+                for path in temp_files:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+        return report
+
+    def _stale_restore_temp_files(self, index: CacheIndex) -> List[Path]:
+        """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
+        dirs = {self.boot_dir}
+        for path in index.paths():
+            with contextlib.suppress(UnsafePathError):
+                dirs.add(self.boot_file(path).parent)
+        found = []
+        for directory in sorted(dirs):
+            with contextlib.suppress(OSError), os.scandir(directory) as it:
+                found += [Path(e.path) for e in it if e.name.startswith(RESTORE_TEMP_PREFIX)]
+        return found

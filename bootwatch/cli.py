@@ -1,0 +1,273 @@
+"""The ``bootwatch`` command line.
+
+Every subcommand takes ``--config FILE``, ``--boot-dir DIR`` and ``--cache-dir DIR``, before or
+after its name. Errors are one line on stderr (plus a hint), never a traceback; exit codes are 0
+(ok), 1 (an operation failed, or verify/fsck found a problem), 2 (usage) and 78 (configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from bootwatch import __version__
+from bootwatch.cache import BootCache, PathStatus
+from bootwatch.config import Config, load_config
+from bootwatch.fsck import check_cache
+from bootwatch.policy import keep_unreferenced_predicate
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, describe_oserror
+from bootwatch.safety import boot_path_from_argument
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+# ------------------------------------------------------------------------------------ output
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_time(ts: Optional[float]) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def print_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def verification_summary(verified: Optional[dict]) -> str:
+    if not verified:
+        return "never"
+    outcome = "ok" if verified.get("ok") else "FAILED"
+    return f"{outcome} {format_time(verified.get('time'))}"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def open_cache(config: Config) -> BootCache:
+    return BootCache.from_config(config)
+
+
+def boot_paths(cache: BootCache, arguments: Sequence[str]) -> List[str]:
+    return [boot_path_from_argument(cache.boot_dir, a) for a in arguments]
+
+
+# ------------------------------------------------------------------------------------ commands
+
+def cmd_add(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    for result in cache.add(boot_paths(cache, args.paths)):
+        if result.outcome == "changed":
+            print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
+        else:
+            print(f"{result.path}: {result.outcome} as {result.image_id}")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    paths = boot_paths(cache, args.paths)
+    cache.remove(paths, force=args.force)
+    for path in paths:
+        print(f"{path}: removed from the cache")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    paths = boot_paths(cache, args.paths)
+    for path, image_id in zip(paths, cache.restore(paths)):
+        print(f"{path}: restored image {image_id}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    statuses = open_cache(config).list()
+    if args.json:
+        print_json([s.to_json() for s in statuses])
+        return EXIT_OK
+    rows = [(s.path, s.image_id[:12], s.state + ("*" if s.boot_changed else ""), s.count, len(s.images),
+             verification_summary(s.verified), s.image_problem or "") for s in statuses]
+    print(format_table(("PATH", "IMAGE", "STATE", "COUNT", "IMAGES", "VERIFIED", "PROBLEM"), rows))
+    if any(s.boot_changed for s in statuses):
+        print("* the boot file changed since it was cached; 'bootwatch add' or the daemon caches it")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    [status] = cache.list(boot_paths(cache, [args.path]))
+    if args.json:
+        print_json(status.to_json())
+        return EXIT_OK
+    print(render_status(cache, status))
+    return EXIT_OK
+
+
+def render_status(cache: BootCache, s: PathStatus) -> str:
+    index = cache.load_index()
+    lines = [
+        f"Path:       {s.path}",
+        f"Boot file:  {cache.boot_dir / s.path.lstrip('/')}",
+        f"State:      {s.state}" + (" (the boot file changed since it was cached)" if s.boot_changed else ""),
+        f"Entries:    {s.count}",
+        f"Mode:       {stat.filemode(s.mode)} ({stat.S_IMODE(s.mode):04o}) uid {s.uid} gid {s.gid}",
+        f"Verified:   {verification_summary(s.verified)}"
+        + (f" ({s.verified.get('message')})" if s.verified and not s.verified.get("ok") else ""),
+    ]
+    if s.image_problem:
+        lines.append(f"Problem:    {s.image_problem}")
+    lines.append("Images (newest first):")
+    for image_id in s.images:
+        extra = index.image_extra(image_id) if image_id in index.known_image_ids() else {}
+        size = extra.get("size", "?")
+        lines.append(f"  {image_id}  {format_time(index.image_ts(image_id))}  {size} bytes")
+    return "\n".join(lines)
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    results = cache.verify(boot_paths(cache, args.paths) if args.paths else None)
+    if args.json:
+        print_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(r.paths)}"
+                  + ("" if r.ok else f": {r.message}"))
+            for check in r.checks:
+                if check.get("outcome") not in ("ok", None):
+                    print(f"       {check.get('kind')}: {check.get('outcome')}: {check.get('message')}")
+        if not results:
+            print("nothing to verify: the cache is empty")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
+def cmd_clean(args: argparse.Namespace, config: Config) -> int:
+    cache = open_cache(config)
+    report = cache.clean(dry_run=args.dry_run, keep_unreferenced=keep_unreferenced_predicate(config, cache))
+    if args.json:
+        print_json(report.to_json())
+        return EXIT_OK
+    verb = "would " if args.dry_run else ""
+    for path in report.uncached_paths:
+        print(f"{verb}uncache {path}: no boot entry references it")
+    for image_id in report.deleted_images:
+        print(f"{verb}delete image {image_id}")
+    for item in report.kept_pinned:
+        print(f"kept {item}: pinned by a running program")
+    for path in report.removed_restored_copies:
+        print(f"removed the restored copy {path}")
+    for name in report.removed_temp_files:
+        print(f"{verb}remove stale temp file {name}")
+    if not any(report.to_json().values()):
+        print("nothing to clean")
+    return EXIT_OK
+
+
+def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
+    report = check_cache(open_cache(config), repair=args.repair)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for line in report.problems:
+            print(f"problem: {line}")
+        for line in report.warnings:
+            print(f"warning: {line}")
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        if report.ok and not report.warnings:
+            print("the cache is consistent")
+    if args.repair:
+        # Problems that were repaired are reported, but the exit code says whether the cache is sound now.
+        after = check_cache(open_cache(config), repair=False)
+        return EXIT_OK if after.ok else EXIT_FAILURE
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+# ------------------------------------------------------------------------------------ parser
+
+def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("common options")
+    group.add_argument("--config", type=Path, metavar="FILE", default=default,
+                       help="configuration file (default: $BOOTWATCH_CONFIG or /etc/bootwatch/bootwatch.toml)")
+    group.add_argument("--boot-dir", type=Path, metavar="DIR", default=default,
+                       help="boot directory (overrides [paths] boot)")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", default=default,
+                       help="cache directory (overrides [paths] cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bootwatch", description="Keep every boot entry of this host bootable.")
+    parser.add_argument("--version", action="version", version=f"bootwatch {__version__}")
+    add_common_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        add_common_options(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("add", cmd_add, "cache boot files (a new image id when the content changed)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="boom-style path (/vmlinuz-6.1.0) or a path in the boot directory")
+    p = command("remove", cmd_remove, "uncache paths")
+    p.add_argument("--force", action="store_true", help="remove even while boot entries reference the path")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = command("restore", cmd_restore, "copy a MISSING image back into the boot directory")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = command("list", cmd_list, "list cached paths with their state")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("show", cmd_show, "show one cached path in detail")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("verify", cmd_verify, "re-hash and check cached images; exit 1 if any failed")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("clean", cmd_clean, "uncache unreferenced paths, trim old images, delete orphans and temp files")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("fsck", cmd_fsck, "check that the index and the image files agree")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired; a corrupt index is kept aside")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    return parser
+
+
+def load_effective_config(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    return config.with_overrides(boot=getattr(args, "boot_dir", None), cache=getattr(args, "cache_dir", None))
+
+
+def report_error(error: BootwatchError) -> None:
+    print(f"bootwatch: {error.message}", file=sys.stderr)
+    if error.hint:
+        print(f"bootwatch: hint: {error.hint}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_effective_config(args)
+        return args.func(args, config)
+    except BootwatchError as e:
+        report_error(e)
+        return e.exit_code
+    except BrokenPipeError:  # "bootwatch list | head": the reader has all it wants
+        return EXIT_FAILURE
+    except OSError as e:
+        report_error(BootwatchError(describe_oserror(e)))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

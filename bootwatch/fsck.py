@@ -1,0 +1,271 @@
+"""``bootwatch fsck``: check that the index and the image files agree, and repair what can be.
+
+Without ``repair`` nothing is written. With it, under the writers' lock:
+
+- a corrupt index is renamed to ``cacheindex.json.corrupt-<time>`` (never deleted) and a new one
+  is rebuilt from what can be salvaged of it and from the images that still hash to their ids;
+  an image whose path cannot be recovered from the old index is matched against the boot files
+  of the same size, and otherwise kept in ``lost+found/``;
+- a listed image that is missing or corrupt is copied again from the boot directory when the boot
+  file still has that content; otherwise the id is dropped from its paths and a corrupt file is
+  moved to ``lost+found/`` (``<id>.img.corrupt``);
+- ``images`` entries that no path lists are dropped, and stale temp files are removed.
+
+Orphaned images (on disk, not listed) are a warning, not a problem: an interrupted writer leaves
+them by design (see ``store.py``) and ``clean`` removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from bootwatch.cache import BootCache
+from bootwatch.errors import IndexCorruptError, UnsafePathError
+from bootwatch.hashing import Digest, hash_and_copy, hash_path
+from bootwatch.index import CacheIndex
+from bootwatch.safety import normalize_boot_path
+from bootwatch.store import TempFile
+
+DEFAULT_MODE = 0o100644
+
+
+@dataclass
+class FsckReport:
+    problems: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    repaired: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "problems": self.problems, "warnings": self.warnings, "repaired": self.repaired}
+
+
+def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
+    report = FsckReport()
+    store = cache.store
+    if not os.path.lexists(store.directory):
+        report.warnings.append(f"{store.directory}: no cache directory yet")
+        return report
+    store.check()
+    with store.locked(create=False, remove_stale=False):
+        temps = store.stale_temp_files()
+        for temp in temps:
+            report.warnings.append(f"{temp}: temp file left by an interrupted writer")
+        digests = _hash_images_on_disk(cache)
+        try:
+            index = store.load_index()
+            salvaged = False
+        except IndexCorruptError as e:
+            report.problems.append(str(e))
+            if not repair:
+                return report
+            index = _salvage(cache, digests, report)
+            salvaged = True
+        changed = _check_listed_images(cache, index, digests, report, repair=repair)
+        for image_id in sorted(set(digests) - index.all_image_ids()):
+            report.warnings.append(f"{store.image_path(image_id)}: orphaned image, listed by no path "
+                                   "('bootwatch clean' removes it)")
+        strays = sorted(index.known_image_ids() - index.all_image_ids())
+        for image_id in strays:
+            report.warnings.append(f"{store.index_path}: images['{image_id}'] is listed by no path")
+        if repair:
+            if strays:
+                index.drop_stray_images()
+                report.repaired.append(f"dropped {len(strays)} image entries no path lists")
+            if changed or strays or salvaged:
+                store.write_index(index)
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            if temps:
+                report.repaired.append(f"removed {len(temps)} stale temp files")
+    return report
+
+
+def _hash_images_on_disk(cache: BootCache) -> Dict[str, Optional[Digest]]:
+    """Hash every ``<sha1>.img``; the value is None when it cannot be read."""
+    digests: Dict[str, Optional[Digest]] = {}
+    for image_id in cache.store.image_ids_on_disk():
+        try:
+            digests[image_id], _ = hash_path(cache.store.image_path(image_id))
+        except OSError:
+            digests[image_id] = None
+    return digests
+
+
+def _check_listed_images(cache: BootCache, index: CacheIndex, digests: Dict[str, Optional[Digest]],
+                         report: FsckReport, *, repair: bool) -> bool:
+    store = cache.store
+    changed = False
+    for image_id in sorted(index.all_image_ids()):
+        paths = index.paths_of(image_id)
+        digest = digests.get(image_id, None) if image_id in digests else None
+        recorded = index.image_extra(image_id).get("sha256")
+        if image_id not in digests:
+            problem = "is missing"
+        elif digest is None:
+            problem = "cannot be read"
+        elif digest.sha1 != image_id:
+            problem = f"is corrupt: its content hashes to {digest.sha1}"
+        elif isinstance(recorded, str) and recorded != digest.sha256:
+            problem = "is corrupt: its SHA256 differs from the one recorded at caching time"
+        else:
+            continue
+        report.problems.append(f"{store.image_path(image_id)}: image of {', '.join(paths)} {problem}")
+        if not repair:
+            continue
+        if image_id in digests:
+            kept = store.move_to_lost_found(image_id, ".corrupt")
+            report.repaired.append(f"moved the bad image to {kept}")
+            digests.pop(image_id)
+        if _copy_again_from_boot(cache, index, image_id):
+            report.repaired.append(f"copied {image_id} again from the boot file {paths[0]}")
+            continue
+        for path in paths:
+            index.remove_image_from_path(path, image_id)
+        changed = True
+        report.repaired.append(f"dropped {image_id} from {', '.join(paths)}: no good copy is left")
+    return changed
+
+
+def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) -> bool:
+    """Re-cache ``image_id`` from a boot file of one of its paths that still has that content."""
+    for path in index.paths_of(image_id):
+        try:
+            fd = os.open(cache.boot_file(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, UnsafePathError):
+            continue
+        try:
+            with TempFile(cache.store.directory) as tmp:
+                os.fchmod(tmp.fd, 0o644)
+                digest = hash_and_copy(fd, tmp.fd)
+                if digest.sha1 != image_id:
+                    continue
+                tmp.commit(cache.store.image_path(image_id))
+                return True
+        finally:
+            os.close(fd)
+    return False
+
+
+# ------------------------------------------------------------------------------------ salvage
+
+# "path": ["id", "id"] inside a truncated or mangled index.
+_INDEX_ENTRY = re.compile(r'"(/[^"\\]*)"\s*:\s*\[\s*((?:"[0-9a-f]{40}"\s*,?\s*)+)\]')
+_ID = re.compile(r'"([0-9a-f]{40})"')
+
+
+def _old_entries(raw: Optional[bytes]) -> tuple:
+    """(path -> ids, path -> paths entry, id -> images entry) from whatever the old index holds."""
+    text = (raw or b"").decode("utf-8", errors="replace")
+    index: Dict[str, List[str]] = {}
+    paths: Dict[str, dict] = {}
+    images: Dict[str, dict] = {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key, target in (("index", index), ("paths", paths), ("images", images)):
+            value = data.get(key)
+            if isinstance(value, dict):
+                target.update({k: v for k, v in value.items() if isinstance(k, str)})
+    else:
+        for match in _INDEX_ENTRY.finditer(text):
+            index.setdefault(match.group(1), _ID.findall(match.group(2)))
+    return index, paths, images
+
+
+def _salvage(cache: BootCache, digests: Dict[str, Optional[Digest]], report: FsckReport) -> CacheIndex:
+    store = cache.store
+    old_index, old_paths, old_images = _old_entries(store.read_index_bytes())
+    aside = store.set_aside_corrupt_index()
+    report.repaired.append(f"kept the corrupt index as {aside}")
+    good = {i: d for i, d in digests.items() if d is not None and d.sha1 == i}
+    data: dict = {"index": {}, "paths": {}, "images": {}}
+
+    def meta_for(path: str) -> dict:
+        old = old_paths.get(path)
+        if isinstance(old, dict) and all(isinstance(old.get(k), int) for k in ("path_mode", "path_uid", "path_gid")):
+            return dict(old)
+        try:
+            st = os.stat(cache.boot_file(path))
+            return {"path_mode": st.st_mode, "path_uid": st.st_uid, "path_gid": st.st_gid, "path_attrs": {}}
+        except (OSError, UnsafePathError):
+            return {"path_mode": DEFAULT_MODE, "path_uid": 0, "path_gid": 0, "path_attrs": {}}
+
+    def image_entry(image_id: str) -> dict:
+        old = old_images.get(image_id)
+        entry = dict(old) if isinstance(old, dict) and isinstance(old.get("image_ts"), (int, float)) else \
+            {"image_ts": int(os.lstat(store.image_path(image_id)).st_mtime)}
+        extra = entry.get("bootwatch") if isinstance(entry.get("bootwatch"), dict) else {}
+        entry["bootwatch"] = {**extra, "sha256": good[image_id].sha256, "size": good[image_id].size}
+        return entry
+
+    for path, ids in old_index.items():
+        try:
+            normalize_boot_path(path)
+        except UnsafePathError:
+            report.repaired.append(f"dropped the unsafe path {path!r}")
+            continue
+        kept = [i for i in ids if isinstance(i, str) and i in good] if isinstance(ids, list) else []
+        if not kept:
+            continue
+        data["index"][path] = list(dict.fromkeys(kept))
+        data["paths"][path] = meta_for(path)
+        for image_id in kept:
+            data["images"][image_id] = image_entry(image_id)
+    _match_unassigned_images(cache, data, good, meta_for, image_entry)
+    for image_id in sorted(set(good) - set(data["images"])):
+        kept_at = store.move_to_lost_found(image_id)
+        report.warnings.append(f"{kept_at}: image matches no known path; kept for an administrator")
+    index = CacheIndex(data)
+    CacheIndex.validate(data, source=store.index_path)
+    report.repaired.append(f"rebuilt the index with {len(index)} paths and {len(index.all_image_ids())} images")
+    return index
+
+
+def _match_unassigned_images(cache: BootCache, data: dict, good: Dict[str, Digest], meta_for, image_entry) -> None:
+    """Give unassigned images back to the boot files (referenced or at the top level) that hold them.
+
+    Only boot files whose size equals an unassigned image's size are hashed.
+    """
+    unassigned: Dict[int, List[str]] = {}
+    for image_id, digest in good.items():
+        if image_id not in data["images"]:
+            unassigned.setdefault(digest.size, []).append(image_id)
+    if not unassigned:
+        return
+    candidates = set(cache.references())
+    with contextlib.suppress(OSError), os.scandir(cache.boot_dir) as it:
+        candidates.update("/" + e.name for e in it if e.is_file(follow_symlinks=False))
+    for path in sorted(candidates):
+        if path in data["index"]:
+            continue
+        try:
+            real = cache.boot_file(path)
+            st = os.stat(real)
+        except (OSError, UnsafePathError):
+            continue
+        if not unassigned.get(st.st_size):
+            continue
+        try:
+            digest, signature = hash_path(real)
+        except OSError:
+            continue
+        image_id = digest.sha1
+        if image_id not in unassigned[st.st_size]:
+            continue
+        data["index"][path] = [image_id]
+        data["paths"][path] = meta_for(path)
+        data["paths"][path]["bootwatch"] = {"stat": signature.to_json(), "stat_image_id": image_id}
+        data["images"][image_id] = image_entry(image_id)
+        unassigned[st.st_size].remove(image_id)

@@ -1,0 +1,254 @@
+"""The cache index: boom's ``cacheindex.json`` as an in-memory model.
+
+The model keeps the parsed JSON as it was read, so that keys written by boom or by a newer
+bootwatch survive a rewrite. boom keeps the dictionaries of ``paths`` and ``images`` entries as it
+loads them and only sets its own keys, so bootwatch's extra data lives *inside* those entries under
+a ``"bootwatch"`` key, where boom carries it along. (boom rebuilds the top level from its three
+keys, so a top-level extra key would be lost the first time boom writes.)
+
+    index:  {"/vmlinuz-6.1.0": ["<sha1>", ...]}              oldest first, new ids appended
+    paths:  {"/vmlinuz-6.1.0": {"path_mode", "path_uid", "path_gid", "path_attrs",
+                                "bootwatch": {"stat": [dev, ino, size, mtime_ns, ctime_ns],
+                                              "stat_image_id": "<sha1>"}}}
+    images: {"<sha1>": {"image_ts": 1795320654,
+                        "bootwatch": {"sha256", "size", "cached_at", "verified": {...}}}}
+
+``stat``/``stat_image_id`` record the boot file's signature when it was last hashed and the id it
+hashed to: while the signature holds, bootwatch knows the file's content without reading it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Union
+
+from bootwatch.errors import IndexCorruptError, UnsafePathError
+from bootwatch.hashing import Digest, StatSignature
+from bootwatch.safety import normalize_boot_path
+
+IMAGE_ID = re.compile(r"[0-9a-f]{40}")
+EXTRA = "bootwatch"
+
+
+def is_image_id(value: object) -> bool:
+    return isinstance(value, str) and IMAGE_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class PathMeta:
+    """The file attributes boom records for a path, restored with the image."""
+
+    mode: int
+    uid: int
+    gid: int
+
+
+class CacheIndex:
+    """A validated, mutable view of ``cacheindex.json``.
+
+    Every method keeps the three boom invariants: each index path has an entry in ``paths`` and a
+    non-empty id list, and each listed id has an entry in ``images``.
+    """
+
+    def __init__(self, data: Optional[dict] = None) -> None:
+        self._data = data if data is not None else {"index": {}, "paths": {}, "images": {}}
+
+    # ---------------------------------------------------------------- loading and saving
+
+    @classmethod
+    def from_json(cls, text: Union[str, bytes], *, source: Union[str, Path]) -> "CacheIndex":
+        """Parse and validate; anything boom could not read, or that is hostile, is corrupt."""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IndexCorruptError(f"is not valid JSON ({e})", path=source) from None
+        cls.validate(data, source=source)
+        return cls(data)
+
+    @staticmethod
+    def validate(data: object, *, source: Union[str, Path]) -> None:
+        def corrupt(message: str) -> IndexCorruptError:
+            return IndexCorruptError(message, path=source)
+
+        if not isinstance(data, dict):
+            raise corrupt(f"top level is a {type(data).__name__}, expected an object")
+        for key in ("index", "paths", "images"):
+            if not isinstance(data.get(key), dict):
+                raise corrupt(f"'{key}' is missing or is not an object")
+        index, paths, images = data["index"], data["paths"], data["images"]
+        for path, ids in index.items():
+            try:
+                normalize_boot_path(path)
+            except UnsafePathError as e:
+                raise corrupt(f"index path {path!r} is unsafe: {e.message}") from None
+            if not isinstance(ids, list) or not ids:
+                raise corrupt(f"index['{path}'] must be a non-empty list of image ids")
+            for image_id in ids:
+                if not is_image_id(image_id):
+                    raise corrupt(f"index['{path}'] holds {image_id!r}, not a 40-digit lowercase SHA1")
+                if not isinstance(images.get(image_id), dict):
+                    raise corrupt(f"image {image_id} of '{path}' has no entry in 'images'")
+            meta = paths.get(path)
+            if not isinstance(meta, dict):
+                raise corrupt(f"path '{path}' has no entry in 'paths'")
+            for key in ("path_mode", "path_uid", "path_gid"):
+                if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool):
+                    raise corrupt(f"paths['{path}'].{key} is missing or is not an integer")
+        for image_id, meta in images.items():
+            if not is_image_id(image_id):
+                raise corrupt(f"'images' has a key {image_id!r} that is not an image id")
+            if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
+                raise corrupt(f"images['{image_id}'].image_ts is missing or is not a number")
+
+    def to_json(self) -> bytes:
+        return json.dumps(self._data, indent=1, sort_keys=False).encode() + b"\n"
+
+    def copy(self) -> "CacheIndex":
+        return CacheIndex(copy.deepcopy(self._data))
+
+    # ---------------------------------------------------------------- queries
+
+    def paths(self) -> List[str]:
+        return sorted(self._data["index"])
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._data["index"]
+
+    def __len__(self) -> int:
+        return len(self._data["index"])
+
+    def image_ids(self, path: str) -> List[str]:
+        """The ids of ``path`` in index order (oldest first)."""
+        return list(self._data["index"].get(path, []))
+
+    def images_newest_first(self, path: str) -> List[str]:
+        """Ordered as boom orders them: by ``image_ts`` descending, ties in index order."""
+        ids = self._data["index"].get(path, [])
+        return sorted(ids, key=lambda i: self._data["images"][i]["image_ts"], reverse=True)
+
+    def newest(self, path: str) -> str:
+        return self.images_newest_first(path)[0]
+
+    def image_ts(self, image_id: str) -> int:
+        return int(self._data["images"][image_id]["image_ts"])
+
+    def all_image_ids(self) -> Set[str]:
+        """Every id some path lists (the ``images`` table may hold more: boom leaves strays)."""
+        return {i for ids in self._data["index"].values() for i in ids}
+
+    def known_image_ids(self) -> Set[str]:
+        return set(self._data["images"])
+
+    def paths_of(self, image_id: str) -> List[str]:
+        return sorted(p for p, ids in self._data["index"].items() if image_id in ids)
+
+    def meta(self, path: str) -> PathMeta:
+        m = self._data["paths"][path]
+        return PathMeta(m["path_mode"], m["path_uid"], m["path_gid"])
+
+    def path_extra(self, path: str) -> dict:
+        extra = self._data["paths"][path].get(EXTRA)
+        return extra if isinstance(extra, dict) else {}
+
+    def image_extra(self, image_id: str) -> dict:
+        extra = self._data["images"].get(image_id, {}).get(EXTRA)
+        return extra if isinstance(extra, dict) else {}
+
+    def known_content(self, path: str, signature: StatSignature) -> Optional[str]:
+        """The image id of the boot file, if its signature still equals the recorded one."""
+        extra = self.path_extra(path)
+        if StatSignature.from_json(extra.get("stat")) == signature and is_image_id(extra.get("stat_image_id")):
+            return extra["stat_image_id"]
+        return None
+
+    # ---------------------------------------------------------------- mutations
+
+    def add_image(self, path: str, digest: Digest, st_mode: int, uid: int, gid: int, mtime: int,
+                  *, cached_at: int) -> bool:
+        """Record that ``path`` now has the content ``digest``. True if that is not its newest image yet.
+
+        ``image_ts`` is the boot file's mtime, as boom records it. boom takes the image with the
+        highest ``image_ts`` as the newest, so a new id gets at least the path's highest
+        ``image_ts`` plus one: a file rewritten within the same second is still the newest for boom.
+        """
+        normalize_boot_path(path)
+        ids = self._data["index"].setdefault(path, [])
+        newest_ts = max((self.image_ts(i) for i in ids), default=None)
+        is_newest = bool(ids) and self.newest(path) == digest.sha1
+        image = self._data["images"].get(digest.sha1)
+        if image is None:
+            image = self._data["images"][digest.sha1] = {"image_ts": int(mtime)}
+        if not is_newest:
+            if digest.sha1 in ids:  # the content went back to an older image: it is the newest again
+                ids.remove(digest.sha1)
+            ids.append(digest.sha1)
+            if newest_ts is not None and image["image_ts"] <= newest_ts:
+                image["image_ts"] = int(newest_ts) + 1
+        extra = image.setdefault(EXTRA, {})
+        extra.update({"sha256": digest.sha256, "size": digest.size})
+        extra.setdefault("cached_at", cached_at)
+        meta = self._data["paths"].setdefault(path, {})
+        meta.update({"path_mode": st_mode, "path_uid": uid, "path_gid": gid})
+        meta.setdefault("path_attrs", {})
+        return not is_newest
+
+    def record_signature(self, path: str, signature: StatSignature, image_id: str) -> None:
+        extra = self._data["paths"][path].setdefault(EXTRA, {})
+        extra["stat"] = signature.to_json()
+        extra["stat_image_id"] = image_id
+
+    def forget_signature(self, path: str) -> None:
+        extra = self._data["paths"][path].get(EXTRA)
+        if isinstance(extra, dict):
+            extra.pop("stat", None)
+            extra.pop("stat_image_id", None)
+
+    def record_verification(self, image_id: str, result: dict) -> None:
+        self._data["images"][image_id].setdefault(EXTRA, {})["verified"] = result
+
+    def remove_path(self, path: str) -> List[str]:
+        """Forget a path; return the ids no other path lists any more (their entries are dropped)."""
+        ids = self._data["index"].pop(path, [])
+        self._data["paths"].pop(path, None)
+        return self._drop_unlisted(ids)
+
+    def remove_image_from_path(self, path: str, image_id: str) -> List[str]:
+        """Forget one image of a path (the path goes when its last image goes)."""
+        ids = self._data["index"].get(path, [])
+        if image_id in ids:
+            ids.remove(image_id)
+        if not ids:
+            self._data["index"].pop(path, None)
+            self._data["paths"].pop(path, None)
+        return self._drop_unlisted([image_id])
+
+    def trim(self, path: str, keep: int) -> List[str]:
+        """Keep the newest ``keep`` images of ``path``; return the ids that are now unlisted."""
+        newest_first = self.images_newest_first(path)
+        dropped = newest_first[keep:]
+        if not dropped:
+            return []
+        self._data["index"][path] = [i for i in self._data["index"][path] if i not in dropped]
+        return self._drop_unlisted(dropped)
+
+    def drop_stray_images(self) -> List[str]:
+        """Remove ``images`` entries that no path lists."""
+        return self._drop_unlisted(list(self._data["images"]))
+
+    def _drop_unlisted(self, ids: Iterable[str]) -> List[str]:
+        listed = self.all_image_ids()
+        gone = [i for i in dict.fromkeys(ids) if i not in listed]
+        for image_id in gone:
+            self._data["images"].pop(image_id, None)
+        return gone
+
+    def items(self) -> Iterator[str]:
+        return iter(self.paths())
+
+    def raw(self) -> Dict[str, dict]:
+        """The underlying JSON object (for salvage and tests; do not keep references)."""
+        return self._data

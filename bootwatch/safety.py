@@ -1,0 +1,103 @@
+"""Security checks for the directories bootwatch writes to and the paths it is given.
+
+The cache directory is checked as libguestfs checked its appliance cache: a cache that another user
+can write to is a way to make bootwatch restore an attacker's kernel into /boot. A path that comes
+from the index, a BLS entry or the command line is a string that may try to escape the boot
+directory with ``..`` or a symlink; nothing is opened until it has been resolved and confined.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from bootwatch.errors import UnsafeDirectoryError, UnsafePathError
+
+
+def check_private_directory(directory: Path, *, create: bool = False) -> Path:
+    """Return ``directory`` if it is safe to keep cached images in, else raise.
+
+    Safe means: a real directory (not a symlink), owned by the running user, and not writable by
+    group or other. With ``create``, a missing directory is made with mode 0700 (its parents 0755).
+    """
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        if not create:
+            raise UnsafeDirectoryError("does not exist", path=directory,
+                                       hint="create it, or run a command that writes to the cache") from None
+        directory.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeDirectoryError("is a symlink; refusing to use it as a cache directory", path=directory,
+                                   hint="point the cache at the real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError("is not a directory", path=directory)
+    if st.st_uid != os.geteuid():
+        raise UnsafeDirectoryError(f"is owned by uid {st.st_uid}, not by the running user (uid {os.geteuid()})",
+                                   path=directory, hint=f"chown {os.geteuid()} {directory}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeDirectoryError(f"is writable by group or other (mode {stat.S_IMODE(st.st_mode):04o})",
+                                   path=directory, hint=f"chmod go-w {directory}")
+    return directory
+
+
+def normalize_boot_path(path: str) -> str:
+    """Check a boom-style path (``/vmlinuz-6.1.0``, relative to the boot directory) and return it.
+
+    The path must be absolute in boom's sense, contain no ``.`` or ``..`` component, no empty
+    component, no NUL and no newline. It is returned unchanged: boom matches BLS entries by exact
+    string, so bootwatch must not rewrite it.
+    """
+    if not path.startswith("/"):
+        raise UnsafePathError("is not a boom-style path: it must start with '/'", path=repr(path))
+    if "\0" in path or "\n" in path:
+        raise UnsafePathError("contains a NUL or newline character", path=repr(path))
+    parts = path[1:].split("/")
+    if path == "/" or any(part in ("", ".", "..") for part in parts):
+        raise UnsafePathError("has an empty, '.' or '..' component", path=path)
+    return path
+
+
+def boot_path_from_argument(boot_dir: Path, argument: str) -> str:
+    """Turn a command line PATH into a boom-style path.
+
+    ``/vmlinuz-6.1.0`` is taken as relative to the boot directory. An absolute path that lies
+    inside the boot directory (``/boot/vmlinuz-6.1.0``) is accepted too, and wins when that file
+    exists, so that both spellings a sysadmin might type work.
+    """
+    boot_real = os.path.realpath(boot_dir)
+    absolute = os.path.normpath(os.path.abspath(argument))
+    if absolute.startswith(boot_real.rstrip("/") + "/") and os.path.lexists(absolute):
+        relative = absolute[len(boot_real.rstrip("/")):]
+        return normalize_boot_path(relative)
+    boot_given = os.path.normpath(os.path.abspath(boot_dir))
+    if absolute.startswith(boot_given.rstrip("/") + "/") and os.path.lexists(absolute):
+        return normalize_boot_path(absolute[len(boot_given.rstrip("/")):])
+    return normalize_boot_path(argument)
+
+
+def resolve_in_boot(boot_dir: Path, path: str) -> Path:
+    """Return the real file that the boom-style ``path`` names inside ``boot_dir``.
+
+    Symlinks are followed only while they stay inside the boot directory (Debian and Fedora keep
+    ``vmlinuz -> vmlinuz-6.1.0`` style links). A link that leads out of it raises
+    :class:`UnsafePathError`. The file need not exist; its parent chain is resolved as far as it does.
+    """
+    normalize_boot_path(path)
+    boot_real = Path(os.path.realpath(boot_dir))
+    candidate = Path(os.path.realpath(boot_real / PurePosixPath(path[1:])))
+    if candidate != boot_real and boot_real not in candidate.parents:
+        raise UnsafePathError(f"resolves to {candidate}, outside the boot directory {boot_real}", path=path,
+                              hint="bootwatch never follows a symlink out of the boot directory")
+    return candidate
+
+
+def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """``open(2)`` with ``O_NOFOLLOW | O_CLOEXEC``: a symlink swapped in after resolving fails with ELOOP."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)

@@ -1,0 +1,289 @@
+"""The cache directory on disk: atomic files, the lock, and who may delete what.
+
+On-disk protocol (one directory, shared with boom):
+
+    cacheindex.json         boom's index. bootwatch replaces it only by rename(2) of a complete,
+                            fsynced temp file, then fsyncs the directory; a reader without the lock
+                            sees the old or the new index, never a mix. (boom itself rewrites it in
+                            place without a lock: a read that fails to parse is retried a few times
+                            before the index is called corrupt.)
+    <sha1>.img              an image; its name is the SHA1 of its content. Created by rename of a
+                            fsynced temp file, never written in place. Deleted only by a holder of
+                            the lock, and only once the index written before no longer lists it.
+    .bootwatch.lock         empty. Every writer (add, remove, restore, clean, verify's results,
+                            fsck --repair, pin, gc, the daemon's batches) holds flock(LOCK_EX) on it
+                            for the whole operation. Readers take no lock.
+    .bootwatch-tmp.*        a file being written by the holder of the lock. Since only the holder
+                            creates them, any temp file that a new holder finds is left by a writer
+                            that died: the holder removes it.
+    links/<id>.<...>.img    hard links that pin an image for a running program (see pins.py).
+                            An image with a link is never deleted by clean.
+    lost+found/             images fsck --repair could not give back to a path. Never deleted by
+                            bootwatch: an administrator decides.
+    cacheindex.json.corrupt-<time>
+                            a corrupt index set aside by fsck --repair. Never deleted by bootwatch.
+
+Crash ordering: an image is renamed into place before the index that lists it is written, and it
+is deleted only after the index that drops it is written. A crash between the two leaves an
+orphan image (harmless; clean removes it), never an index entry without its image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from bootwatch.errors import BootwatchError, IndexCorruptError, describe_oserror
+from bootwatch.index import CacheIndex, is_image_id
+from bootwatch.safety import check_private_directory
+
+INDEX_NAME = "cacheindex.json"
+LOCK_NAME = ".bootwatch.lock"
+TEMP_PREFIX = ".bootwatch-tmp."
+IMAGE_SUFFIX = ".img"
+LINKS_DIR = "links"
+LOST_FOUND_DIR = "lost+found"
+
+# boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
+READ_RETRIES = 5
+READ_RETRY_DELAY = 0.05
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable: the directory entry lives in the directory."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TempFile:
+    """A new file opened with ``O_CREAT | O_EXCL | O_NOFOLLOW`` that becomes final only by :meth:`commit`.
+
+    Leaving the ``with`` block without a commit removes it, so no half-written file ever carries a
+    final name, whatever went wrong (ENOSPC, a signal turned into an exception, a content change).
+    """
+
+    def __init__(self, directory: Path, prefix: str = TEMP_PREFIX, mode: int = 0o600) -> None:
+        self.directory = directory
+        self.path: Optional[Path] = None
+        for attempt in range(100):
+            candidate = directory / f"{prefix}{os.getpid()}.{time.monotonic_ns():x}.{attempt}"
+            try:
+                self.fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  mode)
+            except FileExistsError:
+                continue
+            self.path = candidate
+            return
+        raise BootwatchError("cannot create a unique temporary file", path=directory)
+
+    def __enter__(self) -> "TempFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def commit(self, final: Path, *, replace: bool = True) -> None:
+        """fsync, rename over ``final`` and fsync the directory.
+
+        With ``replace`` False an existing ``final`` is kept (link + unlink, which fails with
+        EEXIST instead of replacing).
+        """
+        assert self.path is not None
+        os.fsync(self.fd)
+        self.close()
+        if replace:
+            os.rename(self.path, final)
+        else:
+            try:
+                os.link(self.path, final)
+            finally:
+                os.unlink(self.path)
+        self.path = None
+        fsync_directory(final.parent)
+
+
+class CacheStore:
+    """One cache directory: its index, its images, its lock."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    # ---------------------------------------------------------------- names
+
+    @property
+    def index_path(self) -> Path:
+        return self.directory / INDEX_NAME
+
+    @property
+    def links_dir(self) -> Path:
+        return self.directory / LINKS_DIR
+
+    @property
+    def lost_found_dir(self) -> Path:
+        return self.directory / LOST_FOUND_DIR
+
+    def image_path(self, image_id: str) -> Path:
+        if not is_image_id(image_id):
+            raise BootwatchError(f"{image_id!r} is not an image id")
+        return self.directory / f"{image_id}{IMAGE_SUFFIX}"
+
+    # ---------------------------------------------------------------- safety and locking
+
+    def check(self, *, create: bool = False) -> None:
+        """Refuse an unsafe cache directory (see :func:`check_private_directory`)."""
+        check_private_directory(self.directory, create=create)
+
+    @contextlib.contextmanager
+    def locked(self, *, create: bool = True, remove_stale: bool = True) -> Iterator[None]:
+        """Hold the writers' lock. Stale temp files left by dead writers are removed on entry.
+
+        ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
+        """
+        self.check(create=create)
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if remove_stale:
+                self.remove_stale_temp_files()
+            yield
+        finally:
+            os.close(fd)  # closing the last fd drops the flock
+
+    def stale_temp_files(self) -> List[Path]:
+        """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""
+        with os.scandir(self.directory) as it:
+            return sorted(Path(e.path) for e in it if e.name.startswith(TEMP_PREFIX))
+
+    def remove_stale_temp_files(self) -> List[Path]:
+        stale = self.stale_temp_files()
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return stale
+
+    # ---------------------------------------------------------------- the index
+
+    def index_exists(self) -> bool:
+        return os.path.lexists(self.index_path)
+
+    def read_index_bytes(self) -> Optional[bytes]:
+        try:
+            fd = os.open(self.index_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IndexCorruptError("is a symlink; refusing to read it", path=self.index_path) from None
+            raise BootwatchError(describe_oserror(e)) from None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def load_index(self) -> CacheIndex:
+        """Read and validate the index. A missing index is an empty cache."""
+        last: Optional[IndexCorruptError] = None
+        for attempt in range(READ_RETRIES):
+            data = self.read_index_bytes()
+            if data is None:
+                return CacheIndex()
+            try:
+                return CacheIndex.from_json(data, source=self.index_path)
+            except IndexCorruptError as e:
+                last = e
+                time.sleep(READ_RETRY_DELAY * (attempt + 1))
+        assert last is not None
+        raise last
+
+    def write_index(self, index: CacheIndex) -> None:
+        """Replace the index atomically and durably. The caller holds the lock."""
+        data = index.to_json()
+        with TempFile(self.directory) as tmp:
+            os.fchmod(tmp.fd, 0o644)
+            _write_fully(tmp.fd, data)
+            tmp.commit(self.index_path)
+
+    def set_aside_corrupt_index(self) -> Optional[Path]:
+        """Rename a corrupt index to ``cacheindex.json.corrupt-<UTC time>`` and return the new name."""
+        if not self.index_exists():
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.directory / f"{INDEX_NAME}.corrupt-{stamp}"
+        n = 0
+        while os.path.lexists(target):
+            n += 1
+            target = self.directory / f"{INDEX_NAME}.corrupt-{stamp}.{n}"
+        os.rename(self.index_path, target)
+        fsync_directory(self.directory)
+        return target
+
+    # ---------------------------------------------------------------- images
+
+    def image_ids_on_disk(self) -> List[str]:
+        """Every ``<sha1>.img`` regular file in the directory."""
+        ids = []
+        with os.scandir(self.directory) as it:
+            for entry in it:
+                if entry.name.endswith(IMAGE_SUFFIX) and is_image_id(entry.name[:-len(IMAGE_SUFFIX)]) \
+                        and entry.is_file(follow_symlinks=False):
+                    ids.append(entry.name[:-len(IMAGE_SUFFIX)])
+        return sorted(ids)
+
+    def image_stat(self, image_id: str) -> Optional[os.stat_result]:
+        try:
+            st = os.lstat(self.image_path(image_id))
+        except FileNotFoundError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def has_image(self, image_id: str) -> bool:
+        return self.image_stat(image_id) is not None
+
+    def open_image(self, image_id: str) -> int:
+        return os.open(self.image_path(image_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def delete_image(self, image_id: str) -> bool:
+        """Unlink an image. The caller holds the lock and has already written an index without it."""
+        try:
+            os.unlink(self.image_path(image_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def move_to_lost_found(self, image_id: str, suffix: str = "") -> Path:
+        """Keep an image out of clean's reach for an administrator to look at."""
+        self.lost_found_dir.mkdir(mode=0o700, exist_ok=True)
+        target = self.lost_found_dir / f"{image_id}{IMAGE_SUFFIX}{suffix}"
+        os.rename(self.image_path(image_id), target)
+        fsync_directory(self.directory)
+        return target
+
+    def pinned_image_ids(self) -> set:
+        """Ids that some link in ``links/`` holds. Clean never deletes these; gc decides liveness."""
+        try:
+            names = os.listdir(self.links_dir)
+        except FileNotFoundError:
+            return set()
+        return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
