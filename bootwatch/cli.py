@@ -194,6 +194,16 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def cmd_pin(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.pins import command_pin  # imported on use: only pin and gc need it
+    return command_pin(args, config)
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.pins import command_gc
+    return command_gc(args, config)
+
+
 # ------------------------------------------------------------------------------------ parser
 
 def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -240,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = command("fsck", cmd_fsck, "check that the index and the image files agree")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired; a corrupt index is kept aside")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("pin", cmd_pin, "run COMMAND with cached images pinned (hard links that clean leaves alone)")
+    p.add_argument("--path", dest="pin_paths", action="append", default=[], metavar="P",
+                   help="pin the newest image of this cached path (repeatable)")
+    p.add_argument("--image", dest="pin_images", action="append", default=[], metavar="ID",
+                   help="pin this image id (repeatable)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS]",
+                   help="the command to run; it gets the pinned files in BOOTWATCH_PIN_0, BOOTWATCH_PIN_1, ...")
+    p = command("gc", cmd_gc, "remove pin links whose owner process is dead")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     return parser
 
