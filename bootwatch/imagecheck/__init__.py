@@ -144,12 +144,12 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
     method = compression_of(head)
     if method is not None:
         try:
-            inner = peek_decompressed(f, 0, size, method).lstrip(b"\0")
+            inner = peek_decompressed(f, 0, size, method)
         except ToolMissing as err:
             return ImageCheck("initramfs", "unchecked", f"not checked: {err.args[0]} not installed")
         except ArchiveError as err:
             return ImageCheck("initramfs", "failed", str(err))
-        if inner[:6] in CPIO_MAGICS:
+        if inner.lstrip(b"\0")[:6] in CPIO_MAGICS:
             return _initramfs(f, 0, size, check_deadline)
         other = other_kernel(inner) or ("x86 bzImage" if is_bzimage(inner) else None)
         if other is not None:

@@ -31,35 +31,49 @@ class FsCheckSkipped(Exception):
     """The check could not run here (no root, no loop devices, no driver); the message says why."""
 
 
+def _read_file(path: str, buf: bytearray) -> int:
+    """Read one regular file to its end; the number of bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        total = 0
+        while True:
+            n = os.readv(fd, [buf])
+            if not n:
+                return total
+            total += n
+    finally:
+        os.close(fd)
+
+
 def _read_tree(top: Path, check_deadline: Optional[Callable[[], None]]) -> Tuple[int, int]:
-    """Read every regular file and symlink below ``top``; (files, bytes). Never follows links."""
+    """Read every regular file and symlink below ``top``; (files, bytes). Never follows links.
+
+    An OSError always carries the path it happened on (read(2) errors do not by themselves).
+    """
     files = total = 0
     buf = bytearray(READ_SIZE)
     pending: List[str] = [str(top)]
     while pending:
         directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if check_deadline is not None:
-                    check_deadline()
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.is_symlink():
-                    os.readlink(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                                 | os.O_NOCTTY)
-                    try:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            continue
-                        while True:
-                            n = os.readv(fd, [buf])
-                            if not n:
-                                break
-                            total += n
-                    finally:
-                        os.close(fd)
-                    files += 1
+        current = directory
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if check_deadline is not None:
+                        check_deadline()
+                    current = entry.path
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_symlink():
+                        os.readlink(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += _read_file(entry.path, buf)
+                        files += 1
+                    current = directory
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, current) from None
     return files, total
 
 
