@@ -1,0 +1,162 @@
+"""The on-disk store: temp files that only become final by rename, the index file, hashing in one pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bootwatch.errors import IndexCorruptError
+from bootwatch.hashing import CHUNK_SIZE, hash_and_copy, hash_path
+from bootwatch.index import CacheIndex
+from bootwatch.store import TEMP_PREFIX, CacheStore, TempFile
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CacheStore:
+    s = CacheStore(tmp_path / "cache")
+    s.check(create=True)
+    return s
+
+
+def listing(directory: Path) -> list:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_check_creates_a_private_directory(tmp_path: Path) -> None:
+    s = CacheStore(tmp_path / "a" / "cache")
+    s.check(create=True)
+    assert stat.S_IMODE(os.lstat(s.directory).st_mode) == 0o700
+
+
+def test_a_temp_file_left_without_commit_is_removed(store: CacheStore) -> None:
+    with pytest.raises(RuntimeError):
+        with TempFile(store.directory) as tmp:
+            os.write(tmp.fd, b"half")
+            assert tmp.path is not None and tmp.path.name.startswith(TEMP_PREFIX)
+            raise RuntimeError("interrupted")
+    assert listing(store.directory) == []
+
+
+def test_commit_renames_and_replaces(store: CacheStore) -> None:
+    final = store.directory / "final"
+    final.write_bytes(b"old")
+    with TempFile(store.directory) as tmp:
+        os.write(tmp.fd, b"new")
+        tmp.commit(final)
+    assert final.read_bytes() == b"new"
+    assert listing(store.directory) == ["final"]
+
+
+def test_commit_without_replace_keeps_an_existing_file(store: CacheStore) -> None:
+    final = store.directory / "final"
+    final.write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        with TempFile(store.directory) as tmp:
+            os.write(tmp.fd, b"ours")
+            tmp.commit(final, replace=False)
+    assert final.read_bytes() == b"theirs"
+    assert listing(store.directory) == ["final"], "the temp file must be gone"
+
+
+def test_temp_files_are_created_exclusively_and_private(store: CacheStore) -> None:
+    with TempFile(store.directory) as tmp:
+        assert tmp.path is not None
+        assert stat.S_IMODE(os.fstat(tmp.fd).st_mode) == 0o600
+        # The name is taken: creating it again exclusively fails, as O_EXCL promises.
+        with pytest.raises(FileExistsError):
+            os.open(tmp.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+
+def test_write_index_is_atomic_and_readable(store: CacheStore, tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"x" * 10)
+    index = CacheIndex()
+    index.add_image("/k", hash_path(tmp_path / "src")[0], 0o100644, 0, 0, 5, cached_at=5)
+    store.write_index(index)
+    assert listing(store.directory) == ["cacheindex.json"]
+    assert stat.S_IMODE(os.stat(store.index_path).st_mode) == 0o644
+    assert store.load_index().raw() == json.loads(store.index_path.read_text()) == index.raw()
+
+
+def test_a_missing_index_is_an_empty_cache(store: CacheStore) -> None:
+    assert len(store.load_index()) == 0
+
+
+def test_a_symlinked_index_is_refused(store: CacheStore, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"index": {}, "paths": {}, "images": {}}))
+    os.symlink(target, store.index_path)
+    with pytest.raises(IndexCorruptError, match="symlink"):
+        store.load_index()
+
+
+def test_set_aside_keeps_the_corrupt_bytes(store: CacheStore) -> None:
+    store.index_path.write_bytes(b"{garbage")
+    first = store.set_aside_corrupt_index()
+    store.index_path.write_bytes(b"{more garbage")
+    second = store.set_aside_corrupt_index()
+    assert first != second, "a second corrupt index must not overwrite the first"
+    assert first.read_bytes() == b"{garbage" and second.read_bytes() == b"{more garbage"
+    assert first.name.startswith("cacheindex.json.corrupt-")
+    assert not store.index_path.exists()
+
+
+def test_stale_temp_files_are_removed_by_the_next_lock_holder(store: CacheStore, tmp_path: Path) -> None:
+    (store.directory / f"{TEMP_PREFIX}123.abc.0").write_bytes(b"half an image")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.symlink(victim, store.directory / f"{TEMP_PREFIX}evil")
+    with store.locked():
+        pass
+    assert [n for n in listing(store.directory) if n.startswith(TEMP_PREFIX)] == []
+    assert victim.read_bytes() == b"precious", "removing a stale temp symlink must not touch its target"
+
+
+def test_only_regular_sha1_named_files_are_images(store: CacheStore, tmp_path: Path) -> None:
+    good = hashlib.sha1(b"x").hexdigest()
+    (store.directory / f"{good}.img").write_bytes(b"x")
+    (store.directory / f"{'b' * 40}.img.old").write_bytes(b"y")
+    (store.directory / "notanid.img").write_bytes(b"z")
+    os.symlink(tmp_path, store.directory / f"{'c' * 40}.img")
+    (store.directory / f"{'d' * 40}.img").mkdir()
+    assert store.image_ids_on_disk() == [good]
+    assert store.has_image(good) and not store.has_image("c" * 40) and not store.has_image("d" * 40)
+
+
+def test_pinned_ids_come_from_links(store: CacheStore) -> None:
+    store.links_dir.mkdir()
+    (store.links_dir / f"{'a' * 40}.1234.img").write_bytes(b"")
+    (store.links_dir / "junk").write_bytes(b"")
+    assert store.pinned_image_ids() == {"a" * 40}
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 5 * CHUNK_SIZE + 17])
+def test_hash_and_copy_hashes_and_copies_in_one_pass(tmp_path: Path, size: int) -> None:
+    """Several chunks cycle through the buffer pool: a buffer reused too early would corrupt a digest."""
+    data = os.urandom(size)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(data)
+    sfd = os.open(src, os.O_RDONLY)
+    dfd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        # No reflink: force the userspace copy path on every filesystem.
+        d = hash_and_copy(sfd, dfd, try_reflink=False)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert d.sha1 == hashlib.sha1(data).hexdigest()
+    assert d.sha256 == hashlib.sha256(data).hexdigest()
+    assert d.size == size
+    assert dst.read_bytes() == data
+    assert hash_path(src)[0] == d
+
+
+def test_hash_path_does_not_follow_a_final_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(OSError):
+        hash_path(tmp_path / "link")
