@@ -1,0 +1,407 @@
+"""Pins: hard links in ``<cache>/links/`` that keep a cached image alive while a program uses it.
+
+Protocol (the one thing ``gc`` trusts is the owner identity in the link's name)::
+
+    links/<image_id>.<pid>.<starttime>.<bootid>.<seq>.img
+
+* ``<image_id>`` first: ``CacheStore.pinned_image_ids()`` takes everything before the first dot,
+  and clean never deletes (nor uncaches the path of) an image that some link names.
+* ``<pid>.<starttime>.<bootid>`` is the owner: its PID, its start time in clock ticks after boot
+  (``/proc/PID/stat`` field 22) and the kernel's boot id (``/proc/sys/kernel/random/boot_id``,
+  without dashes). The kernel never gives two processes of one boot the same PID *and* start
+  time, so the triple names exactly one process, ever: a PID reused by an unrelated process has a
+  later start time, and after a reboot the boot id differs.
+* ``<seq>`` makes the name unique when one owner pins the same image twice.
+
+A link is *live* while a process with that PID exists, is not a zombie, and has that start time,
+on this boot. ``gc`` removes every other link, under the cache lock; it never needs the owner's
+cooperation. No flock is used: a lock fd would be inherited by the owner's children (and kept by
+a daemon it forks), or closed by a program that closes its descriptors, so it would say less
+about the owner than its identity does.
+
+Links are created under the cache lock, so clean cannot run between "the image exists" and "the
+image is pinned". They are removed without the lock: removing a pin only makes an image
+deletable, and a clean that saw the pin just keeps the image until its next run.
+
+Owner PIDs are those of the PID namespace whose ``/proc`` bootwatch reads; pinning programs and
+the daemon must share it (they do on a host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from bootwatch.cache import BootCache
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror
+from bootwatch.index import is_image_id
+from bootwatch.safety import boot_path_from_argument, check_private_directory
+from bootwatch.store import IMAGE_SUFFIX, fsync_directory
+
+PROC = Path("/proc")
+BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
+PIN_ENV_PREFIX = "BOOTWATCH_PIN_"
+
+# Signals that ``bootwatch pin`` passes on to COMMAND when somebody sends them to it.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)
+# si_code of a signal that the kernel generated itself (a terminal's ^C goes to the whole
+# foreground process group, so COMMAND already has it and must not get it twice).
+SI_KERNEL = 0x80
+
+
+# ------------------------------------------------------------------------------------ owners
+
+def boot_id() -> str:
+    return BOOT_ID_PATH.read_text().strip().replace("-", "")
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """Field 22 of ``/proc/PID/stat``, or None if there is no such process or it is a zombie.
+
+    The second field (comm) may contain spaces and parentheses, so the fields are counted from
+    the last ``)``: field 3 (state) is the first after it. A zombie has exited; only its exit
+    status waits to be collected, so it uses no file any more.
+    """
+    try:
+        data = (PROC / str(pid) / "stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[22 - 3])
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One process, for ever: PID, start time and boot id."""
+
+    pid: int
+    start_time: int
+    boot_id: str
+
+    @classmethod
+    def of(cls, pid: int) -> "Owner":
+        start = process_start_time(pid)
+        if start is None:
+            raise BootwatchError(f"process {pid} does not exist; it cannot own a pin")
+        return cls(pid, start, boot_id())
+
+    def is_alive(self, current_boot_id: str) -> bool:
+        return self.boot_id == current_boot_id and process_start_time(self.pid) == self.start_time
+
+
+@dataclass(frozen=True)
+class PinLink:
+    """A link name, parsed."""
+
+    name: str
+    image_id: str
+    owner: Owner
+    seq: int
+
+    @staticmethod
+    def make_name(image_id: str, owner: Owner, seq: int) -> str:
+        return f"{image_id}.{owner.pid}.{owner.start_time}.{owner.boot_id}.{seq}{IMAGE_SUFFIX}"
+
+    @classmethod
+    def parse(cls, name: str) -> Optional["PinLink"]:
+        """None for a name that does not follow the protocol (gc leaves those alone)."""
+        if not name.endswith(IMAGE_SUFFIX):
+            return None
+        parts = name[:-len(IMAGE_SUFFIX)].split(".")
+        if len(parts) != 5 or not is_image_id(parts[0]) or not all(p.isdigit() for p in (parts[1], parts[2], parts[4])):
+            return None
+        if len(parts[3]) != 32 or any(c not in "0123456789abcdef" for c in parts[3]):
+            return None
+        return cls(name, parts[0], Owner(int(parts[1]), int(parts[2]), parts[3]), int(parts[4]))
+
+
+def links_directory(cache: BootCache, *, create: bool) -> Optional[Path]:
+    """``<cache>/links``, checked like the cache directory itself; None if absent and not ``create``."""
+    directory = cache.store.links_dir
+    if not create and not os.path.lexists(directory):
+        return None
+    return check_private_directory(directory, create=create)
+
+
+def list_links(cache: BootCache) -> Tuple[List[PinLink], List[str]]:
+    """The protocol links and the names that do not follow the protocol."""
+    directory = links_directory(cache, create=False)
+    if directory is None:
+        return [], []
+    links, unknown = [], []
+    for name in sorted(os.listdir(directory)):
+        link = PinLink.parse(name)
+        if link is None:
+            unknown.append(name)
+        else:
+            links.append(link)
+    return links, unknown
+
+
+def count_pins(cache: BootCache) -> int:
+    """How many links exist (live or not yet collected); for metrics."""
+    if not os.path.lexists(cache.store.directory):
+        return 0
+    links, unknown = list_links(cache)
+    return len(links) + len(unknown)
+
+
+# ------------------------------------------------------------------------------------ pinning
+
+def _resolve_image_ids(cache: BootCache, paths: Sequence[str], image_ids: Sequence[str]) -> List[str]:
+    """Paths first (their newest image), then the ids; checked under the lock by the caller."""
+    index = cache.store.load_index()
+    ids = []
+    for path in paths:
+        if path not in index:
+            raise BootwatchError("is not cached; nothing to pin", path=path)
+        ids.append(index.newest(path))
+    for image_id in image_ids:
+        if not is_image_id(image_id):
+            raise UsageError(f"{image_id!r} is not an image id (40 hexadecimal digits)")
+        ids.append(image_id)
+    for image_id in ids:
+        if not cache.store.has_image(image_id):
+            raise BootwatchError("the image file is missing; nothing to pin",
+                                 path=cache.store.image_path(image_id), hint="run 'bootwatch fsck'")
+    return ids
+
+
+def create_links(cache: BootCache, *, paths: Sequence[str] = (), image_ids: Sequence[str] = (),
+                 owner: Owner) -> List[Path]:
+    """Make the links under the cache lock; return them in the order asked (paths, then ids).
+
+    On any failure, the links made so far are removed again.
+    """
+    made: List[Path] = []
+    with cache.store.locked(create=False):
+        directory = links_directory(cache, create=True)
+        assert directory is not None
+        try:
+            for image_id in _resolve_image_ids(cache, paths, image_ids):
+                made.append(_link_one(cache, directory, image_id, owner))
+            fsync_directory(directory)
+        except BaseException:
+            remove_links(made)
+            raise
+    return made
+
+
+def _link_one(cache: BootCache, directory: Path, image_id: str, owner: Owner) -> Path:
+    source = cache.store.image_path(image_id)
+    for seq in range(10000):
+        target = directory / PinLink.make_name(image_id, owner, seq)
+        try:
+            os.link(source, target, follow_symlinks=False)
+            return target
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise BootwatchError(f"cannot pin image {image_id}: {describe_oserror(e)}") from None
+    raise BootwatchError(f"cannot pin image {image_id}: too many pins by process {owner.pid}", path=directory)
+
+
+def remove_links(links: Sequence[Path]) -> None:
+    for link in links:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+
+
+@contextlib.contextmanager
+def pin(cache: BootCache, *, paths: Sequence[str] = (), image_ids: Sequence[str] = (),
+        owner_pid: Optional[int] = None) -> Iterator[List[Path]]:
+    """Pin the newest image of each boom-style path and each image id while the block runs.
+
+    Yields the link paths (paths first, then ids), which are readable copies of the images that
+    no clean will delete. ``owner_pid`` (default: this process) is the process whose life keeps
+    the links alive if this block never gets to remove them (a crash, SIGKILL): gc collects them
+    once that process is gone.
+    """
+    owner = Owner.of(os.getpid() if owner_pid is None else owner_pid)
+    links = create_links(cache, paths=paths, image_ids=image_ids, owner=owner)
+    try:
+        yield links
+    finally:
+        remove_links(links)
+
+
+def release_owner(cache: BootCache, owner: Owner) -> List[str]:
+    """Remove every link of ``owner`` (whatever gc would say); return their names."""
+    links, _ = list_links(cache)
+    mine = [link for link in links if link.owner == owner]
+    remove_links([cache.store.links_dir / link.name for link in mine])
+    return [link.name for link in mine]
+
+
+# ------------------------------------------------------------------------------------ gc
+
+@dataclass
+class GcReport:
+    removed: List[str] = field(default_factory=list)  # links of dead owners (removed unless dry run)
+    kept: List[str] = field(default_factory=list)  # links of live owners
+    unknown: List[str] = field(default_factory=list)  # names that are not ours: left alone
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def gc(cache: BootCache, *, dry_run: bool = False) -> GcReport:
+    """Remove the links whose owner is dead (gone, a zombie, a reused PID, or a previous boot).
+
+    Runs under the cache lock, so a pin being made is never seen half-way. Images that lose their
+    last link are deleted by the next clean if no path lists them.
+    """
+    report = GcReport()
+    if not os.path.lexists(cache.store.directory):
+        return report
+    with cache.store.locked(create=False):
+        links, report.unknown = list_links(cache)
+        current = boot_id()
+        for link in links:
+            if link.owner.is_alive(current):
+                report.kept.append(link.name)
+            else:
+                report.removed.append(link.name)
+        if not dry_run and report.removed:
+            remove_links([cache.store.links_dir / name for name in report.removed])
+            fsync_directory(cache.store.links_dir)
+    return report
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def command_gc(args: argparse.Namespace, config) -> int:  # config: bootwatch.config.Config
+    report = gc(BootCache.from_config(config), dry_run=args.dry_run)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    for name in report.removed:
+        print(f"{verb} {name}: its owner is dead")
+    for name in report.unknown:
+        print(f"left alone {name}: not a bootwatch pin name")
+    if not report.removed:
+        print(f"nothing to collect ({len(report.kept)} live pin{'' if len(report.kept) == 1 else 's'})")
+    return EXIT_OK
+
+
+def command_pin(args: argparse.Namespace, config) -> int:  # config: bootwatch.config.Config
+    """``bootwatch pin [--path P | --image ID]... -- COMMAND [ARGS]``.
+
+    The pins belong to COMMAND's process, not to ``bootwatch pin``: this process forks, the child
+    makes the links with itself as owner and then execs COMMAND. exec keeps the PID and the start
+    time, so the links name COMMAND's process and live exactly as long as it does, even if
+    ``bootwatch pin`` is killed (with SIGKILL nothing can be forwarded; COMMAND runs on and gc
+    collects its links when it exits).
+
+    The parent waits for COMMAND, passes on the signals that somebody sends to it (not those the
+    terminal sends to the whole process group: COMMAND has them already), removes the links when
+    COMMAND has exited and returns COMMAND's exit status (128 + N if signal N killed it).
+    A failure before exec (a path that is not cached, a command that cannot be run) is reported
+    through a close-on-exec pipe: it reads EOF exactly when exec succeeded.
+    """
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("pin: no COMMAND given", hint="bootwatch pin --path /vmlinuz-6.1.0 -- COMMAND [ARGS]")
+    cache = BootCache.from_config(config)
+    paths = [boot_path_from_argument(cache.boot_dir, p) for p in args.pin_paths]
+    if not paths and not args.pin_images:
+        raise UsageError("pin: nothing to pin", hint="give --path P or --image ID")
+    return _run_pinned(cache, paths, list(args.pin_images), argv)
+
+
+def _run_pinned(cache: BootCache, paths: List[str], image_ids: List[str], argv: List[str]) -> int:
+    sigset = set(FORWARDED_SIGNALS) | {signal.SIGCHLD}
+    # SIGCHLD must not be SIG_IGN (children would be reaped by the kernel, unseen).
+    old_chld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigset)
+    try:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child(cache, paths, image_ids, argv, write_fd, old_mask)  # never returns
+        os.close(write_fd)
+        # The child cannot be reaped before we wait for it, so its identity is stable now.
+        owner = Owner(pid, process_start_time(pid) or -1, boot_id())
+        with os.fdopen(read_fd, "rb") as pipe:
+            failure = pipe.read()
+        status = _wait_forwarding(pid, sigset)
+        if os.path.lexists(cache.store.links_dir):
+            release_owner(cache, owner)
+        if failure:
+            code, _, text = failure.decode("utf-8", "replace").partition("\n")
+            message, _, hint = text.partition("\n")
+            raise _ChildError(message, hint=hint or None, code=int(code))
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.waitstatus_to_exitcode(status)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGCHLD, old_chld)
+
+
+class _ChildError(BootwatchError):
+    def __init__(self, message: str, *, hint: Optional[str], code: int) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = code
+
+
+def _wait_forwarding(pid: int, sigset: set) -> int:
+    while True:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return status
+        # A timeout as well, in case a SIGCHLD was merged with one that arrived before we looked.
+        info = signal.sigtimedwait(sigset, 1.0)
+        if info is None or info.si_signo == signal.SIGCHLD:
+            continue
+        if info.si_code != SI_KERNEL:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, info.si_signo)
+
+
+def _child(cache: BootCache, paths: List[str], image_ids: List[str], argv: List[str], report_fd: int,
+           mask: object) -> None:
+    """In the forked child: pin with ourselves as owner, exec COMMAND. Never returns."""
+    code = EXIT_FAILURE
+    message, hint = "", ""
+    try:
+        links: List[Path] = []
+        try:
+            links = create_links(cache, paths=paths, image_ids=image_ids, owner=Owner.of(os.getpid()))
+            env = dict(os.environ)
+            for key in [k for k in env if k.startswith(PIN_ENV_PREFIX)]:
+                del env[key]  # a nested pin must not pass on its parent's list as ours
+            env.update({f"{PIN_ENV_PREFIX}{i}": str(link) for i, link in enumerate(links)})
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the mask survives exec: restore it
+            os.execvpe(argv[0], argv, env)
+        except BootwatchError as e:
+            code, message, hint = e.exit_code, e.message, e.hint or ""
+        except OSError as e:
+            remove_links(links)
+            code = 127 if e.errno == errno.ENOENT else 126  # as a shell reports it
+            message = f"cannot run {argv[0]}: {os.strerror(e.errno or 0).lower()}"
+        os.write(report_fd, f"{code}\n{message}\n{hint}".encode())
+    except BaseException:  # never let the child return into the caller's code
+        with contextlib.suppress(BaseException):
+            os.write(report_fd, f"{EXIT_FAILURE}\npin: unexpected error in the child process\n".encode())
+    finally:
+        os._exit(code)
