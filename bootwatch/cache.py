@@ -193,13 +193,13 @@ class Transaction:
             raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
                                  "not removing it", path=path, hint="use 'remove --force' to uncache it anyway")
         if not count:
-            self._remove_restored_copy(path)
+            self.remove_restored_copy(path)
         ids = self.index.image_ids(path)
         self.unlisted.update(self.index.remove_path(path))
         self.dirty = True
         return ids
 
-    def _remove_restored_copy(self, path: str) -> bool:
+    def remove_restored_copy(self, path: str) -> bool:
         """Delete a copy bootwatch or boom restored, if nothing references it and it is unchanged."""
         try:
             real = self.cache.boot_file(path)
@@ -362,9 +362,10 @@ class BootCache:
     # ---------------------------------------------------------------- writing
 
     @contextlib.contextmanager
-    def transaction(self, *, remove_stale: bool = True) -> Iterator[Transaction]:
+    def transaction(self, *, remove_stale: bool = True,
+                    while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
-        with self.store.locked(remove_stale=remove_stale):
+        with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting):
             txn = Transaction(self, self.store.load_index())
             yield txn
             if txn.dirty:
@@ -470,7 +471,7 @@ class BootCache:
                 if set(work.index.image_ids(path)) & pinned:
                     report.kept_pinned.append(path)
                     continue
-                if not dry_run and work._remove_restored_copy(path):
+                if not dry_run and work.remove_restored_copy(path):
                     report.removed_restored_copies.append(path)
                 work.unlisted.update(work.index.remove_path(path))
                 report.uncached_paths.append(path)

@@ -204,6 +204,55 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
     return command_gc(args, config)
 
 
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.daemon import run_daemon  # the daemon's imports (watchdog, apscheduler) only when needed
+    return run_daemon(getattr(args, "config", None), getattr(args, "boot_dir", None), getattr(args, "cache_dir", None))
+
+
+def cmd_scan(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.daemon import open_cache as open_checked_cache, reconcile_once
+    from bootwatch.journal import setup_logging
+    setup_logging("warning" if args.quiet else config.log.level, target="stderr")
+    report = reconcile_once(config, open_checked_cache(config))
+    if args.json:
+        print_json(report.to_json())
+    elif not args.quiet:
+        print(f"examined {report.examined} paths, hashed {report.hashed}: {len(report.cached)} cached, "
+              f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
+              f"{len(report.errors)} errors")
+    return EXIT_OK if not report.errors else EXIT_FAILURE
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    if args.file is not None:
+        config = load_config(args.file).with_overrides(boot=getattr(args, "boot_dir", None),
+                                                       cache=getattr(args, "cache_dir", None))
+    sys.stdout.write(config.to_toml())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.status import daemon_is_running, read_status
+    status = read_status(config.paths.runtime)
+    running = status is not None and daemon_is_running(status)
+    if args.json:
+        print_json({"running": running, **(status or {})})
+    elif not running:
+        print(f"bootwatch is not running (no live daemon behind {config.paths.runtime}/status.json)")
+    else:
+        assert status is not None
+        counts = status.get("counts", {})
+        print(f"bootwatch is running (pid {status['pid']}) since {format_time(status.get('started'))}")
+        print(f"  watching:       {status.get('boot_dir')} -> {status.get('cache_dir')}")
+        print(f"  last reconcile: {format_time(status.get('last_reconcile'))}")
+        print(f"  last batch:     {format_time(status.get('last_batch'))}")
+        print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none cached"))
+        if status.get("problems"):
+            print(f"  problems:       {status['problems']} cached images with problems (see 'bootwatch list')")
+    # As systemctl status: 3 means "not running".
+    return EXIT_OK if running else 3
+
+
 # ------------------------------------------------------------------------------------ parser
 
 def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -250,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = command("fsck", cmd_fsck, "check that the index and the image files agree")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired; a corrupt index is kept aside")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    command("run", cmd_run, "run the daemon: watch the boot directory and keep the cache current")
+    p = command("scan", cmd_scan, "reconcile once, as the daemon does at start, and exit")
+    p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
+    p.add_argument("--json", action="store_true", help="print what was done as a JSON object")
+    p = command("check-config", cmd_check_config, "validate the configuration and print the effective one")
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the file to check (default: as --config)")
+    p = command("status", cmd_status, "show whether the daemon runs, since when, and the counts by state")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = command("pin", cmd_pin, "run COMMAND with cached images pinned (hard links that clean leaves alone)")
     p.add_argument("--path", dest="pin_paths", action="append", default=[], metavar="P",

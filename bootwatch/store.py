@@ -37,7 +37,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from bootwatch.errors import BootwatchError, IndexCorruptError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
@@ -152,15 +152,27 @@ class CacheStore:
         check_private_directory(self.directory, create=create)
 
     @contextlib.contextmanager
-    def locked(self, *, create: bool = True, remove_stale: bool = True) -> Iterator[None]:
+    def locked(self, *, create: bool = True, remove_stale: bool = True,
+               while_waiting: Optional[Callable[[], None]] = None) -> Iterator[None]:
         """Hold the writers' lock. Stale temp files left by dead writers are removed on entry.
 
         ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
+        ``while_waiting`` is called every 100 ms while another writer holds the lock: the daemon
+        uses it to show systemd's watchdog that it is waiting, not stuck.
         """
         self.check(create=create)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if while_waiting is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        while_waiting()
+                        time.sleep(0.1)
             if remove_stale:
                 self.remove_stale_temp_files()
             yield

@@ -1,0 +1,403 @@
+"""``bootwatch run``: the always-on service.
+
+Threads and who does what:
+
+- the **main thread** handles signals and talks to systemd: it sends ``WATCHDOG=1`` only while
+  the worker and the inotify observer are alive and not stuck, turns SIGHUP into a reload request
+  and SIGTERM/SIGINT into a stop;
+- the **observer** (watchdog's inotify threads) only queues :class:`~bootwatch.watcher.Change`
+  records;
+- the **worker** thread takes changes off the queue, waits until they have been quiet for the
+  ``settle`` window, and applies the whole burst in one cache transaction: at most one index
+  write per batch. Reconciles (start, SIGHUP, overflow, rescan job) and reloads go through the
+  same queue, so only the worker ever changes the daemon's cache state;
+- the **scheduler** (APScheduler) runs the maintenance jobs; they take the cache lock like any
+  other writer.
+
+Start-up order: watches are armed *before* the first reconcile, so that nothing changed during
+the reconcile goes unseen, and ``READY=1`` is sent only after both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Set
+
+from bootwatch.cache import BootCache
+from bootwatch.config import Config, load_config
+from bootwatch.errors import BootwatchError
+from bootwatch.journal import NOTICE, Event, log_event, setup_logging
+from bootwatch.notify import SystemdNotifier
+from bootwatch.reconcile import Reconciler, ReconcileReport
+from bootwatch.status import DaemonStatus, status_path, write_status
+from bootwatch.store import INDEX_NAME, TEMP_PREFIX
+from bootwatch.watcher import Change, Watcher
+
+log = logging.getLogger("bootwatch.daemon")
+
+# A batch keeps growing while events keep coming, but not for longer than this many settle windows
+# (and at least MIN_BATCH_WINDOW seconds): an endless trickle of events must not starve the work.
+MAX_BATCH_SETTLES = 20
+MIN_BATCH_WINDOW = 2.0
+# Without systemd's watchdog the main loop still wakes this often to check the watches.
+IDLE_TICK = 5.0
+# Paths whose caching failed (a file still being written) are tried again after this delay.
+RETRY_DELAY = 1.0
+MAX_RETRIES = 5
+
+
+@dataclass
+class Batch:
+    """What a burst of changes asks the worker to do."""
+
+    full: bool = False
+    overflow: bool = False
+    reload: bool = False
+    entries_changed: bool = False
+    foreign_index: bool = False
+    boot_paths: Set[str] = field(default_factory=set)
+    image_ids: Set[str] = field(default_factory=set)
+    changes: int = 0
+
+
+def load_daemon_config(config_file: Optional[Path], boot: Optional[Path], cache: Optional[Path]) -> Config:
+    return load_config(config_file).with_overrides(boot=boot, cache=cache)
+
+
+def open_cache(config: Config) -> BootCache:
+    """The cache of a configuration, with its directories checked (and the cache dir created)."""
+    if not os.path.isdir(config.paths.boot):
+        raise BootwatchError("boot directory does not exist", path=config.paths.boot,
+                             hint="set [paths] boot in the configuration or pass --boot-dir")
+    cache = BootCache.from_config(config)
+    cache.store.check(create=True)
+    return cache
+
+
+def reconcile_once(config: Config, cache: BootCache,
+                   reconciler: Optional[Reconciler] = None) -> ReconcileReport:
+    """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass."""
+    reconciler = reconciler or Reconciler(config, cache)
+    with cache.transaction() as txn:
+        return reconciler.full(txn)
+
+
+class Daemon:
+    def __init__(self, config_file: Optional[Path] = None, boot: Optional[Path] = None,
+                 cache: Optional[Path] = None) -> None:
+        self.sources = (config_file, boot, cache)
+        self.config = load_daemon_config(*self.sources)  # ConfigError: exit 78 before anything starts
+        self.notifier = SystemdNotifier()
+        self.changes: "queue.Queue[Change]" = queue.Queue()
+        self.stop_requested = threading.Event()
+        self.wakeup = threading.Event()
+        self.reload_requested = False
+        self.worker: Optional[threading.Thread] = None
+        self.busy_since: Optional[float] = None
+        self.last_progress = time.monotonic()
+        self.retries: dict = {}
+        self.scheduler = None
+        self.metrics = None
+        self.cache: BootCache
+        self.reconciler: Reconciler
+        self.watcher: Watcher
+        self.status: DaemonStatus
+
+    # ---------------------------------------------------------------- life cycle
+
+    def run(self) -> int:
+        setup_logging(self.config.log.level)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.cache = open_cache(self.config)
+        self.reconciler = Reconciler(self.config, self.cache)
+        self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(self.config.paths.boot),
+                                   cache_dir=str(self.config.paths.cache))
+        self.watcher = Watcher(self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
+                               self.changes)
+        self.watcher.start()
+        try:
+            report = reconcile_once(self.config, self.cache, self.reconciler)
+            self._after_batch(report, full=True)
+            self.worker = threading.Thread(target=self._worker_loop, name="bootwatch-worker", daemon=True)
+            self.worker.start()
+            self._start_scheduler()
+            self.status.state = "running"
+            self._write_status()
+            log_event(log, Event.DAEMON_STARTED, "watching %s (entries %s, cache %s): %d paths examined, "
+                      "%d hashed", self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
+                      report.examined, report.hashed)
+            self.notifier.ready(status=self.status.summary())
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested.set()
+        self.wakeup.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+        self.wakeup.set()
+
+    def _main_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        tick = min(interval, IDLE_TICK) if interval else IDLE_TICK
+        while not self.stop_requested.is_set():
+            self.wakeup.wait(tick)
+            self.wakeup.clear()
+            if self.stop_requested.is_set():
+                break
+            if self.reload_requested:
+                self.reload_requested = False
+                # RELOADING=1 now; the worker applies the new configuration between batches and
+                # sends READY=1 when it is in force.
+                self.notifier.reloading(status="reloading configuration")
+                self.changes.put(Change("reload", ""))
+            if not self.watcher.healthy():
+                log_event(log, Event.RESCAN_OVERFLOW, "a watched directory was removed, replaced or remounted; "
+                          "re-arming the watches and reconciling", level=logging.WARNING, reason="watch-lost")
+                self.watcher.rearm()
+                self.changes.put(Change("rescan", ""))
+            if self._healthy():
+                self.notifier.watchdog()
+
+    def _healthy(self) -> bool:
+        """The watchdog's question: are the worker and the observer alive and making progress?"""
+        if self.worker is None or not self.worker.is_alive() or not self.watcher.healthy():
+            return False
+        if self.busy_since is not None:
+            interval = self.notifier.watchdog_interval() or IDLE_TICK
+            stuck_after = max(10.0, 4 * interval)
+            if time.monotonic() - self.last_progress > stuck_after:
+                log.warning("the worker made no progress for %.0f s; withholding the watchdog ping",
+                            time.monotonic() - self.last_progress)
+                return False
+        return True
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping(status="stopping")
+        log_event(log, Event.DAEMON_STOPPING, "stopping")
+        if hasattr(self, "status"):
+            self.status.state = "stopping"
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout=5.0)
+        if self.worker is not None:
+            self.changes.put(Change("stop", ""))
+            self.worker.join(timeout=10.0)
+        if hasattr(self, "watcher"):
+            self.watcher.stop()
+        if hasattr(self, "status"):
+            with contextlib.suppress(OSError):
+                os.unlink(status_path(self.config.paths.runtime))
+
+    # ---------------------------------------------------------------- the worker
+
+    def beat(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def _worker_loop(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            self.busy_since = self.last_progress = time.monotonic()
+            try:
+                self._apply(batch)
+            except BootwatchError as e:
+                log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            except Exception:
+                log.exception("unexpected error while applying a batch of %d changes; "
+                              "a full reconcile follows", batch.changes)
+                self._retry_later(Change("rescan", ""), key="rescan")
+            finally:
+                self.busy_since = None
+
+    def _collect(self) -> Optional[Batch]:
+        """Block for the first change, then gather until ``settle`` seconds pass without one."""
+        first = self.changes.get()
+        if first.kind == "stop":
+            return None
+        batch = Batch()
+        settle = self.config.watch.settle
+        deadline = time.monotonic() + max(MIN_BATCH_WINDOW, MAX_BATCH_SETTLES * settle)
+        change: Optional[Change] = first
+        while change is not None:
+            if change.kind == "stop":
+                self.changes.put(change)  # finish this batch, then stop
+                break
+            self._classify(batch, change)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                change = self.changes.get(timeout=min(settle, remaining))
+            except queue.Empty:
+                change = None
+        return batch
+
+    def _classify(self, batch: Batch, change: Change) -> None:
+        batch.changes += 1
+        if change.kind in ("rescan", "overflow", "watch-lost"):
+            batch.full = True
+            batch.overflow = batch.overflow or change.kind == "overflow"
+            return
+        if change.kind == "reload":
+            batch.reload = True
+            return
+        cache_dir = str(self.config.paths.cache).rstrip("/") + "/"
+        entries_dir = str(self.config.paths.entries).rstrip("/") + "/"
+        for name in change.names():
+            if name.startswith(cache_dir) or name.rstrip("/") + "/" == cache_dir:
+                relative = name[len(cache_dir):]
+                if relative == INDEX_NAME and not (change.kind == "moved"
+                                                   and os.path.basename(change.path).startswith(TEMP_PREFIX)):
+                    batch.foreign_index = True  # rewritten by someone else: boom writes it in place
+                image_id = self.reconciler.image_id_of(name)
+                if image_id is not None and (change.kind in ("deleted", "closed") or
+                                             (change.kind == "moved" and name == change.path)):
+                    batch.image_ids.add(image_id)
+                continue
+            if name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
+                batch.entries_changed = True
+                continue
+            if change.is_directory:
+                batch.full = True
+                continue
+            path = self.reconciler.boot_path_of(name)
+            if path is not None:
+                batch.boot_paths.add(path)
+
+    def _apply(self, batch: Batch) -> None:
+        if batch.reload:
+            self._reload()
+        if batch.overflow:
+            log_event(log, Event.RESCAN_OVERFLOW, "the inotify queue overflowed: events were lost; "
+                      "reconciling everything", level=logging.WARNING, reason="overflow")
+        if batch.foreign_index:
+            log.log(NOTICE, "the cache index was changed by another program; reloading it and reconciling")
+            batch.full = True
+        if not (batch.full or batch.entries_changed or batch.boot_paths or batch.image_ids):
+            return
+        with self.cache.transaction(while_waiting=self.beat) as txn:
+            if batch.full:
+                report = self.reconciler.full(txn)
+            else:
+                report = self.reconciler.paths(txn, batch.boot_paths, entries_changed=batch.entries_changed)
+            self.beat()
+            self.reconciler.check_images(txn, batch.image_ids, report)
+        self._after_batch(report, full=batch.full)
+
+    def _after_batch(self, report: ReconcileReport, *, full: bool) -> None:
+        now = time.time()
+        self.status.last_batch = now
+        if full:
+            self.status.last_reconcile = now
+        for path in report.retry:
+            self._retry_later(Change("closed", str(self.cache.boot_dir) + path), key=path)
+        for path in set(report.cached) | set(report.changed) | set(report.restored):
+            self.retries.pop(path, None)
+        try:
+            self.status.set_counts(self.cache.list())
+        except BootwatchError as e:
+            log.error("%s", e)
+        self._write_status()
+        self.notifier.status(self.status.summary())
+        if self.metrics is not None:
+            self._write_metrics(full=full)
+
+    def _retry_later(self, change: Change, *, key: str) -> None:
+        tries = self.retries.get(key, 0)
+        if tries >= MAX_RETRIES:
+            log.warning("%s: giving up after %d tries; the next reconcile tries again", key, tries)
+            self.retries.pop(key, None)
+            return
+        self.retries[key] = tries + 1
+        timer = threading.Timer(RETRY_DELAY * (tries + 1), self.changes.put, args=(change,))
+        timer.daemon = True
+        timer.start()
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.config.paths.runtime, self.status)
+        except OSError as e:
+            log.warning("cannot write the status file in %s: %s", self.config.paths.runtime, e.strerror)
+
+    # ---------------------------------------------------------------- reload
+
+    def _reload(self) -> None:
+        """Apply a new configuration (worker thread, between batches); a bad one keeps the old."""
+        try:
+            new = load_daemon_config(*self.sources)
+            new_cache = open_cache(new) if new.paths != self.config.paths else None
+        except BootwatchError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notifier.ready(status=self.status.summary())
+            return
+        old = self.config
+        self.config = new
+        setup_logging(new.log.level)
+        if new_cache is not None:
+            self.watcher.stop()
+            self.cache = new_cache
+            self.watcher = Watcher(new.paths.boot, new.paths.entries, new.paths.cache, self.changes)
+            self.watcher.start()
+            self.status.boot_dir, self.status.cache_dir = str(new.paths.boot), str(new.paths.cache)
+        else:
+            self.cache.keep = new.cache.keep
+        reported = self.reconciler.reported_missing
+        self.reconciler = Reconciler(new, self.cache)
+        self.reconciler.reported_missing = reported
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout=5.0)
+            self._start_scheduler()
+        log_event(log, Event.CONFIG_RELOADED, "configuration reloaded from %s%s",
+                  ", ".join(str(s) for s in new.sources) or "embedded defaults",
+                  "" if new.paths == old.paths else " (paths changed: watches re-armed)")
+        self.changes.put(Change("rescan", ""))
+        self.notifier.ready(status=self.status.summary())
+
+    # ---------------------------------------------------------------- jobs and metrics
+
+    def request_rescan(self) -> None:
+        self.changes.put(Change("rescan", ""))
+
+    def _start_scheduler(self) -> None:
+        try:
+            from bootwatch.jobs import MaintenanceScheduler
+        except ImportError:
+            return
+        from bootwatch.metrics import Metrics
+        self.metrics = Metrics(self.config.metrics.textfile) if self.config.metrics.textfile else None
+        self.scheduler = MaintenanceScheduler(self.config, self.cache, jobs={"rescan": self.request_rescan},
+                                              on_job_done=self._on_job_done, logger=log)
+        self.scheduler.start()
+
+    def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.record_job(name, duration, ok)
+            self._write_metrics(full=False)
+
+    def _write_metrics(self, *, full: bool) -> None:
+        assert self.metrics is not None
+        try:
+            if full and self.status.last_reconcile:
+                self.metrics.record_reconcile(self.status.last_reconcile)
+            self.metrics.write(self.cache)
+        except (OSError, BootwatchError) as e:
+            log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
+
+
+def run_daemon(config_file: Optional[Path], boot: Optional[Path], cache: Optional[Path]) -> int:
+    """``bootwatch run``. A ConfigError escapes before anything starts (exit 78)."""
+    return Daemon(config_file, boot, cache).run()

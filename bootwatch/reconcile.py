@@ -1,0 +1,314 @@
+"""Reconciling the cache with the boot directory: the policy that the daemon and ``scan`` share.
+
+For each boot path that matters (named by a BLS entry, already cached, or with
+``track = "all"`` a file matching ``[cache] patterns``) the policy decides:
+
+- the boot file exists and is tracked: cache it. Its stat signature is compared with the one
+  recorded in the index first, so an unchanged file is not read at all;
+- the boot file is gone and an entry still references it: restore it from the cache
+  (``auto_restore``), or report it missing;
+- the boot file is gone and nothing references it: the package manager removed it with its
+  entry; nothing to restore, and a copy that bootwatch restored earlier is taken away again;
+- a cached image that vanished or rotted in the cache directory is copied again from the boot
+  file when that still has the same content.
+
+References are read when the batch is applied, after the settle window, not when the event
+arrived: a kernel removed 100 ms before its entry is therefore not restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set
+
+from bootwatch.cache import BootCache, Transaction, restored_marker_name
+from bootwatch.config import Config
+from bootwatch.errors import BootwatchError, UnsafePathError
+from bootwatch.hashing import StatSignature, hash_path
+from bootwatch.journal import Event, log_event
+from bootwatch.policy import matches_patterns, tracks_all
+from bootwatch.store import IMAGE_SUFFIX, LINKS_DIR, LOST_FOUND_DIR
+
+log = logging.getLogger("bootwatch.reconcile")
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass did; the daemon logs it and ``scan`` prints it."""
+
+    examined: int = 0
+    hashed: int = 0
+    cached: List[str] = field(default_factory=list)
+    changed: List[str] = field(default_factory=list)
+    restored: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    recopied: List[str] = field(default_factory=list)
+    broken: List[str] = field(default_factory=list)
+    unrestored: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+    retry: Set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict:
+        data = dict(self.__dict__)
+        data["retry"] = sorted(self.retry)
+        return data
+
+
+class Reconciler:
+    """Applies the policy of one configuration to one cache, inside a :class:`Transaction`."""
+
+    def __init__(self, config: Config, cache: BootCache) -> None:
+        self.config = config
+        self.cache = cache
+        self.boot_dir = Path(os.path.abspath(config.paths.boot))
+        self.boot_real = Path(os.path.realpath(self.boot_dir))
+        # Directories inside the boot directory that hold no boot images.
+        self.skip_dirs = {Path(os.path.realpath(p)) for p in (config.paths.cache, config.paths.entries)}
+        # Paths reported missing once; not reported again on every pass.
+        self.reported_missing: Set[str] = set()
+
+    # ---------------------------------------------------------------- which paths
+
+    def boot_path_of(self, filename: str) -> Optional[str]:
+        """The boom-style path of an absolute file name inside the boot directory, else None."""
+        for root in (self.boot_dir, self.boot_real):
+            prefix = str(root).rstrip("/") + "/"
+            if filename.startswith(prefix):
+                relative = filename[len(prefix):]
+                name = relative.rsplit("/", 1)[-1]
+                if not relative or name.startswith("."):
+                    return None  # dot files: boom's markers, our restore temp files, editors' swaps
+                return "/" + relative
+        return None
+
+    def walk(self) -> Dict[str, os.stat_result]:
+        """Every regular file of the boot directory matching the patterns, with its lstat.
+
+        Used with ``track = "all"``; symlinks are resolved later through :meth:`BootCache.boot_file`.
+        """
+        found: Dict[str, os.stat_result] = {}
+        patterns = self.config.cache.patterns
+        stack = [self.boot_real]
+        while stack:
+            directory = stack.pop()
+            try:
+                it = os.scandir(directory)
+            except OSError:
+                continue
+            with it:
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            path = Path(entry.path)
+                            if path not in self.skip_dirs and entry.name != "lost+found":
+                                stack.append(path)
+                            continue
+                        if not matches_patterns(entry.name, patterns):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                        found["/" + os.path.relpath(entry.path, self.boot_real)] = st
+        return found
+
+    def is_tracked(self, path: str, references: Dict[str, int]) -> bool:
+        if references.get(path, 0):
+            return True
+        return tracks_all(self.config) and matches_patterns(path, self.config.cache.patterns)
+
+    # ---------------------------------------------------------------- passes
+
+    def full(self, txn: Transaction) -> ReconcileReport:
+        """One complete pass: every referenced, cached or (``track = "all"``) matching path."""
+        report = ReconcileReport()
+        references = txn.refresh_references()
+        stats: Dict[str, Optional[os.stat_result]] = {}
+        if tracks_all(self.config):
+            stats.update(self.walk())
+        for path in list(references) + txn.index.paths():
+            stats.setdefault(path, None)
+        on_disk = set(self.cache.store.image_ids_on_disk())
+        for path in sorted(stats):
+            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path])
+        return report
+
+    def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
+        """A pass over the paths events named; all referenced and cached paths if entries changed."""
+        report = ReconcileReport()
+        references = txn.refresh_references()
+        selected = set(paths)
+        if entries_changed:
+            selected.update(references)
+            selected.update(txn.index.paths())
+        on_disk = set(self.cache.store.image_ids_on_disk())
+        for path in sorted(selected):
+            self.apply(txn, path, references, report, on_disk=on_disk)
+        return report
+
+    # ---------------------------------------------------------------- one path
+
+    def apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport, *,
+              on_disk: Set[str], lstat: Optional[os.stat_result] = None) -> None:
+        report.examined += 1
+        try:
+            self._apply(txn, path, references, report, on_disk, lstat)
+        except UnsafePathError as e:
+            report.errors.append(str(e))
+            log.warning("%s", e)
+        except BootwatchError as e:
+            report.errors.append(str(e))
+            report.retry.add(path)
+            log.warning("%s", e)
+        except OSError as e:
+            report.errors.append(f"{path}: {e}")
+            report.retry.add(path)
+            log.warning("%s: %s", path, e)
+
+    def _apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport,
+               on_disk: Set[str], lstat: Optional[os.stat_result]) -> None:
+        index = txn.index
+        count = references.get(path, 0)
+        if lstat is None or stat.S_ISLNK(lstat.st_mode):
+            real = self.cache.boot_file(path)
+            try:
+                boot_st: Optional[os.stat_result] = os.stat(real)
+            except FileNotFoundError:
+                boot_st = None
+        else:
+            boot_st = lstat
+        if boot_st is not None and not stat.S_ISREG(boot_st.st_mode):
+            return
+        cached = path in index
+        if boot_st is not None:
+            self.reported_missing.discard(path)
+            if cached and count == 0 and self._is_our_restored_copy(txn, path, boot_st):
+                # The entry that needed it is gone (a package manager removed both): take it away again.
+                if txn.remove_restored_copy(path):
+                    report.unrestored.append(path)
+                    log.info("%s: removed the restored copy: no boot entry references it any more", path)
+                return
+            if not self.is_tracked(path, references):
+                return
+            newest = index.newest(path) if cached else None
+            if newest is not None and newest in on_disk and \
+                    index.known_content(path, StatSignature.of(boot_st)) == newest:
+                return  # unchanged since it was hashed, and its image is there: nothing to read
+            if newest is not None and newest not in on_disk:
+                report.broken.append(path)
+                log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
+                          level=logging.WARNING, path=path, image_id=newest, state="BROKEN")
+            report.hashed += 1
+            result = txn.add(path)
+            on_disk.add(result.image_id)
+            if result.outcome == "cached":
+                report.cached.append(path)
+                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
+                          path=path, image_id=result.image_id, state="CACHED")
+            elif result.outcome == "changed":
+                report.changed.append(path)
+                log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
+                          result.image_id, result.previous_id, path=path, image_id=result.image_id,
+                          state="CACHED", previous_image_id=result.previous_id)
+            elif newest is not None and newest not in on_disk:
+                report.recopied.append(path)
+                log.info("%s: copied image %s again from the boot file", path, result.image_id)
+            return
+        # The boot file is gone.
+        if not cached:
+            return
+        newest = index.newest(path)
+        if count and self.config.cache.auto_restore and newest in on_disk:
+            image_id = txn.restore(path)
+            report.restored.append(path)
+            self.reported_missing.discard(path)
+            log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
+                      image_id, count, path=path, image_id=image_id, state="RESTORED")
+            return
+        if path not in self.reported_missing:
+            self.reported_missing.add(path)
+            report.missing.append(path)
+            level = logging.WARNING if count else logging.INFO
+            why = f"still referenced by {count} boot entries" if count else "no boot entry references it"
+            log_event(log, Event.IMAGE_MISSING, "%s: removed from the boot directory (%s)", path, why,
+                      level=level, path=path, image_id=newest, state="MISSING", references=count)
+
+    def _is_our_restored_copy(self, txn: Transaction, path: str, boot_st: os.stat_result) -> bool:
+        real = self.cache.boot_file(path)
+        if not os.path.lexists(real.parent / restored_marker_name(path)):
+            return False
+        return txn.index.known_content(path, StatSignature.of(boot_st)) == txn.index.newest(path)
+
+    # ---------------------------------------------------------------- the cache directory
+
+    def check_images(self, txn: Transaction, image_ids: Iterable[str], report: ReconcileReport) -> None:
+        """Images someone else deleted or modified in the cache directory: mark, and copy again from /boot."""
+        store = self.cache.store
+        for image_id in sorted(set(image_ids)):
+            if image_id not in txn.index.all_image_ids():
+                continue
+            paths = txn.index.paths_of(image_id)
+            st = store.image_stat(image_id)
+            problem = None
+            if st is None:
+                problem = "was deleted from the cache"
+            else:
+                size = txn.index.image_extra(image_id).get("size")
+                try:
+                    digest, _ = hash_path(store.image_path(image_id))
+                except OSError as e:
+                    problem = f"cannot be read: {e.strerror}"
+                else:
+                    if digest.sha1 != image_id or (isinstance(size, int) and size != digest.size):
+                        problem = f"was modified in the cache (its content hashes to {digest.sha1})"
+            if problem is None:
+                continue
+            report.broken.extend(paths)
+            log_event(log, Event.IMAGE_BROKEN, "image %s of %s %s", image_id, ", ".join(paths), problem,
+                      level=logging.WARNING, path=paths[0], image_id=image_id, state="BROKEN")
+            if st is not None:
+                store.move_to_lost_found(image_id, ".corrupt")
+            for path in paths:
+                if self._recopy(txn, path, image_id):
+                    report.recopied.append(path)
+                    log.info("%s: copied image %s again from the boot file", path, image_id)
+                    break
+
+    def _recopy(self, txn: Transaction, path: str, image_id: str) -> bool:
+        """Re-cache ``path`` if its boot file still has the content ``image_id``."""
+        try:
+            st = os.stat(self.cache.boot_file(path))
+        except (OSError, UnsafePathError):
+            return False
+        known = txn.index.known_content(path, StatSignature.of(st))
+        if known is not None and known != image_id:
+            return False
+        if known is None:
+            try:
+                digest, _ = hash_path(self.cache.boot_file(path))
+            except OSError:
+                return False
+            if digest.sha1 != image_id:
+                return False
+        try:
+            txn.add(path)
+        except BootwatchError:
+            return False
+        return self.cache.store.has_image(image_id)
+
+    def image_id_of(self, filename: str) -> Optional[str]:
+        """The image id of a ``<cache>/<sha1>.img`` file name, else None."""
+        path = Path(filename)
+        if path.parent != self.cache.store.directory or not path.name.endswith(IMAGE_SUFFIX):
+            return None
+        stem = path.name[:-len(IMAGE_SUFFIX)]
+        return stem if len(stem) == 40 else None
+
+    def ignored_cache_subdirs(self) -> Set[str]:
+        return {LINKS_DIR, LOST_FOUND_DIR}
