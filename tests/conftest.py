@@ -183,6 +183,10 @@ class BootTree:
         return run_bootwatch(boot or self.boot, cache or self.cache, *args, config=self.config,
                              timeout=timeout, cwd=self.root, env=env)
 
+    def cli_bare(self, *args: str, timeout: float = 60) -> CliResult:
+        """Run the CLI with only the test's config: no --boot-dir/--cache-dir before ARGS."""
+        return run_bootwatch(None, None, *args, config=self.config, timeout=timeout, cwd=self.root)
+
     def env(self, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
         """The environment for a Python child that imports bootwatch (crash and lock tests)."""
         return subprocess_env(self.config, extra)
