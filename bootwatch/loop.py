@@ -274,7 +274,16 @@ def _attach(ctl_fd: int, dev_dir_fd: int, backing_fd: int, backing_st: os.stat_r
     last_error: Optional[OSError] = None
     for attempt in range(ATTACH_ATTEMPTS):
         minor = fcntl.ioctl(ctl_fd, LOOP_CTL_GET_FREE)
-        dev_fd = _open_node(dev_dir_fd, minor)
+        try:
+            dev_fd = _open_node(dev_dir_fd, minor)
+        except OSError as err:
+            # lo_open() answers ENXIO while another process's device is being torn down (or
+            # removed): it is not free after all, ask again.
+            if err.errno != errno.ENXIO:
+                raise
+            last_error = err
+            time.sleep(0.001 * (attempt + 1))
+            continue
         bound = False
         try:
             try:

@@ -100,7 +100,7 @@ def _ext_flavour(sb: bytes) -> str:
 
 
 def _is_vfat(boot: bytes) -> bool:
-    """A FAT boot sector: the 0x55AA signature, a FAT type string and a sane BIOS parameter block."""
+    """A FAT boot sector: the 0x55AA signature, a FAT type string, a sane BIOS parameter block."""
     if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
         return False
     if boot[54:59] not in (b"FAT12", b"FAT16") and boot[82:87] != b"FAT32" and \

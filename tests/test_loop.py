@@ -260,6 +260,22 @@ def test_200_cycles_with_failures_leave_nothing_behind(tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     counts = {"ok": 0, "bad": 0, "unknown": 0, "busy": 0, "killed": 0, "interrupted": 0}
+    # A shell starts background jobs with SIGINT ignored; make Ctrl-C raise KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run_cycles(good, bad, junk, runtime, killer, counts)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sweep_stale_mounts(runtime)
+    assert sum(counts.values()) == 200 and min(counts.values()) >= 33
+    assert mounts_under(runtime) == []
+    assert str(runtime) not in Path("/proc/self/mountinfo").read_text()
+    assert os.listdir(runtime / "mnt") == []
+    assert wait_until(lambda: backing_devices(tmp_path) == []), backing_devices(tmp_path)
+
+
+def run_cycles(good: Path, bad: Path, junk: Path, runtime: Path, killer: str,
+               counts: dict) -> None:
     for cycle in range(200):
         step = cycle % 6
         if step == 0:
@@ -298,9 +314,3 @@ def test_200_cycles_with_failures_leave_nothing_behind(tmp_path: Path) -> None:
             counts["interrupted"] += 1
         if step != 4:
             assert mounts_under(runtime) == [], f"cycle {cycle}"
-    sweep_stale_mounts(runtime)
-    assert sum(counts.values()) == 200 and min(counts.values()) >= 33
-    assert mounts_under(runtime) == []
-    assert str(runtime) not in Path("/proc/self/mountinfo").read_text()
-    assert os.listdir(runtime / "mnt") == []
-    assert wait_until(lambda: backing_devices(tmp_path) == []), backing_devices(tmp_path)

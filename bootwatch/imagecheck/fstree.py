@@ -9,6 +9,7 @@ superblock fails the mount, a damaged or missing block fails a read with ``EIO``
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -21,6 +22,16 @@ from bootwatch.mount import MountError, mounted_image
 __all__ = ["FsCheckFailed", "FsCheckSkipped", "check_filesystem"]
 
 READ_SIZE = 1 << 20
+
+# Filesystems report corruption with errnos whose strerror() reads oddly: say what they mean.
+KERNEL_ERRNO_MEANING = {
+    errno.EBADMSG: "bad checksum (EBADMSG)",  # EFSBADCRC in ext4, erofs, xfs
+    errno.EUCLEAN: "corrupt filesystem structure (EUCLEAN)",  # EFSCORRUPTED
+}
+
+
+def _describe(err: int) -> str:
+    return KERNEL_ERRNO_MEANING.get(err) or os.strerror(err).lower()
 
 
 class FsCheckFailed(Exception):
@@ -89,11 +100,11 @@ def check_filesystem(image: Path, fstype: str, runtime_dir: Path,
                 files, total = _read_tree(point, check_deadline)
             except OSError as err:
                 inside = "/" + os.path.relpath(err.filename, point) if err.filename else ""
-                raise FsCheckFailed(f"{image}: {os.strerror(err.errno).lower()} reading "
+                raise FsCheckFailed(f"{image}: {_describe(err.errno)} reading "
                                     f"{inside or 'the tree'} in the {fstype} filesystem") from None
     except MountError as err:
         raise FsCheckFailed(f"{image}: the {fstype} filesystem does not mount: "
-                            f"{os.strerror(err.errno).lower()}") from None
+                            f"{_describe(err.errno)}") from None
     except BootwatchError as err:
         # No loop device, no driver for this filesystem, an unsafe runtime directory: the
         # machine cannot run the check, which says nothing about the image.

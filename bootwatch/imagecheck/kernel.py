@@ -5,9 +5,9 @@
   sectors follow the boot sector and how many 16-byte paragraphs of protected-mode code follow
   those (``syssize``), so a truncated image is visible without decompressing anything.
 * A **PE/COFF** image (an EFI stub kernel, an EFI zboot image, a unified kernel image) starts with
-  ``MZ`` and has ``PE\\0\\0`` at ``e_lfanew``. We check the COFF header, the optional header magic and
-  that every section and the signature (certificate table) lie inside the file. A UKI is a PE
-  with a ``.linux`` section; its ``.initrd`` section is walked like any initramfs.
+  ``MZ`` and has ``PE\\0\\0`` at ``e_lfanew``. We check the COFF header, the optional header
+  magic and that every section and the signature (certificate table) lie inside the file. A UKI
+  is a PE with a ``.linux`` section; its ``.initrd`` section is walked like any initramfs.
 * **Other architectures** (arm64 and RISC-V ``Image``, ELF ``vmlinux``) are recognised and
   reported as unchecked, never as failed.
 """
