@@ -135,7 +135,7 @@ def test_both_pick_the_image_with_the_highest_image_ts_as_newest(env: BoomEnv) -
     first = sha1_file(env.boot_file(linux))
     env.bootwatch("add", linux, initrd)
 
-    # A rebuilt kernel with a later mtime: appended, and newest by both rules.
+    # A rebuilt kernel with a later mtime: appended, and newest by both tools' rule.
     env.write_image(linux, 3000)
     set_mtime(env, linux, BASE_MTIME + 200)
     second = sha1_file(env.boot_file(linux))
@@ -144,40 +144,85 @@ def test_both_pick_the_image_with_the_highest_image_ts_as_newest(env: BoomEnv) -
     assert by_path(env.bootwatch_list())[linux]["images"] == [second, first]
     assert assert_same_view(env)[linux] == (second, "CACHED", 1)
 
-    # An older build copied back (its mtime is older than the second image's): bootwatch appends
-    # it last in the index, but boom's newest image is still the one with the highest image_ts.
+    # An older build copied back, with an mtime older than the second image's. bootwatch appends
+    # it; boom takes the highest image_ts as newest, so bootwatch must record a image_ts that
+    # makes the content now in the boot directory the newest for boom as well.
     env.write_image(linux, 3000)
     set_mtime(env, linux, BASE_MTIME + 150)
     third = sha1_file(env.boot_file(linux))
     env.bootwatch("add", linux)
-    assert env.read_index()["index"][linux][-1] == third
-    assert assert_same_view(env)[linux][0] == second
-    assert by_path(env.bootwatch_list())[linux]["images"][0] == second
+    index = env.read_index()
+    assert index["index"][linux][-1] == third
+    assert assert_same_view(env)[linux] == (third, "CACHED", 1)
+    assert by_path(env.bootwatch_list())[linux]["images"][0] == third
 
 
-def test_bootwatch_reads_a_cache_boom_made(env: BoomEnv) -> None:
-    backed_up = ["6.1.0-1.bwtest", "6.1.0-2.bwtest"]
-    for n, version in enumerate(backed_up):
+def test_bootwatch_orders_boom_images_by_image_ts_not_index_order(env: BoomEnv) -> None:
+    # boom itself appends a new image with image_ts = mtime, so in a cache boom wrote the last id
+    # in the index need not be the newest: boom then restores the image with the highest ts.
+    version = "6.1.0-1.bwtest"
+    linux, initrd = kernel_paths(version)
+    env.write_kernel(version)
+    set_mtime(env, linux, BASE_MTIME + 300)
+    newer = sha1_file(env.boot_file(linux))
+    env.boom_api_cache(linux, initrd)
+    env.write_image(linux, 3000)
+    set_mtime(env, linux, BASE_MTIME + 250)
+    older = sha1_file(env.boot_file(linux))
+    env.boom_api_cache(linux)
+    index = env.read_index()
+    assert index["index"][linux] == [newer, older]
+    assert index["images"][older]["image_ts"] < index["images"][newer]["image_ts"]
+
+    assert assert_same_view(env)[linux] == (newer, "CACHED", 1)
+    assert by_path(env.bootwatch_list())[linux]["images"] == [newer, older]
+
+    # Both restore the same image: the one boom calls newest.
+    env.boot_file(linux).unlink()
+    env.bootwatch("restore", linux)
+    assert sha1_file(env.boot_file(linux)) == newer
+    assert assert_same_view(env)[linux] == (newer, "RESTORED", 1)
+
+
+def make_boom_cache(env: BoomEnv) -> Dict[str, str]:
+    """A cache made by boom alone: two ``boom create --backup`` entries and one kernel cached
+    through boom's API. Returns ``{path: image id}`` of the API-cached kernel (mode 0600)."""
+    for n, version in enumerate(["6.1.0-1.bwtest", "6.1.0-2.bwtest"]):
         for p in kernel_paths(version):
             env.write_image(p, 3000 + n)
             set_mtime(env, p, BASE_MTIME + n)
         env.boom_create(version, backup=True)
     # boom's API caches a path under its own name (create --backup uses '.boomN' names).
-    plain = "6.1.0-3.bwtest"
-    plain_ids = env.write_kernel(plain)
-    env.boot_file(kernel_paths(plain)[0]).chmod(0o600)
+    plain_ids = env.write_kernel("6.1.0-3.bwtest")
+    env.boot_file(kernel_paths("6.1.0-3.bwtest")[0]).chmod(0o600)
     env.boom_api_cache(*plain_ids)
+    return plain_ids
 
+
+def test_bootwatch_lists_a_cache_boom_made_as_boom_does(env: BoomEnv) -> None:
+    plain_ids = make_boom_cache(env)
     boom_rows = by_path(env.boom_cache_list())
-    backups = {f"{p}.boom0" for v in backed_up for p in kernel_paths(v)}
+    backups = {f"{p}.boom0" for v in ["6.1.0-1.bwtest", "6.1.0-2.bwtest"]
+               for p in kernel_paths(v)}
     assert set(boom_rows) == backups | set(plain_ids)
+    # boom restored its backups into the boot directory and marked them.
     assert {boom_rows[p]["state"] for p in backups} == {"RESTORED"}
-
-    # MISSING in both tools' eyes; then bootwatch restores what boom cached.
-    linux = kernel_paths(plain)[0]
+    linux = kernel_paths("6.1.0-3.bwtest")[0]
     env.boot_file(linux).unlink()
-    view_before = assert_same_view(env)
-    assert view_before[linux] == (plain_ids[linux], "MISSING", 1)
+    view_now = assert_same_view(env)
+    assert view_now[linux] == (plain_ids[linux], "MISSING", 1)
+    assert {view_now[p][1] for p in backups} == {"RESTORED"}
+
+
+def test_bootwatch_verifies_checks_and_restores_a_cache_boom_made(env: BoomEnv) -> None:
+    plain_ids = make_boom_cache(env)
+    linux = kernel_paths("6.1.0-3.bwtest")[0]
+    env.boot_file(linux).unlink()
+    boom_before = env.boom_cache_list()
+    ours = by_path(env.bootwatch_list())
+    assert {p: (r["image_id"], r["count"]) for p, r in ours.items()} == \
+        {r["path"]: (r["image_id"], r["count"]) for r in boom_before}
+    assert ours[linux]["state"] == "MISSING"
 
     verify = env.bootwatch("verify", check=False)
     assert verify.returncode == 0, f"verify on boom's cache:\n{verify.stdout}{verify.stderr}"
@@ -186,13 +231,14 @@ def test_bootwatch_reads_a_cache_boom_made(env: BoomEnv) -> None:
     fsck_json = env.bootwatch("fsck", "--json", check=False)
     assert fsck_json.returncode == 0, fsck_json.stdout + fsck_json.stderr
     # Whatever verify or fsck recorded in the index, boom still reads it the same way.
-    assert assert_same_view(env) == view_before
+    assert env.boom_cache_list() == boom_before
 
     env.bootwatch("restore", linux)
+    assert sha1_file(env.boot_file(linux)) == plain_ids[linux]
     assert env.boot_file(linux).stat().st_mode & 0o7777 == 0o600
     assert env.restored_marker(linux).exists()
-    after = assert_same_view(env)
-    assert after[linux] == (plain_ids[linux], "RESTORED", 1)
+    assert by_path(env.boom_cache_list())[linux]["state"] == "RESTORED"
+    assert by_path(env.bootwatch_list())[linux]["state"] == "RESTORED"
 
 
 def test_bootwatch_reads_the_index_after_boom_uncached_paths(env: BoomEnv) -> None:
@@ -217,6 +263,14 @@ def test_bootwatch_reads_the_index_after_boom_uncached_paths(env: BoomEnv) -> No
     for img_id in orphan_ids.values():
         assert not (env.cache / f"{img_id}.img").exists()
 
+    # bootwatch put its per-path and per-image data where boom carries it along.
+    for p in kept_ids:
+        assert {k: v for k, v in theirs["paths"][p].items() if k not in BOOM_PATH_KEYS} == \
+            extras_paths[p]
+    for img_id in kept_ids.values():
+        assert {k: v for k, v in theirs["images"][img_id].items()
+                if k not in BOOM_IMAGE_KEYS} == extras_images[img_id]
+
     # bootwatch reads what boom wrote, finds nothing wrong, and agrees with boom.
     view_now = assert_same_view(env)
     assert {p: v[1] for p, v in view_now.items()} == {p: "CACHED" for p in kept_ids}
@@ -224,18 +278,17 @@ def test_bootwatch_reads_the_index_after_boom_uncached_paths(env: BoomEnv) -> No
         proc = env.bootwatch(*cmd, check=False)
         assert proc.returncode == 0, f"{cmd} after boom's clean:\n{proc.stdout}{proc.stderr}"
 
-    # A bootwatch mutation keeps the per-path and per-image keys boom kept, and boom's own.
+    # A bootwatch mutation keeps its own keys (verify may have added some) and boom's.
+    before_add = env.read_index()
     later_ids = env.write_kernel(later)
     env.bootwatch("add", *later_ids)
     final = env.read_index()
     for p in kept_ids:
-        assert {k: v for k, v in final["paths"][p].items() if k not in BOOM_PATH_KEYS} == \
-            extras_paths[p]
+        assert final["paths"][p] == before_add["paths"][p]
         assert {k: final["paths"][p][k] for k in BOOM_PATH_KEYS} == \
             {k: theirs["paths"][p][k] for k in BOOM_PATH_KEYS}
     for img_id in kept_ids.values():
-        assert {k: v for k, v in final["images"][img_id].items()
-                if k not in BOOM_IMAGE_KEYS} == extras_images[img_id]
+        assert final["images"][img_id] == before_add["images"][img_id]
         assert final["images"][img_id]["image_ts"] == theirs["images"][img_id]["image_ts"]
     # boom drops unknown top-level keys when it rewrites; bootwatch must not depend on them.
     assert set(theirs) == BOOM_TOP_KEYS, f"boom kept top-level keys {set(theirs)}"
