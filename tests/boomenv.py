@@ -81,7 +81,9 @@ def boom_command() -> Optional[List[str]]:
     so the boom that is run is the one this interpreter can import.
     """
     try:
-        import boom  # noqa: F401  (only probing that boom-boot is installed)
+        # boom.command is what the console script runs; it pulls in dbus-python (through
+        # boom.stratis), so a boom-boot installed without its built dependency counts as absent.
+        import boom.command  # noqa: F401
     except ImportError:
         return None
     beside = Path(sys.executable).parent / "boom"
