@@ -1,0 +1,305 @@
+"""Targets that need no daemon: 1 (hashing), 2 (add), 4 (reconcile of an unchanged tree), 7 (boom)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import List
+
+from bench.common import (MiB, Result, best_interleaved, run_bootwatch, run_python, sync, temp_dir, timed,
+                          warm, write_config, write_random_file)
+from bench.sizes import Sizes
+
+# ------------------------------------------------------------------------------------ target 1
+
+
+def target_hashing(sizes: Sizes) -> List[Result]:
+    """Throughput of ``hash_and_copy`` (SHA1 + SHA256, one read), the function ``add`` hashes with.
+
+    It runs here without a destination (the hashing cost alone, as ``verify`` uses it); the
+    copy is part of target 2. All sides read the same file from the page cache.
+    """
+    from bootwatch.hashing import hash_and_copy
+
+    with temp_dir("hash") as tmp:
+        path = tmp / "image"
+        write_random_file(path, sizes.hash_file, seed=1)
+        warm(path)
+        expected = []
+
+        def bootwatch() -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                expected.append(hash_and_copy(fd).sha1)
+            finally:
+                os.close(fd)
+
+        def file_digest() -> None:
+            with open(path, "rb") as f:
+                expected.append(hashlib.file_digest(f, "sha1").hexdigest())
+
+        def sha1sum() -> None:
+            out = subprocess.run(["sha1sum", str(path)], check=True, capture_output=True, text=True).stdout
+            expected.append(out.split()[0])
+
+        best = best_interleaved({"bootwatch": bootwatch, "file_digest": file_digest, "sha1sum": sha1sum},
+                                sizes.repeat + 2)
+        if len(set(expected)) != 1:
+            raise RuntimeError(f"target 1: the three sides disagree on the SHA1: {sorted(set(expected))}")
+    mib = sizes.hash_file / MiB
+    rate = {k: mib / v for k, v in best.items()}
+    faster = max(("file_digest", "sha1sum"), key=lambda k: rate[k])
+    ratio = rate["bootwatch"] / rate[faster]
+    return [Result("1", f"hash {mib:.0f} MiB (SHA1+SHA256) vs {faster} (SHA1 only)", rate["bootwatch"],
+                   rate[faster], "MiB/s", ratio, "ratio >= 0.9", ratio >= 0.9,
+                   [f"file_digest {rate['file_digest']:.0f} MiB/s, sha1sum {rate['sha1sum']:.0f} MiB/s"])]
+
+
+# ------------------------------------------------------------------------------------ target 2
+
+
+def target_add(sizes: Sizes) -> List[Result]:
+    """``bootwatch add`` of a new image (the real command: interpreter start, lock, hash, copy,
+    fsync, rename, index) against ``sha1sum FILE && cp FILE CACHE && sync``.
+
+    Each repetition caches into an empty cache directory, so every add is a new image.
+    ``sync`` runs untimed before each side, so neither pays for the other's dirty pages.
+    """
+    with temp_dir("add") as tmp:
+        boot = tmp / "boot"
+        (boot / "loader" / "entries").mkdir(parents=True)
+        image = boot / "vmlinuz-bench"
+        write_random_file(image, sizes.add_image, seed=2)
+        warm(image)
+        runtime = tmp / "run"
+        counter = [0]
+
+        def bootwatch() -> None:
+            counter[0] += 1
+            config = write_config(tmp / f"bootwatch-{counter[0]}.toml", boot, tmp / f"cache-{counter[0]}", runtime)
+            run_bootwatch(config, "add", "/vmlinuz-bench")
+
+        def baseline() -> None:
+            counter[0] += 1
+            dest = tmp / f"plain-{counter[0]}"
+            dest.mkdir()
+            subprocess.run(f"sha1sum '{image}' >/dev/null && cp '{image}' '{dest}/' && sync", shell=True,
+                           check=True)
+
+        best = best_interleaved({"bootwatch": bootwatch, "baseline": baseline}, sizes.repeat, before=sync)
+        cached = [p for p in tmp.glob("cache-*/*.img")]
+        if not cached or any(p.stat().st_size != sizes.add_image for p in cached):
+            raise RuntimeError("target 2: bootwatch add left no complete image in the cache")
+    ratio = best["bootwatch"] / best["baseline"]
+    mib = sizes.add_image / MiB
+    return [Result("2", f"add a new {mib:.0f} MiB image (fsync included)", best["bootwatch"], best["baseline"],
+                   "s", ratio, "ratio <= 0.75", ratio <= 0.75,
+                   ["bootwatch: the whole CLI process; baseline: sha1sum && cp && sync"])]
+
+
+# ------------------------------------------------------------------------------------ target 4
+
+def build_tree(boot: Path, count: int, size: int, seed: int) -> List[Path]:
+    """``count`` distinct files ``vmlinuz-bench-N`` of ``size`` bytes, in a few subdirectories."""
+    import random
+
+    from bench.common import distinct_bytes
+
+    block = random.Random(seed).randbytes(size)
+    files = []
+    for n in range(count):
+        sub = boot / f"d{n % 16:02d}"
+        sub.mkdir(exist_ok=True)
+        path = sub / f"vmlinuz-bench-{n}"
+        with open(path, "wb") as f:
+            f.write(distinct_bytes(block, n))
+        files.append(path)
+    return files
+
+
+_RECONCILE_SCRIPT = r"""
+import json, sys, time
+from pathlib import Path
+from bootwatch.cache import BootCache
+from bootwatch.config import load_config
+from bootwatch.reconcile import Reconciler
+
+config = load_config(Path(sys.argv[1]))
+cache = BootCache.from_config(config)
+start = time.perf_counter()
+with cache.transaction() as txn:
+    report = Reconciler(config, cache).full(txn)
+elapsed = time.perf_counter() - start
+print(json.dumps({"seconds": elapsed, "examined": report.examined, "hashed": report.hashed,
+                  "errors": len(report.errors), "cached": len(report.cached)}))
+"""
+
+
+def reconcile_once(config: Path) -> dict:
+    """One full reconcile pass (what ``bootwatch scan`` runs), timed inside a fresh interpreter."""
+    return json.loads(run_python(_RECONCILE_SCRIPT, str(config)).stdout)
+
+
+def target_reconcile(sizes: Sizes) -> List[Result]:
+    """A full reconcile of an already indexed tree that did not change, against re-hashing it."""
+    with temp_dir("reconcile") as tmp:
+        boot = tmp / "boot"
+        (boot / "loader" / "entries").mkdir(parents=True)
+        files = build_tree(boot, sizes.tree_files, sizes.tree_file_size, seed=4)
+        # The default patterns include "vmlinuz-*": every file of the tree is tracked.
+        config = write_config(tmp / "bootwatch.toml", boot, tmp / "cache", tmp / "run", track="all")
+        first = reconcile_once(config)  # indexes the tree (its own figure is target 5's baseline)
+        if first["cached"] != sizes.tree_files:
+            raise RuntimeError(f"target 4: the first pass cached {first['cached']} of {sizes.tree_files} files")
+
+        hashed = []
+
+        def rehash() -> None:
+            for path in files:
+                with open(path, "rb") as f:
+                    hashlib.file_digest(f, "sha1")
+
+        results = {"bootwatch": [], "baseline": []}
+        for _ in range(sizes.repeat):
+            report = reconcile_once(config)
+            hashed.append(report["hashed"])
+            results["bootwatch"].append(report["seconds"])
+            results["baseline"].append(timed(rehash))
+    best_bw, best_base = min(results["bootwatch"]), min(results["baseline"])
+    ratio = best_bw / best_base
+    ok = ratio <= 0.05 and max(hashed) == 0
+    return [Result("4", f"reconcile {sizes.tree_files} unchanged indexed files "
+                   f"({sizes.tree_file_size >> 10} KiB each)", best_bw, best_base, "s", ratio,
+                   "ratio <= 0.05, 0 hashed", ok,
+                   [f"files hashed by the reconcile: {max(hashed)}", "baseline: SHA1 of every file (file_digest)",
+                    f"first pass from an empty index: {first['seconds']:.2f} s"])]
+
+
+# ------------------------------------------------------------------------------------ target 7
+
+# Both sides run in a fresh interpreter and time themselves from inside, after their imports.
+# "read" is the bytes the process read through read(2) while listing (/proc/self/io rchar): a
+# listing that re-hashes boot files reads at least their size.
+_IO_HELPER = r"""
+def rchar():
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+"""
+
+_BOOM_SCRIPT = _IO_HELPER + r"""
+import json, sys, time
+import boom
+from boom.config import load_boom_config
+from boom.cache import load_cache, cache_path, find_cache_paths
+boot = sys.argv[1]
+paths = sys.argv[2:]
+boom.set_boot_path(boot)
+boom.set_boom_path(boot + "/boom")
+load_boom_config()
+assert boom.get_cache_path() == boot + "/boom/cache", boom.get_cache_path()
+start = time.perf_counter()
+load_cache()
+for p in paths:
+    cache_path(p)
+cached = time.perf_counter() - start
+# What 'boom cache list' computes for each row: the entry, its state and its reference count.
+read0 = rchar()
+start = time.perf_counter()
+rows = [(ce.path, ce.img_id, ce.state, ce.count) for ce in find_cache_paths()]
+listed = time.perf_counter() - start
+print(json.dumps({"cache": cached, "list": listed, "rows": len(rows), "read": rchar() - read0,
+                  "states": sorted({r[2] for r in rows})}))
+"""
+
+_BOOTWATCH_SCRIPT = _IO_HELPER + r"""
+import json, sys, time
+from pathlib import Path
+from bootwatch.cache import BootCache
+from bootwatch.config import load_config
+config = load_config(Path(sys.argv[1]))
+paths = sys.argv[2:]
+cache = BootCache.from_config(config)
+start = time.perf_counter()
+cache.add(paths)
+cached = time.perf_counter() - start
+read0 = rchar()
+start = time.perf_counter()
+rows = cache.list()
+listed = time.perf_counter() - start
+print(json.dumps({"cache": cached, "list": listed, "rows": len(rows), "read": rchar() - read0,
+                  "states": sorted({r.state for r in rows})}))
+"""
+
+
+def _boom_tree(parent: Path, count: int, size: int):
+    """A boom boot directory (``tests/boomenv.py``) with ``count`` images referenced by entries.
+
+    The same seed gives both tools byte-identical images.
+    """
+    import random
+    import sys as _sys
+
+    from bench.common import REPO_ROOT, distinct_bytes
+
+    _sys.path.insert(0, str(REPO_ROOT / "tests"))
+    import boomenv  # the layout the compatibility tests use, so both tools accept it
+
+    boot = parent / "boot"
+    boot.mkdir(mode=0o755)
+    cmd = boomenv.boom_command() or ["boom"]
+    env = boomenv.layout(boot, cmd)
+    block = random.Random(7).randbytes(size)
+    paths = []
+    for n in range(count // 2):
+        version = f"6.1.{n}-{boomenv.UNAME_TAG}"
+        linux, initrd = f"/vmlinuz-{version}", f"/initramfs-{version}.img"
+        for k, p in enumerate((linux, initrd)):
+            (boot / p.lstrip("/")).write_bytes(distinct_bytes(block, 2 * n + k))
+            paths.append(p)
+        env.write_entry(version, linux, initrd)
+    return env, paths
+
+
+def target_boom(sizes: Sizes) -> List[Result]:
+    """Caching images, then listing them: bootwatch's library against boom's Python API."""
+    try:
+        import boom  # noqa: F401  (only probing)
+    except ImportError:
+        return [Result("7", "boom-boot not installed", 0.0, None, "s", None, "faster on both", False,
+                       ["pip install boom-boot (needs libdbus-1-dev libglib2.0-dev pkg-config)"])]
+    runs = {"boom": [], "bootwatch": []}
+    for _ in range(sizes.repeat):
+        for side in ("bootwatch", "boom"):
+            sync()
+            with temp_dir(f"boom-{side}") as tmp:
+                env, paths = _boom_tree(tmp, sizes.boom_images, sizes.boom_image_size)
+                if side == "boom":
+                    out = run_python(_BOOM_SCRIPT, str(env.boot), *paths).stdout
+                else:
+                    out = run_python(_BOOTWATCH_SCRIPT, str(env.bootwatch_config), *paths).stdout
+                figures = json.loads(out)
+                if figures["rows"] != len(paths):
+                    raise RuntimeError(f"target 7: {side} listed {figures['rows']} of {len(paths)} paths")
+                runs[side].append(figures)
+    best = {side: {k: min(r[k] for r in rs) for k in ("cache", "list")} for side, rs in runs.items()}
+    read = {side: max(r["read"] for r in rs) for side, rs in runs.items()}
+    total = sizes.boom_images * sizes.boom_image_size
+    n = sizes.boom_images
+    size = f"{sizes.boom_image_size >> 10} KiB"
+    rehashes = read["bootwatch"] >= total
+    results = []
+    for step, what in (("cache", f"cache {n} images of {size}"), ("list", f"list {n} cached paths")):
+        ratio = best["bootwatch"][step] / best["boom"][step]
+        ok = ratio < 1.0 and not (step == "list" and rehashes)
+        notes = ["both timed inside their process, imports excluded"]
+        if step == "list":
+            notes = [f"bytes read while listing: bootwatch {read['bootwatch']}, boom {read['boom']} "
+                     f"(the images total {total})"]
+        results.append(Result(f"7-{step}", what, best["bootwatch"][step], best["boom"][step], "s", ratio,
+                              "ratio < 1" + (", no re-hash" if step == "list" else ""), ok, notes))
+    return results
