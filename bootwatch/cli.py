@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
 import sys
 import time
@@ -348,3 +349,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("BOOTWATCH_DEBUG"):
+            raise
+        print(f"bootwatch: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("bootwatch: hint: run with BOOTWATCH_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        return EXIT_FAILURE

@@ -373,11 +373,11 @@ class Daemon:
         self.changes.put(Change("rescan", ""))
 
     def _start_scheduler(self) -> None:
-        try:
+        try:  # TODO(lead): plain imports once jobs.py and metrics.py have landed
             from bootwatch.jobs import MaintenanceScheduler
+            from bootwatch.metrics import Metrics
         except ImportError:
             return
-        from bootwatch.metrics import Metrics
         self.metrics = Metrics(self.config.metrics.textfile) if self.config.metrics.textfile else None
         self.scheduler = MaintenanceScheduler(self.config, self.cache, jobs={"rescan": self.request_rescan},
                                               on_job_done=self._on_job_done, logger=log)
