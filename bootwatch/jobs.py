@@ -168,12 +168,7 @@ class MaintenanceScheduler:
                 raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         defaults.update(jobs or {})
         self.jobs: Dict[str, Job] = {name: func for name, func in defaults.items() if func is not None}
-        self.intervals: Dict[str, float] = {
-            "clean": config.jobs.clean_interval,
-            "gc": config.jobs.gc_interval,
-            "verify": self.verify_period,
-            "rescan": config.watch.rescan_interval,
-        }
+        self.intervals = self._intervals(config)
         run_logger = logging.getLogger(RUN_LOGGER)
         if not any(isinstance(f, _RunLogFilter) for f in run_logger.filters):
             run_logger.addFilter(_RunLogFilter())
@@ -207,6 +202,28 @@ class MaintenanceScheduler:
         self.logger.warning("jobs still running after %.1fs, abandoned: %s", timeout,
                             ", ".join(self._executor.running()))
         return False
+
+    def reschedule(self, config) -> None:  # config: bootwatch.config.Config
+        """Apply the intervals of a reloaded configuration (the jobs stay the same).
+
+        A job's next run is one new interval from now; a change of the cache or boot directory
+        needs a new scheduler (and a new BootCache), which this does not do.
+        """
+        self.config = config
+        self.verify_period = verify_run_period(config.jobs.verify_interval)
+        new = self._intervals(config)
+        for name in self.jobs:
+            if new[name] != self.intervals[name]:
+                self._scheduler.reschedule_job(name, trigger=IntervalTrigger(seconds=new[name], timezone=timezone.utc))
+        self.intervals = new
+
+    def _intervals(self, config) -> Dict[str, float]:  # config: bootwatch.config.Config
+        return {
+            "clean": config.jobs.clean_interval,
+            "gc": config.jobs.gc_interval,
+            "verify": self.verify_period,
+            "rescan": config.watch.rescan_interval,
+        }
 
     def run_now(self, name: str) -> None:
         """Make job ``name`` due now (on the scheduler's thread, honouring max_instances=1);

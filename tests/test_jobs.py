@@ -124,6 +124,11 @@ def test_schedule_settings(tmp_path: Path) -> None:
     assert jobs["rescan"].trigger.interval.total_seconds() == 120
     # A day of verification is spread over 24 hourly slices.
     assert jobs["verify"].trigger.interval.total_seconds() == 3600
+    scheduler.reschedule(make_config(tmp_path / "reloaded", interval="5m", verify="2d"))
+    jobs = scheduler.scheduled_jobs()
+    assert jobs["gc"].trigger.interval.total_seconds() == 300
+    assert jobs["verify"].trigger.interval.total_seconds() == 7200
+    assert jobs["gc"].misfire_grace_time is None and jobs["gc"].max_instances == 1
     without = MaintenanceScheduler(config, BootCache.from_config(config), jobs={"verify": None})
     assert sorted(without.scheduled_jobs()) == ["clean", "gc"]
     with pytest.raises(ValueError):
