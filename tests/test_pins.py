@@ -14,7 +14,7 @@ from typing import Iterator, List
 import pytest
 
 from bootwatch.cache import BootCache
-from bootwatch.pins import Owner, PinLink, boot_id, gc, list_links, pin, process_start_time
+from bootwatch.pins import Owner, PinLink, boot_id, gc, pin, process_start_time
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "/vmlinuz-6.1.0-pintest"
@@ -32,7 +32,7 @@ def cache(tmp_path: Path) -> BootCache:
 
 
 def run_cli(cache: BootCache, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), BOOTWATCH_CONFIG="/nonexistent-bootwatch-config")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     env.pop("BOOTWATCH_PIN_0", None)
     argv = [sys.executable, "-m", "bootwatch", "--config", "/dev/null", "--boot-dir", str(cache.boot_dir),
             "--cache-dir", str(cache.store.directory), *args]
