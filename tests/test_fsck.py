@@ -1,0 +1,202 @@
+"""A corrupt index stops every command with a clear error and is never overwritten, until
+``fsck --repair`` sets it aside and rebuilds the index from the images that still hash to their ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+K1, I1, K2, GONE = "/vmlinuz-1", "/initramfs-1.img", "/vmlinuz-2", "/vmlinuz-gone"
+
+
+def snapshot(directory: Path) -> Dict[str, bytes]:
+    """Every file under ``directory`` with its bytes (the lock file included)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_all(tree, commands: List[Tuple[str, ...]]) -> List[Tuple[Tuple[str, ...], int, str, str]]:
+    """Run the commands at the same time (each waits ~1 s in read retries on a corrupt index)."""
+    procs = []
+    for args in commands:
+        argv = [sys.executable, "-m", "bootwatch", "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache),
+                *args]
+        procs.append((args, subprocess.Popen(argv, env=tree.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True, cwd=str(tree.root))))
+    results = []
+    for args, proc in procs:
+        out, err = proc.communicate(timeout=60)
+        results.append((args, proc.returncode, out, err))
+    return results
+
+
+@pytest.fixture
+def populated(boot_tree) -> Dict[str, str]:
+    """Four cached paths; the boot file of GONE is deleted afterwards. {path: id}."""
+    ids = {K1: boot_tree.write_file(K1, 5000), I1: boot_tree.write_file(I1, 7000),
+           K2: boot_tree.write_file(K2, 6000), GONE: boot_tree.write_file(GONE, 4000)}
+    boot_tree.write_entry("one", linux=K1, initrd=[I1])
+    boot_tree.write_entry("two", linux=K2)
+    rc, out, err = boot_tree.cli("add", K1, I1, K2, GONE)
+    assert rc == 0, err
+    boot_tree.path(GONE).unlink()
+    return ids
+
+
+def truncate_after_first_entry(text: str) -> str:
+    """Cut the index right after its first ``"path": [ids]`` entry: only that one can be salvaged."""
+    return text[:text.index("]") + 1]
+
+
+def wrong_types(text: str) -> str:
+    data = json.loads(text)
+    for meta in data["paths"].values():
+        meta["path_mode"] = "0644"
+    return json.dumps(data)
+
+
+def missing_key(text: str) -> str:
+    data = json.loads(text)
+    del data["images"]
+    return json.dumps(data)
+
+
+def hostile_path(text: str) -> str:
+    data = json.loads(text)
+    some_id = data["index"][K1][0]
+    data["index"]["/../etc/passwd"] = [some_id]
+    data["paths"]["/../etc/passwd"] = {"path_mode": 0o100644, "path_uid": 0, "path_gid": 0, "path_attrs": {}}
+    return json.dumps(data)
+
+
+CORRUPTIONS: Dict[str, Callable[[str], str]] = {
+    "truncated": truncate_after_first_entry,
+    "wrong-types": wrong_types,
+    "missing-key": missing_key,
+    "hostile-path": hostile_path,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_a_corrupt_index_stops_every_command_and_is_never_overwritten(boot_tree, populated, kind: str) -> None:
+    corrupt = CORRUPTIONS[kind](boot_tree.index_file.read_text()).encode()
+    boot_tree.index_file.write_bytes(corrupt)
+    boot_tree.write_file(K1, 5001)  # new content that an add would cache
+    before = snapshot(boot_tree.cache)
+    boot_before = snapshot(boot_tree.boot)
+
+    # Commands that take the writers' lock run one after the other, each retrying its read for
+    # about a second: the whole set for two kinds of damage, the usual ones for the others.
+    commands = [("add", K1), ("list",), ("list", "--json"), ("show", K1), ("verify",), ("fsck",)]
+    if kind in ("truncated", "hostile-path"):
+        commands += [("remove", "--force", K2), ("restore", GONE), ("clean",)]
+    for args, rc, out, err in run_all(boot_tree, commands):
+        assert rc == 1, (args, rc, out, err)
+        assert "Traceback" not in err, (args, err)
+        where = err if args[0] != "fsck" else out
+        assert str(boot_tree.index_file) in where, (args, out, err)
+        if args[0] != "fsck":
+            boot_tree.assert_clean_error(rc, err, names=[str(boot_tree.index_file)])
+            assert "fsck --repair" in err, "the hint must say how to get out"
+    assert boot_tree.index_file.read_bytes() == corrupt, "the corrupt index was overwritten"
+    assert snapshot(boot_tree.cache) == before, "a command changed the cache while the index is corrupt"
+    assert snapshot(boot_tree.boot) == boot_before
+
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0, out + err
+    assert "Traceback" not in err
+    kept = sorted(boot_tree.cache.glob("cacheindex.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == corrupt, "the corrupt file must be kept, byte for byte"
+    rows = boot_tree.list_json()
+    expected = {K1: populated[K1], I1: populated[I1], K2: populated[K2]}
+    if kind != "truncated":
+        expected[GONE] = populated[GONE]  # its path survives in the old index text
+    assert {p: r["image_id"] for p, r in rows.items()} == expected
+    assert "/../etc/passwd" not in rows
+    for path, row in rows.items():
+        assert row["state"] == ("MISSING" if path == GONE else ("CACHED" if path != K1 else row["state"]))
+    if kind == "truncated":
+        # GONE's path was cut off and its boot file is gone: its image waits in lost+found.
+        assert (boot_tree.cache / "lost+found" / f"{populated[GONE]}.img").is_file()
+        assert populated[GONE] not in boot_tree.images_on_disk()
+    if kind == "wrong-types":
+        meta = boot_tree.read_index()["paths"][K2]
+        assert meta["path_mode"] == os.stat(boot_tree.path(K2)).st_mode, "mode taken from the boot file"
+    # The cache works again, and the new content of K1 can be cached.
+    rc, out, err = boot_tree.cli("fsck")
+    assert rc == 0, out + err
+    rc, out, err = boot_tree.cli("add", K1)
+    assert rc == 0 and "changed" in out, out + err
+
+
+def test_repair_keeps_only_images_that_still_hash_to_their_ids(boot_tree, populated) -> None:
+    boot_tree.index_file.write_bytes(b'{"index": {"/vmlinuz-1": ["' + populated[K1].encode())
+    # K2's image rots; its boot file still has the content, so the repair re-matches a good copy.
+    bad = boot_tree.image(populated[I1])
+    bad.write_bytes(os.urandom(bad.stat().st_size))
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0, out + err
+    index = boot_tree.read_index()
+    assert index["index"].get(I1) != [populated[I1]] or boot_tree.sha1_of(boot_tree.image(populated[I1])) == \
+        populated[I1], "an id whose image does not hash to it was kept"
+    for path, ids in index["index"].items():
+        for image_id in ids:
+            assert boot_tree.sha1_of(boot_tree.image(image_id)) == image_id
+
+
+def test_corrupt_and_missing_images_are_problems_that_repair_fixes(boot_tree, populated) -> None:
+    # I1: content rotted, boot file intact -> copied again. GONE: rotted and no boot file -> dropped.
+    for path in (I1, GONE):
+        image = boot_tree.image(populated[path])
+        image.write_bytes(os.urandom(image.stat().st_size))
+    # K2: image deleted, boot file intact -> copied again.
+    boot_tree.image(populated[K2]).unlink()
+    rc, out, err = boot_tree.cli("fsck")
+    assert rc == 1 and "Traceback" not in err
+    problems = [line for line in out.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 3, out
+    assert any(populated[I1] in p and "corrupt" in p for p in problems)
+    assert any(populated[K2] in p and "missing" in p for p in problems)
+
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0, out + err
+    rows = boot_tree.list_json()
+    assert rows[I1]["image_id"] == populated[I1] and rows[K2]["image_id"] == populated[K2]
+    assert boot_tree.sha1_of(boot_tree.image(populated[I1])) == populated[I1]
+    assert boot_tree.sha1_of(boot_tree.image(populated[K2])) == populated[K2]
+    assert GONE not in rows, "an image with no good copy left must be dropped"
+    lost = boot_tree.cache / "lost+found"
+    assert {p.name for p in lost.iterdir()} == {f"{populated[I1]}.img.corrupt", f"{populated[GONE]}.img.corrupt"}
+    assert boot_tree.cli("fsck")[0] == 0
+
+
+def test_orphans_and_temp_files_are_warnings_not_problems(boot_tree, populated) -> None:
+    orphan = os.urandom(100)
+    boot_tree.image(boot_tree.sha1_bytes(orphan)).write_bytes(orphan)
+    temp = boot_tree.cache / ".bootwatch-tmp.1.2.3"
+    temp.write_bytes(b"half")
+    report = boot_tree.cli_json("fsck", "--json")
+    assert report["ok"] is True and report["problems"] == []
+    assert any("orphaned" in w for w in report["warnings"]) and any("temp file" in w for w in report["warnings"])
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0
+    assert not temp.exists()
+
+
+def test_fsck_without_repair_writes_nothing(boot_tree, populated) -> None:
+    boot_tree.image(populated[K2]).unlink()
+    before = snapshot(boot_tree.cache)
+    assert boot_tree.cli("fsck")[0] == 1
+    assert snapshot(boot_tree.cache) == before
+
+
+def test_fsck_on_a_missing_cache_directory_is_fine(boot_tree) -> None:
+    rc, out, err = boot_tree.cli("fsck")
+    assert rc == 0 and "Traceback" not in err
+    assert not boot_tree.cache.exists()
