@@ -130,8 +130,8 @@ def render_status(cache: BootCache, s: PathStatus) -> str:
         lines.append(f"Problem:    {s.image_problem}")
     lines.append("Images (newest first):")
     for image_id in s.images:
-        extra = index.image_extra(image_id) if image_id in index.known_image_ids() else {}
-        size = extra.get("size", "?")
+        image_st = cache.store.image_stat(image_id)
+        size = image_st.st_size if image_st is not None else "missing,"
         lines.append(f"  {image_id}  {format_time(index.image_ts(image_id))}  {size} bytes")
     return "\n".join(lines)
 

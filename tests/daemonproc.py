@@ -48,6 +48,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+def run_with_config(config: Path, *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    """``python -m bootwatch --config FILE ARGS`` as a child; the repository importable."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("BOOTWATCH_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "bootwatch", "--config", str(config), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 class DaemonProcess:
     """``python -m bootwatch --config FILE run`` with ``NOTIFY_SOCKET`` bound by the test."""
 

@@ -7,11 +7,13 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import BootTree, run_bootwatch
-from daemonproc import DaemonProcess, wait_for, write_config
+from daemonproc import DaemonProcess, run_with_config, wait_for, write_config
+
+BootTree = Any  # conftest.BootTree (the boot_tree fixture); conftest is not imported by name
 
 
 def index_of(tree: BootTree) -> dict:
@@ -169,8 +171,8 @@ def test_event_storm_is_fully_indexed(boot_tree: BootTree) -> None:
     fresh = tree.root / "fresh-cache"
     fresh_config = write_config(tree.root / "fresh.toml", tree.boot, fresh, tree.root / "run2",
                                 cache={"track": "all", "patterns": ["vmlinuz-*"]})
-    rc, out, err = run_bootwatch(None, None, "--config", str(fresh_config), "scan", "--quiet")
-    assert rc == 0, err
+    result = run_with_config(fresh_config, "scan", "--quiet")
+    assert result.returncode == 0, result.stderr
     assert json.loads((fresh / "cacheindex.json").read_text())["index"] == cached_paths(tree)
 
 
@@ -214,18 +216,18 @@ def test_watchdog_pings_only_while_healthy(tree_with_kernel: BootTree, daemon_co
 def test_bad_config_exits_78(boot_tree: BootTree) -> None:
     config = boot_tree.root / "bad.toml"
     config.write_text('[watch]\nsettle = "fast"\n')
-    rc, out, err = run_bootwatch(None, None, "--config", str(config), "run", timeout=30)
-    assert rc == 78
-    assert "Traceback" not in err
-    assert str(config) in err and "[watch] settle" in err
+    result = run_with_config(config, "run", timeout=30)
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    assert str(config) in result.stderr and "[watch] settle" in result.stderr
 
 
 def test_status_command(tree_with_kernel: BootTree, daemon_config: Path) -> None:
     tree = tree_with_kernel
-    rc, out, _ = run_bootwatch(None, None, "--config", str(daemon_config), "status")
-    assert rc == 3 and "not running" in out
+    result = run_with_config(daemon_config, "status")
+    assert result.returncode == 3 and "not running" in result.stdout
     with DaemonProcess(daemon_config, tree.root) as daemon:
         daemon.wait_ready()
-        rc, out, _ = run_bootwatch(None, None, "--config", str(daemon_config), "status", "--json")
-        status = json.loads(out)
-        assert rc == 0 and status["running"] and status["counts"] == {"CACHED": 2}
+        result = run_with_config(daemon_config, "status", "--json")
+        status = json.loads(result.stdout)
+        assert result.returncode == 0 and status["running"] and status["counts"] == {"CACHED": 2}
