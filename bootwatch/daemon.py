@@ -34,8 +34,11 @@ from typing import Optional, Set
 from bootwatch.cache import BootCache
 from bootwatch.config import Config, load_config
 from bootwatch.errors import BootwatchError
+from bootwatch.jobs import MaintenanceScheduler
 from bootwatch.journal import NOTICE, Event, log_event, setup_logging
+from bootwatch.metrics import Metrics
 from bootwatch.notify import SystemdNotifier
+from bootwatch.pins import count_pins
 from bootwatch.reconcile import Reconciler, ReconcileReport
 from bootwatch.status import DaemonStatus, status_path, write_status
 from bootwatch.store import INDEX_NAME, TEMP_PREFIX
@@ -104,8 +107,8 @@ class Daemon:
         self.busy_since: Optional[float] = None
         self.last_progress = time.monotonic()
         self.retries: dict = {}
-        self.scheduler = None
-        self.metrics = None
+        self.scheduler: Optional[MaintenanceScheduler] = None
+        self.metrics: Optional[Metrics] = None
         self.cache: BootCache
         self.reconciler: Reconciler
         self.watcher: Watcher
@@ -373,14 +376,10 @@ class Daemon:
         self.changes.put(Change("rescan", ""))
 
     def _start_scheduler(self) -> None:
-        try:  # TODO(lead): plain imports once jobs.py and metrics.py have landed
-            from bootwatch.jobs import MaintenanceScheduler
-            from bootwatch.metrics import Metrics
-        except ImportError:
-            return
         self.metrics = Metrics(self.config.metrics.textfile) if self.config.metrics.textfile else None
-        self.scheduler = MaintenanceScheduler(self.config, self.cache, jobs={"rescan": self.request_rescan},
-                                              on_job_done=self._on_job_done, logger=log)
+        self.scheduler = MaintenanceScheduler(
+            self.config, self.cache, jobs={"rescan": self.request_rescan}, on_job_done=self._on_job_done,
+            on_verified=self.metrics.record_verification if self.metrics is not None else None, logger=log)
         self.scheduler.start()
 
     def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
@@ -393,7 +392,7 @@ class Daemon:
         try:
             if full and self.status.last_reconcile:
                 self.metrics.record_reconcile(self.status.last_reconcile)
-            self.metrics.write(self.cache)
+            self.metrics.write(self.cache, pins_count=count_pins(self.cache))
         except (OSError, BootwatchError) as e:
             log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
 
