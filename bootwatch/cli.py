@@ -254,6 +254,11 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if running else 3
 
 
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.demo import run_demo
+    return run_demo(keep=args.keep)
+
+
 # ------------------------------------------------------------------------------------ parser
 
 def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -309,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the file to check (default: as --config)")
     p = command("status", cmd_status, "show whether the daemon runs, since when, and the counts by state")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("demo", cmd_demo, "show what bootwatch does on a throw-away boot tree (never touches /boot)")
+    p.add_argument("--keep", action="store_true", help="keep the temp tree afterwards")
     p = command("pin", cmd_pin, "run COMMAND with cached images pinned (hard links that clean leaves alone)")
     p.add_argument("--path", dest="pin_paths", action="append", default=[], metavar="P",
                    help="pin the newest image of this cached path (repeatable)")

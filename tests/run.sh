@@ -1,0 +1,33 @@
+#!/bin/bash
+# Install everything the test suite needs on a fresh Debian 12 machine, then run it.
+#   sudo tests/run.sh [PYTEST ARGS...]
+# As root: the loop-device, mount, chown and systemd-nspawn tests run for real (they skip without root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    python3 python3-venv python3-dev build-essential      # the venv; a compiler for dbus-python
+    libdbus-1-dev libglib2.0-dev pkg-config               # boom-boot's dbus-python build
+    util-linux e2fsprogs dosfstools mtools squashfs-tools xorriso erofs-utils  # filesystem images
+    cpio gzip xz-utils bzip2 zstd lz4                     # initramfs chains
+    systemd systemd-container mmdebstrap                  # systemd-analyze, the real-systemd test
+    prometheus-node-exporter                              # the metrics scrape test
+)
+
+if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+    # Debian starts the exporter on :9100 after installing it; the test runs its own on a free port.
+    systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
+    # Without systemd as PID 1 nothing can stop it; a leftover would only occupy port 9100.
+    export BOOTWATCH_REQUIRE_NSPAWN=${BOOTWATCH_REQUIRE_NSPAWN:-1}
+else
+    echo "tests/run.sh: not root: assuming the apt packages are installed; root-only tests will skip" >&2
+fi
+
+VENV=${BOOTWATCH_TEST_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+exec "$VENV/bin/python" -m pytest tests -ra "$@"
