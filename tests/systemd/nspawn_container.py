@@ -63,18 +63,47 @@ def wait_until(what: str, probe: Callable[[], Optional[T]], timeout: float,
         time.sleep(interval)
 
 
-class CgroupScope:
-    """One fresh cgroup per writable hierarchy, removed again on exit with all it contains."""
+SCOPE_PREFIX = "bootwatch-tests."
 
-    def __init__(self, name: str) -> None:
-        if (CGROUP_ROOT / "cgroup.procs").exists():  # pure cgroup2 (unified) host
-            candidates = [CGROUP_ROOT]
-        else:  # legacy or hybrid: systemd needs the named hierarchy, and cgroup2 where mounted
-            candidates = [CGROUP_ROOT / h for h in ("unified", "systemd")
-                          if os.access(CGROUP_ROOT / h / "cgroup.procs", os.W_OK)]
-        if not candidates:
+
+def _hierarchies() -> List[Path]:
+    """The cgroup hierarchies a container's systemd needs a cgroup in."""
+    if (CGROUP_ROOT / "cgroup.procs").exists():  # pure cgroup2 (unified) host
+        return [CGROUP_ROOT]
+    # Legacy or hybrid: systemd needs the named hierarchy, and cgroup2 where it is mounted.
+    return [CGROUP_ROOT / h for h in ("unified", "systemd")
+            if os.access(CGROUP_ROOT / h / "cgroup.procs", os.W_OK)]
+
+
+class CgroupScope:
+    """One fresh cgroup per writable hierarchy, removed again on exit with all it contains.
+
+    The name holds the PID of the process that owns the scope, so that a later run can tell
+    the scope of a test run that was SIGKILLed (and could not clean up) from a live one.
+    """
+
+    def __init__(self, dirs: Sequence[Path]) -> None:
+        self.dirs = list(dirs)
+
+    @classmethod
+    def for_owner(cls, name: str, owner: int) -> "CgroupScope":
+        hierarchies = _hierarchies()
+        if not hierarchies:
             raise ContainerError(f"{CGROUP_ROOT}: no writable cgroup hierarchy for the container")
-        self.dirs = [c / name for c in candidates]
+        return cls([h / f"{SCOPE_PREFIX}{owner}.{name}" for h in hierarchies])
+
+    @classmethod
+    def reap_orphans(cls) -> None:
+        """Kill and remove the scopes of test runs that died without cleaning up.
+
+        Killing a container's PID 1 kills its whole PID namespace, and nspawn's mounts die with
+        its private mount namespace, so this is all a crashed run leaves behind.
+        """
+        for hierarchy in _hierarchies():
+            for d in hierarchy.glob(SCOPE_PREFIX + "*"):
+                owner = d.name[len(SCOPE_PREFIX):].split(".", 1)[0]
+                if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                    cls([d]).remove()
 
     def __enter__(self) -> "CgroupScope":
         for d in self.dirs:
@@ -82,6 +111,10 @@ class CgroupScope:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.remove(strict=not any(exc))
+
+    def remove(self, strict: bool = True) -> None:
+        """Kill every process in the scope and remove its cgroups; *strict*: fail if one stays."""
         self.kill_all()
         leftovers = []
         for d in self.dirs:
@@ -95,7 +128,7 @@ class CgroupScope:
                 pass
             except OSError as e:
                 leftovers.append(f"{d}: {e.strerror}")
-        if leftovers and not any(exc):
+        if leftovers and strict:
             raise ContainerError("could not remove cgroups: " + "; ".join(leftovers))
 
     @property
@@ -242,7 +275,8 @@ def booted_container(rootfs: Path, *, machine: str, log: Path,
     with contextlib.ExitStack() as stack:
         # Runs last: after power-off nothing of the container may be mounted in our namespace.
         stack.callback(_check_no_mounts, rootfs)
-        scope = stack.enter_context(CgroupScope(f"bootwatch-tests.{machine}"))
+        CgroupScope.reap_orphans()
+        scope = stack.enter_context(CgroupScope.for_owner(machine, owner=os.getpid()))
         # Move ourselves into the scope first, then into a private mount namespace with a tmpfs
         # /run, then become nspawn: one PID from start to end, which is nspawn's.
         prologue = ('while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; '

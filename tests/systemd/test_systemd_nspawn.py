@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, Iterator, List, Optional
 
-import pytest
-
+from bootwatch.journal import Event
 from nspawn_testbed import INITRAMFS, KERNEL, UNIT, sha1
 from nspawn_container import Container, wait_until
 
@@ -47,9 +46,11 @@ def from_daemon(record: Record) -> bool:
     return record.get("_SYSTEMD_UNIT") == UNIT and record.get("_PID") != "1"
 
 
-def image_records(records: List[Record], path: str) -> List[Record]:
-    """Daemon records about a boot path (BOOTWATCH_PATH is "/vmlinuz-T" or "/boot/vmlinuz-T")."""
-    return [r for r in records if from_daemon(r) and str(r.get("BOOTWATCH_PATH", "")).endswith(path)]
+def events(records: List[Record], event: Event, path: Optional[str] = None) -> List[Record]:
+    """The daemon's records of *event*, about boot *path* if given ("/vmlinuz-T", as in the
+    cache index, or "/boot/vmlinuz-T")."""
+    return [r for r in records if from_daemon(r) and r.get("MESSAGE_ID") == event.message_id
+            and (path is None or str(r.get("BOOTWATCH_PATH", "")).endswith(path))]
 
 
 def index_of(records: List[Record], predicate: object, what: str) -> int:
@@ -104,8 +105,8 @@ def test_start_returns_only_after_ready(container: Container) -> None:
     # time PID 1 got READY=1 and logged "Started". The daemon's records and PID 1's go through
     # the same journal socket, so their order in the journal is the order they were sent in.
     for path in IMAGES:
-        cached = image_records(records, path)
-        assert cached, f"no daemon record about {path} after start"
+        cached = events(records, Event.IMAGE_CACHED, path)
+        assert cached, f"no IMAGE_CACHED record for {path} after start"
         assert records.index(cached[0]) < started, f"{path} was cached only after READY=1"
 
 
@@ -114,12 +115,12 @@ def test_journal_has_structured_fields(container: Container) -> None:
     structured = [r for r in records if "MESSAGE_ID" in r]
     assert structured, "the daemon logged no record with a MESSAGE_ID"
     for path, image_id in IMAGES.items():
-        about = image_records(records, path)
+        about = [r for r in structured if str(r.get("BOOTWATCH_PATH", "")).endswith(path)]
         assert about, f"no record with BOOTWATCH_PATH for {path}"
-        assert any(r.get("BOOTWATCH_IMAGE_ID") == image_id for r in about), \
-            f"no record about {path} with BOOTWATCH_IMAGE_ID={image_id}: {about}"
-        assert all("MESSAGE_ID" in r for r in about), about
-        assert any(r.get("BOOTWATCH_STATE") for r in about), f"no BOOTWATCH_STATE for {path}"
+        cached = events(about, Event.IMAGE_CACHED)
+        assert cached, f"no IMAGE_CACHED record for {path}: {about}"
+        assert cached[0].get("BOOTWATCH_IMAGE_ID") == image_id, cached[0]
+        assert cached[0].get("BOOTWATCH_STATE"), f"no BOOTWATCH_STATE for {path}: {cached[0]}"
         # The record tells the truth: the image is in the cache, under its id.
         out = container.run(["sha1sum", f"{CACHE}/{image_id}.img"]).stdout
         assert out.split()[0] == image_id
@@ -138,8 +139,10 @@ def test_removed_kernel_is_restored(container: Container) -> None:
         out = container.run(["sha1sum", "/boot/vmlinuz-T"], check=False).stdout.split()
         return bool(out) and out[0] == IMAGES["/vmlinuz-T"]
     wait_until("/boot/vmlinuz-T to be restored", restored, timeout=60)
-    assert image_records(unit_journal(container, cursor), "/vmlinuz-T"), \
-        "the restore was not logged"
+    restored_records = wait_until(
+        "the IMAGE_RESTORED record",
+        lambda: events(unit_journal(container, cursor), Event.IMAGE_RESTORED, "/vmlinuz-T"), 30)
+    assert restored_records[0].get("BOOTWATCH_IMAGE_ID") == IMAGES["/vmlinuz-T"]
 
 
 def test_reload(container: Container) -> None:
@@ -169,8 +172,7 @@ def test_reload(container: Container) -> None:
                          "the unit entering 'reloading'")
     index_of(records[to_reload:], lambda r: "Changed reload -> running" in message(r),
              "the unit leaving 'reloading'")
-    index_of(records, lambda r: from_daemon(r) and "MESSAGE_ID" in r
-             and "reload" in message(r).lower(), "the daemon's CONFIG_RELOADED record")
+    assert events(records, Event.CONFIG_RELOADED), "no CONFIG_RELOADED record"
 
 
 def test_watchdog_kills_and_restarts_a_stopped_daemon(container: Container) -> None:
