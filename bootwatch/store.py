@@ -226,10 +226,17 @@ class CacheStore:
     def write_index(self, index: CacheIndex) -> None:
         """Replace the index atomically and durably. The caller holds the lock."""
         data = index.to_json()
-        with TempFile(self.directory) as tmp:
-            os.fchmod(tmp.fd, 0o644)
-            _write_fully(tmp.fd, data)
-            tmp.commit(self.index_path)
+        try:
+            with TempFile(self.directory) as tmp:
+                os.fchmod(tmp.fd, 0o644)
+                _write_fully(tmp.fd, data)
+                tmp.commit(self.index_path)
+        except OSError as e:
+            # os.write() errors carry no file name: without this, a full disk while writing the
+            # index reached the user as a bare "no space left on device" that names no file.
+            # The temp file is gone (TempFile) and the old index is untouched.
+            raise BootwatchError(f"cannot write the new index ({os.strerror(e.errno).lower() if e.errno else e}); "
+                                 "the old index is unchanged", path=self.index_path) from None
 
     def set_aside_corrupt_index(self) -> Optional[Path]:
         """Rename a corrupt index to ``cacheindex.json.corrupt-<UTC time>`` and return the new name."""
