@@ -129,7 +129,13 @@ class Daemon:
                                self.changes)
         self.watcher.start()
         try:
-            report = reconcile_once(self.config, self.cache, self.reconciler)
+            try:
+                report = reconcile_once(self.config, self.cache, self.reconciler)
+            except BootwatchError as e:
+                # A corrupt index must not keep the service down: report it, keep watching, and
+                # retry with every batch; 'bootwatch fsck --repair' is the way out.
+                log.error("first reconcile failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+                report = ReconcileReport(errors=[str(e)])
             self._after_batch(report, full=True)
             self.worker = threading.Thread(target=self._worker_loop, name="bootwatch-worker", daemon=True)
             self.worker.start()
@@ -167,9 +173,10 @@ class Daemon:
                 # sends READY=1 when it is in force.
                 self.notifier.reloading(status="reloading configuration")
                 self.changes.put(Change("reload", ""))
-            if not self.watcher.healthy():
-                log_event(log, Event.RESCAN_OVERFLOW, "a watched directory was removed, replaced or remounted; "
-                          "re-arming the watches and reconciling", level=logging.WARNING, reason="watch-lost")
+            if self.watcher.needs_rearm():
+                log_event(log, Event.RESCAN_OVERFLOW, "a watched directory appeared, was removed, replaced or "
+                          "remounted; re-arming the watches and reconciling", level=logging.WARNING,
+                          reason="watch-lost")
                 self.watcher.rearm()
                 self.changes.put(Change("rescan", ""))
             if self._healthy():
@@ -177,7 +184,7 @@ class Daemon:
 
     def _healthy(self) -> bool:
         """The watchdog's question: are the worker and the observer alive and making progress?"""
-        if self.worker is None or not self.worker.is_alive() or not self.watcher.healthy():
+        if self.worker is None or not self.worker.is_alive() or not self.watcher.alive():
             return False
         if self.busy_since is not None:
             interval = self.notifier.watchdog_interval() or IDLE_TICK
@@ -312,7 +319,9 @@ class Daemon:
             self.retries.pop(path, None)
         try:
             self.status.set_counts(self.cache.list())
+            self.status.error = None
         except BootwatchError as e:
+            self.status.error = str(e)
             log.error("%s", e)
         self._write_status()
         self.notifier.status(self.status.summary())

@@ -33,9 +33,12 @@ class DaemonStatus:
     counts: Dict[str, int] = field(default_factory=dict)
     problems: int = 0
     state: str = "starting"  # starting, running, reloading, stopping
+    error: Optional[str] = None  # why the cache cannot be read now, e.g. a corrupt index
 
     def summary(self) -> str:
         """The one line for systemd's STATUS=."""
+        if self.error:
+            return f"watching {self.boot_dir}: {self.error}"
         counts = self.counts
         last = time.strftime("%H:%M:%S", time.localtime(self.last_reconcile or self.last_batch or self.started))
         text = (f"watching {self.boot_dir}: {sum(counts.values())} cached, {counts.get('MISSING', 0)} missing, "

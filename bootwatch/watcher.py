@@ -96,9 +96,10 @@ def _identity(path: Path) -> Optional[Tuple[int, int]]:
 class Watcher:
     """One inotify observer over the boot, entries and cache directories.
 
-    ``healthy()`` is False when the observer thread died, or when a watched directory was removed,
-    replaced or remounted (its device or inode changed): the daemon then calls :meth:`rearm` and
-    reconciles, because events from the old directory are lost.
+    ``needs_rearm()`` is True when a watched directory was removed, replaced or remounted (its
+    device or inode changed): the daemon then calls :meth:`rearm` and reconciles, because events
+    from the old directory are lost. A directory that does not exist is simply not watched until
+    it appears.
     """
 
     def __init__(self, boot: Path, entries: Path, cache: Path, changes: "queue.Queue[Change]") -> None:
@@ -147,14 +148,18 @@ class Watcher:
         self.stop()
         self.start()
 
-    def healthy(self) -> bool:
+    def alive(self) -> bool:
+        """The observer thread runs (the watchdog's question)."""
         observer = self.observer
-        if observer is None or not observer.is_alive():
-            return False
+        return observer is not None and observer.is_alive()
+
+    def needs_rearm(self) -> bool:
+        """A watched directory appeared, vanished, or was replaced or remounted (device or inode
+        changed), or an emitter stopped (inotify's IN_DELETE_SELF): events may have been lost."""
+        observer = self.observer
+        if observer is None:
+            return True
         for directory, _ in self.directories:
             if _identity(directory) != self.identities.get(directory):
-                return False
-        for emitter in list(observer.emitters):
-            if not emitter.is_alive():
-                return False
-        return True
+                return True
+        return any(not emitter.is_alive() for emitter in list(observer.emitters))

@@ -231,3 +231,20 @@ def test_status_command(tree_with_kernel: BootTree, daemon_config: Path) -> None
         result = run_with_config(daemon_config, "status", "--json")
         status = json.loads(result.stdout)
         assert result.returncode == 0 and status["running"] and status["counts"] == {"CACHED": 2}
+
+
+def test_corrupt_index_at_start_keeps_the_daemon_up(tree_with_kernel: BootTree, daemon_config: Path) -> None:
+    """A corrupt index is reported (STATUS, log) but does not keep the service down; repair heals it."""
+    tree = tree_with_kernel
+    tree.cache.mkdir(mode=0o700)
+    tree.index_file.write_text('{"index": {"/vmlinuz-1.0": ["nope"]}')
+    corrupt = tree.index_bytes()
+    with DaemonProcess(daemon_config, tree.root) as daemon:
+        ready = daemon.wait_ready()
+        assert "cacheindex.json" in ready["STATUS"], ready
+        assert tree.index_bytes() == corrupt  # nothing overwritten
+        rc, out, err = tree.cli("fsck", "--repair")
+        assert rc == 0, out + err
+        tree.write_entry("poke", linux="/vmlinuz-1.0")
+        wait_for(lambda: "/vmlinuz-1.0" in cached_paths(tree), what="caching after the repair")
+        assert list(tree.cache.glob("cacheindex.json.corrupt-*"))
