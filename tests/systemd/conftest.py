@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
-
 from nspawn_container import Container, booted_container
 from nspawn_rootfs import RootfsSpec, cached_rootfs
-from nspawn_testbed import (ENTRY, INITRAMFS, INSTALL_SCRIPT, KERNEL, STAGE, TEST_CONFIG,
-                            TEST_DROPIN)
+from nspawn_testbed import (
+    ENTRY,
+    INITRAMFS,
+    INSTALL_SCRIPT,
+    KERNEL,
+    STAGE,
+    TEST_CONFIG,
+    TEST_DROPIN,
+)
 from nspawn_wheels import build_wheels
 
 REPO = Path(__file__).resolve().parents[2]

@@ -86,7 +86,7 @@ class CgroupScope:
         self.dirs = list(dirs)
 
     @classmethod
-    def for_owner(cls, name: str, owner: int) -> "CgroupScope":
+    def for_owner(cls, name: str, owner: int) -> CgroupScope:
         hierarchies = _hierarchies()
         if not hierarchies:
             raise ContainerError(f"{CGROUP_ROOT}: no writable cgroup hierarchy for the container")
@@ -105,7 +105,7 @@ class CgroupScope:
                 if owner.isdigit() and not Path(f"/proc/{owner}").exists():
                     cls([d]).remove()
 
-    def __enter__(self) -> "CgroupScope":
+    def __enter__(self) -> CgroupScope:
         for d in self.dirs:
             d.mkdir()
         return self
@@ -180,24 +180,25 @@ class Container:
 
     machine: str
     leader: int
-    nspawn: "subprocess.Popen[bytes]"
+    nspawn: subprocess.Popen[bytes]
 
     def run(self, argv: Sequence[str], *, timeout: float = 60, check: bool = True,
-            input: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+            input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
         """Run *argv* as root in the container with a clean environment; return its output."""
         cmd = ["nsenter", "-t", str(self.leader), "-a", "--",
                "env", "-i", f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8", "SYSTEMD_PAGER=",
                "SYSTEMD_COLORS=0", "TERM=dumb",
                "timeout", "-k", "5", str(int(timeout)), *argv]
         # The outer timeout is only a safety net; the inner one normally fires first.
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True,
-                              timeout=timeout + 30, stdin=None if input is not None else subprocess.DEVNULL)
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, check=False,
+                              timeout=timeout + 30,
+                              stdin=None if input is not None else subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise ContainerError(f"{' '.join(argv)} exited with {proc.returncode} in {self.machine}:\n"
                                  f"{proc.stdout}{proc.stderr}")
         return proc
 
-    def sh(self, script: str, **kwargs: object) -> "subprocess.CompletedProcess[str]":
+    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return self.run(["/bin/sh", "-euc", script], **kwargs)  # type: ignore[arg-type]
 
     def show(self, unit: str, *props: str) -> Dict[str, str]:
@@ -222,7 +223,7 @@ class Container:
         return self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
 
 
-def _find_leader(nspawn: "subprocess.Popen[bytes]", timeout: float) -> int:
+def _find_leader(nspawn: subprocess.Popen[bytes], timeout: float) -> int:
     """The host PID of the container's PID 1, once nspawn has exec'd systemd in it."""
     def probe() -> Optional[int]:
         if nspawn.poll() is not None:

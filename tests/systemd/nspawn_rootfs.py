@@ -94,7 +94,8 @@ def _mmdebstrap(spec: RootfsSpec, target: Path, log: Path) -> None:
         spec.mirror,
     ]
     with log.open("wb") as out:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              check=False)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-20:]
         raise RuntimeError(f"mmdebstrap failed with exit code {proc.returncode}; {log}:\n"

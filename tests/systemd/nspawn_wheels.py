@@ -37,7 +37,8 @@ def build_wheels(source: Path, dest: Path) -> List[Path]:
         shutil.copytree(source, copy, ignore=_NOT_SOURCE, symlinks=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
                                "wheel", "--quiet", "--wheel-dir", str(dest), str(copy)],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pip wheel {source} failed with {proc.returncode}:\n"
                            f"{proc.stdout}{proc.stderr}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, Iterator, List, Optional
 
-from bootwatch.journal import Event
-from nspawn_testbed import INITRAMFS, KERNEL, UNIT, sha1
 from nspawn_container import Container, wait_until
+from nspawn_testbed import INITRAMFS, KERNEL, UNIT, sha1
+
+from bootwatch.journal import Event
 
 # MESSAGE_IDs of systemd's own records (systemd/sd-messages.h).
 SD_MESSAGE_UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"
@@ -86,6 +87,13 @@ def wait_running(ct: Container, timeout: float = 60) -> Dict[str, str]:
         s = state(ct)
         return s if (s["ActiveState"], s["SubState"]) == ("active", "running") else None
     return wait_until(f"{UNIT} to be active (running)", probe, timeout)
+
+
+def test_unit_passes_systemd_analyze_verify(container: Container) -> None:
+    # As installed: the shipped unit, the test drop-in, and an ExecStart= that exists.
+    proc = container.run(["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT}"], check=False)
+    complaints = [line for line in (proc.stdout + proc.stderr).splitlines() if "bootwatch" in line]
+    assert proc.returncode == 0 and not complaints, proc.stdout + proc.stderr
 
 
 def test_start_returns_only_after_ready(container: Container) -> None:
