@@ -155,9 +155,11 @@ class Transaction:
                     digest = hash_and_copy(fd, tmp.fd)
                     if StatSignature.of(os.fstat(fd)) != signature:
                         raise ContentChangedError(str(real))
-                    existing = store.image_stat(digest.sha1)
-                    if existing is None or existing.st_size != digest.size:
-                        tmp.commit(store.image_path(digest.sha1))
+                    # Always rename the fresh copy over <id>.img, even when a file of that name and
+                    # size exists: its name proves nothing about its content (a rotten orphan, or a
+                    # file fsck could not place), and keeping it recorded a corrupt image as cached.
+                    # Pins hold their own links to the old inode, so replacing the name is safe.
+                    tmp.commit(store.image_path(digest.sha1))
             except ContentChangedError:
                 raise BootwatchError("changed while it was being cached; try again once it is complete",
                                      path=real) from None

@@ -392,3 +392,14 @@ def test_a_failed_add_of_several_paths_writes_nothing(boot_tree, kernel) -> None
     rc, out, err = boot_tree.cli("add", "/new", "/does-not-exist")
     boot_tree.assert_clean_error(rc, err, names=["does-not-exist"])
     assert boot_tree.index_bytes() == before
+
+
+def test_add_replaces_a_rotten_image_file_instead_of_trusting_its_name(boot_tree) -> None:
+    """An unlisted ``<id>.img`` of the right size but other content must not become the cached copy."""
+    image_id = boot_tree.write_file(K, 6000)
+    boot_tree.cache.mkdir(mode=0o700)
+    boot_tree.image(image_id).write_bytes(os.urandom(6000))  # same size, wrong content
+    rc, out, err = boot_tree.cli("add", K)
+    assert rc == 0, err
+    assert boot_tree.sha1_of(boot_tree.image(image_id)) == image_id
+    assert boot_tree.cli("verify")[0] == 0
