@@ -71,8 +71,19 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             salvaged = True
         changed = _check_listed_images(cache, index, digests, report, repair=repair)
         for image_id in sorted(set(digests) - index.all_image_ids()):
-            report.warnings.append(f"{store.image_path(image_id)}: orphaned image, listed by no path "
-                                   "('bootwatch clean' removes it)")
+            digest = digests[image_id]
+            if digest is not None and digest.sha1 == image_id:
+                report.warnings.append(f"{store.image_path(image_id)}: orphaned image, listed by no path "
+                                       "('bootwatch clean' removes it)")
+                continue
+            # Writers only rename complete files to <id>.img, so an unlisted one that does not hash
+            # to its name is damage, not an interrupted write. Left in place it passed for a good
+            # copy (add trusted the name) and salvage after a corrupt index left it there.
+            problem = "cannot be read" if digest is None else f"is corrupt: its content hashes to {digest.sha1}"
+            report.problems.append(f"{store.image_path(image_id)}: unlisted image {problem}")
+            if repair:
+                kept = store.move_to_lost_found(image_id, ".corrupt")
+                report.repaired.append(f"moved the bad image to {kept}")
         strays = sorted(index.known_image_ids() - index.all_image_ids())
         for image_id in strays:
             report.warnings.append(f"{store.index_path}: images['{image_id}'] is listed by no path")
