@@ -68,16 +68,20 @@ def boot_path_from_argument(boot_dir: Path, argument: str) -> str:
     """Turn a command line PATH into a boom-style path.
 
     ``/vmlinuz-6.1.0`` is taken as relative to the boot directory. An absolute path that lies
-    inside the boot directory (``/boot/vmlinuz-6.1.0``) is accepted too, and wins when that file
-    exists, so that both spellings a sysadmin might type work.
+    inside the boot directory (``/boot/vmlinuz-6.1.0``) is accepted too, existing or not, unless only
+    the boom-style reading names an existing file, so that both spellings a sysadmin might type work.
     """
     boot_real = os.path.realpath(boot_dir)
     absolute = os.path.normpath(os.path.abspath(argument))
-    if absolute.startswith(boot_real.rstrip("/") + "/") and os.path.lexists(absolute):
+    boot_given = os.path.normpath(os.path.abspath(boot_dir))
+    # The absolute spelling must also work for a file that does not exist: "restore /boot/vmlinuz"
+    # is typed exactly when the file is gone. It yields only when the boom-style reading names a
+    # file that exists and the absolute one does not.
+    absolute_wins = os.path.lexists(absolute) or not os.path.lexists(os.path.join(boot_given, argument.lstrip("/")))
+    if absolute.startswith(boot_real.rstrip("/") + "/") and absolute_wins:
         relative = absolute[len(boot_real.rstrip("/")):]
         return normalize_boot_path(relative)
-    boot_given = os.path.normpath(os.path.abspath(boot_dir))
-    if absolute.startswith(boot_given.rstrip("/") + "/") and os.path.lexists(absolute):
+    if absolute.startswith(boot_given.rstrip("/") + "/") and absolute_wins:
         return normalize_boot_path(absolute[len(boot_given.rstrip("/")):])
     return normalize_boot_path(argument)
 

@@ -138,3 +138,16 @@ def test_the_module_runs_without_a_tty_and_writes_nothing_outside(boot_tree, tmp
     before = sorted(os.listdir(tmp_path))
     assert boot_tree.cli("list")[0] == 0
     assert sorted(os.listdir(tmp_path)) == before, "list must not create the cache directory"
+
+
+def test_an_absolute_path_inside_the_boot_directory_names_a_missing_file_too(boot_tree) -> None:
+    """``restore /boot/vmlinuz-1`` is used exactly when the file is gone: the absolute form must still work."""
+    image_id = boot_tree.write_file("/vmlinuz-1")
+    absolute = str(boot_tree.path("/vmlinuz-1"))
+    assert boot_tree.cli("add", absolute)[0] == 0
+    boot_tree.path("/vmlinuz-1").unlink()
+    shown = boot_tree.cli_json("show", absolute, "--json")
+    assert (shown["path"], shown["state"]) == ("/vmlinuz-1", "MISSING")
+    rc, out, err = boot_tree.cli("restore", absolute)
+    assert rc == 0, err
+    assert boot_tree.sha1_of(boot_tree.path("/vmlinuz-1")) == image_id
