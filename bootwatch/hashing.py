@@ -3,8 +3,9 @@
 An image id is the SHA1 of the whole file (boom's format). bootwatch also records a SHA256 at
 caching time, so that a later verification does not rest on SHA1 alone. Both digests are computed
 from one read of the source: the SHA1 on the calling thread, the SHA256 on a helper thread
-(``hashlib`` releases the GIL for large updates, so the two run on two cores), and the same buffer
-is written to the destination. A boot file is therefore read exactly once to be cached.
+(``hashlib`` releases the GIL for large updates, so the two run on two cores); the two threads
+share the reading and the writing of the copy (see :class:`_Pipeline`). A boot file is therefore
+read exactly once to be cached.
 
 Where the filesystem shares extents (btrfs, XFS with reflink), ``FICLONE`` makes the copy free and
 only the hashing read remains.
