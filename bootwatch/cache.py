@@ -23,7 +23,7 @@ from bootwatch.hashing import ContentChangedError, Digest, StatSignature, hash_a
 from bootwatch.imagecheck import check_image
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
-from bootwatch.store import CacheStore, TempFile, fsync_directory
+from bootwatch.store import CacheStore, PendingImages, TempFile, fsync_directory
 
 CACHED = "CACHED"
 MISSING = "MISSING"
@@ -115,6 +115,7 @@ class Transaction:
         self.index = index
         self.dirty = False
         self.unlisted: Set[str] = set()
+        self.pending = PendingImages(cache.store.directory)
         self._references: Optional[Dict[str, int]] = None
 
     @property
@@ -159,7 +160,8 @@ class Transaction:
                     # size exists: its name proves nothing about its content (a rotten orphan, or a
                     # file fsck could not place), and keeping it recorded a corrupt image as cached.
                     # Pins hold their own links to the old inode, so replacing the name is safe.
-                    tmp.commit(store.image_path(digest.sha1))
+                    # The rename waits for the end of the transaction (see PendingImages).
+                    self.pending.add(tmp.detach(), store.image_path(digest.sha1))
             except ContentChangedError:
                 raise BootwatchError("changed while it was being cached; try again once it is complete",
                                      path=real) from None
@@ -227,9 +229,14 @@ class Transaction:
 
     # ---------------------------------------------------------------- restore
 
+    def flush(self) -> None:
+        """Give the images added so far their final names (before anything reads them)."""
+        self.pending.flush()
+
     def restore(self, path: str) -> str:
         """Copy the newest image of a MISSING path back into the boot directory; return its id."""
         normalize_boot_path(path)
+        self.flush()
         if path not in self.index:
             raise BootwatchError("is not cached", path=path)
         state = self.cache.path_status(self.index, path, self.references).state
@@ -376,7 +383,11 @@ class BootCache:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
         with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting):
             txn = Transaction(self, self.store.load_index())
-            yield txn
+            try:
+                yield txn
+                txn.flush()  # images first: the index must never list an image without its file
+            finally:
+                txn.pending.discard()  # only left on an error; the index was not written
             if txn.dirty:
                 self.store.write_index(txn.index)
             self._delete_unlisted(txn)

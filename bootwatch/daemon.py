@@ -305,6 +305,7 @@ class Daemon:
             else:
                 report = self.reconciler.paths(txn, batch.boot_paths, entries_changed=batch.entries_changed)
             self.beat()
+            txn.flush()
             self.reconciler.check_images(txn, batch.image_ids, report)
         self._after_batch(report, full=batch.full)
 

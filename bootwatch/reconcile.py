@@ -18,22 +18,59 @@ arrived: a kernel removed 100 ms before its entry is therefore not restored.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.errors import BootwatchError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.journal import Event, log_event
-from bootwatch.policy import matches_patterns, tracks_all
+from bootwatch.policy import tracks_all
 from bootwatch.store import IMAGE_SUFFIX, LINKS_DIR, LOST_FOUND_DIR
 
 log = logging.getLogger("bootwatch.reconcile")
+
+MARKER_SUFFIX = ".boomrestored"
+
+
+def name_matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """A test of a basename against every glob at once: :func:`bootwatch.policy.matches_patterns`, compiled.
+
+    ``fnmatch.fnmatchcase`` translates each glob to a regular expression anchored at the end; their
+    alternation, matched from the start, accepts exactly the names one of them accepts. One
+    compiled expression instead of a loop of fnmatch calls per name: the walk tests every file.
+    """
+    if not patterns:
+        return lambda name: False
+    match = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
+    return lambda name: match(name) is not None
+
+
+def marker_path_of(path: str) -> str:
+    """The boom-style path of the ``.boomrestored`` marker beside the boom-style ``path``."""
+    slash = path.rfind("/") + 1
+    return f"{path[:slash]}.{path[slash:]}{MARKER_SUFFIX}"
+
+
+@dataclass
+class BootTree:
+    """What one walk of the boot directory saw.
+
+    ``files``: the regular files and symlinks whose names match the patterns, by boom-style path,
+    with their lstat. ``markers``: the boom-style paths of every ``.<name>.boomrestored`` entry in
+    the walked directories (the walk skips dot files otherwise), so that a pass can tell a restored
+    copy from the set instead of resolving every path to look for its marker.
+    """
+
+    files: Dict[str, os.stat_result] = field(default_factory=dict)
+    markers: Set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -67,7 +104,8 @@ class Reconciler:
         self.boot_dir = Path(os.path.abspath(config.paths.boot))
         self.boot_real = Path(os.path.realpath(self.boot_dir))
         # Directories inside the boot directory that hold no boot images.
-        self.skip_dirs = {Path(os.path.realpath(p)) for p in (config.paths.cache, config.paths.entries)}
+        self.skip_dirs = {os.path.realpath(p) for p in (config.paths.cache, config.paths.entries)}
+        self.matches = name_matcher(config.cache.patterns)
         # Paths reported missing once; not reported again on every pass.
         self.reported_missing: Set[str] = set()
 
@@ -85,14 +123,20 @@ class Reconciler:
                 return "/" + relative
         return None
 
-    def walk(self) -> Dict[str, os.stat_result]:
-        """Every regular file of the boot directory matching the patterns, with its lstat.
+    def walk(self) -> BootTree:
+        """Every regular file and symlink of the boot directory matching the patterns, with its lstat.
 
         Used with ``track = "all"``; symlinks are resolved later through :meth:`BootCache.boot_file`.
+        Directories are entered only as themselves (``follow_symlinks=False``), from the real boot
+        directory, so a walked path has no symlink in it: its boom-style path is the tail of
+        ``entry.path``, and the file it names is inside the boot directory without resolving it.
         """
-        found: Dict[str, os.stat_result] = {}
-        patterns = self.config.cache.patterns
-        stack = [self.boot_real]
+        tree = BootTree()
+        files, markers = tree.files, tree.markers
+        matches, skip_dirs = self.matches, self.skip_dirs
+        root = str(self.boot_real)
+        cut = len(root.rstrip("/"))  # entry.path[cut:] is "/<relative path>", also for a boot dir of "/"
+        stack = [root]
         while stack:
             directory = stack.pop()
             try:
@@ -101,27 +145,29 @@ class Reconciler:
                 continue
             with it:
                 for entry in it:
-                    if entry.name.startswith("."):
+                    name = entry.name
+                    if name[0] == ".":
+                        if name.endswith(MARKER_SUFFIX):
+                            markers.add(entry.path[cut:])
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            path = Path(entry.path)
-                            if path not in self.skip_dirs and entry.name != "lost+found":
-                                stack.append(path)
+                            if name != "lost+found" and entry.path not in skip_dirs:
+                                stack.append(entry.path)
                             continue
-                        if not matches_patterns(entry.name, patterns):
+                        if not matches(name):
                             continue
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
                     if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                        found["/" + os.path.relpath(entry.path, self.boot_real)] = st
-        return found
+                        files[entry.path[cut:]] = st
+        return tree
 
     def is_tracked(self, path: str, references: Dict[str, int]) -> bool:
         if references.get(path, 0):
             return True
-        return tracks_all(self.config) and matches_patterns(path, self.config.cache.patterns)
+        return tracks_all(self.config) and self.matches(path[path.rfind("/") + 1:])
 
     # ---------------------------------------------------------------- passes
 
@@ -130,13 +176,16 @@ class Reconciler:
         report = ReconcileReport()
         references = txn.refresh_references()
         stats: Dict[str, Optional[os.stat_result]] = {}
+        markers: Set[str] = set()
         if tracks_all(self.config):
-            stats.update(self.walk())
+            tree = self.walk()
+            stats.update(tree.files)
+            markers = tree.markers
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
         on_disk = set(self.cache.store.image_ids_on_disk())
         for path in sorted(stats):
-            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path])
+            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
         return report
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
@@ -155,10 +204,16 @@ class Reconciler:
     # ---------------------------------------------------------------- one path
 
     def apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport, *,
-              on_disk: Set[str], lstat: Optional[os.stat_result] = None) -> None:
+              on_disk: Set[str], lstat: Optional[os.stat_result] = None,
+              markers: Optional[Set[str]] = None) -> None:
+        """Apply the policy to one path.
+
+        ``lstat`` and ``markers`` come from :meth:`walk`: the lstat of the walked file, and the
+        markers the walk saw. Without them the path is resolved and its marker looked up.
+        """
         report.examined += 1
         try:
-            self._apply(txn, path, references, report, on_disk, lstat)
+            self._apply(txn, path, references, report, on_disk, lstat, markers)
         except UnsafePathError as e:
             report.errors.append(str(e))
             log.warning("%s", e)
@@ -172,9 +227,10 @@ class Reconciler:
             log.warning("%s: %s", path, e)
 
     def _apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport,
-               on_disk: Set[str], lstat: Optional[os.stat_result]) -> None:
+               on_disk: Set[str], lstat: Optional[os.stat_result], markers: Optional[Set[str]]) -> None:
         index = txn.index
         count = references.get(path, 0)
+        real: Optional[Path] = None  # resolved only when the walk did not stat the file itself
         if lstat is None or stat.S_ISLNK(lstat.st_mode):
             real = self.cache.boot_file(path)
             try:
@@ -188,7 +244,7 @@ class Reconciler:
         cached = path in index
         if boot_st is not None:
             self.reported_missing.discard(path)
-            if cached and count == 0 and self._is_our_restored_copy(txn, path, boot_st):
+            if cached and count == 0 and self._is_our_restored_copy(txn, path, boot_st, real, markers):
                 # The entry that needed it is gone (a package manager removed both): take it away again.
                 if txn.remove_restored_copy(path):
                     report.unrestored.append(path)
@@ -197,8 +253,7 @@ class Reconciler:
             if not self.is_tracked(path, references):
                 return
             newest = index.newest(path) if cached else None
-            if newest is not None and newest in on_disk and \
-                    index.known_content(path, StatSignature.of(boot_st)) == newest:
+            if newest is not None and newest in on_disk and index.known_content_of_stat(path, boot_st) == newest:
                 return  # unchanged since it was hashed, and its image is there: nothing to read
             if newest is not None and newest not in on_disk:
                 report.broken.append(path)
@@ -239,11 +294,22 @@ class Reconciler:
             log_event(log, Event.IMAGE_MISSING, "%s: removed from the boot directory (%s)", path, why,
                       level=level, path=path, image_id=newest, state="MISSING", references=count)
 
-    def _is_our_restored_copy(self, txn: Transaction, path: str, boot_st: os.stat_result) -> bool:
-        real = self.cache.boot_file(path)
-        if not os.path.lexists(real.parent / restored_marker_name(path)):
-            return False
-        return txn.index.known_content(path, StatSignature.of(boot_st)) == txn.index.newest(path)
+    def _is_our_restored_copy(self, txn: Transaction, path: str, boot_st: os.stat_result, real: Optional[Path],
+                              markers: Optional[Set[str]]) -> bool:
+        """True if a restored-copy marker lies beside the boot file and the file is still the restored image.
+
+        A file the walk found (``real`` None) lies, unresolved, in a walked directory, whose markers
+        the walk collected: a set lookup instead of two ``realpath`` calls per path.
+        """
+        if real is None and markers is not None:
+            if marker_path_of(path) not in markers:
+                return False
+        else:
+            if real is None:
+                real = self.cache.boot_file(path)
+            if not os.path.lexists(real.parent / restored_marker_name(path)):
+                return False
+        return txn.index.known_content_of_stat(path, boot_st) == txn.index.newest(path)
 
     # ---------------------------------------------------------------- the cache directory
 
@@ -300,6 +366,7 @@ class Reconciler:
             txn.add(path)
         except BootwatchError:
             return False
+        txn.flush()
         return self.cache.store.has_image(image_id)
 
     def image_id_of(self, filename: str) -> Optional[str]:

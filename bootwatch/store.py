@@ -31,6 +31,7 @@ orphan image (harmless; clean removes it), never an index entry without its imag
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -100,6 +101,13 @@ class TempFile:
             os.close(self.fd)
             self.fd = -1
 
+    def detach(self) -> Path:
+        """Close the file unsynced and hand it over: the caller now owns (and must remove) it."""
+        assert self.path is not None
+        self.close()
+        path, self.path = self.path, None
+        return path
+
     def commit(self, final: Path, *, replace: bool = True) -> None:
         """fsync, rename over ``final`` and fsync the directory.
 
@@ -118,6 +126,71 @@ class TempFile:
                 os.unlink(self.path)
         self.path = None
         fsync_directory(final.parent)
+
+
+def sync_filesystem(directory: Path) -> None:
+    """``syncfs(2)``: write back every dirty page of the filesystem that holds ``directory``.
+
+    One call replaces an fsync per file when a batch wrote many images. Since Linux 5.8 it
+    reports a writeback error that happened on the filesystem since the file was opened (errseq),
+    so a failed write of any image of the batch fails the batch.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(directory))
+    finally:
+        os.close(fd)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class PendingImages:
+    """Image temp files written in one transaction, made durable and renamed into place together.
+
+    Writing 200 images one by one costs 400 fsyncs (the file, then the directory); a batch
+    needs one ``syncfs`` (or one fsync for a single image), the renames, and one directory fsync.
+    Until :meth:`flush` nothing carries a final name, so a crash leaves only temp files, which the
+    next holder of the lock removes.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: List[tuple] = []  # (temp path, final path)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def add(self, temp: Path, final: Path) -> None:
+        self.files.append((temp, final))
+
+    def flush(self) -> None:
+        if not self.files:
+            return
+        try:
+            if len(self.files) == 1:
+                fd = os.open(self.files[0][0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            else:
+                sync_filesystem(self.directory)
+        except OSError:
+            self.discard()
+            raise
+        for temp, final in self.files:
+            os.rename(temp, final)
+        self.files.clear()
+        fsync_directory(self.directory)
+
+    def discard(self) -> None:
+        for temp, _ in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        self.files.clear()
 
 
 class CacheStore:
