@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,9 @@ class CacheIndex:
         return sorted(ids, key=lambda i: self._data["images"][i]["image_ts"], reverse=True)
 
     def newest(self, path: str) -> str:
+        ids = self._data["index"].get(path, [])
+        if len(ids) == 1:  # the common case needs no sort
+            return ids[0]
         return self.images_newest_first(path)[0]
 
     def image_ts(self, image_id: str) -> int:
@@ -160,10 +164,30 @@ class CacheIndex:
 
     def known_content(self, path: str, signature: StatSignature) -> Optional[str]:
         """The image id of the boot file, if its signature still equals the recorded one."""
-        extra = self.path_extra(path)
-        if StatSignature.from_json(extra.get("stat")) == signature and is_image_id(extra.get("stat_image_id")):
-            return extra["stat_image_id"]
-        return None
+        return self._known_content(path, signature.to_json())
+
+    def known_content_of_stat(self, path: str, st: os.stat_result) -> Optional[str]:
+        """:meth:`known_content` of ``StatSignature.of(st)``, without building the signature.
+
+        A reconcile asks this of every cached path: it compares lists and builds no objects.
+        """
+        return self._known_content(path, [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+
+    def _known_content(self, path: str, signature: list) -> Optional[str]:
+        extra = self._data["paths"][path].get(EXTRA)
+        if extra.__class__ is not dict:
+            extra = self.path_extra(path)  # a dict subclass or not a dict: the general rule
+        recorded = extra.get("stat")
+        if recorded != signature:
+            return None
+        # Equal lists of five; only integers count (JSON could hold 4096.0 or true, which compare
+        # equal to 4096 and 1): exact ints in the common case, StatSignature's own rule otherwise.
+        a, b, c, d, e = recorded
+        if not (a.__class__ is b.__class__ is c.__class__ is d.__class__ is e.__class__ is int) \
+                and StatSignature.from_json(recorded) is None:
+            return None
+        image_id = extra.get("stat_image_id")
+        return image_id if is_image_id(image_id) else None
 
     # ---------------------------------------------------------------- mutations
 
