@@ -34,6 +34,13 @@ from bootwatch.safety import normalize_boot_path
 IMAGE_ID = re.compile(r"[0-9a-f]{40}")
 EXTRA = "bootwatch"
 
+# The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
+# a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
+# and holds no "/", NUL or newline (the rules of safety.normalize_boot_path).
+_SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n]+)+"
+_SAFE_PATHS = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
+_IMAGE_IDS = re.compile(r"[0-9a-f]{40}(?:\n[0-9a-f]{40})*")
+
 
 def is_image_id(value: object) -> bool:
     return isinstance(value, str) and IMAGE_ID.fullmatch(value) is not None
@@ -72,6 +79,10 @@ class CacheIndex:
 
     @staticmethod
     def validate(data: object, *, source: Union[str, Path]) -> None:
+        """Raise :class:`IndexCorruptError` naming the first problem; return if there is none."""
+        if CacheIndex._plainly_valid(data):
+            return
+
         def corrupt(message: str) -> IndexCorruptError:
             return IndexCorruptError(message, path=source)
 
@@ -104,6 +115,50 @@ class CacheIndex:
                 raise corrupt(f"'images' has a key {image_id!r} that is not an image id")
             if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
                 raise corrupt(f"images['{image_id}'].image_ts is missing or is not a number")
+
+    @staticmethod
+    def _plainly_valid(data: object) -> bool:
+        """Every check of :meth:`validate`, in bulk, for an index that has no problem.
+
+        Every scan loads the whole index (10,000 paths on a host that tracks everything), so the
+        common case must not cost four function calls per path: one regular expression over all
+        the paths joined by newlines, one over all the image ids, and type tests of exact classes.
+        A newline is what no path or id may hold, so the joined string has exactly one fewer
+        newline than there are keys unless a key holds one. True only if every check passes;
+        False means "look closer": :meth:`validate` then checks one by one and names the first
+        problem (or accepts what this test was too strict for, like a ``true`` image_ts).
+        """
+        try:
+            if data.__class__ is not dict:
+                return False
+            index, paths, images = data.get("index"), data.get("paths"), data.get("images")
+            if index.__class__ is not dict or paths.__class__ is not dict or images.__class__ is not dict:
+                return False
+            listed: List[str] = []
+            for path, ids in index.items():
+                if ids.__class__ is not list or not ids:
+                    return False
+                listed += ids
+                meta = paths.get(path)
+                if meta.__class__ is not dict or meta.get("path_mode").__class__ is not int \
+                        or meta.get("path_uid").__class__ is not int or meta.get("path_gid").__class__ is not int:
+                    return False
+            for meta in images.values():
+                if meta.__class__ is not dict:
+                    return False
+                kind = meta.get("image_ts").__class__
+                if kind is not int and kind is not float:
+                    return False
+            for keys, pattern in ((index, _SAFE_PATHS), (images, _IMAGE_IDS)):
+                if keys:
+                    joined = "\n".join(keys)  # TypeError for a key that is not a string
+                    if joined.count("\n") != len(keys) - 1 or pattern.fullmatch(joined) is None:
+                        return False
+            # Each listed id is a key of 'images' (so an image id, tested above) whose entry is a
+            # dict (tested above). An id that is not hashable raises TypeError.
+            return images.keys() >= set(listed)
+        except TypeError:
+            return False
 
     def to_json(self) -> bytes:
         return json.dumps(self._data, indent=1, sort_keys=False).encode() + b"\n"
