@@ -50,6 +50,8 @@ log = logging.getLogger("bootwatch.daemon")
 # (and at least MIN_BATCH_WINDOW seconds): an endless trickle of events must not starve the work.
 MAX_BATCH_SETTLES = 20
 MIN_BATCH_WINDOW = 2.0
+# The quiet window of a batch that holds only completed boot files (see Daemon._collect).
+COMPLETION_WINDOW = 0.02
 # Without systemd's watchdog the main loop still wakes this often to check the watches.
 IDLE_TICK = 5.0
 # Paths whose caching failed (a file still being written) are tried again after this delay.
@@ -69,6 +71,8 @@ class Batch:
     boot_paths: Set[str] = field(default_factory=set)
     image_ids: Set[str] = field(default_factory=set)
     changes: int = 0
+    slow: bool = False  # something that must wait for the full settle window
+    unclosed: Set[str] = field(default_factory=set)  # boot files created and not yet closed
 
 
 def load_daemon_config(config_file: Optional[Path], boot: Optional[Path], cache: Optional[Path]) -> Config:
@@ -234,7 +238,15 @@ class Daemon:
                 self.busy_since = None
 
     def _collect(self) -> Optional[Batch]:
-        """Block for the first change, then gather until ``settle`` seconds pass without one."""
+        """Block for the first change, then gather until the batch's quiet window passes without one.
+
+        The window is ``settle`` for anything that may lead to a restore or needs the references
+        re-read (deletions, renames away, entry changes, reconciles, the cache directory) and for
+        a file created but not yet closed. A batch of nothing but completed boot files
+        (closed after writing, or renamed into place) only waits :data:`COMPLETION_WINDOW`: it can
+        only lead to caching, which is never wrong to do early, and the image is cached as soon as
+        it is complete.
+        """
         first = self.changes.get()
         if first.kind == "stop":
             return None
@@ -247,11 +259,12 @@ class Daemon:
                 self.changes.put(change)  # finish this batch, then stop
                 break
             self._classify(batch, change)
+            window = settle if batch.slow or batch.unclosed else min(settle, COMPLETION_WINDOW)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                change = self.changes.get(timeout=min(settle, remaining))
+                change = self.changes.get(timeout=min(window, remaining))
             except queue.Empty:
                 change = None
         return batch
@@ -259,11 +272,11 @@ class Daemon:
     def _classify(self, batch: Batch, change: Change) -> None:
         batch.changes += 1
         if change.kind in ("rescan", "overflow", "watch-lost"):
-            batch.full = True
+            batch.full = batch.slow = True
             batch.overflow = batch.overflow or change.kind == "overflow"
             return
         if change.kind == "reload":
-            batch.reload = True
+            batch.reload = batch.slow = True
             return
         cache_dir = str(self.config.paths.cache).rstrip("/") + "/"
         entries_dir = str(self.config.paths.entries).rstrip("/") + "/"
@@ -272,21 +285,29 @@ class Daemon:
                 relative = name[len(cache_dir):]
                 if relative == INDEX_NAME and not (change.kind == "moved"
                                                    and os.path.basename(change.path).startswith(TEMP_PREFIX)):
-                    batch.foreign_index = True  # rewritten by someone else: boom writes it in place
+                    batch.foreign_index = batch.slow = True  # rewritten by someone else: boom writes in place
                 image_id = self.reconciler.image_id_of(name)
                 if image_id is not None and (change.kind in ("deleted", "closed") or
                                              (change.kind == "moved" and name == change.path)):
                     batch.image_ids.add(image_id)
-                continue
+                    batch.slow = True
+                continue  # bootwatch's own renames in the cache add no work
             if name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
-                batch.entries_changed = True
+                batch.entries_changed = batch.slow = True
                 continue
             if change.is_directory:
-                batch.full = True
+                batch.full = batch.slow = True
                 continue
             path = self.reconciler.boot_path_of(name)
-            if path is not None:
-                batch.boot_paths.add(path)
+            if path is None:
+                continue
+            batch.boot_paths.add(path)
+            if change.kind == "created":
+                batch.unclosed.add(path)
+            elif change.kind == "closed" or (change.kind == "moved" and name == change.dest):
+                batch.unclosed.discard(path)
+            else:  # deleted, or renamed away: may need a restore once the references are re-read
+                batch.slow = True
 
     def _apply(self, batch: Batch) -> None:
         if batch.reload:
