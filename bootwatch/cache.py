@@ -263,11 +263,18 @@ class Transaction:
             os.fchmod(tmp.fd, stat.S_IMODE(meta.mode))
             ts = self.index.image_ts(image_id)
             os.utime(tmp.fd, (ts, ts))
+            # The marker goes first: a crash between the two leaves a marker without a file, which
+            # boom and bootwatch read as MISSING; the other order would leave a restored file that
+            # looks like the package manager's own.
             marker = real.parent / restored_marker_name(path)
+            made_marker = not os.path.lexists(marker)
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
             try:
                 tmp.commit(real, replace=False)
             except FileExistsError:
+                if made_marker:  # the file that appeared is not ours: do not mark it as restored
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(marker)
                 raise BootwatchError("appeared while it was being restored; left alone", path=real) from None
         self.index.record_signature(path, StatSignature.of(os.lstat(real)), image_id)
         self.dirty = True

@@ -52,8 +52,7 @@ LINKS_DIR = "links"
 LOST_FOUND_DIR = "lost+found"
 
 # boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
-READ_RETRIES = 5
-READ_RETRY_DELAY = 0.05
+READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -284,7 +283,7 @@ class CacheStore:
     def load_index(self) -> CacheIndex:
         """Read and validate the index. A missing index is an empty cache."""
         last: Optional[IndexCorruptError] = None
-        for attempt in range(READ_RETRIES):
+        for delay in (*READ_RETRY_DELAYS, None):
             data = self.read_index_bytes()
             if data is None:
                 return CacheIndex()
@@ -292,7 +291,8 @@ class CacheStore:
                 return CacheIndex.from_json(data, source=self.index_path)
             except IndexCorruptError as e:
                 last = e
-                time.sleep(READ_RETRY_DELAY * (attempt + 1))
+                if delay is not None:
+                    time.sleep(delay)
         assert last is not None
         raise last
 
@@ -362,6 +362,10 @@ class CacheStore:
         """Keep an image out of clean's reach for an administrator to look at."""
         self.lost_found_dir.mkdir(mode=0o700, exist_ok=True)
         target = self.lost_found_dir / f"{image_id}{IMAGE_SUFFIX}{suffix}"
+        n = 0
+        while os.path.lexists(target):  # never replace what an earlier repair kept
+            n += 1
+            target = self.lost_found_dir / f"{image_id}{IMAGE_SUFFIX}{suffix}.{n}"
         os.rename(self.image_path(image_id), target)
         fsync_directory(self.directory)
         return target

@@ -160,3 +160,16 @@ def test_hash_path_does_not_follow_a_final_symlink(tmp_path: Path) -> None:
     os.symlink(tmp_path / "real", tmp_path / "link")
     with pytest.raises(OSError):
         hash_path(tmp_path / "link")
+
+
+def test_lost_found_never_replaces_an_earlier_copy(tmp_path: Path) -> None:
+    from bootwatch.store import CacheStore
+    store = CacheStore(tmp_path / "cache")
+    store.check(create=True)
+    image_id = "a" * 40
+    kept = []
+    for content in (b"first", b"second"):
+        store.image_path(image_id).write_bytes(content)
+        kept.append(store.move_to_lost_found(image_id, ".corrupt"))
+    assert kept[0] != kept[1]
+    assert [p.read_bytes() for p in kept] == [b"first", b"second"]
