@@ -25,12 +25,13 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.errors import BootwatchError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
+from bootwatch.index import CacheIndex
 from bootwatch.journal import Event, log_event
 from bootwatch.policy import tracks_all
 from bootwatch.store import IMAGE_SUFFIX, LINKS_DIR, LOST_FOUND_DIR
@@ -40,17 +41,15 @@ log = logging.getLogger("bootwatch.reconcile")
 MARKER_SUFFIX = ".boomrestored"
 
 
-def name_matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
-    """A test of a basename against every glob at once: :func:`bootwatch.policy.matches_patterns`, compiled.
+def names_pattern(patterns: Sequence[str]) -> "re.Pattern[str]":
+    """Every glob at once: ``.match(name)`` is :func:`bootwatch.policy.matches_patterns` of a basename, compiled.
 
     ``fnmatch.fnmatchcase`` translates each glob to a regular expression anchored at the end; their
     alternation, matched from the start, accepts exactly the names one of them accepts. One
     compiled expression instead of a loop of fnmatch calls per name: the walk tests every file.
+    No globs match nothing (``(?!)`` never matches).
     """
-    if not patterns:
-        return lambda name: False
-    match = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
-    return lambda name: match(name) is not None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
 def marker_path_of(path: str) -> str:
@@ -105,7 +104,7 @@ class Reconciler:
         self.boot_real = Path(os.path.realpath(self.boot_dir))
         # Directories inside the boot directory that hold no boot images.
         self.skip_dirs = {os.path.realpath(p) for p in (config.paths.cache, config.paths.entries)}
-        self.matches = name_matcher(config.cache.patterns)
+        self.names = names_pattern(config.cache.patterns)
         # Paths reported missing once; not reported again on every pass.
         self.reported_missing: Set[str] = set()
 
@@ -133,7 +132,7 @@ class Reconciler:
         """
         tree = BootTree()
         files, markers = tree.files, tree.markers
-        matches, skip_dirs = self.matches, self.skip_dirs
+        match, skip_dirs = self.names.match, self.skip_dirs
         root = str(self.boot_real)
         cut = len(root.rstrip("/"))  # entry.path[cut:] is "/<relative path>", also for a boot dir of "/"
         stack = [root]
@@ -155,7 +154,7 @@ class Reconciler:
                             if name != "lost+found" and entry.path not in skip_dirs:
                                 stack.append(entry.path)
                             continue
-                        if not matches(name):
+                        if match(name) is None:
                             continue
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
@@ -167,7 +166,7 @@ class Reconciler:
     def is_tracked(self, path: str, references: Dict[str, int]) -> bool:
         if references.get(path, 0):
             return True
-        return tracks_all(self.config) and self.matches(path[path.rfind("/") + 1:])
+        return tracks_all(self.config) and self.names.match(path[path.rfind("/") + 1:]) is not None
 
     # ---------------------------------------------------------------- passes
 
@@ -184,9 +183,32 @@ class Reconciler:
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
         on_disk = set(self.cache.store.image_ids_on_disk())
+        index, reported_missing = txn.index, self.reported_missing
         for path in sorted(stats):
-            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
+            st = stats[path]
+            if st is not None and self._unchanged(index, path, st, references, markers, on_disk):
+                report.examined += 1
+                reported_missing.discard(path)
+                continue
+            self.apply(txn, path, references, report, on_disk=on_disk, lstat=st, markers=markers)
         return report
+
+    def _unchanged(self, index: CacheIndex, path: str, st: os.stat_result, references: Dict[str, int],
+                   markers: Set[str], on_disk: Set[str]) -> bool:
+        """True for a walked file that :meth:`apply` would leave alone without reading it.
+
+        The common case of a full pass, decided with set and dict lookups: a regular file (not a
+        symlink, so nothing to resolve), cached, not a restored copy that lost its last reference,
+        its newest image on disk, and its stat signature the one recorded when it was hashed.
+        (A walked file matches the patterns and is walked only with ``track = "all"``: it is
+        tracked.) Anything else goes through :meth:`apply`.
+        """
+        if not stat.S_ISREG(st.st_mode) or path not in index:
+            return False
+        if markers and not references.get(path) and marker_path_of(path) in markers:
+            return False
+        newest = index.newest(path)
+        return newest in on_disk and index.known_content_of_stat(path, st) == newest
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
         """A pass over the paths events named; all referenced and cached paths if entries changed."""
@@ -302,7 +324,7 @@ class Reconciler:
         the walk collected: a set lookup instead of two ``realpath`` calls per path.
         """
         if real is None and markers is not None:
-            if marker_path_of(path) not in markers:
+            if not markers or marker_path_of(path) not in markers:
                 return False
         else:
             if real is None:
