@@ -21,6 +21,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -37,6 +38,8 @@ BUFFERS = 8
 LOOKAHEAD = 4
 # Start the writeback of the copy every this many bytes (a multiple of CHUNK_SIZE).
 WRITEBACK_WINDOW = 8 << 20
+# Files up to this size are hashed on one thread (see hash_and_copy).
+SMALL_FILE = 4 << 20
 # linux/fs.h
 SYNC_FILE_RANGE_WRITE = 2
 
@@ -237,6 +240,12 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
         if e.errno != errno.ESPIPE:
             raise
         return _hash_stream(src_fd, dst_fd)
+    st = os.fstat(src_fd)
+    if stat.S_ISREG(st.st_mode) and st.st_size - src_base <= SMALL_FILE:
+        # Two threads and their buffers cost more than hashing a small file on one.
+        digest = _hash_stream(src_fd, dst_fd)
+        _start_writeback(dst_fd)
+        return digest
     dst_base = os.lseek(dst_fd, 0, os.SEEK_CUR) if dst_fd is not None else 0
     with contextlib.suppress(OSError):  # a hint for the readahead of a cold file
         os.posix_fadvise(src_fd, src_base, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -265,7 +274,16 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
         if pipeline.written_end > dst_base + size:
             os.ftruncate(dst_fd, dst_base + size)  # drop what chunks read past a growing end wrote
         os.lseek(dst_fd, dst_base + size, os.SEEK_SET)
+        _start_writeback(dst_fd)
     return Digest(sha1.hexdigest(), sha256.hexdigest(), size)
+
+
+def _start_writeback(dst_fd: Optional[int]) -> None:
+    """Start writing the whole copy back now, without waiting: the disk works while the caller
+    hashes the next image, and the fsync or syncfs that makes the batch durable finds less to do."""
+    sync_range = _sync_file_range() if dst_fd is not None else None
+    if sync_range is not None:
+        sync_range(dst_fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # advisory: errors ignored
 
 
 def _hash_stream(src_fd: int, dst_fd: Optional[int]) -> Digest:
