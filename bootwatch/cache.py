@@ -20,7 +20,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 from bootwatch import bls
 from bootwatch.errors import BootwatchError, UnsafePathError, describe_oserror
 from bootwatch.hashing import ContentChangedError, Digest, StatSignature, hash_and_copy, hash_path
-from bootwatch.imagecheck import check_image
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
 from bootwatch.store import CacheStore, PendingImages, TempFile, fsync_directory
@@ -457,6 +456,7 @@ class BootCache:
         Filesystem images are loop-mounted under the runtime directory; without one (a library
         user that gave none) a private directory under the cache is used.
         """
+        from bootwatch.imagecheck import check_image  # loop, mount and decompressors: only verify needs them
         runtime = self.runtime_dir if self.runtime_dir is not None else self.store.directory / "run"
         return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime)).to_json()]
 
