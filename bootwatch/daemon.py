@@ -37,6 +37,7 @@ from bootwatch.errors import BootwatchError
 from bootwatch.jobs import MaintenanceScheduler
 from bootwatch.journal import NOTICE, Event, log_event, setup_logging
 from bootwatch.metrics import Metrics
+from bootwatch.mount import sweep_stale_mounts
 from bootwatch.notify import SystemdNotifier
 from bootwatch.pins import count_pins
 from bootwatch.reconcile import Reconciler, ReconcileReport
@@ -126,6 +127,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.cache = open_cache(self.config)
+        # Verification mounts of a daemon that was killed (the loop devices autoclear with them).
+        for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
+            log.info("removed the stale verification mount point %s", stale)
         self.reconciler = Reconciler(self.config, self.cache)
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(self.config.paths.boot),
                                    cache_dir=str(self.config.paths.cache))
