@@ -170,7 +170,7 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
         print(f"removed the restored copy {path}")
     for name in report.removed_temp_files:
         print(f"{verb}remove stale temp file {name}")
-    if not any(report.to_json().values()):
+    if not any(value for key, value in report.to_json().items() if key != "kept_pinned"):
         print("nothing to clean")
     return EXIT_OK
 
