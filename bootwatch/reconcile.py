@@ -126,41 +126,53 @@ class Reconciler:
         """Every regular file and symlink of the boot directory matching the patterns, with its lstat.
 
         Used with ``track = "all"``; symlinks are resolved later through :meth:`BootCache.boot_file`.
-        Directories are entered only as themselves (``follow_symlinks=False``), from the real boot
-        directory, so a walked path has no symlink in it: its boom-style path is the tail of
-        ``entry.path``, and the file it names is inside the boot directory without resolving it.
+        Directories are entered only as themselves, from the real boot directory: ``d_type`` (or an
+        lstat) says directory, and the open uses ``O_NOFOLLOW``, so a directory swapped for a
+        symlink meanwhile is not followed. A walked path therefore has no symlink in it, and the
+        file it names lies inside the boot directory without resolving it.
+
+        Each file is lstat'ed relative to its directory's fd (``fstatat``): the kernel looks up
+        one name instead of the whole path, 10,000 times on a big tree.
         """
         tree = BootTree()
         files, markers = tree.files, tree.markers
         match, skip_dirs = self.names.match, self.skip_dirs
-        root = str(self.boot_real)
-        cut = len(root.rstrip("/"))  # entry.path[cut:] is "/<relative path>", also for a boot dir of "/"
-        stack = [root]
-        while stack:
-            directory = stack.pop()
+        root = str(self.boot_real).rstrip("/")  # "" for a boot directory of "/"
+        pending = [""]  # boom-style paths of the directories to read; "" is the boot directory
+        while pending:
+            directory = pending.pop()
             try:
-                it = os.scandir(directory)
+                fd = os.open(root + directory or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 continue
-            with it:
-                for entry in it:
-                    name = entry.name
-                    if name[0] == ".":
-                        if name.endswith(MARKER_SUFFIX):
-                            markers.add(entry.path[cut:])
-                        continue
+            try:
+                names = []
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        name = entry.name
+                        if name[0] == ".":
+                            if name.endswith(MARKER_SUFFIX):
+                                markers.add(f"{directory}/{name}")
+                            continue
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if name != "lost+found" and f"{root}{directory}/{name}" not in skip_dirs:
+                                    pending.append(f"{directory}/{name}")
+                                continue
+                        except OSError:
+                            continue
+                        if match(name) is not None:
+                            names.append(name)
+                prefix = directory + "/"
+                for name in names:
                     try:
-                        if entry.is_dir(follow_symlinks=False):
-                            if name != "lost+found" and entry.path not in skip_dirs:
-                                stack.append(entry.path)
-                            continue
-                        if match(name) is None:
-                            continue
-                        st = entry.stat(follow_symlinks=False)
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     except OSError:
                         continue
                     if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                        files[entry.path[cut:]] = st
+                        files[prefix + name] = st
+            finally:
+                os.close(fd)
         return tree
 
     def is_tracked(self, path: str, references: Dict[str, int]) -> bool:
@@ -183,19 +195,20 @@ class Reconciler:
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
         on_disk = set(self.cache.store.image_ids_on_disk())
-        index, reported_missing = txn.index, self.reported_missing
+        unchanged = self._unchanged(txn.index, stats, references, markers, on_disk)
+        reported_missing = self.reported_missing
         for path in sorted(stats):
-            st = stats[path]
-            if st is not None and self._unchanged(index, path, st, references, markers, on_disk):
+            if path in unchanged:
                 report.examined += 1
                 reported_missing.discard(path)
                 continue
-            self.apply(txn, path, references, report, on_disk=on_disk, lstat=st, markers=markers)
+            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
         return report
 
-    def _unchanged(self, index: CacheIndex, path: str, st: os.stat_result, references: Dict[str, int],
-                   markers: Set[str], on_disk: Set[str]) -> bool:
-        """True for a walked file that :meth:`apply` would leave alone without reading it.
+    @staticmethod
+    def _unchanged(index: CacheIndex, stats: Dict[str, Optional[os.stat_result]], references: Dict[str, int],
+                   markers: Set[str], on_disk: Set[str]) -> Set[str]:
+        """The walked files that :meth:`apply` would leave alone without reading them.
 
         The common case of a full pass, decided with set and dict lookups: a regular file (not a
         symlink, so nothing to resolve), cached, not a restored copy that lost its last reference,
@@ -203,12 +216,11 @@ class Reconciler:
         (A walked file matches the patterns and is walked only with ``track = "all"``: it is
         tracked.) Anything else goes through :meth:`apply`.
         """
-        if not stat.S_ISREG(st.st_mode) or path not in index:
-            return False
-        if markers and not references.get(path) and marker_path_of(path) in markers:
-            return False
-        newest = index.newest(path)
-        return newest in on_disk and index.known_content_of_stat(path, st) == newest
+        candidates = {path: st for path, st in stats.items() if st is not None and stat.S_ISREG(st.st_mode)}
+        if markers:
+            for path in [p for p in candidates if not references.get(p) and marker_path_of(p) in markers]:
+                del candidates[path]
+        return index.unchanged(candidates, on_disk)
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
         """A pass over the paths events named; all referenced and cached paths if entries changed."""
