@@ -178,3 +178,33 @@ def test_walk_reports_markers_and_files(tree: Tuple[Path, Config]) -> None:
     walked = Reconciler(config, BootCache.from_config(config)).walk()
     assert sorted(walked.files) == ["/vmlinuz-1"]
     assert walked.markers == {"/.vmlinuz-1.boomrestored", "/d/.initrd-2.boomrestored"}
+
+
+def test_index_shortcuts_agree_with_known_content(tree: Tuple[Path, Config]) -> None:
+    """``unchanged``/``signature_holds`` answer as ``known_content`` does, also for odd recorded values."""
+    boot, config = tree
+    kernel = write(boot / "vmlinuz-1", b"one")
+    scan(config)
+    index = open_cache(config).load_index()
+    st = os.lstat(kernel)
+    newest = index.newest("/vmlinuz-1")
+    extra = index.raw()["paths"]["/vmlinuz-1"]["bootwatch"]
+    good = list(extra["stat"])
+    variants = [good, [float(v) for v in good], good[:4], good + [0], [True] + good[1:], None, "x",
+                [good[0] + 1] + good[1:]]
+    for recorded in variants:
+        for image_id in (newest, "0" * 40, None):
+            extra["stat"], extra["stat_image_id"] = recorded, image_id
+            expected = index.known_content_of_stat("/vmlinuz-1", st) == newest
+            assert index.signature_holds("/vmlinuz-1", st, newest) == expected, (recorded, image_id)
+            assert (index.unchanged({"/vmlinuz-1": st}, {newest}) == {"/vmlinuz-1"}) == expected
+    assert index.unchanged({"/vmlinuz-1": st}, set()) == set(), "an image missing from disk is not unchanged"
+    extra["stat"], extra["stat_image_id"] = good, newest
+    assert index.unchanged({"/vmlinuz-1": st, "/not-cached": st}, {newest}) == {"/vmlinuz-1"}
+    # Small numbers, where JSON's true and 1.0 compare equal to the ints of a stat: never a match.
+    small = os.stat_result((0o100644, 2, 1, 1, 0, 0, 3, 0, 0, 0, 0.0, 0.0, 0.0, 0, 4, 5))
+    for recorded, holds in (([1, 2, 3, 4, 5], True), ([True, 2, 3, 4, 5], False), ([1, 2.0, 3, 4, 5], False)):
+        extra["stat"] = recorded
+        assert index.known_content_of_stat("/vmlinuz-1", small) == (newest if holds else None)
+        assert index.signature_holds("/vmlinuz-1", small, newest) is holds, recorded
+        assert (index.unchanged({"/vmlinuz-1": small}, {newest}) == {"/vmlinuz-1"}) is holds, recorded
