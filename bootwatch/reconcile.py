@@ -195,13 +195,11 @@ class Reconciler:
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
         on_disk = set(self.cache.store.image_ids_on_disk())
+        # The unchanged files need nothing but to be counted (and, existing, not reported missing).
         unchanged = self._unchanged(txn.index, stats, references, markers, on_disk)
-        reported_missing = self.reported_missing
-        for path in sorted(stats):
-            if path in unchanged:
-                report.examined += 1
-                reported_missing.discard(path)
-                continue
+        report.examined += len(unchanged)
+        self.reported_missing.difference_update(unchanged)
+        for path in sorted(stats.keys() - unchanged):
             self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
         return report
 
