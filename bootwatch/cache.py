@@ -109,9 +109,10 @@ class Transaction:
     only if something changed.
     """
 
-    def __init__(self, cache: "BootCache", index: CacheIndex) -> None:
+    def __init__(self, cache: "BootCache", index: CacheIndex, image_ids: Optional[Set[str]] = None) -> None:
         self.cache = cache
         self.index = index
+        self._image_ids_at_start = image_ids
         self.dirty = False
         self.unlisted: Set[str] = set()
         self.pending = PendingImages(cache.store.directory)
@@ -122,6 +123,13 @@ class Transaction:
         if self._references is None:
             self._references = self.cache.references()
         return self._references
+
+    def images_on_disk(self) -> Set[str]:
+        """The ids of the image files, as listed when the lock was taken (a copy for the caller)."""
+        if self._image_ids_at_start is not None:
+            ids, self._image_ids_at_start = self._image_ids_at_start, None  # only valid before changes
+            return ids
+        return set(self.cache.store.image_ids_on_disk())
 
     def refresh_references(self) -> Dict[str, int]:
         self._references = None
@@ -387,8 +395,8 @@ class BootCache:
     def transaction(self, *, remove_stale: bool = True,
                     while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
-        with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting):
-            txn = Transaction(self, self.store.load_index())
+        with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting) as image_ids:
+            txn = Transaction(self, self.store.load_index(), image_ids)
             try:
                 yield txn
                 txn.flush()  # images first: the index must never list an image without its file

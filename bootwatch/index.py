@@ -182,7 +182,8 @@ class CacheIndex:
             return False
 
     def to_json(self) -> bytes:
-        return json.dumps(self._data, indent=1, sort_keys=False).encode() + b"\n"
+        # Compact: a 10,000-path index is parsed on every transaction, and boom reads any layout.
+        return json.dumps(self._data, separators=(",", ":")).encode() + b"\n"
 
     def copy(self) -> "CacheIndex":
         return CacheIndex(copy.deepcopy(self._data))

@@ -194,7 +194,7 @@ class Reconciler:
             markers = tree.markers
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
-        on_disk = set(self.cache.store.image_ids_on_disk())
+        on_disk = txn.images_on_disk()
         # The unchanged files need nothing but to be counted (and, existing, not reported missing).
         unchanged = self._unchanged(txn.index, stats, references, markers, on_disk)
         report.examined += len(unchanged)
@@ -228,7 +228,7 @@ class Reconciler:
         if entries_changed:
             selected.update(references)
             selected.update(txn.index.paths())
-        on_disk = set(self.cache.store.image_ids_on_disk())
+        on_disk = txn.images_on_disk()
         for path in sorted(selected):
             self.apply(txn, path, references, report, on_disk=on_disk)
         return report

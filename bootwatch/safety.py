@@ -40,7 +40,7 @@ def check_private_directory(directory: Path, *, create: bool = False) -> Path:
         raise UnsafeDirectoryError("is not a directory", path=directory)
     if st.st_uid != os.geteuid():
         # The usual case is a user running a command on root's cache: say so, not "chown it".
-        hint = (f"run bootwatch as root (sudo bootwatch ...), or use a cache of your own with --cache-dir"
+        hint = ("run bootwatch as root (sudo bootwatch ...), or use a cache of your own with --cache-dir"
                 if st.st_uid == 0 else f"chown {os.geteuid()} {directory}")
         raise UnsafeDirectoryError(f"is owned by uid {st.st_uid}, not by the running user (uid {os.geteuid()})",
                                    path=directory, hint=hint)

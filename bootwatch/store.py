@@ -35,10 +35,11 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import stat
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Set, Tuple
 
 from bootwatch.errors import BootwatchError, IndexCorruptError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
@@ -53,6 +54,9 @@ LOST_FOUND_DIR = "lost+found"
 
 # boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
 READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
+
+
+_ALL_IMAGE_IDS = re.compile(r"(?:[0-9a-f]{40}\n)*[0-9a-f]{40}|")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -225,12 +229,14 @@ class CacheStore:
 
     @contextlib.contextmanager
     def locked(self, *, create: bool = True, remove_stale: bool = True,
-               while_waiting: Optional[Callable[[], None]] = None) -> Iterator[None]:
+               while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Optional[Set[str]]]:
         """Hold the writers' lock. Stale temp files left by dead writers are removed on entry.
 
         ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
         ``while_waiting`` is called every 100 ms while another writer holds the lock: the daemon
-        uses it to show systemd's watchdog that it is waiting, not stuck.
+        uses it to show systemd's watchdog that it is waiting, not stuck. With ``remove_stale``
+        the block gets the ids of the images on disk, from the same single listing of the
+        directory (a large cache is listed once per transaction, not twice); else None.
         """
         self.check(create=create)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -245,16 +251,39 @@ class CacheStore:
                     except BlockingIOError:
                         while_waiting()
                         time.sleep(0.1)
+            image_ids: Optional[Set[str]] = None
             if remove_stale:
-                self.remove_stale_temp_files()
-            yield
+                image_ids, temps = self._list_directory()
+                for path in temps:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            yield image_ids
         finally:
             os.close(fd)  # closing the last fd drops the flock
 
+    def _list_directory(self) -> Tuple[Set[str], List[Path]]:
+        """One pass over the directory: the ids of the ``<sha1>.img`` regular files, and the temp files."""
+        stems: List[str] = []
+        temps: List[Path] = []
+        name_length = 40 + len(IMAGE_SUFFIX)
+        with os.scandir(self.directory) as it:
+            for entry in it:
+                name = entry.name
+                if len(name) == name_length and name.endswith(IMAGE_SUFFIX):
+                    if entry.is_file(follow_symlinks=False):
+                        stems.append(name[:40])
+                elif name.startswith(TEMP_PREFIX):
+                    temps.append(Path(entry.path))
+        # One regex over all names instead of one call per name (a cache may hold 10,000 images).
+        if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
+            ids = set(stems)
+        else:
+            ids = {stem for stem in stems if is_image_id(stem)}
+        return ids, temps
+
     def stale_temp_files(self) -> List[Path]:
         """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""
-        with os.scandir(self.directory) as it:
-            return sorted(Path(e.path) for e in it if e.name.startswith(TEMP_PREFIX))
+        return sorted(self._list_directory()[1])
 
     def remove_stale_temp_files(self) -> List[Path]:
         stale = self.stale_temp_files()
@@ -328,14 +357,8 @@ class CacheStore:
     # ---------------------------------------------------------------- images
 
     def image_ids_on_disk(self) -> List[str]:
-        """Every ``<sha1>.img`` regular file in the directory."""
-        ids = []
-        with os.scandir(self.directory) as it:
-            for entry in it:
-                if entry.name.endswith(IMAGE_SUFFIX) and is_image_id(entry.name[:-len(IMAGE_SUFFIX)]) \
-                        and entry.is_file(follow_symlinks=False):
-                    ids.append(entry.name[:-len(IMAGE_SUFFIX)])
-        return sorted(ids)
+        """Every ``<sha1>.img`` regular file in the directory, sorted."""
+        return sorted(self._list_directory()[0])
 
     def image_stat(self, image_id: str) -> Optional[os.stat_result]:
         try:
