@@ -158,7 +158,7 @@ class Transaction:
             if known is not None and known == previous and store.has_image(known):
                 return AddResult(path, known, "unchanged", previous)
             try:
-                with TempFile(store.directory) as tmp:
+                with TempFile(store.temp_dir) as tmp:
                     os.fchmod(tmp.fd, 0o644)
                     digest = hash_and_copy(fd, tmp.fd)
                     if StatSignature.of(os.fstat(fd)) != signature:
@@ -302,6 +302,7 @@ class BootCache:
     def __init__(self, boot_dir: Path, entries_dir: Path, cache_dir: Path, *, keep: int = 2,
                  runtime_dir: Optional[Path] = None) -> None:
         self.boot_dir = Path(boot_dir)
+        self.boot_real = Path(os.path.realpath(self.boot_dir))
         self.entries_dir = Path(entries_dir)
         self.store = CacheStore(Path(cache_dir))
         self.keep = keep
@@ -315,7 +316,7 @@ class BootCache:
     # ---------------------------------------------------------------- reading
 
     def boot_file(self, path: str) -> Path:
-        return resolve_in_boot(self.boot_dir, path)
+        return resolve_in_boot(self.boot_dir, path, boot_real=self.boot_real)
 
     def entries(self) -> List[bls.BootEntry]:
         return bls.read_entries(self.entries_dir)

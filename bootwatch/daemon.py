@@ -21,6 +21,8 @@ the reconcile goes unseen, and ``READY=1`` is sent only after both.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import queue
@@ -51,8 +53,16 @@ log = logging.getLogger("bootwatch.daemon")
 # (and at least MIN_BATCH_WINDOW seconds): an endless trickle of events must not starve the work.
 MAX_BATCH_SETTLES = 20
 MIN_BATCH_WINDOW = 2.0
-# The quiet window of a batch that holds only completed boot files (see Daemon._collect).
+# The quiet window of a batch that holds only a few completed boot files (see Daemon._collect).
+# More files than that is a storm, which is coalesced over the full settle window like the rest:
+# each batch costs a read and a write of the whole index.
 COMPLETION_WINDOW = 0.02
+COMPLETION_BATCH_LIMIT = 8
+# A batch naming more boot paths than this is applied as a full reconcile.
+STORM_PATHS = 256
+# While more changes wait, the counts by state (a stat of every cached path) are refreshed at most
+# this often.
+COUNTS_REFRESH = 10.0
 # Without systemd's watchdog the main loop still wakes this often to check the watches.
 IDLE_TICK = 5.0
 # Paths whose caching failed (a file still being written) are tried again after this delay.
@@ -74,6 +84,20 @@ class Batch:
     changes: int = 0
     slow: bool = False  # something that must wait for the full settle window
     unclosed: Set[str] = field(default_factory=set)  # boot files created and not yet closed
+
+
+def release_memory() -> None:
+    """Give the memory of a big batch back to the system once the daemon goes idle.
+
+    A storm of 10,000 files leaves parsed indexes and listings freed but held by the C
+    allocator; ``malloc_trim(0)`` returns the free heap pages, so the idle RSS stays small.
+    """
+    gc.collect()
+    with contextlib.suppress(AttributeError, OSError):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
 
 
 def load_daemon_config(config_file: Optional[Path], boot: Optional[Path], cache: Optional[Path]) -> Config:
@@ -112,6 +136,7 @@ class Daemon:
         self.busy_since: Optional[float] = None
         self.last_progress = time.monotonic()
         self.retries: dict = {}
+        self.counts_time = 0.0
         self.scheduler: Optional[MaintenanceScheduler] = None
         self.metrics: Optional[Metrics] = None
         self.cache: BootCache
@@ -229,9 +254,12 @@ class Daemon:
             batch = self._collect()
             if batch is None:
                 return
-            self.busy_since = self.last_progress = time.monotonic()
+            self.busy_since = self.last_progress = started = time.monotonic()
             try:
                 self._apply(batch)
+                log.debug("applied a batch of %d changes (%d boot paths, %d images%s) in %.3f s", batch.changes,
+                          len(batch.boot_paths), len(batch.image_ids), ", full reconcile" if batch.full else "",
+                          time.monotonic() - started)
             except BootwatchError as e:
                 log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
             except Exception:
@@ -249,7 +277,7 @@ class Daemon:
         a file created but not yet closed. A batch of nothing but completed boot files
         (closed after writing, or renamed into place) only waits :data:`COMPLETION_WINDOW`: it can
         only lead to caching, which is never wrong to do early, and the image is cached as soon as
-        it is complete.
+        it is complete. A storm of completions is coalesced over ``settle`` again.
         """
         first = self.changes.get()
         if first.kind == "stop":
@@ -263,7 +291,8 @@ class Daemon:
                 self.changes.put(change)  # finish this batch, then stop
                 break
             self._classify(batch, change)
-            window = settle if batch.slow or batch.unclosed else min(settle, COMPLETION_WINDOW)
+            quick = not (batch.slow or batch.unclosed) and len(batch.boot_paths) <= COMPLETION_BATCH_LIMIT
+            window = min(settle, COMPLETION_WINDOW) if quick else settle
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -324,6 +353,8 @@ class Daemon:
             batch.full = True
         if not (batch.full or batch.entries_changed or batch.boot_paths or batch.image_ids):
             return
+        if len(batch.boot_paths) > STORM_PATHS:
+            batch.full = True  # a storm: one walk and one bulk check beat thousands of single lookups
         with self.cache.transaction(while_waiting=self.beat) as txn:
             if batch.full:
                 report = self.reconciler.full(txn)
@@ -343,12 +374,17 @@ class Daemon:
             self._retry_later(Change("closed", str(self.cache.boot_dir) + path), key=path)
         for path in set(report.cached) | set(report.changed) | set(report.restored):
             self.retries.pop(path, None)
-        try:
-            self.status.set_counts(self.cache.list())
-            self.status.error = None
-        except BootwatchError as e:
-            self.status.error = str(e)
-            log.error("%s", e)
+        busy = not self.changes.empty()
+        if not busy or now - self.counts_time >= COUNTS_REFRESH:
+            try:
+                self.status.set_counts(self.cache.list())
+                self.status.error = None
+            except BootwatchError as e:
+                self.status.error = str(e)
+                log.error("%s", e)
+            self.counts_time = now
+        if not busy:
+            release_memory()
         self._write_status()
         self.notifier.status(self.status.summary())
         if self.metrics is not None:

@@ -155,7 +155,7 @@ def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) ->
         except (OSError, UnsafePathError):
             continue
         try:
-            with TempFile(cache.store.directory) as tmp:
+            with TempFile(cache.store.temp_dir) as tmp:
                 os.fchmod(tmp.fd, 0o644)
                 digest = hash_and_copy(fd, tmp.fd)
                 if digest.sha1 != image_id:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -95,7 +94,7 @@ class _Aborted(Exception):
 def _sync_file_range() -> Optional[Callable[[int, int, int, int], int]]:
     """libc's ``sync_file_range(2)``, which Python's ``os`` does not wrap; None where missing."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on; no ldconfig lookup
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None

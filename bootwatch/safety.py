@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from typing import Optional
 
 from bootwatch.errors import UnsafeDirectoryError, UnsafePathError
 
@@ -89,15 +90,26 @@ def boot_path_from_argument(boot_dir: Path, argument: str) -> str:
     return normalize_boot_path(argument)
 
 
-def resolve_in_boot(boot_dir: Path, path: str) -> Path:
+def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = None) -> Path:
     """Return the real file that the boom-style ``path`` names inside ``boot_dir``.
 
     Symlinks are followed only while they stay inside the boot directory (Debian and Fedora keep
     ``vmlinuz -> vmlinuz-6.1.0`` style links). A link that leads out of it raises
     :class:`UnsafePathError`. The file need not exist; its parent chain is resolved as far as it does.
+    ``boot_real`` is the already resolved boot directory, for callers that resolve many paths.
     """
     normalize_boot_path(path)
-    boot_real = Path(os.path.realpath(boot_dir))
+    if boot_real is None:
+        boot_real = Path(os.path.realpath(boot_dir))
+    name = path[1:]
+    if "/" not in name:
+        # A file at the top of the boot directory: only the file itself can be a symlink.
+        direct = boot_real / name
+        try:
+            if not stat.S_ISLNK(os.lstat(direct).st_mode):
+                return direct
+        except FileNotFoundError:
+            return direct
     candidate = Path(os.path.realpath(boot_real / PurePosixPath(path[1:])))
     if candidate != boot_real and boot_real not in candidate.parents:
         raise UnsafePathError(f"resolves to {candidate}, outside the boot directory {boot_real}", path=path,

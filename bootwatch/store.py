@@ -13,9 +13,12 @@ On-disk protocol (one directory, shared with boom):
     .bootwatch.lock         empty. Every writer (add, remove, restore, clean, verify's results,
                             fsck --repair, pin, gc, the daemon's batches) holds flock(LOCK_EX) on it
                             for the whole operation. Readers take no lock.
-    .bootwatch-tmp.*        a file being written by the holder of the lock. Since only the holder
+    .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
+                            renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer
-                            that died: the holder removes it.
+                            that died: the holder removes it. They live in a subdirectory so that
+                            the daemon's inotify watch on the cache directory (not recursive) never
+                            sees bootwatch's own writes, only other programs' changes.
     links/<id>.<...>.img    hard links that pin an image for a running program (see pins.py).
                             An image with a link is never deleted by clean.
     lost+found/             images fsck --repair could not give back to a path. Never deleted by
@@ -48,6 +51,7 @@ from bootwatch.safety import check_private_directory
 INDEX_NAME = "cacheindex.json"
 LOCK_NAME = ".bootwatch.lock"
 TEMP_PREFIX = ".bootwatch-tmp."
+TEMP_DIR = ".tmp"
 IMAGE_SUFFIX = ".img"
 LINKS_DIR = "links"
 LOST_FOUND_DIR = "lost+found"
@@ -209,6 +213,10 @@ class CacheStore:
         return self.directory / INDEX_NAME
 
     @property
+    def temp_dir(self) -> Path:
+        return self.directory / TEMP_DIR
+
+    @property
     def links_dir(self) -> Path:
         return self.directory / LINKS_DIR
 
@@ -239,6 +247,7 @@ class CacheStore:
         directory (a large cache is listed once per transaction, not twice); else None.
         """
         self.check(create=create)
+        check_private_directory(self.temp_dir, create=True)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             if while_waiting is None:
@@ -272,8 +281,10 @@ class CacheStore:
                 if len(name) == name_length and name.endswith(IMAGE_SUFFIX):
                     if entry.is_file(follow_symlinks=False):
                         stems.append(name[:40])
-                elif name.startswith(TEMP_PREFIX):
+                elif name.startswith(TEMP_PREFIX):  # where bootwatch 0.1 development builds wrote them
                     temps.append(Path(entry.path))
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.temp_dir) as it:
+            temps.extend(Path(entry.path) for entry in it if entry.name.startswith(TEMP_PREFIX))
         # One regex over all names instead of one call per name (a cache may hold 10,000 images).
         if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
             ids = set(stems)

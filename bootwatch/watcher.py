@@ -39,6 +39,11 @@ from watchdog.observers.inotify import InotifyObserver
 EVENT_FILTER = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
                 DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 
+# The cache directory only needs other programs' changes: a deleted image, an image or index
+# rewritten in place (boom writes its index with open("w")). bootwatch itself only renames
+# complete files into it from its unwatched temp subdirectory, which these events do not show.
+CACHE_EVENT_FILTER = [FileDeletedEvent, FileClosedEvent]
+
 # watchdog logs this (watchdog.observers.inotify_c) when the kernel reports IN_Q_OVERFLOW.
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_TEXT = "queue overflow"
@@ -111,14 +116,14 @@ class Watcher:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _select(boot: Path, entries: Path, cache: Path) -> List[Tuple[Path, bool]]:
-        """(directory, recursive) pairs: boot recursively, entries and cache only if outside boot."""
+    def _select(boot: Path, entries: Path, cache: Path) -> List[Tuple[Path, bool, list]]:
+        """(directory, recursive, event filter): boot recursively, entries and cache only if outside boot."""
         boot_real = Path(os.path.realpath(boot))
-        chosen = [(Path(boot), True)]
-        for extra in (entries, cache):
+        chosen = [(Path(boot), True, EVENT_FILTER)]
+        for extra, event_filter in ((entries, EVENT_FILTER), (cache, CACHE_EVENT_FILTER)):
             real = Path(os.path.realpath(extra))
             if real != boot_real and boot_real not in real.parents:
-                chosen.append((Path(extra), False))
+                chosen.append((Path(extra), False, event_filter))
         return chosen
 
     def start(self) -> None:
@@ -127,11 +132,11 @@ class Watcher:
             logging.getLogger(OVERFLOW_LOGGER).addHandler(self.overflow)
             observer = InotifyObserver()
             handler = QueueingHandler(self.changes)
-            for directory, recursive in self.directories:
+            for directory, recursive, event_filter in self.directories:
                 self.identities[directory] = _identity(directory)
                 if self.identities[directory] is None:
                     continue
-                observer.schedule(handler, str(directory), recursive=recursive, event_filter=EVENT_FILTER)
+                observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
             observer.daemon = True
             observer.start()
             self.observer = observer
@@ -159,7 +164,7 @@ class Watcher:
         observer = self.observer
         if observer is None:
             return True
-        for directory, _ in self.directories:
+        for directory, _, _ in self.directories:
             if _identity(directory) != self.identities.get(directory):
                 return True
         return any(not emitter.is_alive() for emitter in list(observer.emitters))

@@ -173,9 +173,12 @@ class BootTree:
         return sorted(p.name[:-4] for p in self.cache.glob("*.img") if len(p.name) == 44)
 
     def temp_files(self) -> List[str]:
-        if not self.cache.is_dir():
-            return []
-        return sorted(p.name for p in self.cache.iterdir() if p.name.startswith(".bootwatch-tmp."))
+        """Temp files in the cache directory and in its temp subdirectory (``.tmp/``)."""
+        found: List[str] = []
+        for directory in (self.cache, self.cache / ".tmp"):
+            if directory.is_dir():
+                found += [p.name for p in directory.iterdir() if p.name.startswith(".bootwatch-tmp.")]
+        return sorted(found)
 
     def cli(self, *args: str, timeout: float = 60, env: Optional[Mapping[str, str]] = None,
             boot: Optional[Path] = None, cache: Optional[Path] = None) -> CliResult:
