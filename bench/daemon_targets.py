@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Set
 
-from bench.common import (MiB, Result, bootwatch_env, run_bootwatch, temp_dir, write_config,
+from bench.common import (MiB, Result, bootwatch_env, run_bootwatch, sync, temp_dir, write_config,
                           write_random_file)
 from bench.sizes import Sizes
 
@@ -179,6 +179,9 @@ def target_latency(sizes: Sizes) -> List[Result]:
         source = tmp / "source"
         write_random_file(source, sizes.latency_image, seed=3)
         data = source.read_bytes()
+        # Start from a quiet disk: the writeback of the gigabyte that targets 1 and 2 wrote would
+        # otherwise stall the fsyncs of the first runs here, which is not this target's cost.
+        sync()
         with Daemon(config, runtime) as daemon, IndexCommits(cache) as commits:
             for n in range(sizes.latency_runs):
                 path = f"/vmlinuz-6.1.{n}-lat"
