@@ -138,7 +138,8 @@ class Daemon:
         self.retries: dict = {}
         self.counts_time = 0.0
         self.scheduler: Optional[MaintenanceScheduler] = None
-        self.metrics: Optional[Metrics] = None
+        self.metrics: Optional[Metrics] = (Metrics(self.config.metrics.textfile)
+                                           if self.config.metrics.textfile else None)
         self.cache: BootCache
         self.reconciler: Reconciler
         self.watcher: Watcher
@@ -432,9 +433,14 @@ class Daemon:
         reported = self.reconciler.reported_missing
         self.reconciler = Reconciler(new, self.cache)
         self.reconciler.reported_missing = reported
+        if new.metrics.textfile != old.metrics.textfile:
+            self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
         if self.scheduler is not None:
-            self.scheduler.shutdown(timeout=5.0)
-            self._start_scheduler()
+            if new_cache is not None:  # the jobs hold the old cache: a new scheduler for the new one
+                self.scheduler.shutdown(timeout=5.0)
+                self._start_scheduler()
+            else:  # same cache: new intervals, and running jobs are not interrupted
+                self.scheduler.reschedule(new)
         log_event(log, Event.CONFIG_RELOADED, "configuration reloaded from %s%s",
                   ", ".join(str(s) for s in new.sources) or "embedded defaults",
                   "" if new.paths == old.paths else " (paths changed: watches re-armed)")
@@ -447,11 +453,14 @@ class Daemon:
         self.changes.put(Change("rescan", ""))
 
     def _start_scheduler(self) -> None:
-        self.metrics = Metrics(self.config.metrics.textfile) if self.config.metrics.textfile else None
         self.scheduler = MaintenanceScheduler(
             self.config, self.cache, jobs={"rescan": self.request_rescan}, on_job_done=self._on_job_done,
-            on_verified=self.metrics.record_verification if self.metrics is not None else None, logger=log)
+            on_verified=self._on_verified, logger=log)
         self.scheduler.start()
+
+    def _on_verified(self, results) -> None:  # results: Sequence[ImageVerification]
+        if self.metrics is not None:
+            self.metrics.record_verification(results)
 
     def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
         if self.metrics is not None:

@@ -351,12 +351,6 @@ class CacheIndex:
         extra["stat"] = signature.to_json()
         extra["stat_image_id"] = image_id
 
-    def forget_signature(self, path: str) -> None:
-        extra = self._data["paths"][path].get(EXTRA)
-        if isinstance(extra, dict):
-            extra.pop("stat", None)
-            extra.pop("stat_image_id", None)
-
     def record_verification(self, image_id: str, result: dict) -> None:
         self._data["images"][image_id].setdefault(EXTRA, {})["verified"] = result
 

@@ -31,10 +31,10 @@ from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.errors import BootwatchError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
-from bootwatch.index import CacheIndex
+from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, log_event
 from bootwatch.policy import tracks_all
-from bootwatch.store import IMAGE_SUFFIX, LINKS_DIR, LOST_FOUND_DIR
+from bootwatch.store import IMAGE_SUFFIX
 
 log = logging.getLogger("bootwatch.reconcile")
 
@@ -407,7 +407,4 @@ class Reconciler:
         if path.parent != self.cache.store.directory or not path.name.endswith(IMAGE_SUFFIX):
             return None
         stem = path.name[:-len(IMAGE_SUFFIX)]
-        return stem if len(stem) == 40 else None
-
-    def ignored_cache_subdirs(self) -> Set[str]:
-        return {LINKS_DIR, LOST_FOUND_DIR}
+        return stem if is_image_id(stem) else None

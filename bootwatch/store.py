@@ -296,13 +296,6 @@ class CacheStore:
         """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""
         return sorted(self._list_directory()[1])
 
-    def remove_stale_temp_files(self) -> List[Path]:
-        stale = self.stale_temp_files()
-        for path in stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        return stale
-
     # ---------------------------------------------------------------- the index
 
     def index_exists(self) -> bool:

@@ -82,3 +82,23 @@ def test_sigterm_during_a_verify_job_stops_within_the_bound(boot_tree: BootTree)
         assert daemon.proc.wait(30) == 0
         # The bound is the scheduler's 5 s shutdown plus the worker's; far below systemd's 15 s stop timeout.
         assert time.monotonic() - started < 15
+
+
+def test_reload_keeps_the_jobs_running(boot_tree: BootTree) -> None:
+    """SIGHUP with new intervals reschedules the jobs of the same cache; they keep running."""
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux="/vmlinuz-1.0")
+    textfile = tree.root / "metrics" / "bootwatch.prom"
+    textfile.parent.mkdir()
+    config = fast_jobs_config(tree, textfile)
+    with DaemonProcess(config, tree.root) as daemon:
+        daemon.wait_ready()
+        wait_for(lambda: job_runs(textfile).get("gc", 0) >= 1, timeout=30, what="a first gc run")
+        config.write_text(config.read_text().replace('gc_interval = "1s"', 'gc_interval = "2s"'))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_message("RELOADING", "1")
+        daemon.wait_ready()
+        before = job_runs(textfile).get("gc", 0)
+        wait_for(lambda: job_runs(textfile).get("gc", 0) >= before + 2, timeout=30, what="gc running after reload")
+        assert "JOB_FAILED" not in daemon.output()
