@@ -22,6 +22,7 @@ from bootwatch.errors import BootwatchError, UnsafePathError, describe_oserror
 from bootwatch.hashing import ContentChangedError, Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
+from bootwatch.signatures import write_signatures
 from bootwatch.store import CacheStore, PendingImages, TempFile, fsync_directory
 
 CACHED = "CACHED"
@@ -109,11 +110,15 @@ class Transaction:
     only if something changed.
     """
 
-    def __init__(self, cache: "BootCache", index: CacheIndex, image_ids: Optional[Set[str]] = None) -> None:
+    def __init__(self, cache: "BootCache", index: CacheIndex, image_ids: Optional[Set[str]] = None,
+                 index_digest: Optional[str] = None) -> None:
         self.cache = cache
         self.index = index
+        self.index_digest = index_digest  # SHA1 of the index file as loaded; None if there was none
         self._image_ids_at_start = image_ids
         self.dirty = False
+        # Set by a full pass: write the signatures file for the index this transaction leaves.
+        self.record_signatures = False
         self.unlisted: Set[str] = set()
         self.pending = PendingImages(cache.store.directory)
         self._references: Optional[Dict[str, int]] = None
@@ -397,14 +402,17 @@ class BootCache:
                     while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
         with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting) as image_ids:
-            txn = Transaction(self, self.store.load_index(), image_ids)
+            index, digest = self.store.load_index_and_digest()
+            txn = Transaction(self, index, image_ids, digest)
             try:
                 yield txn
                 txn.flush()  # images first: the index must never list an image without its file
             finally:
                 txn.pending.discard()  # only left on an error; the index was not written
             if txn.dirty:
-                self.store.write_index(txn.index)
+                txn.index_digest = self.store.write_index(txn.index)
+            if txn.record_signatures and txn.index_digest is not None:
+                write_signatures(self.store, txn.index, txn.index_digest)
             self._delete_unlisted(txn)
 
     def _delete_unlisted(self, txn: Transaction) -> List[str]:

@@ -116,8 +116,15 @@ def open_cache(config: Config) -> BootCache:
 
 def reconcile_once(config: Config, cache: BootCache,
                    reconciler: Optional[Reconciler] = None) -> ReconcileReport:
-    """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass."""
+    """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass.
+
+    A pass that finds nothing changed is proved so without the lock where it can be (see
+    :meth:`Reconciler.unchanged_pass`); anything else runs under the lock.
+    """
     reconciler = reconciler or Reconciler(config, cache)
+    quick = reconciler.unchanged_pass()
+    if quick is not None:
+        return quick
     with cache.transaction() as txn:
         return reconciler.full(txn)
 

@@ -281,6 +281,24 @@ class CacheIndex:
                 found.add(path)
         return found
 
+    def recorded_signatures(self) -> Dict[str, Optional[list]]:
+        """For each path, ``[dev, ino, size, mtime_ns, ctime_ns, newest id]``: a file with that
+        lstat passes :meth:`unchanged`. None where no lstat could (no signature recorded for the
+        newest image, or one that is not five integers). See signatures.py.
+        """
+        index, paths = self._data["index"], self._data["paths"]
+        result: Dict[str, Optional[list]] = {}
+        for path, ids in index.items():
+            newest = ids[0] if len(ids) == 1 else self.newest(path)
+            extra = paths[path].get(EXTRA)
+            recorded = extra.get("stat") if extra.__class__ is dict else None
+            if recorded.__class__ is list and len(recorded) == 5 and extra.get("stat_image_id") == newest \
+                    and all(value.__class__ is int for value in recorded):
+                result[path] = [*recorded, newest]
+            else:
+                result[path] = None
+        return result
+
     def signature_holds(self, path: str, st: os.stat_result, image_id: str) -> bool:
         """``known_content_of_stat(path, st) == image_id`` for an ``image_id`` the index lists.
 

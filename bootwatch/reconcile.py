@@ -34,6 +34,7 @@ from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, log_event
 from bootwatch.policy import tracks_all
+from bootwatch.signatures import read_signatures
 from bootwatch.store import IMAGE_SUFFIX
 
 log = logging.getLogger("bootwatch.reconcile")
@@ -182,8 +183,64 @@ class Reconciler:
 
     # ---------------------------------------------------------------- passes
 
+    def unchanged_pass(self) -> Optional[ReconcileReport]:
+        """A full pass that proves nothing changed, or None: then :meth:`full` must run.
+
+        Takes no lock and does not parse the index: it reads the index bytes only to key the
+        signatures file (signatures.py), then walks the boot directory. It concludes "nothing to
+        do" exactly when :meth:`full` would find every path unchanged (see :meth:`_unchanged`),
+        but for cached paths that are gone and that nothing references, which it reports missing
+        as :meth:`full` does: every walked file is cached, a regular file whose lstat is the
+        recorded signature of its newest image, and that image is on disk; every referenced path
+        is among them; no restored copy lost its last reference. Only with ``track = "all"``: otherwise the
+        pass resolves each path, and :meth:`full` is as quick.
+        """
+        if not tracks_all(self.config):
+            return None
+        store = self.cache.store
+        store.check()
+        digest = store.index_file_digest()
+        signatures = None if digest is None else read_signatures(store, digest)
+        if signatures is None:
+            return None
+        references = self.cache.references()
+        tree = self.walk()
+        files = tree.files
+        if not files.keys() <= signatures.keys() or not files.keys() >= references.keys():
+            return None  # a file to cache, or a referenced path the walk did not see
+        for path, st in files.items():
+            recorded = signatures[path]
+            if recorded is None or not stat.S_ISREG(st.st_mode) \
+                    or recorded != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, recorded[5]):
+                return None
+        if tree.markers and any(not references.get(p) and marker_path_of(p) in tree.markers for p in files):
+            return None
+        if not {signatures[p][5] for p in files} <= store.image_id_set():
+            return None
+        # Cached paths the walk did not see, none referenced: if each is gone from the boot
+        # directory, the full pass would only report it missing (the package manager removed it
+        # with its entry; clean drops it later).
+        gone = sorted(signatures.keys() - files.keys())
+        root = str(self.boot_real).rstrip("/")
+        for path in gone:
+            if signatures[path] is None:
+                return None
+            try:
+                os.lstat(root + path)
+                return None  # it exists where the walk does not look: the full pass resolves it
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return None
+        report = ReconcileReport(examined=len(files) + len(gone))
+        self.reported_missing.intersection_update(gone)
+        for path in gone:
+            self._report_missing(path, 0, signatures[path][5], report)
+        return report
+
     def full(self, txn: Transaction) -> ReconcileReport:
         """One complete pass: every referenced, cached or (``track = "all"``) matching path."""
+        txn.record_signatures = tracks_all(self.config)
         report = ReconcileReport()
         references = txn.refresh_references()
         stats: Dict[str, Optional[os.stat_result]] = {}
@@ -318,6 +375,10 @@ class Reconciler:
             log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
                       image_id, count, path=path, image_id=image_id, state="RESTORED")
             return
+        self._report_missing(path, count, newest, report)
+
+    def _report_missing(self, path: str, count: int, newest: str, report: ReconcileReport) -> None:
+        """Report a cached path gone from the boot directory, once per daemon (each time for scan)."""
         if path not in self.reported_missing:
             self.reported_missing.add(path)
             report.missing.append(path)

@@ -13,6 +13,11 @@ On-disk protocol (one directory, shared with boom):
     .bootwatch.lock         empty. Every writer (add, remove, restore, clean, verify's results,
                             fsck --repair, pin, gc, the daemon's batches) holds flock(LOCK_EX) on it
                             for the whole operation. Readers take no lock.
+    .bootwatch-signatures   derived from the index: the stat signatures a full pass compares,
+                            keyed by the SHA1 of the index bytes (see signatures.py). Written by
+                            a holder of the lock after a full pass, by rename; not fsynced, and
+                            ignored by a reader unless it matches the index it just read. Anyone
+                            may delete it.
     .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
                             renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer
@@ -47,6 +52,7 @@ from typing import Callable, Iterator, List, Optional, Set, Tuple
 from bootwatch.errors import BootwatchError, IndexCorruptError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.safety import check_private_directory
+from bootwatch.signatures import chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
 LOCK_NAME = ".bootwatch.lock"
@@ -61,6 +67,14 @@ READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
 
 
 _ALL_IMAGE_IDS = re.compile(r"(?:[0-9a-f]{40}\n)*[0-9a-f]{40}|")
+
+
+def _image_ids(stems: List[str]) -> Set[str]:
+    """The stems that are image ids: one regex over all of them in the common case (a cache may
+    hold 10,000 images), instead of one call per name."""
+    if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
+        return set(stems)
+    return {stem for stem in stems if is_image_id(stem)}
 
 
 def fsync_directory(directory: Path) -> None:
@@ -285,12 +299,16 @@ class CacheStore:
                     temps.append(Path(entry.path))
         with contextlib.suppress(FileNotFoundError), os.scandir(self.temp_dir) as it:
             temps.extend(Path(entry.path) for entry in it if entry.name.startswith(TEMP_PREFIX))
-        # One regex over all names instead of one call per name (a cache may hold 10,000 images).
-        if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
-            ids = set(stems)
-        else:
-            ids = {stem for stem in stems if is_image_id(stem)}
-        return ids, temps
+        return _image_ids(stems), temps
+
+    def image_id_set(self) -> Set[str]:
+        """The ids of the ``<sha1>.img`` regular files (:meth:`image_ids_on_disk`, unsorted, a bit quicker)."""
+        name_length = 40 + len(IMAGE_SUFFIX)
+        with os.scandir(self.directory) as it:
+            stems = [entry.name[:40] for entry in it
+                     if len(entry.name) == name_length and entry.name.endswith(IMAGE_SUFFIX)
+                     and entry.is_file(follow_symlinks=False)]
+        return _image_ids(stems)
 
     def stale_temp_files(self) -> List[Path]:
         """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""
@@ -301,27 +319,48 @@ class CacheStore:
     def index_exists(self) -> bool:
         return os.path.lexists(self.index_path)
 
-    def read_index_bytes(self) -> Optional[bytes]:
+    def _open_index(self) -> Optional[int]:
         try:
-            fd = os.open(self.index_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return os.open(self.index_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise IndexCorruptError("is a symlink; refusing to read it", path=self.index_path) from None
             raise BootwatchError(describe_oserror(e)) from None
+
+    def read_index_bytes(self) -> Optional[bytes]:
+        fd = self._open_index()
+        if fd is None:
+            return None
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
+    def index_file_digest(self) -> Optional[str]:
+        """The SHA1 of the index file's bytes (see signatures.py); None if there is no index.
+
+        Read in chunks through one buffer: a pass that only needs the digest does not pay for
+        a 5 MB copy of the index.
+        """
+        fd = self._open_index()
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            return chunked_sha1(f)
+
     def load_index(self) -> CacheIndex:
         """Read and validate the index. A missing index is an empty cache."""
+        return self.load_index_and_digest()[0]
+
+    def load_index_and_digest(self) -> Tuple[CacheIndex, Optional[str]]:
+        """:meth:`load_index`, and the SHA1 of the bytes it was parsed from (None: no index file)."""
         last: Optional[IndexCorruptError] = None
         for delay in (*READ_RETRY_DELAYS, None):
             data = self.read_index_bytes()
             if data is None:
-                return CacheIndex()
+                return CacheIndex(), None
             try:
-                return CacheIndex.from_json(data, source=self.index_path)
+                return CacheIndex.from_json(data, source=self.index_path), index_digest(data)
             except IndexCorruptError as e:
                 last = e
                 if delay is not None:
@@ -329,11 +368,11 @@ class CacheStore:
         assert last is not None
         raise last
 
-    def write_index(self, index: CacheIndex) -> None:
-        """Replace the index atomically and durably. The caller holds the lock."""
+    def write_index(self, index: CacheIndex) -> str:
+        """Replace the index atomically and durably, and return the SHA1 of its bytes. The caller holds the lock."""
         data = index.to_json()
         try:
-            with TempFile(self.directory) as tmp:
+            with TempFile(self.temp_dir) as tmp:
                 os.fchmod(tmp.fd, 0o644)
                 _write_fully(tmp.fd, data)
                 tmp.commit(self.index_path)
@@ -343,6 +382,38 @@ class CacheStore:
             # The temp file is gone (TempFile) and the old index is untouched.
             raise BootwatchError(f"cannot write the new index ({os.strerror(e.errno).lower() if e.errno else e}); "
                                  "the old index is unchanged", path=self.index_path) from None
+        return index_digest(data)
+
+    def read_derived(self, name: str) -> Optional[bytes]:
+        """A file derived from the index (see signatures.py); None if it is missing or unreadable."""
+        try:
+            fd = os.open(self.directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        except OSError:  # EISDIR, EIO: as good as missing
+            return None
+        finally:
+            os.close(fd)
+
+    def write_derived(self, name: str, data: bytes) -> None:
+        """Replace a derived file by rename, without fsync: a torn one is ignored by its readers.
+
+        The caller holds the lock. A failure (a full disk, say) is left for the next writer: the
+        file only saves work.
+        """
+        with contextlib.suppress(OSError), TempFile(self.temp_dir) as tmp:
+            os.fchmod(tmp.fd, 0o644)
+            _write_fully(tmp.fd, data)
+            tmp.close()
+            os.rename(tmp.path, self.directory / name)
+            tmp.path = None
 
     def set_aside_corrupt_index(self) -> Optional[Path]:
         """Rename a corrupt index to ``cacheindex.json.corrupt-<UTC time>`` and return the new name."""

@@ -76,8 +76,12 @@ def test_write_index_is_atomic_and_readable(store: CacheStore, tmp_path: Path) -
     (tmp_path / "src").write_bytes(b"x" * 10)
     index = CacheIndex()
     index.add_image("/k", hash_path(tmp_path / "src")[0], 0o100644, 0, 0, 5, cached_at=5)
-    store.write_index(index)
-    assert listing(store.directory) == ["cacheindex.json"]
+    with store.locked():  # writers hold the lock, which also makes the temp directory
+        digest = store.write_index(index)
+    # Nothing but the index and the protocol's own files; the temp file is gone.
+    assert listing(store.directory) == [".bootwatch.lock", ".tmp", "cacheindex.json"]
+    assert listing(store.temp_dir) == []
+    assert digest == hashlib.sha1(store.index_path.read_bytes()).hexdigest()
     assert stat.S_IMODE(os.stat(store.index_path).st_mode) == 0o644
     assert store.load_index().raw() == json.loads(store.index_path.read_text()) == index.raw()
 
