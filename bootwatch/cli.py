@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("add", cmd_add, "cache boot files (a new image id when the content changed)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="boom-style path (/vmlinuz-6.1.0) or a path in the boot directory")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="boom-style path (/vmlinuz-6.1.0) or a path in the boot directory")
     p = command("remove", cmd_remove, "uncache paths")
     p.add_argument("--force", action="store_true", help="remove even while boot entries reference the path")
     p.add_argument("paths", nargs="+", metavar="PATH")

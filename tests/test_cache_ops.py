@@ -20,7 +20,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 K = "/vmlinuz-1"
-I = "/initramfs-1.img"
+INITRD = "/initramfs-1.img"
 
 
 def state(tree, path: str) -> str:
@@ -30,9 +30,9 @@ def state(tree, path: str) -> str:
 @pytest.fixture
 def kernel(boot_tree):
     """A referenced, cached kernel and initramfs: {path: sha1}."""
-    ids = {K: boot_tree.write_file(K, 8192), I: boot_tree.write_file(I, 16384)}
-    boot_tree.write_entry("linux-1", linux=K, initrd=[I])
-    rc, out, err = boot_tree.cli("add", K, I)
+    ids = {K: boot_tree.write_file(K, 8192), INITRD: boot_tree.write_file(INITRD, 16384)}
+    boot_tree.write_entry("linux-1", linux=K, initrd=[INITRD])
+    rc, out, err = boot_tree.cli("add", K, INITRD)
     assert rc == 0, err
     return ids
 
@@ -45,7 +45,7 @@ def test_add_writes_boom_files_and_list_json_has_the_keys(boot_tree, kernel) -> 
         assert boot_tree.sha1_of(boot_tree.image(image_id)) == image_id
     data = boot_tree.read_index()
     assert set(data) >= {"index", "paths", "images"}
-    assert data["index"] == {K: [kernel[K]], I: [kernel[I]]}
+    assert data["index"] == {K: [kernel[K]], INITRD: [kernel[INITRD]]}
     rows = boot_tree.cli_json("list", "--json")
     assert isinstance(rows, list) and len(rows) == 2
     for row in rows:
@@ -115,10 +115,10 @@ def test_states_as_boom_computes_them(boot_tree, kernel) -> None:
     boot_tree.write_file(K, 100)
     assert state(boot_tree, K) == "CACHED"
     # Image gone, boot file present: BROKEN; both gone: UNKNOWN.
-    boot_tree.image(kernel[I]).unlink()
-    assert state(boot_tree, I) == "BROKEN"
-    boot_tree.path(I).unlink()
-    assert state(boot_tree, I) == "UNKNOWN"
+    boot_tree.image(kernel[INITRD]).unlink()
+    assert state(boot_tree, INITRD) == "BROKEN"
+    boot_tree.path(INITRD).unlink()
+    assert state(boot_tree, INITRD) == "UNKNOWN"
 
 
 def test_a_dot_file_beside_an_unchanged_cached_file_is_restored(boot_tree, kernel) -> None:
@@ -153,7 +153,7 @@ def test_remove_is_refused_while_referenced(boot_tree, kernel) -> None:
 
 def test_remove_of_an_unreferenced_path_needs_no_force(boot_tree, kernel) -> None:
     boot_tree.remove_entry("linux-1")
-    rc, out, err = boot_tree.cli("remove", K, I)
+    rc, out, err = boot_tree.cli("remove", K, INITRD)
     assert rc == 0, err
     assert boot_tree.list_json() == {}
     assert boot_tree.images_on_disk() == []
@@ -299,18 +299,18 @@ def test_verify_detects_an_image_that_no_longer_matches_its_id(boot_tree, kernel
     # After verify, list reports the problem, in JSON and in the table.
     row = boot_tree.list_json()[K]
     assert row["image_problem"] and "failed verification" in row["image_problem"]
-    assert boot_tree.list_json()[I]["image_problem"] is None
+    assert boot_tree.list_json()[INITRD]["image_problem"] is None
     rc, out, err = boot_tree.cli("list")
     assert "FAILED" in out and "failed verification" in out
     # verify of the other path alone still passes.
-    assert boot_tree.cli("verify", I)[0] == 0
+    assert boot_tree.cli("verify", INITRD)[0] == 0
 
 
 def test_a_truncated_image_is_reported_by_list_without_verify(boot_tree, kernel) -> None:
-    image = boot_tree.image(kernel[I])
+    image = boot_tree.image(kernel[INITRD])
     with open(image, "r+b") as f:
         f.truncate(10)
-    row = boot_tree.list_json()[I]
+    row = boot_tree.list_json()[INITRD]
     assert row["image_problem"] and "differs" in row["image_problem"]
 
 
@@ -371,7 +371,7 @@ def test_clean_removes_a_restored_copy_nothing_references(boot_tree, kernel) -> 
     assert K in report["uncached_paths"] and K in report["removed_restored_copies"]
     assert not boot_tree.path(K).exists()
     assert not (boot_tree.boot / ".vmlinuz-1.boomrestored").exists()
-    assert boot_tree.path(I).exists(), "a file bootwatch did not restore stays"
+    assert boot_tree.path(INITRD).exists(), "a file bootwatch did not restore stays"
 
 
 def test_library_add_reports_outcomes(boot_tree) -> None:

@@ -181,7 +181,8 @@ def test_cli_pin_forwards_sigterm(cache: BootCache, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "bootwatch", "--config", "/dev/null", "--boot-dir",
                              str(cache.boot_dir), "--cache-dir", str(cache.store.directory), "pin", "--path",
-                             KERNEL, "--", "sh", "-c", f"trap 'exit 42' TERM; touch {ready}; while :; do sleep 0.1; done"],
+                             KERNEL, "--", "sh", "-c",
+                             f"trap 'exit 42' TERM; touch {ready}; while :; do sleep 0.1; done"],
                             env=env)
     try:
         assert wait_until(ready.exists)
