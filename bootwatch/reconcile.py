@@ -186,14 +186,17 @@ class Reconciler:
     def unchanged_pass(self) -> Optional[ReconcileReport]:
         """A full pass that proves nothing changed, or None: then :meth:`full` must run.
 
-        Takes no lock and does not parse the index: it reads the index bytes only to key the
+        Takes no lock and does not parse the index: it hashes the index file only to find its
         signatures file (signatures.py), then walks the boot directory. It concludes "nothing to
-        do" exactly when :meth:`full` would find every path unchanged (see :meth:`_unchanged`),
-        but for cached paths that are gone and that nothing references, which it reports missing
-        as :meth:`full` does: every walked file is cached, a regular file whose lstat is the
-        recorded signature of its newest image, and that image is on disk; every referenced path
-        is among them; no restored copy lost its last reference. Only with ``track = "all"``: otherwise the
-        pass resolves each path, and :meth:`full` is as quick.
+        do" exactly when :meth:`full` would find every path unchanged (see :meth:`_unchanged`):
+        every walked file is cached, a regular file whose lstat is the recorded signature of its
+        newest image, and that image is on disk; every referenced path is among them; no restored
+        copy lost its last reference. Cached paths that are gone and that nothing references are
+        reported missing, as :meth:`full` reports them. The index read is the moment the pass
+        stands for: a writer that changes the index afterwards only makes it one pass older.
+
+        Only with ``track = "all"``: otherwise :meth:`full` resolves a few paths one by one and
+        is as quick.
         """
         if not tracks_all(self.config):
             return None
