@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import signal
 import sys
@@ -282,10 +281,10 @@ def gc(cache: BootCache, *, dry_run: bool = False) -> GcReport:
 # ------------------------------------------------------------------------------------ command line
 
 def command_gc(args: argparse.Namespace, config) -> int:  # config: bootwatch.config.Config
+    from bootwatch.cli import print_json  # the command line's own module, loaded already
     report = gc(BootCache.from_config(config), dry_run=args.dry_run)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(report.to_json())
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     for name in report.removed:

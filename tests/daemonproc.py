@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,19 +33,6 @@ def write_config(path: Path, boot_dir: Path, cache_dir: Path, runtime_dir: Path,
             lines.append(f"{key} = {json.dumps(value)}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-             what: str = "condition") -> object:
-    """Poll until ``predicate()`` is truthy; a deadline, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def run_with_config(config: Path, *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":

@@ -12,6 +12,7 @@ APT_PACKAGES=(
     cpio gzip xz-utils bzip2 zstd lz4                     # initramfs chains
     systemd systemd-container mmdebstrap                  # systemd-analyze, the real-systemd test
     prometheus-node-exporter                              # the metrics scrape test
+    strace                                                # which flags bootwatch opens temp files with
 )
 
 if [ "$(id -u)" = 0 ]; then

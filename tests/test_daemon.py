@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from daemonproc import DaemonProcess, run_with_config, wait_for, write_config
+from daemonproc import DaemonProcess, run_with_config, write_config
+from polling import wait_for
 
 BootTree = Any  # conftest.BootTree (the boot_tree fixture); conftest is not imported by name
 

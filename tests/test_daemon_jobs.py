@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from daemonproc import DaemonProcess, wait_for, write_config
+from daemonproc import DaemonProcess, write_config
+from polling import wait_for
 
 BootTree = Any  # the boot_tree fixture of conftest
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -16,6 +16,7 @@ from bootwatch.config import Config, load_config
 from bootwatch.jobs import (MaintenanceScheduler, least_recently_verified, verify_batch_size,
                             verify_run_period)
 from bootwatch.journal import FIELDS_ATTR, Event
+from polling import wait_until
 
 KERNELS = ["/vmlinuz-6.1.0-a", "/vmlinuz-6.1.0-b", "/vmlinuz-6.1.0-c"]
 
@@ -78,15 +79,6 @@ class Runs:
         assert duration >= 0
         with self.lock:
             (self.done if ok else self.failed)[name] += 1
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_jobs_run_on_their_intervals(tmp_path: Path, records) -> None:

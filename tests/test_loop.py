@@ -20,6 +20,7 @@ from bootwatch.errors import BootwatchError
 from bootwatch.loop import LoopDevice, _open_node, attached_loop
 from bootwatch.mount import (MountError, UnknownFilesystemError, mounted_image, mounts_under,
                              sweep_stale_mounts)
+from polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,16 +39,6 @@ def backing_devices(directory: Path) -> List[str]:
     """``losetup -a`` lines for devices backed by files under ``directory``."""
     out = subprocess.run(["losetup", "-a"], check=True, capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(directory) in line]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Poll for a condition the kernel reaches asynchronously (not a timing assertion)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def child_env() -> dict:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -15,6 +14,7 @@ import pytest
 
 from bootwatch.cache import BootCache
 from bootwatch.pins import Owner, PinLink, boot_id, gc, pin, process_start_time
+from polling import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "/vmlinuz-6.1.0-pintest"
@@ -51,15 +51,6 @@ def sleeper() -> Iterator[subprocess.Popen]:
 
 def link_names(cache: BootCache) -> List[str]:
     return sorted(os.listdir(cache.store.links_dir)) if cache.store.links_dir.exists() else []
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_pin_survives_clean_and_is_removed_on_exit(cache: BootCache) -> None:
