@@ -302,7 +302,7 @@ class CacheStore:
         return _image_ids(stems), temps
 
     def image_id_set(self) -> Set[str]:
-        """The ids of the ``<sha1>.img`` regular files (:meth:`image_ids_on_disk`, unsorted, a bit quicker)."""
+        """The ids of the ``<sha1>.img`` regular files in the directory (temp files are not looked for)."""
         name_length = 40 + len(IMAGE_SUFFIX)
         with os.scandir(self.directory) as it:
             stems = [entry.name[:40] for entry in it
@@ -433,7 +433,7 @@ class CacheStore:
 
     def image_ids_on_disk(self) -> List[str]:
         """Every ``<sha1>.img`` regular file in the directory, sorted."""
-        return sorted(self._list_directory()[0])
+        return sorted(self.image_id_set())
 
     def image_stat(self, image_id: str) -> Optional[os.stat_result]:
         try:
