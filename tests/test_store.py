@@ -1,4 +1,4 @@
-"""The on-disk store: temp files that only become final by rename, the index file, hashing in one pass."""
+"""The on-disk store: temp files that only become final by rename, the index file, the image names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bootwatch.errors import IndexCorruptError
-from bootwatch.hashing import CHUNK_SIZE, hash_and_copy, hash_path
+from bootwatch.hashing import hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.store import TEMP_PREFIX, CacheStore, TempFile
 
@@ -136,34 +136,6 @@ def test_pinned_ids_come_from_links(store: CacheStore) -> None:
     (store.links_dir / f"{'a' * 40}.1234.img").write_bytes(b"")
     (store.links_dir / "junk").write_bytes(b"")
     assert store.pinned_image_ids() == {"a" * 40}
-
-
-@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 5 * CHUNK_SIZE + 17])
-def test_hash_and_copy_hashes_and_copies_in_one_pass(tmp_path: Path, size: int) -> None:
-    """Several chunks cycle through the buffer pool: a buffer reused too early would corrupt a digest."""
-    data = os.urandom(size)
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.write_bytes(data)
-    sfd = os.open(src, os.O_RDONLY)
-    dfd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        # No reflink: force the userspace copy path on every filesystem.
-        d = hash_and_copy(sfd, dfd, try_reflink=False)
-    finally:
-        os.close(sfd)
-        os.close(dfd)
-    assert d.sha1 == hashlib.sha1(data).hexdigest()
-    assert d.sha256 == hashlib.sha256(data).hexdigest()
-    assert d.size == size
-    assert dst.read_bytes() == data
-    assert hash_path(src)[0] == d
-
-
-def test_hash_path_does_not_follow_a_final_symlink(tmp_path: Path) -> None:
-    (tmp_path / "real").write_bytes(b"x")
-    os.symlink(tmp_path / "real", tmp_path / "link")
-    with pytest.raises(OSError):
-        hash_path(tmp_path / "link")
 
 
 def test_lost_found_never_replaces_an_earlier_copy(tmp_path: Path) -> None:
