@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import cache_targets, daemon_targets  # noqa: E402
-from bench.common import Result, format_table, machine  # noqa: E402
+from bench.common import Result, compile_bootwatch, format_table, machine  # noqa: E402
 from bench.sizes import FULL, QUICK, Sizes  # noqa: E402
 
 # Targets 5 and 6 share one daemon: the idle cost is measured with the storm's 10,000 files tracked.
@@ -74,6 +74,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if unknown:
         parser.error(f"unknown target(s): {', '.join(unknown)}")
 
+    compile_bootwatch()
     info = machine()
     results: List[Result] = []
     started = time.monotonic()
