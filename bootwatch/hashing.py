@@ -127,7 +127,9 @@ class _Flusher:
     def __init__(self, fd: int, base: int) -> None:
         self.fd = fd
         self.cond = threading.Condition()
-        self.written = base  # the furthest byte written so far (a hint: the threads write by parity)
+        # The furthest byte written so far. The threads write by chunk parity, so bytes below it
+        # may still be unwritten: it only says when to flush, and where the copy's data ends.
+        self.written = base
         self.synced = base
         self.closing = False
         self.error: Optional[OSError] = None
@@ -204,8 +206,7 @@ class _Pipeline:
         self.aborted = False
         self.error: Optional[BaseException] = None
         self.end_chunk: Optional[int] = None
-        self.written_end = dst_base  # the furthest byte of the destination written
-        self.flusher = flusher
+        self.flusher = flusher  # present exactly when there is a destination; it tracks the furthest byte written
 
     def _acquire(self, semaphore: threading.Semaphore) -> None:
         semaphore.acquire()
@@ -234,11 +235,8 @@ class _Pipeline:
             n = os.preadv(self.src_fd, [view], self.src_base + k * CHUNK_SIZE)
             if self.dst_fd is not None and n:
                 _pwrite_all(self.dst_fd, view[:n], self.dst_base + k * CHUNK_SIZE)
-                end = self.dst_base + k * CHUNK_SIZE + n
-                with self.lock:
-                    self.written_end = max(self.written_end, end)
-                if self.flusher is not None:
-                    self.flusher.wrote(end)
+                assert self.flusher is not None
+                self.flusher.wrote(self.dst_base + k * CHUNK_SIZE + n)
             if n < CHUNK_SIZE:
                 with self.lock:
                     if self.end_chunk is None or k < self.end_chunk:
@@ -286,8 +284,8 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
     With ``dst_fd`` None this only hashes. The destination's last bytes are not fsynced here: the
     caller decides when, because it also has a rename and a directory to make durable (a large
     copy is mostly durable already, see :class:`_Flusher`; the rest is being written back). Both
-    offsets are left after the data, as ``read``/``write``
-    would leave them. A source that cannot ``pread`` (a pipe) is read sequentially.
+    offsets are left after the data, as ``read``/``write`` would leave them. A source that cannot
+    ``pread`` (a pipe) is read sequentially.
     """
     if dst_fd is not None and try_reflink and _reflink(src_fd, dst_fd):
         dst_fd = None  # the data is already there; one read for the digests remains
@@ -334,8 +332,8 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
         raise pipeline.error
     size = last * CHUNK_SIZE + pipeline.sizes[last % BUFFERS]
     os.lseek(src_fd, src_base + size, os.SEEK_SET)
-    if dst_fd is not None:
-        if pipeline.written_end > dst_base + size:
+    if dst_fd is not None and flusher is not None:
+        if flusher.written > dst_base + size:
             os.ftruncate(dst_fd, dst_base + size)  # drop what chunks read past a growing end wrote
         os.lseek(dst_fd, dst_base + size, os.SEEK_SET)
         _start_writeback(dst_fd)
