@@ -347,7 +347,8 @@ class Reconciler:
             newest = index.newest(path) if cached else None
             if newest is not None and newest in on_disk and index.known_content_of_stat(path, boot_st) == newest:
                 return  # unchanged since it was hashed, and its image is there: nothing to read
-            if newest is not None and newest not in on_disk:
+            image_gone = newest is not None and newest not in on_disk
+            if image_gone:
                 report.broken.append(path)
                 log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
                           level=logging.WARNING, path=path, image_id=newest, state="BROKEN")
@@ -363,7 +364,7 @@ class Reconciler:
                 log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
                           result.image_id, result.previous_id, path=path, image_id=result.image_id,
                           state="CACHED", previous_image_id=result.previous_id)
-            elif newest is not None and newest not in on_disk:
+            elif image_gone:
                 report.recopied.append(path)
                 log.info("%s: copied image %s again from the boot file", path, result.image_id)
             return

@@ -62,6 +62,23 @@ def test_unchanged_tree_is_examined_without_reading(tree: Tuple[Path, Config]) -
     assert (third.hashed, third.changed) == (1, ["/d1/vmlinuz-4"])
 
 
+@pytest.mark.parametrize("damage", ["deleted", "replaced by a symlink"])
+def test_an_image_gone_from_the_cache_is_copied_again_and_reported(tree: Tuple[Path, Config], damage: str) -> None:
+    boot, config = tree
+    kernel = write(boot / "vmlinuz-1", os.urandom(5000))
+    assert scan(config).cached == ["/vmlinuz-1"]
+    image_id = open_cache(config).load_index().newest("/vmlinuz-1")
+    image = Path(config.paths.cache) / f"{image_id}.img"
+    if damage == "deleted":
+        image.unlink()
+    else:  # a symlink to the right bytes is still not an image bootwatch trusts
+        image.rename(image.with_name("elsewhere"))
+        image.symlink_to(image.with_name("elsewhere"))
+    report = scan(config)
+    assert (report.broken, report.recopied, report.hashed) == (["/vmlinuz-1"], ["/vmlinuz-1"], 1)
+    assert not image.is_symlink() and image.read_bytes() == kernel.read_bytes()
+
+
 def test_unreferenced_restored_copies_are_taken_away(tree: Tuple[Path, Config]) -> None:
     """Restored by the daemon while referenced; the entries go: the full pass removes both copies."""
     boot, config = tree

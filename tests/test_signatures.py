@@ -130,6 +130,15 @@ def _delete_image(config: Config) -> None:
     (cache_dir(config) / f"{index['index']['/vmlinuz-6.4'][0]}.img").unlink()
 
 
+def _swap_image_for_symlink(config: Config) -> None:
+    """The cached image becomes a symlink to a copy of itself: not an image bootwatch trusts."""
+    index = json.loads((cache_dir(config) / "cacheindex.json").read_text())
+    image = cache_dir(config) / f"{index['index']['/vmlinuz-6.4'][0]}.img"
+    elsewhere = cache_dir(config).parent / "elsewhere.img"
+    image.rename(elsewhere)
+    image.symlink_to(elsewhere)
+
+
 def _boom_rewrites_index(config: Config) -> None:
     """boom rewrites the index in place, in its own layout: the same content, other bytes."""
     index_file = cache_dir(config) / "cacheindex.json"
@@ -157,6 +166,7 @@ CHANGES: Dict[str, Tuple[Callable[[Path, Config], None], bool]] = {
     "kernel renamed": (lambda boot, config: (boot / "vmlinuz-6.2").rename(boot / "vmlinuz-6.9"), True),
     "kernel swapped for a symlink": (lambda boot, config: _swap_for_symlink(boot / "vmlinuz-6.2"), True),
     "image deleted from the cache": (lambda boot, config: _delete_image(config), True),
+    "image swapped for a symlink in the cache": (lambda boot, config: _swap_image_for_symlink(config), True),
     "entry for a path not on disk": (lambda boot, config: entry(boot, "c", "/vmlinuz-9.9"), False),
     "entry for a cached path": (lambda boot, config: entry(boot, "c", "/vmlinuz-6.2"), False),
     "restored copy lost its last entry": (_restore_then_drop_entry, True),
