@@ -218,7 +218,7 @@ class Reconciler:
                 return None
         if tree.markers and any(not references.get(p) and marker_path_of(p) in tree.markers for p in files):
             return None
-        if not {signatures[p][5] for p in files} <= store.image_id_set():
+        if not store.has_images({signatures[p][5] for p in files}):
             return None
         # Cached paths the walk did not see, none referenced: if each is gone from the boot
         # directory, the full pass would only report it missing (the package manager removed it
