@@ -514,20 +514,21 @@ class BootCache:
             # A dry run works on a copy that is thrown away; the real run on the locked index.
             work = Transaction(self, txn.index.copy() if dry_run else txn.index)
             work._references = txn.references
+            # Linear in the paths: the index is changed in bulk (remove_paths, trim_paths), each
+            # of which looks at the remaining paths once, not once per path.
             for path in work.index.paths():
                 if txn.references.get(path, 0) or keep_unreferenced(path):
                     continue
-                if set(work.index.image_ids(path)) & pinned:
+                if not pinned.isdisjoint(work.index.image_ids(path)):
                     report.kept_pinned.append(path)
                     continue
                 if not dry_run and work.remove_restored_copy(path):
                     report.removed_restored_copies.append(path)
-                work.unlisted.update(work.index.remove_path(path))
                 report.uncached_paths.append(path)
-            for path in work.index.paths():
-                dropped = work.index.trim(path, self.keep)
-                report.trimmed_images.extend(dropped)
-                work.unlisted.update(dropped)
+            work.unlisted.update(work.index.remove_paths(report.uncached_paths))
+            dropped = work.index.trim_paths(work.index.paths(), self.keep)
+            report.trimmed_images.extend(dropped)
+            work.unlisted.update(dropped)
             strays = work.index.drop_stray_images()
             listed = work.index.all_image_ids()
             work.unlisted.update(strays)

@@ -360,9 +360,20 @@ class CacheIndex:
 
     def remove_path(self, path: str) -> List[str]:
         """Forget a path; return the ids no other path lists any more (their entries are dropped)."""
-        ids = self._data["index"].pop(path, [])
-        self._data["paths"].pop(path, None)
-        return self._drop_unlisted(ids)
+        return self.remove_paths([path])
+
+    def remove_paths(self, paths: Iterable[str]) -> List[str]:
+        """Forget many paths; return the ids no remaining path lists (their entries are dropped).
+
+        The remaining paths are looked at once for the whole set: :meth:`remove_path` in a loop
+        looks at all of them once per path, and clean of 200,000 paths took minutes that way.
+        """
+        index, metas = self._data["index"], self._data["paths"]
+        candidates: List[str] = []
+        for path in paths:
+            candidates += index.pop(path, [])
+            metas.pop(path, None)
+        return self._drop_unlisted(candidates)
 
     def remove_image_from_path(self, path: str, image_id: str) -> List[str]:
         """Forget one image of a path (the path goes when its last image goes)."""
@@ -376,11 +387,19 @@ class CacheIndex:
 
     def trim(self, path: str, keep: int) -> List[str]:
         """Keep the newest ``keep`` images of ``path``; return the ids that are now unlisted."""
-        newest_first = self.images_newest_first(path)
-        dropped = newest_first[keep:]
-        if not dropped:
-            return []
-        self._data["index"][path] = [i for i in self._data["index"][path] if i not in dropped]
+        return self.trim_paths([path], keep)
+
+    def trim_paths(self, paths: Iterable[str], keep: int) -> List[str]:
+        """:meth:`trim` of each of ``paths``, with one look at all paths for the ids now unlisted."""
+        index = self._data["index"]
+        dropped: List[str] = []
+        for path in paths:
+            if len(index.get(path, ())) <= keep:
+                continue
+            older = self.images_newest_first(path)[keep:]
+            gone = set(older)
+            index[path] = [i for i in index[path] if i not in gone]
+            dropped += older
         return self._drop_unlisted(dropped)
 
     def drop_stray_images(self) -> List[str]:
@@ -388,6 +407,9 @@ class CacheIndex:
         return self._drop_unlisted(list(self._data["images"]))
 
     def _drop_unlisted(self, ids: Iterable[str]) -> List[str]:
+        ids = list(ids)
+        if not ids:
+            return []
         listed = self.all_image_ids()
         gone = [i for i in dict.fromkeys(ids) if i not in listed]
         for image_id in gone:
