@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from bootwatch import bls
-from bootwatch.errors import BootwatchError, UnsafePathError, describe_oserror
-from bootwatch.hashing import ContentChangedError, Digest, StatSignature, hash_and_copy, hash_path
+from bootwatch.errors import BootwatchError, ContentChangedError, UnsafePathError, describe_oserror
+from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
 from bootwatch.signatures import write_signatures
@@ -167,16 +167,13 @@ class Transaction:
                     os.fchmod(tmp.fd, 0o644)
                     digest = hash_and_copy(fd, tmp.fd)
                     if StatSignature.of(os.fstat(fd)) != signature:
-                        raise ContentChangedError(str(real))
+                        raise ContentChangedError(real, "changed while it was being cached")
                     # Always rename the fresh copy over <id>.img, even when a file of that name and
                     # size exists: its name proves nothing about its content (a rotten orphan, or a
                     # file fsck could not place), and keeping it recorded a corrupt image as cached.
                     # Pins hold their own links to the old inode, so replacing the name is safe.
                     # The rename waits for the end of the transaction (see PendingImages).
                     self.pending.add(tmp.detach(), store.image_path(digest.sha1))
-            except ContentChangedError:
-                raise BootwatchError("changed while it was being cached; try again once it is complete",
-                                     path=real) from None
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise BootwatchError(f"no space left on device while caching {path}; nothing was changed",
@@ -361,7 +358,7 @@ class BootCache:
             if restored_marker and known is None and not recorded:
                 # Restored by boom, which records no signature: hash it once, as boom does.
                 # (Everything bootwatch caches or restores has a signature, so its own entries are never read here.)
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ContentChangedError):  # being rewritten: not RESTORED
                     known = hash_path(self.boot_file(path))[0].sha1
             state = RESTORED if restored_marker and known == newest else CACHED
         elif image_st is not None:

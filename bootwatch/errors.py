@@ -62,6 +62,20 @@ class IndexCorruptError(BootwatchError):
                               "index from the images (the corrupt file is kept)")
 
 
+class ContentChangedError(BootwatchError):
+    """A file changed while it was being read: the digest describes no real version of it.
+
+    Not an OSError: nothing went wrong with the file, it was caught between two versions. A
+    caller skips it for now (the next pass, or the writer's close, brings it back) and never
+    takes a digest of it as the file's content.
+    """
+
+    def __init__(self, path: Union[str, Path], message: str = "changed while it was being read",
+                 *, hint: Optional[str] = "try again once it is complete") -> None:
+        super().__init__(message, path=path, hint=hint)
+        self.path = Path(path)
+
+
 def describe_oserror(err: OSError) -> str:
     """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``."""
     text = os.strerror(err.errno).lower() if err.errno else str(err)

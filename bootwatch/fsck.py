@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from bootwatch.cache import BootCache
-from bootwatch.errors import IndexCorruptError, UnsafePathError
+from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
 from bootwatch.hashing import Digest, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path
@@ -102,12 +102,13 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
 
 
 def _hash_images_on_disk(cache: BootCache) -> Dict[str, Optional[Digest]]:
-    """Hash every ``<sha1>.img``; the value is None when it cannot be read."""
+    """Hash every ``<sha1>.img``; the value is None when it cannot be read, or changed while read
+    (images are never written in place: one that changes is damaged like one that cannot be read)."""
     digests: Dict[str, Optional[Digest]] = {}
     for image_id in cache.store.image_ids_on_disk():
         try:
             digests[image_id], _ = hash_path(cache.store.image_path(image_id))
-        except OSError:
+        except (OSError, ContentChangedError):
             digests[image_id] = None
     return digests
 
@@ -270,7 +271,7 @@ def _match_unassigned_images(cache: BootCache, data: dict, good: Dict[str, Diges
             continue
         try:
             digest, signature = hash_path(real)
-        except OSError:
+        except (OSError, ContentChangedError):  # being rewritten: not a version to give an image to
             continue
         image_id = digest.sha1
         if image_id not in unassigned[st.st_size]:

@@ -25,6 +25,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from bootwatch.errors import ContentChangedError
+
 # linux/fs.h: #define FICLONE _IOW(0x94, 9, int)
 FICLONE = 0x40049409
 
@@ -82,10 +84,6 @@ class StatSignature:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             return cls(*value)
         return None
-
-
-class ContentChangedError(Exception):
-    """The source changed while it was being read: the digest describes no real version of it."""
 
 
 class _Aborted(Exception):

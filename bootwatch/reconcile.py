@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
-from bootwatch.errors import BootwatchError, UnsafePathError
+from bootwatch.errors import BootwatchError, ContentChangedError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, log_event
@@ -427,6 +427,8 @@ class Reconciler:
                     digest, _ = hash_path(store.image_path(image_id))
                 except OSError as e:
                     problem = f"cannot be read: {e.strerror}"
+                except ContentChangedError:  # images are never written in place
+                    problem = "is being modified in the cache"
                 else:
                     if digest.sha1 != image_id or (isinstance(size, int) and size != digest.size):
                         problem = f"was modified in the cache (its content hashes to {digest.sha1})"
@@ -455,7 +457,7 @@ class Reconciler:
         if known is None:
             try:
                 digest, _ = hash_path(self.cache.boot_file(path))
-            except OSError:
+            except (OSError, ContentChangedError):
                 return False
             if digest.sha1 != image_id:
                 return False
