@@ -145,6 +145,7 @@ class Daemon:
         self.retries: dict = {}
         self.counts_time = 0.0
         self.scheduler: Optional[MaintenanceScheduler] = None
+        self.daemon_lock: Optional[int] = None  # the descriptor that holds the daemon lock
         self.metrics: Optional[Metrics] = (Metrics(self.config.metrics.textfile)
                                            if self.config.metrics.textfile else None)
         self.cache: BootCache
@@ -160,6 +161,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.cache = open_cache(self.config)
+        # Before anything that touches shared state (the runtime directory's mounts, the status
+        # file): a second daemon on this cache stops here, with one line naming the first.
+        self.daemon_lock = self.cache.store.hold_daemon_lock()
         # Verification mounts of a daemon that was killed (the loop devices autoclear with them).
         for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
             log.info("removed the stale verification mount point %s", stale)
@@ -251,6 +255,9 @@ class Daemon:
         if hasattr(self, "status"):
             with contextlib.suppress(OSError):
                 os.unlink(status_path(self.config.paths.runtime))
+        if self.daemon_lock is not None:  # last: until the status file is gone, this daemon is the one
+            os.close(self.daemon_lock)
+            self.daemon_lock = None
 
     # ---------------------------------------------------------------- the worker
 
@@ -419,13 +426,20 @@ class Daemon:
 
     def _reload(self) -> None:
         """Apply a new configuration (worker thread, between batches); a bad one keeps the old."""
+        new_lock: Optional[int] = None
         try:
             new = load_daemon_config(*self.sources)
             new_cache = open_cache(new) if new.paths != self.config.paths else None
-        except BootwatchError as e:
+            if new_cache is not None and not self._holds_daemon_lock_of(new.paths.cache):
+                new_lock = new_cache.store.hold_daemon_lock()
+        except (BootwatchError, OSError) as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notifier.ready(status=self.status.summary())
             return
+        if new_lock is not None:
+            assert self.daemon_lock is not None
+            os.close(self.daemon_lock)
+            self.daemon_lock = new_lock
         old = self.config
         self.config = new
         setup_logging(new.log.level)
@@ -453,6 +467,18 @@ class Daemon:
                   "" if new.paths == old.paths else " (paths changed: watches re-armed)")
         self.changes.put(Change("rescan", ""))
         self.notifier.ready(status=self.status.summary())
+
+    def _holds_daemon_lock_of(self, cache_dir: Path) -> bool:
+        """Whether the daemon lock held now is on ``cache_dir`` (however the path is spelled):
+        a second flock on the same directory would be refused by our own."""
+        if self.daemon_lock is None:
+            return False
+        held = os.fstat(self.daemon_lock)
+        try:
+            st = os.stat(cache_dir)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
 
     # ---------------------------------------------------------------- jobs and metrics
 

@@ -53,6 +53,10 @@ class UnsafePathError(BootwatchError):
     """A path would escape the boot or the cache directory."""
 
 
+class DaemonRunningError(BootwatchError):
+    """Another daemon already runs on the cache (it holds the daemon lock)."""
+
+
 class IndexCorruptError(BootwatchError):
     """``cacheindex.json`` cannot be read or does not have boom's structure."""
 

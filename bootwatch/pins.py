@@ -42,10 +42,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from bootwatch.cache import BootCache
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror
 from bootwatch.index import is_image_id
+from bootwatch.proc import PROC, process_start_time
 from bootwatch.safety import boot_path_from_argument, check_private_directory
 from bootwatch.store import IMAGE_SUFFIX, fsync_directory
 
-PROC = Path("/proc")
 BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
 PIN_ENV_PREFIX = "BOOTWATCH_PIN_"
 
@@ -61,23 +61,6 @@ SI_KERNEL = 0x80
 
 def boot_id() -> str:
     return BOOT_ID_PATH.read_text().strip().replace("-", "")
-
-
-def process_start_time(pid: int) -> Optional[int]:
-    """Field 22 of ``/proc/PID/stat``, or None if there is no such process or it is a zombie.
-
-    The second field (comm) may contain spaces and parentheses, so the fields are counted from
-    the last ``)``: field 3 (state) is the first after it. A zombie has exited; only its exit
-    status waits to be collected, so it uses no file any more.
-    """
-    try:
-        data = (PROC / str(pid) / "stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[22 - 3])
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ On-disk protocol (one directory, shared with boom):
     .bootwatch.lock         empty. Every writer (add, remove, restore, clean, verify's results,
                             fsck --repair, pin, gc, the daemon's batches) holds flock(LOCK_EX) on it
                             for the whole operation. Readers take no lock.
+    the directory itself    the running daemon holds flock(LOCK_EX) on the cache directory (an
+                            O_RDONLY descriptor of it) for its whole life: a second daemon on the
+                            same cache is refused, and /proc/locks names the one that runs. A lock
+                            on the directory needs no file, so a read-only cache can be locked
+                            too. Nothing else locks the directory; writers use .bootwatch.lock.
     .bootwatch-signatures   derived from the index: the stat signatures a full pass compares,
                             keyed by the SHA1 of the index bytes (see signatures.py). Written by
                             a holder of the lock after a full pass, by rename; not fsynced, and
@@ -49,8 +54,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import BootwatchError, IndexCorruptError, describe_oserror
+from bootwatch.errors import BootwatchError, DaemonRunningError, IndexCorruptError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
+from bootwatch.proc import flock_holders
 from bootwatch.safety import check_private_directory
 from bootwatch.signatures import chunked_sha1, index_digest
 
@@ -283,6 +289,27 @@ class CacheStore:
             yield image_ids
         finally:
             os.close(fd)  # closing the last fd drops the flock
+
+    def hold_daemon_lock(self) -> int:
+        """Take the daemon lock (see the protocol above) and return its descriptor, to keep open
+        for the daemon's life: closing it releases the lock, and so does the process's death.
+
+        Refused with a :class:`DaemonRunningError` naming the running daemon when another
+        process holds it.
+        """
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = flock_holders(fd)
+            os.close(fd)
+            running = ", ".join(h.describe() for h in holders) if holders else "PID unknown"
+            raise DaemonRunningError(f"another bootwatch daemon is running on this cache: {running}; "
+                                     "not starting a second one", path=self.directory) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _list_directory(self) -> Tuple[Set[str], List[Path]]:
         """One pass over the directory: the ids of the ``<sha1>.img`` regular files, and the temp files."""

@@ -1,0 +1,126 @@
+"""What ``/proc`` says about processes and the locks they hold.
+
+Used to name the holder of a lock that someone waits for (the daemon on the writers' lock, a
+second daemon refused by the daemon lock) and to tell a live pin owner from a dead one.
+
+PIDs are those of the PID namespace whose ``/proc`` is mounted at :data:`PROC`; a holder in a
+namespace we cannot see shows up with PID 0 in ``/proc/locks`` and is reported as unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+PROC = Path("/proc")
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """Field 22 of ``/proc/PID/stat``, or None if there is no such process or it is a zombie.
+
+    The second field (comm) may contain spaces and parentheses, so the fields are counted from
+    the last ``)``: field 3 (state) is the first after it. A zombie has exited; only its exit
+    status waits to be collected, so it uses no file any more.
+    """
+    try:
+        data = (PROC / str(pid) / "stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[22 - 3])
+
+
+def _boot_time() -> Optional[float]:
+    """The wall-clock time the system booted (``btime`` in ``/proc/stat``)."""
+    try:
+        for line in (PROC / "stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def process_started_at(pid: int) -> Optional[float]:
+    """When process ``pid`` started, as a wall-clock timestamp; None if unknown or gone."""
+    try:
+        ticks = process_start_time(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    boot = _boot_time()
+    if ticks is None or boot is None:
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_command(pid: int) -> Optional[str]:
+    """The command line of ``pid`` (arguments joined by spaces, non-printable characters escaped),
+    or its ``comm`` name for a kernel thread; None if it is gone."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+        if not raw:
+            raw = (PROC / str(pid) / "comm").read_bytes().strip()
+    except OSError:
+        return None
+    text = " ".join(arg.decode("utf-8", "backslashreplace") for arg in raw.rstrip(b"\0").split(b"\0"))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """A process that holds a lock: its PID, command line and start time (None: unknown)."""
+
+    pid: int
+    command: Optional[str]
+    started: Optional[float]
+
+    @classmethod
+    def of(cls, pid: int) -> "LockHolder":
+        return cls(pid, process_command(pid), process_started_at(pid))
+
+    def describe(self) -> str:
+        """``PID 1234 (bootwatch add /vmlinuz-6.1, running since 2026-12-05 08:10:03)``."""
+        details = [self.command or "command unknown"]
+        if self.started is not None:
+            details.append("running since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)))
+        return f"PID {self.pid} ({', '.join(details)})"
+
+
+def flock_holders(fd: int) -> List[LockHolder]:
+    """The processes that hold an ``flock`` on the file open at ``fd``, from ``/proc/locks``.
+
+    A line there reads ``1: FLOCK  ADVISORY  WRITE 1234 fe:00:260072 0 EOF`` (PID, then the
+    device as hexadecimal major:minor of the superblock, and the inode); waiters are the lines
+    with ``->``. The device of the superblock can differ from ``st_dev`` (btrfs subvolumes,
+    overlayfs), so the inode decides when no line matches both. An empty list means the holder
+    is unknown (gone meanwhile, or in another PID namespace), never that nobody holds it.
+    """
+    st = os.fstat(fd)
+    try:
+        lines = (PROC / "locks").read_text().splitlines()
+    except OSError:
+        return []
+    exact: List[int] = []
+    same_inode: List[int] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "FLOCK":
+            continue  # a waiter ("->"), or a POSIX or OFD lock: not what flock() takes
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            if int(inode) != st.st_ino:
+                continue
+            device = os.makedev(int(major, 16), int(minor, 16))
+        except ValueError:
+            continue
+        if pid <= 0:
+            continue
+        (exact if device == st.st_dev else same_inode).append(pid)
+    pids = exact or same_inode
+    return [LockHolder.of(pid) for pid in dict.fromkeys(pids)]
