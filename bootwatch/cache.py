@@ -23,7 +23,7 @@ from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
 from bootwatch.signatures import write_signatures
-from bootwatch.store import CacheStore, PendingImages, TempFile, fsync_directory
+from bootwatch.store import CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
 
 CACHED = "CACHED"
 MISSING = "MISSING"
@@ -396,9 +396,9 @@ class BootCache:
 
     @contextlib.contextmanager
     def transaction(self, *, remove_stale: bool = True,
-                    while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Transaction]:
+                    waiter: Optional[LockWaiter] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
-        with self.store.locked(remove_stale=remove_stale, while_waiting=while_waiting) as image_ids:
+        with self.store.locked(remove_stale=remove_stale, waiter=waiter) as image_ids:
             index, digest = self.store.load_index_and_digest()
             txn = Transaction(self, index, image_ids, digest)
             try:

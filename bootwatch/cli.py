@@ -248,6 +248,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"  last reconcile: {format_time(status.get('last_reconcile'))}")
         print(f"  last batch:     {format_time(status.get('last_batch'))}")
         print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none cached"))
+        if status.get("lock_wait"):
+            print(f"  waiting:        {status['lock_wait']}")
         if status.get("problems"):
             print(f"  problems:       {status['problems']} cached images with problems (see 'bootwatch list')")
     # As systemctl status: 3 means "not running".

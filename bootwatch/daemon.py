@@ -44,7 +44,8 @@ from bootwatch.notify import SystemdNotifier
 from bootwatch.pins import count_pins
 from bootwatch.reconcile import Reconciler, ReconcileReport
 from bootwatch.status import DaemonStatus, status_path, write_status
-from bootwatch.store import INDEX_NAME, TEMP_PREFIX
+from bootwatch.proc import flock_holders
+from bootwatch.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.watcher import Change, Watcher
 
 log = logging.getLogger("bootwatch.daemon")
@@ -65,6 +66,14 @@ STORM_PATHS = 256
 COUNTS_REFRESH = 10.0
 # Without systemd's watchdog the main loop still wakes this often to check the watches.
 IDLE_TICK = 5.0
+# A wait for the writers' lock held by another process (or by a job of this one) counts as
+# progress for the watchdog only for so long: after LOCK_REPORT_AFTER seconds (at most two
+# watchdog intervals) STATUS and the journal name the holder, and once the wait is longer than
+# the stuck bound of Daemon._stuck_after (four intervals, at least 10 s: 60 s under the shipped
+# WatchdogSec=30s) the watchdog ping is withheld and systemd restarts the daemon. A restart does
+# not release the lock, but it makes the stall visible as a failed unit (OnFailure=, monitoring),
+# and the restarted daemon goes on waiting before READY=1 and resumes once the holder lets go.
+LOCK_REPORT_AFTER = 10.0
 # Paths whose caching failed (a file still being written) are tried again after this delay.
 RETRY_DELAY = 1.0
 MAX_RETRIES = 5
@@ -114,8 +123,8 @@ def open_cache(config: Config) -> BootCache:
     return cache
 
 
-def reconcile_once(config: Config, cache: BootCache,
-                   reconciler: Optional[Reconciler] = None) -> ReconcileReport:
+def reconcile_once(config: Config, cache: BootCache, reconciler: Optional[Reconciler] = None, *,
+                   waiter: Optional[LockWaiter] = None) -> ReconcileReport:
     """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass.
 
     A pass that finds nothing changed is proved so without the lock where it can be (see
@@ -125,8 +134,54 @@ def reconcile_once(config: Config, cache: BootCache,
     quick = reconciler.unchanged_pass()
     if quick is not None:
         return quick
-    with cache.transaction() as txn:
+    with cache.transaction(waiter=waiter) as txn:
         return reconciler.full(txn)
+
+
+class LockWaitReporter(LockWaiter):
+    """The daemon's side of a wait for the writers' lock: names the holder after a bound,
+    says when the wait ends, and tells :meth:`Daemon._healthy` how long it has lasted."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.since: Optional[float] = None  # time.monotonic() of the first attempt that found it held
+        self.since_wall = 0.0
+        self.holders = ""  # set once the wait was reported
+        self.withheld = False
+
+    def waited(self) -> Optional[float]:
+        since = self.since
+        return None if since is None else time.monotonic() - since
+
+    def waiting(self, lock_fd: int) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.since_wall = now, time.time()
+        self.daemon.beat()  # the worker is alive; _healthy decides how long a wait may last
+        waited = now - self.since
+        if self.holders or waited < self.daemon.lock_report_after():
+            return
+        holders = flock_holders(lock_fd)
+        own = [h for h in holders if h.pid == os.getpid()]
+        self.holders = ", ".join(("this daemon's own maintenance job" if h in own else h.describe())
+                                 for h in holders) or "a process that /proc/locks does not show"
+        lock_path = self.daemon.cache.store.directory / LOCK_NAME
+        first = holders[0] if holders else None
+        log_event(log, Event.LOCK_WAIT, "waiting %.0f s for the cache lock %s, held by %s; changes wait "
+                  "until it is released", waited, lock_path, self.holders, level=logging.WARNING,
+                  path=lock_path, waited=f"{waited:.0f}", holder_pid=first.pid if first else None,
+                  holder_command=first.command if first else None)
+        since = time.strftime("%H:%M:%S", time.localtime(self.since_wall))
+        self.daemon.status.lock_wait = f"waiting since {since} for the cache lock held by {self.holders}"
+        self.daemon.publish_status()
+
+    def acquired(self) -> None:
+        waited = self.waited()
+        if self.holders and waited is not None:
+            log.log(NOTICE, "got the cache lock after waiting %.0f s (it was held by %s)", waited, self.holders)
+            self.daemon.status.lock_wait = None
+            self.daemon.publish_status()
+        self.since, self.holders, self.withheld = None, "", False
 
 
 class Daemon:
@@ -146,6 +201,7 @@ class Daemon:
         self.counts_time = 0.0
         self.scheduler: Optional[MaintenanceScheduler] = None
         self.daemon_lock: Optional[int] = None  # the descriptor that holds the daemon lock
+        self.lock_wait = LockWaitReporter(self)
         self.metrics: Optional[Metrics] = (Metrics(self.config.metrics.textfile)
                                            if self.config.metrics.textfile else None)
         self.cache: BootCache
@@ -175,7 +231,7 @@ class Daemon:
         self.watcher.start()
         try:
             try:
-                report = reconcile_once(self.config, self.cache, self.reconciler)
+                report = reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
             except BootwatchError as e:
                 # A corrupt index must not keep the service down: report it, keep watching, and
                 # retry with every batch; 'bootwatch fsck --repair' is the way out.
@@ -227,13 +283,27 @@ class Daemon:
             if self._healthy():
                 self.notifier.watchdog()
 
+    def _stuck_after(self) -> float:
+        """Seconds without progress after which the worker counts as stuck."""
+        return max(10.0, 4 * (self.notifier.watchdog_interval() or IDLE_TICK))
+
+    def lock_report_after(self) -> float:
+        """Seconds of waiting for the cache lock after which its holder is reported."""
+        return min(LOCK_REPORT_AFTER, 2 * (self.notifier.watchdog_interval() or IDLE_TICK))
+
     def _healthy(self) -> bool:
         """The watchdog's question: are the worker and the observer alive and making progress?"""
         if self.worker is None or not self.worker.is_alive() or not self.watcher.alive():
             return False
+        waited = self.lock_wait.waited()
+        if waited is not None and waited > self._stuck_after():
+            if not self.lock_wait.withheld:
+                self.lock_wait.withheld = True
+                log.warning("waited %.0f s for the cache lock held by %s: that is no longer progress; "
+                            "withholding the watchdog ping", waited, self.lock_wait.holders or "another process")
+            return False
         if self.busy_since is not None:
-            interval = self.notifier.watchdog_interval() or IDLE_TICK
-            stuck_after = max(10.0, 4 * interval)
+            stuck_after = self._stuck_after()
             if time.monotonic() - self.last_progress > stuck_after:
                 log.warning("the worker made no progress for %.0f s; withholding the watchdog ping",
                             time.monotonic() - self.last_progress)
@@ -370,7 +440,7 @@ class Daemon:
             return
         if len(batch.boot_paths) > STORM_PATHS:
             batch.full = True  # a storm: one walk and one bulk check beat thousands of single lookups
-        with self.cache.transaction(while_waiting=self.beat) as txn:
+        with self.cache.transaction(waiter=self.lock_wait) as txn:
             if batch.full:
                 report = self.reconciler.full(txn)
             else:
@@ -400,8 +470,7 @@ class Daemon:
             self.counts_time = now
         if not busy:
             release_memory()
-        self._write_status()
-        self.notifier.status(self.status.summary())
+        self.publish_status()
         if self.metrics is not None:
             self._write_metrics(full=full)
 
@@ -415,6 +484,11 @@ class Daemon:
         timer = threading.Timer(RETRY_DELAY * (tries + 1), self.changes.put, args=(change,))
         timer.daemon = True
         timer.start()
+
+    def publish_status(self) -> None:
+        """The status file and systemd's STATUS= line, from :attr:`status`."""
+        self._write_status()
+        self.notifier.status(self.status.summary())
 
     def _write_status(self) -> None:
         try:

@@ -89,6 +89,7 @@ class Event(enum.Enum):
     JOB_FAILED = "d3e1ddb1a57e4487bfc12070dca08f52"
     DAEMON_STARTED = "1512ba4a5a3247bdb7015989199f5e97"
     DAEMON_STOPPING = "250b565ce7d940968d734a52a73e818f"
+    LOCK_WAIT = "ff4eaa8e4f7c4b7a92e3c2d356e8f4a8"
 
     @property
     def message_id(self) -> str:

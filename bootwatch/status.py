@@ -34,9 +34,13 @@ class DaemonStatus:
     problems: int = 0
     state: str = "starting"  # starting, running, reloading, stopping
     error: Optional[str] = None  # why the cache cannot be read now, e.g. a corrupt index
+    lock_wait: Optional[str] = None  # who holds the cache lock the daemon has waited for too long
+
 
     def summary(self) -> str:
         """The one line for systemd's STATUS=."""
+        if self.lock_wait:
+            return f"watching {self.boot_dir}: {self.lock_wait}"
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
         counts = self.counts

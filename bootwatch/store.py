@@ -52,7 +52,7 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Iterable, Iterator, List, Optional, Set, Tuple
 
 from bootwatch.errors import BootwatchError, DaemonRunningError, IndexCorruptError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
@@ -220,6 +220,17 @@ class PendingImages:
         self.files.clear()
 
 
+class LockWaiter:
+    """Told about a wait for the writers' lock (see :meth:`CacheStore.locked`). Does nothing."""
+
+    def waiting(self, lock_fd: int) -> None:
+        """Called every 100 ms while another holder keeps the lock open at ``lock_fd``
+        (:func:`bootwatch.proc.flock_holders` names it)."""
+
+    def acquired(self) -> None:
+        """Called once when the lock is had after a wait."""
+
+
 class CacheStore:
     """One cache directory: its index, its images, its lock."""
 
@@ -257,29 +268,35 @@ class CacheStore:
 
     @contextlib.contextmanager
     def locked(self, *, create: bool = True, remove_stale: bool = True,
-               while_waiting: Optional[Callable[[], None]] = None) -> Iterator[Optional[Set[str]]]:
+               waiter: Optional[LockWaiter] = None) -> Iterator[Optional[Set[str]]]:
         """Hold the writers' lock. Stale temp files left by dead writers are removed on entry.
 
         ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
-        ``while_waiting`` is called every 100 ms while another writer holds the lock: the daemon
-        uses it to show systemd's watchdog that it is waiting, not stuck. With ``remove_stale``
-        the block gets the ids of the images on disk, from the same single listing of the
-        directory (a large cache is listed once per transaction, not twice); else None.
+        ``waiter`` is told every 100 ms while another process holds the lock, and once when the
+        lock is had after a wait (see :class:`LockWaiter`): the daemon uses it to report who
+        holds the lock and to decide what the wait means for systemd's watchdog. With
+        ``remove_stale`` the block gets the ids of the images on disk, from the same single
+        listing of the directory (a large cache is listed once per transaction, not twice);
+        else None.
         """
         self.check(create=create)
         check_private_directory(self.temp_dir, create=True)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            if while_waiting is None:
+            if waiter is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
+                waited = False
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
-                        while_waiting()
+                        waited = True
+                        waiter.waiting(fd)
                         time.sleep(0.1)
+                if waited:
+                    waiter.acquired()
             image_ids: Optional[Set[str]] = None
             if remove_stale:
                 image_ids, temps = self._list_directory()

@@ -83,7 +83,7 @@ def receive(sock: socket.socket, *, via_memfd: bool = False) -> Dict[str, bytes]
 def test_event_ids_are_unique_128_bit_hex() -> None:
     ids = [event.message_id for event in Event]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
-    assert len(set(ids)) == len(ids) == 11
+    assert len(set(ids)) == len(ids)
     # The ids are part of the interface (catalog, users' journalctl filters): never change them.
     assert Event.IMAGE_CACHED.message_id == "ead76b8fa24e4d86a4af5980ac5d0fb5"
 
