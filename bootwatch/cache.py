@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from bootwatch import bls
-from bootwatch.errors import BootwatchError, ContentChangedError, UnsafePathError, describe_oserror
+from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, UnsafePathError,
+                             describe_oserror)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
@@ -414,10 +415,15 @@ class BootCache:
 
     def _delete_unlisted(self, txn: Transaction) -> List[str]:
         listed = txn.index.all_image_ids()
+        candidates = sorted(i for i in txn.unlisted if i not in listed)
+        if not candidates or self.store.unsuperseded_corrupt_copies():
+            # A repair did not complete: the index may lack what the kept copy knew. The images
+            # stay as orphans until 'fsck --repair' merges the copy (see store.py).
+            return []
         pinned = self.store.pinned_image_ids()
         deleted = []
-        for image_id in sorted(txn.unlisted):
-            if image_id not in listed and image_id not in pinned and self.store.delete_image(image_id):
+        for image_id in candidates:
+            if image_id not in pinned and self.store.delete_image(image_id):
                 deleted.append(image_id)
         if deleted:
             fsync_directory(self.store.directory)
@@ -505,6 +511,11 @@ class BootCache:
         """
         report = CleanReport()
         with self.transaction(remove_stale=False) as txn:
+            copies = self.store.unsuperseded_corrupt_copies()
+            if copies:
+                raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
+                                            "cleaned while it is there", path=copies[0],
+                                            hint="run 'bootwatch fsck --repair' to merge it into the index")
             temp_files = self.store.stale_temp_files() + self._stale_restore_temp_files(txn.index)
             report.removed_temp_files = [str(p) for p in temp_files]
             pinned = self.store.pinned_image_ids()

@@ -57,6 +57,11 @@ class DaemonRunningError(BootwatchError):
     """Another daemon already runs on the cache (it holds the daemon lock)."""
 
 
+class DeletionsBlockedError(BootwatchError):
+    """Deleting now could destroy what is still needed: the boot entries cannot be read, or a
+    repair of a corrupt index did not complete. Nothing was changed; the daemon's jobs skip."""
+
+
 class IndexCorruptError(BootwatchError):
     """``cacheindex.json`` cannot be read or does not have boom's structure."""
 

@@ -2,10 +2,15 @@
 
 Without ``repair`` nothing is written. With it, under the writers' lock:
 
-- a corrupt index is renamed to ``cacheindex.json.corrupt-<time>`` (never deleted) and a new one
-  is rebuilt from what can be salvaged of it and from the images that still hash to their ids;
-  an image whose path cannot be recovered from the old index is matched against the boot files
-  of the same size, and otherwise kept in ``lost+found/``;
+- a corrupt index is first copied to ``cacheindex.json.corrupt-<time>`` (fsynced, never deleted)
+  and a new one is rebuilt from what can be salvaged of it and from the images that still hash to
+  their ids; the corrupt index stays at its name until the rebuilt one replaces it by rename, so a
+  repair killed at any moment leaves an index. An image whose path cannot be recovered from the
+  old index is matched against the boot files of the same size, and otherwise kept in
+  ``lost+found/``;
+- a kept copy that no completed repair superseded (a repair was killed; see ``store.py``) is
+  merged again: the paths it knows and the index lacks come back if their images are good. Once
+  the index is written, each merged copy is marked superseded, and images may be deleted again;
 - a listed image that is missing or corrupt is copied again from the boot directory when the boot
   file still has that content; otherwise the id is dropped from its paths and a corrupt file is
   moved to ``lost+found/`` (``<id>.img.corrupt``);
@@ -22,6 +27,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from bootwatch.cache import BootCache
@@ -29,7 +35,7 @@ from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathE
 from bootwatch.hashing import Digest, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path
-from bootwatch.store import TempFile
+from bootwatch.store import TempFile, read_regular_file
 
 DEFAULT_MODE = 0o100644
 
@@ -60,6 +66,10 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
         for temp in temps:
             report.warnings.append(f"{temp}: temp file left by an interrupted writer")
         digests = _hash_images_on_disk(cache)
+        copies = store.unsuperseded_corrupt_copies()
+        for copy in copies:
+            report.problems.append(f"{copy}: a corrupt index kept by a repair that did not complete; no image "
+                                   "is deleted while it is there ('bootwatch fsck --repair' merges it)")
         try:
             index = store.load_index()
             salvaged = False
@@ -67,8 +77,17 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             report.problems.append(str(e))
             if not repair:
                 return report
-            index = _salvage(cache, digests, report)
+            raw = store.read_index_bytes() or b""
+            copy = store.keep_corrupt_copy(raw)  # a copy: the corrupt index stays until replaced by rename
+            report.repaired.append(f"kept the corrupt index as {copy}")
+            if copy not in copies:
+                copies.append(copy)
+            index = CacheIndex()
             salvaged = True
+        if repair and copies:
+            # A corrupt or a missing index: the images no copy claims are placed (boot files, lost+found).
+            index = _salvage(cache, index, copies, digests, report,
+                             place_unassigned=salvaged or not store.index_exists())
         changed = _check_listed_images(cache, index, digests, report, repair=repair)
         for image_id in sorted(set(digests) - index.all_image_ids()):
             digest = digests[image_id]
@@ -91,8 +110,14 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             if strays:
                 index.drop_stray_images()
                 report.repaired.append(f"dropped {len(strays)} image entries no path lists")
-            if changed or strays or salvaged:
+            if changed or strays or salvaged or copies:
                 store.write_index(index)
+            # Only now, with the index that holds what they knew in place, may images go again.
+            for copy in copies:
+                store.mark_superseded(copy)
+            if copies:
+                report.repaired.append(f"merged {len(copies)} kept corrupt index(es) into the index: "
+                                       + ", ".join(c.name for c in copies))
             for temp in temps:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
@@ -183,7 +208,7 @@ def _old_entries(raw: Optional[bytes]) -> tuple:
     images: Dict[str, dict] = {}
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         for key, target in (("index", index), ("paths", paths), ("images", images)):
@@ -196,13 +221,31 @@ def _old_entries(raw: Optional[bytes]) -> tuple:
     return index, paths, images
 
 
-def _salvage(cache: BootCache, digests: Dict[str, Optional[Digest]], report: FsckReport) -> CacheIndex:
+def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Dict[str, Optional[Digest]],
+             report: FsckReport, *, place_unassigned: bool) -> CacheIndex:
+    """``base`` with what can be salvaged of the corrupt ``copies``: their paths that ``base``
+    lacks, with the images that still hash to their ids.
+
+    With ``place_unassigned`` (``base`` stands for a corrupt index) the good images that no path
+    claims are matched against the boot files, and otherwise kept in ``lost+found/``.
+    """
     store = cache.store
-    old_index, old_paths, old_images = _old_entries(store.read_index_bytes())
-    aside = store.set_aside_corrupt_index()
-    report.repaired.append(f"kept the corrupt index as {aside}")
+    old_index: Dict[str, List[str]] = {}
+    old_paths: Dict[str, dict] = {}
+    old_images: Dict[str, dict] = {}
+    for copy in copies:
+        try:
+            raw = read_regular_file(copy)
+        except OSError as e:
+            report.warnings.append(f"{copy}: cannot be read ({os.strerror(e.errno).lower() if e.errno else e}); "
+                                   "nothing salvaged from it")
+            continue
+        index, paths, images = _old_entries(raw)
+        for target, source in ((old_index, index), (old_paths, paths), (old_images, images)):
+            for key, value in source.items():
+                target.setdefault(key, value)
     good = {i: d for i, d in digests.items() if d is not None and d.sha1 == i}
-    data: dict = {"index": {}, "paths": {}, "images": {}}
+    data = base.raw()
 
     def meta_for(path: str) -> dict:
         old = old_paths.get(path)
@@ -223,6 +266,8 @@ def _salvage(cache: BootCache, digests: Dict[str, Optional[Digest]], report: Fsc
         return entry
 
     for path, ids in old_index.items():
+        if path in data["index"]:
+            continue  # the index knows it: what it says is newer than a corrupt copy
         try:
             normalize_boot_path(path)
         except UnsafePathError:
@@ -234,11 +279,13 @@ def _salvage(cache: BootCache, digests: Dict[str, Optional[Digest]], report: Fsc
         data["index"][path] = list(dict.fromkeys(kept))
         data["paths"][path] = meta_for(path)
         for image_id in kept:
-            data["images"][image_id] = image_entry(image_id)
-    _match_unassigned_images(cache, data, good, meta_for, image_entry)
-    for image_id in sorted(set(good) - set(data["images"])):
-        kept_at = store.move_to_lost_found(image_id)
-        report.warnings.append(f"{kept_at}: image matches no known path; kept for an administrator")
+            if image_id not in data["images"]:
+                data["images"][image_id] = image_entry(image_id)
+    if place_unassigned:
+        _match_unassigned_images(cache, data, good, meta_for, image_entry)
+        for image_id in sorted(set(good) - set(data["images"])):
+            kept_at = store.move_to_lost_found(image_id)
+            report.warnings.append(f"{kept_at}: image matches no known path; kept for an administrator")
     index = CacheIndex(data)
     CacheIndex.validate(data, source=store.index_path)
     report.repaired.append(f"rebuilt the index with {len(index)} paths and {len(index.all_image_ids())} images")

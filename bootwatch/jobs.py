@@ -45,6 +45,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
+from bootwatch.errors import DeletionsBlockedError
 from bootwatch.index import CacheIndex
 from bootwatch.journal import Event, log_event
 from bootwatch.policy import keep_unreferenced_predicate
@@ -160,6 +161,7 @@ class MaintenanceScheduler:
         self.on_job_done = on_job_done
         self.on_verified = on_verified
         self.stopping = threading.Event()
+        self._clean_blocked: Optional[str] = None  # why the last clean was skipped
         self.verify_period = verify_run_period(config.jobs.verify_interval)
         defaults: Dict[str, Optional[Job]] = {"clean": self.clean, "gc": self.gc, "verify": self.verify_slice,
                                               "rescan": None}
@@ -271,7 +273,16 @@ class MaintenanceScheduler:
     # ---------------------------------------------------------------- the default jobs
 
     def clean(self) -> None:
-        report = self.cache.clean(keep_unreferenced=keep_unreferenced_predicate(self.config, self.cache))
+        try:
+            report = self.cache.clean(keep_unreferenced=keep_unreferenced_predicate(self.config, self.cache))
+        except DeletionsBlockedError as e:
+            # Not a failure of the job: cleaning now could delete what is still needed. Said once
+            # per reason, not every hour.
+            if str(e) != self._clean_blocked:
+                self.logger.warning("clean: skipped: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            self._clean_blocked = str(e)
+            return
+        self._clean_blocked = None
         if report.uncached_paths or report.deleted_images or report.removed_temp_files:
             self.logger.info("clean: uncached %d path(s), deleted %d image(s), removed %d temp file(s)",
                              len(report.uncached_paths), len(report.deleted_images), len(report.removed_temp_files))

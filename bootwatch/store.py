@@ -33,8 +33,20 @@ On-disk protocol (one directory, shared with boom):
                             An image with a link is never deleted by clean.
     lost+found/             images fsck --repair could not give back to a path. Never deleted by
                             bootwatch: an administrator decides.
-    cacheindex.json.corrupt-<time>
-                            a corrupt index set aside by fsck --repair. Never deleted by bootwatch.
+    cacheindex.json.corrupt-<time>[.<n>]
+                            a COPY of a corrupt index, made (fsynced) by fsck --repair before it
+                            rebuilds anything; the corrupt index itself stays at its name until the
+                            rebuilt one replaces it by rename, so a killed repair never leaves the
+                            cache without an index. Never deleted by bootwatch. While a copy exists
+                            that no completed repair superseded, no image is deleted by anyone
+                            (clean refuses, the daemon keeps what it unlists as orphans): the index
+                            may be missing what the copy knew.
+    .cacheindex.json.corrupt-<time>[.<n>].superseded
+                            empty; says that a completed repair merged what could be salvaged of
+                            that copy into the index. Created by fsck --repair after the rebuilt
+                            index is in place (rename, directory fsync). A repair killed before
+                            that leaves the copy unsuperseded: the next fsck --repair merges it
+                            again (paths the index lacks) and then marks it.
 
 Crash ordering: an image is renamed into place before the index that lists it is written, and it
 is deleted only after the index that drops it is written. A crash between the two leaves an
@@ -67,6 +79,8 @@ TEMP_DIR = ".tmp"
 IMAGE_SUFFIX = ".img"
 LINKS_DIR = "links"
 LOST_FOUND_DIR = "lost+found"
+CORRUPT_PREFIX = INDEX_NAME + ".corrupt-"
+SUPERSEDED_SUFFIX = ".superseded"
 
 # boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
 READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
@@ -455,19 +469,40 @@ class CacheStore:
             os.rename(tmp.path, self.directory / name)
             tmp.path = None
 
-    def set_aside_corrupt_index(self) -> Optional[Path]:
-        """Rename a corrupt index to ``cacheindex.json.corrupt-<UTC time>`` and return the new name."""
-        if not self.index_exists():
-            return None
+    def keep_corrupt_copy(self, data: bytes) -> Path:
+        """Keep ``data`` (the bytes of a corrupt index) as ``cacheindex.json.corrupt-<UTC time>``.
+
+        A copy, written and fsynced before anything is rebuilt: the index stays at its name.
+        An unsuperseded copy with the same bytes (left by a killed repair) is kept instead of
+        making another. The caller holds the lock.
+        """
+        for existing in self.unsuperseded_corrupt_copies():
+            with contextlib.suppress(OSError):
+                if read_regular_file(existing) == data:
+                    return existing
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.directory / f"{INDEX_NAME}.corrupt-{stamp}"
-        n = 0
-        while os.path.lexists(target):
-            n += 1
-            target = self.directory / f"{INDEX_NAME}.corrupt-{stamp}.{n}"
-        os.rename(self.index_path, target)
+        with TempFile(self.temp_dir) as tmp:
+            os.fchmod(tmp.fd, 0o600)
+            _write_fully(tmp.fd, data)
+            for n in range(1000):
+                target = self.directory / f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
+                if os.path.lexists(target):
+                    continue
+                tmp.commit(target, replace=False)  # fsync, link (never over an earlier copy), dir fsync
+                return target
+        raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
+
+    def unsuperseded_corrupt_copies(self) -> List[Path]:
+        """The kept copies of corrupt indexes that no completed repair superseded (see the protocol)."""
+        names = set(os.listdir(self.directory))
+        return sorted(self.directory / name for name in names
+                      if name.startswith(CORRUPT_PREFIX) and f".{name}{SUPERSEDED_SUFFIX}" not in names)
+
+    def mark_superseded(self, copy: Path) -> None:
+        """Record that a completed repair merged ``copy`` into the index now in place."""
+        os.close(os.open(self.directory / f".{copy.name}{SUPERSEDED_SUFFIX}",
+                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         fsync_directory(self.directory)
-        return target
 
     # ---------------------------------------------------------------- images
 
@@ -523,6 +558,15 @@ class CacheStore:
         except FileNotFoundError:
             return set()
         return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file, opened without following a symlink or blocking on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read()
 
 
 def _write_fully(fd: int, data: bytes) -> None:

@@ -1,5 +1,5 @@
 """A corrupt index stops every command with a clear error and is never overwritten, until
-``fsck --repair`` sets it aside and rebuilds the index from the images that still hash to their ids.
+``fsck --repair`` keeps a copy of it and rebuilds the index from the images that still hash to their ids.
 """
 
 from __future__ import annotations

@@ -98,15 +98,19 @@ def test_a_symlinked_index_is_refused(store: CacheStore, tmp_path: Path) -> None
         store.load_index()
 
 
-def test_set_aside_keeps_the_corrupt_bytes(store: CacheStore) -> None:
+def test_a_kept_corrupt_copy_is_a_copy_and_never_overwritten(store: CacheStore) -> None:
+    store.temp_dir.mkdir(mode=0o700)
     store.index_path.write_bytes(b"{garbage")
-    first = store.set_aside_corrupt_index()
-    store.index_path.write_bytes(b"{more garbage")
-    second = store.set_aside_corrupt_index()
+    first = store.keep_corrupt_copy(store.index_path.read_bytes())
+    assert store.index_path.read_bytes() == b"{garbage", "the corrupt index stays at its name"
+    assert store.keep_corrupt_copy(b"{garbage") == first, "the same bytes are kept once"
+    second = store.keep_corrupt_copy(b"{more garbage")
     assert first != second, "a second corrupt index must not overwrite the first"
     assert first.read_bytes() == b"{garbage" and second.read_bytes() == b"{more garbage"
     assert first.name.startswith("cacheindex.json.corrupt-")
-    assert not store.index_path.exists()
+    assert store.unsuperseded_corrupt_copies() == sorted([first, second])
+    store.mark_superseded(first)
+    assert store.unsuperseded_corrupt_copies() == [second]
 
 
 def test_stale_temp_files_are_removed_by_the_next_lock_holder(store: CacheStore, tmp_path: Path) -> None:
