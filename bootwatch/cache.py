@@ -81,6 +81,7 @@ class ImageVerification:
     ok: bool
     message: str
     checks: List[dict] = field(default_factory=list)
+    missing: bool = False  # the image file was not there when it was to be hashed
 
     def to_json(self) -> dict:
         return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "message": self.message,
@@ -292,11 +293,22 @@ class Transaction:
 
     # ---------------------------------------------------------------- verification results
 
-    def record_verification(self, result: ImageVerification) -> None:
-        if result.image_id in self.index.known_image_ids():
-            self.index.record_verification(result.image_id, {
-                "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
-            self.dirty = True
+    def record_verification(self, result: ImageVerification) -> bool:
+        """Record a result of hashing done without the lock, if it still applies now.
+
+        It does not when the image is no longer listed (a clean, remove or trim deleted it after
+        the hash read the index: not a failure, the image is gone by design), or when the image
+        was missing then and its file is back now (cached again meanwhile). Returns whether the
+        result was recorded.
+        """
+        if result.image_id not in self.index.known_image_ids():
+            return False
+        if result.missing and self.cache.store.has_image(result.image_id):
+            return False
+        self.index.record_verification(result.image_id, {
+            "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
+        self.dirty = True
+        return True
 
 
 class BootCache:
@@ -450,7 +462,7 @@ class BootCache:
         try:
             fd = self.store.open_image(image_id)
         except FileNotFoundError:
-            return ImageVerification(image_id, paths, False, "image file is missing")
+            return ImageVerification(image_id, paths, False, "image file is missing", missing=True)
         except OSError as e:
             return ImageVerification(image_id, paths, False, describe_oserror(e))
         try:
@@ -493,12 +505,15 @@ class BootCache:
             if path not in index:
                 raise BootwatchError("is not cached", path=path)
             ids.extend(i for i in index.images_newest_first(path) if i not in ids)
-        results = [self.verify_image(index, image_id) for image_id in ids]
-        if results:
-            with self.transaction(remove_stale=False) as txn:
-                for result in results:
-                    txn.record_verification(result)
-        return results
+        return self.record_verifications([self.verify_image(index, image_id) for image_id in ids])
+
+    def record_verifications(self, results: Sequence[ImageVerification]) -> List[ImageVerification]:
+        """Record results of hashing done without the lock; return those that still apply under
+        it (see :meth:`Transaction.record_verification`): only these are reported."""
+        if not results:
+            return []
+        with self.transaction(remove_stale=False) as txn:
+            return [result for result in results if txn.record_verification(result)]
 
     # ---------------------------------------------------------------- clean
 

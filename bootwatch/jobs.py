@@ -303,10 +303,8 @@ class MaintenanceScheduler:
             if self.stopping.is_set():
                 break  # shutting down: record what was done
             results.append(self.cache.verify_image(index, image_id))
-        if results:
-            with self.cache.transaction(remove_stale=False) as txn:
-                for result in results:
-                    txn.record_verification(result)
+        # An image that a clean, remove or trim deleted meanwhile is dropped here, not reported.
+        results = self.cache.record_verifications(results)
         for result in results:
             if not result.ok:
                 log_event(self.logger, Event.VERIFY_FAILED, "image %s of %s failed verification: %s",

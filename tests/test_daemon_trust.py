@@ -4,6 +4,7 @@ held by another process, I/O errors of the cache's file system, verification rac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -127,3 +128,98 @@ def test_lock_wait_names_the_holder_then_stops_feeding_the_watchdog(tree_with_ke
                  what="the lock wait cleared from the status")
         assert "got the cache lock after waiting" in daemon.output()
         assert "Traceback" not in daemon.output()
+
+
+# ------------------------------------------------------------------ verification racing a deletion
+
+class DeletesAfterIndexRead:
+    """The seam of verification: it reads the index without the lock, then hashes each image,
+    then takes the lock to record. Right after that index read, this runs a real ``bootwatch``
+    command (``remove``, ``clean``) to completion: the deletion every verify can meet, made
+    deterministic."""
+
+    def __init__(self, tree: BootTree, *argv: str) -> None:
+        self.tree = tree
+        self.argv = argv
+
+    def wrap(self, cache: Any) -> Any:
+        original = cache.load_index
+
+        def load_index() -> Any:
+            index = original()
+            if self.argv:
+                rc, out, err = self.tree.cli(*self.argv)
+                assert rc == 0, (self.argv, out, err)
+                self.argv = ()
+            return index
+
+        cache.load_index = load_index
+        return cache
+
+
+def verification_tree(tree: BootTree) -> Any:
+    """Three cached kernels; the entry references a and b only, so clean drops c."""
+    for name in ("a", "b", "c"):
+        tree.write_file(f"/vmlinuz-{name}", 20_000)
+    tree.write_entry("ab", linux="/vmlinuz-a", initrd=["/vmlinuz-b"])
+    rc, out, err = tree.cli("add", "/vmlinuz-a", "/vmlinuz-b", "/vmlinuz-c")
+    assert rc == 0, err
+    return tree.library()
+
+
+def image_of(tree: BootTree, path: str) -> str:
+    return json.loads(tree.index_file.read_text())["index"][path][-1]
+
+
+@pytest.mark.parametrize("deletion", [("remove", "--force", "/vmlinuz-b"), ("clean",)],
+                         ids=["remove", "clean"])
+def test_verify_job_does_not_report_images_deleted_meanwhile(boot_tree: BootTree,
+                                                             deletion: tuple) -> None:
+    from bootwatch.config import load_config
+    from bootwatch.jobs import MaintenanceScheduler
+    from bootwatch.journal import FIELDS_ATTR, Event
+
+    tree = boot_tree
+    cache = verification_tree(tree)
+    gone = "/vmlinuz-b" if deletion[0] == "remove" else "/vmlinuz-c"
+    gone_id = image_of(tree, gone)
+    tree.config.write_text('[jobs]\nverify_interval = "1s"\n')  # every run verifies every image
+    config = load_config(tree.config).with_overrides(boot=tree.boot, cache=tree.cache)
+    records: list = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("test.verify.race")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    verified: list = []
+    scheduler = MaintenanceScheduler(config, DeletesAfterIndexRead(tree, *deletion).wrap(cache),
+                                     on_verified=verified.append, logger=logger)
+    results = scheduler.verify_slice()
+    assert not (tree.cache / f"{gone_id}.img").exists()  # the deletion did happen in between
+    assert all(r.ok for r in results), results
+    assert gone_id not in {r.image_id for r in results}
+    assert verified == [results]  # what the metrics count: no failure
+    failures = [r for r in records if getattr(r, FIELDS_ATTR, {}).get("MESSAGE_ID") == Event.VERIFY_FAILED.message_id]
+    assert failures == []
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+    listed = json.loads(tree.index_file.read_text())
+    assert gone not in listed["index"] and gone_id not in listed["images"]
+
+
+def test_verify_command_does_not_fail_on_an_image_removed_meanwhile(boot_tree: BootTree) -> None:
+    tree = boot_tree
+    cache = DeletesAfterIndexRead(tree, "remove", "--force", "/vmlinuz-b").wrap(verification_tree(tree))
+    results = cache.verify()
+    assert {r.ok for r in results} == {True}
+    assert image_of(tree, "/vmlinuz-a") in {r.image_id for r in results}
+
+
+def test_a_listed_image_that_is_missing_still_fails(boot_tree: BootTree) -> None:
+    """The re-check drops only images that are gone by design: a listed image without its file is
+    a real failure, reported at error priority."""
+    tree = boot_tree
+    verification_tree(tree)
+    missing = image_of(tree, "/vmlinuz-a")
+    (tree.cache / f"{missing}.img").unlink()
+    rc, out, err = tree.cli("verify")
+    assert rc == 1 and f"FAILED {missing}" in out and "image file is missing" in out, out
