@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import time
@@ -21,7 +22,8 @@ from bootwatch import bls
 from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, UnsafePathError,
                              describe_oserror)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
-from bootwatch.index import CacheIndex
+from bootwatch.index import CacheIndex, PathMeta
+from bootwatch.journal import Event, log_event
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
 from bootwatch.signatures import write_signatures
 from bootwatch.store import CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
@@ -33,6 +35,40 @@ RESTORED = "RESTORED"
 UNKNOWN = "UNKNOWN"
 
 RESTORE_TEMP_PREFIX = ".bootwatch-restore."
+
+log = logging.getLogger("bootwatch.cache")
+
+
+# A restored boot file never gets these: setuid, setgid and sticky bits, group and other write.
+RESTORED_MODE_REFUSED = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+
+
+@dataclass(frozen=True)
+class RestoredAttributes:
+    mode: int
+    uid: int
+    gid: int
+
+
+def restored_attributes(meta: PathMeta, directory: os.stat_result, *, euid: int, egid: int) -> RestoredAttributes:
+    """The mode and owner a restored boot file gets, from the recorded ones (untrusted: the index).
+
+    - The mode is the recorded permission bits without setuid, setgid, sticky, group write and
+      other write: a restored kernel is never a setuid program, nor writable by others.
+    - Run as root, the recorded owner is kept if it is root or the owner of the directory the file
+      is restored into (who can replace the file anyway); any other uid becomes root. The same for
+      the group: root's group or the directory's group, else root's group.
+    - Run as another user, the file is that user's (nobody else can be given a file); its group is
+      the user's group, or the directory's group if that is the recorded one.
+    """
+    mode = stat.S_IMODE(meta.mode) & ~RESTORED_MODE_REFUSED
+    if euid == 0:
+        uid = meta.uid if meta.uid in (0, directory.st_uid) else 0
+        gid = meta.gid if meta.gid in (0, directory.st_gid) else 0
+    else:
+        uid = euid
+        gid = meta.gid if meta.gid in (egid, directory.st_gid) else egid
+    return RestoredAttributes(mode, uid, gid)
 
 
 def restored_marker_name(path: str) -> str:
@@ -270,10 +306,10 @@ class Transaction:
                 raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
                                      "not restoring it", path=self.cache.store.image_path(image_id),
                                      hint="run 'bootwatch fsck --repair'")
-            os.fchown(tmp.fd, meta.uid, meta.gid)
-            os.fchmod(tmp.fd, stat.S_IMODE(meta.mode))
-            ts = self.index.image_ts(image_id)
-            os.utime(tmp.fd, (ts, ts))
+            self._apply_restored_attributes(path, tmp.fd, meta, os.stat(real.parent))
+            mtime_ns = self._restored_mtime_ns(path, image_id)
+            if mtime_ns is not None:
+                os.utime(tmp.fd, ns=(mtime_ns, mtime_ns))
             # The marker goes first: a crash between the two leaves a marker without a file, which
             # boom and bootwatch read as MISSING; the other order would leave a restored file that
             # looks like the package manager's own.
@@ -290,6 +326,42 @@ class Transaction:
         self.index.record_signature(path, StatSignature.of(os.lstat(real)), image_id)
         self.dirty = True
         return image_id
+
+    def _apply_restored_attributes(self, path: str, fd: int, meta: PathMeta, directory: os.stat_result) -> None:
+        """Give the restored file the recorded mode and owner, as far as :func:`restored_attributes` allows.
+
+        What it refuses is logged: the index is untrusted input, and a refused owner or mode bit is
+        either a hostile index or a boot file that was unsafe when it was cached.
+        """
+        wanted = restored_attributes(meta, directory, euid=os.geteuid(), egid=os.getegid())
+        uid, gid = wanted.uid, wanted.gid
+        current = os.fstat(fd)
+        if (uid, gid) != (current.st_uid, current.st_gid):
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:  # not root, and not a member of that group: it stays ours
+                uid, gid = current.st_uid, current.st_gid
+        os.fchmod(fd, wanted.mode)  # after fchown, which may clear mode bits
+        if (wanted.mode, uid, gid) != (stat.S_IMODE(meta.mode), meta.uid, meta.gid):
+            log_event(log, Event.RESTORE_ATTRIBUTES_REFUSED,
+                      "%s: restored with mode %04o and owner %d:%d instead of the recorded mode %04o and owner "
+                      "%d:%d (a restored boot file never gets setuid, setgid or sticky bits, group or other "
+                      "write, or an owner other than root or its directory's owner)", path, wanted.mode, uid,
+                      gid, stat.S_IMODE(meta.mode), meta.uid, meta.gid, level=logging.WARNING, path=path,
+                      recorded_mode=f"{stat.S_IMODE(meta.mode):04o}", recorded_uid=meta.uid,
+                      recorded_gid=meta.gid)
+
+    def _restored_mtime_ns(self, path: str, image_id: str) -> Optional[int]:
+        """The mtime to give a restored file: the path's own (several paths may share one image,
+        each cached at its own mtime), else the image's ``image_ts`` (a path boom cached), else None."""
+        mtime_ns = self.index.path_mtime_ns(path, image_id)
+        if mtime_ns is not None:
+            return mtime_ns
+        try:
+            mtime_ns = self.index.image_ts(image_id) * 1_000_000_000
+        except (ValueError, OverflowError, TypeError):  # NaN, infinity: the index is untrusted
+            return None
+        return mtime_ns if 0 <= mtime_ns < 1 << 63 else None
 
     # ---------------------------------------------------------------- verification results
 

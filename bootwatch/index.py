@@ -239,6 +239,19 @@ class CacheIndex:
         extra = self._data["images"].get(image_id, {}).get(EXTRA)
         return extra if isinstance(extra, dict) else {}
 
+    def path_mtime_ns(self, path: str, image_id: str) -> Optional[int]:
+        """The boot file's own mtime when it last had the content ``image_id``, from its recorded
+        stat signature; None if none is recorded for that image or it is not a usable time.
+
+        ``image_ts`` belongs to the image, which paths of the same content share: it is the mtime
+        of whichever path cached it first, so a restore takes the path's own mtime from here.
+        """
+        extra = self.path_extra(path)
+        signature = StatSignature.from_json(extra.get("stat"))
+        if signature is None or extra.get("stat_image_id") != image_id:
+            return None
+        return signature.mtime_ns if 0 <= signature.mtime_ns < 1 << 63 else None
+
     def known_content(self, path: str, signature: StatSignature) -> Optional[str]:
         """The image id of the boot file, if its signature still equals the recorded one."""
         return self._known_content(path, signature.to_json())

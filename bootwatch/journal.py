@@ -90,6 +90,7 @@ class Event(enum.Enum):
     DAEMON_STARTED = "1512ba4a5a3247bdb7015989199f5e97"
     DAEMON_STOPPING = "250b565ce7d940968d734a52a73e818f"
     LOCK_WAIT = "ff4eaa8e4f7c4b7a92e3c2d356e8f4a8"
+    RESTORE_ATTRIBUTES_REFUSED = "a4e2491ec5c94a068d393b35c7612ec6"
 
     @property
     def message_id(self) -> str:

@@ -224,8 +224,10 @@ def watching(directory: Path) -> Iterator[Inotify]:
 
 def test_restore_brings_back_content_mode_owner_and_dot_file_through_a_temp_file(boot_tree, needs_root) -> None:
     image_id = boot_tree.write_file(K, 20000, mode=0o600, mtime=1_600_000_000)
-    # Restoring as root must give the file back to its owner, here a non-root uid and gid.
+    # Restoring as root must give the file back to its owner, here a non-root uid and gid that
+    # own the boot directory (any other owner would be refused: see test_restore_trust.py).
     os.chown(boot_tree.path(K), 1234, 5678)
+    os.chown(boot_tree.boot, 1234, 5678)
     boot_tree.write_entry("linux-1", linux=K)
     assert boot_tree.cli("add", K)[0] == 0
     content = boot_tree.path(K).read_bytes()
