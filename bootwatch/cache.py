@@ -23,7 +23,7 @@ from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBloc
                              describe_oserror)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex, PathMeta
-from bootwatch.journal import Event, log_event
+from bootwatch.journal import NOTICE, Event, log_event
 from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
 from bootwatch.signatures import write_signatures
 from bootwatch.store import CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
@@ -252,7 +252,14 @@ class Transaction:
         return ids
 
     def remove_restored_copy(self, path: str) -> bool:
-        """Delete a copy bootwatch or boom restored, if nothing references it and it is unchanged."""
+        """Delete the copy of ``path`` that bootwatch restored; the caller knows nothing references it.
+
+        Only the very file bootwatch wrote, unchanged since (its recorded :class:`RestoredFile`), is
+        deleted. A marker beside any other file is stale: the file is someone else's (a package
+        manager put it back, by rename, maybe with the same content). Then the marker goes, and
+        the file stays. A marker without a record (boom's restores, or an older bootwatch) says
+        nothing bootwatch can check: the file stays, and so does the marker, for boom.
+        """
         try:
             real = self.cache.boot_file(path)
         except UnsafePathError:
@@ -262,17 +269,43 @@ class Transaction:
             return False
         try:
             st = os.lstat(real)
-        except FileNotFoundError:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
+        except FileNotFoundError:  # nothing left to mark
+            self._remove_marker(marker)
+            self.dirty |= self.index.forget_restored(path)
             return False
-        if self.index.known_content(path, StatSignature.of(st)) != self.index.newest(path):
-            return False  # someone rewrote it since it was restored: it is theirs now
+        restored = self.index.restored_file(path)
+        if restored is None:
+            log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
+                     "this file (a restore by boom?)", real)
+            return False
+        if not restored.is_file(st):
+            self.drop_stale_marker(path, real)
+            return False
         os.unlink(real)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(marker)
+        self._remove_marker(marker)
+        self.dirty |= self.index.forget_restored(path)
         fsync_directory(real.parent)
         return True
+
+    def drop_stale_marker(self, path: str, real: Path) -> None:
+        """The boot file of ``path`` is not the file bootwatch restored any more: it is not ours.
+
+        Its marker (only ``.<name>.boomrestored`` beside it, and only a regular file) and the
+        record go; the file itself is never touched.
+        """
+        self._remove_marker(real.parent / restored_marker_name(path))
+        self.dirty |= self.index.forget_restored(path)
+        log_event(log, Event.RESTORED_COPY_REPLACED,
+                  "%s: replaced or changed since bootwatch restored it: it is no longer bootwatch's restored "
+                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", path,
+                  level=NOTICE, path=path)
+
+    @staticmethod
+    def _remove_marker(marker: Path) -> None:
+        """Unlink a marker, if it is one: an empty regular file (never a directory or what a symlink names)."""
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(marker).st_mode):
+                os.unlink(marker)
 
     # ---------------------------------------------------------------- restore
 
@@ -316,14 +349,20 @@ class Transaction:
             marker = real.parent / restored_marker_name(path)
             made_marker = not os.path.lexists(marker)
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            written = os.fstat(tmp.fd)
             try:
                 tmp.commit(real, replace=False)
+                st = os.lstat(real)
             except FileExistsError:
+                st = None
+            if st is None or (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
                 if made_marker:  # the file that appeared is not ours: do not mark it as restored
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(marker)
-                raise BootwatchError("appeared while it was being restored; left alone", path=real) from None
-        self.index.record_signature(path, StatSignature.of(os.lstat(real)), image_id)
+                    self._remove_marker(marker)
+                raise BootwatchError("appeared while it was being restored; left alone", path=real)
+        # What was written, read back after the rename (which changed its ctime): the marker counts
+        # only while the boot file is this very file (see remove_restored_copy).
+        self.index.record_restored(path, st, image_id)
+        self.index.record_signature(path, StatSignature.of(st), image_id)
         self.dirty = True
         return image_id
 
@@ -440,12 +479,17 @@ class BootCache:
             known = index.known_content(path, StatSignature.of(boot_st))
             recorded = StatSignature.from_json(index.path_extra(path).get("stat")) is not None
             boot_changed = recorded and known is None
-            if restored_marker and known is None and not recorded:
-                # Restored by boom, which records no signature: hash it once, as boom does.
-                # (Everything bootwatch caches or restores has a signature, so its own entries are never read here.)
-                with contextlib.suppress(OSError, ContentChangedError):  # being rewritten: not RESTORED
-                    known = hash_path(self.boot_file(path))[0].sha1
-            state = RESTORED if restored_marker and known == newest else CACHED
+            restored = index.restored_file(path) if restored_marker else None
+            if restored is not None:
+                # bootwatch restored it: RESTORED only while the file is the one it wrote.
+                state = RESTORED if restored.is_file(boot_st) and restored.image_id == newest else CACHED
+            else:
+                if restored_marker and known is None and not recorded:
+                    # Restored by boom, which records no signature: hash it once, as boom does.
+                    # (Everything bootwatch caches or restores has a signature, so its own entries are never read here.)
+                    with contextlib.suppress(OSError, ContentChangedError):  # being rewritten: not RESTORED
+                        known = hash_path(self.boot_file(path))[0].sha1
+                state = RESTORED if restored_marker and known == newest else CACHED
         elif image_st is not None:
             state = MISSING
         elif boot_st is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bootwatch.cache import BootCache
+from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
 from bootwatch.hashing import Digest, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
@@ -89,6 +89,7 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             index = _salvage(cache, index, copies, digests, report,
                              place_unassigned=salvaged or not store.index_exists())
         changed = _check_listed_images(cache, index, digests, report, repair=repair)
+        changed |= _check_restored_markers(cache, index, report, repair=repair)
         for image_id in sorted(set(digests) - index.all_image_ids()):
             digest = digests[image_id]
             if digest is not None and digest.sha1 == image_id:
@@ -170,6 +171,31 @@ def _check_listed_images(cache: BootCache, index: CacheIndex, digests: Dict[str,
             index.remove_image_from_path(path, image_id)
         changed = True
         report.repaired.append(f"dropped {image_id} from {', '.join(paths)}: no good copy is left")
+    return changed
+
+
+def _check_restored_markers(cache: BootCache, index: CacheIndex, report: FsckReport, *, repair: bool) -> bool:
+    """Markers beside boot files that are not the file bootwatch restored (a package put its own
+    back): a warning; ``repair`` drops the marker. The file is never touched."""
+    changed = False
+    for path in index.paths():
+        restored = index.restored_file(path)
+        if restored is None:
+            continue
+        try:
+            real = cache.boot_file(path)
+            st = os.lstat(real)
+        except (OSError, UnsafePathError):
+            continue
+        if restored.is_file(st) or not os.path.lexists(real.parent / restored_marker_name(path)):
+            continue
+        report.warnings.append(f"{real}: replaced or changed since bootwatch restored it; its .boomrestored "
+                               "marker is stale (the file is never deleted by bootwatch)")
+        if repair:
+            txn = Transaction(cache, index)
+            txn.drop_stale_marker(path, real)
+            changed |= txn.dirty
+            report.repaired.append(f"removed the stale marker of {real}")
     return changed
 
 

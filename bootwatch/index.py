@@ -15,6 +15,17 @@ keys, so a top-level extra key would be lost the first time boom writes.)
 
 ``stat``/``stat_image_id`` record the boot file's signature when it was last hashed and the id it
 hashed to: while the signature holds, bootwatch knows the file's content without reading it.
+
+``restored`` records the very file a restore wrote, read back after its rename:
+
+    "restored": {"stat": [dev, ino, size, mtime_ns, ctime_ns], "mode": st_mode, "uid": uid,
+                 "gid": gid, "image_id": "<sha1>"}
+
+A ``.boomrestored`` marker makes the boot file bootwatch's restored copy (which it may delete
+again) only while the file has exactly this identity: the same inode, and no change since (any
+write, chmod, chown, link or rename changes the ctime). ``stat`` is rewritten whenever the file is
+hashed again; ``restored`` only by a restore, so a file put back by a package manager with the
+same content matches ``stat`` but never ``restored``.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from bootwatch.safety import normalize_boot_path
 
 IMAGE_ID = re.compile(r"[0-9a-f]{40}")
 EXTRA = "bootwatch"
+RESTORED_KEY = "restored"  # in a path's extra data: the file a restore wrote
 
 # The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
 # a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
@@ -64,6 +76,41 @@ def _collector_paused() -> Iterator[None]:
 
 def is_image_id(value: object) -> bool:
     return isinstance(value, str) and IMAGE_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class RestoredFile:
+    """The identity of a boot file that a restore wrote (see the module docstring)."""
+
+    signature: StatSignature
+    mode: int
+    uid: int
+    gid: int
+    image_id: str
+
+    @classmethod
+    def of(cls, st: os.stat_result, image_id: str) -> "RestoredFile":
+        return cls(StatSignature.of(st), st.st_mode, st.st_uid, st.st_gid, image_id)
+
+    def to_json(self) -> dict:
+        return {"stat": self.signature.to_json(), "mode": self.mode, "uid": self.uid, "gid": self.gid,
+                "image_id": self.image_id}
+
+    @classmethod
+    def from_json(cls, value: object) -> Optional["RestoredFile"]:
+        """None for anything but a complete, well-typed record (the index is untrusted)."""
+        if not isinstance(value, dict):
+            return None
+        signature = StatSignature.from_json(value.get("stat"))
+        fields = [value.get(key) for key in ("mode", "uid", "gid")]
+        if signature is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in fields) \
+                or not is_image_id(value.get("image_id")):
+            return None
+        return cls(signature, *fields, value["image_id"])
+
+    def is_file(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is this very file, unchanged since it was restored."""
+        return self == RestoredFile.of(st, self.image_id)
 
 
 @dataclass(frozen=True)
@@ -367,6 +414,26 @@ class CacheIndex:
         extra = self._data["paths"][path].setdefault(EXTRA, {})
         extra["stat"] = signature.to_json()
         extra["stat_image_id"] = image_id
+
+    def record_restored(self, path: str, st: os.stat_result, image_id: str) -> None:
+        """Record the identity of the file a restore of ``path`` just wrote (``st``: its lstat)."""
+        meta = self._data["paths"][path]
+        if not isinstance(meta.get(EXTRA), dict):
+            meta[EXTRA] = {}
+        meta[EXTRA][RESTORED_KEY] = RestoredFile.of(st, image_id).to_json()
+
+    def restored_file(self, path: str) -> Optional[RestoredFile]:
+        """The recorded identity of the file a restore wrote for ``path``; None if there is none
+        (boom's restores record nothing) or it is not a valid record."""
+        if path not in self._data["index"]:
+            return None
+        return RestoredFile.from_json(self.path_extra(path).get(RESTORED_KEY))
+
+    def forget_restored(self, path: str) -> bool:
+        """Drop the restored-file record of ``path``; True if there was one."""
+        if path not in self._data["index"]:
+            return False
+        return self.path_extra(path).pop(RESTORED_KEY, None) is not None
 
     def record_verification(self, image_id: str, result: dict) -> None:
         self._data["images"][image_id].setdefault(EXTRA, {})["verified"] = result

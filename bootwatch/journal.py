@@ -91,6 +91,7 @@ class Event(enum.Enum):
     DAEMON_STOPPING = "250b565ce7d940968d734a52a73e818f"
     LOCK_WAIT = "ff4eaa8e4f7c4b7a92e3c2d356e8f4a8"
     RESTORE_ATTRIBUTES_REFUSED = "a4e2491ec5c94a068d393b35c7612ec6"
+    RESTORED_COPY_REPLACED = "adbdff2755294c888363b35c43575b57"
 
     @property
     def message_id(self) -> str:

@@ -336,7 +336,12 @@ class Reconciler:
         cached = path in index
         if boot_st is not None:
             self.reported_missing.discard(path)
-            if cached and count == 0 and self._is_our_restored_copy(txn, path, boot_st, real, markers):
+            ours = self._is_our_restored_copy(txn, path, boot_st, real, markers) if cached else None
+            if ours is False:
+                # Marked as restored, but not the file bootwatch wrote: someone put it back (a
+                # package manager, by rename, maybe with the same content). It is theirs.
+                txn.drop_stale_marker(path, real if real is not None else self.cache.boot_file(path))
+            elif ours and count == 0:
                 # The entry that needed it is gone (a package manager removed both): take it away again.
                 if txn.remove_restored_copy(path):
                     report.unrestored.append(path)
@@ -371,6 +376,8 @@ class Reconciler:
         # The boot file is gone.
         if not cached:
             return
+        # So is the file a restore wrote, if any: a marker beside a later file is not about it.
+        txn.dirty |= index.forget_restored(path)
         newest = index.newest(path)
         if count and self.config.cache.auto_restore and newest in on_disk:
             image_id = txn.restore(path)
@@ -392,21 +399,28 @@ class Reconciler:
                       level=level, path=path, image_id=newest, state="MISSING", references=count)
 
     def _is_our_restored_copy(self, txn: Transaction, path: str, boot_st: os.stat_result, real: Optional[Path],
-                              markers: Optional[Set[str]]) -> bool:
-        """True if a restored-copy marker lies beside the boot file and the file is still the restored image.
+                              markers: Optional[Set[str]]) -> Optional[bool]:
+        """Whether the boot file is bootwatch's restored copy: None if no marker lies beside it, or
+        a marker without a record of what bootwatch wrote (boom's: the file is never deleted);
+        True if it is the very file a restore wrote, unchanged since; False if it is another
+        (the marker is stale). The rule is :class:`bootwatch.index.RestoredFile`'s, as in
+        :meth:`Transaction.remove_restored_copy`, which checks again before deleting.
 
         A file the walk found (``real`` None) lies, unresolved, in a walked directory, whose markers
         the walk collected: a set lookup instead of two ``realpath`` calls per path.
         """
+        restored = txn.index.restored_file(path)
+        if restored is None:  # the common case, and no marker needs to be looked for
+            return None
         if real is None and markers is not None:
             if not markers or marker_path_of(path) not in markers:
-                return False
+                return None
         else:
             if real is None:
                 real = self.cache.boot_file(path)
             if not os.path.lexists(real.parent / restored_marker_name(path)):
-                return False
-        return txn.index.known_content_of_stat(path, boot_st) == txn.index.newest(path)
+                return None
+        return restored.is_file(boot_st)
 
     # ---------------------------------------------------------------- the cache directory
 

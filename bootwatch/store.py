@@ -48,6 +48,21 @@ On-disk protocol (one directory, shared with boom):
                             that leaves the copy unsuperseded: the next fsck --repair merges it
                             again (paths the index lacks) and then marks it.
 
+In the boot directory, bootwatch writes only by restore (see cache.py):
+
+    .bootwatch-restore.*    a restore's temp file, linked to its final name when complete. Any
+                            left by a killed restore are removed by clean.
+    <name>                  a restored boot file. Its identity (device, inode, size, mtime, ctime,
+                            mode, owner) is recorded in the index when it is written. bootwatch
+                            deletes a boot file only if it is that very file, unchanged since,
+                            its marker is beside it and no entry references it: a file anyone
+                            else put there (a package reinstalled by rename, with the same
+                            content) is theirs.
+    .<name>.boomrestored    boom's marker of a restored file, created before the file. Removed
+                            with the restored file, or alone once the file is gone or is not the
+                            one bootwatch wrote. A marker bootwatch has no record for (boom's)
+                            never makes it delete anything, and is left for boom.
+
 Crash ordering: an image is renamed into place before the index that lists it is written, and it
 is deleted only after the index that drops it is written. A crash between the two leaves an
 orphan image (harmless; clean removes it), never an index entry without its image.
