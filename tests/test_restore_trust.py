@@ -17,6 +17,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +310,62 @@ def test_real_dpkg_reinstall_over_a_restored_kernel_survives_clean(boot_tree: Bo
     assert verify.returncode == 0 and verify.stdout == "", verify.stdout + verify.stderr
     assert boot_tree.path(kernel).read_bytes() == content
     assert not boot_tree.path(kernel).with_name(f".{kernel[1:]}.boomrestored").exists()
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_tree(needs_root):
+    """A boot directory and cache owned by ``nobody``, somewhere ``nobody`` can reach."""
+    base = Path(tempfile.mkdtemp(prefix="bootwatch-nobody-", dir="/var/tmp"))
+    try:
+        (base / "boot" / "loader" / "entries").mkdir(parents=True)
+        (base / "config.toml").write_text("")
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def python_for_nobody() -> str:
+    """The test's interpreter may live where ``nobody`` cannot reach (a venv of a pyenv under /root):
+    then the system's, which runs the CLI from the repository (its commands need no third-party package)."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run([candidate, "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+                                   capture_output=True)
+        except OSError:  # not executable by nobody, or missing
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.skip("no Python interpreter that nobody may run")
+
+
+def run_as_nobody(base: Path, *args: str) -> "subprocess.CompletedProcess[str]":
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), PYTHONDONTWRITEBYTECODE="1",
+               BOOTWATCH_CONFIG=str(base / "config.toml"), HOME=str(base))
+    return subprocess.run([python_for_nobody(), "-m", "bootwatch", "--boot-dir", str(base / "boot"),
+                           "--cache-dir", str(base / "cache"), *args], env=env, cwd=base, user=NOBODY,
+                          group=NOBODY, extra_groups=[], capture_output=True, text=True, timeout=60)
+
+
+def test_restore_by_another_user_gives_the_file_to_that_user(nobody_tree: Path) -> None:
+    """Not root: the file is the running user's, whatever uid and gid the index records."""
+    boot = nobody_tree / "boot"
+    kernel = boot / "vmlinuz-1"
+    kernel.write_bytes(os.urandom(4000))
+    os.chown(kernel, NOBODY, NOBODY)
+    (boot / "loader" / "entries" / "one.conf").write_text("title one\nlinux /vmlinuz-1\n")
+    assert run_as_nobody(nobody_tree, "add", K).returncode == 0
+    index_file = nobody_tree / "cache" / "cacheindex.json"
+    data = json.loads(index_file.read_text())
+    hostile_meta(data)
+    index_file.write_text(json.dumps(data))
+    kernel.unlink()
+    proc = run_as_nobody(nobody_tree, "restore", K)
+    assert proc.returncode == 0, proc.stderr
+    st = os.lstat(kernel)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, NOBODY, NOBODY)
+    assert "instead of the recorded mode 6777 and owner 4242:4343" in proc.stderr, proc.stderr
