@@ -297,7 +297,7 @@ class Transaction:
         self.dirty |= self.index.forget_restored(path)
         log_event(log, Event.RESTORED_COPY_REPLACED,
                   "%s: replaced or changed since bootwatch restored it: it is no longer bootwatch's restored "
-                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", path,
+                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", real,
                   level=NOTICE, path=path)
 
     @staticmethod
@@ -339,7 +339,7 @@ class Transaction:
                 raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
                                      "not restoring it", path=self.cache.store.image_path(image_id),
                                      hint="run 'bootwatch fsck --repair'")
-            self._apply_restored_attributes(path, tmp.fd, meta, os.stat(real.parent))
+            self._apply_restored_attributes(path, real, tmp.fd, meta, os.stat(real.parent))
             mtime_ns = self._restored_mtime_ns(path, image_id)
             if mtime_ns is not None:
                 os.utime(tmp.fd, ns=(mtime_ns, mtime_ns))
@@ -366,7 +366,8 @@ class Transaction:
         self.dirty = True
         return image_id
 
-    def _apply_restored_attributes(self, path: str, fd: int, meta: PathMeta, directory: os.stat_result) -> None:
+    def _apply_restored_attributes(self, path: str, real: Path, fd: int, meta: PathMeta,
+                                   directory: os.stat_result) -> None:
         """Give the restored file the recorded mode and owner, as far as :func:`restored_attributes` allows.
 
         What it refuses is logged: the index is untrusted input, and a refused owner or mode bit is
@@ -385,7 +386,7 @@ class Transaction:
             log_event(log, Event.RESTORE_ATTRIBUTES_REFUSED,
                       "%s: restored with mode %04o and owner %d:%d instead of the recorded mode %04o and owner "
                       "%d:%d (a restored boot file never gets setuid, setgid or sticky bits, group or other "
-                      "write, or an owner other than root or its directory's owner)", path, wanted.mode, uid,
+                      "write, or an owner other than root or its directory's owner)", real, wanted.mode, uid,
                       gid, stat.S_IMODE(meta.mode), meta.uid, meta.gid, level=logging.WARNING, path=path,
                       recorded_mode=f"{stat.S_IMODE(meta.mode):04o}", recorded_uid=meta.uid,
                       recorded_gid=meta.gid)
