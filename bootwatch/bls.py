@@ -10,11 +10,13 @@ as boom's cache index writes them, so references are matched by exact string.
 from __future__ import annotations
 
 import os
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from bootwatch.errors import BootwatchError
+from bootwatch.safety import read_regular
 
 SINGLE_PATH_KEYS = ("linux", "efi", "devicetree")
 MULTI_PATH_KEYS = ("initrd", "devicetree-overlay")
@@ -68,11 +70,9 @@ def read_entries(entries_dir: Path) -> List[BootEntry]:
             continue
         path = entries_dir / name
         try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_SIZE:
-                continue
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            # Not by name (stat, then open): a FIFO swapped in between would block the read.
+            text = read_regular(path, follow_symlinks=True, limit=MAX_ENTRY_SIZE).decode("utf-8", errors="replace")
+        except (OSError, BootwatchError):
             continue
         entries.append(parse_entry(text, path))
     return entries

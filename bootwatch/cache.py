@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from bootwatch import bls
-from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, UnsafePathError,
-                             describe_oserror)
+from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, NotRegularFileError,
+                             UnsafePathError, describe_oserror)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex, PathMeta
 from bootwatch.journal import NOTICE, Event, log_event
-from bootwatch.safety import normalize_boot_path, open_nofollow, resolve_in_boot
+from bootwatch.safety import normalize_boot_path, open_regular, resolve_in_boot
 from bootwatch.signatures import write_signatures
 from bootwatch.store import CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
 
@@ -185,9 +185,11 @@ class Transaction:
         store = self.cache.store
         real = self.cache.boot_file(path)
         try:
-            fd = open_nofollow(real)
+            fd = open_regular(real)
         except FileNotFoundError:
             raise BootwatchError("does not exist in the boot directory", path=real) from None
+        except NotRegularFileError:
+            raise
         except OSError as e:
             raise BootwatchError(describe_oserror(e) if e.filename else os.strerror(e.errno), path=real) from None
         with contextlib.ExitStack() as stack:

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from types import MappingProxyType
@@ -48,7 +49,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-from bootwatch.errors import ConfigError
+from bootwatch.errors import ConfigError, NotRegularFileError
+from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
 CONFIG_ENV = "BOOTWATCH_CONFIG"
@@ -453,15 +455,27 @@ def _dropins(main: Path) -> List[Path]:
     return [directory / name for name in names]
 
 
+def _is_null_device(path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
 def _read(path: Path, *, must_exist: bool) -> Optional[str]:
     try:
-        data = path.read_bytes()
+        data = read_regular(path, follow_symlinks=True)
     except FileNotFoundError:
         if must_exist:
             raise ConfigError("no such file", path=path,
                               hint="the configuration file was named explicitly "
                                    f"(--config or ${CONFIG_ENV}), so it must exist") from None
         return None
+    except NotRegularFileError as err:
+        if _is_null_device(path):  # "--config /dev/null", or a drop-in masked as systemd masks units
+            return ""
+        raise ConfigError(f"cannot read: {err.strerror}", path=path) from None
     except OSError as err:
         raise ConfigError(f"cannot read: {os.strerror(err.errno or 0).lower()}",
                           path=path) from None

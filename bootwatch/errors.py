@@ -62,6 +62,20 @@ class DeletionsBlockedError(BootwatchError):
     repair of a corrupt index did not complete. Nothing was changed; the daemon's jobs skip."""
 
 
+class NotRegularFileError(BootwatchError, OSError):
+    """A file bootwatch was to read is a FIFO, a device, a socket or a directory.
+
+    It is refused before the first read, so that a FIFO planted under a name bootwatch reads can
+    never make it block. It is also an :class:`OSError`: whoever treats a file it cannot read as
+    unreadable (an image that fails verification, a boot file skipped by a pass) handles this the
+    same way, and ``strerror`` says what the file is.
+    """
+
+    def __init__(self, path: Union[str, Path], kind: str, *, hint: Optional[str] = None) -> None:
+        super().__init__(f"is a {kind}, not a regular file; not reading it", path=path, hint=hint)
+        self.strerror = f"is a {kind}, not a regular file"
+
+
 class IndexCorruptError(BootwatchError):
     """``cacheindex.json`` cannot be read or does not have boom's structure."""
 

@@ -34,7 +34,7 @@ from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
 from bootwatch.hashing import Digest, hash_and_copy, hash_path
 from bootwatch.index import CacheIndex
-from bootwatch.safety import normalize_boot_path
+from bootwatch.safety import normalize_boot_path, open_regular
 from bootwatch.store import TempFile, read_regular_file
 
 DEFAULT_MODE = 0o100644
@@ -203,7 +203,7 @@ def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) ->
     """Re-cache ``image_id`` from a boot file of one of its paths that still has that content."""
     for path in index.paths_of(image_id):
         try:
-            fd = os.open(cache.boot_file(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_regular(cache.boot_file(path))
         except (OSError, UnsafePathError):
             continue
         try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from bootwatch.errors import ContentChangedError
+from bootwatch.safety import open_regular
 
 # linux/fs.h: #define FICLONE _IOW(0x94, 9, int)
 FICLONE = 0x40049409
@@ -391,8 +392,11 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def hash_path(path: "os.PathLike[str] | str") -> Tuple[Digest, StatSignature]:
-    """Hash a file by path without following a final symlink; also return the signature read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Hash a regular file by path without following a final symlink; also return the signature read.
+
+    Anything but a regular file raises :class:`NotRegularFileError` (an ``OSError``) before a read.
+    """
+    fd = open_regular(path)
     try:
         before = os.fstat(fd)
         digest = hash_and_copy(fd)

@@ -246,7 +246,7 @@ def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0,
         raise LoopUnavailableError(reason, path=image)
     with contextlib.ExitStack() as stack:
         try:
-            backing_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+            backing_fd = os.open(image, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as err:
             raise BootwatchError(f"cannot open for a loop device: {os.strerror(err.errno)}",
                                  path=image) from err

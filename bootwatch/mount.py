@@ -34,6 +34,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from bootwatch.errors import BootwatchError
 from bootwatch.loop import attached_loop
+from bootwatch.safety import open_regular
 
 __all__ = [
     "MountError",
@@ -131,7 +132,7 @@ def detect_fstype_bytes(head: bytes) -> Optional[str]:
 
 def detect_fstype(image: Path) -> Optional[str]:
     """Read the magic numbers of ``image``: "ext2/3/4", "vfat", "squashfs", "erofs", "iso9660"."""
-    with open(image, "rb") as f:
+    with os.fdopen(open_regular(image, follow_symlinks=True), "rb") as f:
         return detect_fstype_bytes(f.read(0x9000))
 
 

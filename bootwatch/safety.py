@@ -13,7 +13,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from bootwatch.errors import UnsafeDirectoryError, UnsafePathError
+from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirectoryError, UnsafePathError
 
 
 def check_private_directory(directory: Path, *, create: bool = False) -> Path:
@@ -120,3 +120,58 @@ def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = No
 def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     """``open(2)`` with ``O_NOFOLLOW | O_CLOEXEC``: a symlink swapped in after resolving fails with ELOOP."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symlink"))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words: "FIFO", "directory", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None,
+                 follow_symlinks: bool = False) -> int:
+    """Open a regular file for reading, never blocking on what the name turned out to be.
+
+    Every file bootwatch reads (boot files, images, the index, entries) goes through here. A FIFO
+    planted under one of those names would block a plain ``open(2)`` until some writer came, and
+    the caller often holds the writers' lock: so the open is ``O_NONBLOCK`` (which also keeps it
+    from waiting for a device), and ``fstat`` on the descriptor, not on the name, decides. Anything
+    but a regular file raises :class:`NotRegularFileError`. ``O_NONBLOCK`` is cleared again: it
+    means nothing for a regular file's reads, but it would make a lease break fail instead of wait.
+    ``O_NOFOLLOW`` unless ``follow_symlinks``; ``O_NOCTTY`` in case the name is a terminal.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, file_kind(mode))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None, follow_symlinks: bool = False,
+                 limit: Optional[int] = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`); more than ``limit`` bytes raise."""
+    fd = open_regular(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    try:
+        size = os.fstat(fd).st_size
+        if limit is not None and size > limit:
+            raise BootwatchError(f"is larger than {limit} bytes; not reading it", path=path)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, max(size + 1, 1 << 16))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:  # it grew since the fstat
+                raise BootwatchError(f"is larger than {limit} bytes; not reading it", path=path)
+    finally:
+        os.close(fd)

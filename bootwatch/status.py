@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from bootwatch.cache import PathStatus
+from bootwatch.safety import read_regular
 from bootwatch.store import TempFile
 
 STATUS_NAME = "status.json"
@@ -74,7 +75,7 @@ def write_status(runtime_dir: Path, status: DaemonStatus) -> None:
 
 def read_status(runtime_dir: Path) -> Optional[dict]:
     try:
-        return json.loads(status_path(runtime_dir).read_text())
+        return json.loads(read_regular(status_path(runtime_dir)))
     except (OSError, ValueError):
         return None
 

@@ -81,10 +81,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import BootwatchError, DaemonRunningError, IndexCorruptError, describe_oserror
+from bootwatch.errors import BootwatchError, DaemonRunningError, IndexCorruptError, NotRegularFileError, describe_oserror
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
-from bootwatch.safety import check_private_directory
+from bootwatch.safety import check_private_directory, file_kind, open_regular, read_regular
 from bootwatch.signatures import chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
@@ -310,7 +310,7 @@ class CacheStore:
         """
         self.check(create=create)
         check_private_directory(self.temp_dir, create=True)
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = self._open_lock_file()
         try:
             if waiter is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -357,6 +357,16 @@ class CacheStore:
             raise
         return fd
 
+    def _open_lock_file(self) -> int:
+        """The lock file, created if need be; a FIFO or a device planted under its name is refused."""
+        path = self.directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise NotRegularFileError(path, file_kind(mode), hint="remove it; bootwatch creates its lock file itself")
+        return fd
+
     def _list_directory(self) -> Tuple[Set[str], List[Path]]:
         """One pass over the directory: the ids of the ``<sha1>.img`` regular files, and the temp files."""
         stems: List[str] = []
@@ -390,9 +400,13 @@ class CacheStore:
 
     def _open_index(self) -> Optional[int]:
         try:
-            return os.open(self.index_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return open_regular(self.index_path)
         except FileNotFoundError:
             return None
+        except NotRegularFileError as e:
+            # Not "no index": what the cache holds is unknown until a person looks.
+            e.hint = "nothing was changed; move it aside (bootwatch and boom write a regular file there)"
+            raise
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise IndexCorruptError("is a symlink; refusing to read it", path=self.index_path) from None
@@ -454,9 +468,12 @@ class CacheStore:
         return index_digest(data)
 
     def read_derived(self, name: str) -> Optional[bytes]:
-        """A file derived from the index (see signatures.py); None if it is missing or unreadable."""
+        """A file derived from the index (see signatures.py); None if it is missing or unreadable.
+
+        Not a regular file (a FIFO planted there) is as good as missing, never a read that blocks.
+        """
         try:
-            fd = os.open(self.directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_regular(self.directory / name)
         except OSError:
             return None
         chunks = []
@@ -544,7 +561,8 @@ class CacheStore:
         return self.image_stat(image_id) is not None
 
     def open_image(self, image_id: str) -> int:
-        return os.open(self.image_path(image_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """A descriptor of the image, for reading; not a regular file raises :class:`NotRegularFileError`."""
+        return open_regular(self.image_path(image_id))
 
     def delete_image(self, image_id: str) -> bool:
         """Unlink an image. The caller holds the lock and has already written an index without it."""
@@ -577,11 +595,7 @@ class CacheStore:
 
 def read_regular_file(path: Path) -> bytes:
     """The bytes of a regular file, opened without following a symlink or blocking on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return f.read()
+    return read_regular(path)
 
 
 def _write_fully(fd: int, data: bytes) -> None:

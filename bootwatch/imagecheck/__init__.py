@@ -26,7 +26,9 @@ from bootwatch.imagecheck.initramfs import (CPIO_MAGICS, ArchiveError, ToolMissi
                                             check_initramfs, compression_of, peek_decompressed)
 from bootwatch.imagecheck.kernel import (KernelError, PeSection, bzimage_summary, is_bzimage,
                                          other_kernel, parse_pe)
+from bootwatch.errors import NotRegularFileError
 from bootwatch.mount import detect_fstype_bytes
+from bootwatch.safety import open_regular
 
 __all__ = ["KINDS", "OUTCOMES", "ImageCheck", "check_image"]
 
@@ -169,11 +171,13 @@ def check_image(path: Path, *, runtime_dir: Path, timeout: Optional[float] = Non
     result is ``unchecked``, since slowness is not corruption.
     """
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             return _by_content(path, f, size, runtime_dir, _deadline(timeout))
     except _TimedOut as err:
         return ImageCheck("unknown", "unchecked", str(err))
+    except NotRegularFileError as err:
+        return ImageCheck("unknown", "failed", str(err))
     except OSError as err:
         return ImageCheck("unknown", "failed",
                           f"{path}: cannot read: {os.strerror(err.errno or 0).lower()}")
