@@ -13,15 +13,16 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 from bootwatch import bls
 from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, NotRegularFileError,
                              UnsafePathError, describe_oserror)
-from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_path
+from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.index import CacheIndex, PathMeta
 from bootwatch.journal import NOTICE, Event, log_event
 from bootwatch.safety import normalize_boot_path, open_regular, resolve_in_boot
@@ -159,6 +160,7 @@ class Transaction:
         self.record_signatures = False
         self.unlisted: Set[str] = set()
         self.pending = PendingImages(cache.store.directory)
+        self.removed_temp_files: List[Path] = []  # stale ones, removed when the lock was taken
         self._references: Optional[Dict[str, int]] = None
 
     @property
@@ -205,8 +207,9 @@ class Transaction:
             try:
                 with TempFile(store.temp_dir) as tmp:
                     os.fchmod(tmp.fd, 0o644)
-                    digest = hash_and_copy(fd, tmp.fd)
-                    if StatSignature.of(os.fstat(fd)) != signature:
+                    # A file some process still writes is not cached: OpenForWritingError.
+                    digest, after = hash_file(fd, tmp.fd, path=real, cancel=self.cache.cancel)
+                    if StatSignature.of(after) != signature:
                         raise ContentChangedError(real, "changed while it was being cached")
                     # Always rename the fresh copy over <id>.img, even when a file of that name and
                     # size exists: its name proves nothing about its content (a rotten orphan, or a
@@ -334,7 +337,7 @@ class Transaction:
             stack.callback(os.close, src)
             tmp = stack.enter_context(TempFile(real.parent, prefix=RESTORE_TEMP_PREFIX))
             try:
-                digest = hash_and_copy(src, tmp.fd)
+                digest = hash_and_copy(src, tmp.fd, cancel=self.cache.cancel)
             except OSError as e:
                 raise BootwatchError(f"cannot restore {path}: {describe_oserror(e)}", path=real) from None
             if digest.sha1 != image_id:
@@ -429,13 +432,16 @@ class BootCache:
     """A boot directory, its BLS entries, and the cache that keeps its images."""
 
     def __init__(self, boot_dir: Path, entries_dir: Path, cache_dir: Path, *, keep: int = 2,
-                 runtime_dir: Optional[Path] = None) -> None:
+                 runtime_dir: Optional[Path] = None, cancel: Optional[threading.Event] = None) -> None:
         self.boot_dir = Path(boot_dir)
         self.boot_real = Path(os.path.realpath(self.boot_dir))
         self.entries_dir = Path(entries_dir)
         self.store = CacheStore(Path(cache_dir))
         self.keep = keep
         self.runtime_dir = runtime_dir
+        # Once set, every copy and hash in progress stops between two chunks (hashing.Cancelled):
+        # the daemon sets it when it is asked to stop.
+        self.cancel = cancel if cancel is not None else threading.Event()
 
     @classmethod
     def from_config(cls, config) -> "BootCache":  # config: bootwatch.config.Config
@@ -530,9 +536,11 @@ class BootCache:
     def transaction(self, *, remove_stale: bool = True,
                     waiter: Optional[LockWaiter] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
-        with self.store.locked(remove_stale=remove_stale, waiter=waiter) as image_ids:
+        removed: List[Path] = []
+        with self.store.locked(remove_stale=remove_stale, waiter=waiter, removed=removed) as image_ids:
             index, digest = self.store.load_index_and_digest()
             txn = Transaction(self, index, image_ids, digest)
+            txn.removed_temp_files = removed
             try:
                 yield txn
                 txn.flush()  # images first: the index must never list an image without its file
@@ -585,7 +593,7 @@ class BootCache:
         except OSError as e:
             return ImageVerification(image_id, paths, False, describe_oserror(e))
         try:
-            digest = hash_and_copy(fd)
+            digest = hash_and_copy(fd, cancel=self.cancel)
         except OSError as e:
             return ImageVerification(image_id, paths, False, f"read error: {os.strerror(e.errno)}")
         finally:
@@ -650,7 +658,7 @@ class BootCache:
                 raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
                                             "cleaned while it is there", path=copies[0],
                                             hint="run 'bootwatch fsck --repair' to merge it into the index")
-            temp_files = self.store.stale_temp_files() + self._stale_restore_temp_files(txn.index)
+            temp_files = self.stale_temp_files(txn.index)
             report.removed_temp_files = [str(p) for p in temp_files]
             pinned = self.store.pinned_image_ids()
             # A dry run works on a copy that is thrown away; the real run on the locked index.
@@ -681,19 +689,40 @@ class BootCache:
             if not dry_run:
                 txn.dirty = bool(report.uncached_paths or report.trimmed_images or strays)
                 txn.unlisted.update(work.unlisted)
-                for path in temp_files:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                _remove_files(temp_files)
         return report
 
-    def _stale_restore_temp_files(self, index: CacheIndex) -> List[Path]:
+    def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
+        """Every temp file bootwatch left behind: ``<cache>/.tmp/*`` and the restore temp files in the
+        boot directory and beside cached paths (plus ``also``, restore temp files a walk found).
+
+        Only a holder of the lock may call this: temp files are written only under the lock, so
+        then every one found is left by a writer that was killed.
+        """
+        return self.store.stale_temp_files() + self._stale_restore_temp_files(index, also)
+
+    def remove_stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
+        """Remove :meth:`stale_temp_files` (a holder of the lock): at daemon start and by scan, as clean does."""
+        return _remove_files(self.stale_temp_files(index, also))
+
+    def _stale_restore_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
         """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
         dirs = {self.boot_dir}
         for path in index.paths():
             with contextlib.suppress(UnsafePathError):
                 dirs.add(self.boot_file(path).parent)
-        found = []
+        found = {p for p in also if p.name.startswith(RESTORE_TEMP_PREFIX)}
         for directory in sorted(dirs):
             with contextlib.suppress(OSError), os.scandir(directory) as it:
-                found += [Path(e.path) for e in it if e.name.startswith(RESTORE_TEMP_PREFIX)]
-        return found
+                found.update(Path(e.path) for e in it if e.name.startswith(RESTORE_TEMP_PREFIX))
+        return sorted(found)
+
+
+def _remove_files(paths: Iterable[Path]) -> List[Path]:
+    """Unlink each of ``paths``; return those that were there."""
+    removed = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed

@@ -220,7 +220,9 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     elif not args.quiet:
         print(f"examined {report.examined} paths, hashed {report.hashed}: {len(report.cached)} cached, "
               f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
-              f"{len(report.errors)} errors")
+              f"{len(report.errors)} errors"
+              + (f", {len(report.removed_temp_files)} temp files of an interrupted run removed"
+                 if report.removed_temp_files else ""))
     return EXIT_OK if not report.errors else EXIT_FAILURE
 
 

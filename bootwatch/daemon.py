@@ -36,6 +36,7 @@ from typing import Optional, Set
 from bootwatch.cache import BootCache
 from bootwatch.config import Config, load_config
 from bootwatch.errors import BootwatchError
+from bootwatch.hashing import Cancelled
 from bootwatch.jobs import MaintenanceScheduler
 from bootwatch.journal import NOTICE, Event, log_event, setup_logging
 from bootwatch.metrics import Metrics
@@ -217,6 +218,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.cache = open_cache(self.config)
+        self.cache.cancel = self.stop_requested  # a stop cancels the copy in progress (and removes its temp file)
         # Before anything that touches shared state (the runtime directory's mounts, the status
         # file): a second daemon on this cache stops here, with one line naming the first.
         self.daemon_lock = self.cache.store.hold_daemon_lock()
@@ -232,6 +234,9 @@ class Daemon:
         try:
             try:
                 report = reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
+            except Cancelled:
+                log.info("stopped during the first reconcile; the next start does it again")
+                return 0
             except BootwatchError as e:
                 # A corrupt index must not keep the service down: report it, keep watching, and
                 # retry with every batch; 'bootwatch fsck --repair' is the way out.
@@ -345,6 +350,9 @@ class Daemon:
                 log.debug("applied a batch of %d changes (%d boot paths, %d images%s) in %.3f s", batch.changes,
                           len(batch.boot_paths), len(batch.image_ids), ", full reconcile" if batch.full else "",
                           time.monotonic() - started)
+            except Cancelled:  # stopping: the index is left as it was; the next start redoes the batch
+                log.info("stopped in the middle of a batch of %d changes", batch.changes)
+                return
             except BootwatchError as e:
                 log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
             except Exception:
@@ -504,6 +512,8 @@ class Daemon:
         try:
             new = load_daemon_config(*self.sources)
             new_cache = open_cache(new) if new.paths != self.config.paths else None
+            if new_cache is not None:
+                new_cache.cancel = self.stop_requested
             if new_cache is not None and not self._holds_daemon_lock_of(new.paths.cache):
                 new_lock = new_cache.store.hold_daemon_lock()
         except (BootwatchError, OSError) as e:

@@ -99,6 +99,19 @@ class ContentChangedError(BootwatchError):
         self.path = Path(path)
 
 
+class OpenForWritingError(ContentChangedError):
+    """Another process has the file open for writing, or opened it while it was being read.
+
+    Its content is not a version anyone finished: it is read again once the writer closed it
+    (the daemon on the writer's close, or on its retry; a command when run again).
+    """
+
+    def __init__(self, path: Union[str, Path],
+                 message: str = "is still being written: another process has it open for writing") -> None:
+        super().__init__(path, message, hint="try again once the program writing it has finished "
+                                             "(the daemon caches it by itself when the writer closes it)")
+
+
 def describe_oserror(err: OSError) -> str:
     """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``."""
     text = os.strerror(err.errno).lower() if err.errno else str(err)

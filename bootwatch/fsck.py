@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
-from bootwatch.hashing import Digest, hash_and_copy, hash_path
+from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex
 from bootwatch.safety import normalize_boot_path, open_regular
 from bootwatch.store import TempFile, read_regular_file
@@ -209,7 +209,10 @@ def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) ->
         try:
             with TempFile(cache.store.temp_dir) as tmp:
                 os.fchmod(tmp.fd, 0o644)
-                digest = hash_and_copy(fd, tmp.fd)
+                try:
+                    digest, _ = hash_file(fd, tmp.fd, path=cache.boot_file(path))
+                except ContentChangedError:  # being written: not a copy of anything
+                    continue
                 if digest.sha1 != image_id:
                     continue
                 tmp.commit(cache.store.image_path(image_id))

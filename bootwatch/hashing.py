@@ -9,6 +9,10 @@ read exactly once to be cached.
 
 Where the filesystem shares extents (btrfs, XFS with reflink), ``FICLONE`` makes the copy free and
 only the hashing read remains.
+
+A boot file is cached only as a version nobody is writing (:func:`hash_file`): bootwatch holds a
+read lease on it while it reads (see :class:`ReadLease`). A copy is cancellable between chunks
+(``cancel``), which the daemon uses to stop within moments in the middle of a large image.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import fcntl
 import functools
 import hashlib
 import os
+import signal
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Union
 
-from bootwatch.errors import ContentChangedError
+from bootwatch.errors import ContentChangedError, OpenForWritingError
+from bootwatch.proc import process_writing
 from bootwatch.safety import open_regular
 
 # linux/fs.h: #define FICLONE _IOW(0x94, 9, int)
@@ -85,6 +92,95 @@ class StatSignature:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             return cls(*value)
         return None
+
+
+class Cancelled(Exception):
+    """A copy was cancelled (the daemon is stopping). Not an error: nothing the copy wrote is kept,
+    and the file is read again on the next start."""
+
+
+# The signal the kernel sends when a writer breaks bootwatch's read lease. The default, SIGIO,
+# terminates a process that does not handle it, and Python's handlers run only on the main thread
+# while hashing runs on worker threads too. SIGURG's default action is to ignore it, so the kernel
+# drops it: a break is noticed by F_GETLEASE between chunks, never by the signal.
+LEASE_BREAK_SIGNAL = signal.SIGURG
+# errno of F_SETLEASE where the kernel cannot give bootwatch a lease at all: the filesystem has no
+# leases (EINVAL: NFS, FUSE, or fs.leases-enable=0), the caller neither owns the file nor has
+# CAP_LEASE (EACCES), or a seccomp filter refuses it (EPERM, ENOSYS).
+_NO_LEASE_ERRNOS = frozenset({errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSYS, errno.ENOLCK})
+
+
+class ReadLease:
+    """A read lease on an ``O_RDONLY`` descriptor: proof that no process writes the file meanwhile.
+
+    ``F_SETLEASE F_RDLCK`` is refused (EAGAIN) while any process has the file open for writing,
+    and a process that opens it for writing (or truncates it) while the lease is held starts a
+    *lease break*: its open(2) blocks until the holder releases the lease, or
+    ``/proc/sys/fs/lease-break-time`` seconds pass. So while the lease holds, the content is one
+    finished version. :meth:`check` runs between chunks: once a break is pending (``F_GETLEASE``
+    then says ``F_UNLCK``) it releases the lease at once, so the writer waits only for the chunk
+    being read, and raises :class:`OpenForWritingError`.
+
+    Where no lease can be had (see ``_NO_LEASE_ERRNOS``) the fallback asks /proc instead: every
+    descriptor of every process (``/proc/PID/fdinfo`` flags) and every shared writable mapping
+    (``/proc/PID/maps``) of the same device and inode, once before and once after the read, and
+    the caller compares the stat signature before and after. That sees every process of this PID
+    namespace that the caller may inspect (root: all of them), and cannot see writers on another
+    host of a network filesystem; a writer that opens, writes and closes within one read is seen
+    by the signature (its write moves mtime and ctime). A process that cannot be inspected is
+    skipped, because an unprivileged caller could otherwise cache nothing at all.
+    """
+
+    def __init__(self, fd: int, path: Union[str, Path]) -> None:
+        self.fd = fd
+        self.path = path
+        self.held = False
+        self.fallback_errno: Optional[int] = None
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_BREAK_SIGNAL)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                raise OpenForWritingError(path) from None
+            if e.errno not in _NO_LEASE_ERRNOS:
+                raise
+            self.fallback_errno = e.errno
+            self._scan_for_writers()
+            return
+        self.held = True
+
+    def __enter__(self) -> "ReadLease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the lease back (a pending writer's open returns now). Idempotent; any thread."""
+        if self.held:
+            self.held = False
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+    def check(self) -> None:
+        """Between chunks: raise :class:`OpenForWritingError` once a writer broke the lease."""
+        if self.held and fcntl.fcntl(self.fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+            self.release()
+            raise OpenForWritingError(self.path, "was opened for writing by another process while it "
+                                                 "was being read")
+
+    def finish(self) -> None:
+        """After the last read: the lease still holds (or, without one, no writer appeared)."""
+        if self.held:
+            self.check()
+        elif self.fallback_errno is not None:
+            self._scan_for_writers()
+
+    def _scan_for_writers(self) -> None:
+        st = os.fstat(self.fd)
+        pid = process_writing(st.st_dev, st.st_ino)
+        if pid is not None:
+            raise OpenForWritingError(self.path, f"is still being written: process {pid} has it open for writing")
 
 
 class _Aborted(Exception):
@@ -204,7 +300,8 @@ class _Pipeline:
     """
 
     def __init__(self, src_fd: int, dst_fd: Optional[int], src_base: int, dst_base: int,
-                 flusher: Optional[_Flusher] = None) -> None:
+                 flusher: Optional[_Flusher] = None,
+                 between_chunks: Optional[Callable[[], None]] = None) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
         self.src_base = src_base
@@ -218,6 +315,7 @@ class _Pipeline:
         self.error: Optional[BaseException] = None
         self.end_chunk: Optional[int] = None
         self.flusher = flusher  # present exactly when there is a destination; it tracks the furthest byte written
+        self.between_chunks = between_chunks  # raises to stop the copy (cancelled, lease broken)
 
     def _acquire(self, semaphore: threading.Semaphore) -> None:
         semaphore.acquire()
@@ -242,6 +340,8 @@ class _Pipeline:
         n = 0
         end = self.end_chunk
         if end is None or k <= end:
+            if self.between_chunks is not None:
+                self.between_chunks()
             view = self.views[slot]
             n = os.preadv(self.src_fd, [view], self.src_base + k * CHUNK_SIZE)
             if self.dst_fd is not None and n:
@@ -289,7 +389,20 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
         return False
 
 
-def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: bool = True) -> Digest:
+def _between_chunks(cancel: Optional[threading.Event], lease: Optional[ReadLease]) -> Optional[Callable[[], None]]:
+    if cancel is None and lease is None:
+        return None
+
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if lease is not None:
+            lease.check()
+    return check
+
+
+def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: bool = True,
+                  cancel: Optional[threading.Event] = None, lease: Optional[ReadLease] = None) -> Digest:
     """Hash everything readable from ``src_fd`` (from its current offset) and copy it to ``dst_fd``.
 
     With ``dst_fd`` None this only hashes. The destination's last bytes are not fsynced here: the
@@ -297,7 +410,14 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
     copy is mostly durable already, see :class:`_Flusher`; the rest is being written back). Both
     offsets are left after the data, as ``read``/``write`` would leave them. A source that cannot
     ``pread`` (a pipe) is read sequentially.
+
+    Before every chunk both threads check ``cancel`` (raising :class:`Cancelled` once it is set)
+    and ``lease`` (raising :class:`OpenForWritingError` once a writer broke it); the caller
+    discards what was copied.
     """
+    between_chunks = _between_chunks(cancel, lease)
+    if between_chunks is not None:
+        between_chunks()
     if dst_fd is not None and try_reflink and _reflink(src_fd, dst_fd):
         dst_fd = None  # the data is already there; one read for the digests remains
     try:
@@ -305,11 +425,11 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
     except OSError as e:
         if e.errno != errno.ESPIPE:
             raise
-        return _hash_stream(src_fd, dst_fd)
+        return _hash_stream(src_fd, dst_fd, between_chunks)
     st = os.fstat(src_fd)
     if stat.S_ISREG(st.st_mode) and st.st_size - src_base <= SMALL_FILE:
         # Two threads and their buffers cost more than hashing a small file on one.
-        digest = _hash_stream(src_fd, dst_fd)
+        digest = _hash_stream(src_fd, dst_fd, between_chunks)
         _start_writeback(dst_fd)
         return digest
     dst_base = os.lseek(dst_fd, 0, os.SEEK_CUR) if dst_fd is not None else 0
@@ -317,7 +437,7 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
         os.posix_fadvise(src_fd, src_base, 0, os.POSIX_FADV_SEQUENTIAL)
 
     flusher = _Flusher(dst_fd, dst_base) if dst_fd is not None else None
-    pipeline = _Pipeline(src_fd, dst_fd, src_base, dst_base, flusher)
+    pipeline = _Pipeline(src_fd, dst_fd, src_base, dst_base, flusher, between_chunks)
     sha1 = hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
 
@@ -359,13 +479,16 @@ def _start_writeback(dst_fd: Optional[int]) -> None:
         sync_range(dst_fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # advisory: errors ignored
 
 
-def _hash_stream(src_fd: int, dst_fd: Optional[int]) -> Digest:
+def _hash_stream(src_fd: int, dst_fd: Optional[int],
+                 between_chunks: Optional[Callable[[], None]] = None) -> Digest:
     """The sequential fallback for a source without offsets: one thread, both digests."""
     sha1 = hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
     view = memoryview(bytearray(CHUNK_SIZE))
     size = 0
     while True:
+        if between_chunks is not None:
+            between_chunks()
         n = os.readv(src_fd, [view])
         if n == 0:
             break
@@ -391,18 +514,36 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += written
 
 
-def hash_path(path: "os.PathLike[str] | str") -> Tuple[Digest, StatSignature]:
+def hash_file(fd: int, dst_fd: Optional[int] = None, *, path: Union[str, Path],
+              cancel: Optional[threading.Event] = None,
+              try_reflink: bool = True) -> Tuple[Digest, os.stat_result]:
+    """Hash (and copy to ``dst_fd``) the file open ``O_RDONLY`` at ``fd`` as one finished version.
+
+    Under a :class:`ReadLease`: :class:`OpenForWritingError` if a process has it open for writing
+    or opens it meanwhile; :class:`ContentChangedError` if its stat signature moved all the same.
+    Returns the digest and the stat after the read (the version the digest describes).
+    """
+    with ReadLease(fd, path) as lease:
+        before = os.fstat(fd)
+        digest = hash_and_copy(fd, dst_fd, try_reflink=try_reflink, cancel=cancel, lease=lease)
+        lease.finish()
+        after = os.fstat(fd)
+    if StatSignature.of(before) != StatSignature.of(after):
+        raise ContentChangedError(path)
+    return digest, after
+
+
+def hash_path(path: "os.PathLike[str] | str", *,
+              cancel: Optional[threading.Event] = None) -> Tuple[Digest, StatSignature]:
     """Hash a regular file by path without following a final symlink; also return the signature read.
 
-    Anything but a regular file raises :class:`NotRegularFileError` (an ``OSError``) before a read.
+    Anything but a regular file raises :class:`NotRegularFileError` (an ``OSError``) before a read;
+    a file that is being written :class:`ContentChangedError` (or its :class:`OpenForWritingError`),
+    as :func:`hash_file`.
     """
     fd = open_regular(path)
     try:
-        before = os.fstat(fd)
-        digest = hash_and_copy(fd)
-        after = os.fstat(fd)
+        digest, after = hash_file(fd, path=os.fspath(path), cancel=cancel)
     finally:
         os.close(fd)
-    if StatSignature.of(before) != StatSignature.of(after):
-        raise ContentChangedError(os.fspath(path))
     return digest, StatSignature.of(after)

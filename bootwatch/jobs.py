@@ -46,6 +46,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
 from bootwatch.errors import DeletionsBlockedError
+from bootwatch.hashing import Cancelled
 from bootwatch.index import CacheIndex
 from bootwatch.journal import Event, log_event
 from bootwatch.policy import keep_unreferenced_predicate
@@ -302,7 +303,10 @@ class MaintenanceScheduler:
         for image_id in ids[:count]:
             if self.stopping.is_set():
                 break  # shutting down: record what was done
-            results.append(self.cache.verify_image(index, image_id))
+            try:
+                results.append(self.cache.verify_image(index, image_id))
+            except Cancelled:  # the daemon stops in the middle of an image: it has no result
+                break
         # An image that a clean, remove or trim deleted meanwhile is dropped here, not reported.
         results = self.cache.record_verifications(results)
         for result in results:

@@ -1,7 +1,8 @@
 """What ``/proc`` says about processes and the locks they hold.
 
 Used to name the holder of a lock that someone waits for (the daemon on the writers' lock, a
-second daemon refused by the daemon lock) and to tell a live pin owner from a dead one.
+second daemon refused by the daemon lock), to tell a live pin owner from a dead one, and to find
+a process writing a file where the kernel gives no read lease (see hashing.ReadLease).
 
 PIDs are those of the PID namespace whose ``/proc`` is mounted at :data:`PROC`; a holder in a
 namespace we cannot see shows up with PID 0 in ``/proc/locks`` and is reported as unknown.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 PROC = Path("/proc")
+O_ACCMODE = 0o3
 
 
 def process_start_time(pid: int) -> Optional[int]:
@@ -124,3 +126,44 @@ def flock_holders(fd: int) -> List[LockHolder]:
         (exact if device == st.st_dev else same_inode).append(pid)
     pids = exact or same_inode
     return [LockHolder.of(pid) for pid in dict.fromkeys(pids)]
+
+
+def process_writing(device: int, inode: int) -> Optional[int]:
+    """The PID of a process that has the file (device, inode) open for writing, or None.
+
+    A descriptor counts if its access mode is not ``O_RDONLY``; a mapping if it is shared and
+    writable (it writes the file without a descriptor). Processes that end or cannot be inspected
+    meanwhile are skipped. The fallback of ``hashing.ReadLease`` where the kernel gives no lease.
+    """
+    mapped = f" {os.major(device):02x}:{os.minor(device):02x} {inode} "
+    try:
+        pids = [name for name in os.listdir(PROC) if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        base = PROC / pid
+        try:
+            fds = os.listdir(f"{base}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{base}/fd/{fd}")
+                if st.st_ino != inode or st.st_dev != device:
+                    continue
+                with open(f"{base}/fdinfo/{fd}", "rb") as info:
+                    flags = next((line.split()[1] for line in info if line.startswith(b"flags:")), b"0")
+            except (OSError, IndexError):
+                continue
+            if int(flags, 8) & O_ACCMODE != os.O_RDONLY:
+                return int(pid)
+        try:
+            with open(f"{base}/maps", "rb") as maps:
+                for line in maps:
+                    text = line.decode("ascii", "replace")
+                    fields = text.split(maxsplit=2)
+                    if len(fields) > 1 and fields[1][1] == "w" and fields[1][3] == "s" and mapped in text:
+                        return int(pid)
+        except OSError:
+            continue
+    return None

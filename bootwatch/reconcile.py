@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
-from bootwatch.cache import BootCache, Transaction, restored_marker_name
+from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
-from bootwatch.errors import BootwatchError, ContentChangedError, UnsafePathError
+from bootwatch.errors import BootwatchError, ContentChangedError, OpenForWritingError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, log_event
@@ -66,11 +66,13 @@ class BootTree:
     ``files``: the regular files and symlinks whose names match the patterns, by boom-style path,
     with their lstat. ``markers``: the boom-style paths of every ``.<name>.boomrestored`` entry in
     the walked directories (the walk skips dot files otherwise), so that a pass can tell a restored
-    copy from the set instead of resolving every path to look for its marker.
+    copy from the set instead of resolving every path to look for its marker. ``restore_temps``:
+    the restore temp files it saw (left by a killed restore; removed by the next full pass).
     """
 
     files: Dict[str, os.stat_result] = field(default_factory=dict)
     markers: Set[str] = field(default_factory=set)
+    restore_temps: List[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class ReconcileReport:
     unrestored: List[str] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
     retry: Set[str] = field(default_factory=set)
+    removed_temp_files: List[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
@@ -154,6 +157,8 @@ class Reconciler:
                         if name[0] == ".":
                             if name.endswith(MARKER_SUFFIX):
                                 markers.add(f"{directory}/{name}")
+                            elif name.startswith(RESTORE_TEMP_PREFIX):
+                                tree.restore_temps.append(Path(f"{root}{directory}/{name}"))
                             continue
                         try:
                             if entry.is_dir(follow_symlinks=False):
@@ -208,6 +213,8 @@ class Reconciler:
             return None
         references = self.cache.references()
         tree = self.walk()
+        if tree.restore_temps or store.has_temp_files():
+            return None  # left by a killed writer: the full pass removes them under the lock
         files = tree.files
         if not files.keys() <= signatures.keys() or not files.keys() >= references.keys():
             return None  # a file to cache, or a referenced path the walk did not see
@@ -248,10 +255,17 @@ class Reconciler:
         references = txn.refresh_references()
         stats: Dict[str, Optional[os.stat_result]] = {}
         markers: Set[str] = set()
+        restore_temps: List[Path] = []
         if tracks_all(self.config):
             tree = self.walk()
             stats.update(tree.files)
-            markers = tree.markers
+            markers, restore_temps = tree.markers, tree.restore_temps
+        # Under the lock every temp file is one a killed run left (its copy of an image or a restore).
+        removed = txn.removed_temp_files + self.cache.remove_stale_temp_files(txn.index, restore_temps)
+        report.removed_temp_files = [str(p) for p in removed]
+        if report.removed_temp_files:
+            log.info("removed %d temp file(s) left by an interrupted run: %s", len(report.removed_temp_files),
+                     ", ".join(report.removed_temp_files))
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
         on_disk = txn.images_on_disk()
@@ -309,6 +323,12 @@ class Reconciler:
         except UnsafePathError as e:
             report.errors.append(str(e))
             log.warning("%s", e)
+        except ContentChangedError as e:
+            # Being written (the usual case: caught between an install's writes): the writer's
+            # close, or the retry, brings it back. Not cached, and not worth a warning.
+            report.errors.append(str(e))
+            report.retry.add(path)
+            log.info("%s; trying again later", e)
         except BootwatchError as e:
             report.errors.append(str(e))
             report.retry.add(path)
@@ -438,9 +458,13 @@ class Reconciler:
             else:
                 size = txn.index.image_extra(image_id).get("size")
                 try:
-                    digest, _ = hash_path(store.image_path(image_id))
+                    digest, _ = hash_path(store.image_path(image_id), cancel=self.cache.cancel)
                 except OSError as e:
                     problem = f"cannot be read: {e.strerror}"
+                except OpenForWritingError as e:
+                    # Judged when the writer closes it (that close is an event of its own).
+                    log.info("%s; checking it when it is closed", e)
+                    continue
                 except ContentChangedError:  # images are never written in place
                     problem = "is being modified in the cache"
                 else:
@@ -470,7 +494,7 @@ class Reconciler:
             return False
         if known is None:
             try:
-                digest, _ = hash_path(self.cache.boot_file(path))
+                digest, _ = hash_path(self.cache.boot_file(path), cancel=self.cache.cancel)
             except (OSError, ContentChangedError):
                 return False
             if digest.sha1 != image_id:

@@ -26,9 +26,13 @@ On-disk protocol (one directory, shared with boom):
     .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
                             renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer
-                            that died: the holder removes it. They live in a subdirectory so that
-                            the daemon's inotify watch on the cache directory (not recursive) never
-                            sees bootwatch's own writes, only other programs' changes.
+                            that died: the holder removes it (the daemon's start and scan always
+                            take the lock when there is one; BootCache.stale_temp_files also
+                            covers the restore temp files in the boot directory). A copy the
+                            daemon cancels when it stops removes its own. They live in a
+                            subdirectory so that the daemon's inotify watch on the cache directory
+                            (not recursive) never sees bootwatch's own writes, only other
+                            programs' changes.
     links/<id>.<...>.img    hard links that pin an image for a running program (see pins.py).
                             An image with a link is never deleted by clean.
     lost+found/             images fsck --repair could not give back to a path. Never deleted by
@@ -297,7 +301,8 @@ class CacheStore:
 
     @contextlib.contextmanager
     def locked(self, *, create: bool = True, remove_stale: bool = True,
-               waiter: Optional[LockWaiter] = None) -> Iterator[Optional[Set[str]]]:
+               waiter: Optional[LockWaiter] = None,
+               removed: Optional[List[Path]] = None) -> Iterator[Optional[Set[str]]]:
         """Hold the writers' lock. Stale temp files left by dead writers are removed on entry.
 
         ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
@@ -306,7 +311,7 @@ class CacheStore:
         holds the lock and to decide what the wait means for systemd's watchdog. With
         ``remove_stale`` the block gets the ids of the images on disk, from the same single
         listing of the directory (a large cache is listed once per transaction, not twice);
-        else None.
+        else None. The stale temp files removed are appended to ``removed``, if given.
         """
         self.check(create=create)
         check_private_directory(self.temp_dir, create=True)
@@ -332,6 +337,8 @@ class CacheStore:
                 for path in temps:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
+                        if removed is not None:
+                            removed.append(path)
             yield image_ids
         finally:
             os.close(fd)  # closing the last fd drops the flock
@@ -388,6 +395,12 @@ class CacheStore:
         """The names of the regular files in the directory, from ``d_type`` (no stat per file)."""
         with os.scandir(self.directory) as it:
             return {entry.name for entry in it if entry.is_file(follow_symlinks=False)}
+
+    def has_temp_files(self) -> bool:
+        """Whether ``.tmp/`` holds a temp file (one listing of a directory that is nearly always empty)."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(self.temp_dir) as it:
+            return any(entry.name.startswith(TEMP_PREFIX) for entry in it)
+        return False
 
     def stale_temp_files(self) -> List[Path]:
         """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""

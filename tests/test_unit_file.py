@@ -70,7 +70,7 @@ def test_unit_settings() -> None:
     for key, value in expected.items():
         assert service.get(key) == [value], key
     assert set(service["CapabilityBoundingSet"][0].split()) == \
-        {"CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"}
+        {"CAP_SYS_ADMIN", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_LEASE"}
     writable = service["ReadWritePaths"][0].split()
     assert {p.lstrip("-") for p in writable} >= {"/boot", "/var/lib/bootwatch"}
     assert service["DeviceAllow"] == ["/dev/loop-control rw", "block-loop rw",

@@ -153,6 +153,19 @@ def test_removed_kernel_is_restored(container: Container) -> None:
     assert restored_records[0].get("BOOTWATCH_IMAGE_ID") == IMAGES["/vmlinuz-T"]
 
 
+CAP_LEASE = 28  # linux/capability.h
+
+
+def test_the_daemon_may_hold_read_leases(container: Container) -> None:
+    """The unit keeps CAP_LEASE: bootwatch holds a read lease on every file it hashes, which the
+    kernel grants on a file root does not own (an ESP mounted with uid=) only with it."""
+    wait_running(container)
+    pid = container.prop(UNIT, "MainPID")
+    status = container.run(["cat", f"/proc/{pid}/status"]).stdout
+    effective = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    assert effective & (1 << CAP_LEASE), f"CAP_LEASE is not effective in the daemon: CapEff {effective:x}"
+
+
 def test_reload(container: Container) -> None:
     before = wait_running(container)
     cursor = container.journal_cursor()

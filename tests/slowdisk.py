@@ -1,0 +1,89 @@
+"""Slow media for tests: a loop-mounted ext4 whose reads a blkio cgroup throttles.
+
+A process in the cgroup reads the loop device at ``bytes_per_second`` (the kernel's own I/O
+throttling, as a slow USB stick or a busy disk would), so a copy of a few tens of MiB takes
+seconds, and a test can act in the middle of it without timing guesses. The page cache is
+dropped by remounting, so reads do reach the device.
+
+Needs root, loop devices and the cgroup v1 ``blkio`` controller (``read_bps_device``); the
+tests skip without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+BLKIO = Path("/sys/fs/cgroup/blkio")
+
+
+class LoopFs:
+    def __init__(self, image: Path, mountpoint: Path, device: str) -> None:
+        self.image = image
+        self.mountpoint = mountpoint
+        self.device = device
+
+    @property
+    def majmin(self) -> str:
+        st = os.stat(self.device)
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def remount(self) -> None:
+        """Unmount and mount again: nothing of its files is left in the page cache."""
+        subprocess.run(["umount", str(self.mountpoint)], check=True)
+        subprocess.run(["mount", self.device, str(self.mountpoint)], check=True)
+
+
+@contextlib.contextmanager
+def loop_ext4(image: Path, mountpoint: Path, size_mib: int) -> Iterator[LoopFs]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop mounts")
+    with open(image, "wb") as f:
+        f.truncate(size_mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    try:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", device, str(mountpoint)], check=True)
+        try:
+            yield LoopFs(image, mountpoint, device)
+        finally:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+class ThrottledReads:
+    """A blkio cgroup: processes moved into it read ``majmin`` at ``bytes_per_second``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def add(self, pid: int) -> None:
+        (self.directory / "cgroup.procs").write_text(f"{pid}\n")
+
+    def pids(self) -> List[int]:
+        return [int(p) for p in (self.directory / "cgroup.procs").read_text().split()]
+
+
+@contextlib.contextmanager
+def throttled_reads(majmin: str, bytes_per_second: int) -> Iterator[ThrottledReads]:
+    if not (BLKIO / "blkio.throttle.read_bps_device").exists():
+        pytest.skip("no cgroup v1 blkio controller with read throttling")
+    directory = BLKIO / f"bootwatch-test-{os.getpid()}-{majmin.replace(':', '-')}"
+    directory.mkdir()
+    try:
+        (directory / "blkio.throttle.read_bps_device").write_text(f"{majmin} {bytes_per_second}\n")
+        yield ThrottledReads(directory)
+    finally:
+        parent = BLKIO / "cgroup.procs"
+        for pid in ThrottledReads(directory).pids():  # survivors go back to the root group
+            with contextlib.suppress(OSError):
+                parent.write_text(f"{pid}\n")
+        directory.rmdir()
