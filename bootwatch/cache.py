@@ -306,6 +306,27 @@ class Transaction:
                   level=NOTICE, path=path)
 
     @staticmethod
+    def _make_marker(marker: Path) -> None:
+        """Create the empty marker, or keep the one there. Only a regular file counts: a FIFO of that
+        name would block an ``O_WRONLY`` open until a reader came (with the lock held), hence
+        ``O_NONBLOCK``; a symlink fails on ``O_NOFOLLOW``."""
+        not_a_file = BootwatchError("is not a regular file; not restoring", path=marker,
+                                    hint="a .boomrestored marker is an empty regular file; remove what is there")
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(marker).st_mode):
+                raise not_a_file
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise BootwatchError(f"cannot create the restored-copy marker ({os.strerror(e.errno).lower()}); "
+                                 "not restoring", path=marker) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise not_a_file
+        finally:
+            os.close(fd)
+
+    @staticmethod
     def _remove_marker(marker: Path) -> None:
         """Unlink a marker, if it is one: an empty regular file (never a directory or what a symlink names)."""
         with contextlib.suppress(FileNotFoundError):
@@ -353,7 +374,7 @@ class Transaction:
             # looks like the package manager's own.
             marker = real.parent / restored_marker_name(path)
             made_marker = not os.path.lexists(marker)
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            self._make_marker(marker)
             written = os.fstat(tmp.fd)
             try:
                 tmp.commit(real, replace=False)

@@ -369,3 +369,18 @@ def test_restore_by_another_user_gives_the_file_to_that_user(nobody_tree: Path) 
     st = os.lstat(kernel)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, NOBODY, NOBODY)
     assert "instead of the recorded mode 6777 and owner 4242:4343" in proc.stderr, proc.stderr
+
+
+def test_a_fifo_named_like_the_marker_does_not_hang_a_restore(boot_tree: BootTree) -> None:
+    """The marker is created with O_WRONLY: a FIFO of that name, with no reader, blocked it forever
+    while the writers' lock was held. Now one line, exit 1, and nothing restored."""
+    boot_tree.write_file(K, 3000)
+    boot_tree.write_entry("one", linux=K)
+    assert boot_tree.cli("add", K)[0] == 0
+    boot_tree.path(K).unlink()
+    os.mkfifo(marker(boot_tree))
+    rc, out, err = boot_tree.cli("restore", K, timeout=30)
+    boot_tree.assert_clean_error(rc, err, names=[".vmlinuz-1.boomrestored"])
+    assert not boot_tree.path(K).exists()
+    assert stat.S_ISFIFO(os.lstat(marker(boot_tree)).st_mode)
+    assert boot_tree.list_json()[K]["state"] == "MISSING"
