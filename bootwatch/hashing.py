@@ -108,6 +108,26 @@ LEASE_BREAK_SIGNAL = signal.SIGURG
 # leases (EINVAL: NFS, FUSE, or fs.leases-enable=0), the caller neither owns the file nor has
 # CAP_LEASE (EACCES), or a seccomp filter refuses it (EPERM, ENOSYS).
 _NO_LEASE_ERRNOS = frozenset({errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENOSYS, errno.ENOLCK})
+# linux/magic.h: network filesystems whose client answers F_SETLEASE with EAGAIN when the server
+# granted it no delegation (NFSv4) or oplock (SMB): there EAGAIN says nothing about writers.
+_NETWORK_FS_MAGICS = frozenset({0x6969, 0xFF534D42, 0xFE534D42})
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("f_rest", ctypes.c_long * 15)]
+
+
+def _filesystem_magic(fd: int) -> Optional[int]:
+    """``fstatfs(2)``'s ``f_type`` of the filesystem ``fd`` is on (``os.statvfs`` does not give it)."""
+    buf = _StatFs()
+    if _libc().fstatfs(fd, ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
 
 
 class ReadLease:
@@ -121,7 +141,8 @@ class ReadLease:
     then says ``F_UNLCK``) it releases the lease at once, so the writer waits only for the chunk
     being read, and raises :class:`OpenForWritingError`.
 
-    Where no lease can be had (see ``_NO_LEASE_ERRNOS``) the fallback asks /proc instead: every
+    Where no lease can be had (see ``_NO_LEASE_ERRNOS``; on NFS or SMB also EAGAIN, which there
+    means the server granted no delegation) the fallback asks /proc instead: every
     descriptor of every process (``/proc/PID/fdinfo`` flags) and every shared writable mapping
     (``/proc/PID/maps``) of the same device and inode, once before and once after the read, and
     the caller compares the stat signature before and after. That sees every process of this PID
@@ -140,9 +161,9 @@ class ReadLease:
             fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_BREAK_SIGNAL)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as e:
-            if e.errno == errno.EAGAIN:
+            if e.errno == errno.EAGAIN and _filesystem_magic(fd) not in _NETWORK_FS_MAGICS:
                 raise OpenForWritingError(path) from None
-            if e.errno not in _NO_LEASE_ERRNOS:
+            if e.errno not in _NO_LEASE_ERRNOS | {errno.EAGAIN}:
                 raise
             self.fallback_errno = e.errno
             self._scan_for_writers()
