@@ -13,9 +13,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from bootwatch.errors import BootwatchError
+from bootwatch.errors import BootwatchError, NotRegularFileError
 from bootwatch.safety import read_regular
 
 SINGLE_PATH_KEYS = ("linux", "efi", "devicetree")
@@ -54,17 +54,38 @@ def parse_entry(text: str, file: Path) -> BootEntry:
     return BootEntry(file, title, tuple(dict.fromkeys(paths)))
 
 
-def read_entries(entries_dir: Path) -> List[BootEntry]:
+@dataclass(frozen=True)
+class EntriesRead:
+    """The entries that could be read, and why that may not be all of them.
+
+    ``problem`` is None when the directory was listed and every ``*.conf`` in it was read (or
+    refused for what it is: not a regular file, oversized). Otherwise it is one line saying what
+    could not be read; the entries are then only a part of the truth, never "no entries".
+    """
+
+    entries: List[BootEntry]
+    problem: Optional[str] = None
+
+
+def read_entry_source(entries_dir: Path) -> EntriesRead:
     """Every readable ``*.conf`` regular file in the entries directory, sorted by name.
 
-    A missing directory means no entries. Unreadable or oversized files are skipped: an entry the
-    boot loader cannot read either references nothing.
+    A missing directory, one that is not a directory or cannot be listed, and an entry file
+    that cannot be read (EIO, EACCES, a symlink loop) are problems: a boot loader may still see
+    what bootwatch could not read. Files that are not regular (a FIFO: opened without blocking)
+    or larger than :data:`MAX_ENTRY_SIZE` are no boot entries and are skipped.
     """
     entries: List[BootEntry] = []
     try:
         names = sorted(os.listdir(entries_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return entries
+    except FileNotFoundError:
+        return EntriesRead(entries, f"{entries_dir}: the boot entries directory does not exist")
+    except NotADirectoryError:
+        return EntriesRead(entries, f"{entries_dir}: the boot entries directory is not a directory")
+    except OSError as e:
+        return EntriesRead(entries, f"{entries_dir}: the boot entries directory cannot be read "
+                                    f"({os.strerror(e.errno).lower() if e.errno else e})")
+    problem: Optional[str] = None
     for name in names:
         if not name.endswith(".conf") or name.startswith("."):
             continue
@@ -72,10 +93,49 @@ def read_entries(entries_dir: Path) -> List[BootEntry]:
         try:
             # Not by name (stat, then open): a FIFO swapped in between would block the read.
             text = read_regular(path, follow_symlinks=True, limit=MAX_ENTRY_SIZE).decode("utf-8", errors="replace")
-        except (OSError, BootwatchError):
+        except NotRegularFileError:
+            continue  # a FIFO, a directory, a device: no boot entry
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                continue  # removed since the listing
+            problem = problem or f"{path}: a boot entry that cannot be read (a dangling symlink)"
             continue
+        except OSError as e:
+            problem = problem or (f"{path}: a boot entry that cannot be read "
+                                  f"({os.strerror(e.errno).lower() if e.errno else e})")
+            continue
+        except BootwatchError:
+            continue  # larger than MAX_ENTRY_SIZE: no boot entry
         entries.append(parse_entry(text, path))
-    return entries
+    return EntriesRead(entries, problem)
+
+
+def read_entries(entries_dir: Path) -> List[BootEntry]:
+    """The entries :func:`read_entry_source` could read (whatever could not be read)."""
+    return read_entry_source(entries_dir).entries
+
+
+class References(Dict[str, int]):
+    """How many boot entries name each path, and whether that is the whole truth.
+
+    ``unknown`` is None when it is; otherwise one line saying why not. While references are
+    unknown nothing may be uncached, trimmed, un-restored or deleted on their strength.
+    ``confirmable``: the reason is a judgement from history (every entry vanished at once, the
+    boot directory is no longer a mount point), which an operator may overrule
+    (``clean --force``); a source that cannot be read is never overruled.
+    ``boot_moved``: the boot directory is not the filesystem it was; nothing is restored into it.
+    ``record``: for a complete read that differs from the last one recorded, what to record.
+    """
+
+    def __init__(self, counts: Optional[Dict[str, int]] = None, *, unknown: Optional[str] = None,
+                 confirmable: bool = False, boot_moved: bool = False, entry_files: int = 0,
+                 record: Optional[dict] = None) -> None:
+        super().__init__(counts or {})
+        self.unknown = unknown
+        self.confirmable = confirmable
+        self.boot_moved = boot_moved
+        self.entry_files = entry_files
+        self.record = record
 
 
 def reference_counts(entries: List[BootEntry]) -> Dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import stat
@@ -20,14 +21,15 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 from bootwatch import bls
+from bootwatch.bls import References
 from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, NotRegularFileError,
-                             UnsafePathError, describe_oserror)
+                              ReferencesUnknownError, UnsafePathError, describe_oserror)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.index import CacheIndex, PathMeta
 from bootwatch.journal import NOTICE, Event, log_event
 from bootwatch.safety import normalize_boot_path, open_regular, resolve_in_boot
 from bootwatch.signatures import write_signatures
-from bootwatch.store import CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
+from bootwatch.store import REFERENCES_NAME, CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
 
 CACHED = "CACHED"
 MISSING = "MISSING"
@@ -161,10 +163,10 @@ class Transaction:
         self.unlisted: Set[str] = set()
         self.pending = PendingImages(cache.store.directory)
         self.removed_temp_files: List[Path] = []  # stale ones, removed when the lock was taken
-        self._references: Optional[Dict[str, int]] = None
+        self._references: Optional[References] = None
 
     @property
-    def references(self) -> Dict[str, int]:
+    def references(self) -> References:
         if self._references is None:
             self._references = self.cache.references()
         return self._references
@@ -176,8 +178,18 @@ class Transaction:
             return ids
         return set(self.cache.store.image_ids_on_disk())
 
-    def refresh_references(self) -> Dict[str, int]:
+    def refresh_references(self) -> References:
         self._references = None
+        return self.references
+
+    def confirm_references(self) -> References:
+        """The operator's word (``clean --force``) that references unknown for a judgement from
+        history (see :class:`bootwatch.bls.References`) are what the entries say now; recorded
+        when the transaction ends. A source that cannot be read stays unknown."""
+        refs = self.references
+        if refs.unknown is not None and refs.confirmable:
+            self._references = References(refs, entry_files=refs.entry_files,
+                                          record=self.cache.references_record(refs))
         return self.references
 
     # ---------------------------------------------------------------- add
@@ -249,7 +261,11 @@ class Transaction:
         if count and not force:
             raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
                                  "not removing it", path=path, hint="use 'remove --force' to uncache it anyway")
-        if not count:
+        unknown = self.references.unknown
+        if unknown is not None and not force:
+            raise ReferencesUnknownError(f"{unknown}; not removing {path}: it may be referenced",
+                                         hint="use 'remove --force' to uncache it anyway")
+        if not count and unknown is None:  # a restored copy goes only when nothing is known to need it
             self.remove_restored_copy(path)
         ids = self.index.image_ids(path)
         self.unlisted.update(self.index.remove_path(path))
@@ -345,6 +361,9 @@ class Transaction:
         self.flush()
         if path not in self.index:
             raise BootwatchError("is not cached", path=path)
+        if self.references.boot_moved:
+            raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
+                                 hint="mount the boot partition first")
         state = self.cache.path_status(self.index, path, self.references).state
         if state != MISSING:
             raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
@@ -477,8 +496,58 @@ class BootCache:
     def entries(self) -> List[bls.BootEntry]:
         return bls.read_entries(self.entries_dir)
 
-    def references(self) -> Dict[str, int]:
-        return bls.reference_counts(self.entries())
+    def references(self) -> References:
+        """How many boot entries name each path, or why that is unknown (see :class:`References`).
+
+        Besides an entry source that cannot be read, two judgements against the last complete
+        read (``.bootwatch-references``, see store.py) make references unknown:
+
+        - the boot directory was a mount point and is not one now: the boot partition is not
+          mounted, and its empty mount point on the root filesystem reads as "no entries";
+        - every entry vanished at once: no entry file now, while the last complete read had at
+          least two that referenced paths. More likely an unmount than a decision, until
+          ``clean --force`` confirms it (removing entries one at a time is a decision each time).
+        """
+        read = bls.read_entry_source(self.entries_dir)
+        counts = bls.reference_counts(read.entries)
+        files = len(read.entries)
+        if not os.path.isdir(self.boot_dir):
+            return References(counts, unknown=f"{self.entries_dir}: not trusted: the boot directory "
+                              f"{self.boot_dir} does not exist", boot_moved=True, entry_files=files)
+        if read.problem is not None:
+            return References(counts, unknown=read.problem, entry_files=files)
+        now = References(counts, entry_files=files)
+        last = self._last_references()
+        if last is not None and last["boot"] == str(self.boot_real) and last["mount"] \
+                and not os.path.ismount(self.boot_real):
+            return References(counts, unknown=f"{self.entries_dir}: not trusted: the boot directory "
+                              f"{self.boot_dir} is no longer a mount point (it was one when the boot entries "
+                              "were last read); is the boot partition mounted?", confirmable=True,
+                              boot_moved=True, entry_files=files)
+        if not files and last is not None and last["entry_files"] >= 2 and last["paths"]:
+            return References(counts, unknown=f"{self.entries_dir}: every boot entry vanished at once "
+                              f"({last['entry_files']} at the last read); more likely an unmount than a decision",
+                              confirmable=True, entry_files=0)
+        record = self.references_record(now)
+        return References(counts, entry_files=files, record=None if record == last else record)
+
+    def references_record(self, refs: Dict[str, int]) -> dict:
+        """What ``.bootwatch-references`` says of a complete read of the entries (see store.py)."""
+        return {"boot": str(self.boot_real), "mount": os.path.ismount(self.boot_real),
+                "entry_files": getattr(refs, "entry_files", 0), "paths": sorted(refs)}
+
+    def _last_references(self) -> Optional[dict]:
+        """The last complete read, if ``.bootwatch-references`` holds a well-formed one."""
+        data = self.store.read_derived(REFERENCES_NAME)
+        try:
+            record = json.loads(data) if data is not None else None
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("boot"), str) \
+                or not isinstance(record.get("mount"), bool) or type(record.get("entry_files")) is not int \
+                or not isinstance(record.get("paths"), list) or not all(isinstance(p, str) for p in record["paths"]):
+            return None
+        return record
 
     def load_index(self) -> CacheIndex:
         """Read the index without the lock (renames make that safe). No cache directory: empty."""
@@ -571,6 +640,9 @@ class BootCache:
                 txn.index_digest = self.store.write_index(txn.index)
             if txn.record_signatures and txn.index_digest is not None:
                 write_signatures(self.store, txn.index, txn.index_digest)
+            refs = txn._references
+            if refs is not None and refs.unknown is None and refs.record is not None:
+                self.store.write_derived(REFERENCES_NAME, json.dumps(refs.record).encode() + b"\n", durable=True)
             self._delete_unlisted(txn)
 
     def _delete_unlisted(self, txn: Transaction) -> List[str]:
@@ -665,12 +737,15 @@ class BootCache:
 
     # ---------------------------------------------------------------- clean
 
-    def clean(self, *, dry_run: bool = False,
+    def clean(self, *, dry_run: bool = False, force: bool = False,
               keep_unreferenced: Callable[[str], bool] = lambda path: False) -> CleanReport:
         """Uncache unreferenced paths, trim to ``keep`` images, delete orphans and stale temp files.
 
         A path stays cached while a boot entry references it, while ``keep_unreferenced`` says so
-        (the daemon's ``track = "all"`` policy), or while a pin holds one of its images.
+        (the daemon's ``track = "all"`` policy), or while a pin holds one of its images. Nothing is
+        cleaned while the references are unknown (:class:`ReferencesUnknownError`); ``force``
+        confirms what the entries say now where the doubt was a judgement (every entry gone at
+        once, the boot directory no longer a mount point), never where they cannot be read.
         """
         report = CleanReport()
         with self.transaction(remove_stale=False) as txn:
@@ -679,6 +754,14 @@ class BootCache:
                 raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
                                             "cleaned while it is there", path=copies[0],
                                             hint="run 'bootwatch fsck --repair' to merge it into the index")
+            refs = txn.confirm_references() if force else txn.references
+            if dry_run:
+                refs.record = None  # a dry run confirms nothing
+            if refs.unknown is not None:
+                hint = ("if that is how it should be, 'bootwatch clean --force' confirms it" if refs.confirmable else
+                        "mount the boot partition or fix [paths] entries; clean works again once every entry "
+                        "can be read")
+                raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
             temp_files = self.stale_temp_files(txn.index)
             report.removed_temp_files = [str(p) for p in temp_files]
             pinned = self.store.pinned_image_ids()

@@ -155,7 +155,8 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_clean(args: argparse.Namespace, config: Config) -> int:
     cache = open_cache(config)
-    report = cache.clean(dry_run=args.dry_run, keep_unreferenced=keep_unreferenced_predicate(config, cache))
+    report = cache.clean(dry_run=args.dry_run, force=args.force,
+                         keep_unreferenced=keep_unreferenced_predicate(config, cache))
     if args.json:
         print_json(report.to_json())
         return EXIT_OK
@@ -215,6 +216,9 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     from bootwatch.journal import setup_logging
     setup_logging("warning" if args.quiet else config.log.level, target="stderr")
     report = reconcile_once(config, open_checked_cache(config))
+    if report.references_unknown:
+        print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",
+              file=sys.stderr)
     if args.json:
         print_json(report.to_json())
     elif not args.quiet:
@@ -252,6 +256,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none cached"))
         if status.get("lock_wait"):
             print(f"  waiting:        {status['lock_wait']}")
+        if status.get("references_unknown"):
+            print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status['references_unknown']}")
         if status.get("problems"):
             print(f"  problems:       {status['problems']} cached images with problems (see 'bootwatch list')")
     # As systemctl status: 3 means "not running".
@@ -307,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p = command("clean", cmd_clean, "uncache unreferenced paths, trim old images, delete orphans and temp files")
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    p.add_argument("--force", action="store_true",
+                   help="clean although every boot entry vanished at once or the boot directory is no longer "
+                        "a mount point (confirms that this is how it should be)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = command("fsck", cmd_fsck, "check that the index and the image files agree")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired; a corrupt index is kept aside")

@@ -460,6 +460,7 @@ class Daemon:
 
     def _after_batch(self, report: ReconcileReport, *, full: bool) -> None:
         now = time.time()
+        self._note_references(report.references_unknown)
         self.status.last_batch = now
         if full:
             self.status.last_reconcile = now
@@ -481,6 +482,19 @@ class Daemon:
         self.publish_status()
         if self.metrics is not None:
             self._write_metrics(full=full)
+
+    def _note_references(self, unknown: Optional[str]) -> None:
+        """Say once (journal, then STATUS) that the references became unknown, and when they are known again.
+
+        The metric (bootwatch_references_unknown) is computed when the metrics are written.
+        """
+        if unknown is not None and self.status.references_unknown is None:
+            log_event(log, Event.REFERENCES_UNKNOWN, "boot entry references are unknown: %s; nothing is uncached, "
+                      "trimmed, un-restored or deleted until they can be read", unknown, level=logging.WARNING,
+                      path=self.config.paths.entries, reason=unknown)
+        elif unknown is None and self.status.references_unknown is not None:
+            log.log(NOTICE, "the boot entries can be read again (%s); cleaning resumes", self.config.paths.entries)
+        self.status.references_unknown = unknown
 
     def _retry_later(self, change: Change, *, key: str) -> None:
         tries = self.retries.get(key, 0)

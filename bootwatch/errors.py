@@ -76,6 +76,10 @@ class NotRegularFileError(BootwatchError, OSError):
         self.strerror = f"is a {kind}, not a regular file"
 
 
+class ReferencesUnknownError(DeletionsBlockedError):
+    """The boot entries cannot be read, or cannot be trusted (see bootwatch.bls.References)."""
+
+
 class IndexCorruptError(BootwatchError):
     """``cacheindex.json`` cannot be read or does not have boom's structure."""
 

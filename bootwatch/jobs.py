@@ -45,7 +45,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
-from bootwatch.errors import DeletionsBlockedError
+from bootwatch.errors import DeletionsBlockedError, ReferencesUnknownError
 from bootwatch.hashing import Cancelled
 from bootwatch.index import CacheIndex
 from bootwatch.journal import Event, log_event
@@ -278,9 +278,11 @@ class MaintenanceScheduler:
             report = self.cache.clean(keep_unreferenced=keep_unreferenced_predicate(self.config, self.cache))
         except DeletionsBlockedError as e:
             # Not a failure of the job: cleaning now could delete what is still needed. Said once
-            # per reason, not every hour.
+            # per reason, not every hour; unknown references the daemon reports itself
+            # (Event.REFERENCES_UNKNOWN, STATUS, the metric).
             if str(e) != self._clean_blocked:
-                self.logger.warning("clean: skipped: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+                level = logging.DEBUG if isinstance(e, ReferencesUnknownError) else logging.WARNING
+                self.logger.log(level, "clean: skipped: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
             self._clean_blocked = str(e)
             return
         self._clean_blocked = None

@@ -92,6 +92,7 @@ class Event(enum.Enum):
     LOCK_WAIT = "ff4eaa8e4f7c4b7a92e3c2d356e8f4a8"
     RESTORE_ATTRIBUTES_REFUSED = "a4e2491ec5c94a068d393b35c7612ec6"
     RESTORED_COPY_REPLACED = "adbdff2755294c888363b35c43575b57"
+    REFERENCES_UNKNOWN = "77444c18f4d74eada6cc7f88f521b56b"
 
     @property
     def message_id(self) -> str:

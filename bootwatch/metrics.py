@@ -140,6 +140,13 @@ class Metrics:
             out.family("images_verification_failed", "gauge",
                        "Cached paths whose newest image failed its last verification.",
                        [((), sum(1 for s in statuses if s.verified and not s.verified.get("ok", True)))])
+        try:
+            references_unknown = cache.references().unknown is not None
+        except (BootwatchError, OSError):
+            references_unknown = True
+        out.family("references_unknown", "gauge",
+                   "1 while the boot entries cannot be read or trusted (nothing is cleaned or deleted), else 0.",
+                   [((), references_unknown)])
         files, size = _image_files(cache)
         out.family("cache_image_files", "gauge", "Image files in the cache directory.", [((), files)])
         out.family("cache_bytes", "gauge", "Bytes in the cache's image files.", [((), size)])

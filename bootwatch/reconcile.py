@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
+from bootwatch.bls import References
 from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.errors import BootwatchError, ContentChangedError, OpenForWritingError, UnsafePathError
@@ -91,6 +92,8 @@ class ReconcileReport:
     errors: List[str] = field(default_factory=list)
     retry: Set[str] = field(default_factory=set)
     removed_temp_files: List[str] = field(default_factory=list)
+    # Why the references were unknown during the pass (see bls.References); None: they were known.
+    references_unknown: Optional[str] = None
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
@@ -212,6 +215,10 @@ class Reconciler:
         if signatures is None:
             return None
         references = self.cache.references()
+        if references.unknown is not None:
+            return None  # the full pass reports it
+        # (A changed reference set is recorded by the next pass under the lock, not by this one,
+        # which takes none: the daemon applies every change of the entries under the lock.)
         tree = self.walk()
         if tree.restore_temps or store.has_temp_files():
             return None  # left by a killed writer: the full pass removes them under the lock
@@ -253,6 +260,8 @@ class Reconciler:
         txn.record_signatures = tracks_all(self.config)
         report = ReconcileReport()
         references = txn.refresh_references()
+        if self._boot_moved(references, report):
+            return report
         stats: Dict[str, Optional[os.stat_result]] = {}
         markers: Set[str] = set()
         restore_temps: List[Path] = []
@@ -298,6 +307,8 @@ class Reconciler:
         """A pass over the paths events named; all referenced and cached paths if entries changed."""
         report = ReconcileReport()
         references = txn.refresh_references()
+        if self._boot_moved(references, report):
+            return report
         selected = set(paths)
         if entries_changed:
             selected.update(references)
@@ -307,9 +318,17 @@ class Reconciler:
             self.apply(txn, path, references, report, on_disk=on_disk)
         return report
 
+    @staticmethod
+    def _boot_moved(references: References, report: ReconcileReport) -> bool:
+        """Note unknown references in the report; True if the boot directory is not the
+        filesystem it was: then there is nothing to reconcile (every file would look removed,
+        and a restore would write onto the wrong filesystem)."""
+        report.references_unknown = references.unknown
+        return references.boot_moved
+
     # ---------------------------------------------------------------- one path
 
-    def apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport, *,
+    def apply(self, txn: Transaction, path: str, references: References, report: ReconcileReport, *,
               on_disk: Set[str], lstat: Optional[os.stat_result] = None,
               markers: Optional[Set[str]] = None) -> None:
         """Apply the policy to one path.
@@ -338,7 +357,7 @@ class Reconciler:
             report.retry.add(path)
             log.warning("%s: %s", path, e)
 
-    def _apply(self, txn: Transaction, path: str, references: Dict[str, int], report: ReconcileReport,
+    def _apply(self, txn: Transaction, path: str, references: References, report: ReconcileReport,
                on_disk: Set[str], lstat: Optional[os.stat_result], markers: Optional[Set[str]]) -> None:
         index = txn.index
         count = references.get(path, 0)
@@ -361,7 +380,7 @@ class Reconciler:
                 # Marked as restored, but not the file bootwatch wrote: someone put it back (a
                 # package manager, by rename, maybe with the same content). It is theirs.
                 txn.drop_stale_marker(path, real if real is not None else self.cache.boot_file(path))
-            elif ours and count == 0:
+            elif ours and count == 0 and references.unknown is None:  # unknown: nothing is taken away
                 # The entry that needed it is gone (a package manager removed both): take it away again.
                 if txn.remove_restored_copy(path):
                     report.unrestored.append(path)

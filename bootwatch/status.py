@@ -36,6 +36,7 @@ class DaemonStatus:
     state: str = "starting"  # starting, running, reloading, stopping
     error: Optional[str] = None  # why the cache cannot be read now, e.g. a corrupt index
     lock_wait: Optional[str] = None  # who holds the cache lock the daemon has waited for too long
+    references_unknown: Optional[str] = None  # why the boot entries cannot be trusted now (bls.References)
 
 
     def summary(self) -> str:
@@ -44,6 +45,9 @@ class DaemonStatus:
             return f"watching {self.boot_dir}: {self.lock_wait}"
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
+        if self.references_unknown:
+            return (f"watching {self.boot_dir}: references unknown, nothing is cleaned or deleted: "
+                    f"{self.references_unknown}")
         counts = self.counts
         last = time.strftime("%H:%M:%S", time.localtime(self.last_reconcile or self.last_batch or self.started))
         text = (f"watching {self.boot_dir}: {sum(counts.values())} cached, {counts.get('MISSING', 0)} missing, "

@@ -23,6 +23,13 @@ On-disk protocol (one directory, shared with boom):
                             a holder of the lock after a full pass, by rename; not fsynced, and
                             ignored by a reader unless it matches the index it just read. Anyone
                             may delete it.
+    .bootwatch-references   the boot entries as last read completely (see cache.py): whether the
+                            boot directory was a mount point, how many entry files there were,
+                            and the paths they referenced. Written (fsynced, by rename) by a holder
+                            of the lock when they change, and by 'clean --force'. Compared with at
+                            every read of the entries: a boot directory that was a mount point and
+                            is not one now, or every entry gone at once, makes references unknown.
+                            A torn or missing one only loses that comparison.
     .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
                             renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer
@@ -98,6 +105,7 @@ TEMP_DIR = ".tmp"
 IMAGE_SUFFIX = ".img"
 LINKS_DIR = "links"
 LOST_FOUND_DIR = "lost+found"
+REFERENCES_NAME = ".bootwatch-references"
 CORRUPT_PREFIX = INDEX_NAME + ".corrupt-"
 SUPERSEDED_SUFFIX = ".superseded"
 
@@ -501,15 +509,19 @@ class CacheStore:
         finally:
             os.close(fd)
 
-    def write_derived(self, name: str, data: bytes) -> None:
-        """Replace a derived file by rename, without fsync: a torn one is ignored by its readers.
+    def write_derived(self, name: str, data: bytes, *, durable: bool = False) -> None:
+        """Replace a derived file by rename, without fsync unless ``durable``: a torn one is
+        ignored by its readers.
 
         The caller holds the lock. A failure (a full disk, say) is left for the next writer: the
-        file only saves work.
+        file only saves work (or, durable, remembers what a later run compares with).
         """
         with contextlib.suppress(OSError), TempFile(self.temp_dir) as tmp:
             os.fchmod(tmp.fd, 0o644)
             _write_fully(tmp.fd, data)
+            if durable:
+                tmp.commit(self.directory / name)
+                return
             tmp.close()
             os.rename(tmp.path, self.directory / name)
             tmp.path = None

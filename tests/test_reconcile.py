@@ -85,6 +85,7 @@ def test_unreferenced_restored_copies_are_taken_away(tree: Tuple[Path, Config]) 
     top, sub = write(boot / "vmlinuz-1.0", b"one"), write(boot / "sub" / "vmlinuz-2.0", b"two")
     entry(boot, "one", "/vmlinuz-1.0")
     entry(boot, "two", "/sub/vmlinuz-2.0")
+    entry(boot, "other", "/vmlinuz-other")  # not every entry goes at once (that would make references unknown)
     assert sorted(scan(config).cached) == ["/sub/vmlinuz-2.0", "/vmlinuz-1.0"]
     top.unlink()
     sub.unlink()
