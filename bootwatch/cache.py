@@ -161,7 +161,7 @@ class Transaction:
         # Set by a full pass: write the signatures file for the index this transaction leaves.
         self.record_signatures = False
         self.unlisted: Set[str] = set()
-        self.pending = PendingImages(cache.store.directory)
+        self.pending = PendingImages(cache.store)
         self.removed_temp_files: List[Path] = []  # stale ones, removed when the lock was taken
         self._references: Optional[References] = None
 
@@ -217,7 +217,7 @@ class Transaction:
             if known is not None and known == previous and store.has_image(known):
                 return AddResult(path, known, "unchanged", previous)
             try:
-                with TempFile(store.temp_dir) as tmp:
+                with store.temp_file() as tmp:
                     os.fchmod(tmp.fd, 0o644)
                     # A file some process still writes is not cached: OpenForWritingError.
                     digest, after = hash_file(fd, tmp.fd, path=real, cancel=self.cache.cancel)
@@ -658,7 +658,7 @@ class BootCache:
             if image_id not in pinned and self.store.delete_image(image_id):
                 deleted.append(image_id)
         if deleted:
-            fsync_directory(self.store.directory)
+            os.fsync(self.store.fd)
         return deleted
 
     def add(self, paths: Sequence[str]) -> List[AddResult]:

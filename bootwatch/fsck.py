@@ -207,7 +207,7 @@ def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) ->
         except (OSError, UnsafePathError):
             continue
         try:
-            with TempFile(cache.store.temp_dir) as tmp:
+            with cache.store.temp_file() as tmp:
                 os.fchmod(tmp.fd, 0o644)
                 try:
                     digest, _ = hash_file(fd, tmp.fd, path=cache.boot_file(path))
@@ -215,7 +215,7 @@ def _copy_again_from_boot(cache: BootCache, index: CacheIndex, image_id: str) ->
                     continue
                 if digest.sha1 != image_id:
                     continue
-                tmp.commit(cache.store.image_path(image_id))
+                cache.store.commit_image(tmp, image_id)
                 return True
         finally:
             os.close(fd)

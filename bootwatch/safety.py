@@ -8,6 +8,7 @@ directory with ``..`` or a symlink; nothing is opened until it has been resolved
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -16,27 +17,101 @@ from typing import Optional
 from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirectoryError, UnsafePathError
 
 
-def check_private_directory(directory: Path, *, create: bool = False) -> Path:
-    """Return ``directory`` if it is safe to keep cached images in, else raise.
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    Safe means: a real directory (not a symlink), owned by the running user, and not writable by
-    group or other. With ``create``, a missing directory is made with mode 0700 (its parents 0755).
+
+def open_private_directory(directory: Path, *, create: bool = False) -> int:
+    """Open the cache directory, check it and every directory above it, and return the descriptor.
+
+    The descriptor is what bootwatch then works in (``dir_fd=``): checking a name and then using
+    the name again lets whoever can rename something on the way swap another directory in between
+    (``rename(RENAME_EXCHANGE)``), and root would restore the other directory's image into /boot.
+
+    As libguestfs did for its appliance cache, every directory from ``/`` down must be owned by
+    root or the running user and not writable by group or other unless it is sticky (``/tmp``):
+    nobody else can then rename anything on the way. The walk goes from ``/`` by descriptor, one
+    component at a time with ``O_NOFOLLOW``, checking ``fstat`` of what was opened; symlinks among
+    the parents are resolved first (``/var/run -> /run``) and the directories they lead to are
+    the ones checked. The cache directory itself (see :func:`check_private_fd`) must not be a
+    symlink. With ``create``, missing directories are made: parents 0755, the cache 0700.
+    """
+    directory = Path(os.path.abspath(directory))
+    parent = Path(os.path.realpath(directory.parent))
+    fd = os.open("/", _DIRECTORY_FLAGS)
+    try:
+        current = Path("/")
+        _check_parent(fd, current)
+        for part in parent.parts[1:]:
+            current = current / part
+            parent_fd, fd = fd, -1  # _open_below closes it, whatever happens
+            fd = _open_below(parent_fd, part, current, create=create, mode=0o755, parent=True, missing=directory)
+            _check_parent(fd, current)
+        if directory.name:
+            parent_fd, fd = fd, -1
+            fd = _open_below(parent_fd, directory.name, directory, create=create, mode=0o700, parent=False)
+        check_private_fd(fd, directory)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _open_below(parent_fd: int, name: str, path: Path, *, create: bool, mode: int, parent: bool,
+                missing: Optional[Path] = None) -> int:
+    """Open the directory ``name`` in ``parent_fd`` (which is closed here) without following a symlink.
+
+    ``missing`` is what a "does not exist" error names (the cache directory, for a missing parent).
     """
     try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        if not create:
-            raise UnsafeDirectoryError("does not exist", path=directory,
-                                       hint="create it, or run a command that writes to the cache") from None
-        directory.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-        st = os.lstat(directory)
-    if stat.S_ISLNK(st.st_mode):
-        raise UnsafeDirectoryError("is a symlink; refusing to use it as a cache directory", path=directory,
-                                   hint="point the cache at the real directory")
+            return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                raise UnsafeDirectoryError("does not exist", path=missing or path,
+                                           hint="create it, or run a command that writes to the cache") from None
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, mode, dir_fd=parent_fd)
+        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+    except OSError as e:
+        raise _not_a_directory(parent_fd, name, path, e, parent=parent) from None
+    finally:
+        os.close(parent_fd)
+
+
+def _not_a_directory(parent_fd: int, name: str, path: Path, error: OSError, *, parent: bool) -> BootwatchError:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if parent:  # resolved a moment ago: someone swapped a symlink in
+            return UnsafeDirectoryError("became a symlink while the cache directory was opened", path=path)
+        return UnsafeDirectoryError("is a symlink; refusing to use it as (part of) the cache directory", path=path,
+                                    hint="point the cache at the real directory; bootwatch never follows a "
+                                         "symlink out of it")
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        return UnsafeDirectoryError("is not a directory", path=path)
+    return UnsafeDirectoryError(f"cannot be opened: {os.strerror(error.errno or 0).lower()}", path=path)
+
+
+def _check_parent(fd: int, path: Path) -> None:
+    """A directory above the cache: owned by root or the running user, not writable by others unless sticky."""
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()):
+        raise UnsafeDirectoryError(f"is owned by uid {st.st_uid}; a directory above the cache directory must be "
+                                   "owned by root or the running user", path=path,
+                                   hint="move the cache to a directory that only root (or you) can change")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(f"is writable by group or other (mode {stat.S_IMODE(st.st_mode):04o}) and not "
+                                   "sticky; a directory above the cache directory must not be", path=path,
+                                   hint=f"chmod go-w {path}, or move the cache elsewhere")
+
+
+def check_private_fd(fd: int, directory: Path) -> None:
+    """The cache directory (or a subdirectory of it), as opened: owned by the running user, not
+    writable by group or other. ``directory`` only names it in the error."""
+    st = os.fstat(fd)
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeDirectoryError("is not a directory", path=directory)
     if st.st_uid != os.geteuid():
@@ -48,6 +123,28 @@ def check_private_directory(directory: Path, *, create: bool = False) -> Path:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeDirectoryError(f"is writable by group or other (mode {stat.S_IMODE(st.st_mode):04o})",
                                    path=directory, hint=f"chmod go-w {directory}")
+
+
+def open_private_subdirectory(parent_fd: int, name: str, path: Path, *, create: bool = False) -> Optional[int]:
+    """Open ``name`` (``.tmp``, ``links``, ``lost+found``) relative to the checked cache directory
+    and check it as the cache directory is checked; None if it is absent and not ``create``."""
+    if not create:
+        try:
+            os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    fd = _open_below(os.dup(parent_fd), name, path, create=create, mode=0o700, parent=False)
+    try:
+        check_private_fd(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_private_directory(directory: Path, *, create: bool = False) -> Path:
+    """Return ``directory`` if it is safe to keep cached images in, else raise (see :func:`open_private_directory`)."""
+    os.close(open_private_directory(directory, create=create))
     return directory
 
 
@@ -132,7 +229,7 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None,
-                 follow_symlinks: bool = False) -> int:
+                 follow_symlinks: bool = False, display: "Optional[os.PathLike[str] | str]" = None) -> int:
     """Open a regular file for reading, never blocking on what the name turned out to be.
 
     Every file bootwatch reads (boot files, images, the index, entries) goes through here. A FIFO
@@ -142,13 +239,14 @@ def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None
     but a regular file raises :class:`NotRegularFileError`. ``O_NONBLOCK`` is cleared again: it
     means nothing for a regular file's reads, but it would make a lease break fail instead of wait.
     ``O_NOFOLLOW`` unless ``follow_symlinks``; ``O_NOCTTY`` in case the name is a terminal.
+    ``display`` is what an error names (the full path of a name relative to ``dir_fd``).
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFileError(path, file_kind(mode))
+            raise NotRegularFileError(path if display is None else display, file_kind(mode))
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -157,9 +255,10 @@ def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None
 
 
 def read_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None, follow_symlinks: bool = False,
-                 limit: Optional[int] = None) -> bytes:
+                 limit: Optional[int] = None, display: "Optional[os.PathLike[str] | str]" = None) -> bytes:
     """The bytes of a regular file (see :func:`open_regular`); more than ``limit`` bytes raise."""
-    fd = open_regular(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    fd = open_regular(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks, display=display)
+    path = path if display is None else display
     try:
         size = os.fstat(fd).st_size
         if limit is not None and size > limit:

@@ -2,6 +2,18 @@
 
 On-disk protocol (one directory, shared with boom):
 
+    Who checks what. The cache directory is opened once per CacheStore, with O_DIRECTORY |
+    O_NOFOLLOW, reached from / one directory at a time by descriptor (safety.py): every
+    directory above it must be owned by root or the running user and not writable by group or
+    other unless sticky; the cache directory itself must be a real directory owned by the running
+    user and not writable by group or other (fstat of the descriptor, not lstat of the name).
+    Every later operation (the lock, the index, images, listings, renames, unlinks) works relative
+    to that descriptor, so a directory swapped in under the same name is never used; a later check
+    that finds another directory at the name refuses. .tmp/, links/ and lost+found/ are opened
+    relative to it with O_NOFOLLOW and pass the same checks as the cache directory. Every file
+    read is opened O_NONBLOCK and must be a regular file (fstat of the descriptor): a FIFO or a
+    device is an error naming it, never a read that blocks.
+
     cacheindex.json         boom's index. bootwatch replaces it only by rename(2) of a complete,
                             fsynced temp file, then fsyncs the directory; a reader without the lock
                             sees the old or the new index, never a mix. (boom itself rewrites it in
@@ -88,14 +100,17 @@ import fcntl
 import os
 import re
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import BootwatchError, DaemonRunningError, IndexCorruptError, NotRegularFileError, describe_oserror
+from bootwatch.errors import (BootwatchError, DaemonRunningError, IndexCorruptError, NotRegularFileError,
+                              UnsafeDirectoryError, describe_oserror)
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
-from bootwatch.safety import check_private_directory, file_kind, open_regular, read_regular
+from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
+                              open_regular, read_regular)
 from bootwatch.signatures import chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
@@ -140,19 +155,27 @@ class TempFile:
     final name, whatever went wrong (ENOSPC, a signal turned into an exception, a content change).
     """
 
-    def __init__(self, directory: Path, prefix: str = TEMP_PREFIX, mode: int = 0o600) -> None:
+    def __init__(self, directory: Path, prefix: str = TEMP_PREFIX, mode: int = 0o600, *,
+                 dir_fd: Optional[int] = None) -> None:
+        """With ``dir_fd`` (an open ``directory``, not owned) the file is made and named relative to it."""
         self.directory = directory
+        self.dir_fd = dir_fd
         self.path: Optional[Path] = None
         for attempt in range(100):
             candidate = directory / f"{prefix}{os.getpid()}.{time.monotonic_ns():x}.{attempt}"
             try:
-                self.fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  mode)
+                self.fd = os.open(self._name(candidate),
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                                  dir_fd=dir_fd)
             except FileExistsError:
                 continue
             self.path = candidate
             return
         raise BootwatchError("cannot create a unique temporary file", path=directory)
+
+    def _name(self, path: Path) -> str:
+        """How ``path`` is named to the kernel: relative to ``dir_fd`` if there is one."""
+        return path.name if self.dir_fd is not None else str(path)
 
     def __enter__(self) -> "TempFile":
         return self
@@ -161,7 +184,7 @@ class TempFile:
         self.close()
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                os.unlink(self._name(self.path), dir_fd=self.dir_fd)
             self.path = None
 
     def close(self) -> None:
@@ -176,24 +199,30 @@ class TempFile:
         path, self.path = self.path, None
         return path
 
-    def commit(self, final: Path, *, replace: bool = True) -> None:
+    def commit(self, final: Path, *, replace: bool = True, final_dir_fd: Optional[int] = None) -> None:
         """fsync, rename over ``final`` and fsync the directory.
 
         With ``replace`` False an existing ``final`` is kept (link + unlink, which fails with
-        EEXIST instead of replacing).
+        EEXIST instead of replacing). With ``final_dir_fd`` (the open directory of ``final``)
+        the rename goes to ``final``'s name in it.
         """
         assert self.path is not None
         os.fsync(self.fd)
         self.close()
+        source = self._name(self.path)
+        target = final.name if final_dir_fd is not None else str(final)
         if replace:
-            os.rename(self.path, final)
+            os.rename(source, target, src_dir_fd=self.dir_fd, dst_dir_fd=final_dir_fd)
         else:
             try:
-                os.link(self.path, final)
+                os.link(source, target, src_dir_fd=self.dir_fd, dst_dir_fd=final_dir_fd, follow_symlinks=False)
             finally:
-                os.unlink(self.path)
+                os.unlink(source, dir_fd=self.dir_fd)
         self.path = None
-        fsync_directory(final.parent)
+        if final_dir_fd is not None:
+            os.fsync(final_dir_fd)
+        else:
+            fsync_directory(final.parent)
 
 
 def sync_filesystem(directory: Path) -> None:
@@ -205,11 +234,16 @@ def sync_filesystem(directory: Path) -> None:
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _LIBC.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(directory))
+        sync_filesystem_of(fd, directory)
     finally:
         os.close(fd)
+
+
+def sync_filesystem_of(fd: int, name: Path) -> None:
+    """:func:`sync_filesystem` of the filesystem that holds the open file ``fd`` (``name`` for errors)."""
+    if _LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(name))
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -224,8 +258,11 @@ class PendingImages:
     next holder of the lock removes.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, directory: "Path | CacheStore") -> None:
+        """``directory``: a :class:`CacheStore`, whose lock the caller holds: the temp files are then
+        in its ``.tmp`` and are renamed relative to its descriptors, not by path."""
+        self.store = directory if isinstance(directory, CacheStore) else None
+        self.directory = directory.directory if isinstance(directory, CacheStore) else directory
         self.files: List[tuple] = []  # (temp path, final path)
 
     def __len__(self) -> int:
@@ -237,27 +274,37 @@ class PendingImages:
     def flush(self) -> None:
         if not self.files:
             return
+        temp_fd, dir_fd = (self.store.temp_fd, self.store.fd) if self.store is not None else (None, None)
         try:
             if len(self.files) == 1:
-                fd = os.open(self.files[0][0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(self._name(self.files[0][0]), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=temp_fd)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            elif dir_fd is not None:
+                sync_filesystem_of(dir_fd, self.directory)
             else:
                 sync_filesystem(self.directory)
         except OSError:
             self.discard()
             raise
         for temp, final in self.files:
-            os.rename(temp, final)
+            os.rename(self._name(temp), self._name(final), src_dir_fd=temp_fd, dst_dir_fd=dir_fd)
         self.files.clear()
-        fsync_directory(self.directory)
+        if dir_fd is not None:
+            os.fsync(dir_fd)
+        else:
+            fsync_directory(self.directory)
+
+    def _name(self, path: Path) -> str:
+        return path.name if self.store is not None else str(path)
 
     def discard(self) -> None:
+        temp_fd = self.store.temp_fd if self.store is not None else None
         for temp, _ in self.files:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+                os.unlink(self._name(temp), dir_fd=temp_fd)
         self.files.clear()
 
 
@@ -273,10 +320,52 @@ class LockWaiter:
 
 
 class CacheStore:
-    """One cache directory: its index, its images, its lock."""
+    """One cache directory: its index, its images, its lock.
+
+    The directory is opened once, checked with all the directories above it (see
+    :func:`bootwatch.safety.open_private_directory`), and every later operation works relative to
+    that descriptor: a directory swapped in under the same name afterwards is never read or written.
+    The descriptor is held until :meth:`close` (or the end of a ``with`` block). The paths below
+    (:attr:`index_path`, :meth:`image_path`...) only name files in messages and for other programs.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._fd: Optional[int] = None
+        self._temp_fd: Optional[int] = None  # .tmp, while this process holds the lock
+        self._opening = threading.Lock()
+
+    def __enter__(self) -> "CacheStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self._temp_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._temp_fd = self._fd = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def fd(self) -> int:
+        """The checked descriptor of the cache directory; opened (without creating it) on first use."""
+        if self._fd is None:
+            self.check()
+        assert self._fd is not None
+        return self._fd
+
+    @property
+    def temp_fd(self) -> int:
+        """The checked descriptor of ``.tmp`` (made if need be); opened afresh by each :meth:`locked`."""
+        if self._temp_fd is None:
+            self._temp_fd = self._subdirectory(TEMP_DIR, create=True)
+        assert self._temp_fd is not None
+        return self._temp_fd
 
     # ---------------------------------------------------------------- names
 
@@ -304,8 +393,31 @@ class CacheStore:
     # ---------------------------------------------------------------- safety and locking
 
     def check(self, *, create: bool = False) -> None:
-        """Refuse an unsafe cache directory (see :func:`check_private_directory`)."""
-        check_private_directory(self.directory, create=create)
+        """Open the cache directory (first call), or check again that the one opened is still safe
+        and still the one at its path; refuse an unsafe one.
+
+        The directory and every directory above it are checked each time (see
+        :func:`open_private_directory`). A cache directory that was replaced since it was
+        opened is refused: this object keeps working in the one it checked, and never switches.
+        """
+        with self._opening:
+            fd = open_private_directory(self.directory, create=create)
+            if self._fd is None:
+                self._fd = fd
+                return
+            try:
+                held, now = os.fstat(self._fd), os.fstat(fd)
+                check_private_fd(self._fd, self.directory)
+            finally:
+                os.close(fd)
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                raise UnsafeDirectoryError("is not the directory bootwatch opened: it was replaced meanwhile",
+                                           path=self.directory, hint="restart bootwatch to use the new directory")
+
+    def _subdirectory(self, name: str, *, create: bool) -> Optional[int]:
+        """``.tmp``, ``links`` or ``lost+found``, opened relative to the cache directory and checked
+        as it is (a real directory, not a symlink, ours, private); None if absent and not ``create``."""
+        return open_private_subdirectory(self.fd, name, self.directory / name, create=create)
 
     @contextlib.contextmanager
     def locked(self, *, create: bool = True, remove_stale: bool = True,
@@ -322,7 +434,6 @@ class CacheStore:
         else None. The stale temp files removed are appended to ``removed``, if given.
         """
         self.check(create=create)
-        check_private_directory(self.temp_dir, create=True)
         fd = self._open_lock_file()
         try:
             if waiter is None:
@@ -339,17 +450,32 @@ class CacheStore:
                         time.sleep(0.1)
                 if waited:
                     waiter.acquired()
+            # Checked again for each holder; only a holder writes temp files, so nobody uses the old one.
+            old, self._temp_fd = self._temp_fd, self._subdirectory(TEMP_DIR, create=True)
+            if old is not None:
+                os.close(old)
             image_ids: Optional[Set[str]] = None
             if remove_stale:
                 image_ids, temps = self._list_directory()
                 for path in temps:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        if path.parent == self.temp_dir:
+                            os.unlink(path.name, dir_fd=self._temp_fd)
+                        else:
+                            os.unlink(path.name, dir_fd=self.fd)
                         if removed is not None:
                             removed.append(path)
             yield image_ids
         finally:
             os.close(fd)  # closing the last fd drops the flock
+
+    def temp_file(self, mode: int = 0o600) -> TempFile:
+        """A new temp file in ``.tmp``, made relative to its descriptor. The caller holds the lock."""
+        return TempFile(self.temp_dir, mode=mode, dir_fd=self.temp_fd)
+
+    def commit_image(self, tmp: TempFile, image_id: str) -> None:
+        """Make a complete temp file the image ``image_id`` (fsync, rename, directory fsync)."""
+        tmp.commit(self.image_path(image_id), final_dir_fd=self.fd)
 
     def hold_daemon_lock(self) -> int:
         """Take the daemon lock (see the protocol above) and return its descriptor, to keep open
@@ -358,7 +484,8 @@ class CacheStore:
         Refused with a :class:`DaemonRunningError` naming the running daemon when another
         process holds it.
         """
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # A description of its own (not a dup), so that its flock is this call's alone.
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -375,7 +502,8 @@ class CacheStore:
     def _open_lock_file(self) -> int:
         """The lock file, created if need be; a FIFO or a device planted under its name is refused."""
         path = self.directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=self.fd)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
@@ -387,28 +515,39 @@ class CacheStore:
         stems: List[str] = []
         temps: List[Path] = []
         name_length = 40 + len(IMAGE_SUFFIX)
-        with os.scandir(self.directory) as it:
+        with os.scandir(self.fd) as it:
             for entry in it:
                 name = entry.name
                 if len(name) == name_length and name.endswith(IMAGE_SUFFIX):
                     if entry.is_file(follow_symlinks=False):
                         stems.append(name[:40])
                 elif name.startswith(TEMP_PREFIX):  # where bootwatch 0.1 development builds wrote them
-                    temps.append(Path(entry.path))
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.temp_dir) as it:
-            temps.extend(Path(entry.path) for entry in it if entry.name.startswith(TEMP_PREFIX))
+                    temps.append(self.directory / name)
+        temp_fd = self._temp_fd if self._temp_fd is not None else self._subdirectory(TEMP_DIR, create=False)
+        if temp_fd is not None:
+            try:
+                with os.scandir(temp_fd) as it:
+                    temps.extend(self.temp_dir / entry.name for entry in it if entry.name.startswith(TEMP_PREFIX))
+            finally:
+                if temp_fd != self._temp_fd:
+                    os.close(temp_fd)
         return _image_ids(stems), temps
 
     def _regular_file_names(self) -> Set[str]:
         """The names of the regular files in the directory, from ``d_type`` (no stat per file)."""
-        with os.scandir(self.directory) as it:
+        with os.scandir(self.fd) as it:
             return {entry.name for entry in it if entry.is_file(follow_symlinks=False)}
 
     def has_temp_files(self) -> bool:
         """Whether ``.tmp/`` holds a temp file (one listing of a directory that is nearly always empty)."""
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(self.temp_dir) as it:
-            return any(entry.name.startswith(TEMP_PREFIX) for entry in it)
-        return False
+        temp_fd = self._subdirectory(TEMP_DIR, create=False)
+        if temp_fd is None:
+            return False
+        try:
+            with os.scandir(temp_fd) as it:
+                return any(entry.name.startswith(TEMP_PREFIX) for entry in it)
+        finally:
+            os.close(temp_fd)
 
     def stale_temp_files(self) -> List[Path]:
         """Temp files present now. Only meaningful to a holder of the lock: then all are stale."""
@@ -417,11 +556,15 @@ class CacheStore:
     # ---------------------------------------------------------------- the index
 
     def index_exists(self) -> bool:
-        return os.path.lexists(self.index_path)
+        try:
+            os.stat(INDEX_NAME, dir_fd=self.fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
 
     def _open_index(self) -> Optional[int]:
         try:
-            return open_regular(self.index_path)
+            return open_regular(INDEX_NAME, dir_fd=self.fd, display=self.index_path)
         except FileNotFoundError:
             return None
         except NotRegularFileError as e:
@@ -476,10 +619,10 @@ class CacheStore:
         """Replace the index atomically and durably, and return the SHA1 of its bytes. The caller holds the lock."""
         data = index.to_json()
         try:
-            with TempFile(self.temp_dir) as tmp:
+            with self.temp_file() as tmp:
                 os.fchmod(tmp.fd, 0o644)
                 _write_fully(tmp.fd, data)
-                tmp.commit(self.index_path)
+                tmp.commit(self.index_path, final_dir_fd=self.fd)
         except OSError as e:
             # os.write() errors carry no file name: without this, a full disk while writing the
             # index reached the user as a bare "no space left on device" that names no file.
@@ -494,7 +637,7 @@ class CacheStore:
         Not a regular file (a FIFO planted there) is as good as missing, never a read that blocks.
         """
         try:
-            fd = open_regular(self.directory / name)
+            fd = open_regular(name, dir_fd=self.fd)
         except OSError:
             return None
         chunks = []
@@ -516,14 +659,15 @@ class CacheStore:
         The caller holds the lock. A failure (a full disk, say) is left for the next writer: the
         file only saves work (or, durable, remembers what a later run compares with).
         """
-        with contextlib.suppress(OSError), TempFile(self.temp_dir) as tmp:
+        with contextlib.suppress(OSError), self.temp_file() as tmp:
             os.fchmod(tmp.fd, 0o644)
             _write_fully(tmp.fd, data)
             if durable:
                 tmp.commit(self.directory / name)
                 return
             tmp.close()
-            os.rename(tmp.path, self.directory / name)
+            assert tmp.path is not None
+            os.rename(tmp.path.name, name, src_dir_fd=self.temp_fd, dst_dir_fd=self.fd)
             tmp.path = None
 
     def keep_corrupt_copy(self, data: bytes) -> Path:
@@ -535,31 +679,39 @@ class CacheStore:
         """
         for existing in self.unsuperseded_corrupt_copies():
             with contextlib.suppress(OSError):
-                if read_regular_file(existing) == data:
+                if read_regular(existing.name, dir_fd=self.fd) == data:
                     return existing
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        with TempFile(self.temp_dir) as tmp:
+        with self.temp_file() as tmp:
             os.fchmod(tmp.fd, 0o600)
             _write_fully(tmp.fd, data)
             for n in range(1000):
                 target = self.directory / f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
-                if os.path.lexists(target):
+                if self._exists(target.name):
                     continue
-                tmp.commit(target, replace=False)  # fsync, link (never over an earlier copy), dir fsync
+                # fsync, link (never over an earlier copy), dir fsync
+                tmp.commit(target, replace=False, final_dir_fd=self.fd)
                 return target
         raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
 
     def unsuperseded_corrupt_copies(self) -> List[Path]:
         """The kept copies of corrupt indexes that no completed repair superseded (see the protocol)."""
-        names = set(os.listdir(self.directory))
+        names = set(os.listdir(self.fd))
         return sorted(self.directory / name for name in names
                       if name.startswith(CORRUPT_PREFIX) and f".{name}{SUPERSEDED_SUFFIX}" not in names)
 
     def mark_superseded(self, copy: Path) -> None:
         """Record that a completed repair merged ``copy`` into the index now in place."""
-        os.close(os.open(self.directory / f".{copy.name}{SUPERSEDED_SUFFIX}",
-                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-        fsync_directory(self.directory)
+        os.close(os.open(f".{copy.name}{SUPERSEDED_SUFFIX}",
+                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd))
+        os.fsync(self.fd)
+
+    def _exists(self, name: str, dir_fd: Optional[int] = None) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd if dir_fd is None else dir_fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
 
     # ---------------------------------------------------------------- images
 
@@ -577,7 +729,7 @@ class CacheStore:
 
     def image_stat(self, image_id: str) -> Optional[os.stat_result]:
         try:
-            st = os.lstat(self.image_path(image_id))
+            st = os.stat(self.image_path(image_id).name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         return st if stat.S_ISREG(st.st_mode) else None
@@ -587,34 +739,47 @@ class CacheStore:
 
     def open_image(self, image_id: str) -> int:
         """A descriptor of the image, for reading; not a regular file raises :class:`NotRegularFileError`."""
-        return open_regular(self.image_path(image_id))
+        path = self.image_path(image_id)
+        return open_regular(path.name, dir_fd=self.fd, display=path)
 
     def delete_image(self, image_id: str) -> bool:
         """Unlink an image. The caller holds the lock and has already written an index without it."""
         try:
-            os.unlink(self.image_path(image_id))
+            os.unlink(self.image_path(image_id).name, dir_fd=self.fd)
             return True
         except FileNotFoundError:
             return False
 
     def move_to_lost_found(self, image_id: str, suffix: str = "") -> Path:
-        """Keep an image out of clean's reach for an administrator to look at."""
-        self.lost_found_dir.mkdir(mode=0o700, exist_ok=True)
-        target = self.lost_found_dir / f"{image_id}{IMAGE_SUFFIX}{suffix}"
-        n = 0
-        while os.path.lexists(target):  # never replace what an earlier repair kept
-            n += 1
-            target = self.lost_found_dir / f"{image_id}{IMAGE_SUFFIX}{suffix}.{n}"
-        os.rename(self.image_path(image_id), target)
-        fsync_directory(self.directory)
-        return target
+        """Keep an image out of clean's reach for an administrator to look at.
+
+        ``lost+found/`` is checked as the cache directory is (a symlink there would carry images
+        out of the cache) and the rename goes between the two descriptors.
+        """
+        found_fd = self._subdirectory(LOST_FOUND_DIR, create=True)
+        assert found_fd is not None
+        try:
+            name = f"{image_id}{IMAGE_SUFFIX}{suffix}"
+            n = 0
+            while self._exists(name, found_fd):  # never replace what an earlier repair kept
+                n += 1
+                name = f"{image_id}{IMAGE_SUFFIX}{suffix}.{n}"
+            os.rename(self.image_path(image_id).name, name, src_dir_fd=self.fd, dst_dir_fd=found_fd)
+            os.fsync(found_fd)
+            os.fsync(self.fd)
+        finally:
+            os.close(found_fd)
+        return self.lost_found_dir / name
 
     def pinned_image_ids(self) -> set:
         """Ids that some link in ``links/`` holds. Clean never deletes these; gc decides liveness."""
-        try:
-            names = os.listdir(self.links_dir)
-        except FileNotFoundError:
+        links_fd = self._subdirectory(LINKS_DIR, create=False)
+        if links_fd is None:
             return set()
+        try:
+            names = os.listdir(links_fd)
+        finally:
+            os.close(links_fd)
         return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}
 
 
