@@ -5,8 +5,8 @@ throttling, as a slow USB stick or a busy disk would), so a copy of a few tens o
 seconds, and a test can act in the middle of it without timing guesses. The page cache is
 dropped by remounting, so reads do reach the device.
 
-Needs root, loop devices and the cgroup v1 ``blkio`` controller (``read_bps_device``); the
-tests skip without them.
+Needs root, loop devices and a cgroup controller that throttles reads: v1 ``blkio``
+(``blkio.throttle.read_bps_device``) or v2 ``io`` (``io.max rbps=``); the tests skip without them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -72,18 +72,49 @@ class ThrottledReads:
         return [int(p) for p in (self.directory / "cgroup.procs").read_text().split()]
 
 
+def _cgroup2_root() -> Optional[Path]:
+    """Where the cgroup v2 hierarchy is mounted, if its ``io`` controller can be used from the root."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    roots = [Path(fields[4]) for fields in mounts if fields[fields.index("-") + 1] == "cgroup2"]
+    for root in roots:
+        try:
+            if "io" not in (root / "cgroup.controllers").read_text().split():
+                continue
+            if "io" not in (root / "cgroup.subtree_control").read_text().split():
+                (root / "cgroup.subtree_control").write_text("+io\n")
+            return root
+        except OSError:
+            continue
+    return None
+
+
+def _throttle_files(majmin: str, bytes_per_second: int) -> Optional[Tuple[Path, str, str]]:
+    """(hierarchy root, limit file, its line) of the first controller that throttles reads."""
+    if (BLKIO / "blkio.throttle.read_bps_device").exists():
+        return BLKIO, "blkio.throttle.read_bps_device", f"{majmin} {bytes_per_second}\n"
+    root = _cgroup2_root()
+    if root is not None:
+        return root, "io.max", f"{majmin} rbps={bytes_per_second}\n"
+    return None
+
+
 @contextlib.contextmanager
 def throttled_reads(majmin: str, bytes_per_second: int) -> Iterator[ThrottledReads]:
-    if not (BLKIO / "blkio.throttle.read_bps_device").exists():
-        pytest.skip("no cgroup v1 blkio controller with read throttling")
-    directory = BLKIO / f"bootwatch-test-{os.getpid()}-{majmin.replace(':', '-')}"
+    found = _throttle_files(majmin, bytes_per_second)
+    if found is None:
+        pytest.skip("no cgroup controller that throttles reads (v1 blkio or v2 io)")
+    root, limit_file, line = found
+    directory = root / f"bootwatch-test-{os.getpid()}-{majmin.replace(':', '-')}"
     directory.mkdir()
     try:
-        (directory / "blkio.throttle.read_bps_device").write_text(f"{majmin} {bytes_per_second}\n")
+        try:
+            (directory / limit_file).write_text(line)
+        except OSError as e:
+            pytest.skip(f"cannot throttle reads of {majmin} in {directory}: {e}")
         yield ThrottledReads(directory)
     finally:
-        parent = BLKIO / "cgroup.procs"
         for pid in ThrottledReads(directory).pids():  # survivors go back to the root group
             with contextlib.suppress(OSError):
-                parent.write_text(f"{pid}\n")
+                (root / "cgroup.procs").write_text(f"{pid}\n")
         directory.rmdir()
