@@ -595,19 +595,20 @@ class BootCache:
             state = BROKEN
         else:
             state = UNKNOWN
-        extra = index.image_extra(newest)
+        size = index.recorded_size(newest)
+        verified = index.verification(newest)
         problem: Optional[str] = None
         if image_st is None:
             problem = "image file missing"
-        elif isinstance(extra.get("size"), int) and image_st.st_size != extra["size"]:
-            problem = f"image size {image_st.st_size} differs from the {extra['size']} bytes cached"
-        elif isinstance(extra.get("verified"), dict) and not extra["verified"].get("ok", True):
-            problem = f"failed verification: {extra['verified'].get('message', '')}"
+        elif size is not None and image_st.st_size != size:
+            problem = f"image size {image_st.st_size} differs from the {size} bytes cached"
+        elif verified is not None and not verified["ok"]:
+            problem = f"failed verification: {verified['message']}"
         meta = index.meta(path)
         return PathStatus(path=path, image_id=newest, images=index.images_newest_first(path), state=state,
                           count=references.get(path, 0), image_ts=index.image_ts(newest), mode=meta.mode,
                           uid=meta.uid, gid=meta.gid, boot_changed=boot_changed, image_problem=problem,
-                          verified=extra.get("verified") if isinstance(extra.get("verified"), dict) else None)
+                          verified=verified)
 
     def list(self, paths: Optional[Sequence[str]] = None) -> List[PathStatus]:
         index = self.load_index()
@@ -693,8 +694,8 @@ class BootCache:
             os.close(fd)
         if digest.sha1 != image_id:
             return ImageVerification(image_id, paths, False, f"content hashes to {digest.sha1}, not to its id")
-        recorded = index.image_extra(image_id).get("sha256")
-        if isinstance(recorded, str) and recorded != digest.sha256:
+        recorded = index.recorded_sha256(image_id)
+        if recorded is not None and recorded != digest.sha256:
             return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
         checks = self._content_checks(image_id)
         failed = [c for c in checks if c.get("outcome") == "failed"]

@@ -23,7 +23,6 @@ them by design (see ``store.py``) and ``clean`` removes them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Dict, List, Optional
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
 from bootwatch.hashing import Digest, hash_file, hash_path
-from bootwatch.index import CacheIndex
+from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
 from bootwatch.safety import normalize_boot_path, open_regular
 from bootwatch.store import TempFile, read_regular_file
 
@@ -146,7 +145,7 @@ def _check_listed_images(cache: BootCache, index: CacheIndex, digests: Dict[str,
     for image_id in sorted(index.all_image_ids()):
         paths = index.paths_of(image_id)
         digest = digests.get(image_id, None) if image_id in digests else None
-        recorded = index.image_extra(image_id).get("sha256")
+        recorded = index.recorded_sha256(image_id)
         if image_id not in digests:
             problem = "is missing"
         elif digest is None:
@@ -236,7 +235,7 @@ def _old_entries(raw: Optional[bytes]) -> tuple:
     paths: Dict[str, dict] = {}
     images: Dict[str, dict] = {}
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
@@ -278,7 +277,7 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
 
     def meta_for(path: str) -> dict:
         old = old_paths.get(path)
-        if isinstance(old, dict) and all(isinstance(old.get(k), int) for k in ("path_mode", "path_uid", "path_gid")):
+        if valid_path_meta(old):
             return dict(old)
         try:
             st = os.stat(cache.boot_file(path))
@@ -288,7 +287,7 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
 
     def image_entry(image_id: str) -> dict:
         old = old_images.get(image_id)
-        entry = dict(old) if isinstance(old, dict) and isinstance(old.get("image_ts"), (int, float)) else \
+        entry = dict(old) if valid_image_entry(old) else \
             {"image_ts": int(os.lstat(store.image_path(image_id)).st_mtime)}
         extra = entry.get("bootwatch") if isinstance(entry.get("bootwatch"), dict) else {}
         entry["bootwatch"] = {**extra, "sha256": good[image_id].sha256, "size": good[image_id].size}

@@ -26,14 +26,23 @@ again) only while the file has exactly this identity: the same inode, and no cha
 write, chmod, chown, link or rename changes the ctime). ``stat`` is rewritten whenever the file is
 hashed again; ``restored`` only by a restore, so a file put back by a package manager with the
 same content matches ``stat`` but never ``restored``.
+
+Validation is total: an index either is refused as corrupt (:class:`IndexCorruptError` naming the
+file), or every value a command uses is one it can use. Refused: what boom could not read or would
+misread (not JSON, NaN/Infinity or a number too large for a float, nesting deeper than the parser
+goes, a missing table, an unsafe path, an empty or repeated id list, an id without its image),
+``image_ts`` outside :data:`IMAGE_TS_RANGE`, a ``path_mode`` that is no ``st_mode`` (above 0o177777),
+a uid or gid that is no ``uid_t``, and a ``"bootwatch"`` value that is not an object. Values
+*inside* ``"bootwatch"`` are bootwatch's own hints: a wrong one is ignored by the typed accessors
+(:meth:`CacheIndex.verification`, :meth:`CacheIndex.recorded_sha256`, ...), never trusted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -48,12 +57,19 @@ IMAGE_ID = re.compile(r"[0-9a-f]{40}")
 EXTRA = "bootwatch"
 RESTORED_KEY = "restored"  # in a path's extra data: the file a restore wrote
 
+# image_ts is a file's mtime: it must be a time that time.localtime and os.utime take everywhere
+# (from 1901, the 32-bit time_t, to the end of year 9999, what strftime can print).
+IMAGE_TS_RANGE = (-(2 ** 31), 253402300799)
+MODE_MAX = 0o177777  # st_mode: the file type and the permission bits, 16 bits
+ID_MAX = 2 ** 32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "no owner"
+
 # The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
 # a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
 # and holds no "/", NUL or newline (the rules of safety.normalize_boot_path).
 _SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n]+)+"
 _SAFE_PATHS = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
 _IMAGE_IDS = re.compile(r"[0-9a-f]{40}(?:\n[0-9a-f]{40})*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @contextlib.contextmanager
@@ -72,6 +88,48 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _refuse_constant(name: str) -> float:
+    # NaN and Infinity are no JSON (boom's json.load takes them, but they order and compare as no time does).
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
+def is_time(value: object) -> bool:
+    """A number of seconds since the epoch that every time function takes (see IMAGE_TS_RANGE)."""
+    return value.__class__ in (int, float) and IMAGE_TS_RANGE[0] <= value <= IMAGE_TS_RANGE[1]  # type: ignore
+
+
+def valid_path_meta(meta: object) -> bool:
+    """A ``paths`` entry bootwatch can use: integer mode, uid and gid in range, extra data an object."""
+    return isinstance(meta, dict) \
+        and all(meta.get(key).__class__ is int and 0 <= meta[key] <= highest
+                for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX))) \
+        and isinstance(meta.get(EXTRA, {}), dict)
+
+
+def valid_image_entry(entry: object) -> bool:
+    """An ``images`` entry bootwatch can use: an image_ts in range, extra data an object."""
+    return isinstance(entry, dict) and is_time(entry.get("image_ts")) and isinstance(entry.get(EXTRA, {}), dict)
+
+
+def _shorten(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}..."
+
+
+def parse_json(text: Union[str, bytes]) -> object:
+    """``json.loads`` as the index is read: ValueError for NaN, Infinity and numbers beyond a float,
+    RecursionError for nesting deeper than the parser goes (both mean "not the JSON boom writes")."""
+    with _collector_paused():
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def is_image_id(value: object) -> bool:
@@ -138,10 +196,11 @@ class CacheIndex:
     def from_json(cls, text: Union[str, bytes], *, source: Union[str, Path]) -> "CacheIndex":
         """Parse and validate; anything boom could not read, or that is hostile, is corrupt."""
         try:
-            with _collector_paused():
-                data = json.loads(text)
+            data = parse_json(text)
         except (ValueError, UnicodeDecodeError) as e:
             raise IndexCorruptError(f"is not valid JSON ({e})", path=source) from None
+        except RecursionError:
+            raise IndexCorruptError("is not valid JSON (nested too deeply)", path=source) from None
         cls.validate(data, source=source)
         return cls(data)
 
@@ -172,17 +231,31 @@ class CacheIndex:
                     raise corrupt(f"index['{path}'] holds {image_id!r}, not a 40-digit lowercase SHA1")
                 if not isinstance(images.get(image_id), dict):
                     raise corrupt(f"image {image_id} of '{path}' has no entry in 'images'")
+            if len(set(ids)) != len(ids):
+                twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+                raise corrupt(f"index['{path}'] lists image {twice} more than once")
             meta = paths.get(path)
             if not isinstance(meta, dict):
                 raise corrupt(f"path '{path}' has no entry in 'paths'")
-            for key in ("path_mode", "path_uid", "path_gid"):
-                if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool):
+            for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX)):
+                value = meta.get(key)
+                if not isinstance(value, int) or isinstance(value, bool):
                     raise corrupt(f"paths['{path}'].{key} is missing or is not an integer")
+                if not 0 <= value <= highest:
+                    raise corrupt(f"paths['{path}'].{key} is {_shorten(value)}, not between 0 and {highest}")
+            if not isinstance(meta.get(EXTRA, {}), dict):
+                raise corrupt(f"paths['{path}'].{EXTRA} is not an object")
         for image_id, meta in images.items():
             if not is_image_id(image_id):
                 raise corrupt(f"'images' has a key {image_id!r} that is not an image id")
             if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
                 raise corrupt(f"images['{image_id}'].image_ts is missing or is not a number")
+            low, high = IMAGE_TS_RANGE
+            if not low <= meta["image_ts"] <= high:
+                raise corrupt(f"images['{image_id}'].image_ts is {_shorten(meta['image_ts'])}, "
+                              f"not a time between {low} and {high}")
+            if not isinstance(meta.get(EXTRA, {}), dict):
+                raise corrupt(f"images['{image_id}'].{EXTRA} is not an object")
 
     @staticmethod
     def _plainly_valid(data: object) -> bool:
@@ -203,19 +276,30 @@ class CacheIndex:
             if index.__class__ is not dict or paths.__class__ is not dict or images.__class__ is not dict:
                 return False
             listed: List[str] = []
+            low, high = IMAGE_TS_RANGE
             for path, ids in index.items():
-                if ids.__class__ is not list or not ids:
+                if ids.__class__ is not list or not ids or (len(ids) > 1 and len(set(ids)) != len(ids)):
                     return False
                 listed += ids
                 meta = paths.get(path)
-                if meta.__class__ is not dict or meta.get("path_mode").__class__ is not int \
-                        or meta.get("path_uid").__class__ is not int or meta.get("path_gid").__class__ is not int:
+                if meta.__class__ is not dict:
+                    return False
+                mode, uid, gid = meta.get("path_mode"), meta.get("path_uid"), meta.get("path_gid")
+                if mode.__class__ is not int or uid.__class__ is not int or gid.__class__ is not int \
+                        or not (0 <= mode <= MODE_MAX and 0 <= uid <= ID_MAX and 0 <= gid <= ID_MAX):
+                    return False
+                extra = meta.get(EXTRA)
+                if extra is not None and extra.__class__ is not dict:
                     return False
             for meta in images.values():
                 if meta.__class__ is not dict:
                     return False
-                kind = meta.get("image_ts").__class__
-                if kind is not int and kind is not float:
+                ts = meta.get("image_ts")
+                kind = ts.__class__
+                if (kind is not int and kind is not float) or not low <= ts <= high:
+                    return False
+                extra = meta.get(EXTRA)
+                if extra is not None and extra.__class__ is not dict:
                     return False
             for keys, pattern in ((index, _SAFE_PATHS), (images, _IMAGE_IDS)):
                 if keys:
@@ -233,7 +317,9 @@ class CacheIndex:
         return json.dumps(self._data, separators=(",", ":")).encode() + b"\n"
 
     def copy(self) -> "CacheIndex":
-        return CacheIndex(copy.deepcopy(self._data))
+        # Through JSON, not copy.deepcopy: the C parser and encoder go as deep as the index was
+        # parsed, deepcopy's Python recursion only a third as deep (an unknown key may nest).
+        return CacheIndex(parse_json(self.to_json()))  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- queries
 
@@ -298,6 +384,35 @@ class CacheIndex:
         if signature is None or extra.get("stat_image_id") != image_id:
             return None
         return signature.mtime_ns if 0 <= signature.mtime_ns < 1 << 63 else None
+
+    def recorded_sha256(self, image_id: str) -> Optional[str]:
+        """The SHA256 recorded when the image was cached, if one was (64 lowercase hex digits)."""
+        value = self.image_extra(image_id).get("sha256")
+        return value if isinstance(value, str) and _SHA256.fullmatch(value) else None
+
+    def recorded_size(self, image_id: str) -> Optional[int]:
+        """The size recorded when the image was cached, if one was."""
+        value = self.image_extra(image_id).get("size")
+        return value if value.__class__ is int and value >= 0 else None
+
+    def verification(self, image_id: str) -> Optional[dict]:
+        """The last verification of an image as ``{"time", "ok", "message", "checks"}``, or None.
+
+        None also for a record without a boolean ``ok``: unknown is never verified. ``time`` is
+        None when it is not a time (see :func:`is_time`); ``checks`` keeps the objects of the list
+        and their scalar values only, so what is printed is flat.
+        """
+        verified = self.image_extra(image_id).get("verified")
+        if not isinstance(verified, dict) or verified.get("ok").__class__ is not bool:
+            return None
+        when, message, checks = verified.get("time"), verified.get("message"), verified.get("checks")
+        return {
+            "time": when if is_time(when) else None,
+            "ok": verified["ok"],
+            "message": message if isinstance(message, str) else "",
+            "checks": [{k: v for k, v in check.items() if isinstance(v, (str, int, float, bool)) or v is None}
+                       for check in checks if isinstance(check, dict)] if isinstance(checks, list) else [],
+        }
 
     def known_content(self, path: str, signature: StatSignature) -> Optional[str]:
         """The image id of the boot file, if its signature still equals the recorded one."""
@@ -466,20 +581,26 @@ class CacheIndex:
         return self._drop_unlisted([image_id])
 
     def trim(self, path: str, keep: int) -> List[str]:
-        """Keep the newest ``keep`` images of ``path``; return the ids that are now unlisted."""
+        """Keep the newest ``keep`` images of ``path`` (at least one); return the ids now unlisted."""
         return self.trim_paths([path], keep)
 
     def trim_paths(self, paths: Iterable[str], keep: int) -> List[str]:
-        """:meth:`trim` of each of ``paths``, with one look at all paths for the ids now unlisted."""
+        """:meth:`trim` of each of ``paths``, with one look at all paths for the ids now unlisted.
+
+        The newest image is never dropped, whatever ``keep`` says and however a list repeats an
+        id: a path always keeps an image.
+        """
         index = self._data["index"]
+        keep = max(keep, 1)
         dropped: List[str] = []
         for path in paths:
-            if len(index.get(path, ())) <= keep:
+            ids = index.get(path, ())
+            if len(ids) <= keep:
                 continue
-            older = self.images_newest_first(path)[keep:]
-            gone = set(older)
-            index[path] = [i for i in index[path] if i not in gone]
-            dropped += older
+            newest_first = list(dict.fromkeys(self.images_newest_first(path)))
+            kept = set(newest_first[:keep])
+            index[path] = list(dict.fromkeys(i for i in ids if i in kept))
+            dropped += newest_first[keep:]
         return self._drop_unlisted(dropped)
 
     def drop_stray_images(self) -> List[str]:

@@ -78,9 +78,9 @@ def verify_batch_size(image_count: int, run_period: float, verify_interval: floa
 def least_recently_verified(index: CacheIndex) -> List[str]:
     """Listed image ids, never verified first, then by the time of their last verification."""
     def key(image_id: str) -> tuple:
-        verified = index.image_extra(image_id).get("verified")
-        when = verified.get("time") if isinstance(verified, dict) else None
-        return (when if isinstance(when, (int, float)) else 0, image_id)
+        verified = index.verification(image_id)
+        when = verified["time"] if verified is not None else None
+        return (when if when is not None else 0, image_id)
     return sorted(index.all_image_ids(), key=key)
 
 

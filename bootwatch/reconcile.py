@@ -475,7 +475,7 @@ class Reconciler:
             if st is None:
                 problem = "was deleted from the cache"
             else:
-                size = txn.index.image_extra(image_id).get("size")
+                size = txn.index.recorded_size(image_id)
                 try:
                     digest, _ = hash_path(store.image_path(image_id), cancel=self.cache.cancel)
                 except OSError as e:
@@ -487,7 +487,7 @@ class Reconciler:
                 except ContentChangedError:  # images are never written in place
                     problem = "is being modified in the cache"
                 else:
-                    if digest.sha1 != image_id or (isinstance(size, int) and size != digest.size):
+                    if digest.sha1 != image_id or (size is not None and size != digest.size):
                         problem = f"was modified in the cache (its content hashes to {digest.sha1})"
             if problem is None:
                 continue
