@@ -21,8 +21,16 @@ of the key, the ``[section] key``, what was expected and what was found, in one 
 
 Durations are strings of one or more ``<number><unit>`` terms, units ``ms``, ``s``, ``m``, ``h``
 and ``d``, for example ``"250ms"``, ``"1.5s"`` or ``"1h30m"``. Plain numbers are refused: ``30``
-could be seconds or milliseconds, and a config should not make the reader guess. A duration must
-be greater than zero.
+could be seconds or milliseconds, and a config should not make the reader guess. Each duration
+has bounds (:data:`DURATION_BOUNDS`): a value outside them is a mistake, not a setting (a settle
+of days stops the daemon from acting; an interval of a billion days overflows the scheduler).
+
+``[paths] boot``, ``cache`` and ``runtime`` may not be ``/`` or a system directory
+(:data:`SYSTEM_DIRECTORIES`), nor lie in the kernel's virtual filesystems (/proc, /sys, /dev);
+the cache may not be the boot directory nor hold it (a cache inside the boot directory is
+boom's own layout, /boot/boom/cache, and fine). A file that breaks a rule is a configuration
+error (exit 78, naming the file); ``--boot-dir`` and ``--cache-dir`` that break one are a usage
+error (exit 2, naming the option), see :meth:`Config.with_overrides`.
 
 ``[paths] entries`` defaults to ``<boot>/loader/entries`` and follows ``boot`` (also through
 :meth:`Config.with_overrides`) unless a file sets it. ``[paths] runtime`` defaults to
@@ -49,7 +57,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-from bootwatch.errors import ConfigError, NotRegularFileError
+from bootwatch.errors import ConfigError, NotRegularFileError, UsageError
 from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
@@ -64,6 +72,24 @@ DURATION_EXAMPLES = '"250ms", "30s", "15m", "1h" or "1d"'
 # Longest unit first, so that "ms" is never read as "m" followed by garbage.
 _DURATION_UNITS = (("ms", 0.001), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
 _DURATION_TERM = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+
+# The bounds of each duration, in seconds: (shortest, longest).
+DURATION_BOUNDS: Mapping[str, Tuple[float, float]] = MappingProxyType({
+    "settle": (0.001, 600.0),                  # 1ms .. 10m
+    "rescan_interval": (1.0, 7 * 86400.0),     # 1s .. 7d
+    "clean_interval": (1.0, 30 * 86400.0),     # 1s .. 30d
+    "gc_interval": (1.0, 86400.0),             # 1s .. 1d
+    "verify_interval": (1.0, 365 * 86400.0),   # 1s .. 365d
+})
+
+# Directories that are never a boot, cache or runtime directory: / and the system's own. Their
+# subdirectories are fine (the default cache is /var/lib/bootwatch/cache), except in the kernel's
+# virtual filesystems (VIRTUAL_TREES).
+SYSTEM_DIRECTORIES = frozenset(map(Path, (
+    "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/usr/bin", "/usr/sbin", "/usr/lib",
+    "/usr/local", "/etc", "/var", "/var/lib", "/home", "/root", "/tmp", "/var/tmp", "/run", "/srv", "/opt", "/mnt",
+    "/media", "/proc", "/sys", "/dev")))
+VIRTUAL_TREES = tuple(map(Path, ("/proc", "/sys", "/dev")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,12 +155,20 @@ class Config:
         When ``boot`` changes and no file set ``entries``, ``entries`` moves with it.
         """
         paths = self.paths
+        for option, value in (("--boot-dir", boot), ("--cache-dir", cache)):
+            problem = system_directory_problem(_absolute_override(value)) if value is not None else None
+            if problem is not None:
+                raise UsageError(f"{option}: expected a directory of bootwatch's own, not {problem}",
+                                 path=_absolute_override(value))
         if boot is not None:
             boot = _absolute_override(boot)
             entries = paths.entries if paths.entries_explicit else boot / "loader" / "entries"
             paths = dataclasses.replace(paths, boot=boot, entries=entries)
         if cache is not None:
             paths = dataclasses.replace(paths, cache=_absolute_override(cache))
+        problem = layout_problem(paths.boot, paths.cache) if boot is not None or cache is not None else None
+        if problem is not None:
+            raise UsageError(f"--boot-dir/--cache-dir: {problem}")
         return dataclasses.replace(self, paths=paths)
 
     def to_toml(self) -> str:
@@ -170,6 +204,10 @@ def _absolute_override(path: Path) -> Path:
 # Values: parsing and rendering
 
 
+class DurationTooLong(ValueError):
+    """A duration beyond any float: out of every bound."""
+
+
 def parse_duration(text: str) -> float:
     """``"1h30m"`` -> 5400.0 seconds. Raises ValueError for anything else, or for zero."""
     pos = 0
@@ -183,7 +221,9 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos != len(text):
         raise ValueError(f"bad duration {text!r}")
-    if not total > 0 or not math.isfinite(total):
+    if not math.isfinite(total):
+        raise DurationTooLong(f"duration {text!r} is too long")
+    if not total > 0:
         raise ValueError(f"duration {text!r} is not greater than zero")
     return total
 
@@ -248,6 +288,32 @@ def _check_path(value: Any) -> Path:
     return Path(os.path.normpath(value))
 
 
+def system_directory_problem(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a boot, cache or runtime directory, or None if it can."""
+    if path in SYSTEM_DIRECTORIES:
+        return "/ or a system directory" if path == Path("/") else "a system directory"
+    if any(path.is_relative_to(tree) for tree in VIRTUAL_TREES):
+        return "inside a virtual filesystem (/proc, /sys or /dev)"
+    return None
+
+
+def _check_directory(value: Any) -> Path:
+    path = _check_path(value)
+    problem = system_directory_problem(path)
+    if problem is not None:
+        raise _Invalid(f"a directory of bootwatch's own, not {problem}")
+    return path
+
+
+def layout_problem(boot: Path, cache: Path) -> Optional[str]:
+    """Why the cache cannot be where it is relative to the boot directory, or None."""
+    if cache == boot:
+        return f"the cache directory {cache} is the boot directory"
+    if boot.is_relative_to(cache):
+        return f"the boot directory {boot} is inside the cache directory {cache}"
+    return None
+
+
 def _check_optional_path(value: Any) -> Optional[Path]:
     if value == "":
         return None
@@ -289,11 +355,24 @@ def _check_duration(value: Any) -> float:
         raise _Invalid(f"a duration string like {DURATION_EXAMPLES}")
     try:
         return parse_duration(value)
+    except DurationTooLong:
+        return math.inf
     except ValueError:
         if _DURATION_TERM.fullmatch(value) or re.fullmatch(r"(?:%s)+" % _DURATION_TERM.pattern,
                                                            value):
             raise _Invalid(f"a duration greater than zero, like {DURATION_EXAMPLES}") from None
         raise _Invalid(f"a duration like {DURATION_EXAMPLES}") from None
+
+
+def _bounded_duration(name: str) -> Callable[[Any], float]:
+    low, high = DURATION_BOUNDS[name]
+
+    def check(value: Any) -> float:
+        seconds = _check_duration(value)
+        if not low <= seconds <= high:
+            raise _Invalid(f"a duration from {format_duration(low)} to {format_duration(high)}")
+        return seconds
+    return check
 
 
 def _check_level(value: Any) -> str:
@@ -326,13 +405,13 @@ class Section:
 
 SCHEMA: Tuple[Section, ...] = (
     Section("paths", (
-        Key("boot", "path", _check_path, "/boot",
+        Key("boot", "path", _check_directory, "/boot",
             "The boot directory that holds the images and the BLS entries."),
         Key("entries", "path", _check_path, None,
             'The BLS entries directory. Default: "<boot>/loader/entries", following boot.'),
-        Key("cache", "path", _check_path, "/var/lib/bootwatch/cache",
+        Key("cache", "path", _check_directory, "/var/lib/bootwatch/cache",
             "The boom-compatible image cache (<sha1>.img files and cacheindex.json)."),
-        Key("runtime", "path", _check_path, None,
+        Key("runtime", "path", _check_directory, None,
             "Where the daemon keeps its state file. Default: $RUNTIME_DIRECTORY (systemd's "
             'RuntimeDirectory=), else "/run/bootwatch".'),
     )),
@@ -349,9 +428,9 @@ SCHEMA: Tuple[Section, ...] = (
             "Restore a referenced image that disappears from the boot directory."),
     )),
     Section("watch", (
-        Key("settle", "duration", _check_duration, "250ms",
+        Key("settle", "duration", _bounded_duration("settle"), "250ms",
             "How long a burst of file events must be quiet before bootwatch acts on it."),
-        Key("rescan_interval", "duration", _check_duration, "15m",
+        Key("rescan_interval", "duration", _bounded_duration("rescan_interval"), "15m",
             "How often to reconcile the whole boot directory, a safety net for lost events."),
     )),
     Section("log", (
@@ -359,11 +438,11 @@ SCHEMA: Tuple[Section, ...] = (
             'Log level: "debug", "info", "notice", "warning" or "error".'),
     )),
     Section("jobs", (
-        Key("clean_interval", "duration", _check_duration, "1h",
+        Key("clean_interval", "duration", _bounded_duration("clean_interval"), "1h",
             "How often to clean the cache (as 'bootwatch clean')."),
-        Key("gc_interval", "duration", _check_duration, "1m",
+        Key("gc_interval", "duration", _bounded_duration("gc_interval"), "1m",
             "How often to remove pin links whose owner is dead (as 'bootwatch gc')."),
-        Key("verify_interval", "duration", _check_duration, "1d",
+        Key("verify_interval", "duration", _bounded_duration("verify_interval"), "1d",
             "The period over which every cached image is re-hashed once."),
     )),
     Section("metrics", (
@@ -388,6 +467,9 @@ def _render_defaults() -> str:
         lines.append(f"[{section.name}]")
         for key in section.keys:
             lines.append(f"# {key.help}")
+            if key.kind == "duration":
+                low, high = DURATION_BOUNDS[key.name]
+                lines.append(f"# From {format_duration(low)} to {format_duration(high)}.")
             if key.default is None:
                 lines.append(f"# {key.name} =")
             elif key.kind == "duration":
@@ -537,7 +619,12 @@ def _build(settings: Mapping[Tuple[str, str], _Setting], sources: Tuple[Path, ..
         assert key is not None and key.default is not None
         return key.check(key.default)
 
-    boot = get("paths", "boot")
+    boot, cache = get("paths", "boot"), get("paths", "cache")
+    problem = layout_problem(boot, cache)
+    if problem is not None:
+        # Named by the file that set the cache directory (else the boot directory).
+        setting = settings.get(("paths", "cache")) or settings.get(("paths", "boot"))
+        raise ConfigError(f"[paths]: {problem}", path=setting.source if setting and setting.source else None)
     entries_explicit = ("paths", "entries") in settings
     entries = settings[("paths", "entries")].value if entries_explicit else \
         boot / "loader" / "entries"
@@ -549,7 +636,7 @@ def _build(settings: Mapping[Tuple[str, str], _Setting], sources: Tuple[Path, ..
         if ("metrics", "textfile") in settings else None
 
     return Config(
-        paths=PathsConfig(boot=boot, entries=entries, cache=get("paths", "cache"),
+        paths=PathsConfig(boot=boot, entries=entries, cache=cache,
                           runtime=runtime, entries_explicit=entries_explicit),
         cache=CacheConfig(track=get("cache", "track"), patterns=get("cache", "patterns"),
                           keep=get("cache", "keep"), auto_restore=get("cache", "auto_restore")),

@@ -437,7 +437,10 @@ class Daemon:
 
     def _apply(self, batch: Batch) -> None:
         if batch.reload:
-            self._reload()
+            try:
+                self._reload()
+            finally:  # READY=1 however the reload ended: systemd must not wait for it for ever
+                self.notifier.ready(status=self.status.summary())
         if batch.overflow:
             log_event(log, Event.RESCAN_OVERFLOW, "the inotify queue overflowed: events were lost; "
                       "reconciling everything", level=logging.WARNING, reason="overflow")
@@ -532,7 +535,6 @@ class Daemon:
                 new_lock = new_cache.store.hold_daemon_lock()
         except (BootwatchError, OSError) as e:
             log.error("reload failed, keeping the running configuration: %s", e)
-            self.notifier.ready(status=self.status.summary())
             return
         if new_lock is not None:
             assert self.daemon_lock is not None
@@ -564,7 +566,6 @@ class Daemon:
                   ", ".join(str(s) for s in new.sources) or "embedded defaults",
                   "" if new.paths == old.paths else " (paths changed: watches re-armed)")
         self.changes.put(Change("rescan", ""))
-        self.notifier.ready(status=self.status.summary())
 
     def _holds_daemon_lock_of(self, cache_dir: Path) -> bool:
         """Whether the daemon lock held now is on ``cache_dir`` (however the path is spelled):
