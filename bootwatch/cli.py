@@ -8,20 +8,21 @@ after its name. Errors are one line on stderr (plus a hint), never a traceback; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, TextIO
 
 from bootwatch import __version__
 from bootwatch.cache import BootCache, PathStatus
 from bootwatch.config import Config, load_config
 from bootwatch.fsck import check_cache
 from bootwatch.policy import keep_unreferenced_predicate
-from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, describe_oserror
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror, printable
 from bootwatch.safety import boot_path_from_argument
 
 Command = Callable[[argparse.Namespace, Config], int]
@@ -30,7 +31,8 @@ Command = Callable[[argparse.Namespace, Config], int]
 # ------------------------------------------------------------------------------------ output
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    # Escaped here as well as by the stream (see PrintableStream): the widths are those printed.
+    cells = [[printable(str(c)) for c in headers]] + [[printable(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
@@ -231,9 +233,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    if args.file is not None:
-        config = load_config(args.file).with_overrides(boot=getattr(args, "boot_dir", None),
-                                                       cache=getattr(args, "cache_dir", None))
+    # config was read from FILE alone when one was given (see load_effective_config).
     sys.stdout.write(config.to_toml())
     return EXIT_OK
 
@@ -344,8 +344,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_effective_config(args: argparse.Namespace) -> Config:
-    config = load_config(getattr(args, "config", None))
-    return config.with_overrides(boot=getattr(args, "boot_dir", None), cache=getattr(args, "cache_dir", None))
+    # check-config FILE reads FILE (and its drop-ins) and nothing else: not the default file,
+    # which may be the broken one the user is about to replace.
+    config_file = getattr(args, "file", None) or getattr(args, "config", None)
+    config = load_config(config_file)
+    boot_dir = getattr(args, "boot_dir", None)
+    if boot_dir is not None and not os.path.isdir(boot_dir):
+        # A boot directory named on the command line that is not there is a typo, not an empty
+        # /boot: listing "nothing cached" for it would be a lie.
+        raise UsageError("--boot-dir: no such directory", path=boot_dir)
+    return config.with_overrides(boot=boot_dir, cache=getattr(args, "cache_dir", None))
+
+
+class PrintableStream:
+    """A text stream that writes everything through :func:`errors.printable` (lines kept).
+
+    Every line the command line prints, tables, messages, errors and log lines alike, may hold a
+    name from the boot directory, an entry or the index: none of them reaches the terminal raw.
+    JSON needs nothing: json.dumps escapes control characters itself.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable(text, lines=True))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def printable_output() -> Iterator[None]:
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableStream(sys.stdout), PrintableStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def report_error(error: BootwatchError) -> None:
@@ -355,6 +391,11 @@ def report_error(error: BootwatchError) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    with printable_output():
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ reach the user as a traceback.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -116,7 +117,25 @@ class OpenForWritingError(ContentChangedError):
                                              "(the daemon caches it by itself when the writer closes it)")
 
 
-def describe_oserror(err: OSError) -> str:
-    """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``."""
+def describe_oserror(err: OSError, *, path: Optional[Union[str, Path]] = None) -> str:
+    """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``.
+
+    ``path`` names the file when the error does not: an error of a read through a descriptor
+    carries the descriptor's number as its "filename", which names nothing for a reader.
+    """
     text = os.strerror(err.errno).lower() if err.errno else str(err)
-    return f"{err.filename}: {text}" if err.filename else text
+    name = path if path is not None else err.filename
+    return f"{name}: {text}" if isinstance(name, (str, bytes, os.PathLike)) and name else text
+
+
+# C0 controls, DEL and C1 controls: what a terminal may take as the start of an escape sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with every control character written as ``\\xNN``, so that a file name cannot
+    move the cursor, recolour or retitle a terminal, or forge a log line. With ``lines``, newlines
+    and tabs stay (multi-line output, a traceback)."""
+    pattern = _CONTROL_BUT_LINES if lines else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -46,6 +46,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple, Union
 
+from bootwatch.errors import printable
+
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 IDENTIFIER = "bootwatch"
 
@@ -193,6 +195,7 @@ class JournalHandler(logging.Handler):
         self.socket_path = str(socket_path)
         self.identifier = identifier
         self._fallback = StderrHandler(fallback)
+        self.setFormatter(MessageFormatter())
         # Not connected: a journald restart replaces the socket, and sendto() finds the new one.
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._socket.settimeout(SEND_TIMEOUT)
@@ -256,8 +259,15 @@ class JournalHandler(logging.Handler):
 
 def _quote(value: str) -> str:
     if value and not any(c.isspace() or c in "\"'\\=" for c in value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        return printable(value)
+    return '"' + printable(value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")) + '"'
+
+
+class MessageFormatter(logging.Formatter):
+    """The message with its control characters escaped (see errors.printable), then the traceback."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 class TextFormatter(logging.Formatter):
@@ -272,7 +282,8 @@ class TextFormatter(logging.Formatter):
         self.identifier = identifier
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.identifier}[{record.process}]: {record.levelname} {record.getMessage()}"
+        # The message may carry file names: escaped, so that it stays one line and moves no cursor.
+        line = f"{self.identifier}[{record.process}]: {record.levelname} {printable(record.getMessage())}"
         pairs = []
         for name, value in getattr(record, FIELDS_ATTR, {}).items():
             if name == "MESSAGE_ID" or value is None:

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from bootwatch.store import IMAGE_SUFFIX, fsync_directory
 
 BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
 PIN_ENV_PREFIX = "BOOTWATCH_PIN_"
+_NUMBER = re.compile(r"[0-9]{1,19}")
 
 # Signals that ``bootwatch pin`` passes on to COMMAND when somebody sends them to it.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -101,7 +103,9 @@ class PinLink:
         if not name.endswith(IMAGE_SUFFIX):
             return None
         parts = name[:-len(IMAGE_SUFFIX)].split(".")
-        if len(parts) != 5 or not is_image_id(parts[0]) or not all(p.isdigit() for p in (parts[1], parts[2], parts[4])):
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses. At most 19: an int64.
+        if len(parts) != 5 or not is_image_id(parts[0]) \
+                or not all(_NUMBER.fullmatch(p) for p in (parts[1], parts[2], parts[4])):
             return None
         if len(parts[3]) != 32 or any(c not in "0123456789abcdef" for c in parts[3]):
             return None
@@ -141,6 +145,13 @@ def count_pins(cache: BootCache) -> int:
 
 # ------------------------------------------------------------------------------------ pinning
 
+def image_id_from_argument(value: str) -> str:
+    """A command line image id; anything else is a usage error (exit 2)."""
+    if not is_image_id(value):
+        raise UsageError(f"{value!r} is not an image id (40 lowercase hexadecimal digits)")
+    return value
+
+
 def _resolve_image_ids(cache: BootCache, paths: Sequence[str], image_ids: Sequence[str]) -> List[str]:
     """Paths first (their newest image), then the ids; checked under the lock by the caller."""
     index = cache.store.load_index()
@@ -149,10 +160,7 @@ def _resolve_image_ids(cache: BootCache, paths: Sequence[str], image_ids: Sequen
         if path not in index:
             raise BootwatchError("is not cached; nothing to pin", path=path)
         ids.append(index.newest(path))
-    for image_id in image_ids:
-        if not is_image_id(image_id):
-            raise UsageError(f"{image_id!r} is not an image id (40 hexadecimal digits)")
-        ids.append(image_id)
+    ids += [image_id_from_argument(image_id) for image_id in image_ids]
     for image_id in ids:
         if not cache.store.has_image(image_id):
             raise BootwatchError("the image file is missing; nothing to pin",
@@ -301,6 +309,8 @@ def command_pin(args: argparse.Namespace, config) -> int:  # config: bootwatch.c
         raise UsageError("pin: no COMMAND given", hint="bootwatch pin --path /vmlinuz-6.1.0 -- COMMAND [ARGS]")
     cache = BootCache.from_config(config)
     paths = [boot_path_from_argument(cache.boot_dir, p) for p in args.pin_paths]
+    for image_id in args.pin_images:  # every argument is checked before the cache is touched
+        image_id_from_argument(image_id)
     if not paths and not args.pin_images:
         raise UsageError("pin: nothing to pin", hint="give --path P or --image ID")
     return _run_pinned(cache, paths, list(args.pin_images), argv)

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirectoryError, UnsafePathError
+from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirectoryError, UnsafePathError, UsageError
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -166,12 +166,20 @@ def normalize_boot_path(path: str) -> str:
 
 
 def boot_path_from_argument(boot_dir: Path, argument: str) -> str:
-    """Turn a command line PATH into a boom-style path.
+    """Turn a command line PATH into a boom-style path; a PATH that is none is a usage error (exit 2).
 
     ``/vmlinuz-6.1.0`` is taken as relative to the boot directory. An absolute path that lies
     inside the boot directory (``/boot/vmlinuz-6.1.0``) is accepted too, existing or not, unless only
     the boom-style reading names an existing file, so that both spellings a sysadmin might type work.
     """
+    try:
+        return _boot_path_from_argument(boot_dir, argument)
+    except UnsafePathError as e:
+        raise UsageError(e.message, hint="give a boom-style path like /vmlinuz-6.1.0, or a path inside "
+                                         f"the boot directory {boot_dir}") from None
+
+
+def _boot_path_from_argument(boot_dir: Path, argument: str) -> str:
     boot_real = os.path.realpath(boot_dir)
     absolute = os.path.normpath(os.path.abspath(argument))
     boot_given = os.path.normpath(os.path.abspath(boot_dir))

@@ -103,7 +103,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Set, Tuple
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 
 from bootwatch.errors import (BootwatchError, DaemonRunningError, IndexCorruptError, NotRegularFileError,
                               UnsafeDirectoryError, describe_oserror)
@@ -576,11 +576,26 @@ class CacheStore:
                 raise IndexCorruptError("is a symlink; refusing to read it", path=self.index_path) from None
             raise BootwatchError(describe_oserror(e)) from None
 
+    @contextlib.contextmanager
+    def _index_file(self, fd: int, *, buffering: int) -> Iterator[BinaryIO]:
+        """The opened index as a file object; an error names the index, not the descriptor
+        (EISDIR from a directory named cacheindex.json, EIO)."""
+        try:
+            f = os.fdopen(fd, "rb", buffering=buffering)
+        except OSError as e:
+            os.close(fd)
+            raise BootwatchError(describe_oserror(e, path=self.index_path)) from None
+        with f:
+            try:
+                yield f
+            except OSError as e:
+                raise BootwatchError(describe_oserror(e, path=self.index_path)) from None
+
     def read_index_bytes(self) -> Optional[bytes]:
         fd = self._open_index()
         if fd is None:
             return None
-        with os.fdopen(fd, "rb") as f:
+        with self._index_file(fd, buffering=-1) as f:
             return f.read()
 
     def index_file_digest(self) -> Optional[str]:
@@ -592,7 +607,7 @@ class CacheStore:
         fd = self._open_index()
         if fd is None:
             return None
-        with os.fdopen(fd, "rb", buffering=0) as f:
+        with self._index_file(fd, buffering=0) as f:
             return chunked_sha1(f)
 
     def load_index(self) -> CacheIndex:

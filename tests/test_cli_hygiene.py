@@ -1,0 +1,94 @@
+"""The smaller defects of issue 11 (item 20), each through the real command line.
+
+- a --boot-dir that does not exist is a usage error, not an empty table;
+- an error reading the index names the file, never a descriptor number;
+- every argument error exits 2 (a bare name, a bad image id);
+- a pin link whose PID field holds a non-ASCII digit is left alone by gc;
+- control characters in names never reach the terminal raw (table, messages, errors, logs);
+- check-config FILE reads FILE only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from daemonproc import run_with_config
+
+BootTree = Any  # conftest.BootTree
+
+ESCAPE_NAME = "vmlinuz-\x1b]0;owned\x07\x1b[2J\x9b1m"
+
+
+def test_a_boot_dir_that_does_not_exist_is_a_usage_error(boot_tree: BootTree, tmp_path: Path) -> None:
+    for args in (("list",), ("list", "--json"), ("clean", "--dry-run")):
+        rc, out, err = boot_tree.cli(*args, boot=tmp_path / "nope")
+        line = boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[str(tmp_path / "nope"), "--boot-dir"])
+        assert not out, out
+
+
+def test_an_index_that_is_a_directory_is_named_in_the_error(boot_tree: BootTree) -> None:
+    boot_tree.cache.mkdir(mode=0o700)
+    boot_tree.index_file.mkdir()
+    for args in (("list",), ("show", "/vmlinuz-1"), ("clean",)):
+        rc, out, err = boot_tree.cli(*args)
+        line = boot_tree.assert_clean_error(rc, err, expected_rc=1, names=[str(boot_tree.index_file)])
+        assert "bootwatch: 3:" not in line and ": 3: " not in line, line
+
+
+def test_argument_errors_exit_2(boot_tree: BootTree) -> None:
+    boot_tree.write_file("/vmlinuz-X")
+    for args in (("show", "vmlinuz-X"), ("add", "vmlinuz-X"), ("remove", "vmlinuz-X"), ("restore", "vmlinuz-X"),
+                 ("verify", "vmlinuz-X"), ("show", "/a/../vmlinuz-X"), ("pin", "--path", "vmlinuz-X", "--", "true"),
+                 ("pin", "--image", "deadbeef", "--", "true")):
+        rc, out, err = boot_tree.cli(*args)
+        boot_tree.assert_clean_error(rc, err, expected_rc=2)
+    # Not a usage error: a well-formed path that is not cached.
+    rc, out, err = boot_tree.cli("show", "/vmlinuz-X")
+    boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["/vmlinuz-X"])
+
+
+def test_gc_leaves_a_pin_name_with_a_superscript_digit_alone(boot_tree: BootTree) -> None:
+    boot_tree.cache.mkdir(mode=0o700)
+    links = boot_tree.cache / "links"
+    links.mkdir(mode=0o700)
+    name = f"{'a' * 40}.12\u00b2.1.{'0' * 32}.0.img"
+    (links / name).write_bytes(b"")
+    rc, out, err = boot_tree.cli("gc")
+    assert rc == 0 and "internal error" not in err and "Traceback" not in err, (rc, out, err)
+    assert "left alone" in out
+    assert (links / name).exists()
+
+
+def test_control_characters_in_names_are_escaped_everywhere(boot_tree: BootTree) -> None:
+    path = "/" + ESCAPE_NAME
+    boot_tree.write_file(path)
+    boot_tree.write_entry("one", linux=path)
+    for args in (("add", path), ("list",), ("show", path), ("verify",), ("fsck",), ("show", path + "\x1b[31m"),
+                 ("scan",), ("remove", "--force", path)):
+        rc, out, err = boot_tree.cli(*args)
+        assert "internal error" not in err, (args, err)
+        for stream in (out, err):
+            raw = [c for c in stream if (ord(c) < 0x20 and c not in "\n\t") or 0x7f <= ord(c) <= 0x9f]
+            assert not raw, f"bootwatch {args[0]} printed control characters raw: {stream!r}"
+    rc, out, err = boot_tree.cli("list")
+    assert "\\x1b]0;owned\\x07" not in out  # removed above
+    boot_tree.cli("add", path)
+    rc, out, err = boot_tree.cli("list")
+    assert "/vmlinuz-\\x1b]0;owned\\x07\\x1b[2J\\x9b1m" in out, out
+    header, row = out.splitlines()[:2]
+    assert header.index("IMAGE") == row.index(boot_tree.sha1_of(boot_tree.path(path))[:12]), "columns misaligned"
+
+
+def test_check_config_file_reads_only_that_file(boot_tree: BootTree, tmp_path: Path) -> None:
+    boot_tree.config.write_text("[watch]\nsettle = \"broken\"\n")  # the default ($BOOTWATCH_CONFIG), broken
+    good = tmp_path / "good.toml"
+    good.write_text('[watch]\nsettle = "2s"\n')
+    rc, out, err = boot_tree.cli_bare("check-config", str(good))
+    assert rc == 0, err
+    assert 'settle = "2s"' in out and str(good) in out
+    # The broken one is still refused when it is the one asked for.
+    result = run_with_config(boot_tree.config, "check-config", timeout=30)
+    assert result.returncode == 78 and "[watch] settle" in result.stderr
+    assert os.environ.get("BOOTWATCH_CONFIG") == str(boot_tree.config)
