@@ -84,8 +84,6 @@ def test_a_missing_explicit_config_exits_78(boot_tree, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, name", [
     (("add", "/vmlinuz-nope"), "vmlinuz-nope"),
-    (("add", "relative-path"), "relative-path"),
-    (("add", "/a/../../etc/passwd"), "/a/../../etc/passwd"),
     (("show", "/vmlinuz-nope"), "/vmlinuz-nope"),
     (("restore", "/vmlinuz-nope"), "/vmlinuz-nope"),
     (("verify", "/vmlinuz-nope"), "/vmlinuz-nope"),
@@ -96,6 +94,15 @@ def test_operation_errors_exit_1_with_one_line_naming_the_file(boot_tree, args, 
     assert boot_tree.cli("add", "/vmlinuz-1")[0] == 0
     rc, out, err = boot_tree.cli(*args)
     boot_tree.assert_clean_error(rc, err, expected_rc=1, names=[name])
+
+
+@pytest.mark.parametrize("args, name", [
+    (("add", "relative-path"), "relative-path"),
+    (("add", "/a/../../etc/passwd"), "/a/../../etc/passwd"),
+])
+def test_a_path_argument_that_is_no_boom_path_is_a_usage_error_naming_it(boot_tree, args, name: str) -> None:
+    rc, out, err = boot_tree.cli(*args)
+    boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[name])
 
 
 def test_adding_a_directory_fails_cleanly(boot_tree) -> None:
