@@ -76,8 +76,13 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             report.problems.append(str(e))
             if not repair:
                 return report
-            raw = store.read_index_bytes() or b""
-            copy = store.keep_corrupt_copy(raw)  # a copy: the corrupt index stays until replaced by rename
+            if store.index_is_symlink():
+                # Never followed, as no reader follows it: kept as a symlink, and the rebuilt index
+                # replaces the link itself (rename), not what it points to.
+                copy = store.keep_corrupt_symlink()
+            else:
+                raw = store.read_index_bytes() or b""
+                copy = store.keep_corrupt_copy(raw)  # a copy: the corrupt index stays until replaced by rename
             report.repaired.append(f"kept the corrupt index as {copy}")
             if copy not in copies:
                 copies.append(copy)
@@ -262,6 +267,8 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
     old_paths: Dict[str, dict] = {}
     old_images: Dict[str, dict] = {}
     for copy in copies:
+        if copy.is_symlink():
+            continue  # a symlinked index, kept as it was: never followed, so nothing to salvage
         try:
             raw = read_regular_file(copy)
         except OSError as e:

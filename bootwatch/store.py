@@ -63,7 +63,8 @@ On-disk protocol (one directory, shared with boom):
                             cache without an index. Never deleted by bootwatch. While a copy exists
                             that no completed repair superseded, no image is deleted by anyone
                             (clean refuses, the daemon keeps what it unlists as orphans): the index
-                            may be missing what the copy knew.
+                            may be missing what the copy knew. An index that is a symlink is
+                            never followed: its copy is a symlink to the same target.
     .cacheindex.json.corrupt-<time>[.<n>].superseded
                             empty; says that a completed repair merged what could be salvaged of
                             that copy into the index. Created by fsck --repair after the rebuilt
@@ -707,6 +708,28 @@ class CacheStore:
                 # fsync, link (never over an earlier copy), dir fsync
                 tmp.commit(target, replace=False, final_dir_fd=self.fd)
                 return target
+        raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
+
+    def index_is_symlink(self) -> bool:
+        return os.path.islink(self.index_path)
+
+    def keep_corrupt_symlink(self) -> Path:
+        """:meth:`keep_corrupt_copy` of an index that is a symlink: the copy is a symlink to the
+        same target, made without following it. The caller holds the lock."""
+        target = os.readlink(self.index_path)
+        for existing in self.unsuperseded_corrupt_copies():
+            with contextlib.suppress(OSError):
+                if os.readlink(existing) == target:
+                    return existing
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in range(1000):
+            copy = self.directory / f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
+            try:
+                os.symlink(target, copy)
+            except FileExistsError:
+                continue
+            fsync_directory(self.directory)
+            return copy
         raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
 
     def unsuperseded_corrupt_copies(self) -> List[Path]:

@@ -5,6 +5,7 @@
 - every argument error exits 2 (a bare name, a bad image id);
 - a pin link whose PID field holds a non-ASCII digit is left alone by gc;
 - control characters in names never reach the terminal raw (table, messages, errors, logs);
+- fsck --repair does what it recommends for a symlinked index;
 - check-config FILE reads FILE only.
 """
 
@@ -79,6 +80,26 @@ def test_control_characters_in_names_are_escaped_everywhere(boot_tree: BootTree)
     assert "/vmlinuz-\\x1b]0;owned\\x07\\x1b[2J\\x9b1m" in out, out
     header, row = out.splitlines()[:2]
     assert header.index("IMAGE") == row.index(boot_tree.sha1_of(boot_tree.path(path))[:12]), "columns misaligned"
+
+
+def test_fsck_repair_replaces_a_symlinked_index_with_a_real_file(boot_tree: BootTree, tmp_path: Path) -> None:
+    image_id = boot_tree.write_file("/vmlinuz-1")
+    boot_tree.write_entry("one", linux="/vmlinuz-1")
+    assert boot_tree.cli("add", "/vmlinuz-1")[0] == 0
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(boot_tree.index_bytes())
+    boot_tree.index_file.unlink()
+    boot_tree.index_file.symlink_to(target)
+    target_before = target.read_bytes()
+    rc, out, err = boot_tree.cli("list")
+    line = boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["symlink"])
+    assert "fsck --repair" in err
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0, (out, err)
+    assert not boot_tree.index_file.is_symlink() and boot_tree.index_file.is_file()
+    assert target.read_bytes() == target_before, "repair wrote through the symlink"
+    assert boot_tree.list_json()["/vmlinuz-1"]["image_id"] == image_id
+    assert boot_tree.image(image_id).is_file()
 
 
 def test_check_config_file_reads_only_that_file(boot_tree: BootTree, tmp_path: Path) -> None:
