@@ -9,7 +9,6 @@ re-listed for every uncached path) grows 16 times.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List

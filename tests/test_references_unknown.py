@@ -8,11 +8,9 @@ commands and the daemon are real child processes.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +19,7 @@ import pytest
 from daemonproc import DaemonProcess, write_config
 from polling import wait_for
 
-K, I = "/vmlinuz-1.0", "/initramfs-1.0.img"
+K, INITRD = "/vmlinuz-1.0", "/initramfs-1.0.img"
 
 
 def mount(*args: str) -> None:
@@ -57,7 +55,7 @@ def image_ids(tree) -> set:
 def test_clean_refuses_while_the_boot_partition_is_unmounted(boot_tree, partition) -> None:
     tree = boot_tree
     ids = tree.write_kernel("1.0")
-    tree.write_entry("one", linux=K, initrd=[I])
+    tree.write_entry("one", linux=K, initrd=[INITRD])
     tree.write_entry("two", linux=K)
     rc, out, err = tree.cli("scan")
     assert rc == 0, out + err
@@ -70,7 +68,7 @@ def test_clean_refuses_while_the_boot_partition_is_unmounted(boot_tree, partitio
     assert "does not exist" in line and "nothing was cleaned" in line and "hint:" in err
     rc, out, err = tree.cli("clean", "--force")
     tree.assert_clean_error(rc, err, names=[str(tree.entries)])  # a source that cannot be read is never overruled
-    rc, out, err = tree.cli("remove", I)
+    rc, out, err = tree.cli("remove", INITRD)
     tree.assert_clean_error(rc, err, names=[str(tree.entries)])
     assert image_ids(tree) == set(ids.values()) and tree.index_bytes() == index_before
 
@@ -99,7 +97,7 @@ def test_clean_refuses_while_the_boot_partition_is_unmounted(boot_tree, partitio
 def test_every_entry_vanishing_at_once_waits_for_clean_force(boot_tree) -> None:
     tree = boot_tree
     ids = {**tree.write_kernel("1.0"), **tree.write_kernel("2.0")}
-    tree.write_entry("one", linux=K, initrd=[I])
+    tree.write_entry("one", linux=K, initrd=[INITRD])
     tree.write_entry("two", linux="/vmlinuz-2.0", initrd=["/initramfs-2.0.img"])
     assert tree.cli("add", *ids)[0] == 0
     assert tree.cli("clean")[0] == 0  # the entries as last read completely: two files
@@ -120,7 +118,7 @@ def test_every_entry_vanishing_at_once_waits_for_clean_force(boot_tree) -> None:
 def test_an_entry_that_cannot_be_read_makes_references_unknown(boot_tree) -> None:
     tree = boot_tree
     ids = {**tree.write_kernel("1.0"), "/vmlinuz-2.0": tree.write_file("/vmlinuz-2.0")}
-    tree.write_entry("one", linux=K, initrd=[I])
+    tree.write_entry("one", linux=K, initrd=[INITRD])
     two = tree.write_entry("two", linux="/vmlinuz-2.0")
     assert tree.cli("add", *ids)[0] == 0
     assert tree.cli("clean")[0] == 0
@@ -160,7 +158,7 @@ def metric(path: Path, name: str) -> str:
 def test_the_daemon_says_it_once_and_cleans_nothing_while_unmounted(boot_tree, partition) -> None:
     tree = boot_tree
     ids = tree.write_kernel("1.0")
-    tree.write_entry("one", linux=K, initrd=[I])
+    tree.write_entry("one", linux=K, initrd=[INITRD])
     tree.write_entry("two", linux=K)
     prom = tree.root / "metrics" / "bootwatch.prom"
     prom.parent.mkdir()
