@@ -45,7 +45,9 @@ def test_argument_errors_exit_2(boot_tree: BootTree) -> None:
                  ("pin", "--image", "deadbeef", "--", "true")):
         rc, out, err = boot_tree.cli(*args)
         boot_tree.assert_clean_error(rc, err, expected_rc=2)
-    # Not a usage error: a well-formed path that is not cached.
+    # Not a usage error: a well-formed path that is not cached (in a cache that exists).
+    boot_tree.write_file("/vmlinuz-1")
+    assert boot_tree.cli("add", "/vmlinuz-1")[0] == 0
     rc, out, err = boot_tree.cli("show", "/vmlinuz-X")
     boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["/vmlinuz-X"])
 
