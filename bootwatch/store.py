@@ -650,8 +650,11 @@ class CacheStore:
     def read_derived(self, name: str) -> Optional[bytes]:
         """A file derived from the index (see signatures.py); None if it is missing or unreadable.
 
-        Not a regular file (a FIFO planted there) is as good as missing, never a read that blocks.
+        Not a regular file (a FIFO planted there) is as good as missing, never a read that blocks;
+        so is a cache directory that does not exist yet.
         """
+        if self._fd is None and not os.path.lexists(self.directory):
+            return None
         try:
             fd = open_regular(name, dir_fd=self.fd)
         except OSError:
@@ -679,7 +682,7 @@ class CacheStore:
             os.fchmod(tmp.fd, 0o644)
             _write_fully(tmp.fd, data)
             if durable:
-                tmp.commit(self.directory / name)
+                tmp.commit(self.directory / name, final_dir_fd=self.fd)
                 return
             tmp.close()
             assert tmp.path is not None
