@@ -25,7 +25,7 @@ ESCAPE_NAME = "vmlinuz-\x1b]0;owned\x07\x1b[2J\x9b1m"
 def test_a_boot_dir_that_does_not_exist_is_a_usage_error(boot_tree: BootTree, tmp_path: Path) -> None:
     for args in (("list",), ("list", "--json"), ("clean", "--dry-run")):
         rc, out, err = boot_tree.cli(*args, boot=tmp_path / "nope")
-        line = boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[str(tmp_path / "nope"), "--boot-dir"])
+        boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[str(tmp_path / "nope"), "--boot-dir"])
         assert not out, out
 
 
@@ -94,7 +94,7 @@ def test_fsck_repair_replaces_a_symlinked_index_with_a_real_file(boot_tree: Boot
     boot_tree.index_file.symlink_to(target)
     target_before = target.read_bytes()
     rc, out, err = boot_tree.cli("list")
-    line = boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["symlink"])
+    boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["symlink"])
     assert "fsck --repair" in err
     rc, out, err = boot_tree.cli("fsck", "--repair")
     assert rc == 0, (out, err)

@@ -187,7 +187,7 @@ def test_every_mutation_keeps_boom_invariants_under_random_operations() -> None:
 
 # ------------------------------------------------------------------ total validation (issue 11, items 4 and 12)
 
-I = "a" * 40
+ID = "a" * 40
 
 
 def _hostile(mutate) -> str:
@@ -197,20 +197,20 @@ def _hostile(mutate) -> str:
 
 
 HOSTILE = {
-    "id listed twice": _hostile(lambda d: d["index"].__setitem__("/vmlinuz-1", [I, I, I])),
-    "NaN image_ts": _hostile(lambda d: d["images"][I].__setitem__("image_ts", float("nan"))),
-    "Infinity image_ts": _hostile(lambda d: d["images"][I].__setitem__("image_ts", float("inf"))),
+    "id listed twice": _hostile(lambda d: d["index"].__setitem__("/vmlinuz-1", [ID, ID, ID])),
+    "NaN image_ts": _hostile(lambda d: d["images"][ID].__setitem__("image_ts", float("nan"))),
+    "Infinity image_ts": _hostile(lambda d: d["images"][ID].__setitem__("image_ts", float("inf"))),
     "1e400 image_ts": json.dumps(valid()).replace("1700000000", "1e400"),
     "NaN in an unknown key": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("x", float("nan"))),
     "1e400 in an unknown key": json.dumps(valid())[:-1] + ', "future": 1e400}',
-    "huge image_ts": _hostile(lambda d: d["images"][I].__setitem__("image_ts", 10 ** 30)),
-    "image_ts past year 9999": _hostile(lambda d: d["images"][I].__setitem__("image_ts", 253402300800)),
+    "huge image_ts": _hostile(lambda d: d["images"][ID].__setitem__("image_ts", 10 ** 30)),
+    "image_ts past year 9999": _hostile(lambda d: d["images"][ID].__setitem__("image_ts", 253402300800)),
     "huge path_mode": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("path_mode", 2 ** 70)),
     "path_mode above st_mode": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("path_mode", 0o1106777)),
     "negative path_mode": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("path_mode", -1)),
     "uid (uid_t)-1": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("path_uid", 2 ** 32 - 1)),
     "huge gid": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("path_gid", 10 ** 20)),
-    "bootwatch key a list in images": _hostile(lambda d: d["images"][I].__setitem__("bootwatch", [1])),
+    "bootwatch key a list in images": _hostile(lambda d: d["images"][ID].__setitem__("bootwatch", [1])),
     "bootwatch key a string in paths": _hostile(lambda d: d["paths"]["/vmlinuz-1"].__setitem__("bootwatch", "x")),
     "nested 50,000 deep": json.dumps(valid())[:-1] + ', "future": ' + "[" * 50_000 + "]" * 50_000 + "}",
 }
@@ -242,24 +242,24 @@ def test_a_repeated_id_names_the_path_and_the_id() -> None:
 def test_trim_never_drops_the_last_image_of_a_path_whatever_its_list_repeats() -> None:
     # An index built in memory, past validation, as a caller could: trim must still keep one image.
     data = valid()
-    data["index"]["/vmlinuz-1"] = [I, I, I]
+    data["index"]["/vmlinuz-1"] = [ID, ID, ID]
     index = CacheIndex(data)
     assert index.trim("/vmlinuz-1", 2) == []
-    assert index.image_ids("/vmlinuz-1") == [I]
+    assert index.image_ids("/vmlinuz-1") == [ID]
     assert index.trim("/vmlinuz-1", 0) == [], "keep below 1 still keeps the newest image"
     CacheIndex.validate(index.raw(), source="idx")
 
 
 def test_values_inside_the_extra_data_are_hints_the_accessors_check() -> None:
     data = valid()
-    data["images"][I]["bootwatch"] = {"sha256": 7, "size": -3,
+    data["images"][ID]["bootwatch"] = {"sha256": 7, "size": -3,
                                       "verified": {"time": "yesterday", "ok": False, "message": ["x"],
                                                    "checks": [{"kind": "kernel", "deep": [[[]]]}, "junk"]}}
     index = CacheIndex.from_json(json.dumps(data), source="idx")
-    assert index.recorded_sha256(I) is None and index.recorded_size(I) is None
-    assert index.verification(I) == {"time": None, "ok": False, "message": "", "checks": [{"kind": "kernel"}]}
-    data["images"][I]["bootwatch"]["verified"] = {"time": 10 ** 30, "ok": "yes"}
-    assert CacheIndex.from_json(json.dumps(data), source="idx").verification(I) is None, \
+    assert index.recorded_sha256(ID) is None and index.recorded_size(ID) is None
+    assert index.verification(ID) == {"time": None, "ok": False, "message": "", "checks": [{"kind": "kernel"}]}
+    data["images"][ID]["bootwatch"]["verified"] = {"time": 10 ** 30, "ok": "yes"}
+    assert CacheIndex.from_json(json.dumps(data), source="idx").verification(ID) is None, \
         "a record without a boolean 'ok' is no verification"
 
 

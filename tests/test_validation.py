@@ -8,7 +8,6 @@ more indexes is test_index_property.py.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
