@@ -794,7 +794,7 @@ class BootCache:
             if not dry_run:
                 txn.dirty = bool(report.uncached_paths or report.trimmed_images or strays)
                 txn.unlisted.update(work.unlisted)
-                _remove_files(temp_files)
+                _remove_files(self.store, temp_files)
         return report
 
     def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
@@ -808,7 +808,7 @@ class BootCache:
 
     def remove_stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
         """Remove :meth:`stale_temp_files` (a holder of the lock): at daemon start and by scan, as clean does."""
-        return _remove_files(self.stale_temp_files(index, also))
+        return _remove_files(self.store, self.stale_temp_files(index, also))
 
     def _stale_restore_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
         """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
@@ -823,11 +823,14 @@ class BootCache:
         return sorted(found)
 
 
-def _remove_files(paths: Iterable[Path]) -> List[Path]:
-    """Unlink each of ``paths``; return those that were there."""
+def _remove_files(store: CacheStore, paths: Iterable[Path]) -> List[Path]:
+    """Unlink each of ``paths`` (the cache's own relative to its descriptors); return those that were there."""
     removed = []
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        if path.name.startswith(RESTORE_TEMP_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+        elif store.remove_temp_file(path):
             removed.append(path)
     return removed

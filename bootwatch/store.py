@@ -75,7 +75,8 @@ On-disk protocol (one directory, shared with boom):
 In the boot directory, bootwatch writes only by restore (see cache.py):
 
     .bootwatch-restore.*    a restore's temp file, linked to its final name when complete. Any
-                            left by a killed restore are removed by clean.
+                            left by a killed restore are removed by a holder of the lock: clean,
+                            and the full pass of the daemon's start and of scan.
     <name>                  a restored boot file. Its identity (device, inode, size, mtime, ctime,
                             mode, owner) is recorded in the index when it is written. bootwatch
                             deletes a boot file only if it is that very file, unchanged since,
@@ -459,13 +460,8 @@ class CacheStore:
             if remove_stale:
                 image_ids, temps = self._list_directory()
                 for path in temps:
-                    with contextlib.suppress(FileNotFoundError):
-                        if path.parent == self.temp_dir:
-                            os.unlink(path.name, dir_fd=self._temp_fd)
-                        else:
-                            os.unlink(path.name, dir_fd=self.fd)
-                        if removed is not None:
-                            removed.append(path)
+                    if self.remove_temp_file(path) and removed is not None:
+                        removed.append(path)
             yield image_ids
         finally:
             os.close(fd)  # closing the last fd drops the flock
@@ -538,6 +534,17 @@ class CacheStore:
         """The names of the regular files in the directory, from ``d_type`` (no stat per file)."""
         with os.scandir(self.fd) as it:
             return {entry.name for entry in it if entry.is_file(follow_symlinks=False)}
+
+    def remove_temp_file(self, path: Path) -> bool:
+        """Unlink one of :meth:`stale_temp_files` relative to the opened directories; False if gone."""
+        try:
+            if path.parent == self.temp_dir:
+                os.unlink(path.name, dir_fd=self.temp_fd)
+            else:
+                os.unlink(path.name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        return True
 
     def has_temp_files(self) -> bool:
         """Whether ``.tmp/`` holds a temp file (one listing of a directory that is nearly always empty)."""
