@@ -44,8 +44,8 @@ from bootwatch.cache import BootCache
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror
 from bootwatch.index import is_image_id
 from bootwatch.proc import PROC, process_start_time
-from bootwatch.safety import boot_path_from_argument, check_private_directory
-from bootwatch.store import IMAGE_SUFFIX, fsync_directory
+from bootwatch.safety import boot_path_from_argument
+from bootwatch.store import IMAGE_SUFFIX
 
 BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
 PIN_ENV_PREFIX = "BOOTWATCH_PIN_"
@@ -112,21 +112,17 @@ class PinLink:
         return cls(name, parts[0], Owner(int(parts[1]), int(parts[2]), parts[3]), int(parts[4]))
 
 
-def links_directory(cache: BootCache, *, create: bool) -> Optional[Path]:
-    """``<cache>/links``, checked like the cache directory itself; None if absent and not ``create``."""
-    directory = cache.store.links_dir
-    if not create and not os.path.lexists(directory):
-        return None
-    return check_private_directory(directory, create=create)
-
-
 def list_links(cache: BootCache) -> Tuple[List[PinLink], List[str]]:
     """The protocol links and the names that do not follow the protocol."""
-    directory = links_directory(cache, create=False)
-    if directory is None:
+    links_fd = cache.store.links_fd(create=False)
+    if links_fd is None:
         return [], []
+    try:
+        names = os.listdir(links_fd)
+    finally:
+        os.close(links_fd)
     links, unknown = [], []
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(names):
         link = PinLink.parse(name)
         if link is None:
             unknown.append(name)
@@ -176,24 +172,28 @@ def create_links(cache: BootCache, *, paths: Sequence[str] = (), image_ids: Sequ
     """
     made: List[Path] = []
     with cache.store.locked(create=False):
-        directory = links_directory(cache, create=True)
-        assert directory is not None
+        links_fd = cache.store.links_fd(create=True)
+        assert links_fd is not None
         try:
             for image_id in _resolve_image_ids(cache, paths, image_ids):
-                made.append(_link_one(cache, directory, image_id, owner))
-            fsync_directory(directory)
+                made.append(_link_one(cache, links_fd, image_id, owner))
+            os.fsync(links_fd)
         except BaseException:
-            remove_links(made)
+            _unlink_in(links_fd, [link.name for link in made])
             raise
+        finally:
+            os.close(links_fd)
     return made
 
 
-def _link_one(cache: BootCache, directory: Path, image_id: str, owner: Owner) -> Path:
+def _link_one(cache: BootCache, links_fd: int, image_id: str, owner: Owner) -> Path:
+    """Link the image into ``links/``, both named relative to their checked descriptors."""
     source = cache.store.image_path(image_id)
+    directory = cache.store.links_dir
     for seq in range(10000):
         target = directory / PinLink.make_name(image_id, owner, seq)
         try:
-            os.link(source, target, follow_symlinks=False)
+            os.link(source.name, target.name, src_dir_fd=cache.store.fd, dst_dir_fd=links_fd, follow_symlinks=False)
             return target
         except FileExistsError:
             continue
@@ -206,6 +206,12 @@ def remove_links(links: Sequence[Path]) -> None:
     for link in links:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
+
+
+def _unlink_in(links_fd: int, names: Sequence[str]) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=links_fd)
 
 
 @contextlib.contextmanager
@@ -264,8 +270,13 @@ def gc(cache: BootCache, *, dry_run: bool = False) -> GcReport:
             else:
                 report.removed.append(link.name)
         if not dry_run and report.removed:
-            remove_links([cache.store.links_dir / name for name in report.removed])
-            fsync_directory(cache.store.links_dir)
+            links_fd = cache.store.links_fd(create=False)
+            if links_fd is not None:
+                try:
+                    _unlink_in(links_fd, report.removed)
+                    os.fsync(links_fd)
+                finally:
+                    os.close(links_fd)
     return report
 
 

@@ -416,6 +416,11 @@ class CacheStore:
                 raise UnsafeDirectoryError("is not the directory bootwatch opened: it was replaced meanwhile",
                                            path=self.directory, hint="restart bootwatch to use the new directory")
 
+    def links_fd(self, *, create: bool) -> Optional[int]:
+        """``links/`` (pins), opened relative to the cache directory and checked as it is; None if
+        absent and not ``create``. The caller closes it."""
+        return self._subdirectory(LINKS_DIR, create=create)
+
     def _subdirectory(self, name: str, *, create: bool) -> Optional[int]:
         """``.tmp``, ``links`` or ``lost+found``, opened relative to the cache directory and checked
         as it is (a real directory, not a symlink, ours, private); None if absent and not ``create``."""
