@@ -34,7 +34,7 @@ from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathE
 from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
 from bootwatch.safety import normalize_boot_path, open_regular
-from bootwatch.store import TempFile, read_regular_file
+from bootwatch.store import read_regular_file
 
 DEFAULT_MODE = 0o100644
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
-
-import pytest
 
 from bootwatch.errors import BootwatchError, ContentChangedError
 
