@@ -45,10 +45,10 @@ def sha1_bytes(data: bytes) -> str:
 K = "/vmlinuz-w"
 FIRST = 2 << 20
 
-# Writes argv[1]'s bytes to argv[2] as install(1) does, with a pause after the first 2 MiB:
-# "stdin" waits for a line, a number sleeps that many seconds.
+# Writes argv[1]'s bytes to argv[2] as install(1) does, pausing after the first 2 MiB until the
+# test sends a line.
 WRITER = """
-import os, sys, time
+import os, sys
 data = open(sys.argv[1], "rb").read()
 fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 def write(chunk):
@@ -56,10 +56,7 @@ def write(chunk):
         chunk = chunk[os.write(fd, chunk):]
 write(data[:%d])
 print("paused", flush=True)
-if sys.argv[3] == "stdin":
-    sys.stdin.readline()
-else:
-    time.sleep(float(sys.argv[3]))
+sys.stdin.readline()
 write(data[%d:])
 os.close(fd)
 print("done", flush=True)
@@ -67,10 +64,10 @@ print("done", flush=True)
 
 
 class Writer:
-    def __init__(self, tree: BootTree, path: str, data: bytes, pause: str) -> None:
+    def __init__(self, tree: BootTree, path: str, data: bytes) -> None:
         source = tree.root / "writer-source"
         source.write_bytes(data)
-        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(source), str(tree.path(path)), pause],
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(source), str(tree.path(path))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline() == "paused\n"
@@ -84,8 +81,8 @@ class Writer:
 
 
 @contextlib.contextmanager
-def writing(tree: BootTree, path: str, data: bytes, pause: str = "stdin") -> Iterator[Writer]:
-    writer = Writer(tree, path, data, pause)
+def writing(tree: BootTree, path: str, data: bytes) -> Iterator[Writer]:
+    writer = Writer(tree, path, data)
     try:
         yield writer
     finally:
@@ -137,7 +134,7 @@ def test_scan_does_not_cache_a_file_still_being_written(boot_tree: BootTree) -> 
 
 
 def test_the_daemon_caches_only_the_complete_file(boot_tree: BootTree) -> None:
-    """The writer pauses for 1.5 s, many settle windows: the daemon's batch, its retries and the
+    """The writer pauses for 1.5 s, many settle windows: the daemon's batch, its first retry and the
     writer's close all meet the file; only the complete content may be cached, and no partial
     image may stay behind as an older image of the path."""
     config = write_config(boot_tree.root / "daemon.toml", boot_tree.boot, boot_tree.cache, boot_tree.root / "run",
@@ -146,12 +143,11 @@ def test_the_daemon_caches_only_the_complete_file(boot_tree: BootTree) -> None:
     data = os.urandom(2 * FIRST)
     with DaemonProcess(config, boot_tree.root) as daemon:
         daemon.wait_ready()
-        with writing(boot_tree, K, data, pause="1.5") as writer:
-            time.sleep(1.0)  # several settle windows and the first retry, all during the pause
+        with writing(boot_tree, K, data) as writer:
+            time.sleep(1.5)  # the pause: many settle windows and the first retry
             assert K not in index_paths(boot_tree), daemon.output()
             assert boot_tree.images_on_disk() == []
-            assert writer.proc.stdout is not None and writer.proc.stdout.readline() == "done\n"
-            assert writer.proc.wait(30) == 0
+            writer.finish()
         wait_for(lambda: index_paths(boot_tree).get(K), what="the complete file to be cached")
         assert index_paths(boot_tree)[K] == [sha1_bytes(data)], daemon.output()
         assert boot_tree.images_on_disk() == [sha1_bytes(data)]
