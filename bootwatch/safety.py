@@ -18,6 +18,8 @@ from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirector
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The directories above are only walked through and fstat'ed: O_PATH needs no read permission.
+_PARENT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_private_directory(directory: Path, *, create: bool = False) -> int:
@@ -37,14 +39,15 @@ def open_private_directory(directory: Path, *, create: bool = False) -> int:
     """
     directory = Path(os.path.abspath(directory))
     parent = Path(os.path.realpath(directory.parent))
-    fd = os.open("/", _DIRECTORY_FLAGS)
+    fd = os.open("/", _PARENT_FLAGS)
     try:
         current = Path("/")
         _check_parent(fd, current)
         for part in parent.parts[1:]:
             current = current / part
             parent_fd, fd = fd, -1  # _open_below closes it, whatever happens
-            fd = _open_below(parent_fd, part, current, create=create, mode=0o755, parent=True, missing=directory)
+            fd = _open_below(parent_fd, part, current, create=create, mode=0o755, parent=True, missing=directory,
+                             flags=_PARENT_FLAGS)
             _check_parent(fd, current)
         if directory.name:
             parent_fd, fd = fd, -1
@@ -58,21 +61,21 @@ def open_private_directory(directory: Path, *, create: bool = False) -> int:
 
 
 def _open_below(parent_fd: int, name: str, path: Path, *, create: bool, mode: int, parent: bool,
-                missing: Optional[Path] = None) -> int:
+                missing: Optional[Path] = None, flags: int = _DIRECTORY_FLAGS) -> int:
     """Open the directory ``name`` in ``parent_fd`` (which is closed here) without following a symlink.
 
     ``missing`` is what a "does not exist" error names (the cache directory, for a missing parent).
     """
     try:
         try:
-            return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+            return os.open(name, flags, dir_fd=parent_fd)
         except FileNotFoundError:
             if not create:
                 raise UnsafeDirectoryError("does not exist", path=missing or path,
                                            hint="create it, or run a command that writes to the cache") from None
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, mode, dir_fd=parent_fd)
-        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+        return os.open(name, flags, dir_fd=parent_fd)
     except OSError as e:
         raise _not_a_directory(parent_fd, name, path, e, parent=parent) from None
     finally:
