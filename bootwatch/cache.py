@@ -22,8 +22,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from bootwatch import bls
 from bootwatch.bls import References
-from bootwatch.errors import (BootwatchError, ContentChangedError, DeletionsBlockedError, NotRegularFileError,
-                              ReferencesUnknownError, UnsafePathError, describe_oserror)
+from bootwatch.errors import (STORAGE_ERRNOS, BootwatchError, CacheReadOnlyError, ContentChangedError,
+                              DeletionsBlockedError, NotRegularFileError, ReferencesUnknownError, UnsafePathError,
+                              describe_oserror, storage_error)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.index import CacheIndex, PathMeta
 from bootwatch.journal import NOTICE, Event, log_event
@@ -163,6 +164,9 @@ class Transaction:
         self.unlisted: Set[str] = set()
         self.pending = PendingImages(cache.store)
         self.removed_temp_files: List[Path] = []  # stale ones, removed when the lock was taken
+        # The cache's file system is read-only: restores go on without recording anything (the
+        # next pass with a writable cache records the restored file), every change is refused.
+        self.read_only = False
         self._references: Optional[References] = None
 
     @property
@@ -194,9 +198,14 @@ class Transaction:
 
     # ---------------------------------------------------------------- add
 
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise CacheReadOnlyError(self.cache.store.directory, what)
+
     def add(self, path: str) -> AddResult:
         """Cache the current content of the boot file ``path``, reading it once."""
         store = self.cache.store
+        self._writable(f"cannot cache {path}")
         real = self.cache.boot_file(path)
         try:
             fd = open_regular(real)
@@ -230,11 +239,11 @@ class Transaction:
                     # The rename waits for the end of the transaction (see PendingImages).
                     self.pending.add(tmp.detach(), store.image_path(digest.sha1))
             except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise BootwatchError(f"no space left on device while caching {path}; nothing was changed",
-                                         path=store.directory, hint="free space in the cache directory or "
-                                         "run 'bootwatch clean'") from None
-                raise BootwatchError(describe_oserror(e)) from None
+                if e.errno in STORAGE_ERRNOS:
+                    # Named by the cache directory, not the temp file: one report for every path
+                    # that the same full or failing file system refuses.
+                    raise storage_error(e, store.directory, f"cannot cache {path} (nothing was changed)") from None
+                raise BootwatchError(f"cannot cache it: {describe_oserror(e)}", path=real) from None
         self._record(path, digest, st, signature)
         if previous is None:
             outcome = "cached"
@@ -257,6 +266,7 @@ class Transaction:
         normalize_boot_path(path)
         if path not in self.index:
             raise BootwatchError("is not cached", path=path)
+        self._writable(f"cannot uncache {path}")
         count = self.references.get(path, 0)
         if count and not force:
             raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
@@ -406,9 +416,10 @@ class Transaction:
                 raise BootwatchError("appeared while it was being restored; left alone", path=real)
         # What was written, read back after the rename (which changed its ctime): the marker counts
         # only while the boot file is this very file (see remove_restored_copy).
-        self.index.record_restored(path, st, image_id)
-        self.index.record_signature(path, StatSignature.of(st), image_id)
-        self.dirty = True
+        if not self.read_only:  # else recorded by the first pass after the cache is writable again
+            self.index.record_restored(path, st, image_id)
+            self.index.record_signature(path, StatSignature.of(st), image_id)
+            self.dirty = True
         return image_id
 
     def _apply_restored_attributes(self, path: str, real: Path, fd: int, meta: PathMeta,
@@ -462,6 +473,8 @@ class Transaction:
             return False
         if result.missing and self.cache.store.has_image(result.image_id):
             return False
+        if self.read_only:
+            return True  # reported, not recorded: it is verified again when the cache is writable
         self.index.record_verification(result.image_id, {
             "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
         self.dirty = True
@@ -482,6 +495,10 @@ class BootCache:
         # Once set, every copy and hash in progress stops between two chunks (hashing.Cancelled):
         # the daemon sets it when it is asked to stop.
         self.cancel = cancel if cancel is not None else threading.Event()
+        # Whether the cache's file system was read-only at the last transaction, and when an index
+        # write last succeeded (time.monotonic()): the daemon reports both changes.
+        self.read_only = False
+        self.index_written_at = 0.0
 
     @classmethod
     def from_config(cls, config) -> "BootCache":  # config: bootwatch.config.Config
@@ -628,17 +645,32 @@ class BootCache:
                     waiter: Optional[LockWaiter] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
         removed: List[Path] = []
-        with self.store.locked(remove_stale=remove_stale, waiter=waiter, removed=removed) as image_ids:
+        with contextlib.ExitStack() as stack:
+            try:
+                image_ids = stack.enter_context(self.store.locked(remove_stale=remove_stale, waiter=waiter,
+                                                                  removed=removed))
+                self.read_only = False
+            except CacheReadOnlyError:
+                # The cache can still be read: a transaction that only restores goes on (see
+                # Transaction.read_only); one that must change the cache fails naming it.
+                stack.enter_context(self.store.locked_read_only(waiter=waiter))
+                image_ids, self.read_only = None, True
             index, digest = self.store.load_index_and_digest()
             txn = Transaction(self, index, image_ids, digest)
             txn.removed_temp_files = removed
+            txn.read_only = self.read_only
             try:
                 yield txn
                 txn.flush()  # images first: the index must never list an image without its file
             finally:
                 txn.pending.discard()  # only left on an error; the index was not written
+            if txn.read_only:
+                if txn.dirty:
+                    raise CacheReadOnlyError(self.store.directory, "cannot write the new index")
+                return  # nothing written, so nothing may be deleted
             if txn.dirty:
-                txn.index_digest = self.store.write_index(txn.index)
+                txn.index_digest = self.store.write_index_making_room(txn.index)
+                self.index_written_at = time.monotonic()
             if txn.record_signatures and txn.index_digest is not None:
                 write_signatures(self.store, txn.index, txn.index_digest)
             refs = txn._references
@@ -750,6 +782,10 @@ class BootCache:
         """
         report = CleanReport()
         with self.transaction(remove_stale=False) as txn:
+            if not dry_run:
+                txn._writable("nothing can be cleaned")
+            listed_before = txn.index.all_image_ids()
+            on_disk = set(self.store.image_ids_on_disk())
             copies = self.store.unsuperseded_corrupt_copies()
             if copies:
                 raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
@@ -787,14 +823,23 @@ class BootCache:
             strays = work.index.drop_stray_images()
             listed = work.index.all_image_ids()
             work.unlisted.update(strays)
-            work.unlisted.update(set(self.store.image_ids_on_disk()) - listed)
+            work.unlisted.update(on_disk - listed)
             report.deleted_images = sorted(i for i in work.unlisted
                                            if i not in pinned and self.store.has_image(i))
             report.kept_pinned += sorted(i for i in work.unlisted if i in pinned and self.store.has_image(i))
             if not dry_run:
                 txn.dirty = bool(report.uncached_paths or report.trimmed_images or strays)
                 txn.unlisted.update(work.unlisted)
+                # Space first: the stale temp files, and the orphans that the index on disk does
+                # not list (so deleting them needs no index write), go before the new index is
+                # written; on a full file system that write then has room. The images that only
+                # the new index drops wait for it, as the protocol in store.py says.
                 _remove_files(self.store, temp_files)
+                orphans = sorted(on_disk - listed_before - pinned)
+                if orphans and not self.store.unsuperseded_corrupt_copies():
+                    for image_id in orphans:
+                        self.store.delete_image(image_id)
+                    self.store.fsync_directory()
         return report
 
     def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -35,10 +36,10 @@ from typing import Optional, Set
 
 from bootwatch.cache import BootCache
 from bootwatch.config import Config, load_config
-from bootwatch.errors import BootwatchError
+from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.hashing import Cancelled
 from bootwatch.jobs import MaintenanceScheduler
-from bootwatch.journal import NOTICE, Event, log_event, setup_logging
+from bootwatch.journal import NOTICE, Event, IoErrorLog, log_event, setup_logging
 from bootwatch.metrics import Metrics
 from bootwatch.mount import sweep_stale_mounts
 from bootwatch.notify import SystemdNotifier
@@ -203,6 +204,7 @@ class Daemon:
         self.scheduler: Optional[MaintenanceScheduler] = None
         self.daemon_lock: Optional[int] = None  # the descriptor that holds the daemon lock
         self.lock_wait = LockWaitReporter(self)
+        self.io_errors = IoErrorLog(log)
         self.metrics: Optional[Metrics] = (Metrics(self.config.metrics.textfile)
                                            if self.config.metrics.textfile else None)
         self.cache: BootCache
@@ -226,6 +228,7 @@ class Daemon:
         for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
             log.info("removed the stale verification mount point %s", stale)
         self.reconciler = Reconciler(self.config, self.cache)
+        self.reconciler.io_errors = self.io_errors
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(self.config.paths.boot),
                                    cache_dir=str(self.config.paths.cache))
         self.watcher = Watcher(self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
@@ -237,6 +240,9 @@ class Daemon:
             except Cancelled:
                 log.info("stopped during the first reconcile; the next start does it again")
                 return 0
+            except StorageError as e:
+                self.io_errors.report(e.filename, e.errno, f"first reconcile failed: {e}", hint=e.hint)
+                report = ReconcileReport(errors=[str(e)])
             except BootwatchError as e:
                 # A corrupt index must not keep the service down: report it, keep watching, and
                 # retry with every batch; 'bootwatch fsck --repair' is the way out.
@@ -353,8 +359,18 @@ class Daemon:
             except Cancelled:  # stopping: the index is left as it was; the next start redoes the batch
                 log.info("stopped in the middle of a batch of %d changes", batch.changes)
                 return
+            except StorageError as e:
+                # A full, read-only or failing cache file system: one line per file and errno
+                # (not one per batch); the next batch or the rescan tries again.
+                self.io_errors.report(e.filename, e.errno, str(e), hint=e.hint)
+                self._note_cache_state()
+                self.publish_status()
             except BootwatchError as e:
                 log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            except OSError as e:
+                self.io_errors.report(e.filename or str(self.config.paths.cache), e.errno or 0,
+                                      f"applying a batch of {batch.changes} changes failed: {describe_oserror(e)}")
+                self._retry_later(Change("rescan", ""), key="rescan")
             except Exception:
                 log.exception("unexpected error while applying a batch of %d changes; "
                               "a full reconcile follows", batch.changes)
@@ -461,7 +477,28 @@ class Daemon:
             self.reconciler.check_images(txn, batch.image_ids, report)
         self._after_batch(report, full=batch.full)
 
+    def _note_cache_state(self) -> None:
+        """Degraded while the cache's file system is read-only; the I/O errors are over once it is
+        writable again or an index write succeeded after them."""
+        if self.cache.read_only:
+            if self.status.degraded is None:
+                self.status.degraded = "degraded: the cache is read-only (restoring from it, caching nothing new)"
+                self.io_errors.report(str(self.cache.store.directory), errno.EROFS,
+                                      f"{self.cache.store.directory}: the cache's file system is read-only "
+                                      "(EROFS): images are still restored from it, nothing new is cached")
+            return
+        if self.status.degraded is not None:
+            self.status.degraded = None
+            self.io_errors.clear("the cache is writable again")
+        self._clear_io_errors()
+
+    def _clear_io_errors(self) -> None:
+        since = self.io_errors.since
+        if since is not None and self.cache.index_written_at > since:
+            self.io_errors.clear("the cache index was written again")
+
     def _after_batch(self, report: ReconcileReport, *, full: bool) -> None:
+        self._note_cache_state()
         now = time.time()
         self._note_references(report.references_unknown)
         self.status.last_batch = now
@@ -553,6 +590,7 @@ class Daemon:
             self.cache.keep = new.cache.keep
         reported = self.reconciler.reported_missing
         self.reconciler = Reconciler(new, self.cache)
+        self.reconciler.io_errors = self.io_errors
         self.reconciler.reported_missing = reported
         if new.metrics.textfile != old.metrics.textfile:
             self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
@@ -587,7 +625,7 @@ class Daemon:
     def _start_scheduler(self) -> None:
         self.scheduler = MaintenanceScheduler(
             self.config, self.cache, jobs={"rescan": self.request_rescan}, on_job_done=self._on_job_done,
-            on_verified=self._on_verified, logger=log)
+            on_verified=self._on_verified, logger=log, io_errors=self.io_errors)
         self.scheduler.start()
 
     def _on_verified(self, results) -> None:  # results: Sequence[ImageVerification]
@@ -595,6 +633,8 @@ class Daemon:
             self.metrics.record_verification(results)
 
     def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
+        if ok:
+            self._clear_io_errors()
         if self.metrics is not None:
             self.metrics.record_job(name, duration, ok)
             self._write_metrics(full=False)

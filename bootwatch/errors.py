@@ -7,6 +7,7 @@ reach the user as a traceback.
 
 from __future__ import annotations
 
+import errno as errno_module
 import os
 import re
 from pathlib import Path
@@ -79,6 +80,46 @@ class NotRegularFileError(BootwatchError, OSError):
 
 class ReferencesUnknownError(DeletionsBlockedError):
     """The boot entries cannot be read, or cannot be trusted (see bootwatch.bls.References)."""
+
+
+class StorageError(BootwatchError):
+    """The file system under a cache file failed: full (ENOSPC), read-only (EROFS), broken (EIO).
+
+    Names the file and the errno (``errno`` and ``filename`` for whoever rate-limits reports
+    of the same failure, as the daemon does).
+    """
+
+    def __init__(self, err: OSError, path: Union[str, Path], what: str, *, hint: Optional[str] = None) -> None:
+        self.errno = err.errno or 0
+        self.filename = str(path)
+        name = errno_module.errorcode.get(self.errno, str(self.errno))
+        reason = os.strerror(self.errno).lower() if self.errno else str(err)
+        super().__init__(f"{what}: {reason} ({name})", path=path, hint=hint)
+
+
+class CacheReadOnlyError(StorageError):
+    """The cache is on a read-only file system: it can be read (restores work), not changed."""
+
+    def __init__(self, path: Union[str, Path], what: str) -> None:
+        super().__init__(OSError(errno_module.EROFS, os.strerror(errno_module.EROFS)), path, what,
+                         hint="remount the cache's file system read-write; restores from it go on meanwhile")
+
+
+def storage_error(err: OSError, path: Union[str, Path], what: str) -> BootwatchError:
+    """The error to raise for ``err`` on a cache file: a :class:`StorageError` for a failing file
+    system, otherwise a plain error naming the file."""
+    if err.errno == errno_module.EROFS:
+        return CacheReadOnlyError(path, what)
+    if err.errno in STORAGE_ERRNOS:
+        hint = ("free space in the cache's file system, e.g. with 'bootwatch clean'"
+                if err.errno in (errno_module.ENOSPC, errno_module.EDQUOT) else None)
+        return StorageError(err, path, what, hint=hint)
+    return BootwatchError(f"{what}: {os.strerror(err.errno).lower() if err.errno else err}", path=path)
+
+
+# The errnos that say the file system (not the file, not the caller) is the problem.
+STORAGE_ERRNOS = frozenset({errno_module.ENOSPC, errno_module.EDQUOT, errno_module.EIO, errno_module.EROFS,
+                            errno_module.EUCLEAN})
 
 
 class IndexCorruptError(BootwatchError):

@@ -19,6 +19,9 @@ without the cache lock (images are never written in place); the results are reco
 **Failures.** A job that raises is logged once, with its traceback, as ``Event.JOB_FAILED``
 (an ``EVENT_JOB_ERROR`` listener); the scheduler and the daemon go on. APScheduler's own copy of
 that log record is dropped (see :class:`_RunLogFilter`) so the journal has one entry per failure.
+A failing cache file system (:class:`~bootwatch.errors.StorageError`, or an ``OSError``) is not
+a bug: it is one ``IO_ERROR`` line per file and errno (:class:`~bootwatch.journal.IoErrorLog`),
+without a traceback, however many runs it fails.
 
 **Bounded shutdown.** ``BackgroundScheduler.shutdown(wait=True)`` waits for running jobs without
 a limit. Jobs run here in daemon threads of :class:`_ThreadExecutor`; :meth:`shutdown` stops the
@@ -45,10 +48,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
-from bootwatch.errors import DeletionsBlockedError, ReferencesUnknownError
+from bootwatch.errors import DeletionsBlockedError, ReferencesUnknownError, StorageError, describe_oserror
 from bootwatch.hashing import Cancelled
 from bootwatch.index import CacheIndex
-from bootwatch.journal import Event, log_event
+from bootwatch.journal import Event, IoErrorLog, log_event
 from bootwatch.policy import keep_unreferenced_predicate
 
 JOB_NAMES = ("clean", "gc", "verify", "rescan")
@@ -155,8 +158,11 @@ class MaintenanceScheduler:
                  jobs: Optional[Mapping[str, Optional[Job]]] = None,
                  on_job_done: Optional[JobDone] = None,
                  on_verified: Optional[Callable[[List[ImageVerification]], None]] = None,
-                 logger: Optional[logging.Logger] = None) -> None:
+                 logger: Optional[logging.Logger] = None,
+                 io_errors: Optional[IoErrorLog] = None) -> None:
         self.config = config
+        # A failing cache file system fails every job: one line per file and errno, no traceback.
+        self.io_errors = io_errors or IoErrorLog(logger or logging.getLogger("bootwatch.jobs"))
         self.cache = cache
         self.logger = logger or logging.getLogger("bootwatch.jobs")
         self.on_job_done = on_job_done
@@ -252,6 +258,11 @@ class MaintenanceScheduler:
             try:
                 func()
                 ok = True
+            except StorageError as e:
+                self.io_errors.report(e.filename, e.errno, f"job {name}: {e}", hint=e.hint)
+            except OSError as e:
+                self.io_errors.report(e.filename or str(self.cache.store.directory), e.errno or 0,
+                                      f"job {name}: {describe_oserror(e)}")
             finally:
                 duration = time.monotonic() - started
                 self.logger.debug("job %s %s after %.3fs", name, "done" if ok else "failed", duration)

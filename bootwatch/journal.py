@@ -43,6 +43,8 @@ import socket
 import stat
 import struct
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple, Union
 
@@ -95,6 +97,7 @@ class Event(enum.Enum):
     RESTORE_ATTRIBUTES_REFUSED = "a4e2491ec5c94a068d393b35c7612ec6"
     RESTORED_COPY_REPLACED = "adbdff2755294c888363b35c43575b57"
     REFERENCES_UNKNOWN = "77444c18f4d74eada6cc7f88f521b56b"
+    IO_ERROR = "2a432126ff454735a5279bc660a002f0"
 
     @property
     def message_id(self) -> str:
@@ -448,3 +451,52 @@ def log_event(logger: logging.Logger, event: Event, message: str, *args: Any,
                                        **fields)}
     logger.log(level, message, *args, exc_info=exc_info, stack_info=stack_info,
                stacklevel=2, extra=extra)
+
+
+# --------------------------------------------------------------------------------------------
+# I/O errors, once per file and errno
+
+# A failure of the same file with the same errno is logged again after this many seconds, with
+# the number of repeats in between: a full disk fails every batch and every job.
+IO_ERROR_REPEAT = 600.0
+
+
+class IoErrorLog:
+    """Logs each failing (file, errno) as one ``IO_ERROR`` line, again only after
+    :data:`IO_ERROR_REPEAT` seconds (saying how often it failed meanwhile), and one line when the
+    failures clear. Shared by the daemon's worker and job threads."""
+
+    def __init__(self, logger: logging.Logger, repeat: float = IO_ERROR_REPEAT) -> None:
+        self.logger = logger
+        self.repeat = repeat
+        self._lock = threading.Lock()
+        self._seen: Dict[Tuple[str, int], List[float]] = {}  # key -> [last logged, repeats since]
+        self.since: Optional[float] = None  # time.monotonic() of the first failure not cleared yet
+
+    def report(self, filename: str, err: int, message: str, *, hint: Optional[str] = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self.since is None:
+                self.since = now
+            seen = self._seen.get((filename, err))
+            if seen is not None and now - seen[0] < self.repeat:
+                seen[1] += 1
+                return
+            repeats = int(seen[1]) if seen is not None else 0
+            self._seen[(filename, err)] = [now, 0]
+        name = errno.errorcode.get(err, str(err))
+        log_event(self.logger, Event.IO_ERROR, "%s%s%s", message, f" (hint: {hint})" if hint else "",
+                  f"; failed {repeats} more time(s) since it was last logged" if repeats else "",
+                  level=logging.ERROR, path=filename, errno=name)
+
+    def clear(self, what: str) -> None:
+        """The failures are over (``what`` says how we know): say so once."""
+        with self._lock:
+            if self.since is None:
+                return
+            since, self.since = self.since, None
+            failures = sum(1 + int(repeats) for _, repeats in self._seen.values())
+            files = sorted({name for name, _ in self._seen})
+            self._seen.clear()
+        self.logger.log(NOTICE, "%s: the I/O errors of %s are over (%d failure(s) in %.0f s)", what,
+                        ", ".join(files), failures, time.monotonic() - since)

@@ -18,6 +18,7 @@ arrived: a kernel removed 100 ms before its entry is therefore not restored.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
@@ -30,10 +31,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 from bootwatch.bls import References
 from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
-from bootwatch.errors import BootwatchError, ContentChangedError, OpenForWritingError, UnsafePathError
+from bootwatch.errors import BootwatchError, ContentChangedError, OpenForWritingError, StorageError, UnsafePathError
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
-from bootwatch.journal import Event, log_event
+from bootwatch.journal import Event, IoErrorLog, log_event
 from bootwatch.policy import tracks_all
 from bootwatch.signatures import read_signatures
 from bootwatch.store import IMAGE_SUFFIX
@@ -114,6 +115,9 @@ class Reconciler:
         self.names = names_pattern(config.cache.patterns)
         # Paths reported missing once; not reported again on every pass.
         self.reported_missing: Set[str] = set()
+        # Where the daemon wants a failing cache file system reported (once per file and errno);
+        # without it (scan) each error is a warning line.
+        self.io_errors: Optional[IoErrorLog] = None
 
     # ---------------------------------------------------------------- which paths
 
@@ -348,6 +352,14 @@ class Reconciler:
             report.errors.append(str(e))
             report.retry.add(path)
             log.info("%s; trying again later", e)
+        except StorageError as e:
+            report.errors.append(str(e))
+            if e.errno != errno.EROFS:  # a read-only cache stays so until someone remounts it
+                report.retry.add(path)
+            if self.io_errors is not None:
+                self.io_errors.report(e.filename, e.errno, str(e), hint=e.hint)
+            else:
+                log.warning("%s", e)
         except BootwatchError as e:
             report.errors.append(str(e))
             report.retry.add(path)

@@ -37,6 +37,7 @@ class DaemonStatus:
     error: Optional[str] = None  # why the cache cannot be read now, e.g. a corrupt index
     lock_wait: Optional[str] = None  # who holds the cache lock the daemon has waited for too long
     references_unknown: Optional[str] = None  # why the boot entries cannot be trusted now (bls.References)
+    degraded: Optional[str] = None  # what the daemon cannot do now, e.g. on a read-only cache
 
 
     def summary(self) -> str:
@@ -54,6 +55,8 @@ class DaemonStatus:
                 f"{counts.get('RESTORED', 0)} restored, last sync {last}")
         if self.problems:
             text += f", {self.problems} with problems"
+        if self.degraded:
+            text += f"; {self.degraded}"
         return text
 
     def set_counts(self, statuses: Iterable[PathStatus]) -> None:

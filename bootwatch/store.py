@@ -24,7 +24,11 @@ On-disk protocol (one directory, shared with boom):
                             the lock, and only once the index written before no longer lists it.
     .bootwatch.lock         empty. Every writer (add, remove, restore, clean, verify's results,
                             fsck --repair, pin, gc, the daemon's batches) holds flock(LOCK_EX) on it
-                            for the whole operation. Readers take no lock.
+                            for the whole operation. Readers take no lock. On a read-only file
+                            system a transaction that only reads the cache (restores) takes the
+                            same flock on a read-only descriptor (flock needs no write access);
+                            it writes no index, so what it did (the restored file's signature) is
+                            recorded by the first pass after the cache is writable again.
     the directory itself    the running daemon holds flock(LOCK_EX) on the cache directory (an
                             O_RDONLY descriptor of it) for its whole life: a second daemon on the
                             same cache is refused, and /proc/locks names the one that runs. A lock
@@ -107,13 +111,13 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import (BootwatchError, DaemonRunningError, IndexCorruptError, NotRegularFileError,
-                              UnsafeDirectoryError, describe_oserror)
+from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, IndexCorruptError,
+                              NotRegularFileError, StorageError, UnsafeDirectoryError, describe_oserror, storage_error)
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
 from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
                               open_regular, read_regular)
-from bootwatch.signatures import chunked_sha1, index_digest
+from bootwatch.signatures import SIGNATURES_NAME, chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
 LOCK_NAME = ".bootwatch.lock"
@@ -146,6 +150,8 @@ def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as e:  # fsync's error names no file: name the directory
+        raise OSError(e.errno, e.strerror, str(directory)) from None
     finally:
         os.close(fd)
 
@@ -288,16 +294,22 @@ class PendingImages:
                 sync_filesystem_of(dir_fd, self.directory)
             else:
                 sync_filesystem(self.directory)
-        except OSError:
+        except OSError as e:
+            # ENOSPC or EIO at writeback: the data never reached the disk. Nothing is renamed.
+            final = self.files[0][1] if len(self.files) == 1 else self.directory
             self.discard()
-            raise
-        for temp, final in self.files:
-            os.rename(self._name(temp), self._name(final), src_dir_fd=temp_fd, dst_dir_fd=dir_fd)
-        self.files.clear()
-        if dir_fd is not None:
-            os.fsync(dir_fd)
-        else:
-            fsync_directory(self.directory)
+            raise storage_error(e, final, "cannot make the new image durable; it was not cached") from None
+        try:
+            for temp, final in self.files:
+                os.rename(self._name(temp), self._name(final), src_dir_fd=temp_fd, dst_dir_fd=dir_fd)
+            self.files.clear()
+            if dir_fd is not None:
+                os.fsync(dir_fd)
+            else:
+                fsync_directory(self.directory)
+        except OSError as e:
+            self.discard()
+            raise storage_error(e, self.directory, "cannot put the new image in place") from None
 
     def _name(self, path: Path) -> str:
         return path.name if self.store is not None else str(path)
@@ -441,22 +453,14 @@ class CacheStore:
         else None. The stale temp files removed are appended to ``removed``, if given.
         """
         self.check(create=create)
-        fd = self._open_lock_file()
         try:
-            if waiter is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                waited = False
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        waited = True
-                        waiter.waiting(fd)
-                        time.sleep(0.1)
-                if waited:
-                    waiter.acquired()
+            fd = self._open_lock_file()
+        except OSError as e:
+            if e.errno == errno.EROFS:
+                raise CacheReadOnlyError(self.directory, "cannot take the writers' lock") from None
+            raise
+        try:
+            self._wait_for_lock(fd, waiter)
             # Checked again for each holder; only a holder writes temp files, so nobody uses the old one.
             old, self._temp_fd = self._temp_fd, self._subdirectory(TEMP_DIR, create=True)
             if old is not None:
@@ -478,6 +482,47 @@ class CacheStore:
     def commit_image(self, tmp: TempFile, image_id: str) -> None:
         """Make a complete temp file the image ``image_id`` (fsync, rename, directory fsync)."""
         tmp.commit(self.image_path(image_id), final_dir_fd=self.fd)
+
+    @contextlib.contextmanager
+    def locked_read_only(self, waiter: Optional[LockWaiter] = None) -> Iterator[None]:
+        """The writers' lock of a cache on a read-only file system, for a transaction that only
+        reads the cache (a restore reads an image and writes into the boot directory).
+
+        flock needs no write access, so the lock is taken on a read-only descriptor: a writer
+        that reaches the same file system through another, writable mount still excludes us.
+        Without a lock file no writer has used the cache (every writer creates it), so there is
+        nobody to exclude; and a restore verifies the hash of every byte it copies in any case.
+        """
+        self.check()
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BootwatchError("is not a regular file", path=self.directory / LOCK_NAME)
+            self._wait_for_lock(fd, waiter)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _wait_for_lock(fd: int, waiter: Optional[LockWaiter]) -> None:
+        if waiter is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = True
+                waiter.waiting(fd)
+                time.sleep(0.1)
+        if waited:
+            waiter.acquired()
 
     def hold_daemon_lock(self) -> int:
         """Take the daemon lock (see the protocol above) and return its descriptor, to keep open
@@ -655,9 +700,22 @@ class CacheStore:
             # os.write() errors carry no file name: without this, a full disk while writing the
             # index reached the user as a bare "no space left on device" that names no file.
             # The temp file is gone (TempFile) and the old index is untouched.
-            raise BootwatchError(f"cannot write the new index ({os.strerror(e.errno).lower() if e.errno else e}); "
-                                 "the old index is unchanged", path=self.index_path) from None
+            raise storage_error(e, self.index_path, "cannot write the new index (the old index is unchanged)") from None
         return index_digest(data)
+
+    def write_index_making_room(self, index: CacheIndex) -> str:
+        """:meth:`write_index`; on a full file system, first delete the derived signatures file
+        (as large as the index, and only a saving of work) and try once more."""
+        try:
+            return self.write_index(index)
+        except StorageError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            try:
+                os.unlink(SIGNATURES_NAME, dir_fd=self.fd)
+            except OSError:
+                raise e from None
+            return self.write_index(index)
 
     def read_derived(self, name: str) -> Optional[bytes]:
         """A file derived from the index (see signatures.py); None if it is missing or unreadable.
@@ -802,6 +860,8 @@ class CacheStore:
             return True
         except FileNotFoundError:
             return False
+        except OSError as e:
+            raise storage_error(e, self.image_path(image_id), "cannot delete the image") from None
 
     def move_to_lost_found(self, image_id: str, suffix: str = "") -> Path:
         """Keep an image out of clean's reach for an administrator to look at.

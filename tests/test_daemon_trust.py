@@ -3,6 +3,7 @@ held by another process, I/O errors of the cache's file system, verification rac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -223,3 +224,192 @@ def test_a_listed_image_that_is_missing_still_fails(boot_tree: BootTree) -> None
     (tree.cache / f"{missing}.img").unlink()
     rc, out, err = tree.cli("verify")
     assert rc == 1 and f"FAILED {missing}" in out and "image file is missing" in out, out
+
+
+# ------------------------------------------------------------------ a full, read-only cache
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount file systems")
+
+
+@contextlib.contextmanager
+def mounted(directory: Path, *mount_args: str) -> Iterator[Path]:
+    directory.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", *mount_args, str(directory)], check=True, capture_output=True)
+    try:
+        os.chmod(directory, 0o700)  # a new file system's root is 0755 (ext4) or 1777 (tmpfs)
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+@contextlib.contextmanager
+def ext4_cache(tree: BootTree) -> Iterator[Path]:
+    image = tree.root / "cache.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "16M"], check=True, capture_output=True)
+    with mounted(tree.cache, "-o", "loop", str(image)) as directory:
+        yield directory
+
+
+def remount(directory: Path, mode: str) -> None:
+    """``mount -o remount,ro|rw``; a writer that has a file open for writing makes it EBUSY for a
+    moment (the daemon's lock file during a batch, a job): try again."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = subprocess.run(["mount", "-o", f"remount,{mode}", str(directory)], capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.1)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last byte with one file, and return it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (1 << 16, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def io_error_lines(output: str) -> list:
+    return [line for line in output.splitlines() if "event=IO_ERROR" in line]
+
+
+def indexed(tree: BootTree) -> dict:
+    return json.loads(tree.index_file.read_text())["index"]
+
+
+@needs_root
+def test_read_only_cache_under_the_daemon(tree_with_kernel: BootTree) -> None:
+    """EROFS under a running daemon: degraded, one line, restores go on; writable again: it
+    catches up and says so."""
+    tree = tree_with_kernel
+    with ext4_cache(tree):
+        config = config_for(tree, "daemon.toml")
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready()
+            kernel = tree.boot / "vmlinuz-1.0"
+            image_id = tree.sha1_of(kernel)
+            remount(tree.cache, "ro")
+            kernel.unlink()
+            wait_for(kernel.exists, what="the kernel restored from the read-only cache")
+            assert tree.sha1_of(kernel) == image_id
+            status = daemon.wait_message("STATUS", timeout=10)
+            while "read-only" not in status["STATUS"]:
+                status = daemon.wait_message("STATUS", timeout=10)
+            for version in ("2.0", "3.0"):  # cannot be cached: said once, not per path or batch
+                tree.write_kernel(version)
+                tree.write_entry(version, linux=f"/vmlinuz-{version}")
+                time.sleep(1.0)
+            (tree.boot / "initramfs-1.0.img").unlink()
+            wait_for((tree.boot / "initramfs-1.0.img").exists, what="the initramfs restored")
+            output = daemon.output()
+            assert "Traceback" not in output
+            lines = io_error_lines(output)
+            assert len(lines) == 1 and "errno=EROFS" in lines[0] and str(tree.cache) in lines[0], output
+            assert "/vmlinuz-2.0" not in indexed(tree)
+
+            remount(tree.cache, "rw")
+            tree.write_entry("again", linux="/vmlinuz-1.0")  # any change: the next batch catches up
+            wait_for(lambda: {"/vmlinuz-2.0", "/vmlinuz-3.0"} <= indexed(tree).keys(), timeout=30,
+                     what="the kernels cached once the cache is writable")
+            wait_for(lambda: "the cache is writable again" in daemon.output(), what="the recovery said")
+            status = json.loads((tree.root / "run" / "status.json").read_text())
+            assert status["degraded"] is None
+            assert "Traceback" not in daemon.output()
+            assert len(io_error_lines(daemon.output())) == 1
+
+
+@needs_root
+def test_daemon_starts_on_a_read_only_cache(tree_with_kernel: BootTree) -> None:
+    tree = tree_with_kernel
+    with ext4_cache(tree):
+        rc, out, err = tree.cli("add", "/vmlinuz-1.0", "/initramfs-1.0.img")
+        assert rc == 0, err
+        remount(tree.cache, "ro")
+        # The command line: one line naming the cache and the errno; a restore still works.
+        tree.write_file("/vmlinuz-9", 1000)
+        rc, out, err = tree.cli("add", "/vmlinuz-9")
+        assert rc == 1 and "Traceback" not in err
+        assert err.splitlines()[0].startswith(f"bootwatch: {tree.cache}: ") and "(EROFS)" in err, err
+        (tree.boot / "initramfs-1.0.img").unlink()
+        rc, out, err = tree.cli("restore", "/initramfs-1.0.img")
+        assert rc == 0, err
+        config = config_for(tree, "daemon.toml")
+        with DaemonProcess(config, tree.root) as daemon:
+            ready = daemon.wait_ready()
+            assert "read-only" in ready["STATUS"], ready
+            kernel = tree.boot / "vmlinuz-1.0"
+            kernel.unlink()
+            wait_for(kernel.exists, what="the kernel restored by a daemon started on a read-only cache")
+            assert daemon.proc.poll() is None
+            assert "Traceback" not in daemon.output()
+
+
+@needs_root
+def test_full_cache_under_the_daemon(tree_with_kernel: BootTree) -> None:
+    """ENOSPC: one line per file and errno however many batches fail, restores go on, and the
+    daemon catches up once there is space again."""
+    tree = tree_with_kernel
+    with mounted(tree.cache, "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs"):
+        config = config_for(tree, "daemon.toml")
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready()
+            filler = fill(tree.cache)
+            for version in ("2.0", "3.0", "4.0"):
+                tree.write_kernel(version, size=200_000)
+                tree.write_entry(version, linux=f"/vmlinuz-{version}")
+                time.sleep(1.0)
+            kernel = tree.boot / "vmlinuz-1.0"
+            image_id = tree.sha1_of(kernel)
+            kernel.unlink()
+            wait_for(kernel.exists, what="the kernel restored while the cache is full")
+            assert tree.sha1_of(kernel) == image_id
+            time.sleep(2.0)
+            output = daemon.output()
+            assert "Traceback" not in output
+            lines = io_error_lines(output)
+            keys = [(line.split("path=")[1].split()[0], line.split("errno=")[1].split()[0].rstrip(")"))
+                    for line in lines]
+            assert lines and len(keys) == len(set(keys)), output
+            assert {errno for _, errno in keys} == {"ENOSPC"}, output
+            assert daemon.proc.poll() is None
+
+            filler.unlink()
+            tree.write_entry("again", linux="/vmlinuz-1.0")
+            wait_for(lambda: {"/vmlinuz-2.0", "/vmlinuz-3.0", "/vmlinuz-4.0"} <= indexed(tree).keys(),
+                     timeout=30, what="the kernels cached once there is space")
+            wait_for(lambda: "I/O errors of" in daemon.output() and "are over" in daemon.output(),
+                     what="the recovery said")
+            assert "Traceback" not in daemon.output()
+
+
+@needs_root
+def test_clean_frees_space_on_a_full_cache(boot_tree: BootTree) -> None:
+    """The cache's file system is full to the last byte, mostly with an image no index lists:
+    clean deletes that first, then has room to write the index that drops the unreferenced one."""
+    tree = boot_tree
+    with mounted(tree.cache, "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"):
+        tree.write_file("/vmlinuz-kept", 100_000)
+        tree.write_file("/vmlinuz-old", 100_000)
+        tree.write_entry("kept", linux="/vmlinuz-kept")
+        rc, out, err = tree.cli("add", "/vmlinuz-kept", "/vmlinuz-old")
+        assert rc == 0, err
+        old_id = indexed(tree)["/vmlinuz-old"][-1]
+        # An orphan that fills the file system (a complete image a failed write left unlisted).
+        filler = fill(tree.cache)
+        orphan_id = tree.sha1_of(filler)
+        os.rename(filler, tree.cache / f"{orphan_id}.img")
+        assert os.statvfs(tree.cache).f_bavail == 0
+        rc, out, err = tree.cli("clean")
+        assert rc == 0 and "Traceback" not in err, out + err
+        assert not (tree.cache / f"{orphan_id}.img").exists()
+        assert not (tree.cache / f"{old_id}.img").exists()
+        assert list(indexed(tree)) == ["/vmlinuz-kept"]
+        assert tree.cli("fsck")[0] == 0
