@@ -320,8 +320,8 @@ def test_read_only_cache_under_the_daemon(tree_with_kernel: BootTree) -> None:
             wait_for(lambda: {"/vmlinuz-2.0", "/vmlinuz-3.0"} <= indexed(tree).keys(), timeout=30,
                      what="the kernels cached once the cache is writable")
             wait_for(lambda: "the cache is writable again" in daemon.output(), what="the recovery said")
-            status = json.loads((tree.root / "run" / "status.json").read_text())
-            assert status["degraded"] is None
+            wait_for(lambda: json.loads((tree.root / "run" / "status.json").read_text())["degraded"] is None,
+                     what="the status no longer degraded")
             assert "Traceback" not in daemon.output()
             assert len(io_error_lines(daemon.output())) == 1
 
