@@ -839,7 +839,7 @@ class BootCache:
                 if orphans and not self.store.unsuperseded_corrupt_copies():
                     for image_id in orphans:
                         self.store.delete_image(image_id)
-                    self.store.fsync_directory()
+                    os.fsync(self.store.fd)
         return report
 
     def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
