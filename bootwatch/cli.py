@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import stat
 import sys
@@ -23,7 +24,10 @@ from bootwatch.config import Config, load_config
 from bootwatch.fsck import check_cache
 from bootwatch.policy import keep_unreferenced_predicate
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror, printable
+from bootwatch.journal import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
+
+log = logging.getLogger("bootwatch.cli")
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -67,30 +71,49 @@ def boot_paths(cache: BootCache, arguments: Sequence[str]) -> List[str]:
 
 # ------------------------------------------------------------------------------------ commands
 
+def log_changes(command: str) -> None:
+    """A command that changes the boot directory or the cache logs what it did to the journal
+    too, wherever there is one (see :func:`bootwatch.journal.setup_cli_logging`); stderr shows
+    warnings and errors, as before."""
+    setup_cli_logging("warning", command, plain=True)
+
+
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
+    log_changes("add")
     cache = open_cache(config)
     for result in cache.add(boot_paths(cache, args.paths)):
         if result.outcome == "changed":
             print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
+            log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
+                      result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
+                      state="CACHED", previous_image_id=result.previous_id)
         else:
             print(f"{result.path}: {result.outcome} as {result.image_id}")
+            if result.outcome == "cached":
+                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
+                          path=result.path, image_id=result.image_id, state="CACHED")
     return EXIT_OK
 
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:
+    log_changes("remove")
     cache = open_cache(config)
     paths = boot_paths(cache, args.paths)
     cache.remove(paths, force=args.force)
     for path in paths:
         print(f"{path}: removed from the cache")
+        log.info("%s: removed from the cache by 'bootwatch remove'", path)
     return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    log_changes("restore")
     cache = open_cache(config)
     paths = boot_paths(cache, args.paths)
     for path, image_id in zip(paths, cache.restore(paths)):
         print(f"{path}: restored image {image_id}")
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore'", path, image_id,
+                  path=path, image_id=image_id, state="RESTORED")
     return EXIT_OK
 
 
@@ -156,9 +179,15 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, config: Config) -> int:
+    if not args.dry_run:
+        log_changes("clean")
     cache = open_cache(config)
     report = cache.clean(dry_run=args.dry_run, force=args.force,
                          keep_unreferenced=keep_unreferenced_predicate(config, cache))
+    if not args.dry_run and (report.uncached_paths or report.deleted_images or report.removed_restored_copies):
+        log.info("clean: uncached %s; deleted %d image(s); removed the restored copies %s",
+                 ", ".join(report.uncached_paths) or "nothing", len(report.deleted_images),
+                 ", ".join(report.removed_restored_copies) or "none")
     if args.json:
         print_json(report.to_json())
         return EXIT_OK
@@ -215,8 +244,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     from bootwatch.daemon import open_cache as open_checked_cache, reconcile_once
-    from bootwatch.journal import setup_logging
-    setup_logging("warning" if args.quiet else config.log.level, target="stderr")
+    setup_cli_logging("warning" if args.quiet else config.log.level, "scan")
     report = reconcile_once(config, open_checked_cache(config))
     if report.references_unknown:
         print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",

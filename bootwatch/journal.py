@@ -193,11 +193,14 @@ class JournalHandler(logging.Handler):
 
     def __init__(self, socket_path: Union[str, Path] = JOURNAL_SOCKET, *,
                  identifier: str = IDENTIFIER, fallback: Optional[TextIO] = None,
-                 level: int = logging.NOTSET) -> None:
+                 level: int = logging.NOTSET, fields: Optional[Mapping[str, str]] = None,
+                 fall_back: bool = True) -> None:
         super().__init__(level)
         self.socket_path = str(socket_path)
         self.identifier = identifier
-        self._fallback = StderrHandler(fallback)
+        self.extra_fields = dict(fields or {})  # added to every record, e.g. BOOTWATCH_COMMAND
+        # Where a record goes when journald cannot take it; None when stderr has its own handler.
+        self._fallback: Optional[StderrHandler] = StderrHandler(fallback) if fall_back else None
         self.setFormatter(MessageFormatter())
         # Not connected: a journald restart replaces the socket, and sendto() finds the new one.
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -216,7 +219,7 @@ class JournalHandler(logging.Handler):
             ("LOGGER", record.name),
             ("THREAD_NAME", record.threadName or ""),
         ]
-        for name, value in getattr(record, FIELDS_ATTR, {}).items():
+        for name, value in {**self.extra_fields, **getattr(record, FIELDS_ATTR, {})}.items():
             if _FIELD_NAME.fullmatch(name) and value is not None:
                 fields.append((name, str(value)))
         return fields
@@ -231,7 +234,8 @@ class JournalHandler(logging.Handler):
             self._send(data)
         except OSError:
             # journald is gone or too slow: the line on stderr is better than nothing.
-            self._fallback.handle(record)
+            if self._fallback is not None:
+                self._fallback.handle(record)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -251,7 +255,8 @@ class JournalHandler(logging.Handler):
     def close(self) -> None:
         try:
             self._socket.close()
-            self._fallback.close()
+            if self._fallback is not None:
+                self._fallback.close()
         finally:
             super().close()
 
@@ -393,8 +398,11 @@ def setup_logging(level: Union[str, int], *, stream: Optional[TextIO] = None,
         handler = StderrHandler(stream)
     else:
         raise ValueError(f"unknown log target {target!r}; expected auto, journal or stderr")
-    handler._bootwatch = True  # type: ignore[attr-defined]  # ours, to replace on the next call
+    _install([handler], levelno, loggers)
+    return handler
 
+
+def _install(handlers: List[logging.Handler], levelno: int, loggers: Tuple[str, ...]) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_bootwatch", False):
@@ -402,10 +410,42 @@ def setup_logging(level: Union[str, int], *, stream: Optional[TextIO] = None,
             old.close()
     # On the root logger, so that the warnings of apscheduler and watchdog arrive here too;
     # the root's own level (WARNING by default) keeps their chatter out.
-    root.addHandler(handler)
+    for handler in handlers:
+        handler._bootwatch = True  # type: ignore[attr-defined]  # ours, to replace on the next call
+        root.addHandler(handler)
     for name in loggers:
         logging.getLogger(name).setLevel(levelno)
-    return handler
+
+
+def setup_cli_logging(level: Union[str, int], command: str, *, plain: bool = False,
+                      stream: Optional[TextIO] = None, environ: Optional[Mapping[str, str]] = None,
+                      journal_socket: Union[str, Path] = JOURNAL_SOCKET,
+                      loggers: Tuple[str, ...] = (IDENTIFIER,)) -> List[logging.Handler]:
+    """Logging for a command that changes the boot directory or the cache (``scan``, ``restore``...).
+
+    stderr gets what it got before: the records at ``level`` and above, as readable lines, or with
+    ``plain`` as the bare message (what Python prints of a warning when logging is not set up).
+    Wherever the journal is there (its socket exists), every record at INFO and above goes to it
+    too, with ``BOOTWATCH_COMMAND=<command>``: a restore done by ``scan`` (the kernel-install
+    plugin) is found by the same ``journalctl MESSAGE_ID=...`` as the daemon's. When stderr is
+    itself the journal (a command run by a unit), the native records replace the lines.
+    Returns the installed handlers.
+    """
+    levelno = parse_level(level)
+    environ = os.environ if environ is None else environ
+    journal = Path(journal_socket).exists()
+    handlers: List[logging.Handler] = []
+    if not (journal and stream_is_journal(stream if stream is not None else sys.stderr, environ)):
+        lines = StderrHandler(stream)
+        if plain:
+            lines.setFormatter(logging.Formatter("%(message)s"))
+        lines.setLevel(levelno)
+        handlers.append(lines)
+    if journal:
+        handlers.append(JournalHandler(journal_socket, level=min(levelno, logging.INFO), fall_back=False,
+                                       fields={"BOOTWATCH_COMMAND": command}))
+    _install(handlers, min(levelno, logging.INFO) if journal else levelno, loggers)
+    return handlers
 
 
 # --------------------------------------------------------------------------------------------

@@ -413,3 +413,51 @@ def test_clean_frees_space_on_a_full_cache(boot_tree: BootTree) -> None:
         assert not (tree.cache / f"{old_id}.img").exists()
         assert list(indexed(tree)) == ["/vmlinuz-kept"]
         assert tree.cli("fsck")[0] == 0
+
+
+# ------------------------------------------------------------------ the journal, whatever the command
+
+def test_scan_logs_its_restores_to_the_journal_too(boot_tree: BootTree, tmp_path: Path) -> None:
+    """A real datagram socket stands in for journald's: what a command line scan restores reaches
+    it as a native record (MESSAGE_ID, BOOTWATCH_COMMAND=scan); stderr stays as quiet as asked."""
+    import io
+    import socket
+
+    from bootwatch.config import load_config
+    from bootwatch.daemon import open_cache, reconcile_once
+    from bootwatch.journal import Event, parse_entry, setup_cli_logging
+
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux="/vmlinuz-1.0", initrd=["/initramfs-1.0.img"])
+    assert tree.cli("scan", "--quiet")[0] == 0
+    (tree.boot / "vmlinuz-1.0").unlink()
+    journal_path = tmp_path / "journal.socket"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(journal_path))
+    journal.settimeout(5)
+    stderr = io.StringIO()
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        setup_cli_logging("warning", "scan", stream=stderr, environ={}, journal_socket=journal_path)
+        config = load_config(tree.config).with_overrides(boot=tree.boot, cache=tree.cache)
+        report = reconcile_once(config, open_cache(config))
+        assert report.restored == ["/vmlinuz-1.0"]
+        records = []
+        journal.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                records.append(dict(parse_entry(journal.recv(65536))))
+    finally:
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        logging.getLogger("bootwatch").setLevel(logging.NOTSET)
+        journal.close()
+    restored = [r for r in records if r.get("MESSAGE_ID") == Event.IMAGE_RESTORED.message_id.encode()]
+    assert len(restored) == 1, records
+    assert restored[0]["BOOTWATCH_COMMAND"] == b"scan" and restored[0]["BOOTWATCH_PATH"] == b"/vmlinuz-1.0"
+    assert restored[0]["SYSLOG_IDENTIFIER"] == b"bootwatch"
+    assert stderr.getvalue() == ""  # --quiet: the restore is in the journal, not on the terminal

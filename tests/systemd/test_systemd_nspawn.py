@@ -233,3 +233,24 @@ def test_stop_exits_cleanly(container: Container) -> None:
              "systemd's 'Deactivated successfully'")
     assert not [message(r) for r in records if "SIGKILL" in message(r)
                 or "timed out" in message(r)]
+
+
+def test_scan_restores_reach_the_journal(container: Container) -> None:
+    """The kernel-install plugin runs 'bootwatch scan --quiet' with the daemon stopped: its
+    restore is in the journal, found by the same MESSAGE_ID query as the daemon's restores."""
+    assert container.prop(UNIT, "ActiveState") == "inactive"
+    container.run(["rm", "/boot/initramfs-T.img"])
+    proc = container.run(["/usr/local/bin/bootwatch", "scan", "--quiet"])
+    assert proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+    out = container.run(["sha1sum", "/boot/initramfs-T.img"]).stdout.split()
+    assert out[0] == IMAGES["/initramfs-T.img"]
+
+    def restored() -> List[Record]:
+        # The README's query for every restore. (Not combined with --after-cursor: systemd 252's
+        # journalctl then finds nothing.) Only the daemon has restored anything before.
+        return [r for r in container.journal(f"MESSAGE_ID={Event.IMAGE_RESTORED.message_id}")
+                if str(r.get("BOOTWATCH_PATH", "")).endswith("/initramfs-T.img")]
+    records = wait_until("the scan's IMAGE_RESTORED record in the journal", restored, 30)
+    assert records[0].get("BOOTWATCH_COMMAND") == "scan", records[0]
+    assert records[0].get("BOOTWATCH_IMAGE_ID") == IMAGES["/initramfs-T.img"]
+    assert records[0].get("SYSLOG_IDENTIFIER") == "bootwatch"
