@@ -25,16 +25,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
-from bootwatch.errors import ContentChangedError, IndexCorruptError, UnsafePathError
+from bootwatch.errors import (BootwatchError, ContentChangedError, IndexCorruptError, NotRegularFileError,
+                              UnsafePathError, describe_oserror)
 from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
-from bootwatch.safety import normalize_boot_path, open_regular
-from bootwatch.store import read_regular_file
+from bootwatch.safety import file_kind, normalize_boot_path, open_regular, read_regular
+from bootwatch.store import CacheStore
 
 DEFAULT_MODE = 0o100644
 
@@ -67,6 +69,10 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
         digests = _hash_images_on_disk(cache)
         copies = store.unsuperseded_corrupt_copies()
         for copy in copies:
+            kind = _not_a_copy(store, copy)
+            if kind is not None:
+                report.problems.append(_unmergeable(copy, f"is a {kind}"))
+                continue
             report.problems.append(f"{copy}: a corrupt index kept by a repair that did not complete; no image "
                                    "is deleted while it is there ('bootwatch fsck --repair' merges it)")
         try:
@@ -88,10 +94,11 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
                 copies.append(copy)
             index = CacheIndex()
             salvaged = True
+        unmerged: List[Path] = []
         if repair and copies:
             # A corrupt or a missing index: the images no copy claims are placed (boot files, lost+found).
-            index = _salvage(cache, index, copies, digests, report,
-                             place_unassigned=salvaged or not store.index_exists())
+            index, unmerged = _salvage(cache, index, copies, digests, report,
+                                       place_unassigned=salvaged or not store.index_exists())
         changed = _check_listed_images(cache, index, digests, report, repair=repair)
         changed |= _check_restored_markers(cache, index, report, repair=repair)
         for image_id in sorted(set(digests) - index.all_image_ids()):
@@ -117,12 +124,22 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
                 report.repaired.append(f"dropped {len(strays)} image entries no path lists")
             if changed or strays or salvaged or copies:
                 store.write_index(index)
-            # Only now, with the index that holds what they knew in place, may images go again.
+            # Only now, with the index that holds what they knew in place, may images go again; a
+            # copy that could not be read was merged into nothing and keeps blocking deletions.
+            merged = []
             for copy in copies:
-                store.mark_superseded(copy)
-            if copies:
-                report.repaired.append(f"merged {len(copies)} kept corrupt index(es) into the index: "
-                                       + ", ".join(c.name for c in copies))
+                if copy in unmerged:
+                    continue
+                try:
+                    store.mark_superseded(copy)
+                except (BootwatchError, OSError) as e:
+                    report.problems.append(f"{e} ({e.hint})" if isinstance(e, BootwatchError) and e.hint
+                                           else describe_oserror(e))
+                    continue
+                merged.append(copy)
+            if merged:
+                report.repaired.append(f"merged {len(merged)} kept corrupt index(es) into the index: "
+                                       + ", ".join(c.name for c in merged))
             for temp in temps:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
@@ -255,9 +272,10 @@ def _old_entries(raw: Optional[bytes]) -> tuple:
 
 
 def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Dict[str, Optional[Digest]],
-             report: FsckReport, *, place_unassigned: bool) -> CacheIndex:
+             report: FsckReport, *, place_unassigned: bool) -> Tuple[CacheIndex, List[Path]]:
     """``base`` with what can be salvaged of the corrupt ``copies``: their paths that ``base``
-    lacks, with the images that still hash to their ids.
+    lacks, with the images that still hash to their ids; and the copies that could not be read
+    (reported as problems: they must not be marked superseded).
 
     With ``place_unassigned`` (``base`` stands for a corrupt index) the good images that no path
     claims are matched against the boot files, and otherwise kept in ``lost+found/``.
@@ -266,14 +284,18 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
     old_index: Dict[str, List[str]] = {}
     old_paths: Dict[str, dict] = {}
     old_images: Dict[str, dict] = {}
+    unmerged: List[Path] = []
     for copy in copies:
-        if copy.is_symlink():
-            continue  # a symlinked index, kept as it was: never followed, so nothing to salvage
         try:
-            raw = read_regular_file(copy)
+            if stat.S_ISLNK(os.stat(copy.name, dir_fd=store.fd, follow_symlinks=False).st_mode):
+                continue  # a symlinked index, kept as it was: never followed, so nothing to salvage
+            raw = read_regular(copy.name, dir_fd=store.fd, display=copy)
         except OSError as e:
-            report.warnings.append(f"{copy}: cannot be read ({os.strerror(e.errno).lower() if e.errno else e}); "
-                                   "nothing salvaged from it")
+            unmerged.append(copy)
+            if _not_a_copy(store, copy) is None:  # a non-file was reported when the copies were listed
+                why = e.strerror if isinstance(e, NotRegularFileError) else \
+                    f"cannot be read: {os.strerror(e.errno).lower() if e.errno else e}"
+                report.problems.append(_unmergeable(copy, why))
             continue
         index, paths, images = _old_entries(raw)
         for target, source in ((old_index, index), (old_paths, paths), (old_images, images)):
@@ -324,7 +346,23 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
     index = CacheIndex(data)
     CacheIndex.validate(data, source=store.index_path)
     report.repaired.append(f"rebuilt the index with {len(index)} paths and {len(index.all_image_ids())} images")
-    return index
+    return index, unmerged
+
+
+def _not_a_copy(store: CacheStore, copy: Path) -> Optional[str]:
+    """What ``copy`` is if it is no kept copy bootwatch makes (a regular file or a symlink), else None."""
+    try:
+        mode = os.stat(copy.name, dir_fd=store.fd, follow_symlinks=False).st_mode
+    except OSError:
+        return None  # gone, or an error the read reports
+    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else file_kind(mode)
+
+
+def _unmergeable(copy: Path, why: str) -> str:
+    """The one line for a kept copy whose content cannot be merged: it keeps blocking deletions."""
+    return (f"{copy}: a kept corrupt index that {why}; nothing could be merged from it, so no image is "
+            "deleted while it is there: inspect it, and move it out of the cache directory by hand once "
+            "nothing in it needs recovering")
 
 
 def _match_unassigned_images(cache: BootCache, data: dict, good: Dict[str, Digest], meta_for, image_entry) -> None:

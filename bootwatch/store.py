@@ -71,10 +71,16 @@ On-disk protocol (one directory, shared with boom):
                             never followed: its copy is a symlink to the same target.
     .cacheindex.json.corrupt-<time>[.<n>].superseded
                             empty; says that a completed repair merged what could be salvaged of
-                            that copy into the index. Created by fsck --repair after the rebuilt
-                            index is in place (rename, directory fsync). A repair killed before
-                            that leaves the copy unsuperseded: the next fsck --repair merges it
-                            again (paths the index lacks) and then marks it.
+                            that copy into the index. Created (O_CREAT | O_EXCL, never opened if
+                            something is there) by fsck --repair after the rebuilt index is in
+                            place (rename, directory fsync). Only a regular file is a mark: a
+                            FIFO or a directory at its name leaves the copy unsuperseded, and is
+                            reported. A new copy never takes a name whose mark exists. A copy that
+                            cannot be read (not a regular file or symlink, an I/O error) is merged
+                            into nothing and never marked: it blocks deletions until a person moves
+                            it away. A repair killed before marking leaves the copy unsuperseded:
+                            the next fsck --repair merges it again (paths the index lacks) and then
+                            marks it.
 
 In the boot directory, bootwatch writes only by restore (see cache.py):
 
@@ -143,6 +149,11 @@ def _image_ids(stems: List[str]) -> Set[str]:
     if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
         return set(stems)
     return {stem for stem in stems if is_image_id(stem)}
+
+
+def superseded_mark_name(copy_name: str) -> str:
+    """The name of the mark that supersedes the kept copy ``copy_name`` (see the protocol)."""
+    return f".{copy_name}{SUPERSEDED_SUFFIX}"
 
 
 def fsync_directory(directory: Path) -> None:
@@ -770,18 +781,25 @@ class CacheStore:
             with contextlib.suppress(OSError):
                 if read_regular(existing.name, dir_fd=self.fd) == data:
                     return existing
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         with self.temp_file() as tmp:
             os.fchmod(tmp.fd, 0o600)
             _write_fully(tmp.fd, data)
-            for n in range(1000):
-                target = self.directory / f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
-                if self._exists(target.name):
-                    continue
-                # fsync, link (never over an earlier copy), dir fsync
+            for target in self._corrupt_copy_names():
+                # fsync, link (never over an earlier copy or anything else there), dir fsync
                 tmp.commit(target, replace=False, final_dir_fd=self.fd)
                 return target
         raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
+
+    def _corrupt_copy_names(self) -> Iterator[Path]:
+        """Names for a new kept copy: ``cacheindex.json.corrupt-<UTC time>[.<n>]``, each free, and
+        free of a superseded mark too: a mark already there (left by a clock that went back, or
+        planted) would supersede the new copy from its birth, and end the block on deletions it
+        stands for before any repair merged it."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for n in range(1000):
+            name = f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
+            if not self._exists(name) and not self._exists(superseded_mark_name(name)):
+                yield self.directory / name
 
     def index_is_symlink(self) -> bool:
         return os.path.islink(self.index_path)
@@ -794,27 +812,46 @@ class CacheStore:
             with contextlib.suppress(OSError):
                 if os.readlink(existing) == target:
                     return existing
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for n in range(1000):
-            copy = self.directory / f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
+        for copy in self._corrupt_copy_names():
             try:
-                os.symlink(target, copy)
+                os.symlink(target, copy.name, dir_fd=self.fd)
             except FileExistsError:
                 continue
-            fsync_directory(self.directory)
+            os.fsync(self.fd)
             return copy
         raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
 
     def unsuperseded_corrupt_copies(self) -> List[Path]:
         """The kept copies of corrupt indexes that no completed repair superseded (see the protocol)."""
-        names = set(os.listdir(self.fd))
+        names: Set[str] = set()
+        marks: Set[str] = set()  # only a regular file is a mark: bootwatch makes nothing else there
+        with os.scandir(self.fd) as it:
+            for entry in it:
+                names.add(entry.name)
+                if entry.name.endswith(SUPERSEDED_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    marks.add(entry.name)
         return sorted(self.directory / name for name in names
-                      if name.startswith(CORRUPT_PREFIX) and f".{name}{SUPERSEDED_SUFFIX}" not in names)
+                      if name.startswith(CORRUPT_PREFIX) and superseded_mark_name(name) not in marks)
 
     def mark_superseded(self, copy: Path) -> None:
-        """Record that a completed repair merged ``copy`` into the index now in place."""
-        os.close(os.open(f".{copy.name}{SUPERSEDED_SUFFIX}",
-                         os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd))
+        """Record that a completed repair merged ``copy`` into the index now in place.
+
+        The mark is created, never opened: ``O_CREAT | O_EXCL`` fails on whatever is at its name
+        (a FIFO there would block an ``O_WRONLY`` open for ever, with the lock held). A regular
+        file there already is a mark; anything else is refused with a
+        :class:`NotRegularFileError` naming it, and the copy stays unsuperseded.
+        """
+        name = superseded_mark_name(copy.name)
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_NOCTTY | os.O_CLOEXEC, 0o600, dir_fd=self.fd))
+        except FileExistsError:
+            mode = os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(self.directory / name, file_kind(mode),
+                                          hint=f"the copy {copy.name} stays unsuperseded, so no image is deleted; "
+                                               "remove what is there and run 'bootwatch fsck --repair' again") \
+                    from None
         os.fsync(self.fd)
 
     def _exists(self, name: str, dir_fd: Optional[int] = None) -> bool:

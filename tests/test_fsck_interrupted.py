@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Set
+
+import pytest
 
 PATHS = 240
 SIZE = 128 * 1024
@@ -146,3 +149,87 @@ def test_an_unsuperseded_copy_blocks_deletions_until_a_repair_merges_it(boot_tre
     rc, out, err = tree.cli("clean")
     assert rc == 0, out + err
     assert set(tree.images_on_disk()) == {a, b}
+
+
+# ------------------------------------------------------------------------------------ the superseded mark
+
+def corrupt_cached_index(tree) -> None:
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux="/vmlinuz-1.0")
+    assert tree.cli("scan")[0] == 0
+    tree.index_file.write_bytes(tree.index_bytes()[:100])  # corrupt: a repair keeps a copy
+
+
+def marks_for_the_next_seconds(tree, make) -> None:
+    """A mark (made by ``make``) at every name the copy of a repair starting now could get."""
+    now = time.time()
+    for s in range(-2, 120):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now + s))
+        make(tree.cache / f".cacheindex.json.corrupt-{stamp}.superseded")
+
+
+def test_fsck_repair_does_not_hang_on_a_fifo_at_the_superseded_mark(boot_tree) -> None:
+    """(Review defect 10) The mark's name is predictable (the UTC second): a FIFO planted there
+    blocked the O_WRONLY open of mark_superseded for ever, with the cache lock held."""
+    tree = boot_tree
+    corrupt_cached_index(tree)
+    marks_for_the_next_seconds(tree, os.mkfifo)
+    rc, out, err = tree.cli("fsck", "--repair", timeout=30)  # the harness fails the test on a timeout
+    assert rc == 0, out + err
+    assert "Traceback" not in err
+    copies = [p for p in tree.cache.glob("cacheindex.json.corrupt-*")]
+    assert len(copies) == 1 and (tree.cache / f".{copies[0].name}.superseded").is_file()
+
+
+def test_a_mark_already_there_never_supersedes_a_new_copy(boot_tree) -> None:
+    """(Review suspicion b) A mark left at the name a new copy gets (a clock that went back, or one
+    planted) superseded the copy from its birth: deletions were not blocked by it."""
+    tree = boot_tree
+    corrupt_cached_index(tree)
+    marks_for_the_next_seconds(tree, lambda p: p.write_bytes(b""))
+    cache = tree.library()
+    with cache.store.locked():
+        copy = cache.store.keep_corrupt_copy(b"corrupt")
+        assert copy in cache.store.unsuperseded_corrupt_copies(), f"{copy} was superseded from its birth"
+
+
+def test_something_else_at_the_mark_keeps_the_copy_unsuperseded(boot_tree) -> None:
+    """(Review defect 10) Only a regular file is a mark; anything else at its name is reported, and
+    the copy keeps blocking deletions."""
+    tree = boot_tree
+    corrupt_cached_index(tree)
+    copy = tree.cache / "cacheindex.json.corrupt-20260101T000000Z"
+    copy.write_bytes(tree.index_bytes())
+    mark = tree.cache / f".{copy.name}.superseded"
+    os.mkfifo(mark)
+    images = tree.images_on_disk()
+    rc, out, err = tree.cli("fsck", "--repair", timeout=30)
+    assert rc == 1 and "Traceback" not in err, out + err
+    assert [line for line in out.splitlines() if str(mark) in line and "FIFO" in line], out
+    rc, out, err = tree.cli("clean")
+    line = tree.assert_clean_error(rc, err, names=[str(copy)])
+    assert "fsck --repair" in err, line
+    assert tree.images_on_disk() == images
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO"])
+def test_an_unreadable_copy_is_never_marked_superseded(boot_tree, kind) -> None:
+    """(Review suspicion c) A kept copy that cannot be read was marked superseded though nothing of
+    it was merged: the block on deletions ended without a merge."""
+    tree = boot_tree
+    corrupt_cached_index(tree)
+    copy = tree.cache / "cacheindex.json.corrupt-20260101T000000Z"
+    if kind == "directory":
+        copy.mkdir()
+    else:
+        os.mkfifo(copy)
+    images = tree.images_on_disk()
+    rc, out, err = tree.cli("fsck", "--repair", timeout=30)
+    assert rc == 1 and "Traceback" not in err, out + err
+    lines = [line for line in out.splitlines() if str(copy) in line and "by hand" in line]
+    assert len(lines) == 1 and f"is a {kind}" in lines[0], out
+    assert not os.path.lexists(tree.cache / f".{copy.name}.superseded")
+    rc, out, err = tree.cli("clean")
+    tree.assert_clean_error(rc, err, names=[str(copy)])
+    assert tree.images_on_disk() == images
+    assert (copy.is_dir() if kind == "directory" else stat.S_ISFIFO(copy.lstat().st_mode)), "the copy was touched"
