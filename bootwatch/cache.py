@@ -28,9 +28,10 @@ from bootwatch.errors import (STORAGE_ERRNOS, BootwatchError, CacheReadOnlyError
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.index import CacheIndex, PathMeta
 from bootwatch.journal import NOTICE, Event, log_event
-from bootwatch.safety import normalize_boot_path, open_regular, resolve_in_boot
+from bootwatch.safety import file_kind, normalize_boot_path, open_regular, resolve_in_boot
 from bootwatch.signatures import write_signatures
-from bootwatch.store import REFERENCES_NAME, CacheStore, LockWaiter, PendingImages, TempFile, fsync_directory
+from bootwatch.store import (REFERENCES_NAME, CacheStore, LockWaiter, PendingImages, TempFile,
+                             cannot_remove_temp_file, fsync_directory, not_a_temp_file)
 
 CACHED = "CACHED"
 MISSING = "MISSING"
@@ -864,18 +865,39 @@ class BootCache:
         found = {p for p in also if p.name.startswith(RESTORE_TEMP_PREFIX)}
         for directory in sorted(dirs):
             with contextlib.suppress(OSError), os.scandir(directory) as it:
-                found.update(Path(e.path) for e in it if e.name.startswith(RESTORE_TEMP_PREFIX))
+                for e in it:
+                    if not e.name.startswith(RESTORE_TEMP_PREFIX):
+                        continue
+                    # A restore makes only regular files: a directory (or FIFO...) of that name is
+                    # not its leftover, and is never removed (let alone its tree).
+                    try:
+                        if e.is_file(follow_symlinks=False):
+                            found.add(Path(e.path))
+                            continue
+                        kind = file_kind(e.stat(follow_symlinks=False).st_mode)
+                    except OSError:
+                        continue
+                    self.store.warn_once(Path(e.path), not_a_temp_file(kind))
         return sorted(found)
 
 
 def _remove_files(store: CacheStore, paths: Iterable[Path]) -> List[Path]:
-    """Unlink each of ``paths`` (the cache's own relative to its descriptors); return those that were there."""
+    """Unlink each of ``paths`` (the cache's own relative to its descriptors); return those that were there.
+
+    One that cannot be removed (a directory swapped in since it was listed, a read-only boot
+    directory) is warned about once, naming it, and left: a leftover temp file is harmless.
+    """
     removed = []
     for path in paths:
         if path.name.startswith(RESTORE_TEMP_PREFIX):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
-                removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                store.warn_once(path, cannot_remove_temp_file(e))
+                continue
+            removed.append(path)
         elif store.remove_temp_file(path):
             removed.append(path)
     return removed

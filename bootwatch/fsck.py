@@ -140,11 +140,9 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             if merged:
                 report.repaired.append(f"merged {len(merged)} kept corrupt index(es) into the index: "
                                        + ", ".join(c.name for c in merged))
-            for temp in temps:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-            if temps:
-                report.repaired.append(f"removed {len(temps)} stale temp files")
+            removed = [temp for temp in temps if store.remove_temp_file(temp)]
+            if removed:
+                report.repaired.append(f"removed {len(removed)} stale temp files")
     return report
 
 

@@ -164,7 +164,8 @@ class Reconciler:
                         if name[0] == ".":
                             if name.endswith(MARKER_SUFFIX):
                                 markers.add(f"{directory}/{name}")
-                            elif name.startswith(RESTORE_TEMP_PREFIX):
+                            elif name.startswith(RESTORE_TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                                # (only a regular file can be one; see BootCache._stale_restore_temp_files)
                                 tree.restore_temps.append(Path(f"{root}{directory}/{name}"))
                             continue
                         try:

@@ -52,7 +52,10 @@ On-disk protocol (one directory, shared with boom):
                             that died: the holder removes it (the daemon's start and scan always
                             take the lock when there is one; BootCache.stale_temp_files also
                             covers the restore temp files in the boot directory). A copy the
-                            daemon cancels when it stops removes its own. They live in a
+                            daemon cancels when it stops removes its own. A temp file is always a
+                            regular file (O_CREAT | O_EXCL): anything else of that name (a
+                            directory, a FIFO, a symlink) is not bootwatch's, gets one warning
+                            naming it, and is left alone. They live in a
                             subdirectory so that the daemon's inotify watch on the cache directory
                             (not recursive) never sees bootwatch's own writes, only other
                             programs' changes.
@@ -86,7 +89,8 @@ In the boot directory, bootwatch writes only by restore (see cache.py):
 
     .bootwatch-restore.*    a restore's temp file, linked to its final name when complete. Any
                             left by a killed restore are removed by a holder of the lock: clean,
-                            and the full pass of the daemon's start and of scan.
+                            and the full pass of the daemon's start and of scan. Only regular files:
+                            anything else of that name is warned about once and left alone.
     <name>                  a restored boot file. Its identity (device, inode, size, mtime, ctime,
                             mode, owner) is recorded in the index when it is written. bootwatch
                             deletes a boot file only if it is that very file, unchanged since,
@@ -109,6 +113,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -136,6 +141,9 @@ REFERENCES_NAME = ".bootwatch-references"
 CORRUPT_PREFIX = INDEX_NAME + ".corrupt-"
 SUPERSEDED_SUFFIX = ".superseded"
 
+log = logging.getLogger("bootwatch.store")
+_WARNED: Set[Path] = set()  # see CacheStore.warn_once
+
 # boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
 READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
 
@@ -149,6 +157,18 @@ def _image_ids(stems: List[str]) -> Set[str]:
     if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
         return set(stems)
     return {stem for stem in stems if is_image_id(stem)}
+
+
+def not_a_temp_file(kind: str) -> str:
+    """Why a non-regular file named like a temp file is left alone (see :meth:`CacheStore.warn_once`)."""
+    return (f"a {kind} named like a bootwatch temp file; bootwatch makes only regular files there, so it is "
+            "not a leftover of bootwatch's and is left alone (remove it by hand if nothing needs it)")
+
+
+def cannot_remove_temp_file(error: OSError) -> str:
+    """Why a stale temp file stays (see :meth:`CacheStore.remove_temp_file`)."""
+    return (f"cannot remove this temp file left by an interrupted writer "
+            f"({os.strerror(error.errno).lower() if error.errno else error}); left in place")
 
 
 def superseded_mark_name(copy_name: str) -> str:
@@ -580,16 +600,41 @@ class CacheStore:
                     if entry.is_file(follow_symlinks=False):
                         stems.append(name[:40])
                 elif name.startswith(TEMP_PREFIX):  # where bootwatch 0.1 development builds wrote them
-                    temps.append(self.directory / name)
+                    if self._is_temp_file(entry, self.directory / name):
+                        temps.append(self.directory / name)
         temp_fd = self._temp_fd if self._temp_fd is not None else self._subdirectory(TEMP_DIR, create=False)
         if temp_fd is not None:
             try:
                 with os.scandir(temp_fd) as it:
-                    temps.extend(self.temp_dir / entry.name for entry in it if entry.name.startswith(TEMP_PREFIX))
+                    temps.extend(self.temp_dir / entry.name for entry in it if entry.name.startswith(TEMP_PREFIX)
+                                 and self._is_temp_file(entry, self.temp_dir / entry.name))
             finally:
                 if temp_fd != self._temp_fd:
                     os.close(temp_fd)
         return _image_ids(stems), temps
+
+    def _is_temp_file(self, entry: "os.DirEntry[str]", path: Path) -> bool:
+        """Whether ``entry``, named like a temp file, can be one: bootwatch makes only regular files
+        (``O_CREAT | O_EXCL``). Anything else there is not its leftover: warned about, left alone."""
+        try:
+            if entry.is_file(follow_symlinks=False):
+                return True
+            kind = file_kind(entry.stat(follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            kind = f"file that cannot be looked at ({os.strerror(e.errno).lower() if e.errno else e})"
+        self.warn_once(path, not_a_temp_file(kind))
+        return False
+
+    @staticmethod
+    def warn_once(path: Path, message: str) -> None:
+        """Log ``path: message`` as a warning the first time this process meets ``path``: a thing
+        that every transaction finds again (a directory where temp files go) is said once, not per
+        batch of the daemon, nor twice by one command."""
+        if path not in _WARNED:
+            _WARNED.add(path)
+            log.warning("%s: %s", path, message)
 
     def _regular_file_names(self) -> Set[str]:
         """The names of the regular files in the directory, from ``d_type`` (no stat per file)."""
@@ -597,13 +642,18 @@ class CacheStore:
             return {entry.name for entry in it if entry.is_file(follow_symlinks=False)}
 
     def remove_temp_file(self, path: Path) -> bool:
-        """Unlink one of :meth:`stale_temp_files` relative to the opened directories; False if gone."""
+        """Unlink one of :meth:`stale_temp_files` relative to the opened directories; False if it
+        is gone, or cannot be removed (warned about once, naming it: a leftover temp file is
+        harmless, and must not stop the writer that found it)."""
         try:
             if path.parent == self.temp_dir:
                 os.unlink(path.name, dir_fd=self.temp_fd)
             else:
                 os.unlink(path.name, dir_fd=self.fd)
         except FileNotFoundError:
+            return False
+        except OSError as e:
+            self.warn_once(path, cannot_remove_temp_file(e))
             return False
         return True
 
@@ -614,7 +664,8 @@ class CacheStore:
             return False
         try:
             with os.scandir(temp_fd) as it:
-                return any(entry.name.startswith(TEMP_PREFIX) for entry in it)
+                return any(entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False)
+                           for entry in it)
         finally:
             os.close(temp_fd)
 

@@ -205,3 +205,67 @@ def remove_leftovers(config: Path, tree: BootTree, remover: str) -> str:
             daemon.wait_ready(timeout=60)
             assert daemon.stop() == 0
             return daemon.output()
+
+
+# ------------------------------------------------------------------------------------ not a temp file
+
+def not_temp_files(tree: BootTree) -> List[Path]:
+    """A directory (with a file in it), a FIFO and a symlink named like bootwatch's temp files in
+    <cache>/.tmp, and a directory named like a restore temp file in the boot directory."""
+    (tree.cache / ".tmp").mkdir(exist_ok=True, mode=0o700)
+    made = [tree.cache / ".tmp" / ".bootwatch-tmp.d", tree.cache / ".tmp" / ".bootwatch-tmp.fifo",
+            tree.cache / ".tmp" / ".bootwatch-tmp.link", tree.boot / ".bootwatch-restore.d"]
+    for directory in (made[0], made[3]):
+        directory.mkdir()
+        (directory / "precious").write_text("not bootwatch's")
+    os.mkfifo(made[1])
+    made[2].symlink_to(tree.boot / "vmlinuz-1.0")
+    return made
+
+
+@pytest.mark.parametrize("command", [("scan",), ("clean",), ("fsck", "--repair"), ("restore", "/vmlinuz-1.0")])
+def test_a_directory_named_like_a_temp_file_does_not_stop_writers(boot_tree: BootTree, command) -> None:
+    """(Review defect 13) A directory named like a temp file made every lock holder fail
+    ("bootwatch: .bootwatch-tmp.d: is a directory", the basename only). It is not bootwatch's:
+    one warning naming its full path, left alone, and the command does its work."""
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux="/vmlinuz-1.0")
+    assert tree.cli("scan")[0] == 0
+    made = not_temp_files(tree)
+    tree.path("/vmlinuz-1.0").unlink()
+    rc, out, err = tree.cli(*command)
+    assert rc == 0 and "Traceback" not in err, out + err
+    for path in made:
+        assert os.path.lexists(path), f"{command} removed {path}"
+        if path.name.endswith(".d"):
+            assert (path / "precious").read_text() == "not bootwatch's"
+        if path.parent != tree.boot or command in (("scan",), ("clean",)):  # those that remove restore temps
+            warned = [line for line in err.splitlines() if f"{path}: a " in line and "named like" in line]
+            assert len(warned) == 1, f"{path} not warned about once:\n{err}"
+    if command != ("clean",) and command != ("fsck", "--repair"):
+        assert tree.path("/vmlinuz-1.0").exists(), f"{command} restored nothing: {out}{err}"
+
+
+def test_a_directory_named_like_a_temp_file_does_not_stop_the_daemon(boot_tree: BootTree) -> None:
+    """(Review defect 13) The daemon exited 1 at start; now it restores, and says it once."""
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux="/vmlinuz-1.0")
+    assert tree.cli("scan")[0] == 0
+    made = not_temp_files(tree)
+    tree.path("/vmlinuz-1.0").unlink()
+    config = config_for(tree)
+    workdir = tree.root / "daemon"
+    workdir.mkdir()
+    with DaemonProcess(config, workdir) as daemon:
+        daemon.wait_ready(timeout=60)
+        assert tree.path("/vmlinuz-1.0").exists(), daemon.output()
+        tree.write_kernel("2.0")  # a batch after the start: no second warning
+        tree.write_entry("two", linux="/vmlinuz-2.0")
+        wait_for(lambda: "/vmlinuz-2.0" in json.loads(tree.index_file.read_text())["index"], timeout=30)
+        assert daemon.stop() == 0
+        said = daemon.output()
+    for path in made[:2] + made[3:]:
+        assert os.path.lexists(path)
+        assert said.count(f"{path}: a ") == 1, f"{path} not warned about once:\n{said}"
