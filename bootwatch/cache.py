@@ -203,8 +203,12 @@ class Transaction:
         if self.read_only:
             raise CacheReadOnlyError(self.cache.store.directory, what)
 
-    def add(self, path: str) -> AddResult:
-        """Cache the current content of the boot file ``path``, reading it once."""
+    def add(self, path: str, *, recopy: bool = False) -> AddResult:
+        """Cache the current content of the boot file ``path``, reading it once.
+
+        ``recopy``: copy it even when its stat signature says its image is cached and a file of
+        that name is there (the daemon found that file damaged, and could not set it aside).
+        """
         store = self.cache.store
         self._writable(f"cannot cache {path}")
         real = self.cache.boot_file(path)
@@ -224,7 +228,7 @@ class Transaction:
             signature = StatSignature.of(st)
             previous = self.index.newest(path) if path in self.index else None
             known = self.index.known_content(path, signature) if path in self.index else None
-            if known is not None and known == previous and store.has_image(known):
+            if known is not None and known == previous and store.has_image(known) and not recopy:
                 return AddResult(path, known, "unchanged", previous)
             try:
                 with store.temp_file() as tmp:

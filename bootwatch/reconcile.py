@@ -118,6 +118,8 @@ class Reconciler:
         # Where the daemon wants a failing cache file system reported (once per file and errno);
         # without it (scan) each error is a warning line.
         self.io_errors: Optional[IoErrorLog] = None
+        # Why lost+found/ could not take a corrupt image, as last reported (said once, not per batch).
+        self.lost_found_problem: Optional[str] = None
 
     # ---------------------------------------------------------------- which paths
 
@@ -508,12 +510,32 @@ class Reconciler:
             log_event(log, Event.IMAGE_BROKEN, "image %s of %s %s", image_id, ", ".join(paths), problem,
                       level=logging.WARNING, path=paths[0], image_id=image_id, state="BROKEN")
             if st is not None:
-                store.move_to_lost_found(image_id, ".corrupt")
+                self._set_aside(image_id, report)
             for path in paths:
                 if self._recopy(txn, path, image_id):
                     report.recopied.append(path)
                     log.info("%s: copied image %s again from the boot file", path, image_id)
                     break
+
+    def _set_aside(self, image_id: str, report: ReconcileReport) -> None:
+        """Move a damaged image to ``lost+found/``. A lost+found that cannot take it (a symlink, not
+        ours, a read-only cache) is reported once, naming it, and does not stop the re-copy: the
+        damaged file then stays where it is until a good copy replaces it (by rename, as add does).
+        Nothing is ever moved anywhere but into the checked lost+found."""
+        store = self.cache.store
+        try:
+            store.move_to_lost_found(image_id, ".corrupt")
+        except (BootwatchError, OSError) as e:
+            reason = str(e) if isinstance(e, BootwatchError) else \
+                f"{store.lost_found_dir}: {os.strerror(e.errno).lower() if e.errno else e}"
+            if reason != self.lost_found_problem:
+                self.lost_found_problem = reason
+                problem = (f"{reason}; damaged images are not set aside there (image {image_id} is replaced by "
+                           "a fresh copy from the boot directory where that still has its content)")
+                report.errors.append(problem)
+                log.warning("%s%s", problem, f" (hint: {e.hint})" if isinstance(e, BootwatchError) and e.hint else "")
+            return
+        self.lost_found_problem = None
 
     def _recopy(self, txn: Transaction, path: str, image_id: str) -> bool:
         """Re-cache ``path`` if its boot file still has the content ``image_id``."""
@@ -532,11 +554,13 @@ class Reconciler:
             if digest.sha1 != image_id:
                 return False
         try:
-            txn.add(path)
+            # A damaged file may still be at the image's name (lost+found could not take it):
+            # the name proves nothing, so the boot file is copied whatever is there.
+            result = txn.add(path, recopy=True)
         except BootwatchError:
             return False
         txn.flush()
-        return self.cache.store.has_image(image_id)
+        return result.image_id == image_id and self.cache.store.has_image(image_id)
 
     def image_id_of(self, filename: str) -> Optional[str]:
         """The image id of a ``<cache>/<sha1>.img`` file name, else None."""

@@ -230,3 +230,34 @@ def test_a_subdirectory_writable_by_others_is_refused(boot_tree, name: str) -> N
     rc, out, err = boot_tree.cli(*command)
     line = boot_tree.assert_clean_error(rc, err, names=[str(sub)])
     assert "writable by group or other" in line
+
+
+def test_a_bad_lost_and_found_does_not_stop_the_recopy_of_a_damaged_image(boot_tree, tmp_path: Path) -> None:
+    """(Review defect 14) The daemon's check of a damaged image (Reconciler.check_images) failed at
+    the move to a symlinked lost+found, before the re-copy: the damaged image stayed, and every
+    batch logged an ERROR. Now: one line naming lost+found, the image copied again from /boot,
+    nothing moved out of the cache."""
+    from bootwatch.config import load_config
+    from bootwatch.reconcile import ReconcileReport, Reconciler
+    image_id = boot_tree.write_file(K, 8192)
+    boot_tree.write_entry("one", linux=K)
+    cache = boot_tree.library()
+    cache.add([K])
+    outside = outside_dir(tmp_path)
+    os.symlink(outside, boot_tree.cache / "lost+found")
+    config = load_config(boot_tree.config).with_overrides(boot=boot_tree.boot, cache=boot_tree.cache)
+    reconciler = Reconciler(config, cache)
+    reports = []
+    for attempt in range(2):
+        boot_tree.image(image_id).write_bytes(b"rotten")  # modified in place by someone
+        report = ReconcileReport()
+        with cache.transaction() as txn:
+            reconciler.check_images(txn, [image_id], report)
+        reports.append(report)
+        assert report.recopied == [K], report
+        assert boot_tree.sha1_of(boot_tree.image(image_id)) == image_id, "the damaged image was not copied again"
+    assert list(outside.iterdir()) == [], "something was moved out of the cache"
+    assert os.path.islink(boot_tree.cache / "lost+found")
+    lines = [line for report in reports for line in report.errors]
+    assert len(lines) == 1 and lines[0].startswith(str(boot_tree.cache / "lost+found") + ": "), lines
+    assert "symlink" in lines[0]
