@@ -9,7 +9,6 @@ longer lists are deleted only after that write (see the protocol in ``store.py``
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
