@@ -59,7 +59,7 @@ class EntriesRead:
     """The entries that could be read, and why that may not be all of them.
 
     ``problem`` is None when the directory was listed and every ``*.conf`` in it was read (or
-    refused for what it is: not a regular file, oversized). Otherwise it is one line saying what
+    refused for what it is: not a regular file). Otherwise it is one line saying what
     could not be read; the entries are then only a part of the truth, never "no entries".
     """
 
@@ -71,9 +71,10 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
     """Every readable ``*.conf`` regular file in the entries directory, sorted by name.
 
     A missing directory, one that is not a directory or cannot be listed, and an entry file
-    that cannot be read (EIO, EACCES, a symlink loop) are problems: a boot loader may still see
-    what bootwatch could not read. Files that are not regular (a FIFO: opened without blocking)
-    or larger than :data:`MAX_ENTRY_SIZE` are no boot entries and are skipped.
+    that cannot be read (EIO, EACCES, a symlink loop, larger than :data:`MAX_ENTRY_SIZE`) are
+    problems: a boot loader may still see what bootwatch could not read (a long comment block
+    is still an entry). Files that are not regular (a FIFO: opened without blocking) are no
+    boot entries and are skipped.
     """
     entries: List[BootEntry] = []
     try:
@@ -105,7 +106,9 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
                                   f"({os.strerror(e.errno).lower() if e.errno else e})")
             continue
         except BootwatchError:
-            continue  # larger than MAX_ENTRY_SIZE: no boot entry
+            problem = problem or (f"{path}: a boot entry larger than {MAX_ENTRY_SIZE} bytes, not read "
+                                  "(a boot loader may still read it)")
+            continue
         entries.append(parse_entry(text, path))
     return EntriesRead(entries, problem)
 
@@ -120,22 +123,25 @@ class References(Dict[str, int]):
 
     ``unknown`` is None when it is; otherwise one line saying why not. While references are
     unknown nothing may be uncached, trimmed, un-restored or deleted on their strength.
-    ``confirmable``: the reason is a judgement from history (every entry vanished at once, the
-    boot directory is no longer a mount point), which an operator may overrule
-    (``clean --force``); a source that cannot be read is never overruled.
+    ``confirmable``: the reason is a judgement from history (no trustworthy record of an
+    earlier read, the boot or entries directory not on the mount it was, every recorded entry
+    gone at once), which an operator may overrule (``clean --force``); a source that cannot be
+    read is never overruled.
     ``boot_moved``: the boot directory is not the filesystem it was; nothing is restored into it.
-    ``record``: for a complete read that differs from the last one recorded, what to record.
+    ``observed``: the record of this read when every entry could be read (what ``clean --force``
+    records); ``record``: what the lock holder records when the transaction ends, if anything.
     """
 
     def __init__(self, counts: Optional[Dict[str, int]] = None, *, unknown: Optional[str] = None,
                  confirmable: bool = False, boot_moved: bool = False, entry_files: int = 0,
-                 record: Optional[dict] = None) -> None:
+                 record: Optional[dict] = None, observed: Optional[dict] = None) -> None:
         super().__init__(counts or {})
         self.unknown = unknown
         self.confirmable = confirmable
         self.boot_moved = boot_moved
         self.entry_files = entry_files
         self.record = record
+        self.observed = observed
 
 
 def reference_counts(entries: List[BootEntry]) -> Dict[str, int]:

@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from bootwatch import bls
+from bootwatch import bls, mountid
 from bootwatch.bls import References
 from bootwatch.errors import (STORAGE_ERRNOS, BootwatchError, CacheReadOnlyError, ContentChangedError,
                               DeletionsBlockedError, NotRegularFileError, ReferencesUnknownError, UnsafePathError,
@@ -31,6 +31,9 @@ from bootwatch.safety import file_kind, normalize_boot_path, open_regular, resol
 from bootwatch.signatures import write_signatures
 from bootwatch.store import (REFERENCES_NAME, CacheStore, LockWaiter, PendingImages, TempFile,
                              cannot_remove_temp_file, fsync_directory, not_a_temp_file)
+
+# The format of .bootwatch-references; a record of another format is no record.
+REFERENCES_VERSION = 2
 
 CACHED = "CACHED"
 MISSING = "MISSING"
@@ -172,7 +175,7 @@ class Transaction:
     @property
     def references(self) -> References:
         if self._references is None:
-            self._references = self.cache.references()
+            self._references = self.cache.references(self.index)
         return self._references
 
     def images_on_disk(self) -> Set[str]:
@@ -191,9 +194,9 @@ class Transaction:
         history (see :class:`bootwatch.bls.References`) are what the entries say now; recorded
         when the transaction ends. A source that cannot be read stays unknown."""
         refs = self.references
-        if refs.unknown is not None and refs.confirmable:
-            self._references = References(refs, entry_files=refs.entry_files,
-                                          record=self.cache.references_record(refs))
+        if refs.unknown is not None and refs.confirmable and refs.observed is not None:
+            self._references = References(refs, entry_files=refs.entry_files, record=refs.observed,
+                                          observed=refs.observed)
         return self.references
 
     # ---------------------------------------------------------------- add
@@ -258,9 +261,14 @@ class Transaction:
         return AddResult(path, digest.sha1, outcome, previous)
 
     def _record(self, path: str, digest: Digest, st: os.stat_result, signature: StatSignature) -> None:
+        # Read before the index changes: without a record, the index is the evidence (references).
+        known = self.references.unknown is None
         self.index.add_image(path, digest, st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime), cached_at=_now())
         self.index.record_signature(path, signature, digest.sha1)
-        self.unlisted.update(self.index.trim(path, self.cache.keep))
+        if known:
+            # While references are unknown nothing is trimmed: the older images stay listed
+            # until a clean (or an add) with known references trims them.
+            self.unlisted.update(self.index.trim(path, self.cache.keep))
         self.dirty = True
 
     # ---------------------------------------------------------------- remove
@@ -517,17 +525,27 @@ class BootCache:
     def entries(self) -> List[bls.BootEntry]:
         return bls.read_entries(self.entries_dir)
 
-    def references(self) -> References:
+    def references(self, index: Optional[CacheIndex] = None) -> References:
         """How many boot entries name each path, or why that is unknown (see :class:`References`).
 
-        Besides an entry source that cannot be read, two judgements against the last complete
-        read (``.bootwatch-references``, see store.py) make references unknown:
+        Besides an entry source that cannot be read, judgements against the last complete read
+        (``.bootwatch-references``, see store.py) make references unknown, until a later read
+        agrees with the record or ``clean --force`` confirms what the entries say now:
 
-        - the boot directory was a mount point and is not one now: the boot partition is not
-          mounted, and its empty mount point on the root filesystem reads as "no entries";
-        - every entry vanished at once: no entry file now, while the last complete read had at
-          least two that referenced paths. More likely an unmount than a decision, until
-          ``clean --force`` confirms it (removing entries one at a time is a decision each time).
+        - there is no trustworthy record (missing: the first run after an upgrade; unreadable,
+          not a regular file, not a record of this boot and entries directory), and the read has
+          no positive evidence of being the real boot directory (see :meth:`_evidence`). A read
+          with that evidence starts the history (it is recorded); one without waits for
+          ``clean --force``;
+        - the boot directory was the root of a mount and is not one now (the boot partition is
+          not mounted, or a bind mount of it is gone), or it is on another filesystem than it
+          was (another partition mounted there; see :mod:`bootwatch.mountid`);
+        - the entries directory is on another filesystem than it was;
+        - every entry vanished at once: the last read had at least two entry files that
+          referenced paths, and not one of those files is among the entry files now (new ones
+          do not count: kernel-install may write one onto an unmounted partition's mount
+          point). More likely an unmount than a decision; removing entries one at a time keeps
+          some of the recorded ones at every read, and is a decision each time.
         """
         read = bls.read_entry_source(self.entries_dir)
         counts = bls.reference_counts(read.entries)
@@ -537,38 +555,93 @@ class BootCache:
                               f"{self.boot_dir} does not exist", boot_moved=True, entry_files=files)
         if read.problem is not None:
             return References(counts, unknown=read.problem, entry_files=files)
-        now = References(counts, entry_files=files)
-        last = self._last_references()
-        if last is not None and last["boot"] == str(self.boot_real) and last["mount"] \
-                and not os.path.ismount(self.boot_real):
-            return References(counts, unknown=f"{self.entries_dir}: not trusted: the boot directory "
-                              f"{self.boot_dir} is no longer a mount point (it was one when the boot entries "
-                              "were last read); is the boot partition mounted?", confirmable=True,
-                              boot_moved=True, entry_files=files)
-        if not files and last is not None and last["entry_files"] >= 2 and last["paths"]:
-            return References(counts, unknown=f"{self.entries_dir}: every boot entry vanished at once "
-                              f"({last['entry_files']} at the last read); more likely an unmount than a decision",
-                              confirmable=True, entry_files=0)
-        record = self.references_record(now)
-        return References(counts, entry_files=files, record=None if record == last else record)
-
-    def references_record(self, refs: Dict[str, int]) -> dict:
-        """What ``.bootwatch-references`` says of a complete read of the entries (see store.py)."""
-        return {"boot": str(self.boot_real), "mount": os.path.ismount(self.boot_real),
-                "entry_files": getattr(refs, "entry_files", 0), "paths": sorted(refs)}
-
-    def _last_references(self) -> Optional[dict]:
-        """The last complete read, if ``.bootwatch-references`` holds a well-formed one."""
-        data = self.store.read_derived(REFERENCES_NAME)
         try:
-            record = json.loads(data) if data is not None else None
+            observed = self.references_record(read.entries, counts)
+        except OSError as e:
+            return References(counts, unknown=f"{self.boot_dir}: cannot tell which filesystem is mounted there "
+                              f"({os.strerror(e.errno).lower() if e.errno else e.strerror})", boot_moved=True,
+                              entry_files=files)
+
+        def unknown(why: str, *, boot_moved: bool = False, record: Optional[dict] = None) -> References:
+            return References(counts, unknown=f"{self.entries_dir}: not trusted: {why}", confirmable=True,
+                              boot_moved=boot_moved, entry_files=files, observed=observed, record=record)
+
+        last, missing_why = self._last_references()
+        if last is None or (last["boot"], last["entries"]) != (observed["boot"], observed["entries"]):
+            if self._evidence(read.entries, index):
+                return References(counts, entry_files=files, observed=observed, record=observed)
+            why = missing_why or "it is about another boot or entries directory"
+            return unknown(f"no trustworthy record of an earlier complete read of the boot entries ({why}), and "
+                           "no boot file the entries name is one bootwatch cached from there")
+        was, now = last["boot_mount"], observed["boot_mount"]
+        if was.get("mount_root") is True and not now["mount_root"]:
+            return unknown(f"the boot directory {self.boot_dir} is no longer a mount point (it was one when the "
+                           "boot entries were last read); is the boot partition mounted?", boot_moved=True)
+        if not mountid.same_filesystem(was, now):
+            return unknown(f"the boot directory {self.boot_dir} is not the mount it was ({mountid.describe(was)}, "
+                           f"now {mountid.describe(now)}); is the right partition mounted?", boot_moved=True)
+        was, now = last["entries_mount"], observed["entries_mount"]
+        if not mountid.same_filesystem(was, now):
+            return unknown(f"the entries directory is not on the filesystem it was ({mountid.describe(was)}, "
+                           f"now {mountid.describe(now)}); is the right partition mounted?")
+        recorded = set(last["entry_files"])
+        if len(recorded) >= 2 and last["paths"] and recorded.isdisjoint(observed["entry_files"]):
+            return unknown(f"every boot entry vanished at once (none of the {len(recorded)} entry files of the "
+                           f"last read is left, {files} now); more likely an unmount than a decision")
+        return References(counts, entry_files=files, observed=observed, record=None if observed == last else observed)
+
+    def references_record(self, entries: List[bls.BootEntry], counts: Dict[str, int]) -> dict:
+        """What ``.bootwatch-references`` says of a complete read of the entries (see store.py).
+
+        Raises OSError when the mounts of the boot or entries directory cannot be told.
+        """
+        return {"version": REFERENCES_VERSION, "boot": str(self.boot_real),
+                "boot_mount": mountid.mount_identity(self.boot_real),
+                "entries": os.path.realpath(self.entries_dir),
+                "entries_mount": mountid.mount_identity(self.entries_dir),
+                "entry_files": sorted(entry.file.name for entry in entries), "paths": sorted(counts)}
+
+    def _evidence(self, entries: List[bls.BootEntry], index: Optional[CacheIndex]) -> bool:
+        """Whether a read without a record is of the real boot directory, by positive evidence:
+        an entry names a boot file that is the very file bootwatch cached for that path (its
+        recorded stat signature: device, inode, size, mtime, ctime), or, with nothing cached
+        yet, names a boot file that is there. An unmounted partition's mount point may hold a
+        stale entry, rarely the very files bootwatch cached from the partition."""
+        if index is None:
+            try:
+                index = self.load_index()
+            except (OSError, BootwatchError):
+                return False  # no evidence from an index that cannot be read
+        empty = not index.paths()
+        for entry in entries:
+            for path in entry.paths:
+                with contextlib.suppress(OSError, BootwatchError):
+                    st = os.stat(self.boot_file(path))
+                    if empty or (path in index and index.known_content_of_stat(path, st) is not None):
+                        return True
+        return False
+
+    def _last_references(self) -> Tuple[Optional[dict], Optional[str]]:
+        """The last complete read, if ``.bootwatch-references`` holds a well-formed one; else None
+        and why not."""
+        data = self.store.read_derived(REFERENCES_NAME)
+        if data is None:
+            return None, f"{self.store.directory / REFERENCES_NAME} is missing or cannot be read"
+        try:
+            record = json.loads(data)
         except (ValueError, RecursionError):
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get("boot"), str) \
-                or not isinstance(record.get("mount"), bool) or type(record.get("entry_files")) is not int \
-                or not isinstance(record.get("paths"), list) or not all(isinstance(p, str) for p in record["paths"]):
-            return None
-        return record
+            record = None
+        if not isinstance(record, dict) or record.get("version") != REFERENCES_VERSION \
+                or not all(isinstance(record.get(k), str) for k in ("boot", "entries")) \
+                or not all(isinstance(record.get(k), dict) for k in ("boot_mount", "entries_mount")) \
+                or not all(isinstance(record.get(k), list) and all(isinstance(v, str) for v in record[k])
+                           for k in ("entry_files", "paths")):
+            return None, f"{self.store.directory / REFERENCES_NAME} is not a record this bootwatch wrote"
+        return record, None
+
+    def write_references_record(self, record: dict) -> None:
+        """Remember a read of the entries (the lock holder): fsynced, by rename."""
+        self.store.write_derived(REFERENCES_NAME, json.dumps(record).encode() + b"\n", durable=True)
 
     def load_index(self) -> CacheIndex:
         """Read the index without the lock (renames make that safe). No cache directory: empty."""
@@ -633,7 +706,7 @@ class BootCache:
 
     def list(self, paths: Optional[Sequence[str]] = None) -> List[PathStatus]:
         index = self.load_index()
-        references = self.references()
+        references = self.references(index)
         selected = index.paths() if paths is None else list(paths)
         result = []
         for path in selected:
@@ -678,8 +751,8 @@ class BootCache:
             if txn.record_signatures and txn.index_digest is not None:
                 write_signatures(self.store, txn.index, txn.index_digest)
             refs = txn._references
-            if refs is not None and refs.unknown is None and refs.record is not None:
-                self.store.write_derived(REFERENCES_NAME, json.dumps(refs.record).encode() + b"\n", durable=True)
+            if refs is not None and refs.record is not None:
+                self.write_references_record(refs.record)
             self._delete_unlisted(txn)
 
     def _delete_unlisted(self, txn: Transaction) -> List[str]:

@@ -39,13 +39,17 @@ On-disk protocol (one directory, shared with boom):
                             a holder of the lock after a full pass, by rename; not fsynced, and
                             ignored by a reader unless it matches the index it just read. Anyone
                             may delete it.
-    .bootwatch-references   the boot entries as last read completely (see cache.py): whether the
-                            boot directory was a mount point, how many entry files there were,
-                            and the paths they referenced. Written (fsynced, by rename) by a holder
-                            of the lock when they change, and by 'clean --force'. Compared with at
-                            every read of the entries: a boot directory that was a mount point and
-                            is not one now, or every entry gone at once, makes references unknown.
-                            A torn or missing one only loses that comparison.
+    .bootwatch-references   the boot entries as last read completely (see BootCache.references):
+                            the boot and entries directories, the mount each is on (mountid.py),
+                            the entry file names and the paths they referenced. Written (fsynced,
+                            by rename) by a holder of the lock when they change, by 'clean
+                            --force', and by a read without a trustworthy record that has
+                            evidence of being the real boot directory. Compared with at every read
+                            of the entries: a boot directory that was a mount root and is not one
+                            now, another filesystem at the boot or entries directory, or every
+                            recorded entry gone at once makes references unknown. Missing, torn or
+                            not a regular file, it is no record: references are unknown until a
+                            read starts the history again.
     .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
                             renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer

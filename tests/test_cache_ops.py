@@ -71,6 +71,7 @@ def test_adding_unchanged_content_adds_no_id_and_does_not_rewrite(boot_tree, ker
 
 def test_changed_content_appends_a_new_id_and_keep_trims(boot_tree) -> None:
     boot_tree.set_keep(3)
+    boot_tree.write_entry("one", linux=K)  # references known: an add trims only then
     ids: List[str] = []
     for n in range(5):
         ids.append(boot_tree.write_file(K, 1000 + n))
@@ -163,11 +164,13 @@ def test_an_image_shared_by_two_paths_stays_until_both_are_removed(boot_tree) ->
     data = os.urandom(3000)
     image_id = boot_tree.write_file("/a", content=data)
     boot_tree.write_file("/b", content=data)
-    assert boot_tree.cli("add", "/a", "/b")[0] == 0
+    c_id = boot_tree.write_file("/c")
+    boot_tree.write_entry("c", linux="/c")  # references known: remove refuses while they are not
+    assert boot_tree.cli("add", "/a", "/b", "/c")[0] == 0
     assert boot_tree.cli("remove", "/a")[0] == 0
-    assert boot_tree.images_on_disk() == [image_id]
+    assert boot_tree.images_on_disk() == sorted([image_id, c_id])
     assert boot_tree.cli("remove", "/b")[0] == 0
-    assert boot_tree.images_on_disk() == []
+    assert boot_tree.images_on_disk() == [c_id]
 
 
 def test_remove_of_a_path_that_is_not_cached_fails(boot_tree, kernel) -> None:

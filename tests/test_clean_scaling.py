@@ -62,7 +62,7 @@ def lines_executed_by_clean(tree, paths: int) -> int:
 
     sys.settrace(tracer)
     try:
-        report = cache.clean()
+        report = cache.clean(force=True)  # a hand-written index: no record, no signatures to prove the entries
     finally:
         sys.settrace(None)
     # The clean did its work: every unreferenced path uncached, every referenced one trimmed to two.

@@ -122,6 +122,7 @@ def test_an_unreadable_cache_directory_path_fails_cleanly(boot_tree, tmp_path: P
 
 def test_json_outputs_parse(boot_tree) -> None:
     boot_tree.write_file("/vmlinuz-1")
+    boot_tree.write_entry("one", linux="/vmlinuz-1")
     assert boot_tree.cli("add", "/vmlinuz-1")[0] == 0
     for args in (("list", "--json"), ("show", "/vmlinuz-1", "--json"), ("verify", "--json"),
                  ("clean", "--dry-run", "--json"), ("fsck", "--json")):

@@ -22,12 +22,15 @@ KERNEL = "/vmlinuz-6.1.0-pintest"
 
 @pytest.fixture
 def cache(tmp_path: Path) -> BootCache:
-    """A boot directory with one kernel that no BLS entry references, cached."""
+    """A boot directory with one kernel that no BLS entry references, cached (and one that an
+    entry references: references without a record are known only by such evidence)."""
     boot = tmp_path / "boot"
     (boot / "loader" / "entries").mkdir(parents=True)
     (boot / KERNEL[1:]).write_bytes(b"kernel image for pin tests\n" * 100)
+    (boot / "vmlinuz-booted").write_bytes(b"the kernel an entry names\n")
+    (boot / "loader" / "entries" / "booted.conf").write_text("linux /vmlinuz-booted\n")
     c = BootCache(boot, boot / "loader" / "entries", tmp_path / "cache")
-    c.add([KERNEL])
+    c.add([KERNEL, "/vmlinuz-booted"])
     return c
 
 

@@ -8,8 +8,10 @@ commands and the daemon are real child processes.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -165,6 +167,7 @@ def test_the_daemon_says_it_once_and_cleans_nothing_while_unmounted(boot_tree, p
     config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
                           watch={"settle": "150ms"}, jobs={"clean_interval": "1s"},
                           metrics={"textfile": str(prom)})
+    assert tree.cli("scan")[0] == 0  # the history the daemon compares with (a first read only starts it)
     with DaemonProcess(config, tree.root) as daemon:
         daemon.wait_ready()
         tree.path(K).unlink()
@@ -190,3 +193,245 @@ def test_the_daemon_says_it_once_and_cleans_nothing_while_unmounted(boot_tree, p
     assert output.count("event=REFERENCES_UNKNOWN") == 1, output
     assert "Traceback" not in output, output
     assert image_ids(tree) == set(ids.values())
+
+
+# ---------------------------------------------------------------- the hostile review's cases
+
+K2, K3 = "/vmlinuz-2.0", "/vmlinuz-3.0"
+
+
+def three_kernels(tree) -> dict:
+    ids = {}
+    for v in ("1.0", "2.0", "3.0"):
+        ids.update(tree.write_kernel(v))
+        tree.write_entry(f"e{v}", linux=f"/vmlinuz-{v}")
+    return ids
+
+
+def test_clean_after_a_same_filesystem_bind_mount_of_boot_is_removed(boot_tree, needs_root) -> None:
+    """/boot is a bind mount of a directory on the same filesystem (os.path.ismount says False);
+    under it, one stale entry. Once the bind mount is gone, the boot directory is not the mount
+    it was: references are unknown, and the only copy of a MISSING kernel stays."""
+    tree = boot_tree
+    real = tree.root / "realboot"
+    shutil.move(str(tree.boot), str(real))
+    tree.boot.mkdir()
+    mount("--bind", str(real), str(tree.boot))
+    try:
+        three_kernels(tree)
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        tree.path(K3).unlink()  # MISSING, still referenced: the cache has its only copy
+        k3_image = tree.read_index()["index"][K3][0]
+    finally:
+        umount(tree.boot)
+    (tree.boot / "loader/entries").mkdir(parents=True)
+    shutil.copy(real / "loader/entries/e1.0.conf", tree.boot / "loader/entries/e1.0.conf")
+    rc, out, err = tree.cli("clean")
+    line = tree.assert_clean_error(rc, err, names=[str(tree.entries)])
+    assert "no longer a mount point" in line
+    assert k3_image in tree.images_on_disk(), f"clean deleted the only copy of {K3}: rc={rc} {out}{err}"
+
+
+@pytest.mark.parametrize("hostile", ["intact", "fifo", "garbage", "missing"])
+def test_clean_after_unmount_when_the_references_record_is_unreadable(boot_tree, needs_root, hostile) -> None:
+    """/boot is a real mount (tmpfs), recorded as one. Then the record is unreadable (a FIFO,
+    garbage, gone: the first run after an upgrade) and /boot is unmounted, leaving an entries
+    directory with one stale entry: without a trustworthy record, the read is not trusted."""
+    tree = boot_tree
+    under = tree.root / "under"
+    under.mkdir()
+    mount("-t", "tmpfs", "tmpfs", str(tree.boot))
+    try:
+        tree.entries.mkdir(parents=True)
+        three_kernels(tree)
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        tree.path(K3).unlink()
+        k3_image = tree.read_index()["index"][K3][0]
+        shutil.copy(tree.entries / "e1.0.conf", under / "e1.0.conf")
+    finally:
+        umount(tree.boot)
+    shutil.copy(under / "e1.0.conf", tree.entries / "e1.0.conf")
+    record = tree.cache / ".bootwatch-references"
+    assert record.exists()
+    if hostile != "intact":
+        record.unlink()
+    if hostile == "fifo":
+        os.mkfifo(record)
+    elif hostile == "garbage":
+        record.write_bytes(b"\x00garbage")
+    for _ in range(2):  # the untrusted read does not start a history the next clean would trust
+        rc, out, err = tree.cli("clean")
+        line = tree.assert_clean_error(rc, err, names=[str(tree.entries)])
+        assert ("no longer a mount point" if hostile == "intact" else "no trustworthy record") in line
+        assert k3_image in tree.images_on_disk(), f"clean deleted the only copy of {K3}: rc={rc} {out}{err}"
+    if hostile == "fifo":
+        assert stat.S_ISFIFO(os.lstat(record).st_mode)
+
+
+def test_without_a_record_only_a_read_with_evidence_is_trusted(boot_tree) -> None:
+    """No trustworthy record (the first run after an upgrade): a read is trusted, and recorded,
+    when an entry names a boot file that is the very file bootwatch cached from there. Without
+    that evidence (no entries, or entries naming no such file) references are unknown until
+    clean --force."""
+    tree = boot_tree
+    ids = {**tree.write_kernel("1.0"), **tree.write_kernel("2.0")}
+    tree.write_entry("one", linux=K, initrd=[INITRD])
+    assert tree.cli("add", *ids)[0] == 0
+    record = tree.cache / ".bootwatch-references"
+    record.unlink()
+    report = tree.cli_json("clean", "--json")
+    assert sorted(report["uncached_paths"]) == ["/initramfs-2.0.img", "/vmlinuz-2.0"]
+    assert record.exists()
+
+    record.unlink()
+    for path in (K, INITRD):  # files of those names, but not the ones bootwatch cached
+        tree.write_file(path)
+    rc, out, err = tree.cli("clean")
+    line = tree.assert_clean_error(rc, err, names=[str(tree.entries)])
+    assert "no trustworthy record" in line and "--force" in err
+    assert image_ids(tree) == {ids[K], ids[INITRD]} and not record.exists()
+
+    tree.remove_entry("one")
+    rc, out, err = tree.cli("clean")
+    assert "no trustworthy record" in tree.assert_clean_error(rc, err)
+    assert image_ids(tree) == {ids[K], ids[INITRD]} and not record.exists()
+    report = tree.cli_json("clean", "--force", "--json")
+    assert sorted(report["uncached_paths"]) == sorted([K, INITRD])
+    assert record.exists() and tree.cli("clean")[0] == 0
+
+
+def test_another_filesystem_at_the_boot_directory_is_not_the_boot_partition(boot_tree, needs_root) -> None:
+    """The wrong partition at /boot (suspicion e): mounted too, with entries of its own that
+    share names with the real ones. The record knows which filesystem it was."""
+    tree = boot_tree
+    real, wrong = tree.root / "real", tree.root / "wrong"
+    for part in (real, wrong):
+        part.mkdir()
+        mount("-t", "tmpfs", "tmpfs", str(part))
+    try:
+        (real / "loader/entries").mkdir(parents=True)
+        mount("--bind", str(real), str(tree.boot))
+        three_kernels(tree)
+        assert tree.cli("scan")[0] == 0
+        tree.path(K3).unlink()
+        k3_image = tree.read_index()["index"][K3][0]
+        umount(tree.boot)
+        shutil.copytree(real, wrong, dirs_exist_ok=True)
+        (wrong / "loader/entries/e3.0.conf").unlink()
+        mount("--bind", str(wrong), str(tree.boot))
+        rc, out, err = tree.cli("clean")
+        line = tree.assert_clean_error(rc, err, names=[str(tree.entries)])
+        assert "not the mount it was" in line
+        rc, out, err = tree.cli("scan")
+        assert not tree.path(K3).exists(), "restored onto another filesystem"
+        assert k3_image in tree.images_on_disk()
+        umount(tree.boot)
+        mount("--bind", str(real), str(tree.boot))  # the real one again: trusted again
+        rc, out, err = tree.cli("clean")
+        assert rc == 0, out + err
+        assert k3_image in tree.images_on_disk()
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            umount(tree.boot)
+        for part in (real, wrong):
+            umount(part)
+
+
+def test_an_entries_directory_on_another_filesystem_is_not_the_entries(boot_tree, needs_root) -> None:
+    """The entries live on their own partition (an ESP) mounted at the entries directory; the
+    boot directory stays. Once that partition is unmounted, a stale entry under its mount
+    point is not the entries."""
+    tree = boot_tree
+    esp = tree.root / "esp"
+    esp.mkdir()
+    mount("-t", "tmpfs", "tmpfs", str(esp))
+    try:
+        mount("--bind", str(esp), str(tree.entries))
+        try:
+            three_kernels(tree)
+            assert tree.cli("scan")[0] == 0
+            tree.path(K3).unlink()
+            k3_image = tree.read_index()["index"][K3][0]
+        finally:
+            umount(tree.entries)
+        shutil.copy(esp / "e1.0.conf", tree.entries / "e1.0.conf")
+        rc, out, err = tree.cli("clean")
+        line = tree.assert_clean_error(rc, err, names=[str(tree.entries)])
+        assert "entries directory is not on the filesystem it was" in line
+        assert k3_image in tree.images_on_disk()
+    finally:
+        umount(esp)
+
+
+def test_one_new_entry_after_a_sudden_drop_does_not_confirm_it(boot_tree) -> None:
+    """Every recorded entry gone at once, and one new entry written where they were (kernel-install
+    onto an unmounted partition's mount point): still a sudden drop, until clean --force."""
+    tree = boot_tree
+    for v in ("1.0", "2.0", "3.0"):
+        tree.write_kernel(v)
+        tree.write_entry(f"e{v}", linux=f"/vmlinuz-{v}")
+    assert tree.cli("scan")[0] == 0
+    tree.path(K3).unlink()  # MISSING: the cache holds its only copy
+    k3 = tree.read_index()["index"][K3][0]
+    for v in ("1.0", "2.0", "3.0"):
+        tree.remove_entry(f"e{v}")
+    rc, out, err = tree.cli("clean")
+    assert "vanished at once" in tree.assert_clean_error(rc, err)
+    tree.write_kernel("9.0")
+    tree.write_entry("new", linux="/vmlinuz-9.0")
+    assert tree.cli("scan")[0] == 0  # a pass under the lock does not record it either
+    rc, out, err = tree.cli("clean")
+    assert "vanished at once" in tree.assert_clean_error(rc, err)
+    assert k3 in tree.images_on_disk(), f"clean deleted the only copy of {K3}: {out}{err}"
+    # One at a time is a decision each time: one recorded entry stays while the others go.
+    tree.write_entry("e3.0", linux=K3)
+    assert tree.cli("clean")[0] == 0
+    tree.remove_entry("e3.0")
+    report = tree.cli_json("clean", "--json")
+    assert K3 in report["uncached_paths"]
+
+
+def test_an_oversized_entry_is_not_no_entry(boot_tree) -> None:
+    """An entry file over bls.MAX_ENTRY_SIZE (a long comment block) is still an entry to a boot
+    loader: references are unknown, naming the file."""
+    tree = boot_tree
+    for v in ("1.0", "3.0"):
+        tree.write_kernel(v)
+        tree.write_entry(f"e{v}", linux=f"/vmlinuz-{v}")
+    assert tree.cli("scan")[0] == 0
+    tree.path(K3).unlink()
+    k3 = tree.read_index()["index"][K3][0]
+    entry = tree.entries / "e3.0.conf"
+    entry.write_text(entry.read_text() + ("# " + "x" * 1000 + "\n") * 1100)
+    rc, out, err = tree.cli("clean")
+    line = tree.assert_clean_error(rc, err, names=[str(entry)])
+    assert "larger than" in line
+    assert k3 in tree.images_on_disk(), f"clean deleted the only copy of {K3}: {out}{err}"
+
+
+def test_scan_trims_nothing_while_references_are_unknown(boot_tree) -> None:
+    """While references are unknown nothing is trimmed: scan (as the daemon's batches) keeps
+    every image listed; a clean with known references trims later."""
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux=K)
+    tree.write_entry("two", linux=K)
+    assert tree.cli("scan")[0] == 0
+    dangling = tree.entries / "unreadable.conf"
+    os.symlink("nowhere", dangling)  # references are unknown from now on
+    before = set(tree.images_on_disk())
+    for n in range(3):
+        with open(tree.path(K), "ab") as f:
+            f.write(b"x" * (n + 1))
+        rc, out, err = tree.cli("scan")
+        assert "references unknown" in err, err
+        rc, out, err = tree.cli("add", K)
+        assert rc == 0, out + err
+    lost = before - set(tree.images_on_disk())
+    assert not lost, f"images deleted while references were unknown: {sorted(lost)}"
+    assert len(tree.read_index()["index"][K]) == 4, "the images stay listed"
+    dangling.unlink()
+    report = tree.cli_json("clean", "--json")
+    assert len(report["trimmed_images"]) == 2 and len(tree.read_index()["index"][K]) == 2
