@@ -131,6 +131,19 @@ class IndexCorruptError(BootwatchError):
                               "index from the images (the corrupt file is kept)")
 
 
+class IndexMissingError(IndexCorruptError):
+    """``cacheindex.json`` is missing while the cache holds images: the index was lost, and what
+    the images are cached for is unknown. Not an empty cache (that has neither), so nothing may
+    be deleted on its strength; ``fsck --repair`` rebuilds an index from the images."""
+
+    def __init__(self, path: Union[str, Path], images: int) -> None:
+        BootwatchError.__init__(
+            self, f"is missing, but the cache holds {images} image{'' if images == 1 else 's'}: the index was "
+            "lost (this is not an empty cache), so which paths they keep is unknown", path=path,
+            hint="nothing was changed; run 'bootwatch fsck --repair' to rebuild the index from the images "
+                 "and the boot files (it deletes no image)")
+
+
 class ContentChangedError(BootwatchError):
     """A file changed while it was being read: the digest describes no real version of it.
 

@@ -8,6 +8,8 @@ Without ``repair`` nothing is written. With it, under the writers' lock:
   repair killed at any moment leaves an index. An image whose path cannot be recovered from the
   old index is matched against the boot files of the same size, and otherwise kept in
   ``lost+found/``;
+- a missing index while images are there (a lost index, not an empty cache: see ``store.py``) is
+  rebuilt the same way, from the images alone; no image is deleted;
 - a kept copy that no completed repair superseded (a repair was killed; see ``store.py``) is
   merged again: the paths it knows and the index lacks come back if their images are good. Once
   the index is written, each merged copy is marked superseded, and images may be deleted again;
@@ -31,8 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
-from bootwatch.errors import (BootwatchError, ContentChangedError, IndexCorruptError, NotRegularFileError,
-                              UnsafePathError, describe_oserror)
+from bootwatch.errors import (BootwatchError, ContentChangedError, IndexCorruptError, IndexMissingError,
+                              NotRegularFileError, UnsafePathError, describe_oserror)
 from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
 from bootwatch.safety import file_kind, normalize_boot_path, open_regular, read_regular
@@ -78,6 +80,15 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
         try:
             index = store.load_index()
             salvaged = False
+        except IndexMissingError as e:
+            # Lost, not empty: the images are what is left of it. Rebuilt like a corrupt index, from
+            # the images that hash to their ids and the boot files; there is nothing to keep a copy of.
+            report.problems.append(f"{e} ('bootwatch fsck --repair' rebuilds it from the images and the boot "
+                                   "files; until then nothing is deleted)")
+            if not repair:
+                return report
+            index = CacheIndex()
+            salvaged = True
         except IndexCorruptError as e:
             report.problems.append(str(e))
             if not repair:
@@ -95,7 +106,7 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
             index = CacheIndex()
             salvaged = True
         unmerged: List[Path] = []
-        if repair and copies:
+        if repair and (copies or salvaged):
             # A corrupt or a missing index: the images no copy claims are placed (boot files, lost+found).
             index, unmerged = _salvage(cache, index, copies, digests, report,
                                        place_unassigned=salvaged or not store.index_exists())

@@ -18,7 +18,11 @@ On-disk protocol (one directory, shared with boom):
                             fsynced temp file, then fsyncs the directory; a reader without the lock
                             sees the old or the new index, never a mix. (boom itself rewrites it in
                             place without a lock: a read that fails to parse is retried a few times
-                            before the index is called corrupt.)
+                            before the index is called corrupt.) No index and no image is a new,
+                            empty cache. The first images of a new cache are preceded by an empty
+                            index, so images without an index always mean a lost index: every
+                            command refuses it (IndexMissingError: nothing is deleted or written)
+                            until fsck --repair rebuilds an index from the images and boot files.
     <sha1>.img              an image; its name is the SHA1 of its content. Created by rename of a
                             fsynced temp file, never written in place. Deleted only by a holder of
                             the lock, and only once the index written before no longer lists it.
@@ -127,7 +131,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 
 from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, IndexCorruptError,
-                              NotRegularFileError, StorageError, UnsafeDirectoryError, describe_oserror, storage_error)
+                              IndexMissingError, NotRegularFileError, StorageError, UnsafeDirectoryError,
+                              describe_oserror, storage_error)
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
 from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
@@ -334,6 +339,14 @@ class PendingImages:
             final = self.files[0][1] if len(self.files) == 1 else self.directory
             self.discard()
             raise storage_error(e, final, "cannot make the new image durable; it was not cached") from None
+        if self.store is not None and not self.store.index_exists():
+            # The first images of a new cache: an empty index goes first, so that images without an
+            # index always mean a lost index (see the protocol), never a new cache.
+            try:
+                self.store.write_index(CacheIndex())
+            except BaseException:
+                self.discard()
+                raise
         try:
             for temp, final in self.files:
                 os.rename(self._name(temp), self._name(final), src_dir_fd=temp_fd, dst_dir_fd=dir_fd)
@@ -735,7 +748,8 @@ class CacheStore:
             return chunked_sha1(f)
 
     def load_index(self) -> CacheIndex:
-        """Read and validate the index. A missing index is an empty cache."""
+        """Read and validate the index. No index and no image is a new, empty cache; images
+        without an index are a lost index (:class:`IndexMissingError`), never an empty cache."""
         return self.load_index_and_digest()[0]
 
     def load_index_and_digest(self) -> Tuple[CacheIndex, Optional[str]]:
@@ -744,7 +758,14 @@ class CacheStore:
         for delay in (*READ_RETRY_DELAYS, None):
             data = self.read_index_bytes()
             if data is None:
-                return CacheIndex(), None
+                images = self.image_ids_on_disk()
+                if not images:
+                    return CacheIndex(), None  # a new cache
+                # A new cache's first writer puts an index in place before any image (see
+                # PendingImages.flush): read again before calling it lost.
+                data = self.read_index_bytes()
+                if data is None:
+                    raise IndexMissingError(self.index_path, len(images))
             try:
                 return CacheIndex.from_json(data, source=self.index_path), index_digest(data)
             except IndexCorruptError as e:

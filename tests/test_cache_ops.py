@@ -403,6 +403,7 @@ def test_add_replaces_a_rotten_image_file_instead_of_trusting_its_name(boot_tree
     """An unlisted ``<id>.img`` of the right size but other content must not become the cached copy."""
     image_id = boot_tree.write_file(K, 6000)
     boot_tree.cache.mkdir(mode=0o700)
+    boot_tree.index_file.write_text('{"index": {}, "paths": {}, "images": {}}')  # (images without one: a lost index)
     boot_tree.image(image_id).write_bytes(os.urandom(6000))  # same size, wrong content
     rc, out, err = boot_tree.cli("add", K)
     assert rc == 0, err
