@@ -64,6 +64,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
+from bootwatch.errors import BootwatchError
 from bootwatch.index import CacheIndex
 from daemonproc import DaemonProcess, run_with_config, write_config
 
@@ -257,10 +258,12 @@ class Chaos:
         self.incarnation += 1
         workdir = self.root / f"daemon-{self.incarnation}"
         workdir.mkdir()
-        self.daemon = DaemonProcess(self.config, workdir)
+        # faulthandler: a daemon that stops catching up is made to dump its threads (see dump_threads).
+        self.daemon = DaemonProcess(self.config, workdir, env={"PYTHONFAULTHANDLER": "1"})
         self.logs.append(self.daemon.log_path)
         try:
             self.daemon.wait_ready(timeout=READY_TIMEOUT)
+            self.drain_notifications(self.daemon)
         except AssertionError as e:
             self.violate("daemon-up", f"(incarnation {self.incarnation})",
                          f"no READY=1 within {READY_TIMEOUT:.0f} s of starting: {str(e)[-1500:]}")
@@ -268,6 +271,17 @@ class Chaos:
             self.daemon = None
             return False
         return True
+
+    @staticmethod
+    def drain_notifications(daemon: DaemonProcess) -> None:
+        """Read the sd_notify socket as systemd does: a full socket blocks the daemon's sendto()."""
+        def drain() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while daemon.proc.poll() is None:
+                    daemon.receive(0.2)
+                    del daemon.messages[:-100]
+
+        threading.Thread(target=drain, name="notify-drain", daemon=True).start()
 
     def daemon_running(self) -> bool:
         return self.daemon is not None and self.daemon.proc.poll() is None
@@ -312,7 +326,7 @@ class Chaos:
             with os.fdopen(fd, "rb") as f:
                 data = f.read()
             index = CacheIndex.from_json(data, source="cacheindex.json")
-        except Exception:
+        except (OSError, BootwatchError):
             return  # unreadable or corrupt: fsck reports that
         with self.seen_lock:
             for path in index.paths():
@@ -323,7 +337,7 @@ class Chaos:
     def read_index(self) -> Optional[CacheIndex]:
         try:
             return CacheIndex.from_json((self.cache / "cacheindex.json").read_bytes(), source="cacheindex.json")
-        except Exception:
+        except (OSError, BootwatchError):
             return None
 
     def start_polling(self) -> None:
@@ -554,12 +568,14 @@ class Chaos:
         if not candidates:
             return
         version, name = self.rnd.choice(candidates)
-        self.run_writer("rename", [name], 0.01, 0.15, self.versions[version])
+        if not self.run_writer("rename", [name], 0.01, 0.15, self.versions[version]):
+            return
         self.note(f"reinstalled {name} over the restored copy")
-        if self.rnd.random() < 0.6:
-            snapshots = [e for e in self.references().get("/" + name, []) if e.startswith("snapshot-")]
-            if snapshots:
-                self.act_remove_entry(self.rnd.choice(snapshots))
+        if self.rnd.random() < 0.7:
+            # Later, the snapshot goes: after the daemon has seen (and hashed) the reinstalled file.
+            time.sleep(self.rnd.uniform(0.5, 2.0))
+            for entry in [e for e in self.references().get("/" + name, []) if e.startswith("snapshot-")]:
+                self.act_remove_entry(entry)
 
     def act_remove_entry(self, name: Optional[str] = None) -> None:
         if not self.mounted or not self.entries:
@@ -659,6 +675,17 @@ class Chaos:
         if self.daemon is None:
             self.start_daemon()
 
+    def dump_threads(self) -> str:
+        """SIGABRT the daemon, whose faulthandler prints every thread's stack: where it is stuck."""
+        assert self.daemon is not None
+        daemon, self.daemon = self.daemon, None
+        before = len(daemon.output())
+        daemon.signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            daemon.proc.wait(10)
+        daemon.close()
+        return daemon.log_path.read_text(errors="replace")[before:][-3000:]
+
     def boot_sha(self, path: str) -> Optional[str]:
         try:
             st = os.stat(self.boot / path.lstrip("/"))
@@ -710,11 +737,14 @@ class Chaos:
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
             left = self.pending()
-        for item in left:
-            path, _, detail = item.partition(": ")
+        if left:
             tail = "".join(self.daemon.output().splitlines(keepends=True)[-8:])
-            self.violate("converged", path, f"{detail} {CONVERGE_TIMEOUT:.0f} s after the round; "
-                         f"the daemon's last lines:\n{tail}")
+            threads = self.dump_threads()
+            for item in left:
+                path, _, detail = item.partition(": ")
+                self.violate("converged", path, f"{detail} {CONVERGE_TIMEOUT:.0f} s after the round; "
+                             f"the daemon's last lines:\n{tail}its threads then:\n{threads}")
+            self.start_daemon()
         self.observe_index()
         refs = self.references()
         # lost-image
@@ -853,3 +883,7 @@ def test_chaos_never_loses_an_image_nor_deletes_a_foreign_file(chaos: Chaos) -> 
     for needle in ("writer", "daemon SIG", "/boot unmounted", "cache file system filled", "removed package",
                    "removed entry", "bootwatch clean"):
         assert needle in done, f"seed {chaos.seed}: no {needle!r} in the actions:\n{done}"
+    assert chaos.poller is not None and chaos.poller.is_alive(), "the index poller died: the checks saw nothing"
+    assert len(chaos.seen) >= 4, f"seed {chaos.seed}: the index poller saw only {sorted(chaos.seen)}"
+    assert any("restored image" in log.read_text() for log in chaos.logs), \
+        f"seed {chaos.seed}: the daemon never restored a kernel"
