@@ -76,7 +76,7 @@ pytestmark = [
                        reason="needs root, loop devices and mkfs.ext4 for a real /boot file system"),
 ]
 
-ROUNDS = int(os.environ.get("BOOTWATCH_CHAOS_ROUNDS", "14"))
+ROUNDS = int(os.environ.get("BOOTWATCH_CHAOS_ROUNDS", "40"))
 KEEP_GOING = os.environ.get("BOOTWATCH_CHAOS_KEEP_GOING") == "1"
 CONVERGE_TIMEOUT = 25.0
 READY_TIMEOUT = 40.0
@@ -399,7 +399,11 @@ class Chaos:
 
     def own(self, name: str) -> None:
         """The driver wrote ``/boot/name``: remember its inode and content."""
-        st = os.lstat(self.boot / name)
+        try:
+            st = os.lstat(self.boot / name)
+        except FileNotFoundError:
+            self.violate("foreign-deleted", "/" + name, "deleted by someone else right after the driver wrote it")
+            return
         digest = sha1_file(self.boot / name)
         assert digest is not None
         self.owned[name] = (st.st_ino, digest)
