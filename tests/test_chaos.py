@@ -805,7 +805,9 @@ class Chaos:
             text = log.read_text(errors="replace")
             if "Traceback" in text:
                 self.reported_logs.add(log)
-                tail = text[text.index("Traceback"):][:2000]
+                block = text[text.index("Traceback"):].splitlines()
+                end = next((n for n, line in enumerate(block[1:], 1) if not line.startswith(" ")), len(block) - 1)
+                tail = "\n".join(block[:end + 1])[-2000:]
                 self.violate("no-traceback", log.parent.name, f"the daemon's output has a traceback:\n{tail}")
 
     def describe_prefix(self, path: str, image_id: str, size: object) -> str:
