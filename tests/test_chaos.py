@@ -564,7 +564,8 @@ class Chaos:
             self.act_snapshot()
             before = set(self.installed)
             self.act_remove_package()
-            removed = before - self.installed
+            refs = self.references()
+            removed = {v for v in before - self.installed if any("/" + n in refs for n in self.versions[v])}
             deadline = time.monotonic() + 10
             while not candidates and removed and time.monotonic() < deadline:
                 time.sleep(0.2)
