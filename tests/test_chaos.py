@@ -434,12 +434,10 @@ class Chaos:
     # ================================================================ writers
 
     def run_writer(self, mode: str, names: List[str], pause: float, kill_probability: float,
-                   sizes: Optional[Dict[str, Tuple[int, int]]] = None) -> bool:
-        """Run a writer child over ``names`` (relative to /boot); maybe SIGKILL it. True if it finished."""
-        jobs = []
-        for name in names:
-            size, seed = (sizes or {})[name]
-            jobs.append(f"{self.boot / name}:{size}:{seed}")
+                   contents: Dict[str, Tuple[int, int]]) -> bool:
+        """Run a writer child over ``names`` (relative to /boot, ``contents[name]`` is (size, seed));
+        maybe SIGKILL it at a random moment. True if it finished."""
+        jobs = [f"{self.boot / name}:{contents[name][0]}:{contents[name][1]}" for name in names]
         proc = subprocess.Popen([sys.executable, str(self.writer_script), mode, str(pause), *jobs],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         assert proc.stdout is not None
