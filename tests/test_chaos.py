@@ -91,13 +91,15 @@ REFERENCE_MARGIN = 1.0
 WRITER = r'''
 import os, random, sys, time
 mode, pause = sys.argv[1], float(sys.argv[2])
-print("READY", flush=True)
+def say(line):  # one write(2) of less than PIPE_BUF: a kill never leaves half a line
+    os.write(1, (line + "\n").encode())
+say("READY")
 for job in sys.argv[3:]:
     target, size, seed = job.rsplit(":", 2)
     data = random.Random(int(seed)).randbytes(int(size))
     path = target + ".dpkg-new" if mode == "rename" else target
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    print("OPEN", target, os.fstat(fd).st_ino, flush=True)
+    say(f"OPEN {target} {os.fstat(fd).st_ino}")
     step = max(1, len(data) // 4)
     for offset in range(0, len(data), step):
         os.write(fd, data[offset:offset + step])
@@ -107,7 +109,7 @@ for job in sys.argv[3:]:
     os.close(fd)
     if mode == "rename":
         os.rename(path, target)
-    print("DONE", target, flush=True)
+    say(f"DONE {target}")
 '''
 
 
@@ -455,12 +457,11 @@ class Chaos:
         opened: Dict[str, int] = {}
         done: Set[str] = set()
         for line in out.decode().splitlines():
-            word, target, *rest = line.split(" ")
-            name = os.path.relpath(target, self.boot)
-            if word == "OPEN":
-                opened[name] = int(rest[0])
-            elif word == "DONE":
-                done.add(name)
+            fields = line.split(" ")
+            if fields[0] == "OPEN" and len(fields) == 3:
+                opened[os.path.relpath(fields[1], self.boot)] = int(fields[2])
+            elif fields[0] == "DONE" and len(fields) == 2:
+                done.add(os.path.relpath(fields[1], self.boot))
         for name in names:
             final = self.boot / name
             if name in done:
