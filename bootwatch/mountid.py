@@ -9,8 +9,8 @@ mount's root), and the device. ``statvfs`` adds the filesystem id, and ``/dev/di
 the filesystem UUID where there is one.
 
 Mount ids and device numbers may change at a reboot, so :func:`same_filesystem` compares what
-stays: the type, the mounted root, and the UUID where both sides have one, else the device and
-the filesystem id.
+stays: the type, the mounted root, and the UUID where both sides have one, else the filesystem
+id where both have one, else the device number.
 """
 
 from __future__ import annotations
@@ -146,7 +146,11 @@ def same_filesystem(a: MountIdentity, b: MountIdentity) -> bool:
         return False
     if a.get("uuid") and b.get("uuid"):
         return bool(a["uuid"] == b["uuid"])
-    return bool(a.get("dev") == b.get("dev") and a.get("fsid") == b.get("fsid"))
+    if a.get("fsid") and b.get("fsid"):
+        # From the UUID on ext4 and btrfs (whose device numbers are anonymous, given out at
+        # mount time), random per tmpfs mount, from the device number on xfs and vfat.
+        return bool(a["fsid"] == b["fsid"])
+    return bool(a.get("dev") == b.get("dev"))
 
 
 def describe(identity: MountIdentity) -> str:

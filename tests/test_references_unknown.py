@@ -435,3 +435,26 @@ def test_scan_trims_nothing_while_references_are_unknown(boot_tree) -> None:
     dangling.unlink()
     report = tree.cli_json("clean", "--json")
     assert len(report["trimmed_images"]) == 2 and len(tree.read_index()["index"][K]) == 2
+
+
+def test_a_bind_mount_is_a_mount_root_and_a_filesystem_is_compared_by_what_survives_a_reboot(
+        tmp_path: Path, needs_root) -> None:
+    from bootwatch.mountid import mount_identity, same_filesystem
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    plain = mount_identity(boot)
+    mount("--bind", str(boot), str(boot))
+    try:
+        bound = mount_identity(boot)
+        assert not os.path.ismount(boot) and bound["mount_root"] and not plain["mount_root"]
+        assert bound["mount_id"] != plain["mount_id"] and not same_filesystem(bound, plain)
+    finally:
+        umount(boot)
+    ext4 = {"type": "ext4", "root": "/", "dev": "8:1", "fsid": 7, "uuid": "u1", "mount_id": 30}
+    rebooted = dict(ext4, dev="8:17", mount_id=41)  # another device number and mount id: the same one
+    assert same_filesystem(ext4, rebooted)
+    assert not same_filesystem(ext4, dict(rebooted, uuid="u2"))
+    assert same_filesystem(dict(ext4, uuid=None), dict(rebooted, uuid=None))  # the fs id, from the UUID
+    assert not same_filesystem(dict(ext4, uuid=None), dict(rebooted, uuid=None, fsid=8))
+    assert not same_filesystem(dict(ext4, uuid=None, fsid=0), dict(rebooted, uuid=None, fsid=0))  # the device
+    assert not same_filesystem(ext4, dict(ext4, root="/boot"))
