@@ -23,6 +23,9 @@ from typing import Mapping, Optional
 
 import sdnotify
 
+# Seconds a notification may wait for room in systemd's queue before it is dropped.
+SEND_TIMEOUT = 1.0
+
 
 class SystemdNotifier:
     """sd_notify messages for this process; a no-op when systemd did not ask for them."""
@@ -43,6 +46,10 @@ class SystemdNotifier:
             # As sd_notify() does without a listener: nothing to tell, and not an error.
             sock.close()
             return
+        # systemd reads the socket as messages come; a PID 1 that stalls must not stall the daemon
+        # with it (the kernel blocks a send while the receiver's queue is full): a message that
+        # cannot be queued within the bound is dropped, as one to a dead systemd is.
+        sock.settimeout(SEND_TIMEOUT)
         # sdnotify connects to os.environ's socket by itself; use our socket (from ``environ``)
         # through its public attribute instead, and keep its error-swallowing notify().
         notifier = sdnotify.SystemdNotifier()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -128,3 +129,45 @@ def test_from_process_environment(notify_socket: Tuple[str, socket.socket],
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60,
                    cwd=Path(__file__).resolve().parent.parent)
     assert datagram(sock) == {"READY": "1", "STATUS": "child"}
+
+
+
+def fill_queue(address: str) -> list:
+    """Queue datagrams at ``address`` until the receiver's queue is full (not just one sender's buffer):
+    new senders until a fresh one cannot queue even one."""
+    senders = []
+    while True:
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.connect(address)
+        sender.setblocking(False)
+        senders.append(sender)
+        sent = 0
+        try:
+            while True:
+                sender.send(b"X=1")
+                sent += 1
+        except BlockingIOError:
+            pass
+        if sent == 0:
+            return senders
+
+
+def test_a_full_queue_drops_the_message_instead_of_blocking(notify_socket: Tuple[str, socket.socket]) -> None:
+    """A systemd that stops reading must not stop the daemon: a send gives up after a bound."""
+    address, sock = notify_socket
+    senders = fill_queue(address)
+    try:
+        with SystemdNotifier({"NOTIFY_SOCKET": address}) as notifier:
+            done = threading.Event()
+
+            def notify_a_few() -> None:
+                for _ in range(3):
+                    notifier.watchdog()
+                done.set()
+
+            threading.Thread(target=notify_a_few, daemon=True).start()
+            # Unbounded, the first send blocks until someone reads the queue.
+            assert done.wait(30), "a notification blocked on systemd's full queue"
+    finally:
+        for sender in senders:
+            sender.close()
