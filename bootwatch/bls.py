@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from bootwatch.errors import BootwatchError, NotRegularFileError
+from bootwatch.errors import FileTooLargeError, NotRegularFileError
 from bootwatch.safety import read_regular
 
 SINGLE_PATH_KEYS = ("linux", "efi", "devicetree")
@@ -61,10 +61,12 @@ class EntriesRead:
     ``problem`` is None when the directory was listed and every ``*.conf`` in it was read (or
     refused for what it is: not a regular file). Otherwise it is one line saying what
     could not be read; the entries are then only a part of the truth, never "no entries".
+    ``refused``: one line for each ``*.conf`` refused for what it is, for a warning.
     """
 
     entries: List[BootEntry]
     problem: Optional[str] = None
+    refused: List[str] = field(default_factory=list)
 
 
 def read_entry_source(entries_dir: Path) -> EntriesRead:
@@ -74,10 +76,15 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
     that cannot be read (EIO, EACCES, a symlink loop, larger than :data:`MAX_ENTRY_SIZE`) are
     problems: a boot loader may still see what bootwatch could not read (a long comment block
     is still an entry). Files that are not regular (a FIFO: opened without blocking) are no
-    boot entries and are skipped.
+    boot entries and are skipped (``refused`` says so), and so is an entry that is a symlink out
+    of the entries directory's filesystem (``/proc/kmsg``, whose read would block): a boot loader,
+    reading that filesystem alone, cannot follow it either. Every file is read with
+    ``O_NONBLOCK`` kept set.
     """
     entries: List[BootEntry] = []
+    refused: List[str] = []
     try:
+        device = os.stat(entries_dir).st_dev
         names = sorted(os.listdir(entries_dir))
     except FileNotFoundError:
         return EntriesRead(entries, f"{entries_dir}: the boot entries directory does not exist")
@@ -93,9 +100,15 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
         path = entries_dir / name
         try:
             # Not by name (stat, then open): a FIFO swapped in between would block the read.
-            text = read_regular(path, follow_symlinks=True, limit=MAX_ENTRY_SIZE).decode("utf-8", errors="replace")
-        except NotRegularFileError:
-            continue  # a FIFO, a directory, a device: no boot entry
+            text = read_regular(path, follow_symlinks=True, limit=MAX_ENTRY_SIZE,
+                                device=(device, entries_dir)).decode("utf-8", errors="replace")
+        except NotRegularFileError as e:
+            refused.append(f"{path}: {e.strerror}; not a boot entry")  # a FIFO, a device, /proc/kmsg
+            continue
+        except FileTooLargeError:
+            problem = problem or (f"{path}: a boot entry larger than {MAX_ENTRY_SIZE} bytes, not read "
+                                  "(a boot loader may still read it)")
+            continue
         except FileNotFoundError:
             if not os.path.lexists(path):
                 continue  # removed since the listing
@@ -105,12 +118,8 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
             problem = problem or (f"{path}: a boot entry that cannot be read "
                                   f"({os.strerror(e.errno).lower() if e.errno else e})")
             continue
-        except BootwatchError:
-            problem = problem or (f"{path}: a boot entry larger than {MAX_ENTRY_SIZE} bytes, not read "
-                                  "(a boot loader may still read it)")
-            continue
         entries.append(parse_entry(text, path))
-    return EntriesRead(entries, problem)
+    return EntriesRead(entries, problem, refused)
 
 
 def read_entries(entries_dir: Path) -> List[BootEntry]:

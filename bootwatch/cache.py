@@ -511,6 +511,10 @@ class BootCache:
         # write last succeeded (time.monotonic()): the daemon reports both changes.
         self.read_only = False
         self.index_written_at = 0.0
+        # The entry files refused for what they are (a FIFO...), each warned about once while it
+        # stays so: once per daemon, each time for a command.
+        self._refused_entries: Set[str] = set()
+        self._lock_refused = threading.Lock()  # the daemon's batches and jobs read entries on their threads
 
     @classmethod
     def from_config(cls, config) -> "BootCache":  # config: bootwatch.config.Config
@@ -548,6 +552,7 @@ class BootCache:
           some of the recorded ones at every read, and is a decision each time.
         """
         read = bls.read_entry_source(self.entries_dir)
+        self._warn_refused_entries(read.refused)
         counts = bls.reference_counts(read.entries)
         files = len(read.entries)
         if not os.path.isdir(self.boot_dir):
@@ -589,6 +594,13 @@ class BootCache:
             return unknown(f"every boot entry vanished at once (none of the {len(recorded)} entry files of the "
                            f"last read is left, {files} now); more likely an unmount than a decision")
         return References(counts, entry_files=files, observed=observed, record=None if observed == last else observed)
+
+    def _warn_refused_entries(self, refused: List[str]) -> None:
+        with self._lock_refused:
+            for line in refused:
+                if line not in self._refused_entries:
+                    log.warning("%s", line)
+            self._refused_entries = set(refused)
 
     def references_record(self, entries: List[bls.BootEntry], counts: Dict[str, int]) -> dict:
         """What ``.bootwatch-references`` says of a complete read of the entries (see store.py).

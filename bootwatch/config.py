@@ -57,7 +57,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-from bootwatch.errors import ConfigError, NotRegularFileError, UsageError
+from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
 from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
@@ -545,9 +545,15 @@ def _is_null_device(path: Path) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
 
 
+# A configuration file or drop-in larger than this is no configuration: the whole schema, every
+# key commented, is some 5 KB. The bound keeps a wrong --config (a disk image) from being read
+# into memory.
+MAX_CONFIG_SIZE = 1 << 20
+
+
 def _read(path: Path, *, must_exist: bool) -> Optional[str]:
     try:
-        data = read_regular(path, follow_symlinks=True)
+        data = read_regular(path, follow_symlinks=True, limit=MAX_CONFIG_SIZE)
     except FileNotFoundError:
         if must_exist:
             raise ConfigError("no such file", path=path,
@@ -558,6 +564,8 @@ def _read(path: Path, *, must_exist: bool) -> Optional[str]:
         if _is_null_device(path):  # "--config /dev/null", or a drop-in masked as systemd masks units
             return ""
         raise ConfigError(f"cannot read: {err.strerror}", path=path) from None
+    except FileTooLargeError as err:
+        raise ConfigError(f"cannot read: {err.strerror}; no configuration is that large", path=path) from None
     except OSError as err:
         raise ConfigError(f"cannot read: {os.strerror(err.errno or 0).lower()}",
                           path=path) from None

@@ -73,9 +73,37 @@ class NotRegularFileError(BootwatchError, OSError):
     same way, and ``strerror`` says what the file is.
     """
 
-    def __init__(self, path: Union[str, Path], kind: str, *, hint: Optional[str] = None) -> None:
-        super().__init__(f"is a {kind}, not a regular file; not reading it", path=path, hint=hint)
-        self.strerror = f"is a {kind}, not a regular file"
+    def __init__(self, path: Union[str, Path], kind: str, *, hint: Optional[str] = None,
+                 what: Optional[str] = None) -> None:
+        """``what`` replaces "is a KIND, not a regular file": a regular file on procfs, or one
+        reached through a symlink out of the filesystem it must be on."""
+        what = what or f"is a {kind}, not a regular file"
+        super().__init__(f"{what}; not reading it", path=path, hint=hint)
+        self.strerror = what
+
+
+class FileTooLargeError(BootwatchError, OSError):
+    """A file bootwatch reads whole is larger than the bound for what it is (see
+    :func:`bootwatch.safety.read_regular`): nothing bootwatch or boom writes is that large, and
+    reading it into memory could take gigabytes (a sparse file costs nothing to make).
+
+    An :class:`OSError` (``EFBIG``) as :class:`NotRegularFileError` is: whoever treats a file it
+    cannot read as unreadable or missing (a derived file) handles this the same way.
+    """
+
+    def __init__(self, path: Union[str, Path], limit: int) -> None:
+        super().__init__(f"is larger than {format_size(limit)}; not reading it", path=path)
+        self.errno = errno_module.EFBIG
+        self.strerror = f"is larger than {format_size(limit)}"
+        self.limit = limit
+
+
+def format_size(size: int) -> str:
+    """``67108864`` -> ``64 MiB``: a bound as a person reads it."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
 
 
 class ReferencesUnknownError(DeletionsBlockedError):

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
-from bootwatch.errors import (BootwatchError, ContentChangedError, IndexCorruptError, IndexMissingError,
-                              NotRegularFileError, UnsafePathError, describe_oserror)
+from bootwatch.errors import (BootwatchError, ContentChangedError, FileTooLargeError, IndexCorruptError,
+                              IndexMissingError, NotRegularFileError, UnsafePathError, describe_oserror)
 from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
-from bootwatch.safety import file_kind, normalize_boot_path, open_regular, read_regular
+from bootwatch.safety import file_kind, normalize_boot_path, open_regular
 from bootwatch.store import CacheStore
 
 DEFAULT_MODE = 0o100644
@@ -97,6 +97,9 @@ def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
                 # Never followed, as no reader follows it: kept as a symlink, and the rebuilt index
                 # replaces the link itself (rename), not what it points to.
                 copy = store.keep_corrupt_symlink()
+            elif store.index_too_large():
+                # Reading it would take the host's memory: kept by a link, as it is, unread.
+                copy = store.keep_corrupt_link()
             else:
                 raw = store.read_index_bytes() or b""
                 copy = store.keep_corrupt_copy(raw)  # a copy: the corrupt index stays until replaced by rename
@@ -298,11 +301,11 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
         try:
             if stat.S_ISLNK(os.stat(copy.name, dir_fd=store.fd, follow_symlinks=False).st_mode):
                 continue  # a symlinked index, kept as it was: never followed, so nothing to salvage
-            raw = read_regular(copy.name, dir_fd=store.fd, display=copy)
+            raw = store.read_corrupt_copy(copy)
         except OSError as e:
             unmerged.append(copy)
             if _not_a_copy(store, copy) is None:  # a non-file was reported when the copies were listed
-                why = e.strerror if isinstance(e, NotRegularFileError) else \
+                why = e.strerror if isinstance(e, (NotRegularFileError, FileTooLargeError)) else \
                     f"cannot be read: {os.strerror(e.errno).lower() if e.errno else e}"
                 report.problems.append(_unmergeable(copy, why))
             continue

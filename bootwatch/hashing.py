@@ -33,7 +33,7 @@ from typing import Callable, Optional, Tuple, Union
 
 from bootwatch.errors import ContentChangedError, OpenForWritingError
 from bootwatch.proc import process_writing
-from bootwatch.safety import open_regular
+from bootwatch.safety import filesystem_magic, open_regular
 
 # linux/fs.h: #define FICLONE _IOW(0x94, 9, int)
 FICLONE = 0x40049409
@@ -113,23 +113,6 @@ _NO_LEASE_ERRNOS = frozenset({errno.EINVAL, errno.EACCES, errno.EPERM, errno.ENO
 _NETWORK_FS_MAGICS = frozenset({0x6969, 0xFF534D42, 0xFE534D42})
 
 
-class _StatFs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("f_rest", ctypes.c_long * 15)]
-
-
-def _filesystem_magic(fd: int) -> Optional[int]:
-    """``fstatfs(2)``'s ``f_type`` of the filesystem ``fd`` is on (``os.statvfs`` does not give it)."""
-    buf = _StatFs()
-    if _libc().fstatfs(fd, ctypes.byref(buf)) != 0:
-        return None
-    return buf.f_type & 0xFFFFFFFF
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
-
-
 class ReadLease:
     """A read lease on an ``O_RDONLY`` descriptor: proof that no process writes the file meanwhile.
 
@@ -161,7 +144,7 @@ class ReadLease:
             fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_BREAK_SIGNAL)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as e:
-            if e.errno == errno.EAGAIN and _filesystem_magic(fd) not in _NETWORK_FS_MAGICS:
+            if e.errno == errno.EAGAIN and filesystem_magic(fd) not in _NETWORK_FS_MAGICS:
                 raise OpenForWritingError(path) from None
             if e.errno not in _NO_LEASE_ERRNOS | {errno.EAGAIN}:
                 raise
@@ -322,7 +305,7 @@ class _Pipeline:
 
     def __init__(self, src_fd: int, dst_fd: Optional[int], src_base: int, dst_base: int,
                  flusher: Optional[_Flusher] = None,
-                 between_chunks: Optional[Callable[[], None]] = None) -> None:
+                 between_chunks: Optional[Callable[[], None]] = None, bound: Optional[int] = None) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
         self.src_base = src_base
@@ -337,6 +320,9 @@ class _Pipeline:
         self.end_chunk: Optional[int] = None
         self.flusher = flusher  # present exactly when there is a destination; it tracks the furthest byte written
         self.between_chunks = between_chunks  # raises to stop the copy (cancelled, lease broken)
+        # The chunk that holds byte ``bound`` (one past the size fstat gave) ends the read whatever
+        # it holds: enough to tell that there was more, never an endless read.
+        self.last_chunk = None if bound is None else bound // CHUNK_SIZE
 
     def _acquire(self, semaphore: threading.Semaphore) -> None:
         semaphore.acquire()
@@ -360,7 +346,7 @@ class _Pipeline:
         self._acquire(self.free[slot])
         n = 0
         end = self.end_chunk
-        if end is None or k <= end:
+        if (end is None or k <= end) and (self.last_chunk is None or k <= self.last_chunk):
             if self.between_chunks is not None:
                 self.between_chunks()
             view = self.views[slot]
@@ -369,7 +355,7 @@ class _Pipeline:
                 _pwrite_all(self.dst_fd, view[:n], self.dst_base + k * CHUNK_SIZE)
                 assert self.flusher is not None
                 self.flusher.wrote(self.dst_base + k * CHUNK_SIZE + n)
-            if n < CHUNK_SIZE:
+            if n < CHUNK_SIZE or k == self.last_chunk:
                 with self.lock:
                     if self.end_chunk is None or k < self.end_chunk:
                         self.end_chunk = k
@@ -393,7 +379,7 @@ class _Pipeline:
                 if n:
                     digest.update(self.views[slot][:n])
                 self.free[slot].release()
-                if n < CHUNK_SIZE:
+                if n < CHUNK_SIZE or k == self.last_chunk:
                     return k
                 k += 1
         except BaseException as e:
@@ -432,6 +418,11 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
     offsets are left after the data, as ``read``/``write`` would leave them. A source that cannot
     ``pread`` (a pipe) is read sequentially.
 
+    A regular file is read up to one chunk past the size ``fstat`` gives at the start, never
+    further: a file that grows without end (or a kernel file that says size 0) cannot make this
+    read forever. A digest larger than that size tells the caller the file was not what its size
+    said (see :func:`hash_file`).
+
     Before every chunk both threads check ``cancel`` (raising :class:`Cancelled` once it is set)
     and ``lease`` (raising :class:`OpenForWritingError` once a writer broke it); the caller
     discards what was copied.
@@ -448,9 +439,10 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
             raise
         return _hash_stream(src_fd, dst_fd, between_chunks)
     st = os.fstat(src_fd)
-    if stat.S_ISREG(st.st_mode) and st.st_size - src_base <= SMALL_FILE:
+    bound = max(st.st_size - src_base, 0) if stat.S_ISREG(st.st_mode) else None
+    if bound is not None and bound <= SMALL_FILE:
         # Two threads and their buffers cost more than hashing a small file on one.
-        digest = _hash_stream(src_fd, dst_fd, between_chunks)
+        digest = _hash_stream(src_fd, dst_fd, between_chunks, bound)
         _start_writeback(dst_fd)
         return digest
     dst_base = os.lseek(dst_fd, 0, os.SEEK_CUR) if dst_fd is not None else 0
@@ -458,7 +450,7 @@ def hash_and_copy(src_fd: int, dst_fd: Optional[int] = None, *, try_reflink: boo
         os.posix_fadvise(src_fd, src_base, 0, os.POSIX_FADV_SEQUENTIAL)
 
     flusher = _Flusher(dst_fd, dst_base) if dst_fd is not None else None
-    pipeline = _Pipeline(src_fd, dst_fd, src_base, dst_base, flusher, between_chunks)
+    pipeline = _Pipeline(src_fd, dst_fd, src_base, dst_base, flusher, between_chunks, bound)
     sha1 = hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
 
@@ -501,8 +493,9 @@ def _start_writeback(dst_fd: Optional[int]) -> None:
 
 
 def _hash_stream(src_fd: int, dst_fd: Optional[int],
-                 between_chunks: Optional[Callable[[], None]] = None) -> Digest:
-    """The sequential fallback for a source without offsets: one thread, both digests."""
+                 between_chunks: Optional[Callable[[], None]] = None, bound: Optional[int] = None) -> Digest:
+    """The sequential fallback for a source without offsets, and the way for a small file: one
+    thread, both digests. With ``bound``, it stops once more than ``bound`` bytes came."""
     sha1 = hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
     view = memoryview(bytearray(CHUNK_SIZE))
@@ -519,6 +512,8 @@ def _hash_stream(src_fd: int, dst_fd: Optional[int],
         if dst_fd is not None:
             _write_all(dst_fd, chunk)
         size += n
+        if bound is not None and size > bound:
+            break
     return Digest(sha1.hexdigest(), sha256.hexdigest(), size)
 
 
@@ -551,6 +546,9 @@ def hash_file(fd: int, dst_fd: Optional[int] = None, *, path: Union[str, Path],
         after = os.fstat(fd)
     if StatSignature.of(before) != StatSignature.of(after):
         raise ContentChangedError(path)
+    if digest.size > after.st_size:  # read no further than one chunk past it (see hash_and_copy)
+        raise ContentChangedError(path, "held more data than its size says: not a file whose content can be cached",
+                                  hint=None)
     return digest, after
 
 

@@ -31,11 +31,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 from bootwatch.bls import References
 from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, restored_marker_name
 from bootwatch.config import Config
-from bootwatch.errors import BootwatchError, ContentChangedError, OpenForWritingError, StorageError, UnsafePathError
+from bootwatch.errors import (BootwatchError, ContentChangedError, NotRegularFileError, OpenForWritingError,
+                              StorageError, UnsafePathError)
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, IoErrorLog, log_event
 from bootwatch.policy import tracks_all
+from bootwatch.safety import file_kind
 from bootwatch.signatures import read_signatures
 from bootwatch.store import IMAGE_SUFFIX
 
@@ -120,6 +122,8 @@ class Reconciler:
         self.io_errors: Optional[IoErrorLog] = None
         # Why lost+found/ could not take a corrupt image, as last reported (said once, not per batch).
         self.lost_found_problem: Optional[str] = None
+        # Tracked paths whose boot file is no regular file (a FIFO...): warned about once.
+        self.reported_not_regular: Set[str] = set()
 
     # ---------------------------------------------------------------- which paths
 
@@ -346,6 +350,10 @@ class Reconciler:
         report.examined += 1
         try:
             self._apply(txn, path, references, report, on_disk, lstat, markers)
+        except NotRegularFileError as e:
+            # Found a regular file, opened something else (swapped in since), or a kernel file
+            # (procfs) that passes for one: as a FIFO at the path.
+            self._report_not_regular(path, str(e))
         except UnsafePathError as e:
             report.errors.append(str(e))
             log.warning("%s", e)
@@ -385,11 +393,16 @@ class Reconciler:
                 boot_st = None
         else:
             boot_st = lstat
-        if boot_st is not None and not stat.S_ISREG(boot_st.st_mode):
-            return
         cached = path in index
+        if boot_st is not None and not stat.S_ISREG(boot_st.st_mode):
+            if cached or self.is_tracked(path, references):
+                where = real if real is not None else self.cache.boot_file(path)
+                self._report_not_regular(path, f"{where}: is a {file_kind(boot_st.st_mode)}, not a regular file; "
+                                               "not caching it")
+            return
         if boot_st is not None:
             self.reported_missing.discard(path)
+            self.reported_not_regular.discard(path)
             ours = self._is_our_restored_copy(txn, path, boot_st, real, markers) if cached else None
             if ours is False:
                 # Marked as restored, but not the file bootwatch wrote: someone put it back (a
@@ -441,6 +454,13 @@ class Reconciler:
                       image_id, count, path=path, image_id=image_id, state="RESTORED")
             return
         self._report_missing(path, count, newest, report)
+
+    def _report_not_regular(self, path: str, problem: str) -> None:
+        """Warn that a tracked path's boot file is not a regular file (nor cached, nor read), once
+        per daemon (each time for scan) while it stays so."""
+        if path not in self.reported_not_regular:
+            self.reported_not_regular.add(path)
+            log.warning("%s", problem)
 
     def _report_missing(self, path: str, count: int, newest: str, report: ReconcileReport) -> None:
         """Report a cached path gone from the boot directory, once per daemon (each time for scan)."""

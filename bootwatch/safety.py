@@ -9,12 +9,15 @@ directory with ``..`` or a symlink; nothing is opened until it has been resolved
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Optional, Tuple
 
-from bootwatch.errors import BootwatchError, NotRegularFileError, UnsafeDirectoryError, UnsafePathError, UsageError
+from bootwatch.errors import (BootwatchError, FileTooLargeError, NotRegularFileError, UnsafeDirectoryError,
+                              UnsafePathError, UsageError)
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -239,26 +242,70 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
+# linux/magic.h: filesystems whose "regular files" are the kernel's interfaces, not data. Their
+# size says nothing (0 for /proc/kmsg, 4096 for sysfs attributes) and a read may block
+# (/proc/kmsg waits for kernel messages, and consumes them) or never end. No boot file, entry,
+# index or configuration bootwatch reads lives there.
+PSEUDO_FILESYSTEMS = {
+    0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x74726163: "tracefs",
+    0x73636673: "securityfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2", 0x62656570: "configfs",
+    0x6165676C: "pstore", 0xCAFE4A11: "bpf", 0xDE5E81E4: "efivarfs", 0xF97CFF8C: "selinuxfs",
+    0x43415D53: "smackfs", 0x1CD1: "devpts", 0x65735543: "fusectl", 0x42494E4D: "binfmt_misc",
+}
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("f_rest", ctypes.c_long * 15)]
+
+
+def filesystem_magic(fd: int) -> Optional[int]:
+    """``fstatfs(2)``'s ``f_type`` of the filesystem ``fd`` is on (``os.statvfs`` does not give it)."""
+    buf = _StatFs()
+    if _libc().fstatfs(fd, ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
+
+
 def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None,
-                 follow_symlinks: bool = False, display: "Optional[os.PathLike[str] | str]" = None) -> int:
+                 follow_symlinks: bool = False, display: "Optional[os.PathLike[str] | str]" = None,
+                 max_size: Optional[int] = None, device: Optional[Tuple[int, "os.PathLike[str] | str"]] = None) -> int:
     """Open a regular file for reading, never blocking on what the name turned out to be.
 
     Every file bootwatch reads (boot files, images, the index, entries) goes through here. A FIFO
     planted under one of those names would block a plain ``open(2)`` until some writer came, and
     the caller often holds the writers' lock: so the open is ``O_NONBLOCK`` (which also keeps it
     from waiting for a device), and ``fstat`` on the descriptor, not on the name, decides. Anything
-    but a regular file raises :class:`NotRegularFileError`. ``O_NONBLOCK`` is cleared again: it
-    means nothing for a regular file's reads, but it would make a lease break fail instead of wait.
-    ``O_NOFOLLOW`` unless ``follow_symlinks``; ``O_NOCTTY`` in case the name is a terminal.
-    ``display`` is what an error names (the full path of a name relative to ``dir_fd``).
+    but a regular file raises :class:`NotRegularFileError`, and so does a "regular file" of a
+    kernel interface (:data:`PSEUDO_FILESYSTEMS`: ``/proc/kmsg`` passes ``S_ISREG`` and its read
+    blocks). ``O_NONBLOCK`` stays set: a regular file's reads ignore it, and whatever slipped
+    through the checks fails with ``EAGAIN`` instead of blocking. ``O_NOFOLLOW`` unless
+    ``follow_symlinks``; ``O_NOCTTY`` in case the name is a terminal.
+
+    ``device``: ``(st_dev, directory)``: the file must be on that filesystem (a symlink that leads
+    out of the directory's filesystem is refused, naming the directory). ``max_size``: a larger
+    file raises :class:`FileTooLargeError` before anything is read. ``display`` is what an error
+    names (the full path of a name relative to ``dir_fd``).
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     fd = os.open(path, flags, dir_fd=dir_fd)
+    name = path if display is None else display
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(path if display is None else display, file_kind(mode))
-        os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(name, file_kind(st.st_mode))
+        pseudo = PSEUDO_FILESYSTEMS.get(filesystem_magic(fd) or 0)
+        if pseudo is not None:
+            raise NotRegularFileError(name, "", what=f"is a file of the kernel's {pseudo}, not a regular file")
+        if device is not None and st.st_dev != device[0]:
+            raise NotRegularFileError(name, "", what=f"is on another filesystem than {device[1]} "
+                                                     "(a symlink that leads out of it)")
+        if max_size is not None and st.st_size > max_size:
+            raise FileTooLargeError(name, max_size)
     except BaseException:
         os.close(fd)
         raise
@@ -266,22 +313,34 @@ def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None
 
 
 def read_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None, follow_symlinks: bool = False,
-                 limit: Optional[int] = None, display: "Optional[os.PathLike[str] | str]" = None) -> bytes:
-    """The bytes of a regular file (see :func:`open_regular`); more than ``limit`` bytes raise."""
-    fd = open_regular(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks, display=display)
-    path = path if display is None else display
+                 limit: int, display: "Optional[os.PathLike[str] | str]" = None,
+                 device: Optional[Tuple[int, "os.PathLike[str] | str"]] = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`) that bootwatch reads whole.
+
+    Every such read has a bound, ``limit``, for what the file is (the index, an entry, the
+    configuration...): a larger file raises :class:`FileTooLargeError` naming it, checked on the
+    ``fstat`` of the opened descriptor before the first read and again while reading, since a file
+    can grow meanwhile (or, on a filesystem that does not know sizes, say 0). At most ``limit + 1``
+    bytes are ever read, so a huge or endless file costs no memory and no time.
+    """
+    fd = open_regular(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks, display=display, max_size=limit,
+                      device=device)
     try:
-        size = os.fstat(fd).st_size
-        if limit is not None and size > limit:
-            raise BootwatchError(f"is larger than {limit} bytes; not reading it", path=path)
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, max(size + 1, 1 << 16))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            total += len(chunk)
-            if limit is not None and total > limit:  # it grew since the fstat
-                raise BootwatchError(f"is larger than {limit} bytes; not reading it", path=path)
+        return read_bounded(fd, limit, path if display is None else display)
     finally:
         os.close(fd)
+
+
+def read_bounded(fd: int, limit: int, name: "os.PathLike[str] | str") -> bytes:
+    """Everything left to read at ``fd``, if that is at most ``limit`` bytes; else
+    :class:`FileTooLargeError` naming ``name``, after reading no more than ``limit + 1`` bytes."""
+    size = os.fstat(fd).st_size
+    chunks, total = [], 0
+    while True:
+        chunk = os.read(fd, min(max(size - total + 1, 1 << 16), limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:  # it grew since the fstat
+            raise FileTooLargeError(name, limit)

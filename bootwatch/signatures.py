@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import marshal
+import os
 from typing import TYPE_CHECKING, BinaryIO, Dict, Optional, Tuple
 
+from bootwatch.errors import FileTooLargeError
 from bootwatch.index import CacheIndex
 
 if TYPE_CHECKING:
@@ -59,15 +61,20 @@ def _key(digest: str) -> bytes:
     return FORMAT + b" " + digest.encode() + b" "
 
 
-def chunked_sha1(f: BinaryIO) -> str:
-    """:func:`index_digest` of what is left to read in ``f``, without holding it all."""
+def chunked_sha1(f: BinaryIO, *, limit: int, name: "os.PathLike[str] | str") -> str:
+    """:func:`index_digest` of what is left to read in ``f``, without holding it all; more than
+    ``limit`` bytes raise :class:`FileTooLargeError` naming ``name``."""
     digest = hashlib.sha1()
     buffer = bytearray(1 << 18)
     view = memoryview(buffer)
+    total = 0
     while True:
         n = f.readinto(buffer)
         if not n:
             return digest.hexdigest()
+        total += n
+        if total > limit:
+            raise FileTooLargeError(name, limit)
         digest.update(view[:n])
 
 

@@ -9,6 +9,7 @@ counts by state.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -17,10 +18,15 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from bootwatch.cache import PathStatus
+from bootwatch.errors import FileTooLargeError
 from bootwatch.safety import read_regular
 from bootwatch.store import TempFile
 
 STATUS_NAME = "status.json"
+# The daemon writes well under a kilobyte; a larger file is not its own and is not read whole.
+MAX_STATUS_SIZE = 1 << 20
+
+log = logging.getLogger("bootwatch.status")
 
 
 @dataclass
@@ -81,9 +87,15 @@ def write_status(runtime_dir: Path, status: DaemonStatus) -> None:
 
 
 def read_status(runtime_dir: Path) -> Optional[dict]:
+    """What the status file says; None if there is none, or it is not one the daemon wrote
+    (unreadable, not JSON, larger than :data:`MAX_STATUS_SIZE`: said in one line)."""
+    path = status_path(runtime_dir)
     try:
-        return json.loads(read_regular(status_path(runtime_dir)))
-    except (OSError, ValueError):
+        return json.loads(read_regular(path, limit=MAX_STATUS_SIZE))
+    except FileTooLargeError as e:
+        log.warning("%s; ignored: the daemon writes a few hundred bytes there", e)
+        return None
+    except (OSError, ValueError, RecursionError):
         return None
 
 

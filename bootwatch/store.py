@@ -12,7 +12,9 @@ On-disk protocol (one directory, shared with boom):
     that finds another directory at the name refuses. .tmp/, links/ and lost+found/ are opened
     relative to it with O_NOFOLLOW and pass the same checks as the cache directory. Every file
     read is opened O_NONBLOCK and must be a regular file (fstat of the descriptor): a FIFO or a
-    device is an error naming it, never a read that blocks.
+    device is an error naming it, never a read that blocks. A file read whole has a size bound
+    (the index and the derived files: MAX_INDEX_SIZE, 64 MiB), checked on the fstat of the opened
+    descriptor and while reading: a larger index is corrupt, a larger derived file ignored.
 
     cacheindex.json         boom's index. bootwatch replaces it only by rename(2) of a complete,
                             fsynced temp file, then fsyncs the directory; a reader without the lock
@@ -79,7 +81,8 @@ On-disk protocol (one directory, shared with boom):
                             that no completed repair superseded, no image is deleted by anyone
                             (clean refuses, the daemon keeps what it unlists as orphans): the index
                             may be missing what the copy knew. An index that is a symlink is
-                            never followed: its copy is a symlink to the same target.
+                            never followed: its copy is a symlink to the same target. An index
+                            larger than MAX_INDEX_SIZE is never read: its copy is a hard link.
     .cacheindex.json.corrupt-<time>[.<n>].superseded
                             empty; says that a completed repair merged what could be salvaged of
                             that copy into the index. Created (O_CREAT | O_EXCL, never opened if
@@ -130,13 +133,13 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, IndexCorruptError,
-                              IndexMissingError, NotRegularFileError, StorageError, UnsafeDirectoryError,
-                              describe_oserror, storage_error)
+from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, FileTooLargeError,
+                              IndexCorruptError, IndexMissingError, NotRegularFileError, StorageError,
+                              UnsafeDirectoryError, describe_oserror, format_size, storage_error)
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
 from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
-                              open_regular, read_regular)
+                              open_regular, read_bounded, read_regular)
 from bootwatch.signatures import SIGNATURES_NAME, chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
@@ -156,6 +159,18 @@ _WARNED: Set[Path] = set()  # see CacheStore.warn_once
 # boom writes the index in place: a reader may catch it half-written. Retry before calling it corrupt.
 READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
 
+# The largest index bootwatch reads. An index costs some 500 bytes a path (boom's entries and
+# bootwatch's signatures and digests: 10,000 paths are 5 MB), so 64 MiB holds over 100,000 paths,
+# a thousand times a boot directory's. A larger file is no index bootwatch or boom wrote, and
+# reading it (four times, with the retries; a sparse file of terabytes costs nothing to make)
+# would take the memory of the host: it is corrupt, as an index that fails to parse.
+MAX_INDEX_SIZE = 64 << 20
+# The derived files (.bootwatch-signatures, .bootwatch-references) hold less than the index they
+# derive from, or the paths the entries name; a larger one is ignored as a torn one is.
+MAX_DERIVED_SIZE = MAX_INDEX_SIZE
+
+
+log = logging.getLogger("bootwatch.store")
 
 _ALL_IMAGE_IDS = re.compile(r"(?:[0-9a-f]{40}\n)*[0-9a-f]{40}|")
 
@@ -396,6 +411,7 @@ class CacheStore:
         self._fd: Optional[int] = None
         self._temp_fd: Optional[int] = None  # .tmp, while this process holds the lock
         self._opening = threading.Lock()
+        self._too_large_derived: Set[str] = set()  # derived files found too large, warned about
 
     def __enter__(self) -> "CacheStore":
         return self
@@ -701,9 +717,11 @@ class CacheStore:
 
     def _open_index(self) -> Optional[int]:
         try:
-            return open_regular(INDEX_NAME, dir_fd=self.fd, display=self.index_path)
+            return open_regular(INDEX_NAME, dir_fd=self.fd, display=self.index_path, max_size=MAX_INDEX_SIZE)
         except FileNotFoundError:
             return None
+        except FileTooLargeError:
+            raise self._index_too_large() from None
         except NotRegularFileError as e:
             # Not "no index": what the cache holds is unknown until a person looks.
             e.hint = "nothing was changed; move it aside (bootwatch and boom write a regular file there)"
@@ -725,15 +743,28 @@ class CacheStore:
         with f:
             try:
                 yield f
+            except FileTooLargeError:  # it grew since it was opened
+                raise self._index_too_large() from None
             except OSError as e:
                 raise BootwatchError(describe_oserror(e, path=self.index_path)) from None
+
+    def _index_too_large(self) -> IndexCorruptError:
+        return IndexCorruptError(f"is larger than {format_size(MAX_INDEX_SIZE)}, far more than any index bootwatch "
+                                 "or boom writes; not reading it", path=self.index_path)
+
+    def index_too_large(self) -> bool:
+        """Whether the index file is larger than bootwatch reads (:data:`MAX_INDEX_SIZE`)."""
+        try:
+            return os.stat(INDEX_NAME, dir_fd=self.fd, follow_symlinks=False).st_size > MAX_INDEX_SIZE
+        except FileNotFoundError:
+            return False
 
     def read_index_bytes(self) -> Optional[bytes]:
         fd = self._open_index()
         if fd is None:
             return None
-        with self._index_file(fd, buffering=-1) as f:
-            return f.read()
+        with self._index_file(fd, buffering=0) as f:
+            return read_bounded(f.fileno(), MAX_INDEX_SIZE, self.index_path)
 
     def index_file_digest(self) -> Optional[str]:
         """The SHA1 of the index file's bytes (see signatures.py); None if there is no index.
@@ -745,7 +776,7 @@ class CacheStore:
         if fd is None:
             return None
         with self._index_file(fd, buffering=0) as f:
-            return chunked_sha1(f)
+            return chunked_sha1(f, limit=MAX_INDEX_SIZE, name=self.index_path)
 
     def load_index(self) -> CacheIndex:
         """Read and validate the index. No index and no image is a new, empty cache; images
@@ -808,25 +839,20 @@ class CacheStore:
         """A file derived from the index (see signatures.py); None if it is missing or unreadable.
 
         Not a regular file (a FIFO planted there) is as good as missing, never a read that blocks;
-        so is a cache directory that does not exist yet.
+        so is a cache directory that does not exist yet, and a file larger than
+        :data:`MAX_DERIVED_SIZE` (said in one line: nothing bootwatch writes is that large).
         """
         if self._fd is None and not os.path.lexists(self.directory):
             return None
         try:
-            fd = open_regular(name, dir_fd=self.fd)
-        except OSError:
+            return read_regular(name, dir_fd=self.fd, limit=MAX_DERIVED_SIZE, display=self.directory / name)
+        except FileTooLargeError as e:
+            if name not in self._too_large_derived:  # said once: a pass reads it twice
+                self._too_large_derived.add(name)
+                log.warning("%s; ignored: it is derived data, written again by the next writer", e)
             return None
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
         except OSError:  # EISDIR, EIO: as good as missing
             return None
-        finally:
-            os.close(fd)
 
     def write_derived(self, name: str, data: bytes, *, durable: bool = False) -> None:
         """Replace a derived file by rename, without fsync unless ``durable``: a torn one is
@@ -855,7 +881,7 @@ class CacheStore:
         """
         for existing in self.unsuperseded_corrupt_copies():
             with contextlib.suppress(OSError):
-                if read_regular(existing.name, dir_fd=self.fd) == data:
+                if self.read_corrupt_copy(existing) == data:
                     return existing
         with self.temp_file() as tmp:
             os.fchmod(tmp.fd, 0o600)
@@ -876,6 +902,25 @@ class CacheStore:
             name = f"{CORRUPT_PREFIX}{stamp}{'' if n == 0 else f'.{n}'}"
             if not self._exists(name) and not self._exists(superseded_mark_name(name)):
                 yield self.directory / name
+
+    def keep_corrupt_link(self) -> Path:
+        """:meth:`keep_corrupt_copy` of an index too large to read (:meth:`index_too_large`): the
+        copy is a hard link to it, made without reading a byte or using any space. The rebuilt
+        index replaces the name by rename, so the link keeps what was there. The caller holds
+        the lock."""
+        for copy in self._corrupt_copy_names():
+            try:
+                os.link(INDEX_NAME, copy.name, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            os.fsync(self.fd)
+            return copy
+        raise BootwatchError("cannot find a free name for a copy of the corrupt index", path=self.directory)
+
+    def read_corrupt_copy(self, copy: Path) -> bytes:
+        """The bytes of a kept copy of a corrupt index (in the cache directory), as bounded as the
+        index's: a larger one raises :class:`FileTooLargeError`."""
+        return read_regular(copy.name, dir_fd=self.fd, limit=MAX_INDEX_SIZE, display=copy)
 
     def index_is_symlink(self) -> bool:
         return os.path.islink(self.index_path)
@@ -1007,11 +1052,6 @@ class CacheStore:
         finally:
             os.close(links_fd)
         return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}
-
-
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of a regular file, opened without following a symlink or blocking on a FIFO."""
-    return read_regular(path)
 
 
 def _write_fully(fd: int, data: bytes) -> None:

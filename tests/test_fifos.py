@@ -81,6 +81,60 @@ def test_scan_passes_over_a_fifo_boot_file(boot_tree) -> None:
     assert "/initrd-1" in index and K not in index
 
 
+def test_scan_warns_of_a_fifo_at_a_referenced_boot_path_each_time(boot_tree) -> None:
+    """Skipped, but never silently (hostile review, defect 15): one warning naming the file, each scan."""
+    boot_tree.write_entry("e1", linux=K, initrd=["/initrd-1"])
+    make_fifo(boot_tree.path(K))
+    boot_tree.write_file("/initrd-1")
+    for _ in range(2):
+        rc, out, err = boot_tree.cli("scan", timeout=TIMEOUT)
+        assert rc == 0, err
+        [line] = [line for line in err.splitlines() if str(boot_tree.path(K)) in line]
+        assert "is a FIFO, not a regular file" in line
+
+
+def test_scan_warns_of_a_fifo_entry_each_time(boot_tree) -> None:
+    boot_tree.write_entry("e1", linux=K)
+    boot_tree.write_file(K)
+    fifo = make_fifo(boot_tree.entries / "e2.conf")
+    for _ in range(2):
+        rc, out, err = boot_tree.cli("scan", timeout=TIMEOUT)
+        assert rc == 0, err
+        [line] = [line for line in err.splitlines() if str(fifo) in line]
+        assert "is a FIFO, not a regular file" in line and "not a boot entry" in line
+
+
+def test_the_daemon_warns_of_a_fifo_once_per_path(boot_tree, caplog) -> None:
+    """The daemon's passes share one cache and one reconciler: a FIFO that stays is said once; one
+    that comes back after a regular file was there is said again."""
+    from bootwatch.config import load_config
+    from bootwatch.reconcile import Reconciler
+    boot_tree.write_entry("e1", linux=K, initrd=["/initrd-1"])
+    boot_tree.write_file("/initrd-1")
+    make_fifo(boot_tree.path(K))
+    entry_fifo = make_fifo(boot_tree.entries / "e2.conf")
+    config = load_config(boot_tree.config).with_overrides(boot=boot_tree.boot, cache=boot_tree.cache)
+    cache = boot_tree.library()
+    reconciler = Reconciler(config, cache)
+
+    def warnings_after_a_pass() -> list:
+        caplog.clear()
+        with caplog.at_level("WARNING"), cache.transaction() as txn:
+            reconciler.full(txn)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    first = warnings_after_a_pass()
+    assert len([m for m in first if str(boot_tree.path(K)) in m]) == 1, first
+    assert len([m for m in first if str(entry_fifo) in m]) == 1, first
+    assert warnings_after_a_pass() == []
+    boot_tree.path(K).unlink()
+    boot_tree.write_file(K)
+    assert warnings_after_a_pass() == []
+    boot_tree.path(K).unlink()
+    make_fifo(boot_tree.path(K))
+    assert [m for m in warnings_after_a_pass() if str(boot_tree.path(K)) in m], "a new FIFO is said again"
+
+
 def test_list_does_not_read_a_fifo_that_replaced_a_restored_copy(boot_tree) -> None:
     """boom records no stat signature: list hashes a restored boot file once, which must not be a FIFO."""
     boot_tree.write_entry("e1", linux=K)
