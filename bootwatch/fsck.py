@@ -166,7 +166,7 @@ def _hash_images_on_disk(cache: BootCache) -> Dict[str, Optional[Digest]]:
     digests: Dict[str, Optional[Digest]] = {}
     for image_id in cache.store.image_ids_on_disk():
         try:
-            digests[image_id], _ = hash_path(cache.store.image_path(image_id))
+            digests[image_id] = cache.store.hash_image(image_id)
         except (OSError, ContentChangedError):
             digests[image_id] = None
     return digests

@@ -512,7 +512,7 @@ class Reconciler:
             else:
                 size = txn.index.recorded_size(image_id)
                 try:
-                    digest, _ = hash_path(store.image_path(image_id), cancel=self.cache.cancel)
+                    digest = store.hash_image(image_id, cancel=self.cache.cancel)
                 except OSError as e:
                     problem = f"cannot be read: {e.strerror}"
                 except OpenForWritingError as e:

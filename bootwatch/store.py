@@ -136,6 +136,7 @@ from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, FileTooLargeError,
                               IndexCorruptError, IndexMissingError, NotRegularFileError, StorageError,
                               UnsafeDirectoryError, describe_oserror, format_size, storage_error)
+from bootwatch.hashing import Digest, hash_file
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
 from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
@@ -923,15 +924,22 @@ class CacheStore:
         return read_regular(copy.name, dir_fd=self.fd, limit=MAX_INDEX_SIZE, display=copy)
 
     def index_is_symlink(self) -> bool:
-        return os.path.islink(self.index_path)
+        return self.is_symlink(INDEX_NAME)
+
+    def is_symlink(self, name: str) -> bool:
+        """Whether ``name`` in the cache directory is a symlink (never followed)."""
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
 
     def keep_corrupt_symlink(self) -> Path:
         """:meth:`keep_corrupt_copy` of an index that is a symlink: the copy is a symlink to the
         same target, made without following it. The caller holds the lock."""
-        target = os.readlink(self.index_path)
+        target = os.readlink(INDEX_NAME, dir_fd=self.fd)
         for existing in self.unsuperseded_corrupt_copies():
             with contextlib.suppress(OSError):
-                if os.readlink(existing) == target:
+                if os.readlink(existing.name, dir_fd=self.fd) == target:
                     return existing
         for copy in self._corrupt_copy_names():
             try:
@@ -1010,6 +1018,14 @@ class CacheStore:
         """A descriptor of the image, for reading; not a regular file raises :class:`NotRegularFileError`."""
         path = self.image_path(image_id)
         return open_regular(path.name, dir_fd=self.fd, display=path)
+
+    def hash_image(self, image_id: str, *, cancel: Optional[threading.Event] = None) -> Digest:
+        """:func:`bootwatch.hashing.hash_file` of the image, opened relative to the cache directory."""
+        fd = self.open_image(image_id)
+        try:
+            return hash_file(fd, path=self.image_path(image_id), cancel=cancel)[0]
+        finally:
+            os.close(fd)
 
     def delete_image(self, image_id: str) -> bool:
         """Unlink an image. The caller holds the lock and has already written an index without it."""

@@ -154,3 +154,23 @@ def test_lost_found_never_replaces_an_earlier_copy(tmp_path: Path) -> None:
         kept.append(store.move_to_lost_found(image_id, ".corrupt"))
     assert kept[0] != kept[1]
     assert [p.read_bytes() for p in kept] == [b"first", b"second"]
+
+
+def test_images_and_a_symlinked_index_are_read_in_the_directory_opened(store: CacheStore, tmp_path: Path) -> None:
+    """fsck's and the daemon's image hashes, and the copy of a symlinked index, go through the
+    descriptor opened once (review, suspicion f): a directory swapped in under the cache's name
+    afterwards is never read."""
+    content = b"the image"
+    image_id = hashlib.sha1(content).hexdigest()
+    (store.directory / f"{image_id}.img").write_bytes(content)
+    os.symlink("/somewhere/cacheindex.json", store.directory / "cacheindex.json")
+    store.fd  # opened (and checked) now
+    os.rename(store.directory, tmp_path / "moved")
+    store.directory.mkdir(mode=0o700)
+    (store.directory / f"{image_id}.img").write_bytes(b"another image")
+    os.symlink("/elsewhere/cacheindex.json", store.directory / "cacheindex.json")
+    assert store.hash_image(image_id).sha1 == image_id
+    assert store.index_is_symlink()
+    copy = store.keep_corrupt_symlink()
+    assert os.readlink(tmp_path / "moved" / copy.name) == "/somewhere/cacheindex.json"
+    assert not (store.directory / copy.name).exists() and not (store.directory / copy.name).is_symlink()
