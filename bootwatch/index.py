@@ -65,8 +65,8 @@ ID_MAX = 2 ** 32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "no owner"
 
 # The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
 # a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
-# and holds no "/", NUL or newline (the rules of safety.normalize_boot_path).
-_SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n]+)+"
+# and holds no "/", NUL, newline or surrogate (the rules of safety.normalize_boot_path).
+_SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n\ud800-\udfff]+)+"
 _SAFE_PATHS = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
 _IMAGE_IDS = re.compile(r"[0-9a-f]{40}(?:\n[0-9a-f]{40})*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

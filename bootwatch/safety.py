@@ -154,13 +154,31 @@ def check_private_directory(directory: Path, *, create: bool = False) -> Path:
     return directory
 
 
+def is_unicode_text(text: str) -> bool:
+    """True if ``text`` encodes as UTF-8: it holds no surrogate code point (U+D800 to U+DFFF).
+
+    Strict, not ``surrogateescape``: the index is JSON shared with boom and other tools, whose
+    strings are Unicode text; a name that is not cannot be matched by exact string, written to
+    JSON portably, or printed.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_boot_path(path: str) -> str:
     """Check a boom-style path (``/vmlinuz-6.1.0``, relative to the boot directory) and return it.
 
     The path must be absolute in boom's sense, contain no ``.`` or ``..`` component, no empty
     component, no NUL and no newline. It is returned unchanged: boom matches BLS entries by exact
-    string, so bootwatch must not rewrite it.
+    string, so bootwatch must not rewrite it. It must be valid Unicode (no lone surrogate, as
+    JSON's ``"\\ud800"`` gives): every file name bootwatch derives from it is encoded as UTF-8, and
+    a name no file can have is refused here, as corrupt, instead of failing in ``lstat``.
     """
+    if not is_unicode_text(path):
+        raise UnsafePathError("is not valid Unicode (it holds a lone surrogate)", path=repr(path))
     if not path.startswith("/"):
         raise UnsafePathError("is not a boom-style path: it must start with '/'", path=repr(path))
     if "\0" in path or "\n" in path:

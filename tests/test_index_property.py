@@ -2,8 +2,8 @@
 
 Hypothesis builds boom-shaped indexes around a small pool of real images (valid structure with
 hostile values: huge, negative, non-finite and wrongly typed numbers, repeated ids, extra data of
-every JSON type, names with control characters), plus arbitrary JSON, and puts them in a real
-cache beside a real boot directory with BLS entries. Then it runs the read-only commands (list,
+every JSON type, names with control characters or lone surrogates), plus arbitrary JSON, and puts
+them in a real cache beside a real boot directory with BLS entries. Then it runs the read-only commands (list,
 list --json, show, show --json, status, verify, fsck without repair) and clean (--dry-run, then
 for real) through ``bootwatch.cli.main`` in-process, with stdout and stderr captured.
 
@@ -45,6 +45,9 @@ BLOBS = [b"kernel image one\n" * 40, b"initramfs two\n" * 30, b"efi three\n" * 2
 POOL = [hashlib.sha1(b).hexdigest() for b in BLOBS]
 PHANTOM = ["f" * 40, "0123456789abcdef0123456789abcdef01234567"]  # ids without an image file
 PATHS = ["/vmlinuz-1", "/initramfs-1.img", "/sub/vmlinuz-2", "/x.efi", "/vmlinuz-\x1b[31mred\x07"]
+# Index keys no file can be named: JSON "\ud800" and "\udcff" give lone surrogates, which do not
+# encode for the filesystem. Only in the index (the tree has no such file, no entry names one).
+UNENCODABLE = ["/vmlinuz-\ud800", "/\udcff", "/sub/\udfff-2"]
 
 # JSON values of every kind, the numbers hostile ones.
 numbers = st.one_of(
@@ -88,7 +91,7 @@ image_entry = st.fixed_dictionaries({"image_ts": maybe(st.integers(1_600_000_000
 @st.composite
 def boom_indexes(draw) -> Tuple[dict, bool]:
     """(an index, whether to drop a key of a path's entries) around the pool."""
-    paths = draw(st.lists(st.sampled_from(PATHS), unique=True, max_size=4))
+    paths = draw(st.lists(st.sampled_from(PATHS + UNENCODABLE), unique=True, max_size=4))
     index: Dict[str, List[str]] = {}
     for path in paths:
         index[path] = draw(st.lists(image_ids, min_size=1, max_size=3))

@@ -100,3 +100,33 @@ def test_the_daemon_starts_on_a_hostile_index_and_says_so(boot_tree: BootTree) -
         assert "cacheindex.json" in ready.get("STATUS", ""), ready
         assert daemon.proc.poll() is None
         assert "Traceback" not in daemon.output(), daemon.output()
+
+
+def _surrogate_path(data: dict, image_id: str) -> None:
+    """An index path "/\\ud800" (JSON "\\ud800"): a lone surrogate, which no file name can be."""
+    data["index"]["/\ud800"] = [image_id]
+    data["paths"]["/\ud800"] = dict(data["paths"]["/vmlinuz-1"])
+
+
+@pytest.mark.parametrize("command", [("list",), ("list", "--json"), ("verify",), ("scan",),
+                                     ("clean", "--force", "--dry-run")])
+def test_an_index_path_with_a_lone_surrogate_is_corrupt_not_an_internal_error(boot_tree: BootTree,
+                                                                              command: tuple) -> None:
+    image_id = _index(boot_tree, _surrogate_path)
+    before = boot_tree.index_bytes()
+    rc, out, err = boot_tree.cli(*command)
+    line = boot_tree.assert_clean_error(rc, err, expected_rc=1, names=["cacheindex.json"])
+    assert "\\ud800" in line and "internal error" not in line, line
+    assert boot_tree.index_bytes() == before, "a refused index was rewritten"
+    assert boot_tree.image(image_id).is_file(), "an image went while its index was refused"
+
+
+def test_the_daemon_survives_an_index_path_with_a_lone_surrogate(boot_tree: BootTree) -> None:
+    _index(boot_tree, _surrogate_path)
+    config = write_config(boot_tree.root / "daemon.toml", boot_tree.boot, boot_tree.cache, boot_tree.root / "run",
+                          watch={"settle": "150ms"})
+    with DaemonProcess(config, boot_tree.root) as daemon:
+        ready = daemon.wait_ready()
+        assert "cacheindex.json" in ready.get("STATUS", ""), ready
+        assert daemon.proc.poll() is None, daemon.output()
+        assert "Traceback" not in daemon.output() and "internal error" not in daemon.output(), daemon.output()
