@@ -729,11 +729,17 @@ class BootCache:
 
     # ---------------------------------------------------------------- writing
 
+    def lock_waiter(self, waiter: Optional[LockWaiter] = None) -> LockWaiter:
+        """``waiter``, or one that only gives the wait for the writers' lock up once :attr:`cancel`
+        is set: every writer of this cache waits the same way, and a stop ends every wait."""
+        return waiter if waiter is not None else LockWaiter(self.cancel)
+
     @contextlib.contextmanager
     def transaction(self, *, remove_stale: bool = True,
                     waiter: Optional[LockWaiter] = None) -> Iterator[Transaction]:
         """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
         removed: List[Path] = []
+        waiter = self.lock_waiter(waiter)
         with contextlib.ExitStack() as stack:
             try:
                 image_ids = stack.enter_context(self.store.locked(remove_stale=remove_stale, waiter=waiter,

@@ -145,6 +145,7 @@ class LockWaitReporter(LockWaiter):
     says when the wait ends, and tells :meth:`Daemon._healthy` how long it has lasted."""
 
     def __init__(self, daemon: "Daemon") -> None:
+        super().__init__(cancel=daemon.stop_requested)  # a stop ends the wait (Cancelled)
         self.daemon = daemon
         self.since: Optional[float] = None  # time.monotonic() of the first attempt that found it held
         self.since_wall = 0.0

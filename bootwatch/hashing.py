@@ -95,8 +95,8 @@ class StatSignature:
 
 
 class Cancelled(Exception):
-    """A copy was cancelled (the daemon is stopping). Not an error: nothing the copy wrote is kept,
-    and the file is read again on the next start."""
+    """A copy, or a wait for the cache lock, was cancelled (the daemon is stopping). Not an error:
+    nothing the copy wrote is kept, and the file is read again on the next start."""
 
 
 # The signal the kernel sends when a writer breaks bootwatch's read lease. The default, SIGIO,

@@ -258,6 +258,8 @@ class MaintenanceScheduler:
             try:
                 func()
                 ok = True
+            except Cancelled:  # the daemon stops (while the job waited for the lock, or copied)
+                self.logger.debug("job %s stopped", name)
             except StorageError as e:
                 self.io_errors.report(e.filename, e.errno, f"job {name}: {e}", hint=e.hint)
             except OSError as e:

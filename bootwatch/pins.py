@@ -171,7 +171,7 @@ def create_links(cache: BootCache, *, paths: Sequence[str] = (), image_ids: Sequ
     On any failure, the links made so far are removed again.
     """
     made: List[Path] = []
-    with cache.store.locked(create=False):
+    with cache.store.locked(create=False, waiter=cache.lock_waiter()):
         links_fd = cache.store.links_fd(create=True)
         assert links_fd is not None
         try:
@@ -261,7 +261,7 @@ def gc(cache: BootCache, *, dry_run: bool = False) -> GcReport:
     report = GcReport()
     if not os.path.lexists(cache.store.directory):
         return report
-    with cache.store.locked(create=False):
+    with cache.store.locked(create=False, waiter=cache.lock_waiter()):
         links, report.unknown = list_links(cache)
         current = boot_id()
         for link in links:

@@ -136,7 +136,7 @@ from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, FileTooLargeError,
                               IndexCorruptError, IndexMissingError, NotRegularFileError, StorageError,
                               UnsafeDirectoryError, describe_oserror, format_size, storage_error)
-from bootwatch.hashing import Digest, hash_file
+from bootwatch.hashing import Cancelled, Digest, hash_file
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
 from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
@@ -387,7 +387,16 @@ class PendingImages:
 
 
 class LockWaiter:
-    """Told about a wait for the writers' lock (see :meth:`CacheStore.locked`). Does nothing."""
+    """Told about a wait for the writers' lock (see :meth:`CacheStore.locked`), and asked whether
+    to give it up: once ``cancel`` is set the wait ends with :class:`~bootwatch.hashing.Cancelled`
+    (the daemon is stopping; a lock held by someone else must not hold up its stop)."""
+
+    def __init__(self, cancel: Optional[threading.Event] = None) -> None:
+        self.cancel = cancel
+
+    def give_up(self) -> bool:
+        """Checked before every attempt to take the lock."""
+        return self.cancel is not None and self.cancel.is_set()
 
     def waiting(self, lock_fd: int) -> None:
         """Called every 100 ms while another holder keeps the lock open at ``lock_fd``
@@ -512,7 +521,9 @@ class CacheStore:
         ``remove_stale`` False leaves them for a caller that reports them (clean, fsck).
         ``waiter`` is told every 100 ms while another process holds the lock, and once when the
         lock is had after a wait (see :class:`LockWaiter`): the daemon uses it to report who
-        holds the lock and to decide what the wait means for systemd's watchdog. With
+        holds the lock, to decide what the wait means for systemd's watchdog, and to give the
+        wait up when it stops (:class:`~bootwatch.hashing.Cancelled`). Without one the wait is
+        a plain blocking flock. With
         ``remove_stale`` the block gets the ids of the images on disk, from the same single
         listing of the directory (a large cache is listed once per transaction, not twice);
         else None. The stale temp files removed are appended to ``removed``, if given.
@@ -579,6 +590,8 @@ class CacheStore:
             return
         waited = False
         while True:
+            if waiter.give_up():
+                raise Cancelled("stopped while waiting for the cache lock")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break

@@ -4,6 +4,7 @@ held by another process, I/O errors of the cache's file system, verification rac
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -461,3 +462,78 @@ def test_scan_logs_its_restores_to_the_journal_too(boot_tree: BootTree, tmp_path
     assert restored[0]["BOOTWATCH_COMMAND"] == b"scan" and restored[0]["BOOTWATCH_PATH"] == b"/vmlinuz-1.0"
     assert restored[0]["SYSLOG_IDENTIFIER"] == b"bootwatch"
     assert stderr.getvalue() == ""  # --quiet: the restore is in the journal, not on the terminal
+
+
+# ---------------------------------------------------------------- a stop during a wait for the lock
+
+
+def small_tree(tmp_path: Path, **jobs: str) -> Path:
+    """One kernel and one entry, and a configuration with a short settle window (and ``jobs``)."""
+    boot, cache, run = tmp_path / "boot", tmp_path / "cache", tmp_path / "run"
+    (boot / "loader" / "entries").mkdir(parents=True)
+    (boot / "vmlinuz-1").write_bytes(os.urandom(8192))
+    (boot / "loader" / "entries" / "one.conf").write_text("title one\nversion 1\nlinux /vmlinuz-1\n")
+    os.chmod(tmp_path, 0o755)
+    return write_config(tmp_path / "cfg.toml", boot, cache, run, watch={"settle": "100ms"},
+                        **({"jobs": jobs} if jobs else {}))
+
+
+@contextlib.contextmanager
+def cache_lock_held(cache: Path) -> Iterator[None]:
+    """The writers' lock, held by this (test) process."""
+    fd = os.open(cache / ".bootwatch.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def seconds_to_stop(daemon: DaemonProcess) -> float:
+    start = time.monotonic()
+    daemon.signal(15)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        daemon.proc.wait(timeout=30)
+    return time.monotonic() - start
+
+
+def test_sigterm_while_the_first_reconcile_waits_for_the_lock_stops_within_seconds(tmp_path: Path) -> None:
+    """Before READY=1 the start-up reconcile waits for a lock another process holds; SIGTERM
+    ends the wait (TimeoutStopSec=15s must never be reached)."""
+    config = small_tree(tmp_path)
+    assert run_with_config(config, "scan").returncode == 0
+    (tmp_path / "boot" / "vmlinuz-1").write_bytes(os.urandom(8192))  # something to do under the lock
+    with cache_lock_held(tmp_path / "cache"), DaemonProcess(config, tmp_path) as daemon:
+        time.sleep(3)  # started, waiting for the lock in the first reconcile
+        took = seconds_to_stop(daemon)
+        assert daemon.proc.returncode == 0, daemon.output()[-2000:]
+    assert took < 5, f"SIGTERM took {took:.0f} s while the lock was held"
+
+
+def test_sigterm_while_a_batch_waits_for_the_lock_stops_within_seconds(tmp_path: Path) -> None:
+    """After READY, a batch waits for the lock another process holds: SIGTERM ends the wait, and
+    nothing is said about the lock after "stopping"."""
+    config = small_tree(tmp_path)
+    with DaemonProcess(config, tmp_path) as daemon:
+        daemon.wait_ready()
+        with cache_lock_held(tmp_path / "cache"):
+            (tmp_path / "boot" / "vmlinuz-1").write_bytes(os.urandom(8192))
+            time.sleep(2)
+            took = seconds_to_stop(daemon)
+        output = daemon.output()
+    assert took < 5, f"SIGTERM took {took:.0f} s while a batch waited for the lock"
+    assert "cache lock" not in output.split("stopping")[-1], output[-2000:]
+
+
+def test_sigterm_with_a_job_and_a_batch_waiting_for_the_lock_beats_timeoutstopsec(tmp_path: Path) -> None:
+    """The clean and gc jobs and a batch all wait for the lock: SIGTERM ends every wait."""
+    config = small_tree(tmp_path, clean_interval="1s", gc_interval="1s")
+    with DaemonProcess(config, tmp_path) as daemon:
+        daemon.wait_ready()
+        with cache_lock_held(tmp_path / "cache"):
+            (tmp_path / "boot" / "vmlinuz-1").write_bytes(os.urandom(8192))
+            time.sleep(3)  # a batch and the jobs now wait for the lock
+            took = seconds_to_stop(daemon)
+        output = daemon.output()
+    assert took < 5, f"SIGTERM took {took:.1f} s (TimeoutStopSec=15s)"
+    assert "abandoned" not in output and "Traceback" not in output, output[-2000:]
