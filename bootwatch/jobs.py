@@ -21,7 +21,10 @@ without the cache lock (images are never written in place); the results are reco
 that log record is dropped (see :class:`_RunLogFilter`) so the journal has one entry per failure.
 A failing cache file system (:class:`~bootwatch.errors.StorageError`, or an ``OSError``) is not
 a bug: it is one ``IO_ERROR`` line per file and errno (:class:`~bootwatch.journal.IoErrorLog`),
-without a traceback, however many runs it fails.
+without a traceback, however many runs it fails. Nor is any other
+:class:`~bootwatch.errors.BootwatchError` (a corrupt index, an unsafe cache directory): one
+``JOB_FAILED`` line without a traceback, said again only when the problem changes, and a line
+when the job succeeds again.
 
 **Bounded shutdown.** ``BackgroundScheduler.shutdown(wait=True)`` waits for running jobs without
 a limit. Jobs run here in daemon threads of :class:`_ThreadExecutor`; :meth:`shutdown` stops the
@@ -48,10 +51,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
-from bootwatch.errors import DeletionsBlockedError, ReferencesUnknownError, StorageError, describe_oserror
+from bootwatch.errors import BootwatchError, DeletionsBlockedError, ReferencesUnknownError, StorageError, describe_oserror
 from bootwatch.hashing import Cancelled
 from bootwatch.index import CacheIndex
-from bootwatch.journal import Event, IoErrorLog, log_event
+from bootwatch.journal import NOTICE, Event, IoErrorLog, log_event
 from bootwatch.policy import keep_unreferenced_predicate
 
 JOB_NAMES = ("clean", "gc", "verify", "rescan")
@@ -169,6 +172,8 @@ class MaintenanceScheduler:
         self.on_verified = on_verified
         self.stopping = threading.Event()
         self._clean_blocked: Optional[str] = None  # why the last clean was skipped
+        self._problems: Dict[str, str] = {}  # job name -> the BootwatchError it last failed with
+        self._problems_lock = threading.Lock()
         self.verify_period = verify_run_period(config.jobs.verify_interval)
         defaults: Dict[str, Optional[Job]] = {"clean": self.clean, "gc": self.gc, "verify": self.verify_slice,
                                               "rescan": None}
@@ -265,6 +270,10 @@ class MaintenanceScheduler:
             except OSError as e:
                 self.io_errors.report(e.filename or str(self.cache.store.directory), e.errno or 0,
                                       f"job {name}: {describe_oserror(e)}")
+            except BootwatchError as e:  # a corrupt index, an unsafe directory: bad input, not a bug
+                self._report_problem(name, e)
+            else:
+                self._problem_over(name)
             finally:
                 duration = time.monotonic() - started
                 self.logger.debug("job %s %s after %.3fs", name, "done" if ok else "failed", duration)
@@ -275,6 +284,23 @@ class MaintenanceScheduler:
                         self.logger.exception("on_job_done callback failed for job %s", name)
         run.__name__ = run.__qualname__ = f"bootwatch_job_{name}"
         return run
+
+    def _report_problem(self, name: str, error: BootwatchError) -> None:
+        """One line per job and distinct problem, not one per run: it is said again only once
+        the problem changed (or was over meanwhile)."""
+        problem = str(error) + (f" (hint: {error.hint})" if error.hint else "")
+        with self._problems_lock:
+            if self._problems.get(name) == problem:
+                return
+            self._problems[name] = problem
+        log_event(self.logger, Event.JOB_FAILED, "job %s failed: %s", name, problem, level=logging.ERROR,
+                  job=name)
+
+    def _problem_over(self, name: str) -> None:
+        with self._problems_lock:
+            problem = self._problems.pop(name, None)
+        if problem is not None:
+            self.logger.log(NOTICE, "job %s succeeded again (it failed with: %s)", name, problem)
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_ERROR:

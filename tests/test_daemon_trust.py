@@ -537,3 +537,22 @@ def test_sigterm_with_a_job_and_a_batch_waiting_for_the_lock_beats_timeoutstopse
         output = daemon.output()
     assert took < 5, f"SIGTERM took {took:.1f} s (TimeoutStopSec=15s)"
     assert "abandoned" not in output and "Traceback" not in output, output[-2000:]
+
+
+def test_jobs_on_a_corrupt_index_log_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The clean and verify jobs on a corrupt index: one line each (not one per run), no traceback."""
+    config = small_tree(tmp_path, clean_interval="1s", verify_interval="1s")
+    assert run_with_config(config, "scan").returncode == 0
+    (tmp_path / "cache" / "cacheindex.json").write_text('{"index": 5}')
+    with DaemonProcess(config, tmp_path) as daemon:
+        daemon.wait_ready()
+        wait_for(lambda: "job clean failed" in daemon.output() and "job verify failed" in daemon.output(),
+                 timeout=30)
+        time.sleep(4)  # several more runs of each job
+        daemon.stop()
+        output = daemon.output()
+    assert "Traceback" not in output, output[-2000:]
+    for job in ("clean", "verify"):
+        lines = [line for line in output.splitlines() if f"job {job} failed" in line]
+        assert len(lines) == 1, lines
+        assert "cacheindex.json" in lines[0], lines
