@@ -329,7 +329,7 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: List[Path], digests: Di
     def image_entry(image_id: str) -> dict:
         old = old_images.get(image_id)
         entry = dict(old) if valid_image_entry(old) else \
-            {"image_ts": int(os.lstat(store.image_path(image_id)).st_mtime)}
+            {"image_ts": int(os.stat(store.image_path(image_id).name, dir_fd=store.fd, follow_symlinks=False).st_mtime)}
         extra = entry.get("bootwatch") if isinstance(entry.get("bootwatch"), dict) else {}
         entry["bootwatch"] = {**extra, "sha256": good[image_id].sha256, "size": good[image_id].size}
         return entry
