@@ -25,9 +25,10 @@ from bootwatch.errors import (STORAGE_ERRNOS, BootwatchError, CacheReadOnlyError
                               DeletionsBlockedError, NotRegularFileError, ReferencesUnknownError, UnsafePathError,
                               describe_oserror, storage_error)
 from bootwatch.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
-from bootwatch.index import CacheIndex, PathMeta
+from bootwatch.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
+from bootwatch.index import CacheIndex, PathMeta, RestoredFile
 from bootwatch.journal import NOTICE, Event, log_event
-from bootwatch.safety import file_kind, normalize_boot_path, open_regular, resolve_in_boot
+from bootwatch.safety import file_kind, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
 from bootwatch.signatures import write_signatures
 from bootwatch.store import (REFERENCES_NAME, CacheStore, LockWaiter, PendingImages, TempFile,
                              cannot_remove_temp_file, fsync_directory, not_a_temp_file)
@@ -76,6 +77,15 @@ def restored_attributes(meta: PathMeta, directory: os.stat_result, *, euid: int,
         uid = euid
         gid = meta.gid if meta.gid in (egid, directory.st_gid) else egid
     return RestoredAttributes(mode, uid, gid)
+
+
+def dangling_link(name: Path) -> Optional[str]:
+    """What the symlink ``name`` points to, if ``name`` is a symlink to nothing; else None."""
+    try:
+        target = os.readlink(name)
+    except OSError:  # no such name, or not a symlink
+        return None
+    return target if not os.path.exists(name) else None
 
 
 def restored_marker_name(path: str) -> str:
@@ -295,52 +305,112 @@ class Transaction:
         return ids
 
     def remove_restored_copy(self, path: str) -> bool:
-        """Delete the copy of ``path`` that bootwatch restored; the caller knows nothing references it.
+        """Delete the copy of ``path`` that bootwatch restored; the caller knows no entry references it.
 
-        Only the very file bootwatch wrote, unchanged since (its recorded :class:`RestoredFile`), is
-        deleted. A marker beside any other file is stale: the file is someone else's (a package
-        manager put it back, by rename, maybe with the same content). Then the marker goes, and
-        the file stays. A marker without a record (boom's restores, or an older bootwatch) says
-        nothing bootwatch can check: the file stays, and so does the marker, for boom.
+        Only the very file bootwatch wrote, at the very name it wrote it (never what a symlink
+        there names), unchanged since (its recorded :class:`RestoredFile`), is deleted, and only if
+        no other referenced path leads to it (a symlink someone made to it). A marker beside any
+        other file is stale: the file is someone else's (a package manager put it back, by rename,
+        maybe with the same content). Then the marker goes, and the file stays. A marker without
+        a record (boom's restores, or an older bootwatch) says nothing bootwatch can check: the
+        file stays, and so does the marker, for boom. The deletion itself is safe against a
+        rename over the name at the same moment (:func:`bootwatch.fileid.remove_if_same`).
+        Nothing is taken away while the cache is read-only (the index could not say so).
         """
+        if self.read_only:
+            return False
         try:
-            real = self.cache.boot_file(path)
+            name = self.cache.boot_name(path)
         except UnsafePathError:
             return False
-        marker = real.parent / restored_marker_name(path)
+        marker = name.parent / restored_marker_name(path)
         if not os.path.lexists(marker):
-            return False
-        try:
-            st = os.lstat(real)
-        except FileNotFoundError:  # nothing left to mark
-            self._remove_marker(marker)
-            self.dirty |= self.index.forget_restored(path)
             return False
         restored = self.index.restored_file(path)
         if restored is None:
-            log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
-                     "this file (a restore by boom?)", real)
+            if os.path.lexists(name):
+                log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
+                         "this file (a restore by boom?)", name)
             return False
-        if not restored.is_file(st):
-            self.drop_stale_marker(path, real)
+        try:
+            identity = identity_at(name)
+        except OSError as e:
+            log.warning("%s: not removing the restored copy: %s", name, describe_oserror(e))
             return False
-        os.unlink(real)
-        self._remove_marker(marker)
+        if identity is None and not os.path.lexists(name):  # nothing left to mark
+            self.forget_restored_copy(path)
+            return False
+        if identity is None or not restored.is_file(identity):
+            self.drop_stale_marker(path, name)
+            return False
+        needed_by = self._referenced_alias(path, identity)
+        if needed_by is not None:
+            log.info("%s: not removing the restored copy: the referenced path %s leads to it", name, needed_by)
+            return False
+        result = remove_if_same(name, restored.identity)
+        if result.outcome is Removal.REMOVED:
+            self._remove_marker(marker)
+            self.dirty |= self.index.forget_restored(path)
+            fsync_directory(name.parent)
+            return True
+        if result.outcome is Removal.GONE:
+            self.forget_restored_copy(path)
+        elif result.outcome is Removal.UNSUPPORTED:
+            log.warning("%s: not removing the restored copy: its filesystem cannot rename without replacing "
+                        "(renameat2 RENAME_NOREPLACE), which deleting it safely needs", name)
+        else:
+            if result.outcome is Removal.KEPT_ASIDE:
+                log.warning("%s: replaced twice while bootwatch was removing its restored copy: the file renamed "
+                            "over it first is kept as %s, the newest at its name; bootwatch deletes neither",
+                            name, result.aside)
+            self.drop_stale_marker(path, name)
+        return False
+
+    def _referenced_alias(self, path: str, identity: FileIdentity) -> Optional[str]:
+        """Another referenced path whose boot file is this inode (through a symlink), if any."""
+        for other, count in self.references.items():
+            if not count or other == path:
+                continue
+            try:
+                st = os.stat(self.cache.boot_file(other))
+            except (OSError, UnsafePathError):
+                continue
+            if (st.st_dev, st.st_ino) == identity.inode:
+                return other
+        return None
+
+    def forget_restored_copy(self, path: str) -> None:
+        """The file a restore of ``path`` wrote is gone (or another is at its name): forget it, and
+        remove the marker too if that restore made it, so that no later file of that name (a
+        kernel installed again) sits beside a marker that makes it look restored. A marker the
+        restore found there (boom's) stays. Decided when the cache is writable (the index must
+        say it)."""
+        if self.read_only:
+            return
+        restored = self.index.restored_file(path)
+        if restored is not None and restored.made_marker:
+            with contextlib.suppress(UnsafePathError):
+                name = self.cache.boot_name(path)
+                if self._remove_marker(name.parent / restored_marker_name(path)):
+                    log.info("%s: removed the .boomrestored marker bootwatch made: the file it restored is gone",
+                             name)
         self.dirty |= self.index.forget_restored(path)
-        fsync_directory(real.parent)
-        return True
 
-    def drop_stale_marker(self, path: str, real: Path) -> None:
-        """The boot file of ``path`` is not the file bootwatch restored any more: it is not ours.
+    def drop_stale_marker(self, path: str, name: Path) -> None:
+        """The boot file at ``name``, the name of ``path``, is not the file bootwatch restored any
+        more: it is not ours.
 
-        Its marker (only ``.<name>.boomrestored`` beside it, and only a regular file) and the
-        record go; the file itself is never touched.
+        Its marker (only ``.<name>.boomrestored`` beside it, and only an empty regular file) and
+        the record go; the file itself is never touched (nor anything while the cache is read-only:
+        the index must say it).
         """
-        self._remove_marker(real.parent / restored_marker_name(path))
+        if self.read_only:
+            return
+        self._remove_marker(name.parent / restored_marker_name(path))
         self.dirty |= self.index.forget_restored(path)
         log_event(log, Event.RESTORED_COPY_REPLACED,
                   "%s: replaced or changed since bootwatch restored it: it is no longer bootwatch's restored "
-                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", real,
+                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", name,
                   level=NOTICE, path=path)
 
     @staticmethod
@@ -365,11 +435,15 @@ class Transaction:
             os.close(fd)
 
     @staticmethod
-    def _remove_marker(marker: Path) -> None:
-        """Unlink a marker, if it is one: an empty regular file (never a directory or what a symlink names)."""
+    def _remove_marker(marker: Path) -> bool:
+        """Unlink a marker, if it is one: an empty regular file (never a directory or what a symlink
+        names, nor a file with content, which is no marker boom or bootwatch wrote)."""
         with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISREG(os.lstat(marker).st_mode):
+            st = os.lstat(marker)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 os.unlink(marker)
+                return True
+        return False
 
     # ---------------------------------------------------------------- restore
 
@@ -391,9 +465,19 @@ class Transaction:
             raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
         image_id = self.index.newest(path)
         meta = self.index.meta(path)
-        real = self.cache.boot_file(path)
+        # The name itself, never what a symlink there names: a dangling /vmlinuz -> vmlinuz-6.1
+        # is not restored by writing vmlinuz-6.1, which is another path (another entry may need
+        # it, and deleting this path's restored copy later would delete that one).
+        real = self.cache.boot_name(path)
+        link = dangling_link(real)
+        if link is not None:
+            raise BootwatchError(f"is a symlink to {link}, which does not exist; bootwatch never restores through "
+                                 "a symlink", path=real, hint=f"restore the path the link names, or remove the "
+                                 f"link to restore {path} as a file")
         if not real.parent.is_dir():
             raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
+        # An earlier restored copy is gone (the path is MISSING): its marker, if bootwatch made it, too.
+        self.forget_restored_copy(path)
         with contextlib.ExitStack() as stack:
             src = self.cache.store.open_image(image_id)
             stack.callback(os.close, src)
@@ -418,19 +502,19 @@ class Transaction:
             self._make_marker(marker)
             written = os.fstat(tmp.fd)
             try:
-                tmp.commit(real, replace=False)
-                st = os.lstat(real)
+                tmp.commit(real, replace=False)  # link(2): never follows, never replaces what is there
+                identity = identity_at(real)
             except FileExistsError:
-                st = None
-            if st is None or (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
+                identity = None
+            if identity is None or identity.inode != (written.st_dev, written.st_ino):
                 if made_marker:  # the file that appeared is not ours: do not mark it as restored
                     self._remove_marker(marker)
                 raise BootwatchError("appeared while it was being restored; left alone", path=real)
         # What was written, read back after the rename (which changed its ctime): the marker counts
         # only while the boot file is this very file (see remove_restored_copy).
         if not self.read_only:  # else recorded by the first pass after the cache is writable again
-            self.index.record_restored(path, st, image_id)
-            self.index.record_signature(path, StatSignature.of(st), image_id)
+            self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
+            self.index.record_signature(path, identity.signature, image_id)
             self.dirty = True
         return image_id
 
@@ -524,7 +608,13 @@ class BootCache:
     # ---------------------------------------------------------------- reading
 
     def boot_file(self, path: str) -> Path:
+        """The file ``path`` names, symlinks inside the boot directory followed (what is read and cached)."""
         return resolve_in_boot(self.boot_dir, path, boot_real=self.boot_real)
+
+    def boot_name(self, path: str) -> Path:
+        """The name ``path`` is, its last component not followed (what a restore writes, and what
+        bootwatch may delete again)."""
+        return name_in_boot(self.boot_dir, path, boot_real=self.boot_real)
 
     def entries(self) -> List[bls.BootEntry]:
         return bls.read_entries(self.entries_dir)
@@ -673,9 +763,9 @@ class BootCache:
         boot_st: Optional[os.stat_result] = None
         restored_marker = False
         try:
-            real = self.boot_file(path)
-            boot_st = os.stat(real)
-            restored_marker = os.path.lexists(real.parent / restored_marker_name(path))
+            boot_st = os.stat(self.boot_file(path))
+            name = self.boot_name(path)
+            restored_marker = os.path.lexists(name.parent / restored_marker_name(path))
         except (OSError, UnsafePathError):
             boot_st = None
         image_st = self.store.image_stat(newest)
@@ -686,8 +776,12 @@ class BootCache:
             boot_changed = recorded and known is None
             restored = index.restored_file(path) if restored_marker else None
             if restored is not None:
-                # bootwatch restored it: RESTORED only while the file is the one it wrote.
-                state = RESTORED if restored.is_file(boot_st) and restored.image_id == newest else CACHED
+                # bootwatch restored it: RESTORED only while the file at its name is the one it wrote.
+                try:
+                    ours = restored.is_file(identity_at(name))
+                except OSError:
+                    ours = False
+                state = RESTORED if ours and restored.image_id == newest else CACHED
             else:
                 if restored_marker and known is None and not recorded:
                     # Restored by boom, which records no signature: hash it once, as boom does.
@@ -894,6 +988,8 @@ class BootCache:
                         "mount the boot partition or fix [paths] entries; clean works again once every entry "
                         "can be read")
                 raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
+            if not dry_run:
+                self.put_back_set_aside(txn.index)
             temp_files = self.stale_temp_files(txn.index)
             report.removed_temp_files = [str(p) for p in temp_files]
             pinned = self.store.pinned_image_ids()
@@ -947,17 +1043,48 @@ class BootCache:
         return self.store.stale_temp_files() + self._stale_restore_temp_files(index, also)
 
     def remove_stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
-        """Remove :meth:`stale_temp_files` (a holder of the lock): at daemon start and by scan, as clean does."""
+        """Remove :meth:`stale_temp_files` (a holder of the lock): at daemon start and by scan, as clean
+        does; and put back what a killed removal of a restored copy left aside (:meth:`put_back_set_aside`)."""
+        self.put_back_set_aside(index)
         return _remove_files(self.store, self.stale_temp_files(index, also))
 
-    def _stale_restore_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
-        """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
+    def put_back_set_aside(self, index: CacheIndex) -> List[Path]:
+        """Boot files that a killed removal of a restored copy left under an aside name (see
+        :func:`bootwatch.fileid.remove_if_same`): each is renamed back to its name, never replacing
+        anything, and never deleted (it may be a package's file that was renamed over the name at
+        that moment). A holder of the lock only. Returns the names put back."""
+        put = []
+        for directory in self._restore_directories(index):
+            with contextlib.suppress(OSError), os.scandir(directory) as it:
+                asides = [Path(e.path) for e in it if e.name.startswith(ASIDE_PREFIX)]
+            for aside in asides:
+                try:
+                    name = put_back(aside)
+                except OSError as e:
+                    log.warning("%s: left by an interrupted removal of a restored copy; cannot put it back: %s",
+                                aside, describe_oserror(e))
+                    continue
+                if name is None:
+                    log.warning("%s: left by an interrupted removal of a restored copy; not put back, since "
+                                "another file has its name now; bootwatch deletes neither", aside)
+                    continue
+                log.info("%s: put back from %s, where an interrupted removal of a restored copy left it", name, aside)
+                put.append(name)
+        return put
+
+    def _restore_directories(self, index: CacheIndex) -> List[Path]:
+        """The directories a restore may have written to: the boot directory and those of cached paths."""
         dirs = {self.boot_dir}
         for path in index.paths():
             with contextlib.suppress(UnsafePathError):
                 dirs.add(self.boot_file(path).parent)
+                dirs.add(self.boot_name(path).parent)
+        return sorted(dirs)
+
+    def _stale_restore_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> List[Path]:
+        """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
         found = {p for p in also if p.name.startswith(RESTORE_TEMP_PREFIX)}
-        for directory in sorted(dirs):
+        for directory in self._restore_directories(index):
             with contextlib.suppress(OSError), os.scandir(directory) as it:
                 for e in it:
                     if not e.name.startswith(RESTORE_TEMP_PREFIX):

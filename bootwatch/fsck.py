@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 from bootwatch.cache import BootCache, Transaction, restored_marker_name
 from bootwatch.errors import (BootwatchError, ContentChangedError, FileTooLargeError, IndexCorruptError,
                               IndexMissingError, NotRegularFileError, UnsafePathError, describe_oserror)
+from bootwatch.fileid import identity_at
 from bootwatch.hashing import Digest, hash_file, hash_path
 from bootwatch.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
 from bootwatch.safety import file_kind, normalize_boot_path, open_regular
@@ -216,19 +217,30 @@ def _check_restored_markers(cache: BootCache, index: CacheIndex, report: FsckRep
         if restored is None:
             continue
         try:
-            real = cache.boot_file(path)
-            st = os.lstat(real)
+            real = cache.boot_name(path)
+            if not os.path.lexists(real.parent / restored_marker_name(path)):
+                continue
+            gone = not os.path.lexists(real)
+            if not gone and restored.is_file(identity_at(real)):
+                continue
         except (OSError, UnsafePathError):
             continue
-        if restored.is_file(st) or not os.path.lexists(real.parent / restored_marker_name(path)):
-            continue
-        report.warnings.append(f"{real}: replaced or changed since bootwatch restored it; its .boomrestored "
-                               "marker is stale (the file is never deleted by bootwatch)")
-        if repair:
-            txn = Transaction(cache, index)
-            txn.drop_stale_marker(path, real)
-            changed |= txn.dirty
-            report.repaired.append(f"removed the stale marker of {real}")
+        txn = Transaction(cache, index)
+        if gone:
+            if not restored.made_marker:
+                continue  # the marker was there before the restore (boom's): left for boom
+            report.warnings.append(f"{real}: the file bootwatch restored is gone, but the .boomrestored marker "
+                                   "bootwatch made for it is not")
+            if repair:
+                txn.forget_restored_copy(path)
+                report.repaired.append(f"removed the marker of {real}, whose restored file is gone")
+        else:
+            report.warnings.append(f"{real}: replaced or changed since bootwatch restored it; its .boomrestored "
+                                   "marker is stale (the file is never deleted by bootwatch)")
+            if repair:
+                txn.drop_stale_marker(path, real)
+                report.repaired.append(f"removed the stale marker of {real}")
+        changed |= txn.dirty
     return changed
 
 

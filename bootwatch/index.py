@@ -19,11 +19,16 @@ hashed to: while the signature holds, bootwatch knows the file's content without
 ``restored`` records the very file a restore wrote, read back after its rename:
 
     "restored": {"stat": [dev, ino, size, mtime_ns, ctime_ns], "mode": st_mode, "uid": uid,
-                 "gid": gid, "image_id": "<sha1>"}
+                 "gid": gid, "birth_ns": statx btime or null, "generation": inode generation
+                 or null, "image_id": "<sha1>", "made_marker": true}
 
 A ``.boomrestored`` marker makes the boot file bootwatch's restored copy (which it may delete
-again) only while the file has exactly this identity: the same inode, and no change since (any
-write, chmod, chown, link or rename changes the ctime). ``stat`` is rewritten whenever the file is
+again) only while the file at that very name (a symlink there is never it) has exactly this
+identity: the same inode, and no change since (any write, chmod, chown, link or rename changes
+the ctime). The birth time and the inode generation, where the filesystem has them, tell a new
+file that got a freed inode number back within one timestamp tick from the restored one (see
+``bootwatch/fileid.py``); where it has neither, the identity is weaker. ``made_marker``: the
+restore created the marker, so bootwatch removes it once that file is gone. ``stat`` is rewritten whenever the file is
 hashed again; ``restored`` only by a restore, so a file put back by a package manager with the
 same content matches ``stat`` but never ``restored``.
 
@@ -50,6 +55,7 @@ from pathlib import Path
 from typing import AbstractSet, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Union
 
 from bootwatch.errors import IndexCorruptError, UnsafePathError
+from bootwatch.fileid import FileIdentity
 from bootwatch.hashing import Digest, StatSignature
 from bootwatch.safety import normalize_boot_path
 
@@ -138,37 +144,31 @@ def is_image_id(value: object) -> bool:
 
 @dataclass(frozen=True)
 class RestoredFile:
-    """The identity of a boot file that a restore wrote (see the module docstring)."""
+    """The file a restore wrote (see the module docstring): its identity, the image it holds, and
+    whether the restore created the ``.boomrestored`` marker beside it (False: it found one)."""
 
-    signature: StatSignature
-    mode: int
-    uid: int
-    gid: int
+    identity: FileIdentity
     image_id: str
-
-    @classmethod
-    def of(cls, st: os.stat_result, image_id: str) -> "RestoredFile":
-        return cls(StatSignature.of(st), st.st_mode, st.st_uid, st.st_gid, image_id)
+    made_marker: bool
 
     def to_json(self) -> dict:
-        return {"stat": self.signature.to_json(), "mode": self.mode, "uid": self.uid, "gid": self.gid,
-                "image_id": self.image_id}
+        return {**self.identity.to_json(), "image_id": self.image_id, "made_marker": self.made_marker}
 
     @classmethod
     def from_json(cls, value: object) -> Optional["RestoredFile"]:
         """None for anything but a complete, well-typed record (the index is untrusted)."""
         if not isinstance(value, dict):
             return None
-        signature = StatSignature.from_json(value.get("stat"))
-        fields = [value.get(key) for key in ("mode", "uid", "gid")]
-        if signature is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in fields) \
-                or not is_image_id(value.get("image_id")):
+        identity = FileIdentity.from_json(value)
+        made_marker = value.get("made_marker", False)
+        if identity is None or not is_image_id(value.get("image_id")) or not isinstance(made_marker, bool):
             return None
-        return cls(signature, *fields, value["image_id"])
+        return cls(identity, value["image_id"], made_marker)
 
-    def is_file(self, st: os.stat_result) -> bool:
-        """Whether ``st`` is this very file, unchanged since it was restored."""
-        return self == RestoredFile.of(st, self.image_id)
+    def is_file(self, identity: Optional[FileIdentity]) -> bool:
+        """Whether ``identity`` (:func:`bootwatch.fileid.identity_at` of the name) is this very file,
+        unchanged since it was restored."""
+        return identity == self.identity
 
 
 @dataclass(frozen=True)
@@ -530,12 +530,12 @@ class CacheIndex:
         extra["stat"] = signature.to_json()
         extra["stat_image_id"] = image_id
 
-    def record_restored(self, path: str, st: os.stat_result, image_id: str) -> None:
-        """Record the identity of the file a restore of ``path`` just wrote (``st``: its lstat)."""
+    def record_restored(self, path: str, restored: RestoredFile) -> None:
+        """Record the identity of the file a restore of ``path`` just wrote."""
         meta = self._data["paths"][path]
         if not isinstance(meta.get(EXTRA), dict):
             meta[EXTRA] = {}
-        meta[EXTRA][RESTORED_KEY] = RestoredFile.of(st, image_id).to_json()
+        meta[EXTRA][RESTORED_KEY] = restored.to_json()
 
     def restored_file(self, path: str) -> Optional[RestoredFile]:
         """The recorded identity of the file a restore wrote for ``path``; None if there is none

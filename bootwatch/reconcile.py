@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from bootwatch.bls import References
-from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, restored_marker_name
+from bootwatch.cache import RESTORE_TEMP_PREFIX, BootCache, Transaction, dangling_link, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.errors import (BootwatchError, ContentChangedError, NotRegularFileError, OpenForWritingError,
                               StorageError, UnsafePathError)
+from bootwatch.fileid import identity_at
 from bootwatch.hashing import StatSignature, hash_path
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.journal import Event, IoErrorLog, log_event
@@ -407,7 +408,7 @@ class Reconciler:
             if ours is False:
                 # Marked as restored, but not the file bootwatch wrote: someone put it back (a
                 # package manager, by rename, maybe with the same content). It is theirs.
-                txn.drop_stale_marker(path, real if real is not None else self.cache.boot_file(path))
+                txn.drop_stale_marker(path, self.cache.boot_name(path))
             elif ours and count == 0 and references.unknown is None:  # unknown: nothing is taken away
                 # The entry that needed it is gone (a package manager removed both): take it away again.
                 if txn.remove_restored_copy(path):
@@ -443,10 +444,17 @@ class Reconciler:
         # The boot file is gone.
         if not cached:
             return
-        # So is the file a restore wrote, if any: a marker beside a later file is not about it.
-        txn.dirty |= index.forget_restored(path)
+        # So is the file a restore wrote, if any (and the marker bootwatch made for it): a marker
+        # beside a later file of that name would make it look restored.
+        txn.forget_restored_copy(path)
         newest = index.newest(path)
         if count and self.config.cache.auto_restore and newest in on_disk:
+            link = dangling_link(self.cache.boot_name(path))
+            if link is not None:  # restoring would write what the link names: another path
+                self._report_missing(path, count, newest, report,
+                                     f"not restored: it is a symlink to {link}, which does not exist, and bootwatch "
+                                     "never restores through a symlink")
+                return
             image_id = txn.restore(path)
             report.restored.append(path)
             self.reported_missing.discard(path)
@@ -462,13 +470,16 @@ class Reconciler:
             self.reported_not_regular.add(path)
             log.warning("%s", problem)
 
-    def _report_missing(self, path: str, count: int, newest: str, report: ReconcileReport) -> None:
+    def _report_missing(self, path: str, count: int, newest: str, report: ReconcileReport,
+                        note: Optional[str] = None) -> None:
         """Report a cached path gone from the boot directory, once per daemon (each time for scan)."""
         if path not in self.reported_missing:
             self.reported_missing.add(path)
             report.missing.append(path)
             level = logging.WARNING if count else logging.INFO
             why = f"still referenced by {count} boot entries" if count else "no boot entry references it"
+            if note is not None:
+                why += f"; {note}"
             log_event(log, Event.IMAGE_MISSING, "%s: removed from the boot directory (%s)", path, why,
                       level=level, path=path, image_id=newest, state="MISSING", references=count)
 
@@ -481,20 +492,24 @@ class Reconciler:
         :meth:`Transaction.remove_restored_copy`, which checks again before deleting.
 
         A file the walk found (``real`` None) lies, unresolved, in a walked directory, whose markers
-        the walk collected: a set lookup instead of two ``realpath`` calls per path.
+        the walk collected: a set lookup instead of two ``realpath`` calls per path. What is
+        compared is the file at the path's very name: a symlink there is never bootwatch's copy.
+        The identity cannot be read (EACCES): None, nothing is decided.
         """
         restored = txn.index.restored_file(path)
         if restored is None:  # the common case, and no marker needs to be looked for
             return None
+        name = self.cache.boot_name(path)
         if real is None and markers is not None:
             if not markers or marker_path_of(path) not in markers:
                 return None
-        else:
-            if real is None:
-                real = self.cache.boot_file(path)
-            if not os.path.lexists(real.parent / restored_marker_name(path)):
-                return None
-        return restored.is_file(boot_st)
+        elif not os.path.lexists(name.parent / restored_marker_name(path)):
+            return None
+        try:
+            return restored.is_file(identity_at(name))
+        except OSError as e:
+            log.warning("%s: cannot tell whether it is bootwatch's restored copy: %s", name, e)
+            return None
 
     # ---------------------------------------------------------------- the cache directory
 

@@ -246,6 +246,21 @@ def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = No
     return candidate
 
 
+def name_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = None) -> Path:
+    """The name that the boom-style ``path`` is inside ``boot_dir``: its directory resolved as
+    :func:`resolve_in_boot` resolves it, its last component as it is, never followed.
+
+    What a restore writes and what bootwatch may delete again is this name: a symlink there
+    (``/vmlinuz -> vmlinuz-6.1.0``) is not the file it names, which other entries may need.
+    """
+    normalize_boot_path(path)
+    if boot_real is None:
+        boot_real = Path(os.path.realpath(boot_dir))
+    parent, name = path.rsplit("/", 1)
+    directory = resolve_in_boot(boot_dir, parent, boot_real=boot_real) if parent else boot_real
+    return directory / name
+
+
 def open_nofollow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     """``open(2)`` with ``O_NOFOLLOW | O_CLOEXEC``: a symlink swapped in after resolving fails with ELOOP."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)

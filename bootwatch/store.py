@@ -102,16 +102,31 @@ In the boot directory, bootwatch writes only by restore (see cache.py):
                             left by a killed restore are removed by a holder of the lock: clean,
                             and the full pass of the daemon's start and of scan. Only regular files:
                             anything else of that name is warned about once and left alone.
-    <name>                  a restored boot file. Its identity (device, inode, size, mtime, ctime,
-                            mode, owner) is recorded in the index when it is written. bootwatch
-                            deletes a boot file only if it is that very file, unchanged since,
-                            its marker is beside it and no entry references it: a file anyone
-                            else put there (a package reinstalled by rename, with the same
-                            content) is theirs.
+    <name>                  a restored boot file, written at the path's very name (its directory
+                            resolved inside the boot directory, its last component never
+                            followed: a dangling symlink there is reported and left, never
+                            restored through). Its identity (device, inode, size, mtime, ctime,
+                            mode, owner, and the birth time and inode generation where the
+                            filesystem has them, see fileid.py) is recorded in the index when it
+                            is written. bootwatch deletes a boot file only if that name holds
+                            that very file, unchanged since, its marker is beside it, no entry
+                            references the path and no referenced path leads to the file: a
+                            file anyone else put there (a package reinstalled by rename, with
+                            the same content) is theirs. It is deleted by renaming it aside and
+                            unlinking what was moved only if it is the checked inode (else it is
+                            renamed back), never by unlinking the name.
+    .bootwatch-aside.<pid>.<n>.<name>
+                            a restored copy being deleted (above). One left by a killed run is
+                            renamed back to <name> (never over a file that has that name now:
+                            then both stay, with a warning) by clean, and the full pass of the
+                            daemon's start and of scan. Never deleted.
     .<name>.boomrestored    boom's marker of a restored file, created before the file. Removed
-                            with the restored file, or alone once the file is gone or is not the
-                            one bootwatch wrote. A marker bootwatch has no record for (boom's)
-                            never makes it delete anything, and is left for boom.
+                            with the restored file, or alone once the file is not the one
+                            bootwatch wrote, or once that file is gone if the restore made the
+                            marker (the record says so; one it found there stays). A marker
+                            bootwatch has no record for (boom's) never makes it delete
+                            anything, and is left for boom. Only an empty regular file is
+                            removed as a marker.
 
 Crash ordering: an image is renamed into place before the index that lists it is written, and it
 is deleted only after the index that drops it is written. A crash between the two leaves an
