@@ -356,8 +356,8 @@ class Transaction:
         if result.outcome is Removal.GONE:
             self.forget_restored_copy(path)
         elif result.outcome is Removal.UNSUPPORTED:
-            log.warning("%s: not removing the restored copy: its filesystem cannot rename without replacing "
-                        "(renameat2 RENAME_NOREPLACE), which deleting it safely needs", name)
+            log.warning("%s: not removing the restored copy: it cannot be renamed aside (its filesystem cannot "
+                        "rename without replacing, or the name is too long), which deleting it safely needs", name)
         else:
             if result.outcome is Removal.KEPT_ASIDE:
                 log.warning("%s: replaced twice while bootwatch was removing its restored copy: the file renamed "

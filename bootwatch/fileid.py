@@ -182,7 +182,7 @@ class Removal(Enum):
     GONE = "gone"  # nothing of that name (any more)
     OTHER = "other"  # the name holds another file (or one changed since); left as it is
     KEPT_ASIDE = "kept aside"  # another file came meanwhile and one more appeared at the name: both kept
-    UNSUPPORTED = "unsupported"  # the filesystem cannot rename without replacing: nothing deleted
+    UNSUPPORTED = "unsupported"  # no aside name to be had (see remove_if_same): nothing deleted
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,9 @@ def remove_if_same(path: Path, expected: FileIdentity) -> RemovalResult:
             except FileNotFoundError:
                 return RemovalResult(Removal.GONE)
             except OSError as e:
-                if e.errno in (errno.EINVAL, errno.ENOSYS):
+                # The filesystem cannot rename without replacing, or the name is too long for an
+                # aside name: the file stays (the one safe way to delete it is not there).
+                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.ENAMETOOLONG):
                     return RemovalResult(Removal.UNSUPPORTED)
                 raise  # EEXIST: an aside name of this process and nanosecond exists: not ours to touch
             moved = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False)

@@ -257,7 +257,12 @@ def name_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = None)
     if boot_real is None:
         boot_real = Path(os.path.realpath(boot_dir))
     parent, name = path.rsplit("/", 1)
-    directory = resolve_in_boot(boot_dir, parent, boot_real=boot_real) if parent else boot_real
+    if not parent:
+        return boot_real / name
+    directory = Path(os.path.realpath(boot_real / PurePosixPath(parent[1:])))
+    if directory != boot_real and boot_real not in directory.parents:
+        raise UnsafePathError(f"its directory resolves to {directory}, outside the boot directory {boot_real}",
+                              path=path, hint="bootwatch never follows a symlink out of the boot directory")
     return directory / name
 
 
