@@ -250,6 +250,8 @@ class Reconciler:
         # directory, the full pass would only report it missing (the package manager removed it
         # with its entry; clean drops it later).
         gone = sorted(signatures.keys() - files.keys())
+        if tree.markers and any(marker_path_of(p) in tree.markers for p in gone):
+            return None  # a marker beside a gone file: the full pass removes it if bootwatch made it
         root = str(self.boot_real).rstrip("/")
         for path in gone:
             if signatures[path] is None:

@@ -583,6 +583,25 @@ def test_bootwatch_marker_does_not_outlive_its_file(boot_tree: BootTree) -> None
     assert tree.path("/vmlinuz-3.0").read_bytes() == package.read_bytes()
 
 
+def test_scan_with_track_all_removes_the_marker_it_made_when_the_file_goes(boot_tree: BootTree) -> None:
+    """With track = "all" a scan may conclude "nothing changed" from the signatures without the index:
+    not while a marker lies beside a file that is gone."""
+    boot_tree.config.write_text('[cache]\ntrack = "all"\n')
+    boot_tree.write_file(K, 5000)
+    boot_tree.write_file("/vmlinuz-2", 5000)
+    boot_tree.write_entry("snapshot", linux=K)
+    boot_tree.write_entry("two", linux="/vmlinuz-2")
+    assert boot_tree.cli("scan")[0] == 0
+    boot_tree.path(K).unlink()
+    assert boot_tree.cli("scan")[0] == 0
+    assert marker(boot_tree).exists()
+    assert boot_tree.cli("scan")[0] == 0  # a full pass that leaves the signatures file of this index
+    boot_tree.path(K).unlink()
+    boot_tree.remove_entry("snapshot")
+    assert boot_tree.cli("scan")[0] == 0
+    assert not marker(boot_tree).exists()
+
+
 def test_the_daemon_removes_the_marker_it_made_when_the_file_goes(boot_tree: BootTree) -> None:
     boot_tree.write_file(K, 7000)
     boot_tree.write_entry("snapshot", linux=K)
