@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from bootwatch.hashing import StatSignature
+from bootwatch.mountid import _libc_statx as libc_statx  # one statx(2) binding
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -63,11 +64,11 @@ def _libc() -> ctypes.CDLL:
 
 def birth_time_ns(fd: int) -> Optional[int]:
     """The birth time of the open file, if the filesystem (and the C library) gives one."""
-    statx = getattr(_libc(), "statx", None)
+    statx = libc_statx()
     if statx is None:
         return None
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH), ctypes.c_uint(STATX_BTIME), buf) != 0:
+    if statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, buf) != 0:
         return None
     mask, = struct.unpack_from("=I", buf.raw, 0)
     if not mask & STATX_BTIME:
