@@ -45,7 +45,7 @@ from bootwatch.mount import sweep_stale_mounts
 from bootwatch.notify import SystemdNotifier
 from bootwatch.pins import count_pins
 from bootwatch.reconcile import Reconciler, ReconcileReport
-from bootwatch.status import DaemonStatus, status_path, write_status
+from bootwatch.status import DaemonStatus, read_status, status_path, write_status
 from bootwatch.proc import flock_holders
 from bootwatch.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.watcher import Change, Watcher
@@ -205,6 +205,8 @@ class Daemon:
         self.scheduler: Optional[MaintenanceScheduler] = None
         self.daemon_lock: Optional[int] = None  # the descriptor that holds the daemon lock
         self.lock_wait = LockWaitReporter(self)
+        self.exit_code = 0  # 1 once the daemon stops because it cannot go on (see _cache_replaced)
+        self._failing = threading.Lock()
         self.io_errors = IoErrorLog(log)
         self.metrics: Optional[Metrics] = (Metrics(self.config.metrics.textfile)
                                            if self.config.metrics.textfile else None)
@@ -240,7 +242,7 @@ class Daemon:
                 report = reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
             except Cancelled:
                 log.info("stopped during the first reconcile; the next start does it again")
-                return 0
+                return self.exit_code
             except StorageError as e:
                 self.io_errors.report(e.filename, e.errno, f"first reconcile failed: {e}", hint=e.hint)
                 report = ReconcileReport(errors=[str(e)])
@@ -262,7 +264,7 @@ class Daemon:
             self._main_loop()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self.stop_requested.set()
@@ -278,7 +280,7 @@ class Daemon:
         while not self.stop_requested.is_set():
             self.wakeup.wait(tick)
             self.wakeup.clear()
-            if self.stop_requested.is_set():
+            if self.stop_requested.is_set() or self._cache_replaced():
                 break
             if self.reload_requested:
                 self.reload_requested = False
@@ -294,6 +296,25 @@ class Daemon:
                 self.changes.put(Change("rescan", ""))
             if self._healthy():
                 self.notifier.watchdog()
+
+    def _cache_replaced(self) -> bool:
+        """Whether the cache path no longer names the directory this daemon opened, checked and
+        holds the daemon lock of (removed, or another directory put in its place). Then the
+        daemon stops with exit code 1, once: it never works in a directory it did not check, and
+        with its lock on the old directory a second daemon could start on the new one.
+        systemd (Restart=on-failure) starts it again, and the new daemon checks what is there."""
+        if self.daemon_lock is None or self._holds_daemon_lock_of(self.config.paths.cache):
+            return False
+        with self._failing:
+            if self.exit_code:
+                return True
+            self.exit_code = 1
+        log_event(log, Event.CACHE_DIRECTORY_REPLACED, "%s was removed or replaced: it is no longer the cache "
+                  "directory this daemon checked and locked; exiting so that a restart checks and uses the new "
+                  "one", self.config.paths.cache, level=logging.ERROR, path=self.config.paths.cache)
+        self.stop_requested.set()
+        self.wakeup.set()
+        return True
 
     def _stuck_after(self) -> float:
         """Seconds without progress after which the worker counts as stuck."""
@@ -335,11 +356,18 @@ class Daemon:
         if hasattr(self, "watcher"):
             self.watcher.stop()
         if hasattr(self, "status"):
-            with contextlib.suppress(OSError):
-                os.unlink(status_path(self.config.paths.runtime))
+            self._remove_own_status_file()
         if self.daemon_lock is not None:  # last: until the status file is gone, this daemon is the one
             os.close(self.daemon_lock)
             self.daemon_lock = None
+
+    def _remove_own_status_file(self) -> None:
+        """The status file, unless another daemon (on a replaced cache directory) wrote it since."""
+        written = read_status(self.config.paths.runtime)
+        if not isinstance(written, dict) or written.get("pid") != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(status_path(self.config.paths.runtime))
 
     # ---------------------------------------------------------------- the worker
 
@@ -453,6 +481,8 @@ class Daemon:
                 batch.slow = True
 
     def _apply(self, batch: Batch) -> None:
+        if self._cache_replaced():
+            return
         if batch.reload:
             try:
                 self._reload()

@@ -98,6 +98,7 @@ class Event(enum.Enum):
     RESTORED_COPY_REPLACED = "adbdff2755294c888363b35c43575b57"
     REFERENCES_UNKNOWN = "77444c18f4d74eada6cc7f88f521b56b"
     IO_ERROR = "2a432126ff454735a5279bc660a002f0"
+    CACHE_DIRECTORY_REPLACED = "445eb8a338a94c5896bbb3ff819258f5"
 
     @property
     def message_id(self) -> str:

@@ -501,10 +501,13 @@ class CacheStore:
 
         The directory and every directory above it are checked each time (see
         :func:`open_private_directory`). A cache directory that was replaced since it was
-        opened is refused: this object keeps working in the one it checked, and never switches.
+        opened, or removed since, is refused: this object keeps working in the one it checked,
+        and never switches.
         """
         with self._opening:
-            fd = open_private_directory(self.directory, create=create)
+            # Made only by the first open: one removed since is not made again (that new
+            # directory would be refused as replaced, after it had been made for nothing).
+            fd = open_private_directory(self.directory, create=create and self._fd is None)
             if self._fd is None:
                 self._fd = fd
                 return

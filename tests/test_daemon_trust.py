@@ -556,3 +556,32 @@ def test_jobs_on_a_corrupt_index_log_one_line_not_a_traceback(tmp_path: Path) ->
         lines = [line for line in output.splitlines() if f"job {job} failed" in line]
         assert len(lines) == 1, lines
         assert "cacheindex.json" in lines[0], lines
+
+
+def test_a_replaced_cache_directory_does_not_leave_two_daemons(tmp_path: Path) -> None:
+    """The cache directory removed and made again under the running daemon: the daemon exits
+    with a failure (systemd restarts it on the new directory), never works on a directory it did
+    not check, and a second daemon started meanwhile keeps its status file."""
+    config = small_tree(tmp_path)
+    cache = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
+    with DaemonProcess(config, tmp_path / "a") as first:
+        first.wait_ready()
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+        time.sleep(1)
+        cache.mkdir(mode=0o700, exist_ok=True)
+        time.sleep(2)
+        (tmp_path / "b").mkdir()
+        with DaemonProcess(config, tmp_path / "b") as second:
+            time.sleep(5)
+            both_up = first.proc.poll() is None and second.proc.poll() is None
+            assert first.proc.poll() == 1, first.output()[-2000:]
+            second.wait_ready()
+            assert run_with_config(config, "status").returncode == 0  # the second's status file is kept
+            second.stop()
+        status = run_with_config(config, "status")
+        output = first.output()
+    assert not both_up, "two daemons ran on one cache path"
+    assert status.returncode != 0, status.stdout  # nothing runs
+    assert output.count("event=CACHE_DIRECTORY_REPLACED") == 1, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
