@@ -75,7 +75,14 @@ IDLE_TICK = 5.0
 # WatchdogSec=30s) the watchdog ping is withheld and systemd restarts the daemon. A restart does
 # not release the lock, but it makes the stall visible as a failed unit (OnFailure=, monitoring),
 # and the restarted daemon goes on waiting before READY=1 and resumes once the holder lets go.
+# Except when the holder is this daemon's own maintenance job (a long clean or gc of a huge
+# cache): that is the daemon's own work, not a stall caused by someone else, and a restart would
+# only kill the job and have it start again from nothing at its next run. The wait is still
+# reported (STATUS and LOCK_WAIT name "this daemon's own maintenance job"); the holder is
+# looked up again every OWN_HOLDER_RECHECK seconds, so another process that takes the lock
+# after the job counts as usual.
 LOCK_REPORT_AFTER = 10.0
+OWN_HOLDER_RECHECK = 5.0
 # Paths whose caching failed (a file still being written) are tried again after this delay.
 RETRY_DELAY = 1.0
 MAX_RETRIES = 5
@@ -151,6 +158,8 @@ class LockWaitReporter(LockWaiter):
         self.since_wall = 0.0
         self.holders = ""  # set once the wait was reported
         self.withheld = False
+        self.own = False  # the holder is this daemon's own maintenance job (see _healthy)
+        self.own_checked = 0.0
 
     def waited(self) -> Optional[float]:
         since = self.since
@@ -162,9 +171,14 @@ class LockWaitReporter(LockWaiter):
             self.since, self.since_wall = now, time.time()
         self.daemon.beat()  # the worker is alive; _healthy decides how long a wait may last
         waited = now - self.since
+        if self.holders and now - self.own_checked >= OWN_HOLDER_RECHECK:
+            # The job may have let go and another process taken the lock meanwhile.
+            self.own_checked = now
+            self.own = self._held_by_own_job(flock_holders(lock_fd))
         if self.holders or waited < self.daemon.lock_report_after():
             return
         holders = flock_holders(lock_fd)
+        self.own, self.own_checked = self._held_by_own_job(holders), now
         own = [h for h in holders if h.pid == os.getpid()]
         self.holders = ", ".join(("this daemon's own maintenance job" if h in own else h.describe())
                                  for h in holders) or "a process that /proc/locks does not show"
@@ -178,13 +192,18 @@ class LockWaitReporter(LockWaiter):
         self.daemon.status.lock_wait = f"waiting since {since} for the cache lock held by {self.holders}"
         self.daemon.publish_status()
 
+    @staticmethod
+    def _held_by_own_job(holders) -> bool:  # holders: List[proc.FlockHolder]
+        """Only this process holds it: the worker is the one waiting, so it is a job thread."""
+        return bool(holders) and all(h.pid == os.getpid() for h in holders)
+
     def acquired(self) -> None:
         waited = self.waited()
         if self.holders and waited is not None:
             log.log(NOTICE, "got the cache lock after waiting %.0f s (it was held by %s)", waited, self.holders)
             self.daemon.status.lock_wait = None
             self.daemon.publish_status()
-        self.since, self.holders, self.withheld = None, "", False
+        self.since, self.holders, self.withheld, self.own = None, "", False, False
 
 
 class Daemon:
@@ -329,7 +348,7 @@ class Daemon:
         if self.worker is None or not self.worker.is_alive() or not self.watcher.alive():
             return False
         waited = self.lock_wait.waited()
-        if waited is not None and waited > self._stuck_after():
+        if waited is not None and waited > self._stuck_after() and not self.lock_wait.own:
             if not self.lock_wait.withheld:
                 self.lock_wait.withheld = True
                 log.warning("waited %.0f s for the cache lock held by %s: that is no longer progress; "

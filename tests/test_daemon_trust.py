@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,6 +131,55 @@ def test_lock_wait_names_the_holder_then_stops_feeding_the_watchdog(tree_with_ke
                  what="the lock wait cleared from the status")
         assert "got the cache lock after waiting" in daemon.output()
         assert "Traceback" not in daemon.output()
+
+
+def test_a_lock_wait_on_the_daemons_own_job_keeps_feeding_the_watchdog(tree_with_kernel: BootTree) -> None:
+    """The worker waits past the stuck bound for the lock that a job thread of the same daemon
+    holds (a long clean of a huge cache): that is the daemon's own work, so the watchdog is fed
+    (a restart would only kill the job); the wait is still reported, naming the job."""
+    from bootwatch.daemon import Daemon, open_cache
+    from bootwatch.notify import SystemdNotifier
+    from bootwatch.status import DaemonStatus
+    from bootwatch.watcher import Watcher
+
+    tree = tree_with_kernel
+    daemon = Daemon(config_for(tree, "daemon.toml"))
+    # WatchdogSec=2s: the holder is reported after 2 s, a wait is stuck after 10 s.
+    daemon.notifier = SystemdNotifier({"WATCHDOG_USEC": "2000000"})
+    daemon.cache = open_cache(daemon.config)
+    daemon.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(tree.boot),
+                                 cache_dir=str(tree.cache))
+    daemon.watcher = Watcher(daemon.config.paths.boot, daemon.config.paths.entries, daemon.config.paths.cache,
+                             daemon.changes)
+    job_holds, job_done = threading.Event(), threading.Event()
+
+    def job() -> None:  # the lock held the way the clean job holds it, in a thread of this process
+        with daemon.cache.transaction():
+            job_holds.set()
+            job_done.wait(60)
+
+    def batch() -> None:
+        with daemon.cache.transaction(waiter=daemon.lock_wait):
+            pass
+
+    job_thread = threading.Thread(target=job, daemon=True)
+    daemon.worker = threading.Thread(target=batch, daemon=True)
+    daemon.watcher.start()
+    try:
+        job_thread.start()
+        assert job_holds.wait(30)
+        daemon.worker.start()
+        wait_for(lambda: (daemon.lock_wait.waited() or 0) > daemon._stuck_after() + 1, timeout=60,
+                 what="a wait past the stuck bound")
+        assert daemon._healthy()
+        assert daemon.status.lock_wait is not None and "own maintenance job" in daemon.status.lock_wait
+    finally:
+        job_done.set()
+        job_thread.join(30)
+        daemon.worker.join(30)
+        daemon.watcher.stop()
+        daemon.cache.store.close()
+    assert daemon.lock_wait.waited() is None  # the batch got the lock
 
 
 # ------------------------------------------------------------------ verification racing a deletion
