@@ -44,7 +44,7 @@ from bootwatch.cache import BootCache
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror
 from bootwatch.index import is_image_id
 from bootwatch.proc import PROC, process_start_time
-from bootwatch.safety import boot_path_from_argument
+from bootwatch.safety import boot_path_from_argument, listing
 from bootwatch.store import IMAGE_SUFFIX
 
 BOOT_ID_PATH = PROC / "sys/kernel/random/boot_id"
@@ -118,7 +118,8 @@ def list_links(cache: BootCache) -> Tuple[List[PinLink], List[str]]:
     if links_fd is None:
         return [], []
     try:
-        names = os.listdir(links_fd)
+        with listing(links_fd) as it:
+            names = [entry.name for entry in it]
     finally:
         os.close(links_fd)
     links, unknown = [], []

@@ -14,7 +14,7 @@ import functools
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from bootwatch.errors import (BootwatchError, FileTooLargeError, NotRegularFileError, UnsafeDirectoryError,
                               UnsafePathError, UsageError)
@@ -146,6 +146,24 @@ def open_private_subdirectory(parent_fd: int, name: str, path: Path, *, create: 
         os.close(fd)
         raise
     return fd
+
+
+@contextlib.contextmanager
+def listing(dir_fd: int) -> Iterator[Iterator["os.DirEntry[str]"]]:
+    """The entries of the open directory ``dir_fd``, read through a descriptor of its own.
+
+    ``os.scandir(fd)`` and ``os.listdir(fd)`` read a dup of ``fd``, and a dup shares the file
+    offset: two threads listing one shared descriptor at once (the daemon's worker and a job)
+    each see part of the directory, often nothing, and a missing corrupt copy turns clean's
+    deletion block off. A fresh open of ``.`` relative to it is a new open file description: the
+    same directory (never another one swapped in at its name), read from its start.
+    """
+    fd = os.open(".", _DIRECTORY_FLAGS, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            yield entries
+    finally:
+        os.close(fd)
 
 
 def check_private_directory(directory: Path, *, create: bool = False) -> Path:

@@ -9,10 +9,12 @@ On-disk protocol (one directory, shared with boom):
     user and not writable by group or other (fstat of the descriptor, not lstat of the name).
     Every later operation (the lock, the index, images, listings, renames, unlinks) works relative
     to that descriptor, so a directory swapped in under the same name is never used; a later check
-    that finds another directory at the name refuses. .tmp/, links/ and lost+found/ are opened
-    relative to it with O_NOFOLLOW and pass the same checks as the cache directory. Every file
-    read is opened O_NONBLOCK and must be a regular file (fstat of the descriptor): a FIFO or a
-    device is an error naming it, never a read that blocks. A file read whole has a size bound
+    that finds another directory at the name refuses. Each listing reads through a descriptor of
+    its own, opened relative to the held one (threads listing at once never share an offset).
+    .tmp/, links/ and lost+found/ are opened relative to it with O_NOFOLLOW and pass the same
+    checks as the cache directory. Every file read is opened O_NONBLOCK and must be a regular
+    file (fstat of the descriptor): a FIFO or a device is an error naming it, never a read that
+    blocks. A file read whole has a size bound
     (the index and the derived files: MAX_INDEX_SIZE, 64 MiB), checked on the fstat of the opened
     descriptor and while reading: a larger index is corrupt, a larger derived file ignored.
 
@@ -154,8 +156,8 @@ from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningE
 from bootwatch.hashing import Cancelled, Digest, hash_file
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
-from bootwatch.safety import (check_private_fd, file_kind, open_private_directory, open_private_subdirectory,
-                              open_regular, read_bounded, read_regular)
+from bootwatch.safety import (check_private_fd, file_kind, listing, open_private_directory,
+                              open_private_subdirectory, open_regular, read_bounded, read_regular)
 from bootwatch.signatures import SIGNATURES_NAME, chunked_sha1, index_digest
 
 INDEX_NAME = "cacheindex.json"
@@ -434,7 +436,13 @@ class CacheStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._fd: Optional[int] = None
-        self._temp_fd: Optional[int] = None  # .tmp, while this process holds the lock
+        # .tmp, checked again by each locked(). Threads without the lock (listings) and a writer
+        # of another thread may hold it at any time: it is closed only by close(), and one that
+        # a later check finds replaced is kept open in _retired_fds until then, so its number is
+        # never reused for another file under them.
+        self._temp_fd: Optional[int] = None
+        self._retired_fds: List[int] = []
+        self._temp_lock = threading.Lock()
         self._opening = threading.Lock()
         self._too_large_derived: Set[str] = set()  # derived files found too large, warned about
 
@@ -445,10 +453,12 @@ class CacheStore:
         self.close()
 
     def close(self) -> None:
-        for fd in (self._temp_fd, self._fd):
+        with self._temp_lock:
+            fds, self._retired_fds = [self._temp_fd, *self._retired_fds, self._fd], []
+            self._temp_fd = self._fd = None
+        for fd in fds:
             if fd is not None:
                 os.close(fd)
-        self._temp_fd = self._fd = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -464,11 +474,30 @@ class CacheStore:
 
     @property
     def temp_fd(self) -> int:
-        """The checked descriptor of ``.tmp`` (made if need be); opened afresh by each :meth:`locked`."""
-        if self._temp_fd is None:
-            self._temp_fd = self._subdirectory(TEMP_DIR, create=True)
-        assert self._temp_fd is not None
-        return self._temp_fd
+        """The checked descriptor of ``.tmp`` (made if need be); checked again by each
+        :meth:`locked`, and valid until :meth:`close`."""
+        with self._temp_lock:
+            if self._temp_fd is None:
+                self._temp_fd = self._subdirectory(TEMP_DIR, create=True)
+            assert self._temp_fd is not None
+            return self._temp_fd
+
+    def _check_temp_dir(self) -> None:
+        """Check ``.tmp`` again (made if need be) for a new holder of the lock. The same directory
+        keeps its descriptor; another one found at the name (a check passed, so it is ours and
+        private) is used from now on, and the old descriptor stays open until :meth:`close`:
+        another thread may be listing through it."""
+        fresh = self._subdirectory(TEMP_DIR, create=True)
+        assert fresh is not None
+        with self._temp_lock:
+            held = self._temp_fd
+            if held is not None:
+                old, new = os.fstat(held), os.fstat(fresh)
+                if (old.st_dev, old.st_ino) == (new.st_dev, new.st_ino):
+                    os.close(fresh)
+                    return
+                self._retired_fds.append(held)
+            self._temp_fd = fresh
 
     # ---------------------------------------------------------------- names
 
@@ -555,10 +584,7 @@ class CacheStore:
             raise
         try:
             self._wait_for_lock(fd, waiter)
-            # Checked again for each holder; only a holder writes temp files, so nobody uses the old one.
-            old, self._temp_fd = self._temp_fd, self._subdirectory(TEMP_DIR, create=True)
-            if old is not None:
-                os.close(old)
+            self._check_temp_dir()
             image_ids: Optional[Set[str]] = None
             if remove_stale:
                 image_ids, temps = self._list_directory()
@@ -658,7 +684,7 @@ class CacheStore:
         stems: List[str] = []
         temps: List[Path] = []
         name_length = 40 + len(IMAGE_SUFFIX)
-        with os.scandir(self.fd) as it:
+        with listing(self.fd) as it:
             for entry in it:
                 name = entry.name
                 if len(name) == name_length and name.endswith(IMAGE_SUFFIX):
@@ -667,14 +693,16 @@ class CacheStore:
                 elif name.startswith(TEMP_PREFIX):  # where bootwatch 0.1 development builds wrote them
                     if self._is_temp_file(entry, self.directory / name):
                         temps.append(self.directory / name)
-        temp_fd = self._temp_fd if self._temp_fd is not None else self._subdirectory(TEMP_DIR, create=False)
+        with self._temp_lock:
+            held = self._temp_fd  # valid until close(), even if another thread's locked() replaces it
+        temp_fd = held if held is not None else self._subdirectory(TEMP_DIR, create=False)
         if temp_fd is not None:
             try:
-                with os.scandir(temp_fd) as it:
+                with listing(temp_fd) as it:
                     temps.extend(self.temp_dir / entry.name for entry in it if entry.name.startswith(TEMP_PREFIX)
                                  and self._is_temp_file(entry, self.temp_dir / entry.name))
             finally:
-                if temp_fd != self._temp_fd:
+                if held is None:
                     os.close(temp_fd)
         return _image_ids(stems), temps
 
@@ -703,7 +731,7 @@ class CacheStore:
 
     def _regular_file_names(self) -> Set[str]:
         """The names of the regular files in the directory, from ``d_type`` (no stat per file)."""
-        with os.scandir(self.fd) as it:
+        with listing(self.fd) as it:
             return {entry.name for entry in it if entry.is_file(follow_symlinks=False)}
 
     def remove_temp_file(self, path: Path) -> bool:
@@ -728,7 +756,7 @@ class CacheStore:
         if temp_fd is None:
             return False
         try:
-            with os.scandir(temp_fd) as it:
+            with listing(temp_fd) as it:
                 return any(entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False)
                            for entry in it)
         finally:
@@ -985,7 +1013,7 @@ class CacheStore:
         """The kept copies of corrupt indexes that no completed repair superseded (see the protocol)."""
         names: Set[str] = set()
         marks: Set[str] = set()  # only a regular file is a mark: bootwatch makes nothing else there
-        with os.scandir(self.fd) as it:
+        with listing(self.fd) as it:
             for entry in it:
                 names.add(entry.name)
                 if entry.name.endswith(SUPERSEDED_SUFFIX) and entry.is_file(follow_symlinks=False):
@@ -1095,7 +1123,8 @@ class CacheStore:
         if links_fd is None:
             return set()
         try:
-            names = os.listdir(links_fd)
+            with listing(links_fd) as it:
+                names = [entry.name for entry in it]
         finally:
             os.close(links_fd)
         return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}

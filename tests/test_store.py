@@ -174,3 +174,74 @@ def test_images_and_a_symlinked_index_are_read_in_the_directory_opened(store: Ca
     copy = store.keep_corrupt_symlink()
     assert os.readlink(tmp_path / "moved" / copy.name) == "/somewhere/cacheindex.json"
     assert not (store.directory / copy.name).exists() and not (store.directory / copy.name).is_symlink()
+
+
+def test_a_listing_in_another_thread_never_hides_an_unsuperseded_corrupt_copy(tmp_path: Path) -> None:
+    """Two threads listing the one cache descriptor at once (the daemon's worker with its
+    lock-free counts, the clean job under the lock) must each see the whole directory: a dup of a
+    descriptor shares its offset, so a listing through one would see part of it, often nothing,
+    and a corrupt copy missed turns clean's deletion block off."""
+    import threading
+    os.chmod(tmp_path, 0o755)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    for i in range(20):
+        data = str(i).encode()
+        (cache / (hashlib.sha1(data).hexdigest() + ".img")).write_bytes(data)
+    (cache / "cacheindex.json.corrupt-20261205T000000").write_text("{")
+    store = CacheStore(cache)
+    store.check()
+    stop = threading.Event()
+    short_listings = []
+
+    def other_thread() -> None:
+        while not stop.is_set():
+            if len(store.image_ids_on_disk()) != 20:
+                short_listings.append(1)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        blind = sum(1 for _ in range(5000) if not store.unsuperseded_corrupt_copies())
+    finally:
+        stop.set()
+        thread.join()
+    assert blind == 0 and not short_listings, f"{blind} blind corrupt-copy checks, {len(short_listings)} short listings"
+
+
+def test_the_temp_descriptor_another_thread_holds_stays_the_temp_directory(store: CacheStore) -> None:
+    """Each holder of the lock checks .tmp again; the descriptor another thread got before (a
+    listing, a writer of another thread) must never be closed under it, or its number goes to the
+    next file opened and that thread works in the wrong directory."""
+    held = store.temp_fd
+    before = os.fstat(held)
+    with store.locked():
+        pass
+    other = os.open(store.directory, os.O_RDONLY | os.O_DIRECTORY)  # takes the lowest free number
+    try:
+        now = os.fstat(held)
+        assert (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino)
+        assert store.temp_fd == held  # the same directory keeps its descriptor
+    finally:
+        os.close(other)
+
+
+def test_a_replaced_temp_directory_is_used_by_the_next_holder_and_the_old_descriptor_stays_valid(
+        store: CacheStore) -> None:
+    held = store.temp_fd
+    old = os.fstat(held)
+    (store.directory / ".tmp").rename(store.directory / "old-tmp")
+    (store.directory / ".tmp").mkdir(mode=0o700)
+    with store.locked():
+        new = os.fstat(store.temp_fd)
+        assert (new.st_dev, new.st_ino) == (os.stat(store.directory / ".tmp").st_dev,
+                                            os.stat(store.directory / ".tmp").st_ino)
+    other = os.open(store.directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        now = os.fstat(held)
+        assert (now.st_dev, now.st_ino) == (old.st_dev, old.st_ino)
+    finally:
+        os.close(other)
+    store.close()
+    with pytest.raises(OSError):
+        os.fstat(held)  # closed with the store
