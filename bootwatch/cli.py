@@ -15,6 +15,7 @@ import os
 import stat
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, TextIO
 
@@ -267,27 +268,40 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from bootwatch.status import daemon_is_running, read_status
-    status = read_status(config.paths.runtime)
-    running = status is not None and daemon_is_running(status)
+    from bootwatch.status import daemon_pids, load_status
+    pids = daemon_pids(config.paths.cache)
+    running = bool(pids)
+    status, unavailable = None, None
+    if running:
+        # Details only from the daemon that holds the lock: a stale file's PID may be anyone now.
+        try:
+            status = load_status(config.paths.runtime)
+        except BootwatchError as e:
+            unavailable = str(e)
+        else:
+            if status.pid not in pids:
+                status, unavailable = None, (f"{config.paths.runtime}/status.json: names PID {status.pid}, "
+                                             "not the daemon that holds the lock")
+    pid = pids[0] if pids and pids[0] > 0 else None
     if args.json:
-        print_json({"running": running, **(status or {})})
+        details = asdict(status) if status is not None else {"pid": pid}
+        print_json({"running": running, **details, **({"details_unavailable": unavailable} if unavailable else {})})
     elif not running:
-        print(f"bootwatch is not running (no live daemon behind {config.paths.runtime}/status.json)")
+        print(f"bootwatch is not running (no process holds the daemon lock on {config.paths.cache})")
+    elif status is None:
+        print(f"bootwatch is running (pid {pid or 'unknown'}), no details: {unavailable}")
     else:
-        assert status is not None
-        counts = status.get("counts", {})
-        print(f"bootwatch is running (pid {status['pid']}) since {format_time(status.get('started'))}")
-        print(f"  watching:       {status.get('boot_dir')} -> {status.get('cache_dir')}")
-        print(f"  last reconcile: {format_time(status.get('last_reconcile'))}")
-        print(f"  last batch:     {format_time(status.get('last_batch'))}")
-        print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none cached"))
-        if status.get("lock_wait"):
-            print(f"  waiting:        {status['lock_wait']}")
-        if status.get("references_unknown"):
-            print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status['references_unknown']}")
-        if status.get("problems"):
-            print(f"  problems:       {status['problems']} cached images with problems (see 'bootwatch list')")
+        print(f"bootwatch is running (pid {status.pid}) since {format_time(status.started)}")
+        print(f"  watching:       {status.boot_dir} -> {status.cache_dir}")
+        print(f"  last reconcile: {format_time(status.last_reconcile)}")
+        print(f"  last batch:     {format_time(status.last_batch)}")
+        print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))
+        if status.lock_wait:
+            print(f"  waiting:        {status.lock_wait}")
+        if status.references_unknown:
+            print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
+        if status.problems:
+            print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
     # As systemctl status: 3 means "not running".
     return EXIT_OK if running else 3
 

@@ -45,7 +45,7 @@ from bootwatch.mount import sweep_stale_mounts
 from bootwatch.notify import SystemdNotifier
 from bootwatch.pins import count_pins
 from bootwatch.reconcile import Reconciler, ReconcileReport
-from bootwatch.status import DaemonStatus, read_status, status_path, write_status
+from bootwatch.status import DaemonStatus, load_status, status_path, write_status
 from bootwatch.proc import flock_holders
 from bootwatch.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.watcher import Change, Watcher
@@ -382,8 +382,11 @@ class Daemon:
 
     def _remove_own_status_file(self) -> None:
         """The status file, unless another daemon (on a replaced cache directory) wrote it since."""
-        written = read_status(self.config.paths.runtime)
-        if not isinstance(written, dict) or written.get("pid") != os.getpid():
+        try:
+            written = load_status(self.config.paths.runtime)
+        except BootwatchError:
+            return  # none, or not one a daemon wrote: not ours
+        if written.pid != os.getpid():
             return
         with contextlib.suppress(OSError):
             os.unlink(status_path(self.config.paths.runtime))

@@ -96,17 +96,29 @@ class LockHolder:
 def flock_holders(fd: int) -> List[LockHolder]:
     """The processes that hold an ``flock`` on the file open at ``fd``, from ``/proc/locks``.
 
+    An empty list means the holder is unknown (gone meanwhile, or in another PID namespace),
+    never that nobody holds it.
+    """
+    try:
+        pids = flock_holder_pids(os.fstat(fd))
+    except OSError:
+        return []
+    return [LockHolder.of(pid) for pid in pids if pid > 0]
+
+
+def flock_holder_pids(st: os.stat_result) -> List[int]:
+    """The PIDs that hold an ``flock`` on the file of ``st`` (its device and inode), from
+    ``/proc/locks``; 0 for a holder in a PID namespace we cannot see. Empty: nobody holds one.
+    Raises :class:`OSError` if ``/proc/locks`` cannot be read (then nobody can tell).
+
     A line there reads ``1: FLOCK  ADVISORY  WRITE 1234 fe:00:260072 0 EOF`` (PID, then the
     device as hexadecimal major:minor of the superblock, and the inode); waiters are the lines
     with ``->``. The device of the superblock can differ from ``st_dev`` (btrfs subvolumes,
-    overlayfs), so the inode decides when no line matches both. An empty list means the holder
-    is unknown (gone meanwhile, or in another PID namespace), never that nobody holds it.
+    overlayfs), so the inode decides when no line matches both. Needs no descriptor of the
+    file, only its ``stat``: ``bootwatch status`` judges the daemon lock of a cache directory it
+    may not read.
     """
-    st = os.fstat(fd)
-    try:
-        lines = (PROC / "locks").read_text().splitlines()
-    except OSError:
-        return []
+    lines = (PROC / "locks").read_text().splitlines()
     exact: List[int] = []
     same_inode: List[int] = []
     for line in lines:
@@ -121,11 +133,8 @@ def flock_holders(fd: int) -> List[LockHolder]:
             device = os.makedev(int(major, 16), int(minor, 16))
         except ValueError:
             continue
-        if pid <= 0:
-            continue
-        (exact if device == st.st_dev else same_inode).append(pid)
-    pids = exact or same_inode
-    return [LockHolder.of(pid) for pid in dict.fromkeys(pids)]
+        (exact if device == st.st_dev else same_inode).append(max(pid, 0))
+    return list(dict.fromkeys(exact or same_inode))
 
 
 def process_writing(device: int, inode: int) -> Optional[int]:
