@@ -51,7 +51,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bootwatch import pins
 from bootwatch.cache import BootCache, ImageVerification
-from bootwatch.errors import BootwatchError, DeletionsBlockedError, ReferencesUnknownError, StorageError, describe_oserror
+from bootwatch.errors import (BootwatchError, DeletionsBlockedError, ReferencesUnknownError, StorageError,
+                              describe_oserror)
 from bootwatch.hashing import Cancelled
 from bootwatch.index import CacheIndex
 from bootwatch.journal import NOTICE, Event, IoErrorLog, log_event

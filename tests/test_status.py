@@ -104,7 +104,8 @@ def test_status_of_a_running_daemon_with_a_hostile_status_file_says_running_with
     config = _tree(tmp_path)
     _write_status(tmp_path, HOSTILE[content], lock_holder.pid)
     line = _one_line(run_with_config(config, "status", timeout=30), 0)
-    assert line.startswith(f"bootwatch is running (pid {lock_holder.pid}), no details: ") and "status.json" in line, line
+    running = f"bootwatch is running (pid {lock_holder.pid}), no details: "
+    assert line.startswith(running) and "status.json" in line, line
     result = run_with_config(config, "status", "--json", timeout=30)
     shown = json.loads(result.stdout)
     assert result.returncode == 0 and shown["running"] and shown["pid"] == lock_holder.pid, result
