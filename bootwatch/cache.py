@@ -829,25 +829,34 @@ class BootCache:
         return waiter if waiter is not None else LockWaiter(self.cancel)
 
     @contextlib.contextmanager
-    def transaction(self, *, remove_stale: bool = True,
-                    waiter: Optional[LockWaiter] = None) -> Iterator[Transaction]:
-        """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images."""
+    def transaction(self, *, remove_stale: bool = True, waiter: Optional[LockWaiter] = None,
+                    reads_only: bool = False) -> Iterator[Transaction]:
+        """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images.
+
+        ``reads_only`` (a dry run): the lock is taken as on a read-only cache, on the lock file if
+        there is one, and nothing is created or written, not even the lock file or ``.tmp/``.
+        """
         removed: List[Path] = []
         waiter = self.lock_waiter(waiter)
         with contextlib.ExitStack() as stack:
-            try:
-                image_ids = stack.enter_context(self.store.locked(remove_stale=remove_stale, waiter=waiter,
-                                                                  removed=removed))
-                self.read_only = False
-            except CacheReadOnlyError:
-                # The cache can still be read: a transaction that only restores goes on (see
-                # Transaction.read_only); one that must change the cache fails naming it.
+            if reads_only:
                 stack.enter_context(self.store.locked_read_only(waiter=waiter))
-                image_ids, self.read_only = None, True
+                image_ids, read_only = None, True
+            else:
+                try:
+                    image_ids = stack.enter_context(self.store.locked(remove_stale=remove_stale, waiter=waiter,
+                                                                      removed=removed))
+                    self.read_only = read_only = False
+                except CacheReadOnlyError:
+                    # The cache can still be read: a transaction that only restores goes on (see
+                    # Transaction.read_only); one that must change the cache fails naming it.
+                    stack.enter_context(self.store.locked_read_only(waiter=waiter))
+                    image_ids, self.read_only = None, True
+                    read_only = True
             index, digest = self.store.load_index_and_digest()
             txn = Transaction(self, index, image_ids, digest)
             txn.removed_temp_files = removed
-            txn.read_only = self.read_only
+            txn.read_only = read_only
             try:
                 yield txn
                 txn.flush()  # images first: the index must never list an image without its file
@@ -970,7 +979,10 @@ class BootCache:
         once, the boot directory no longer a mount point), never where they cannot be read.
         """
         report = CleanReport()
-        with self.transaction(remove_stale=False) as txn:
+        # Nothing to clean is not what a missing cache directory says (a mistyped --cache-dir):
+        # refused, and never created.
+        self.store.check_existing()
+        with self.transaction(remove_stale=False, reads_only=dry_run) as txn:
             if not dry_run:
                 txn._writable("nothing can be cleaned")
             listed_before = txn.index.all_image_ids()

@@ -24,7 +24,8 @@ from bootwatch.cache import BootCache, PathStatus
 from bootwatch.config import Config, load_config
 from bootwatch.fsck import check_cache
 from bootwatch.policy import keep_unreferenced_predicate
-from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, UsageError, describe_oserror, printable
+from bootwatch.errors import (EXIT_FAILURE, EXIT_OK, BootwatchError, CacheMissingError, UsageError, describe_oserror,
+                              printable)
 from bootwatch.journal import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
 
@@ -64,6 +65,14 @@ def verification_summary(verified: Optional[dict]) -> str:
 
 def open_cache(config: Config) -> BootCache:
     return BootCache.from_config(config)
+
+
+def open_existing_cache(config: Config) -> BootCache:
+    """The cache, for a command that only reads it: a cache directory that does not exist is no
+    cache yet (:class:`CacheMissingError`), never an empty one, and is not created."""
+    cache = open_cache(config)
+    cache.store.check_existing()
+    return cache
 
 
 def boot_paths(cache: BootCache, arguments: Sequence[str]) -> List[str]:
@@ -119,7 +128,7 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
-    statuses = open_cache(config).list()
+    statuses = open_existing_cache(config).list()
     if args.json:
         print_json([s.to_json() for s in statuses])
         return EXIT_OK
@@ -132,7 +141,7 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_show(args: argparse.Namespace, config: Config) -> int:
-    cache = open_cache(config)
+    cache = open_existing_cache(config)
     [status] = cache.list(boot_paths(cache, [args.path]))
     if args.json:
         print_json(status.to_json())
@@ -163,7 +172,7 @@ def render_status(cache: BootCache, s: PathStatus) -> str:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
-    cache = open_cache(config)
+    cache = open_existing_cache(config)
     results = cache.verify(boot_paths(cache, args.paths) if args.paths else None)
     if args.json:
         print_json([r.to_json() for r in results])
@@ -443,6 +452,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         config = load_effective_config(args)
         return args.func(args, config)
+    except CacheMissingError as e:
+        if getattr(args, "cache_dir", None) is not None:
+            # As for --boot-dir: a directory named on the command line that is not there is a
+            # typo (a command that writes creates it; one that only reads gets here).
+            e = UsageError("--cache-dir: no such directory", path=args.cache_dir, hint=e.hint)
+        report_error(e)
+        return e.exit_code
     except BootwatchError as e:
         report_error(e)
         return e.exit_code

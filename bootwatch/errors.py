@@ -51,6 +51,18 @@ class UnsafeDirectoryError(BootwatchError):
     """A directory bootwatch writes to failed a security check."""
 
 
+class CacheMissingError(BootwatchError):
+    """The cache directory does not exist, for a command that only reads it (list, show, verify,
+    fsck, clean). No directory is no cache yet, not an empty cache: answering "nothing cached"
+    would hide a mistyped --cache-dir or [paths] cache, and creating it would write where
+    nothing was asked to be written."""
+
+    def __init__(self, directory: Union[str, Path]) -> None:
+        super().__init__("no cache directory: bootwatch has cached nothing here yet", path=directory,
+                         hint="the daemon (bootwatch run, or its service) or 'bootwatch add' creates it with "
+                              "the first image; if you meant another cache, check --cache-dir or [paths] cache")
+
+
 class UnsafePathError(BootwatchError):
     """A path would escape the boot or the cache directory."""
 

@@ -61,10 +61,7 @@ class FsckReport:
 def check_cache(cache: BootCache, *, repair: bool = False) -> FsckReport:
     report = FsckReport()
     store = cache.store
-    if not os.path.lexists(store.directory):
-        report.warnings.append(f"{store.directory}: no cache directory yet")
-        return report
-    store.check()
+    store.check_existing()  # no cache directory is no cache, not a consistent one
     with store.locked(create=False, remove_stale=False):
         temps = store.stale_temp_files()
         for temp in temps:

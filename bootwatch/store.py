@@ -37,6 +37,8 @@ On-disk protocol (one directory, shared with boom):
                             same flock on a read-only descriptor (flock needs no write access);
                             it writes no index, so what it did (the restored file's signature) is
                             recorded by the first pass after the cache is writable again.
+                            clean --dry-run takes the same read-only flock, and none if there is
+                            no lock file yet: a dry run creates nothing, not even this file.
     the directory itself    the running daemon holds flock(LOCK_EX) on the cache directory (an
                             O_RDONLY descriptor of it) for its whole life: a second daemon on the
                             same cache is refused, and /proc/locks names the one that runs. A lock
@@ -150,9 +152,9 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, List, Optional, Set, Tuple
 
-from bootwatch.errors import (BootwatchError, CacheReadOnlyError, DaemonRunningError, FileTooLargeError,
-                              IndexCorruptError, IndexMissingError, NotRegularFileError, StorageError,
-                              UnsafeDirectoryError, describe_oserror, format_size, storage_error)
+from bootwatch.errors import (BootwatchError, CacheMissingError, CacheReadOnlyError, DaemonRunningError,
+                              FileTooLargeError, IndexCorruptError, IndexMissingError, NotRegularFileError,
+                              StorageError, UnsafeDirectoryError, describe_oserror, format_size, storage_error)
 from bootwatch.hashing import Cancelled, Digest, hash_file
 from bootwatch.index import CacheIndex, is_image_id
 from bootwatch.proc import flock_holders
@@ -396,6 +398,8 @@ class PendingImages:
         return path.name if self.store is not None else str(path)
 
     def discard(self) -> None:
+        if not self.files:
+            return  # (and .tmp/ is not made for nothing: a dry run writes nothing)
         temp_fd = self.store.temp_fd if self.store is not None else None
         for temp, _ in self.files:
             with contextlib.suppress(FileNotFoundError):
@@ -549,6 +553,13 @@ class CacheStore:
                 raise UnsafeDirectoryError("is not the directory bootwatch opened: it was replaced meanwhile",
                                            path=self.directory, hint="restart bootwatch to use the new directory")
 
+    def check_existing(self) -> None:
+        """:meth:`check`, for a command that only reads: a cache directory that does not exist is
+        no cache yet (:class:`CacheMissingError`), never an empty one, and is not created."""
+        if self._fd is None and not os.path.lexists(self.directory):
+            raise CacheMissingError(self.directory)
+        self.check()
+
     def links_fd(self, *, create: bool) -> Optional[int]:
         """``links/`` (pins), opened relative to the cache directory and checked as it is; None if
         absent and not ``create``. The caller closes it."""
@@ -606,7 +617,8 @@ class CacheStore:
     @contextlib.contextmanager
     def locked_read_only(self, waiter: Optional[LockWaiter] = None) -> Iterator[None]:
         """The writers' lock of a cache on a read-only file system, for a transaction that only
-        reads the cache (a restore reads an image and writes into the boot directory).
+        reads the cache (a restore reads an image and writes into the boot directory), and of a
+        dry run, which writes nothing: not even the lock file.
 
         flock needs no write access, so the lock is taken on a read-only descriptor: a writer
         that reaches the same file system through another, writable mount still excludes us.

@@ -42,6 +42,7 @@ def test_usage_errors_exit_2(boot_tree, args) -> None:
 
 
 def test_an_empty_cache_lists_nothing_and_is_consistent(boot_tree) -> None:
+    boot_tree.cache.mkdir(mode=0o700)  # (no cache directory is no cache: see test_cli_hygiene)
     assert boot_tree.cli_json("list", "--json") == []
     rc, out, err = boot_tree.cli("fsck")
     assert rc == 0, err
@@ -144,7 +145,7 @@ def test_list_piped_into_a_closed_reader_does_not_trace(boot_tree) -> None:
 
 def test_the_module_runs_without_a_tty_and_writes_nothing_outside(boot_tree, tmp_path: Path) -> None:
     before = sorted(os.listdir(tmp_path))
-    assert boot_tree.cli("list")[0] == 0
+    assert boot_tree.cli("list")[0] == 2  # --cache-dir names no directory: no cache yet, said in one line
     assert sorted(os.listdir(tmp_path)) == before, "list must not create the cache directory"
 
 

@@ -115,3 +115,44 @@ def test_check_config_file_reads_only_that_file(boot_tree: BootTree, tmp_path: P
     result = run_with_config(boot_tree.config, "check-config", timeout=30)
     assert result.returncode == 78 and "[watch] settle" in result.stderr
     assert os.environ.get("BOOTWATCH_CONFIG") == str(boot_tree.config)
+
+
+def test_clean_dry_run_on_a_mistyped_cache_dir_writes_nothing_and_does_not_say_nothing_to_clean(
+        boot_tree: BootTree, tmp_path: Path) -> None:
+    """A dry run must not write, and a cache directory that does not exist is not an empty cache:
+    a mistyped --cache-dir is a usage error, as a mistyped --boot-dir is, for every command that
+    only reads the cache (and for clean, which only takes from it)."""
+    boot_tree.write_file("/vmlinuz-1")
+    typo = tmp_path / "cahce"
+    for args in (("clean", "--dry-run"), ("clean", "--dry-run", "--json"), ("clean",), ("list",), ("list", "--json"),
+                 ("show", "/vmlinuz-1"), ("verify",), ("fsck",), ("fsck", "--repair")):
+        rc, out, err = boot_tree.cli(*args, cache=typo)
+        assert not typo.exists(), f"{args} created {typo}: {sorted(os.listdir(typo))}"
+        boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[str(typo), "--cache-dir"])
+        assert not out, f"{args}: {out}"
+
+
+def test_a_cache_that_was_never_made_is_no_cache_not_an_empty_one(boot_tree: BootTree, tmp_path: Path) -> None:
+    """A fresh host where the daemon never ran: the configured cache directory is not there.
+    The commands that only read say so (exit 1) and create nothing; a command that writes makes it."""
+    cache = tmp_path / "var-cache-bootwatch"
+    boot_tree.config.write_text(f'[paths]\nboot = "{boot_tree.boot}"\ncache = "{cache}"\n')
+    boot_tree.write_file("/vmlinuz-1")
+    for args in (("list",), ("list", "--json"), ("verify",), ("fsck",), ("clean", "--dry-run"), ("clean",)):
+        rc, out, err = boot_tree.cli_bare(*args)
+        line = boot_tree.assert_clean_error(rc, err, expected_rc=1, names=[str(cache)])
+        assert "no cache directory" in line and "hint:" in err, err
+        assert not out and not cache.exists(), (args, out)
+    assert boot_tree.cli_bare("add", "/vmlinuz-1")[0] == 0
+    rc, out, err = boot_tree.cli_bare("list")
+    assert rc == 0 and "/vmlinuz-1" in out, err
+
+
+def test_a_dry_run_clean_writes_nothing_into_an_existing_cache(boot_tree: BootTree) -> None:
+    """Not even the lock file or .tmp/: a dry run takes the lock only on a lock file that is there."""
+    boot_tree.write_file("/vmlinuz-1")
+    boot_tree.write_entry("one", linux="/vmlinuz-1")
+    boot_tree.cache.mkdir(mode=0o700)
+    rc, out, err = boot_tree.cli("clean", "--dry-run")
+    assert rc == 0 and "nothing to clean" in out, err
+    assert sorted(os.listdir(boot_tree.cache)) == []

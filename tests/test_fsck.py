@@ -181,9 +181,9 @@ def test_fsck_without_repair_writes_nothing(boot_tree, populated) -> None:
     assert snapshot(boot_tree.cache) == before
 
 
-def test_fsck_on_a_missing_cache_directory_is_fine(boot_tree) -> None:
+def test_fsck_on_a_missing_cache_directory_says_there_is_no_cache_and_creates_none(boot_tree) -> None:
     rc, out, err = boot_tree.cli("fsck")
-    assert rc == 0 and "Traceback" not in err
+    boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[str(boot_tree.cache), "--cache-dir"])
     assert not boot_tree.cache.exists()
 
 
