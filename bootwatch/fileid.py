@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from bootwatch.hashing import StatSignature
-from bootwatch.mountid import _libc_statx as libc_statx  # one statx(2) binding
+from bootwatch.mountid import libc_statx  # one statx(2) binding
 
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000

@@ -34,6 +34,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from bootwatch.errors import BootwatchError
 from bootwatch.loop import attached_loop
+from bootwatch.mountid import unescape_mountinfo
 from bootwatch.safety import open_regular
 
 __all__ = [
@@ -161,19 +162,6 @@ def _umount(target: Path, flags: int = 0) -> None:
         raise OSError(err, os.strerror(err), str(target))
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def _mountinfo() -> List[Tuple[int, Path, List[str]]]:
     """(mount id, mount point, optional fields) of every mount in our namespace."""
     rows = []
@@ -181,7 +169,7 @@ def _mountinfo() -> List[Tuple[int, Path, List[str]]]:
                                                        errors="surrogateescape").splitlines():
         fields = line.split(" ")
         sep = fields.index("-")
-        rows.append((int(fields[0]), Path(_unescape(fields[4])), fields[6:sep]))
+        rows.append((int(fields[0]), Path(unescape_mountinfo(fields[4])), fields[6:sep]))
     return rows
 
 

@@ -37,7 +37,7 @@ MountIdentity = Dict[str, Any]
 
 
 @functools.lru_cache(maxsize=1)
-def _libc_statx() -> Optional[Any]:
+def libc_statx() -> Optional[Any]:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     fn = getattr(libc, "statx", None)  # glibc 2.28 and later
     if fn is not None:
@@ -48,7 +48,7 @@ def _libc_statx() -> Optional[Any]:
 
 def _statx_mount(path: Path) -> Tuple[Optional[int], Optional[bool]]:
     """(mount id, is the root of a mount) from statx; None for what the kernel does not tell."""
-    fn = _libc_statx()
+    fn = libc_statx()
     if fn is None:
         return None, None
     buf = ctypes.create_string_buffer(_STATX_SIZE)
@@ -66,7 +66,7 @@ def _statx_mount(path: Path) -> Tuple[Optional[int], Optional[bool]]:
             bool(attributes & STATX_ATTR_MOUNT_ROOT) if supported & STATX_ATTR_MOUNT_ROOT else None)
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\ooo."""
     if "\\" not in field:
         return field
@@ -88,9 +88,9 @@ def _mountinfo() -> List[Dict[str, Any]]:
             fields = line.split()
             try:
                 sep = fields.index("-", 6)
-                lines.append({"id": int(fields[0]), "dev": fields[2], "root": _unescape(fields[3]),
-                              "mount_point": _unescape(fields[4]), "type": fields[sep + 1],
-                              "source": _unescape(fields[sep + 2]) if len(fields) > sep + 2 else ""})
+                lines.append({"id": int(fields[0]), "dev": fields[2], "root": unescape_mountinfo(fields[3]),
+                              "mount_point": unescape_mountinfo(fields[4]), "type": fields[sep + 1],
+                              "source": unescape_mountinfo(fields[sep + 2]) if len(fields) > sep + 2 else ""})
             except (ValueError, IndexError):
                 continue
     return lines
