@@ -139,6 +139,15 @@ def marker(tree: BootTree, path: str = K) -> Path:
     return tree.path(path).with_name(f".{Path(path).name}.boomrestored")
 
 
+def restore_for_a_snapshot(boot_tree: BootTree) -> None:
+    """vmlinuz-1 cached for a snapshot entry, removed from /boot, and restored by bootwatch."""
+    boot_tree.write_file(K, 5000)
+    boot_tree.write_entry("snapshot", linux=K)
+    assert boot_tree.cli("add", K)[0] == 0
+    boot_tree.path(K).unlink()
+    assert boot_tree.cli("restore", K)[0] == 0
+
+
 @pytest.fixture
 def restored_then_reinstalled(boot_tree: BootTree) -> bytes:
     """vmlinuz-1 restored by bootwatch for a snapshot entry, then put back by the package, same content."""
@@ -208,11 +217,7 @@ def test_the_daemon_drops_the_marker_when_the_kernel_is_reinstalled_while_it_run
 
 def test_a_restored_copy_changed_in_place_is_not_deleted(boot_tree: BootTree) -> None:
     """Same inode, same content, but chmod'ed since the restore: changed by someone, so theirs."""
-    boot_tree.write_file(K, 5000)
-    boot_tree.write_entry("snapshot", linux=K)
-    assert boot_tree.cli("add", K)[0] == 0
-    boot_tree.path(K).unlink()
-    assert boot_tree.cli("restore", K)[0] == 0
+    restore_for_a_snapshot(boot_tree)
     os.chmod(boot_tree.path(K), 0o600)
     boot_tree.remove_entry("snapshot")
     report = boot_tree.cli_json("clean", "--json")
@@ -222,11 +227,7 @@ def test_a_restored_copy_changed_in_place_is_not_deleted(boot_tree: BootTree) ->
 
 def test_the_untouched_restored_copy_is_still_removed(boot_tree: BootTree) -> None:
     """The other side: the very file bootwatch wrote, unchanged, goes with its last reference."""
-    boot_tree.write_file(K, 5000)
-    boot_tree.write_entry("snapshot", linux=K)
-    assert boot_tree.cli("add", K)[0] == 0
-    boot_tree.path(K).unlink()
-    assert boot_tree.cli("restore", K)[0] == 0
+    restore_for_a_snapshot(boot_tree)
     # Read by someone (a backup, a boot loader installer): reading changes nothing that counts.
     boot_tree.path(K).read_bytes()
     boot_tree.remove_entry("snapshot")
@@ -469,11 +470,7 @@ def test_a_restored_copy_replaced_by_a_symlink_is_not_followed(boot_tree: BootTr
 
 def test_a_restored_copy_another_referenced_path_links_to_stays(boot_tree: BootTree) -> None:
     """/vmlinuz -> vmlinuz-1 is referenced: the restored vmlinuz-1 is needed, whatever its own entry says."""
-    boot_tree.write_file(K, 5000)
-    boot_tree.write_entry("snapshot", linux=K)
-    assert boot_tree.cli("add", K)[0] == 0
-    boot_tree.path(K).unlink()
-    assert boot_tree.cli("restore", K)[0] == 0
+    restore_for_a_snapshot(boot_tree)
     os.symlink("vmlinuz-1", boot_tree.path("/vmlinuz"))
     boot_tree.write_entry("default", linux="/vmlinuz")
     boot_tree.remove_entry("snapshot")
@@ -634,11 +631,7 @@ def test_a_marker_that_was_there_before_the_restore_stays_when_the_file_goes(boo
 
 def test_fsck_repairs_a_marker_that_outlived_its_file(boot_tree: BootTree) -> None:
     """Left by an older bootwatch (or a run killed in between): fsck says so, --repair removes it."""
-    boot_tree.write_file(K, 5000)
-    boot_tree.write_entry("snapshot", linux=K)
-    assert boot_tree.cli("add", K)[0] == 0
-    boot_tree.path(K).unlink()
-    assert boot_tree.cli("restore", K)[0] == 0
+    restore_for_a_snapshot(boot_tree)
     boot_tree.path(K).unlink()
     rc, out, err = boot_tree.cli("fsck", "--json")
     assert any("marker" in w and "is gone" in w for w in json.loads(out)["warnings"]), out
