@@ -7,22 +7,32 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import List
 
-from bench.common import (MiB, Result, best_interleaved, run_bootwatch, run_python, sync, temp_dir, timed,
-                          warm, write_config, write_random_file)
+from bench.common import (
+    MiB,
+    Result,
+    best_interleaved,
+    run_bootwatch,
+    run_python,
+    sync,
+    temp_dir,
+    timed,
+    warm,
+    write_config,
+    write_random_file,
+)
 from bench.sizes import Sizes
 
 # ------------------------------------------------------------------------------------ target 1
 
 
-def target_hashing(sizes: Sizes) -> List[Result]:
+def target_hashing(sizes: Sizes) -> list[Result]:
     """Throughput of ``hash_and_copy`` (SHA1 + SHA256, one read), the function ``add`` hashes with.
 
     It runs here without a destination (the hashing cost alone, as ``verify`` uses it); the
     copy is part of target 2. All sides read the same file from the page cache.
     """
-    from bootwatch.hashing import hash_and_copy
+    from bootwatch.cache.hashing import hash_and_copy
 
     with temp_dir("hash") as tmp:
         path = tmp / "image"
@@ -61,7 +71,7 @@ def target_hashing(sizes: Sizes) -> List[Result]:
 # ------------------------------------------------------------------------------------ target 2
 
 
-def target_add(sizes: Sizes) -> List[Result]:
+def target_add(sizes: Sizes) -> list[Result]:
     """``bootwatch add`` of a new image (the real command: interpreter start, lock, hash, copy,
     fsync, rename, index) against ``sha1sum FILE && cp FILE CACHE && sync``.
 
@@ -102,7 +112,7 @@ def target_add(sizes: Sizes) -> List[Result]:
 
 # ------------------------------------------------------------------------------------ target 4
 
-def build_tree(boot: Path, count: int, size: int, seed: int) -> List[Path]:
+def build_tree(boot: Path, count: int, size: int, seed: int) -> list[Path]:
     """``count`` distinct files ``vmlinuz-bench-N`` of ``size`` bytes, in a few subdirectories."""
     import random
 
@@ -124,7 +134,7 @@ _RECONCILE_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 from bootwatch.config import load_config
-from bootwatch.daemon import open_cache, reconcile_once
+from bootwatch.daemon.service import open_cache, reconcile_once
 
 config = load_config(Path(sys.argv[1]))
 start = time.perf_counter()
@@ -140,7 +150,7 @@ def timed_reconcile(config: Path) -> dict:
     return json.loads(run_python(_RECONCILE_SCRIPT, str(config)).stdout)
 
 
-def target_reconcile(sizes: Sizes) -> List[Result]:
+def target_reconcile(sizes: Sizes) -> list[Result]:
     """A full reconcile of an already indexed tree that did not change, against re-hashing it."""
     with temp_dir("reconcile") as tmp:
         boot = tmp / "boot"
@@ -216,7 +226,7 @@ print(json.dumps({"cache": cached, "list": listed, "rows": len(rows), "read": rc
 _BOOTWATCH_SCRIPT = _IO_HELPER + r"""
 import json, sys, time
 from pathlib import Path
-from bootwatch.cache import BootCache
+from bootwatch.cache.operations import BootCache
 from bootwatch.config import load_config
 config = load_config(Path(sys.argv[1]))
 paths = sys.argv[2:]
@@ -262,7 +272,7 @@ def _boom_tree(parent: Path, count: int, size: int):
     return env, paths
 
 
-def target_boom(sizes: Sizes) -> List[Result]:
+def target_boom(sizes: Sizes) -> list[Result]:
     """Caching images, then listing them: bootwatch's library against boom's Python API."""
     try:
         import boom  # noqa: F401  (only probing)

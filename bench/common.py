@@ -17,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -32,12 +33,12 @@ class Result:
     target: str          # "1" ... "7", with a suffix for a target with two rows (3-p50, 7-list)
     what: str
     bootwatch: float     # the measured figure, in ``unit``
-    baseline: Optional[float]
+    baseline: float | None
     unit: str
-    ratio: Optional[float]  # bootwatch / baseline (or as ``rule`` says)
+    ratio: float | None  # bootwatch / baseline (or as ``rule`` says)
     rule: str            # the target, e.g. "ratio >= 0.9"
     passed: bool
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -49,14 +50,14 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def best_interleaved(sides: Dict[str, Callable[[], object]], repeat: int,
-                     before: Optional[Callable[[], object]] = None) -> Dict[str, float]:
+def best_interleaved(sides: dict[str, Callable[[], object]], repeat: int,
+                     before: Callable[[], object] | None = None) -> dict[str, float]:
     """The best (smallest) wall time of each side over ``repeat`` interleaved rounds.
 
     ``before`` runs untimed before every measurement (e.g. ``sync`` so that no side pays for
     the dirty pages of the other).
     """
-    best: Dict[str, float] = {}
+    best: dict[str, float] = {}
     for _ in range(repeat):
         for name, fn in sides.items():
             if before is not None:
@@ -115,7 +116,7 @@ def compile_bootwatch() -> None:
         print("warning: cannot byte-compile bootwatch; its start-up times include compiling it", file=sys.stderr)
 
 
-def bootwatch_env() -> Dict[str, str]:
+def bootwatch_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -176,7 +177,7 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def machine() -> Dict[str, str]:
+def machine() -> dict[str, str]:
     tmp = Path(tempfile.gettempdir())
     return {
         "nproc": str(os.cpu_count()),

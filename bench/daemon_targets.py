@@ -22,11 +22,10 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional, Set
 
-from bench.common import (MiB, Result, bootwatch_env, run_bootwatch, sync, temp_dir, write_config,
-                          write_random_file)
+from bench.common import MiB, Result, bootwatch_env, run_bootwatch, sync, temp_dir, write_config, write_random_file
 from bench.sizes import Sizes
 
 IN_MOVED_TO = 0x00000080
@@ -48,13 +47,13 @@ class IndexCommits:
             raise OSError(err, "inotify_add_watch", str(cache_dir))
         self.index = cache_dir / INDEX_NAME
 
-    def __enter__(self) -> "IndexCommits":
+    def __enter__(self) -> IndexCommits:
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
-    def wait(self, timeout: float) -> Optional[float]:
+    def wait(self, timeout: float) -> float | None:
         """Block until the next commit; return its ``perf_counter`` time, None on timeout."""
         deadline = time.perf_counter() + timeout
         while True:
@@ -81,9 +80,9 @@ class Daemon:
     def __init__(self, config: Path, runtime: Path) -> None:
         self.config = config
         self.runtime = runtime
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         with contextlib.ExitStack() as stack:
             sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC))
             # An abstract address (no file): a path under a deep $TMPDIR can exceed sun_path's 108 bytes.
@@ -159,7 +158,7 @@ def daemon_tree(prefix: str, *, track: str = "referenced") -> Iterator[tuple]:
         yield tmp, boot, cache, config, runtime
 
 
-def percentile(values: List[float], p: float) -> float:
+def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile: the smallest value with at least p % of the values at or below it."""
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
@@ -171,10 +170,10 @@ def percentile(values: List[float], p: float) -> float:
 SETTLE = 0.25  # the default [watch] settle
 
 
-def target_latency(sizes: Sizes) -> List[Result]:
+def target_latency(sizes: Sizes) -> list[Result]:
     """From closing a new referenced image to the index commit that lists it, in the daemon."""
-    latencies: List[float] = []
-    baselines: List[float] = []
+    latencies: list[float] = []
+    baselines: list[float] = []
     with daemon_tree("latency") as (tmp, boot, cache, config, runtime):
         source = tmp / "source"
         write_random_file(source, sizes.latency_image, seed=3)
@@ -243,22 +242,22 @@ def storm(boot: Path, count: int, size: int, seconds: float) -> float:
     return time.perf_counter()
 
 
-def indexed(commits: IndexCommits, expected: Set[str]) -> int:
+def indexed(commits: IndexCommits, expected: set[str]) -> int:
     with contextlib.suppress(FileNotFoundError, ValueError):
         return len(expected & commits.load()["index"].keys())
     return 0
 
 
-def target_storm_and_idle(sizes: Sizes) -> List[Result]:
+def target_storm_and_idle(sizes: Sizes) -> list[Result]:
     """5: a storm of new files with ``track = "all"``; 6: then the same daemon idle, tracking them."""
-    results: List[Result] = []
+    results: list[Result] = []
     n = sizes.tree_files
     expected = {f"/vmlinuz-storm-{i}" for i in range(n)}
     with daemon_tree("storm", track="all") as (tmp, boot, cache, config, runtime):
         with Daemon(config, runtime) as daemon, IndexCommits(cache) as commits:
             started = time.perf_counter()
             ended = storm(boot, n, sizes.storm_file_size, sizes.storm_seconds)
-            done: Optional[float] = None
+            done: float | None = None
             count = 0
             deadline = time.perf_counter() + 600
             while time.perf_counter() < deadline:

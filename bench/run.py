@@ -20,8 +20,9 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable
 
 # Run as a script: make the repository (bootwatch and bench) importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +32,7 @@ from bench.common import Result, compile_bootwatch, format_table, machine  # noq
 from bench.sizes import FULL, QUICK, Sizes  # noqa: E402
 
 # Targets 5 and 6 share one daemon: the idle cost is measured with the storm's 10,000 files tracked.
-TARGETS: List[Tuple[Tuple[str, ...], Callable[[Sizes], List[Result]]]] = [
+TARGETS: list[tuple[tuple[str, ...], Callable[[Sizes], list[Result]]]] = [
     (("1",), cache_targets.target_hashing),
     (("2",), cache_targets.target_add),
     (("3",), daemon_targets.target_latency),
@@ -53,7 +54,7 @@ def figure(value: object, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
-def render(results: Sequence[Result], info: Dict[str, str]) -> str:
+def render(results: Sequence[Result], info: dict[str, str]) -> str:
     rows = [(r.target, r.what, figure(r.bootwatch, r.unit), figure(r.baseline, r.unit),
              "-" if r.ratio is None else f"{r.ratio:.3f}", r.rule, "pass" if r.passed else "FAIL")
             for r in results]
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     compile_bootwatch()
     info = machine()
-    results: List[Result] = []
+    results: list[Result] = []
     started = time.monotonic()
     for ids, run in TARGETS:
         if not set(ids) & set(selected):

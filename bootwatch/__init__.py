@@ -1,6 +1,6 @@
 """bootwatch: keeps every boot entry of a host bootable.
 
-The cache library (``bootwatch.cache`` and the modules it uses) works without the daemon.
+The cache library (``bootwatch.cache.operations`` and the modules it uses) works without the daemon.
 """
 
 __version__ = "0.1.0"

@@ -2,6 +2,6 @@
 
 import sys
 
-from bootwatch.cli import main
+from bootwatch.cli.main import main
 
 sys.exit(main())

@@ -48,9 +48,10 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,7 +75,7 @@ _DURATION_UNITS = (("ms", 0.001), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("
 _DURATION_TERM = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 
 # The bounds of each duration, in seconds: (shortest, longest).
-DURATION_BOUNDS: Mapping[str, Tuple[float, float]] = MappingProxyType({
+DURATION_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
     "settle": (0.001, 600.0),                  # 1ms .. 10m
     "rescan_interval": (1.0, 7 * 86400.0),     # 1s .. 7d
     "clean_interval": (1.0, 30 * 86400.0),     # 1s .. 30d
@@ -109,7 +110,7 @@ class PathsConfig:
 @dataclasses.dataclass(frozen=True)
 class CacheConfig:
     track: str
-    patterns: Tuple[str, ...]
+    patterns: tuple[str, ...]
     keep: int
     auto_restore: bool
 
@@ -134,7 +135,7 @@ class JobsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig:
-    textfile: Optional[Path]
+    textfile: Path | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,10 +147,10 @@ class Config:
     jobs: JobsConfig
     metrics: MetricsConfig
     # The files that were read, main file first, then the drop-ins in the order applied.
-    sources: Tuple[Path, ...] = ()
+    sources: tuple[Path, ...] = ()
 
-    def with_overrides(self, boot: Optional[Path] = None,
-                       cache: Optional[Path] = None) -> Config:
+    def with_overrides(self, boot: Path | None = None,
+                       cache: Path | None = None) -> Config:
         """The configuration with the command line's ``--boot-dir`` / ``--cache-dir`` applied.
 
         When ``boot`` changes and no file set ``entries``, ``entries`` moves with it.
@@ -288,7 +289,7 @@ def _check_path(value: Any) -> Path:
     return Path(os.path.normpath(value))
 
 
-def system_directory_problem(path: Path) -> Optional[str]:
+def system_directory_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a boot, cache or runtime directory, or None if it can."""
     if path in SYSTEM_DIRECTORIES:
         return "/ or a system directory" if path == Path("/") else "a system directory"
@@ -305,7 +306,7 @@ def _check_directory(value: Any) -> Path:
     return path
 
 
-def layout_problem(boot: Path, cache: Path) -> Optional[str]:
+def layout_problem(boot: Path, cache: Path) -> str | None:
     """Why the cache cannot be where it is relative to the boot directory, or None."""
     if cache == boot:
         return f"the cache directory {cache} is the boot directory"
@@ -314,7 +315,7 @@ def layout_problem(boot: Path, cache: Path) -> Optional[str]:
     return None
 
 
-def _check_optional_path(value: Any) -> Optional[Path]:
+def _check_optional_path(value: Any) -> Path | None:
     if value == "":
         return None
     if not isinstance(value, str) or "\0" in value or not value.startswith("/"):
@@ -331,7 +332,7 @@ def _check_track(value: Any) -> str:
     return str(value)
 
 
-def _check_patterns(value: Any) -> Tuple[str, ...]:
+def _check_patterns(value: Any) -> tuple[str, ...]:
     # A TOML array is a list; the embedded default is a tuple so that it cannot be modified.
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
         raise _Invalid('a list of glob strings like ["vmlinuz-*"]')
@@ -358,7 +359,7 @@ def _check_duration(value: Any) -> float:
     except DurationTooLong:
         return math.inf
     except ValueError:
-        if _DURATION_TERM.fullmatch(value) or re.fullmatch(r"(?:%s)+" % _DURATION_TERM.pattern,
+        if _DURATION_TERM.fullmatch(value) or re.fullmatch(rf"(?:{_DURATION_TERM.pattern})+",
                                                            value):
             raise _Invalid(f"a duration greater than zero, like {DURATION_EXAMPLES}") from None
         raise _Invalid(f"a duration like {DURATION_EXAMPLES}") from None
@@ -397,13 +398,13 @@ class Key:
 @dataclasses.dataclass(frozen=True)
 class Section:
     name: str
-    keys: Tuple[Key, ...]
+    keys: tuple[Key, ...]
 
-    def key(self, name: str) -> Optional[Key]:
+    def key(self, name: str) -> Key | None:
         return next((k for k in self.keys if k.name == name), None)
 
 
-SCHEMA: Tuple[Section, ...] = (
+SCHEMA: tuple[Section, ...] = (
     Section("paths", (
         Key("boot", "path", _check_directory, "/boot",
             "The boot directory that holds the images and the BLS entries."),
@@ -490,10 +491,10 @@ EMBEDDED_DEFAULTS_TOML: str = _render_defaults()
 @dataclasses.dataclass
 class _Setting:
     value: Any
-    source: Optional[Path]  # None: embedded default
+    source: Path | None  # None: embedded default
 
 
-def load_config(path: Optional[Path] = None, *,
+def load_config(path: Path | None = None, *,
                 environ: Mapping[str, str] = os.environ) -> Config:
     """Read, merge and validate the configuration; see the module docstring for the order.
 
@@ -506,8 +507,8 @@ def load_config(path: Optional[Path] = None, *,
     else:
         main, explicit = DEFAULT_CONFIG_PATH, False
 
-    settings: Dict[Tuple[str, str], _Setting] = {}
-    sources: List[Path] = []
+    settings: dict[tuple[str, str], _Setting] = {}
+    sources: list[Path] = []
 
     text = _read(main, must_exist=explicit)
     if text is not None:
@@ -521,7 +522,7 @@ def load_config(path: Optional[Path] = None, *,
     return _build(settings, tuple(sources), environ)
 
 
-def _dropins(main: Path) -> List[Path]:
+def _dropins(main: Path) -> list[Path]:
     directory = main.with_name(main.name + ".d")
     try:
         names = sorted(entry.name for entry in os.scandir(directory)
@@ -551,7 +552,7 @@ def _is_null_device(path: Path) -> bool:
 MAX_CONFIG_SIZE = 1 << 20
 
 
-def _read(path: Path, *, must_exist: bool) -> Optional[str]:
+def _read(path: Path, *, must_exist: bool) -> str | None:
     try:
         data = read_regular(path, follow_symlinks=True, limit=MAX_CONFIG_SIZE)
     except FileNotFoundError:
@@ -580,7 +581,7 @@ def _read(path: Path, *, must_exist: bool) -> Optional[str]:
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-def _merge(settings: Dict[Tuple[str, str], _Setting], path: Path, text: str) -> None:
+def _merge(settings: dict[tuple[str, str], _Setting], path: Path, text: str) -> None:
     """Validate one file and lay its keys over ``settings``."""
     try:
         data = tomllib.loads(text)
@@ -618,7 +619,7 @@ def _merge(settings: Dict[Tuple[str, str], _Setting], path: Path, text: str) -> 
             settings[(name, key_name)] = _Setting(typed, path)
 
 
-def _build(settings: Mapping[Tuple[str, str], _Setting], sources: Tuple[Path, ...],
+def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ...],
            environ: Mapping[str, str]) -> Config:
     def get(section: str, name: str) -> Any:
         if (section, name) in settings:
@@ -673,15 +674,15 @@ def _runtime_from_environment(environ: Mapping[str, str]) -> Path:
 # Error messages
 
 
-def _error(path: Path, line: Optional[int], what: str, found: str, expected: str, *,
-           hint: Optional[str] = None) -> ConfigError:
+def _error(path: Path, line: int | None, what: str, found: str, expected: str, *,
+           hint: str | None = None) -> ConfigError:
     location = f"{path}:{line}" if line else str(path)
     if found.startswith("found "):
         return ConfigError(f"{what}: expected {expected}, {found}", path=location, hint=hint)
     return ConfigError(f"{what}: {found}, expected {expected}", path=location, hint=hint)
 
 
-def _did_you_mean(name: str, candidates: Any, template: str) -> Optional[str]:
+def _did_you_mean(name: str, candidates: Any, template: str) -> str | None:
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f"did you mean {template.format(close[0])}?" if close else None
 
@@ -714,7 +715,7 @@ def _unquote(name: str) -> str:
     return ".".join(part.strip().strip("\"'") for part in name.split("."))
 
 
-def _section_at(lines: List[str], line: int) -> Optional[str]:
+def _section_at(lines: list[str], line: int) -> str | None:
     """The ``[table]`` that line ``line`` (1-based) belongs to, by the last header above it."""
     for text in reversed(lines[:line - 1]):
         match = _HEADER.match(text)
@@ -723,7 +724,7 @@ def _section_at(lines: List[str], line: int) -> Optional[str]:
     return None
 
 
-def _locate(text: str, section: str, key: Optional[str]) -> Optional[int]:
+def _locate(text: str, section: str, key: str | None) -> int | None:
     """The 1-based line where ``[section] key`` (or the section itself) is set, if found.
 
     A scan of the text, not a parse: it understands ``[section]`` headers, ``key = ...`` inside
@@ -731,12 +732,12 @@ def _locate(text: str, section: str, key: Optional[str]) -> Optional[int]:
     That covers everything a person writes; for the rest the message has no line number.
     """
     quoted = lambda name: r"""(?:%s|"%s"|'%s')""" % ((re.escape(name),) * 3)  # noqa: E731
-    key_re = re.compile(r"^\s*%s\s*=" % quoted(key)) if key else None
-    dotted = re.compile(r"^\s*%s\s*\.\s*%s\s*[=.]" % (quoted(section), quoted(key))) if key \
-        else re.compile(r"^\s*%s\s*[.=]" % quoted(section))
-    inline = re.compile(r"^\s*%s\s*=\s*\{.*\b%s\s*=" % (quoted(section), quoted(key))) if key \
+    key_re = re.compile(rf"^\s*{quoted(key)}\s*=") if key else None
+    dotted = re.compile(rf"^\s*{quoted(section)}\s*\.\s*{quoted(key)}\s*[=.]") if key \
+        else re.compile(rf"^\s*{quoted(section)}\s*[.=]")
+    inline = re.compile(rf"^\s*{quoted(section)}\s*=\s*\{{.*\b{quoted(key)}\s*=") if key \
         else None
-    current: Optional[str] = None
+    current: str | None = None
     for number, line in enumerate(text.splitlines(), 1):
         header = _HEADER.match(line)
         if header:

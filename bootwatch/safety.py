@@ -13,12 +13,17 @@ import ctypes
 import functools
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional, Tuple
 
-from bootwatch.errors import (BootwatchError, FileTooLargeError, NotRegularFileError, UnsafeDirectoryError,
-                              UnsafePathError, UsageError)
-
+from bootwatch.errors import (
+    BootwatchError,
+    FileTooLargeError,
+    NotRegularFileError,
+    UnsafeDirectoryError,
+    UnsafePathError,
+    UsageError,
+)
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The directories above are only walked through and fstat'ed: O_PATH needs no read permission.
@@ -64,7 +69,7 @@ def open_private_directory(directory: Path, *, create: bool = False) -> int:
 
 
 def _open_below(parent_fd: int, name: str, path: Path, *, create: bool, mode: int, parent: bool,
-                missing: Optional[Path] = None, flags: int = _DIRECTORY_FLAGS) -> int:
+                missing: Path | None = None, flags: int = _DIRECTORY_FLAGS) -> int:
     """Open the directory ``name`` in ``parent_fd`` (which is closed here) without following a symlink.
 
     ``missing`` is what a "does not exist" error names (the cache directory, for a missing parent).
@@ -131,7 +136,7 @@ def check_private_fd(fd: int, directory: Path) -> None:
                                    path=directory, hint=f"chmod go-w {directory}")
 
 
-def open_private_subdirectory(parent_fd: int, name: str, path: Path, *, create: bool = False) -> Optional[int]:
+def open_private_subdirectory(parent_fd: int, name: str, path: Path, *, create: bool = False) -> int | None:
     """Open ``name`` (``.tmp``, ``links``, ``lost+found``) relative to the checked cache directory
     and check it as the cache directory is checked; None if it is absent and not ``create``."""
     if not create:
@@ -149,7 +154,7 @@ def open_private_subdirectory(parent_fd: int, name: str, path: Path, *, create: 
 
 
 @contextlib.contextmanager
-def listing(dir_fd: int) -> Iterator[Iterator["os.DirEntry[str]"]]:
+def listing(dir_fd: int) -> Iterator[Iterator[os.DirEntry[str]]]:
     """The entries of the open directory ``dir_fd``, read through a descriptor of its own.
 
     ``os.scandir(fd)`` and ``os.listdir(fd)`` read a dup of ``fd``, and a dup shares the file
@@ -237,7 +242,7 @@ def _boot_path_from_argument(boot_dir: Path, argument: str) -> str:
     return normalize_boot_path(argument)
 
 
-def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = None) -> Path:
+def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None) -> Path:
     """Return the real file that the boom-style ``path`` names inside ``boot_dir``.
 
     Symlinks are followed only while they stay inside the boot directory (Debian and Fedora keep
@@ -264,7 +269,7 @@ def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = No
     return candidate
 
 
-def name_in_boot(boot_dir: Path, path: str, *, boot_real: Optional[Path] = None) -> Path:
+def name_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None) -> Path:
     """The name that the boom-style ``path`` is inside ``boot_dir``: its directory resolved as
     :func:`resolve_in_boot` resolves it, its last component as it is, never followed.
 
@@ -314,7 +319,7 @@ class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("f_rest", ctypes.c_long * 15)]
 
 
-def filesystem_magic(fd: int) -> Optional[int]:
+def filesystem_magic(fd: int) -> int | None:
     """``fstatfs(2)``'s ``f_type`` of the filesystem ``fd`` is on (``os.statvfs`` does not give it)."""
     buf = _StatFs()
     if _libc().fstatfs(fd, ctypes.byref(buf)) != 0:
@@ -327,9 +332,9 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
 
 
-def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None,
-                 follow_symlinks: bool = False, display: "Optional[os.PathLike[str] | str]" = None,
-                 max_size: Optional[int] = None, device: Optional[Tuple[int, "os.PathLike[str] | str"]] = None) -> int:
+def open_regular(path: os.PathLike[str] | str, *, dir_fd: int | None = None,
+                 follow_symlinks: bool = False, display: os.PathLike[str] | str | None = None,
+                 max_size: int | None = None, device: tuple[int, os.PathLike[str] | str] | None = None) -> int:
     """Open a regular file for reading, never blocking on what the name turned out to be.
 
     Every file bootwatch reads (boot files, images, the index, entries) goes through here. A FIFO
@@ -368,9 +373,9 @@ def open_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None
     return fd
 
 
-def read_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None, follow_symlinks: bool = False,
-                 limit: int, display: "Optional[os.PathLike[str] | str]" = None,
-                 device: Optional[Tuple[int, "os.PathLike[str] | str"]] = None) -> bytes:
+def read_regular(path: os.PathLike[str] | str, *, dir_fd: int | None = None, follow_symlinks: bool = False,
+                 limit: int, display: os.PathLike[str] | str | None = None,
+                 device: tuple[int, os.PathLike[str] | str] | None = None) -> bytes:
     """The bytes of a regular file (see :func:`open_regular`) that bootwatch reads whole.
 
     Every such read has a bound, ``limit``, for what the file is (the index, an entry, the
@@ -387,7 +392,7 @@ def read_regular(path: "os.PathLike[str] | str", *, dir_fd: Optional[int] = None
         os.close(fd)
 
 
-def read_bounded(fd: int, limit: int, name: "os.PathLike[str] | str") -> bytes:
+def read_bounded(fd: int, limit: int, name: os.PathLike[str] | str) -> bytes:
     """Everything left to read at ``fd``, if that is at most ``limit`` bytes; else
     :class:`FileTooLargeError` naming ``name``, after reading no more than ``limit + 1`` bytes."""
     size = os.fstat(fd).st_size

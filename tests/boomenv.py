@@ -29,9 +29,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any
 
 #: The root of the bootwatch source tree; put on PYTHONPATH so ``python -m bootwatch`` works
 #: without installing the package.
@@ -74,7 +75,7 @@ def _profile_text(os_id: str) -> str:
     ])
 
 
-def boom_command() -> Optional[List[str]]:
+def boom_command() -> list[str] | None:
     """The argv prefix that runs the real boom, or None when boom-boot is not installed.
 
     The console script is looked for beside the running interpreter first (the venv's ``bin``),
@@ -153,8 +154,8 @@ class BoomEnv:
         f = self.boot_file(img_path)
         return f.parent / f".{f.name}.boomrestored"
 
-    def write_entry(self, version: str, linux: str, initrd: Optional[str] = None,
-                    title: Optional[str] = None) -> Path:
+    def write_entry(self, version: str, linux: str, initrd: str | None = None,
+                    title: str | None = None) -> Path:
         """Write a BLS entry that boom matches to the test OS profile (through ``version``).
 
         This is what ``boom create`` writes, minus the ``#OsIdentifier`` comment: boom matches
@@ -174,7 +175,7 @@ class BoomEnv:
         entry.write_text("\n".join(lines) + "\n")
         return entry
 
-    def write_kernel(self, version: str, title: Optional[str] = None) -> Dict[str, str]:
+    def write_kernel(self, version: str, title: str | None = None) -> dict[str, str]:
         """A kernel and initramfs for ``version`` plus an entry using both.
 
         Returns ``{image path: image id}``.
@@ -199,7 +200,7 @@ class BoomEnv:
             raise AssertionError(_describe(argv, proc))
         return proc
 
-    def boom_cache_list(self) -> List[Dict[str, Any]]:
+    def boom_cache_list(self) -> list[dict[str, Any]]:
         """``boom cache list --json``, as ``[{"path", "image_id", "ts", "state", "count"}]``.
 
         boom prints ``{"Cache": [{"cache_path", "cache_imgid", ...}]}``; 1.6.8 prints the full
@@ -216,7 +217,7 @@ class BoomEnv:
         return [{"path": r["cache_path"], "image_id": r["cache_imgid"], "ts": int(r["cache_ts"]),
                  "state": r["cache_state"], "count": int(r["cache_count"])} for r in rows]
 
-    def boom_create(self, version: str, backup: bool = True, title: Optional[str] = None
+    def boom_create(self, version: str, backup: bool = True, title: str | None = None
                     ) -> subprocess.CompletedProcess:
         """``boom create`` an entry for ``version`` using the test profile.
 
@@ -278,7 +279,7 @@ class BoomEnv:
             raise AssertionError(_describe(argv, proc))
         return proc
 
-    def bootwatch_list(self) -> List[Dict[str, Any]]:
+    def bootwatch_list(self) -> list[dict[str, Any]]:
         """``bootwatch list --json``: a JSON array of objects."""
         proc = self.bootwatch("list", "--json")
         try:
@@ -292,7 +293,7 @@ class BoomEnv:
 
     # -- the index -------------------------------------------------------------------------
 
-    def read_index(self) -> Dict[str, Any]:
+    def read_index(self) -> dict[str, Any]:
         return json.loads(self.index_file.read_text())
 
 
@@ -343,7 +344,7 @@ def layout(boot: Path, boom_cmd: Sequence[str]) -> BoomEnv:
 
 
 @contextlib.contextmanager
-def boom_environment(parent: Optional[Path] = None) -> Iterator[BoomEnv]:
+def boom_environment(parent: Path | None = None) -> Iterator[BoomEnv]:
     """A fresh boom boot directory in a temp dir, removed on every exit path.
 
     Raises RuntimeError when boom-boot is not installed; tests skip before calling this.

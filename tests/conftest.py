@@ -11,7 +11,7 @@ disturbed by the ``BOOTWATCH_CONFIG`` that :func:`bootwatch_config` sets.
   path (not created: the first writer creates it with mode 0700, as in real use).
 - ``run_cli``: ``run_cli("add", "/vmlinuz-1")`` runs ``python -m bootwatch --boot-dir ...
   --cache-dir ...`` as a real subprocess and returns ``(rc, stdout, stderr)``.
-- ``cache``: the library object (:class:`bootwatch.cache.BootCache`) for the same directories.
+- ``cache``: the library object (:class:`bootwatch.cache.operations.BootCache`) for the same directories.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-CliResult = Tuple[int, str, str]
+CliResult = tuple[int, str, str]
 
 
 def sha1_bytes(data: bytes) -> str:
@@ -43,8 +44,8 @@ def sha1_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def subprocess_env(config: Optional[Path] = None,
-                   extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def subprocess_env(config: Path | None = None,
+                   extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a bootwatch subprocess: the repository importable, the test's config."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -56,11 +57,11 @@ def subprocess_env(config: Optional[Path] = None,
     return env
 
 
-def run_bootwatch(boot: Optional[Path], cache: Optional[Path], *args: str, config: Optional[Path] = None,
-                  timeout: float = 60, cwd: Optional[Path] = None,
-                  env: Optional[Mapping[str, str]] = None) -> CliResult:
+def run_bootwatch(boot: Path | None, cache: Path | None, *args: str, config: Path | None = None,
+                  timeout: float = 60, cwd: Path | None = None,
+                  env: Mapping[str, str] | None = None) -> CliResult:
     """Run ``python -m bootwatch [--boot-dir B] [--cache-dir C] ARGS`` and return (rc, stdout, stderr)."""
-    argv: List[str] = [sys.executable, "-m", "bootwatch"]
+    argv: list[str] = [sys.executable, "-m", "bootwatch"]
     if boot is not None:
         argv += ["--boot-dir", str(boot)]
     if cache is not None:
@@ -108,8 +109,8 @@ class BootTree:
         """The file behind the boom-style path ``/vmlinuz-1``."""
         return self.boot / img_path.lstrip("/")
 
-    def write_file(self, img_path: str, size: int = 4096, *, content: Optional[bytes] = None,
-                   mode: int = 0o644, mtime: Optional[int] = None) -> str:
+    def write_file(self, img_path: str, size: int = 4096, *, content: bytes | None = None,
+                   mode: int = 0o644, mtime: int | None = None) -> str:
         """Write a boot file (random content unless given) and return its SHA1."""
         data = os.urandom(size) if content is None else content
         target = self.path(img_path)
@@ -120,16 +121,16 @@ class BootTree:
             os.utime(target, (mtime, mtime))
         return sha1_bytes(data)
 
-    def write_kernel(self, version: str, size: int = 4096) -> Dict[str, str]:
+    def write_kernel(self, version: str, size: int = 4096) -> dict[str, str]:
         """``/vmlinuz-V`` and ``/initramfs-V.img``: {path: sha1}."""
         return {f"/vmlinuz-{version}": self.write_file(f"/vmlinuz-{version}", size),
                 f"/initramfs-{version}.img": self.write_file(f"/initramfs-{version}.img", size)}
 
     # -- BLS entries -------------------------------------------------------------------------
 
-    def write_entry(self, name: str, lines: Sequence[Tuple[str, str]] = (), *, title: Optional[str] = None,
-                    linux: Optional[str] = None, initrd: Optional[Sequence[str]] = None,
-                    efi: Optional[str] = None, devicetree: Optional[str] = None) -> Path:
+    def write_entry(self, name: str, lines: Sequence[tuple[str, str]] = (), *, title: str | None = None,
+                    linux: str | None = None, initrd: Sequence[str] | None = None,
+                    efi: str | None = None, devicetree: str | None = None) -> Path:
         """Write ``<entries>/<name>.conf``.
 
         ``lines`` are raw ``(key, value)`` pairs written as given (for repeated keys); the keyword
@@ -161,27 +162,27 @@ class BootTree:
     def index_bytes(self) -> bytes:
         return self.index_file.read_bytes()
 
-    def read_index(self) -> Dict[str, Any]:
+    def read_index(self) -> dict[str, Any]:
         return json.loads(self.index_file.read_text())
 
     def image(self, image_id: str) -> Path:
         return self.cache / f"{image_id}.img"
 
-    def images_on_disk(self) -> List[str]:
+    def images_on_disk(self) -> list[str]:
         if not self.cache.is_dir():
             return []
         return sorted(p.name[:-4] for p in self.cache.glob("*.img") if len(p.name) == 44)
 
-    def temp_files(self) -> List[str]:
+    def temp_files(self) -> list[str]:
         """Temp files in the cache directory and in its temp subdirectory (``.tmp/``)."""
-        found: List[str] = []
+        found: list[str] = []
         for directory in (self.cache, self.cache / ".tmp"):
             if directory.is_dir():
                 found += [p.name for p in directory.iterdir() if p.name.startswith(".bootwatch-tmp.")]
         return sorted(found)
 
-    def cli(self, *args: str, timeout: float = 60, env: Optional[Mapping[str, str]] = None,
-            boot: Optional[Path] = None, cache: Optional[Path] = None) -> CliResult:
+    def cli(self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None,
+            boot: Path | None = None, cache: Path | None = None) -> CliResult:
         """Run the CLI on this tree (or on another ``boot``/``cache`` directory)."""
         return run_bootwatch(boot or self.boot, cache or self.cache, *args, config=self.config,
                              timeout=timeout, cwd=self.root, env=env)
@@ -190,7 +191,7 @@ class BootTree:
         """Run the CLI with only the test's config: no --boot-dir/--cache-dir before ARGS."""
         return run_bootwatch(None, None, *args, config=self.config, timeout=timeout, cwd=self.root)
 
-    def env(self, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment for a Python child that imports bootwatch (crash and lock tests)."""
         return subprocess_env(self.config, extra)
 
@@ -200,7 +201,7 @@ class BootTree:
         assert "Traceback" not in err, err
         return json.loads(out)
 
-    def list_json(self) -> Dict[str, Dict[str, Any]]:
+    def list_json(self) -> dict[str, dict[str, Any]]:
         """``list --json`` keyed by path."""
         return {row["path"]: row for row in self.cli_json("list", "--json")}
 
@@ -209,8 +210,8 @@ class BootTree:
         self.config.write_text(f"[cache]\nkeep = {keep}\n")
 
     def library(self, keep: int = 2):
-        """A :class:`bootwatch.cache.BootCache` for this tree."""
-        from bootwatch.cache import BootCache
+        """A :class:`bootwatch.cache.operations.BootCache` for this tree."""
+        from bootwatch.cache.operations import BootCache
         return BootCache(self.boot, self.entries, self.cache, keep=keep)
 
 

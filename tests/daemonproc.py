@@ -14,15 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_config(path: Path, boot_dir: Path, cache_dir: Path, runtime_dir: Path,
-                 **sections: Dict[str, object]) -> Path:
+                 **sections: dict[str, object]) -> Path:
     """A TOML config for a test tree; ``sections`` add keys, e.g. ``watch={"settle": "100ms"}``."""
-    data: Dict[str, Dict[str, object]] = {
+    data: dict[str, dict[str, object]] = {
         "paths": {"boot": str(boot_dir), "cache": str(cache_dir), "runtime": str(runtime_dir)}}
     for name, keys in sections.items():
         data.setdefault(name, {}).update(keys)
@@ -35,7 +34,7 @@ def write_config(path: Path, boot_dir: Path, cache_dir: Path, runtime_dir: Path,
     return path
 
 
-def run_with_config(config: Path, *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+def run_with_config(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m bootwatch --config FILE ARGS`` as a child; the repository importable."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
     env.pop("BOOTWATCH_CONFIG", None)
@@ -46,12 +45,12 @@ def run_with_config(config: Path, *args: str, timeout: float = 120) -> "subproce
 class DaemonProcess:
     """``python -m bootwatch --config FILE run`` with ``NOTIFY_SOCKET`` bound by the test."""
 
-    def __init__(self, config: Path, workdir: Path, *, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, config: Path, workdir: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.notify_path = workdir / "notify.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.notify_path))
-        self.messages: List[Dict[str, str]] = []
+        self.messages: list[dict[str, str]] = []
         child_env = dict(os.environ)
         child_env.update({
             "NOTIFY_SOCKET": str(self.notify_path),
@@ -68,7 +67,7 @@ class DaemonProcess:
 
     # ---------------------------------------------------------------- sd_notify
 
-    def receive(self, timeout: float) -> Optional[Dict[str, str]]:
+    def receive(self, timeout: float) -> dict[str, str] | None:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
@@ -78,7 +77,7 @@ class DaemonProcess:
         self.messages.append(message)
         return message
 
-    def wait_message(self, key: str, value: Optional[str] = None, timeout: float = 30.0) -> Dict[str, str]:
+    def wait_message(self, key: str, value: str | None = None, timeout: float = 30.0) -> dict[str, str]:
         """The next message that sets ``key`` (to ``value``), reading on from where we are."""
         deadline = time.monotonic() + timeout
         while True:
@@ -90,7 +89,7 @@ class DaemonProcess:
             if message and key in message and (value is None or message[key] == value):
                 return message
 
-    def wait_ready(self, timeout: float = 30.0) -> Dict[str, str]:
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, str]:
         return self.wait_message("READY", "1", timeout)
 
     # ---------------------------------------------------------------- life
@@ -117,7 +116,7 @@ class DaemonProcess:
         self.sock.close()
         self.log.close()
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

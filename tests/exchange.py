@@ -11,7 +11,7 @@ RENAME_EXCHANGE = 2
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def exchange(a: "os.PathLike[str] | str", b: "os.PathLike[str] | str") -> None:
+def exchange(a: os.PathLike[str] | str, b: os.PathLike[str] | str) -> None:
     """Atomically swap the directory entries ``a`` and ``b`` (both must exist)."""
     if _LIBC.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
         err = ctypes.get_errno()

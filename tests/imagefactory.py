@@ -11,10 +11,10 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
-COMPRESSORS: Dict[str, List[str]] = {
+COMPRESSORS: dict[str, list[str]] = {
     "gzip": ["gzip", "-c", "-9"],
     "zstd": ["zstd", "-c", "-q", "-19"],
     "xz": ["xz", "-c", "--check=crc32"],
@@ -113,7 +113,7 @@ def build_initramfs(out: Path, work: Path, methods: Sequence[str],
 
     "none" appends another uncompressed cpio.
     """
-    parts: List[bytes] = []
+    parts: list[bytes] = []
     if microcode:
         parts.append(cpio_newc(microcode_tree(work / "early")))
     for i, method in enumerate(methods):
@@ -137,7 +137,7 @@ def bzimage(payload_paragraphs: int = 64, setup_sects: int = 1) -> bytes:
     return bytes(setup) + os.urandom(payload_paragraphs * 16)
 
 
-def pe_image(sections: Sequence[Tuple[str, bytes]], signature: Optional[bytes] = None) -> bytes:
+def pe_image(sections: Sequence[tuple[str, bytes]], signature: bytes | None = None) -> bytes:
     """A PE32+ image with the given sections (file-aligned to 512 bytes) and an optional
     Authenticode-style certificate table appended at the end."""
     e_lfanew = 0x40

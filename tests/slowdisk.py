@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -68,11 +68,11 @@ class ThrottledReads:
     def add(self, pid: int) -> None:
         (self.directory / "cgroup.procs").write_text(f"{pid}\n")
 
-    def pids(self) -> List[int]:
+    def pids(self) -> list[int]:
         return [int(p) for p in (self.directory / "cgroup.procs").read_text().split()]
 
 
-def _cgroup2_root() -> Optional[Path]:
+def _cgroup2_root() -> Path | None:
     """Where the cgroup v2 hierarchy is mounted, if its ``io`` controller can be used from the root."""
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split() for line in f]
@@ -89,7 +89,7 @@ def _cgroup2_root() -> Optional[Path]:
     return None
 
 
-def _throttle_files(majmin: str, bytes_per_second: int) -> Optional[Tuple[Path, str, str]]:
+def _throttle_files(majmin: str, bytes_per_second: int) -> tuple[Path, str, str] | None:
     """(hierarchy root, limit file, its line) of the first controller that throttles reads."""
     if (BLKIO / "blkio.throttle.read_bps_device").exists():
         return BLKIO, "blkio.throttle.read_bps_device", f"{majmin} {bytes_per_second}\n"

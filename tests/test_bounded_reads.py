@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-
 HUGE = 4 << 30  # sparse: no space used
 TIMEOUT = 120
 
@@ -149,6 +148,6 @@ def test_entries_and_status_below_their_bounds_read_as_before(boot_tree, tmp_pat
     runtime.mkdir()
     (runtime / "status.json").write_text(json.dumps({"pid": os.getpid(), "started": 1_700_000_000,
                                                     "boot_dir": "/boot", "cache_dir": "/var/cache/bootwatch"}))
-    from bootwatch.status import load_status
+    from bootwatch.daemon.status import load_status
     assert load_status(runtime).pid == os.getpid()
     assert set(boot_tree.list_json()) == {"/vmlinuz-1.0", "/initramfs-1.0.img"}

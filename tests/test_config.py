@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -20,7 +19,7 @@ from bootwatch.errors import EXIT_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "etc" / "bootwatch" / "bootwatch.toml"
-NO_ENV: Dict[str, str] = {}
+NO_ENV: dict[str, str] = {}
 
 
 def write(path: Path, text: str) -> Path:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from daemonproc import DaemonProcess, run_with_config, write_config
 from polling import wait_for
 

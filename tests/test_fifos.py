@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from exchange import exchange
 
 K = "/vmlinuz-1"
@@ -107,8 +106,8 @@ def test_scan_warns_of_a_fifo_entry_each_time(boot_tree) -> None:
 def test_the_daemon_warns_of_a_fifo_once_per_path(boot_tree, caplog) -> None:
     """The daemon's passes share one cache and one reconciler: a FIFO that stays is said once; one
     that comes back after a regular file was there is said again."""
+    from bootwatch.cache.reconcile import Reconciler
     from bootwatch.config import load_config
-    from bootwatch.reconcile import Reconciler
     boot_tree.write_entry("e1", linux=K, initrd=["/initrd-1"])
     boot_tree.write_file("/initrd-1")
     make_fifo(boot_tree.path(K))
@@ -230,7 +229,7 @@ def test_an_entry_swapped_for_a_fifo_is_never_opened(boot_tree, tmp_path: Path) 
     entry = boot_tree.write_entry("e1", linux=K)
     fifo = make_fifo(tmp_path / "e1.fifo")
     reader = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom bootwatch.bls import read_entries\n"
+        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom bootwatch.entries.bls import read_entries\n"
          "for _ in range(3000):\n    read_entries(Path(sys.argv[1]))\n", str(boot_tree.entries)],
         env=boot_tree.env(), stderr=subprocess.PIPE, text=True)
     stop = threading.Event()

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from bootwatch.cache.hashing import hash_file
 from bootwatch.errors import ContentChangedError, NotRegularFileError
-from bootwatch.hashing import hash_file
 from bootwatch.safety import open_regular
 
 TIMEOUT = 20  # seconds; each command takes well under one when it does not hang

@@ -17,8 +17,8 @@ import os
 import shutil
 import signal
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 from nspawn_container import Container, booted_container
@@ -39,7 +39,7 @@ CACHE_DIR = Path(os.environ.get("BOOTWATCH_TEST_CACHE", "/var/cache/bootwatch-te
 REQUIRED_TOOLS = ("systemd-nspawn", "mmdebstrap", "nsenter", "unshare")
 INSTALL_HINT = "apt-get install -y --no-install-recommends systemd-container mmdebstrap"
 
-def _missing_prerequisite() -> Optional[str]:
+def _missing_prerequisite() -> str | None:
     if os.environ.get("BOOTWATCH_SKIP_NSPAWN") == "1":
         return "BOOTWATCH_SKIP_NSPAWN=1"
     if os.geteuid() != 0:

@@ -28,9 +28,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, TypeVar
 
 from nspawn_rootfs import mounts_below
 
@@ -46,7 +47,7 @@ class ContainerError(RuntimeError):
     """The container could not be booted, driven or torn down."""
 
 
-def wait_until(what: str, probe: Callable[[], Optional[T]], timeout: float,
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float,
                interval: float = 0.2) -> T:
     """Poll *probe* until it returns something true, or fail naming *what* we waited for.
 
@@ -66,7 +67,7 @@ def wait_until(what: str, probe: Callable[[], Optional[T]], timeout: float,
 SCOPE_PREFIX = "bootwatch-tests."
 
 
-def _hierarchies() -> List[Path]:
+def _hierarchies() -> list[Path]:
     """The cgroup hierarchies a container's systemd needs a cgroup in."""
     if (CGROUP_ROOT / "cgroup.procs").exists():  # pure cgroup2 (unified) host
         return [CGROUP_ROOT]
@@ -132,10 +133,10 @@ class CgroupScope:
             raise ContainerError("could not remove cgroups: " + "; ".join(leftovers))
 
     @property
-    def procs_files(self) -> List[Path]:
+    def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
 
-    def pids(self) -> List[int]:
+    def pids(self) -> list[int]:
         """Every process still in the scope, in any of its sub-cgroups."""
         found = set()
         for d in self.dirs:
@@ -156,7 +157,7 @@ class CgroupScope:
             time.sleep(0.1)
 
 
-def _children(pid: int) -> List[Tuple[int, str]]:
+def _children(pid: int) -> list[tuple[int, str]]:
     """(pid, comm) of the direct children of *pid*, from /proc."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -183,7 +184,7 @@ class Container:
     nspawn: subprocess.Popen[bytes]
 
     def run(self, argv: Sequence[str], *, timeout: float = 60, check: bool = True,
-            input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run *argv* as root in the container with a clean environment; return its output."""
         cmd = ["nsenter", "-t", str(self.leader), "-a", "--",
                "env", "-i", f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8", "SYSTEMD_PAGER=",
@@ -201,7 +202,7 @@ class Container:
     def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return self.run(["/bin/sh", "-euc", script], **kwargs)  # type: ignore[arg-type]
 
-    def show(self, unit: str, *props: str) -> Dict[str, str]:
+    def show(self, unit: str, *props: str) -> dict[str, str]:
         """``systemctl show`` properties of *unit* as a dict."""
         out = self.run(["systemctl", "show", unit, "-p", ",".join(props)]).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -209,7 +210,7 @@ class Container:
     def prop(self, unit: str, name: str) -> str:
         return self.show(unit, name)[name]
 
-    def journal(self, *args: str) -> List[Dict[str, object]]:
+    def journal(self, *args: str) -> list[dict[str, object]]:
         """Journal records as dicts (``journalctl -o json``); *args* select them."""
         out = self.run(["journalctl", "--no-pager", "-o", "json", *args]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -225,7 +226,7 @@ class Container:
 
 def _find_leader(nspawn: subprocess.Popen[bytes], timeout: float) -> int:
     """The host PID of the container's PID 1, once nspawn has exec'd systemd in it."""
-    def probe() -> Optional[int]:
+    def probe() -> int | None:
         if nspawn.poll() is not None:
             raise ContainerError(f"systemd-nspawn exited with {nspawn.returncode} before booting")
         for pid, comm in _children(nspawn.pid):
@@ -295,7 +296,7 @@ def booted_container(rootfs: Path, *, machine: str, log: Path,
         stack.callback(_power_off, container, log)
         container.leader = _find_leader(nspawn, timeout=30)
 
-        def booted() -> Optional[str]:
+        def booted() -> str | None:
             if nspawn.poll() is not None:
                 raise ContainerError(f"systemd-nspawn exited with {nspawn.returncode} while booting; "
                                      f"see {log}")

@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Tuple
 
 # Bumped whenever the way the tree is built changes in a way the hash below cannot see.
 BUILD_FORMAT = 1
@@ -56,7 +56,7 @@ class RootfsSpec:
     # python3-venv: the bootwatch venv is created inside the container with the container's
     # python3, whose ABI (3.11 on bookworm) the host-built wheels must match;
     # procps: /bin/kill, which the unit's ExecReload runs (minbase does not have it).
-    packages: Tuple[str, ...] = ("systemd", "dbus", "procps", "python3", "python3-venv")
+    packages: tuple[str, ...] = ("systemd", "dbus", "procps", "python3", "python3-venv")
 
     def key(self) -> str:
         """A short hash that names the cached tree."""
@@ -102,10 +102,10 @@ def _mmdebstrap(spec: RootfsSpec, target: Path, log: Path) -> None:
                            + "\n".join(tail))
 
 
-def mounts_below(path: Path) -> List[str]:
+def mounts_below(path: Path) -> list[str]:
     """Mount points at or below *path*, from this mount namespace's mountinfo."""
     prefix = str(path.resolve())
-    found: List[str] = []
+    found: list[str] = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mount_point = line.split()[4].replace("\\040", " ")
         if mount_point == prefix or mount_point.startswith(prefix + "/"):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
 
 CONTAINER_PYTHON_TAGS = ("py3", "py2.py3", "cp311")
 
@@ -26,7 +25,7 @@ _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-in
                                      ".pytest_cache", "tests", "bench")
 
 
-def build_wheels(source: Path, dest: Path) -> List[Path]:
+def build_wheels(source: Path, dest: Path) -> list[Path]:
     """Build wheels of the project in *source* and of all its dependencies into *dest*."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bootwatch-src-") as tmp:

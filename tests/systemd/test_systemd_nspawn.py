@@ -13,12 +13,12 @@ the previous one leaves (the daemon running), and the last one stops it.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional
+from collections.abc import Iterator
 
 from nspawn_container import Container, wait_until
 from nspawn_testbed import INITRAMFS, KERNEL, UNIT, sha1
 
-from bootwatch.journal import Event
+from bootwatch.log import Event
 
 # MESSAGE_IDs of systemd's own records (systemd/sd-messages.h).
 SD_MESSAGE_UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"
@@ -28,10 +28,10 @@ SD_MESSAGE_UNIT_SUCCESS = "7ad2d189f7e94e70a38c781354912448"
 IMAGES = {"/vmlinuz-T": sha1(KERNEL), "/initramfs-T.img": sha1(INITRAMFS)}
 CACHE = "/var/lib/bootwatch/cache"
 
-Record = Dict[str, object]
+Record = dict[str, object]
 
 
-def unit_journal(ct: Container, after: Optional[str] = None) -> List[Record]:
+def unit_journal(ct: Container, after: str | None = None) -> list[Record]:
     """The unit's records: the daemon's own and PID 1's about the unit, oldest first."""
     args = ["-u", UNIT] + ([f"--after-cursor={after}"] if after else [])
     return ct.journal(*args)
@@ -47,14 +47,14 @@ def from_daemon(record: Record) -> bool:
     return record.get("_SYSTEMD_UNIT") == UNIT and record.get("_PID") != "1"
 
 
-def events(records: List[Record], event: Event, path: Optional[str] = None) -> List[Record]:
+def events(records: list[Record], event: Event, path: str | None = None) -> list[Record]:
     """The daemon's records of *event*, about boot *path* if given ("/vmlinuz-T", as in the
     cache index, or "/boot/vmlinuz-T")."""
     return [r for r in records if from_daemon(r) and r.get("MESSAGE_ID") == event.message_id
             and (path is None or str(r.get("BOOTWATCH_PATH", "")).endswith(path))]
 
 
-def index_of(records: List[Record], predicate: object, what: str) -> int:
+def index_of(records: list[Record], predicate: object, what: str) -> int:
     for i, r in enumerate(records):
         if predicate(r):  # type: ignore[operator]
             return i
@@ -77,13 +77,13 @@ def pid1_debug_logging(ct: Container) -> Iterator[None]:
         ct.run(["systemctl", "log-level", "info"])
 
 
-def state(ct: Container) -> Dict[str, str]:
+def state(ct: Container) -> dict[str, str]:
     return ct.show(UNIT, "ActiveState", "SubState", "MainPID", "NRestarts", "Result",
                    "ReloadResult", "ExecMainCode", "ExecMainStatus", "StatusText")
 
 
-def wait_running(ct: Container, timeout: float = 60) -> Dict[str, str]:
-    def probe() -> Optional[Dict[str, str]]:
+def wait_running(ct: Container, timeout: float = 60) -> dict[str, str]:
+    def probe() -> dict[str, str] | None:
         s = state(ct)
         return s if (s["ActiveState"], s["SubState"]) == ("active", "running") else None
     return wait_until(f"{UNIT} to be active (running)", probe, timeout)
@@ -170,11 +170,11 @@ def test_reload(container: Container) -> None:
     before = wait_running(container)
     cursor = container.journal_cursor()
 
-    def notified(records: List[Record], what: str) -> List[int]:
+    def notified(records: list[Record], what: str) -> list[int]:
         return [i for i, r in enumerate(records) if r.get("_PID") == "1"
                 and "Got notification message" in message(r) and what in message(r)]
 
-    def reload_done() -> Optional[List[Record]]:
+    def reload_done() -> list[Record] | None:
         # ExecReload (kill -HUP) returns at once, and so does systemctl reload: the daemon's
         # RELOADING=1 ... READY=1 comes after. Wait for both, in this order.
         records = unit_journal(container, cursor)
@@ -204,7 +204,7 @@ def test_watchdog_kills_and_restarts_a_stopped_daemon(container: Container) -> N
     # is delivered) and restarts the unit (Restart=on-failure).
     container.run(["kill", "-STOP", before["MainPID"]])
 
-    def restarted() -> Optional[Dict[str, str]]:
+    def restarted() -> dict[str, str] | None:
         s = state(container)
         return s if int(s["NRestarts"]) > int(before["NRestarts"]) else None
     wait_until("systemd's watchdog to restart the daemon", restarted, timeout=60)
@@ -245,7 +245,7 @@ def test_scan_restores_reach_the_journal(container: Container) -> None:
     out = container.run(["sha1sum", "/boot/initramfs-T.img"]).stdout.split()
     assert out[0] == IMAGES["/initramfs-T.img"]
 
-    def restored() -> List[Record]:
+    def restored() -> list[Record]:
         # The README's query for every restore. (Not combined with --after-cursor: systemd 252's
         # journalctl then finds nothing.) Only the daemon has restored anything before.
         return [r for r in container.journal(f"MESSAGE_ID={Event.IMAGE_RESTORED.message_id}")

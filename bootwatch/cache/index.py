@@ -1,0 +1,626 @@
+"""The cache index: boom's ``cacheindex.json`` as an in-memory model.
+
+The model keeps the parsed JSON as it was read, so that keys written by boom or by a newer
+bootwatch survive a rewrite. boom keeps the dictionaries of ``paths`` and ``images`` entries as it
+loads them and only sets its own keys, so bootwatch's extra data lives *inside* those entries under
+a ``"bootwatch"`` key, where boom carries it along. (boom rebuilds the top level from its three
+keys, so a top-level extra key would be lost the first time boom writes.)
+
+    index:  {"/vmlinuz-6.1.0": ["<sha1>", ...]}              oldest first, new ids appended
+    paths:  {"/vmlinuz-6.1.0": {"path_mode", "path_uid", "path_gid", "path_attrs",
+                                "bootwatch": {"stat": [dev, ino, size, mtime_ns, ctime_ns],
+                                              "stat_image_id": "<sha1>"}}}
+    images: {"<sha1>": {"image_ts": 1795320654,
+                        "bootwatch": {"sha256", "size", "cached_at", "verified": {...}}}}
+
+``stat``/``stat_image_id`` record the boot file's signature when it was last hashed and the id it
+hashed to: while the signature holds, bootwatch knows the file's content without reading it.
+
+``restored`` records the very file a restore wrote, read back after its rename:
+
+    "restored": {"stat": [dev, ino, size, mtime_ns, ctime_ns], "mode": st_mode, "uid": uid,
+                 "gid": gid, "birth_ns": statx btime or null, "generation": inode generation
+                 or null, "image_id": "<sha1>", "made_marker": true}
+
+A ``.boomrestored`` marker makes the boot file bootwatch's restored copy (which it may delete
+again) only while the file at that very name (a symlink there is never it) has exactly this
+identity: the same inode, and no change since (any write, chmod, chown, link or rename changes
+the ctime). The birth time and the inode generation, where the filesystem has them, tell a new
+file that got a freed inode number back within one timestamp tick from the restored one (see
+``bootwatch/cache/fileid.py``); where it has neither, the identity is weaker. ``made_marker``: the
+restore created the marker, so bootwatch removes it once that file is gone. ``stat`` is rewritten whenever the file is
+hashed again; ``restored`` only by a restore, so a file put back by a package manager with the
+same content matches ``stat`` but never ``restored``.
+
+Validation is total: an index either is refused as corrupt (:class:`IndexCorruptError` naming the
+file), or every value a command uses is one it can use. Refused: what boom could not read or would
+misread (not JSON, NaN/Infinity or a number too large for a float, nesting deeper than the parser
+goes, a missing table, an unsafe path, an empty or repeated id list, an id without its image),
+``image_ts`` outside :data:`IMAGE_TS_RANGE`, a ``path_mode`` that is no ``st_mode`` (above 0o177777),
+a uid or gid that is no ``uid_t``, and a ``"bootwatch"`` value that is not an object. Values
+*inside* ``"bootwatch"`` are bootwatch's own hints: a wrong one is ignored by the typed accessors
+(:meth:`CacheIndex.verification`, :meth:`CacheIndex.recorded_sha256`, ...), never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AbstractSet
+
+from bootwatch.cache.fileid import FileIdentity
+from bootwatch.cache.hashing import Digest, StatSignature
+from bootwatch.errors import IndexCorruptError, UnsafePathError
+from bootwatch.safety import normalize_boot_path
+
+IMAGE_ID = re.compile(r"[0-9a-f]{40}")
+EXTRA = "bootwatch"
+RESTORED_KEY = "restored"  # in a path's extra data: the file a restore wrote
+
+# image_ts is a file's mtime: it must be a time that time.localtime and os.utime take everywhere
+# (from 1901, the 32-bit time_t, to the end of year 9999, what strftime can print).
+IMAGE_TS_RANGE = (-(2 ** 31), 253402300799)
+MODE_MAX = 0o177777  # st_mode: the file type and the permission bits, 16 bits
+ID_MAX = 2 ** 32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "no owner"
+
+# The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
+# a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
+# and holds no "/", NUL, newline or surrogate (the rules of safety.normalize_boot_path).
+_SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n\ud800-\udfff]+)+"
+_SAFE_PATHS = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
+_IMAGE_IDS = re.compile(r"[0-9a-f]{40}(?:\n[0-9a-f]{40})*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a large index is parsed.
+
+    json.loads of a 10,000-path index makes some 100,000 dicts and lists, none of them garbage;
+    the collector, triggered every 700 new containers, would traverse them again and again
+    (a third of the parse time). It is enabled again afterwards if it was enabled before; a
+    thread that pauses it meanwhile leaves it to the first pauser to enable.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _refuse_constant(name: str) -> float:
+    # NaN and Infinity are no JSON (boom's json.load takes them, but they order and compare as no time does).
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
+
+
+def is_time(value: object) -> bool:
+    """A number of seconds since the epoch that every time function takes (see IMAGE_TS_RANGE)."""
+    return value.__class__ in (int, float) and IMAGE_TS_RANGE[0] <= value <= IMAGE_TS_RANGE[1]  # type: ignore
+
+
+def valid_path_meta(meta: object) -> bool:
+    """A ``paths`` entry bootwatch can use: integer mode, uid and gid in range, extra data an object."""
+    return isinstance(meta, dict) \
+        and all(meta.get(key).__class__ is int and 0 <= meta[key] <= highest
+                for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX))) \
+        and isinstance(meta.get(EXTRA, {}), dict)
+
+
+def valid_image_entry(entry: object) -> bool:
+    """An ``images`` entry bootwatch can use: an image_ts in range, extra data an object."""
+    return isinstance(entry, dict) and is_time(entry.get("image_ts")) and isinstance(entry.get(EXTRA, {}), dict)
+
+
+def _shorten(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}..."
+
+
+def parse_json(text: str | bytes) -> object:
+    """``json.loads`` as the index is read: ValueError for NaN, Infinity and numbers beyond a float,
+    RecursionError for nesting deeper than the parser goes (both mean "not the JSON boom writes")."""
+    with _collector_paused():
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def is_image_id(value: object) -> bool:
+    return isinstance(value, str) and IMAGE_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class RestoredFile:
+    """The file a restore wrote (see the module docstring): its identity, the image it holds, and
+    whether the restore created the ``.boomrestored`` marker beside it (False: it found one)."""
+
+    identity: FileIdentity
+    image_id: str
+    made_marker: bool
+
+    def to_json(self) -> dict:
+        return {**self.identity.to_json(), "image_id": self.image_id, "made_marker": self.made_marker}
+
+    @classmethod
+    def from_json(cls, value: object) -> RestoredFile | None:
+        """None for anything but a complete, well-typed record (the index is untrusted)."""
+        if not isinstance(value, dict):
+            return None
+        identity = FileIdentity.from_json(value)
+        made_marker = value.get("made_marker", False)
+        if identity is None or not is_image_id(value.get("image_id")) or not isinstance(made_marker, bool):
+            return None
+        return cls(identity, value["image_id"], made_marker)
+
+    def is_file(self, identity: FileIdentity | None) -> bool:
+        """Whether ``identity`` (:func:`bootwatch.cache.fileid.identity_at` of the name) is this very file,
+        unchanged since it was restored."""
+        return identity == self.identity
+
+
+@dataclass(frozen=True)
+class PathMeta:
+    """The file attributes boom records for a path, restored with the image."""
+
+    mode: int
+    uid: int
+    gid: int
+
+
+class CacheIndex:
+    """A validated, mutable view of ``cacheindex.json``.
+
+    Every method keeps the three boom invariants: each index path has an entry in ``paths`` and a
+    non-empty id list, and each listed id has an entry in ``images``.
+    """
+
+    def __init__(self, data: dict | None = None) -> None:
+        self._data = data if data is not None else {"index": {}, "paths": {}, "images": {}}
+
+    # ---------------------------------------------------------------- loading and saving
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str | Path) -> CacheIndex:
+        """Parse and validate; anything boom could not read, or that is hostile, is corrupt."""
+        try:
+            data = parse_json(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IndexCorruptError(f"is not valid JSON ({e})", path=source) from None
+        except RecursionError:
+            raise IndexCorruptError("is not valid JSON (nested too deeply)", path=source) from None
+        cls.validate(data, source=source)
+        return cls(data)
+
+    @staticmethod
+    def validate(data: object, *, source: str | Path) -> None:
+        """Raise :class:`IndexCorruptError` naming the first problem; return if there is none."""
+        if CacheIndex._plainly_valid(data):
+            return
+
+        def corrupt(message: str) -> IndexCorruptError:
+            return IndexCorruptError(message, path=source)
+
+        if not isinstance(data, dict):
+            raise corrupt(f"top level is a {type(data).__name__}, expected an object")
+        for key in ("index", "paths", "images"):
+            if not isinstance(data.get(key), dict):
+                raise corrupt(f"'{key}' is missing or is not an object")
+        index, paths, images = data["index"], data["paths"], data["images"]
+        for path, ids in index.items():
+            try:
+                normalize_boot_path(path)
+            except UnsafePathError as e:
+                raise corrupt(f"index path {path!r} is unsafe: {e.message}") from None
+            if not isinstance(ids, list) or not ids:
+                raise corrupt(f"index['{path}'] must be a non-empty list of image ids")
+            for image_id in ids:
+                if not is_image_id(image_id):
+                    raise corrupt(f"index['{path}'] holds {image_id!r}, not a 40-digit lowercase SHA1")
+                if not isinstance(images.get(image_id), dict):
+                    raise corrupt(f"image {image_id} of '{path}' has no entry in 'images'")
+            if len(set(ids)) != len(ids):
+                twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+                raise corrupt(f"index['{path}'] lists image {twice} more than once")
+            meta = paths.get(path)
+            if not isinstance(meta, dict):
+                raise corrupt(f"path '{path}' has no entry in 'paths'")
+            for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX)):
+                value = meta.get(key)
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise corrupt(f"paths['{path}'].{key} is missing or is not an integer")
+                if not 0 <= value <= highest:
+                    raise corrupt(f"paths['{path}'].{key} is {_shorten(value)}, not between 0 and {highest}")
+            if not isinstance(meta.get(EXTRA, {}), dict):
+                raise corrupt(f"paths['{path}'].{EXTRA} is not an object")
+        for image_id, meta in images.items():
+            if not is_image_id(image_id):
+                raise corrupt(f"'images' has a key {image_id!r} that is not an image id")
+            if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
+                raise corrupt(f"images['{image_id}'].image_ts is missing or is not a number")
+            low, high = IMAGE_TS_RANGE
+            if not low <= meta["image_ts"] <= high:
+                raise corrupt(f"images['{image_id}'].image_ts is {_shorten(meta['image_ts'])}, "
+                              f"not a time between {low} and {high}")
+            if not isinstance(meta.get(EXTRA, {}), dict):
+                raise corrupt(f"images['{image_id}'].{EXTRA} is not an object")
+
+    @staticmethod
+    def _plainly_valid(data: object) -> bool:
+        """Every check of :meth:`validate`, in bulk, for an index that has no problem.
+
+        Every scan loads the whole index (10,000 paths on a host that tracks everything), so the
+        common case must not cost four function calls per path: one regular expression over all
+        the paths joined by newlines, one over all the image ids, and type tests of exact classes.
+        A newline is what no path or id may hold, so the joined string has exactly one fewer
+        newline than there are keys unless a key holds one. True only if every check passes;
+        False means "look closer": :meth:`validate` then checks one by one and names the first
+        problem (or accepts what this test was too strict for, like a ``true`` image_ts).
+        """
+        try:
+            if data.__class__ is not dict:
+                return False
+            index, paths, images = data.get("index"), data.get("paths"), data.get("images")
+            if index.__class__ is not dict or paths.__class__ is not dict or images.__class__ is not dict:
+                return False
+            listed: list[str] = []
+            low, high = IMAGE_TS_RANGE
+            for path, ids in index.items():
+                if ids.__class__ is not list or not ids or (len(ids) > 1 and len(set(ids)) != len(ids)):
+                    return False
+                listed += ids
+                meta = paths.get(path)
+                if meta.__class__ is not dict:
+                    return False
+                mode, uid, gid = meta.get("path_mode"), meta.get("path_uid"), meta.get("path_gid")
+                if mode.__class__ is not int or uid.__class__ is not int or gid.__class__ is not int \
+                        or not (0 <= mode <= MODE_MAX and 0 <= uid <= ID_MAX and 0 <= gid <= ID_MAX):
+                    return False
+                extra = meta.get(EXTRA)
+                if extra is not None and extra.__class__ is not dict:
+                    return False
+            for meta in images.values():
+                if meta.__class__ is not dict:
+                    return False
+                ts = meta.get("image_ts")
+                kind = ts.__class__
+                if (kind is not int and kind is not float) or not low <= ts <= high:
+                    return False
+                extra = meta.get(EXTRA)
+                if extra is not None and extra.__class__ is not dict:
+                    return False
+            for keys, pattern in ((index, _SAFE_PATHS), (images, _IMAGE_IDS)):
+                if keys:
+                    joined = "\n".join(keys)  # TypeError for a key that is not a string
+                    if joined.count("\n") != len(keys) - 1 or pattern.fullmatch(joined) is None:
+                        return False
+            # Each listed id is a key of 'images' (so an image id, tested above) whose entry is a
+            # dict (tested above). An id that is not hashable raises TypeError.
+            return images.keys() >= set(listed)
+        except TypeError:
+            return False
+
+    def to_json(self) -> bytes:
+        # Compact: a 10,000-path index is parsed on every transaction, and boom reads any layout.
+        return json.dumps(self._data, separators=(",", ":")).encode() + b"\n"
+
+    def copy(self) -> CacheIndex:
+        # Through JSON, not copy.deepcopy: the C parser and encoder go as deep as the index was
+        # parsed, deepcopy's Python recursion only a third as deep (an unknown key may nest).
+        return CacheIndex(parse_json(self.to_json()))  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- queries
+
+    def paths(self) -> list[str]:
+        return sorted(self._data["index"])
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._data["index"]
+
+    def __len__(self) -> int:
+        return len(self._data["index"])
+
+    def image_ids(self, path: str) -> list[str]:
+        """The ids of ``path`` in index order (oldest first)."""
+        return list(self._data["index"].get(path, []))
+
+    def images_newest_first(self, path: str) -> list[str]:
+        """Ordered as boom orders them: by ``image_ts`` descending, ties in index order."""
+        ids = self._data["index"].get(path, [])
+        return sorted(ids, key=lambda i: self._data["images"][i]["image_ts"], reverse=True)
+
+    def newest(self, path: str) -> str:
+        ids = self._data["index"].get(path, [])
+        if len(ids) == 1:  # the common case needs no sort
+            return ids[0]
+        return self.images_newest_first(path)[0]
+
+    def image_ts(self, image_id: str) -> int:
+        return int(self._data["images"][image_id]["image_ts"])
+
+    def all_image_ids(self) -> set[str]:
+        """Every id some path lists (the ``images`` table may hold more: boom leaves strays)."""
+        return {i for ids in self._data["index"].values() for i in ids}
+
+    def known_image_ids(self) -> set[str]:
+        return set(self._data["images"])
+
+    def paths_of(self, image_id: str) -> list[str]:
+        return sorted(p for p, ids in self._data["index"].items() if image_id in ids)
+
+    def meta(self, path: str) -> PathMeta:
+        m = self._data["paths"][path]
+        return PathMeta(m["path_mode"], m["path_uid"], m["path_gid"])
+
+    def path_extra(self, path: str) -> dict:
+        extra = self._data["paths"][path].get(EXTRA)
+        return extra if isinstance(extra, dict) else {}
+
+    def image_extra(self, image_id: str) -> dict:
+        extra = self._data["images"].get(image_id, {}).get(EXTRA)
+        return extra if isinstance(extra, dict) else {}
+
+    def path_mtime_ns(self, path: str, image_id: str) -> int | None:
+        """The boot file's own mtime when it last had the content ``image_id``, from its recorded
+        stat signature; None if none is recorded for that image or it is not a usable time.
+
+        ``image_ts`` belongs to the image, which paths of the same content share: it is the mtime
+        of whichever path cached it first, so a restore takes the path's own mtime from here.
+        """
+        extra = self.path_extra(path)
+        signature = StatSignature.from_json(extra.get("stat"))
+        if signature is None or extra.get("stat_image_id") != image_id:
+            return None
+        return signature.mtime_ns if 0 <= signature.mtime_ns < 1 << 63 else None
+
+    def recorded_sha256(self, image_id: str) -> str | None:
+        """The SHA256 recorded when the image was cached, if one was (64 lowercase hex digits)."""
+        value = self.image_extra(image_id).get("sha256")
+        return value if isinstance(value, str) and _SHA256.fullmatch(value) else None
+
+    def recorded_size(self, image_id: str) -> int | None:
+        """The size recorded when the image was cached, if one was."""
+        value = self.image_extra(image_id).get("size")
+        return value if value.__class__ is int and value >= 0 else None
+
+    def verification(self, image_id: str) -> dict | None:
+        """The last verification of an image as ``{"time", "ok", "message", "checks"}``, or None.
+
+        None also for a record without a boolean ``ok``: unknown is never verified. ``time`` is
+        None when it is not a time (see :func:`is_time`); ``checks`` keeps the objects of the list
+        and their scalar values only, so what is printed is flat.
+        """
+        verified = self.image_extra(image_id).get("verified")
+        if not isinstance(verified, dict) or verified.get("ok").__class__ is not bool:
+            return None
+        when, message, checks = verified.get("time"), verified.get("message"), verified.get("checks")
+        return {
+            "time": when if is_time(when) else None,
+            "ok": verified["ok"],
+            "message": message if isinstance(message, str) else "",
+            "checks": [{k: v for k, v in check.items() if isinstance(v, (str, int, float, bool)) or v is None}
+                       for check in checks if isinstance(check, dict)] if isinstance(checks, list) else [],
+        }
+
+    def known_content(self, path: str, signature: StatSignature) -> str | None:
+        """The image id of the boot file, if its signature still equals the recorded one."""
+        return self._known_content(path, signature.to_json())
+
+    def known_content_of_stat(self, path: str, st: os.stat_result) -> str | None:
+        """:meth:`known_content` of ``StatSignature.of(st)``, without building the signature.
+
+        A reconcile asks this of every cached path: it compares lists and builds no objects.
+        """
+        return self._known_content(path, [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+
+    def unchanged(self, stats: Mapping[str, os.stat_result], on_disk: AbstractSet[str]) -> set[str]:
+        """The paths of ``stats`` that are cached, whose newest image is in ``on_disk``, and whose
+        stat signature still holds for that image: ``signature_holds(path, st, newest(path))``.
+
+        One call for the 10,000 files of a full pass. The rule is :meth:`recorded_signatures`,
+        the same that the signatures file carries to the lock-free pass (signatures.py), so the
+        two passes cannot disagree about what is unchanged.
+        """
+        signatures = self.recorded_signatures()
+        found: set[str] = set()
+        for path, st in stats.items():
+            recorded = signatures.get(path)
+            if recorded is not None and recorded[5] in on_disk \
+                    and recorded == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, recorded[5]]:
+                found.add(path)
+        return found
+
+    def recorded_signatures(self) -> dict[str, list | None]:
+        """For each path, ``[dev, ino, size, mtime_ns, ctime_ns, newest id]``: a file with that
+        lstat passes :meth:`unchanged`. None where no lstat could (no signature recorded for the
+        newest image, or one that is not five integers). See signatures.py.
+        """
+        index, paths = self._data["index"], self._data["paths"]
+        result: dict[str, list | None] = {}
+        for path, ids in index.items():
+            newest = ids[0] if len(ids) == 1 else self.newest(path)
+            extra = paths[path].get(EXTRA)
+            recorded = extra.get("stat") if extra.__class__ is dict else None
+            if recorded.__class__ is list and len(recorded) == 5 and extra.get("stat_image_id") == newest \
+                    and all(value.__class__ is int for value in recorded):
+                result[path] = [*recorded, newest]
+            else:
+                result[path] = None
+        return result
+
+    def signature_holds(self, path: str, st: os.stat_result, image_id: str) -> bool:
+        """``known_content_of_stat(path, st) == image_id`` for an ``image_id`` the index lists.
+
+        The question a full pass asks of every cached file ("is it still its newest image?"),
+        answered with two comparisons: the recorded id equal to a listed id is an image id, so the
+        id needs no pattern test of its own.
+        """
+        extra = self._data["paths"][path].get(EXTRA)
+        if extra.__class__ is not dict:
+            return self.known_content_of_stat(path, st) == image_id
+        recorded = extra.get("stat")
+        if extra.get("stat_image_id") != image_id \
+                or recorded != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+            return False
+        a, b, c, d, e = recorded
+        return a.__class__ is b.__class__ is c.__class__ is d.__class__ is e.__class__ is int \
+            or StatSignature.from_json(recorded) is not None
+
+    def _known_content(self, path: str, signature: list) -> str | None:
+        extra = self._data["paths"][path].get(EXTRA)
+        if extra.__class__ is not dict:
+            extra = self.path_extra(path)  # a dict subclass or not a dict: the general rule
+        recorded = extra.get("stat")
+        if recorded != signature:
+            return None
+        # Equal lists of five; only integers count (JSON could hold 4096.0 or true, which compare
+        # equal to 4096 and 1): exact ints in the common case, StatSignature's own rule otherwise.
+        a, b, c, d, e = recorded
+        if not (a.__class__ is b.__class__ is c.__class__ is d.__class__ is e.__class__ is int) \
+                and StatSignature.from_json(recorded) is None:
+            return None
+        image_id = extra.get("stat_image_id")
+        return image_id if is_image_id(image_id) else None
+
+    # ---------------------------------------------------------------- mutations
+
+    def add_image(self, path: str, digest: Digest, st_mode: int, uid: int, gid: int, mtime: int,
+                  *, cached_at: int) -> bool:
+        """Record that ``path`` now has the content ``digest``. True if that is not its newest image yet.
+
+        ``image_ts`` is the boot file's mtime, as boom records it. boom takes the image with the
+        highest ``image_ts`` as the newest, so a new id gets at least the path's highest
+        ``image_ts`` plus one: a file rewritten within the same second is still the newest for boom.
+        """
+        normalize_boot_path(path)
+        ids = self._data["index"].setdefault(path, [])
+        newest_ts = max((self.image_ts(i) for i in ids), default=None)
+        is_newest = bool(ids) and self.newest(path) == digest.sha1
+        image = self._data["images"].get(digest.sha1)
+        if image is None:
+            image = self._data["images"][digest.sha1] = {"image_ts": int(mtime)}
+        if not is_newest:
+            if digest.sha1 in ids:  # the content went back to an older image: it is the newest again
+                ids.remove(digest.sha1)
+            ids.append(digest.sha1)
+            if newest_ts is not None and image["image_ts"] <= newest_ts:
+                image["image_ts"] = int(newest_ts) + 1
+        extra = image.setdefault(EXTRA, {})
+        extra.update({"sha256": digest.sha256, "size": digest.size})
+        extra.setdefault("cached_at", cached_at)
+        meta = self._data["paths"].setdefault(path, {})
+        meta.update({"path_mode": st_mode, "path_uid": uid, "path_gid": gid})
+        meta.setdefault("path_attrs", {})
+        return not is_newest
+
+    def record_signature(self, path: str, signature: StatSignature, image_id: str) -> None:
+        extra = self._data["paths"][path].setdefault(EXTRA, {})
+        extra["stat"] = signature.to_json()
+        extra["stat_image_id"] = image_id
+
+    def record_restored(self, path: str, restored: RestoredFile) -> None:
+        """Record the identity of the file a restore of ``path`` just wrote."""
+        meta = self._data["paths"][path]
+        if not isinstance(meta.get(EXTRA), dict):
+            meta[EXTRA] = {}
+        meta[EXTRA][RESTORED_KEY] = restored.to_json()
+
+    def restored_file(self, path: str) -> RestoredFile | None:
+        """The recorded identity of the file a restore wrote for ``path``; None if there is none
+        (boom's restores record nothing) or it is not a valid record."""
+        if path not in self._data["index"]:
+            return None
+        return RestoredFile.from_json(self.path_extra(path).get(RESTORED_KEY))
+
+    def forget_restored(self, path: str) -> bool:
+        """Drop the restored-file record of ``path``; True if there was one."""
+        if path not in self._data["index"]:
+            return False
+        return self.path_extra(path).pop(RESTORED_KEY, None) is not None
+
+    def record_verification(self, image_id: str, result: dict) -> None:
+        self._data["images"][image_id].setdefault(EXTRA, {})["verified"] = result
+
+    def remove_path(self, path: str) -> list[str]:
+        """Forget a path; return the ids no other path lists any more (their entries are dropped)."""
+        return self.remove_paths([path])
+
+    def remove_paths(self, paths: Iterable[str]) -> list[str]:
+        """Forget many paths; return the ids no remaining path lists (their entries are dropped).
+
+        The remaining paths are looked at once for the whole set: :meth:`remove_path` in a loop
+        looks at all of them once per path, and clean of 200,000 paths took minutes that way.
+        """
+        index, metas = self._data["index"], self._data["paths"]
+        candidates: list[str] = []
+        for path in paths:
+            candidates += index.pop(path, [])
+            metas.pop(path, None)
+        return self._drop_unlisted(candidates)
+
+    def remove_image_from_path(self, path: str, image_id: str) -> list[str]:
+        """Forget one image of a path (the path goes when its last image goes)."""
+        ids = self._data["index"].get(path, [])
+        if image_id in ids:
+            ids.remove(image_id)
+        if not ids:
+            self._data["index"].pop(path, None)
+            self._data["paths"].pop(path, None)
+        return self._drop_unlisted([image_id])
+
+    def trim(self, path: str, keep: int) -> list[str]:
+        """Keep the newest ``keep`` images of ``path`` (at least one); return the ids now unlisted."""
+        return self.trim_paths([path], keep)
+
+    def trim_paths(self, paths: Iterable[str], keep: int) -> list[str]:
+        """:meth:`trim` of each of ``paths``, with one look at all paths for the ids now unlisted.
+
+        The newest image is never dropped, whatever ``keep`` says and however a list repeats an
+        id: a path always keeps an image.
+        """
+        index = self._data["index"]
+        keep = max(keep, 1)
+        dropped: list[str] = []
+        for path in paths:
+            ids = index.get(path, ())
+            if len(ids) <= keep:
+                continue
+            newest_first = list(dict.fromkeys(self.images_newest_first(path)))
+            kept = set(newest_first[:keep])
+            index[path] = list(dict.fromkeys(i for i in ids if i in kept))
+            dropped += newest_first[keep:]
+        return self._drop_unlisted(dropped)
+
+    def drop_stray_images(self) -> list[str]:
+        """Remove ``images`` entries that no path lists."""
+        return self._drop_unlisted(list(self._data["images"]))
+
+    def _drop_unlisted(self, ids: Iterable[str]) -> list[str]:
+        ids = list(ids)
+        if not ids:
+            return []
+        listed = self.all_image_ids()
+        gone = [i for i in dict.fromkeys(ids) if i not in listed]
+        for image_id in gone:
+            self._data["images"].pop(image_id, None)
+        return gone
+
+    def items(self) -> Iterator[str]:
+        return iter(self.paths())
+
+    def raw(self) -> dict[str, dict]:
+        """The underlying JSON object (for salvage and tests; do not keep references)."""
+        return self._data

@@ -1,0 +1,1156 @@
+"""The cache operations: add, remove, restore, list/show, verify, clean and fsck.
+
+This is the library that the command line, the daemon and the scheduled jobs share. Every
+mutation runs inside :meth:`BootCache.transaction`, which holds the writers' lock, loads the index
+once, and writes it at most once, atomically, when the block ends. Images that the new index no
+longer lists are deleted only after that write (see the protocol in ``store.py``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bootwatch.cache import mountid
+from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
+from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
+from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
+from bootwatch.cache.signatures import write_signatures
+from bootwatch.cache.store import (
+    REFERENCES_NAME,
+    CacheStore,
+    LockWaiter,
+    PendingImages,
+    TempFile,
+    cannot_remove_temp_file,
+    fsync_directory,
+    not_a_temp_file,
+)
+from bootwatch.entries import bls
+from bootwatch.entries.bls import References
+from bootwatch.errors import (
+    STORAGE_ERRNOS,
+    BootwatchError,
+    CacheReadOnlyError,
+    ContentChangedError,
+    DeletionsBlockedError,
+    NotRegularFileError,
+    ReferencesUnknownError,
+    UnsafePathError,
+    describe_oserror,
+    storage_error,
+)
+from bootwatch.log import NOTICE, Event, log_event
+from bootwatch.safety import file_kind, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
+
+# The format of .bootwatch-references; a record of another format is no record.
+REFERENCES_VERSION = 2
+
+CACHED = "CACHED"
+MISSING = "MISSING"
+BROKEN = "BROKEN"
+RESTORED = "RESTORED"
+UNKNOWN = "UNKNOWN"
+
+RESTORE_TEMP_PREFIX = ".bootwatch-restore."
+
+log = logging.getLogger("bootwatch.cache.operations")
+
+
+# A restored boot file never gets these: setuid, setgid and sticky bits, group and other write.
+RESTORED_MODE_REFUSED = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+
+
+@dataclass(frozen=True)
+class RestoredAttributes:
+    mode: int
+    uid: int
+    gid: int
+
+
+def restored_attributes(meta: PathMeta, directory: os.stat_result, *, euid: int, egid: int) -> RestoredAttributes:
+    """The mode and owner a restored boot file gets, from the recorded ones (untrusted: the index).
+
+    - The mode is the recorded permission bits without setuid, setgid, sticky, group write and
+      other write: a restored kernel is never a setuid program, nor writable by others.
+    - Run as root, the recorded owner is kept if it is root or the owner of the directory the file
+      is restored into (who can replace the file anyway); any other uid becomes root. The same for
+      the group: root's group or the directory's group, else root's group.
+    - Run as another user, the file is that user's (nobody else can be given a file); its group is
+      the user's group, or the directory's group if that is the recorded one.
+    """
+    mode = stat.S_IMODE(meta.mode) & ~RESTORED_MODE_REFUSED
+    if euid == 0:
+        uid = meta.uid if meta.uid in (0, directory.st_uid) else 0
+        gid = meta.gid if meta.gid in (0, directory.st_gid) else 0
+    else:
+        uid = euid
+        gid = meta.gid if meta.gid in (egid, directory.st_gid) else egid
+    return RestoredAttributes(mode, uid, gid)
+
+
+def dangling_link(name: Path) -> str | None:
+    """What the symlink ``name`` points to, if ``name`` is a symlink to nothing; else None."""
+    try:
+        target = os.readlink(name)
+    except OSError:  # no such name, or not a symlink
+        return None
+    return target if not os.path.exists(name) else None
+
+
+def restored_marker_name(path: str) -> str:
+    """boom's dot file beside a restored image: ``.<basename>.boomrestored``."""
+    return f".{path.rsplit('/', 1)[-1]}.boomrestored"
+
+
+@dataclass(frozen=True)
+class PathStatus:
+    """What ``list`` and ``show`` report for one cached path."""
+
+    path: str
+    image_id: str
+    images: list[str]
+    state: str
+    count: int
+    image_ts: int
+    mode: int
+    uid: int
+    gid: int
+    boot_changed: bool
+    image_problem: str | None
+    verified: dict | None
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path, "image_id": self.image_id, "state": self.state, "count": self.count,
+            "images": self.images, "image_ts": self.image_ts, "mode": self.mode, "uid": self.uid,
+            "gid": self.gid, "boot_changed": self.boot_changed, "image_problem": self.image_problem,
+            "verified": self.verified,
+        }
+
+
+@dataclass
+class AddResult:
+    path: str
+    image_id: str
+    outcome: str  # "cached" (first image), "changed" (new image id), "unchanged"
+    previous_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageVerification:
+    image_id: str
+    paths: list[str]
+    ok: bool
+    message: str
+    checks: list[dict] = field(default_factory=list)
+    missing: bool = False  # the image file was not there when it was to be hashed
+
+    def to_json(self) -> dict:
+        return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "message": self.message,
+                "checks": self.checks}
+
+
+@dataclass
+class CleanReport:
+    uncached_paths: list[str] = field(default_factory=list)
+    trimmed_images: list[str] = field(default_factory=list)
+    deleted_images: list[str] = field(default_factory=list)
+    kept_pinned: list[str] = field(default_factory=list)
+    removed_restored_copies: list[str] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class Transaction:
+    """The operations a holder of the lock can apply to the loaded index.
+
+    Built by :meth:`BootCache.transaction`; the index is written once when the block ends, and
+    only if something changed.
+    """
+
+    def __init__(self, cache: BootCache, index: CacheIndex, image_ids: set[str] | None = None,
+                 index_digest: str | None = None) -> None:
+        self.cache = cache
+        self.index = index
+        self.index_digest = index_digest  # SHA1 of the index file as loaded; None if there was none
+        self._image_ids_at_start = image_ids
+        self.dirty = False
+        # Set by a full pass: write the signatures file for the index this transaction leaves.
+        self.record_signatures = False
+        self.unlisted: set[str] = set()
+        self.pending = PendingImages(cache.store)
+        self.removed_temp_files: list[Path] = []  # stale ones, removed when the lock was taken
+        # The cache's file system is read-only: restores go on without recording anything (the
+        # next pass with a writable cache records the restored file), every change is refused.
+        self.read_only = False
+        self._references: References | None = None
+
+    @property
+    def references(self) -> References:
+        if self._references is None:
+            self._references = self.cache.references(self.index)
+        return self._references
+
+    def images_on_disk(self) -> set[str]:
+        """The ids of the image files, as listed when the lock was taken (a copy for the caller)."""
+        if self._image_ids_at_start is not None:
+            ids, self._image_ids_at_start = self._image_ids_at_start, None  # only valid before changes
+            return ids
+        return set(self.cache.store.image_ids_on_disk())
+
+    def refresh_references(self) -> References:
+        self._references = None
+        return self.references
+
+    def confirm_references(self) -> References:
+        """The operator's word (``clean --force``) that references unknown for a judgement from
+        history (see :class:`bootwatch.entries.bls.References`) are what the entries say now; recorded
+        when the transaction ends. A source that cannot be read stays unknown."""
+        refs = self.references
+        if refs.unknown is not None and refs.confirmable and refs.observed is not None:
+            self._references = References(refs, entry_files=refs.entry_files, record=refs.observed,
+                                          observed=refs.observed)
+        return self.references
+
+    # ---------------------------------------------------------------- add
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise CacheReadOnlyError(self.cache.store.directory, what)
+
+    def add(self, path: str, *, recopy: bool = False) -> AddResult:
+        """Cache the current content of the boot file ``path``, reading it once.
+
+        ``recopy``: copy it even when its stat signature says its image is cached and a file of
+        that name is there (the daemon found that file damaged, and could not set it aside).
+        """
+        store = self.cache.store
+        self._writable(f"cannot cache {path}")
+        real = self.cache.boot_file(path)
+        try:
+            fd = open_regular(real)
+        except FileNotFoundError:
+            raise BootwatchError("does not exist in the boot directory", path=real) from None
+        except NotRegularFileError:
+            raise
+        except OSError as e:
+            raise BootwatchError(describe_oserror(e) if e.filename else os.strerror(e.errno), path=real) from None
+        with contextlib.ExitStack() as stack:
+            stack.callback(os.close, fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BootwatchError("is not a regular file", path=real)
+            signature = StatSignature.of(st)
+            previous = self.index.newest(path) if path in self.index else None
+            known = self.index.known_content(path, signature) if path in self.index else None
+            if known is not None and known == previous and store.has_image(known) and not recopy:
+                return AddResult(path, known, "unchanged", previous)
+            try:
+                with store.temp_file() as tmp:
+                    os.fchmod(tmp.fd, 0o644)
+                    # A file some process still writes is not cached: OpenForWritingError.
+                    digest, after = hash_file(fd, tmp.fd, path=real, cancel=self.cache.cancel)
+                    if StatSignature.of(after) != signature:
+                        raise ContentChangedError(real, "changed while it was being cached")
+                    # Always rename the fresh copy over <id>.img, even when a file of that name and
+                    # size exists: its name proves nothing about its content (a rotten orphan, or a
+                    # file fsck could not place), and keeping it recorded a corrupt image as cached.
+                    # Pins hold their own links to the old inode, so replacing the name is safe.
+                    # The rename waits for the end of the transaction (see PendingImages).
+                    self.pending.add(tmp.detach(), store.image_path(digest.sha1))
+            except OSError as e:
+                if e.errno in STORAGE_ERRNOS:
+                    # Named by the cache directory, not the temp file: one report for every path
+                    # that the same full or failing file system refuses.
+                    raise storage_error(e, store.directory, f"cannot cache {path} (nothing was changed)") from None
+                raise BootwatchError(f"cannot cache it: {describe_oserror(e)}", path=real) from None
+        self._record(path, digest, st, signature)
+        if previous is None:
+            outcome = "cached"
+        elif previous == digest.sha1:
+            outcome = "unchanged"
+        else:
+            outcome = "changed"
+        return AddResult(path, digest.sha1, outcome, previous)
+
+    def _record(self, path: str, digest: Digest, st: os.stat_result, signature: StatSignature) -> None:
+        # Read before the index changes: without a record, the index is the evidence (references).
+        known = self.references.unknown is None
+        self.index.add_image(path, digest, st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime), cached_at=_now())
+        self.index.record_signature(path, signature, digest.sha1)
+        if known:
+            # While references are unknown nothing is trimmed: the older images stay listed
+            # until a clean (or an add) with known references trims them.
+            self.unlisted.update(self.index.trim(path, self.cache.keep))
+        self.dirty = True
+
+    # ---------------------------------------------------------------- remove
+
+    def remove(self, path: str, *, force: bool = False) -> list[str]:
+        """Uncache ``path``. Refused while boot entries reference it, unless ``force``."""
+        normalize_boot_path(path)
+        if path not in self.index:
+            raise BootwatchError("is not cached", path=path)
+        self._writable(f"cannot uncache {path}")
+        count = self.references.get(path, 0)
+        if count and not force:
+            raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
+                                 "not removing it", path=path, hint="use 'remove --force' to uncache it anyway")
+        unknown = self.references.unknown
+        if unknown is not None and not force:
+            raise ReferencesUnknownError(f"{unknown}; not removing {path}: it may be referenced",
+                                         hint="use 'remove --force' to uncache it anyway")
+        if not count and unknown is None:  # a restored copy goes only when nothing is known to need it
+            self.remove_restored_copy(path)
+        ids = self.index.image_ids(path)
+        self.unlisted.update(self.index.remove_path(path))
+        self.dirty = True
+        return ids
+
+    def remove_restored_copy(self, path: str) -> bool:
+        """Delete the copy of ``path`` that bootwatch restored; the caller knows no entry references it.
+
+        Only the very file bootwatch wrote, at the very name it wrote it (never what a symlink
+        there names), unchanged since (its recorded :class:`RestoredFile`), is deleted, and only if
+        no other referenced path leads to it (a symlink someone made to it). A marker beside any
+        other file is stale: the file is someone else's (a package manager put it back, by rename,
+        maybe with the same content). Then the marker goes, and the file stays. A marker without
+        a record (boom's restores, or an older bootwatch) says nothing bootwatch can check: the
+        file stays, and so does the marker, for boom. The deletion itself is safe against a
+        rename over the name at the same moment (:func:`bootwatch.cache.fileid.remove_if_same`).
+        Nothing is taken away while the cache is read-only (the index could not say so).
+        """
+        if self.read_only:
+            return False
+        try:
+            name = self.cache.boot_name(path)
+        except UnsafePathError:
+            return False
+        marker = name.parent / restored_marker_name(path)
+        if not os.path.lexists(marker):
+            return False
+        restored = self.index.restored_file(path)
+        if restored is None:
+            if os.path.lexists(name):
+                log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
+                         "this file (a restore by boom?)", name)
+            return False
+        try:
+            identity = identity_at(name)
+        except OSError as e:
+            log.warning("%s: not removing the restored copy: %s", name, describe_oserror(e))
+            return False
+        if identity is None and not os.path.lexists(name):  # nothing left to mark
+            self.forget_restored_copy(path)
+            return False
+        if identity is None or not restored.is_file(identity):
+            self.drop_stale_marker(path, name)
+            return False
+        needed_by = self._referenced_alias(path, identity)
+        if needed_by is not None:
+            log.info("%s: not removing the restored copy: the referenced path %s leads to it", name, needed_by)
+            return False
+        result = remove_if_same(name, restored.identity)
+        if result.outcome is Removal.REMOVED:
+            self._remove_marker(marker)
+            self.dirty |= self.index.forget_restored(path)
+            fsync_directory(name.parent)
+            return True
+        if result.outcome is Removal.GONE:
+            self.forget_restored_copy(path)
+        elif result.outcome is Removal.UNSUPPORTED:
+            log.warning("%s: not removing the restored copy: it cannot be renamed aside (its filesystem cannot "
+                        "rename without replacing, or the name is too long), which deleting it safely needs", name)
+        else:
+            if result.outcome is Removal.KEPT_ASIDE:
+                log.warning("%s: replaced twice while bootwatch was removing its restored copy: the file renamed "
+                            "over it first is kept as %s, the newest at its name; bootwatch deletes neither",
+                            name, result.aside)
+            self.drop_stale_marker(path, name)
+        return False
+
+    def _referenced_alias(self, path: str, identity: FileIdentity) -> str | None:
+        """Another referenced path whose boot file is this inode (through a symlink), if any."""
+        for other, count in self.references.items():
+            if not count or other == path:
+                continue
+            try:
+                st = os.stat(self.cache.boot_file(other))
+            except (OSError, UnsafePathError):
+                continue
+            if (st.st_dev, st.st_ino) == identity.inode:
+                return other
+        return None
+
+    def forget_restored_copy(self, path: str) -> None:
+        """The file a restore of ``path`` wrote is gone (or another is at its name): forget it, and
+        remove the marker too if that restore made it, so that no later file of that name (a
+        kernel installed again) sits beside a marker that makes it look restored. A marker the
+        restore found there (boom's) stays. Decided when the cache is writable (the index must
+        say it)."""
+        if self.read_only:
+            return
+        restored = self.index.restored_file(path)
+        if restored is not None and restored.made_marker:
+            with contextlib.suppress(UnsafePathError):
+                name = self.cache.boot_name(path)
+                if self._remove_marker(name.parent / restored_marker_name(path)):
+                    log.info("%s: removed the .boomrestored marker bootwatch made: the file it restored is gone",
+                             name)
+        self.dirty |= self.index.forget_restored(path)
+
+    def drop_stale_marker(self, path: str, name: Path) -> None:
+        """The boot file at ``name``, the name of ``path``, is not the file bootwatch restored any
+        more: it is not ours.
+
+        Its marker (only ``.<name>.boomrestored`` beside it, and only an empty regular file) and
+        the record go; the file itself is never touched (nor anything while the cache is read-only:
+        the index must say it).
+        """
+        if self.read_only:
+            return
+        self._remove_marker(name.parent / restored_marker_name(path))
+        self.dirty |= self.index.forget_restored(path)
+        log_event(log, Event.RESTORED_COPY_REPLACED,
+                  "%s: replaced or changed since bootwatch restored it: it is no longer bootwatch's restored "
+                  "copy and is never deleted by bootwatch; its .boomrestored marker was removed", name,
+                  level=NOTICE, path=path)
+
+    @staticmethod
+    def _make_marker(marker: Path) -> None:
+        """Create the empty marker, or keep the one there. Only a regular file counts: a FIFO of that
+        name would block an ``O_WRONLY`` open until a reader came (with the lock held), hence
+        ``O_NONBLOCK``; a symlink fails on ``O_NOFOLLOW``."""
+        not_a_file = BootwatchError("is not a regular file; not restoring", path=marker,
+                                    hint="a .boomrestored marker is an empty regular file; remove what is there")
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(marker).st_mode):
+                raise not_a_file
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise BootwatchError(f"cannot create the restored-copy marker ({os.strerror(e.errno).lower()}); "
+                                 "not restoring", path=marker) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise not_a_file
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove_marker(marker: Path) -> bool:
+        """Unlink a marker, if it is one: an empty regular file (never a directory or what a symlink
+        names, nor a file with content, which is no marker boom or bootwatch wrote)."""
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(marker)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(marker)
+                return True
+        return False
+
+    # ---------------------------------------------------------------- restore
+
+    def flush(self) -> None:
+        """Give the images added so far their final names (before anything reads them)."""
+        self.pending.flush()
+
+    def restore(self, path: str) -> str:
+        """Copy the newest image of a MISSING path back into the boot directory; return its id."""
+        normalize_boot_path(path)
+        self.flush()
+        if path not in self.index:
+            raise BootwatchError("is not cached", path=path)
+        if self.references.boot_moved:
+            raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
+                                 hint="mount the boot partition first")
+        state = self.cache.path_status(self.index, path, self.references).state
+        if state != MISSING:
+            raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
+        image_id = self.index.newest(path)
+        meta = self.index.meta(path)
+        # The name itself, never what a symlink there names: a dangling /vmlinuz -> vmlinuz-6.1
+        # is not restored by writing vmlinuz-6.1, which is another path (another entry may need
+        # it, and deleting this path's restored copy later would delete that one).
+        real = self.cache.boot_name(path)
+        link = dangling_link(real)
+        if link is not None:
+            raise BootwatchError(f"is a symlink to {link}, which does not exist; bootwatch never restores through "
+                                 "a symlink", path=real, hint=f"restore the path the link names, or remove the "
+                                 f"link to restore {path} as a file")
+        if not real.parent.is_dir():
+            raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
+        # An earlier restored copy is gone (the path is MISSING): its marker, if bootwatch made it, too.
+        self.forget_restored_copy(path)
+        with contextlib.ExitStack() as stack:
+            src = self.cache.store.open_image(image_id)
+            stack.callback(os.close, src)
+            tmp = stack.enter_context(TempFile(real.parent, prefix=RESTORE_TEMP_PREFIX))
+            try:
+                digest = hash_and_copy(src, tmp.fd, cancel=self.cache.cancel)
+            except OSError as e:
+                raise BootwatchError(f"cannot restore {path}: {describe_oserror(e)}", path=real) from None
+            if digest.sha1 != image_id:
+                raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
+                                     "not restoring it", path=self.cache.store.image_path(image_id),
+                                     hint="run 'bootwatch fsck --repair'")
+            self._apply_restored_attributes(path, real, tmp.fd, meta, os.stat(real.parent))
+            mtime_ns = self._restored_mtime_ns(path, image_id)
+            if mtime_ns is not None:
+                os.utime(tmp.fd, ns=(mtime_ns, mtime_ns))
+            # The marker goes first: a crash between the two leaves a marker without a file, which
+            # boom and bootwatch read as MISSING; the other order would leave a restored file that
+            # looks like the package manager's own.
+            marker = real.parent / restored_marker_name(path)
+            made_marker = not os.path.lexists(marker)
+            self._make_marker(marker)
+            written = os.fstat(tmp.fd)
+            try:
+                tmp.commit(real, replace=False)  # link(2): never follows, never replaces what is there
+                identity = identity_at(real)
+            except FileExistsError:
+                identity = None
+            if identity is None or identity.inode != (written.st_dev, written.st_ino):
+                if made_marker:  # the file that appeared is not ours: do not mark it as restored
+                    self._remove_marker(marker)
+                raise BootwatchError("appeared while it was being restored; left alone", path=real)
+        # What was written, read back after the rename (which changed its ctime): the marker counts
+        # only while the boot file is this very file (see remove_restored_copy).
+        if not self.read_only:  # else recorded by the first pass after the cache is writable again
+            self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
+            self.index.record_signature(path, identity.signature, image_id)
+            self.dirty = True
+        return image_id
+
+    def _apply_restored_attributes(self, path: str, real: Path, fd: int, meta: PathMeta,
+                                   directory: os.stat_result) -> None:
+        """Give the restored file the recorded mode and owner, as far as :func:`restored_attributes` allows.
+
+        What it refuses is logged: the index is untrusted input, and a refused owner or mode bit is
+        either a hostile index or a boot file that was unsafe when it was cached.
+        """
+        wanted = restored_attributes(meta, directory, euid=os.geteuid(), egid=os.getegid())
+        uid, gid = wanted.uid, wanted.gid
+        current = os.fstat(fd)
+        if (uid, gid) != (current.st_uid, current.st_gid):
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:  # not root, and not a member of that group: it stays ours
+                uid, gid = current.st_uid, current.st_gid
+        os.fchmod(fd, wanted.mode)  # after fchown, which may clear mode bits
+        if (wanted.mode, uid, gid) != (stat.S_IMODE(meta.mode), meta.uid, meta.gid):
+            log_event(log, Event.RESTORE_ATTRIBUTES_REFUSED,
+                      "%s: restored with mode %04o and owner %d:%d instead of the recorded mode %04o and owner "
+                      "%d:%d (a restored boot file never gets setuid, setgid or sticky bits, group or other "
+                      "write, or an owner other than root or its directory's owner)", real, wanted.mode, uid,
+                      gid, stat.S_IMODE(meta.mode), meta.uid, meta.gid, level=logging.WARNING, path=path,
+                      recorded_mode=f"{stat.S_IMODE(meta.mode):04o}", recorded_uid=meta.uid,
+                      recorded_gid=meta.gid)
+
+    def _restored_mtime_ns(self, path: str, image_id: str) -> int | None:
+        """The mtime to give a restored file: the path's own (several paths may share one image,
+        each cached at its own mtime), else the image's ``image_ts`` (a path boom cached), else None."""
+        mtime_ns = self.index.path_mtime_ns(path, image_id)
+        if mtime_ns is not None:
+            return mtime_ns
+        try:
+            mtime_ns = self.index.image_ts(image_id) * 1_000_000_000
+        except (ValueError, OverflowError, TypeError):  # NaN, infinity: the index is untrusted
+            return None
+        return mtime_ns if 0 <= mtime_ns < 1 << 63 else None
+
+    # ---------------------------------------------------------------- verification results
+
+    def record_verification(self, result: ImageVerification) -> bool:
+        """Record a result of hashing done without the lock, if it still applies now.
+
+        It does not when the image is no longer listed (a clean, remove or trim deleted it after
+        the hash read the index: not a failure, the image is gone by design), or when the image
+        was missing then and its file is back now (cached again meanwhile). Returns whether the
+        result was recorded.
+        """
+        if result.image_id not in self.index.known_image_ids():
+            return False
+        if result.missing and self.cache.store.has_image(result.image_id):
+            return False
+        if self.read_only:
+            return True  # reported, not recorded: it is verified again when the cache is writable
+        self.index.record_verification(result.image_id, {
+            "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
+        self.dirty = True
+        return True
+
+
+class BootCache:
+    """A boot directory, its BLS entries, and the cache that keeps its images."""
+
+    def __init__(self, boot_dir: Path, entries_dir: Path, cache_dir: Path, *, keep: int = 2,
+                 runtime_dir: Path | None = None, cancel: threading.Event | None = None) -> None:
+        self.boot_dir = Path(boot_dir)
+        self.boot_real = Path(os.path.realpath(self.boot_dir))
+        self.entries_dir = Path(entries_dir)
+        self.store = CacheStore(Path(cache_dir))
+        self.keep = keep
+        self.runtime_dir = runtime_dir
+        # Once set, every copy and hash in progress stops between two chunks (hashing.Cancelled):
+        # the daemon sets it when it is asked to stop.
+        self.cancel = cancel if cancel is not None else threading.Event()
+        # Whether the cache's file system was read-only at the last transaction, and when an index
+        # write last succeeded (time.monotonic()): the daemon reports both changes.
+        self.read_only = False
+        self.index_written_at = 0.0
+        # The entry files refused for what they are (a FIFO...), each warned about once while it
+        # stays so: once per daemon, each time for a command.
+        self._refused_entries: set[str] = set()
+        self._lock_refused = threading.Lock()  # the daemon's batches and jobs read entries on their threads
+
+    @classmethod
+    def from_config(cls, config) -> BootCache:  # config: bootwatch.config.Config
+        return cls(config.paths.boot, config.paths.entries, config.paths.cache, keep=config.cache.keep,
+                   runtime_dir=config.paths.runtime)
+
+    # ---------------------------------------------------------------- reading
+
+    def boot_file(self, path: str) -> Path:
+        """The file ``path`` names, symlinks inside the boot directory followed (what is read and cached)."""
+        return resolve_in_boot(self.boot_dir, path, boot_real=self.boot_real)
+
+    def boot_name(self, path: str) -> Path:
+        """The name ``path`` is, its last component not followed (what a restore writes, and what
+        bootwatch may delete again)."""
+        return name_in_boot(self.boot_dir, path, boot_real=self.boot_real)
+
+    def entries(self) -> builtins.list[bls.BootEntry]:
+        return bls.read_entries(self.entries_dir)
+
+    def references(self, index: CacheIndex | None = None) -> References:
+        """How many boot entries name each path, or why that is unknown (see :class:`References`).
+
+        Besides an entry source that cannot be read, judgements against the last complete read
+        (``.bootwatch-references``, see store.py) make references unknown, until a later read
+        agrees with the record or ``clean --force`` confirms what the entries say now:
+
+        - there is no trustworthy record (missing: the first run after an upgrade; unreadable,
+          not a regular file, not a record of this boot and entries directory), and the read has
+          no positive evidence of being the real boot directory (see :meth:`_evidence`). A read
+          with that evidence starts the history (it is recorded); one without waits for
+          ``clean --force``;
+        - the boot directory was the root of a mount and is not one now (the boot partition is
+          not mounted, or a bind mount of it is gone), or it is on another filesystem than it
+          was (another partition mounted there; see :mod:`bootwatch.cache.mountid`);
+        - the entries directory is on another filesystem than it was;
+        - every entry vanished at once: the last read had at least two entry files that
+          referenced paths, and not one of those files is among the entry files now (new ones
+          do not count: kernel-install may write one onto an unmounted partition's mount
+          point). More likely an unmount than a decision; removing entries one at a time keeps
+          some of the recorded ones at every read, and is a decision each time.
+        """
+        read = bls.read_entry_source(self.entries_dir)
+        self._warn_refused_entries(read.refused)
+        counts = bls.reference_counts(read.entries)
+        files = len(read.entries)
+        if not os.path.isdir(self.boot_dir):
+            return References(counts, unknown=f"{self.entries_dir}: not trusted: the boot directory "
+                              f"{self.boot_dir} does not exist", boot_moved=True, entry_files=files)
+        if read.problem is not None:
+            return References(counts, unknown=read.problem, entry_files=files)
+        try:
+            observed = self.references_record(read.entries, counts)
+        except OSError as e:
+            return References(counts, unknown=f"{self.boot_dir}: cannot tell which filesystem is mounted there "
+                              f"({os.strerror(e.errno).lower() if e.errno else e.strerror})", boot_moved=True,
+                              entry_files=files)
+
+        def unknown(why: str, *, boot_moved: bool = False, record: dict | None = None) -> References:
+            return References(counts, unknown=f"{self.entries_dir}: not trusted: {why}", confirmable=True,
+                              boot_moved=boot_moved, entry_files=files, observed=observed, record=record)
+
+        last, missing_why = self._last_references()
+        if last is None or (last["boot"], last["entries"]) != (observed["boot"], observed["entries"]):
+            if self._evidence(read.entries, index):
+                return References(counts, entry_files=files, observed=observed, record=observed)
+            why = missing_why or "it is about another boot or entries directory"
+            return unknown(f"no trustworthy record of an earlier complete read of the boot entries ({why}), and "
+                           "no boot file the entries name is one bootwatch cached from there")
+        was, now = last["boot_mount"], observed["boot_mount"]
+        if was.get("mount_root") is True and not now["mount_root"]:
+            return unknown(f"the boot directory {self.boot_dir} is no longer a mount point (it was one when the "
+                           "boot entries were last read); is the boot partition mounted?", boot_moved=True)
+        if not mountid.same_filesystem(was, now):
+            return unknown(f"the boot directory {self.boot_dir} is not the mount it was ({mountid.describe(was)}, "
+                           f"now {mountid.describe(now)}); is the right partition mounted?", boot_moved=True)
+        was, now = last["entries_mount"], observed["entries_mount"]
+        if not mountid.same_filesystem(was, now):
+            return unknown(f"the entries directory is not on the filesystem it was ({mountid.describe(was)}, "
+                           f"now {mountid.describe(now)}); is the right partition mounted?")
+        recorded = set(last["entry_files"])
+        if len(recorded) >= 2 and last["paths"] and recorded.isdisjoint(observed["entry_files"]):
+            return unknown(f"every boot entry vanished at once (none of the {len(recorded)} entry files of the "
+                           f"last read is left, {files} now); more likely an unmount than a decision")
+        return References(counts, entry_files=files, observed=observed, record=None if observed == last else observed)
+
+    def _warn_refused_entries(self, refused: builtins.list[str]) -> None:
+        with self._lock_refused:
+            for line in refused:
+                if line not in self._refused_entries:
+                    log.warning("%s", line)
+            self._refused_entries = set(refused)
+
+    def references_record(self, entries: builtins.list[bls.BootEntry], counts: dict[str, int]) -> dict:
+        """What ``.bootwatch-references`` says of a complete read of the entries (see store.py).
+
+        Raises OSError when the mounts of the boot or entries directory cannot be told.
+        """
+        return {"version": REFERENCES_VERSION, "boot": str(self.boot_real),
+                "boot_mount": mountid.mount_identity(self.boot_real),
+                "entries": os.path.realpath(self.entries_dir),
+                "entries_mount": mountid.mount_identity(self.entries_dir),
+                "entry_files": sorted(entry.file.name for entry in entries), "paths": sorted(counts)}
+
+    def _evidence(self, entries: builtins.list[bls.BootEntry], index: CacheIndex | None) -> bool:
+        """Whether a read without a record is of the real boot directory, by positive evidence:
+        an entry names a boot file that is the very file bootwatch cached for that path (its
+        recorded stat signature: device, inode, size, mtime, ctime), or, with nothing cached
+        yet, names a boot file that is there. An unmounted partition's mount point may hold a
+        stale entry, rarely the very files bootwatch cached from the partition."""
+        if index is None:
+            try:
+                index = self.load_index()
+            except (OSError, BootwatchError):
+                return False  # no evidence from an index that cannot be read
+        empty = not index.paths()
+        for entry in entries:
+            for path in entry.paths:
+                with contextlib.suppress(OSError, BootwatchError):
+                    st = os.stat(self.boot_file(path))
+                    if empty or (path in index and index.known_content_of_stat(path, st) is not None):
+                        return True
+        return False
+
+    def _last_references(self) -> tuple[dict | None, str | None]:
+        """The last complete read, if ``.bootwatch-references`` holds a well-formed one; else None
+        and why not."""
+        data = self.store.read_derived(REFERENCES_NAME)
+        if data is None:
+            return None, f"{self.store.directory / REFERENCES_NAME} is missing or cannot be read"
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or record.get("version") != REFERENCES_VERSION \
+                or not all(isinstance(record.get(k), str) for k in ("boot", "entries")) \
+                or not all(isinstance(record.get(k), dict) for k in ("boot_mount", "entries_mount")) \
+                or not all(isinstance(record.get(k), list) and all(isinstance(v, str) for v in record[k])
+                           for k in ("entry_files", "paths")):
+            return None, f"{self.store.directory / REFERENCES_NAME} is not a record this bootwatch wrote"
+        return record, None
+
+    def write_references_record(self, record: dict) -> None:
+        """Remember a read of the entries (the lock holder): fsynced, by rename."""
+        self.store.write_derived(REFERENCES_NAME, json.dumps(record).encode() + b"\n", durable=True)
+
+    def load_index(self) -> CacheIndex:
+        """Read the index without the lock (renames make that safe). No cache directory: empty."""
+        if not os.path.lexists(self.store.directory):
+            return CacheIndex()
+        self.store.check()
+        return self.store.load_index()
+
+    def path_status(self, index: CacheIndex, path: str, references: dict[str, int]) -> PathStatus:
+        """The state of one path, computed as boom computes it, without reading the boot file.
+
+        boom hashes the boot file to tell RESTORED from CACHED; bootwatch uses the stat signature
+        recorded when it last hashed or restored the file. A boot file that changed since is
+        reported with ``boot_changed`` (its new content is hashed by add, scan or the daemon).
+        """
+        newest = index.newest(path)
+        boot_st: os.stat_result | None = None
+        restored_marker = False
+        try:
+            boot_st = os.stat(self.boot_file(path))
+            name = self.boot_name(path)
+            restored_marker = os.path.lexists(name.parent / restored_marker_name(path))
+        except (OSError, UnsafePathError):
+            boot_st = None
+        image_st = self.store.image_stat(newest)
+        boot_changed = False
+        if boot_st is not None and image_st is not None:
+            known = index.known_content(path, StatSignature.of(boot_st))
+            recorded = StatSignature.from_json(index.path_extra(path).get("stat")) is not None
+            boot_changed = recorded and known is None
+            restored = index.restored_file(path) if restored_marker else None
+            if restored is not None:
+                # bootwatch restored it: RESTORED only while the file at its name is the one it wrote.
+                try:
+                    ours = restored.is_file(identity_at(name))
+                except OSError:
+                    ours = False
+                state = RESTORED if ours and restored.image_id == newest else CACHED
+            else:
+                if restored_marker and known is None and not recorded:
+                    # Restored by boom, which records no signature: hash it once, as boom does.
+                    # (Everything bootwatch caches or restores has a signature, so its own entries are never read here.)
+                    with contextlib.suppress(OSError, ContentChangedError):  # being rewritten: not RESTORED
+                        known = hash_path(self.boot_file(path))[0].sha1
+                state = RESTORED if restored_marker and known == newest else CACHED
+        elif image_st is not None:
+            state = MISSING
+        elif boot_st is not None:
+            state = BROKEN
+        else:
+            state = UNKNOWN
+        size = index.recorded_size(newest)
+        verified = index.verification(newest)
+        problem: str | None = None
+        if image_st is None:
+            problem = "image file missing"
+        elif size is not None and image_st.st_size != size:
+            problem = f"image size {image_st.st_size} differs from the {size} bytes cached"
+        elif verified is not None and not verified["ok"]:
+            problem = f"failed verification: {verified['message']}"
+        meta = index.meta(path)
+        return PathStatus(path=path, image_id=newest, images=index.images_newest_first(path), state=state,
+                          count=references.get(path, 0), image_ts=index.image_ts(newest), mode=meta.mode,
+                          uid=meta.uid, gid=meta.gid, boot_changed=boot_changed, image_problem=problem,
+                          verified=verified)
+
+    def list(self, paths: Sequence[str] | None = None) -> builtins.list[PathStatus]:
+        index = self.load_index()
+        references = self.references(index)
+        selected = index.paths() if paths is None else list(paths)
+        result = []
+        for path in selected:
+            if path not in index:
+                raise BootwatchError("is not cached", path=path)
+            result.append(self.path_status(index, path, references))
+        return result
+
+    # ---------------------------------------------------------------- writing
+
+    def lock_waiter(self, waiter: LockWaiter | None = None) -> LockWaiter:
+        """``waiter``, or one that only gives the wait for the writers' lock up once :attr:`cancel`
+        is set: every writer of this cache waits the same way, and a stop ends every wait."""
+        return waiter if waiter is not None else LockWaiter(self.cancel)
+
+    @contextlib.contextmanager
+    def transaction(self, *, remove_stale: bool = True, waiter: LockWaiter | None = None,
+                    reads_only: bool = False) -> Iterator[Transaction]:
+        """Lock, load the index, yield a :class:`Transaction`, write the index once, delete unlisted images.
+
+        ``reads_only`` (a dry run): the lock is taken as on a read-only cache, on the lock file if
+        there is one, and nothing is created or written, not even the lock file or ``.tmp/``.
+        """
+        removed: list[Path] = []
+        waiter = self.lock_waiter(waiter)
+        with contextlib.ExitStack() as stack:
+            if reads_only:
+                stack.enter_context(self.store.locked_read_only(waiter=waiter))
+                image_ids, read_only = None, True
+            else:
+                try:
+                    image_ids = stack.enter_context(self.store.locked(remove_stale=remove_stale, waiter=waiter,
+                                                                      removed=removed))
+                    self.read_only = read_only = False
+                except CacheReadOnlyError:
+                    # The cache can still be read: a transaction that only restores goes on (see
+                    # Transaction.read_only); one that must change the cache fails naming it.
+                    stack.enter_context(self.store.locked_read_only(waiter=waiter))
+                    image_ids, self.read_only = None, True
+                    read_only = True
+            index, digest = self.store.load_index_and_digest()
+            txn = Transaction(self, index, image_ids, digest)
+            txn.removed_temp_files = removed
+            txn.read_only = read_only
+            try:
+                yield txn
+                txn.flush()  # images first: the index must never list an image without its file
+            finally:
+                txn.pending.discard()  # only left on an error; the index was not written
+            if txn.read_only:
+                if txn.dirty:
+                    raise CacheReadOnlyError(self.store.directory, "cannot write the new index")
+                return  # nothing written, so nothing may be deleted
+            if txn.dirty:
+                txn.index_digest = self.store.write_index_making_room(txn.index)
+                self.index_written_at = time.monotonic()
+            if txn.record_signatures and txn.index_digest is not None:
+                write_signatures(self.store, txn.index, txn.index_digest)
+            refs = txn._references
+            if refs is not None and refs.record is not None:
+                self.write_references_record(refs.record)
+            self._delete_unlisted(txn)
+
+    def _delete_unlisted(self, txn: Transaction) -> builtins.list[str]:
+        listed = txn.index.all_image_ids()
+        candidates = sorted(i for i in txn.unlisted if i not in listed)
+        if not candidates or self.store.unsuperseded_corrupt_copies():
+            # A repair did not complete: the index may lack what the kept copy knew. The images
+            # stay as orphans until 'fsck --repair' merges the copy (see store.py).
+            return []
+        pinned = self.store.pinned_image_ids()
+        deleted = []
+        for image_id in candidates:
+            if image_id not in pinned and self.store.delete_image(image_id):
+                deleted.append(image_id)
+        if deleted:
+            os.fsync(self.store.fd)
+        return deleted
+
+    def add(self, paths: Sequence[str]) -> builtins.list[AddResult]:
+        with self.transaction() as txn:
+            return [txn.add(path) for path in paths]
+
+    def remove(self, paths: Sequence[str], *, force: bool = False) -> None:
+        with self.transaction() as txn:
+            for path in paths:
+                txn.remove(path, force=force)
+
+    def restore(self, paths: Sequence[str]) -> builtins.list[str]:
+        with self.transaction() as txn:
+            return [txn.restore(path) for path in paths]
+
+    # ---------------------------------------------------------------- verify
+
+    def verify_image(self, index: CacheIndex, image_id: str) -> ImageVerification:
+        """Re-hash one cached image and compare it with its id and the SHA256 recorded at caching time."""
+        paths = index.paths_of(image_id)
+        try:
+            fd = self.store.open_image(image_id)
+        except FileNotFoundError:
+            return ImageVerification(image_id, paths, False, "image file is missing", missing=True)
+        except OSError as e:
+            return ImageVerification(image_id, paths, False, describe_oserror(e))
+        try:
+            digest = hash_and_copy(fd, cancel=self.cancel)
+        except OSError as e:
+            return ImageVerification(image_id, paths, False, f"read error: {os.strerror(e.errno)}")
+        finally:
+            os.close(fd)
+        if digest.sha1 != image_id:
+            return ImageVerification(image_id, paths, False, f"content hashes to {digest.sha1}, not to its id")
+        recorded = index.recorded_sha256(image_id)
+        if recorded is not None and recorded != digest.sha256:
+            return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
+        checks = self._content_checks(image_id)
+        failed = [c for c in checks if c.get("outcome") == "failed"]
+        if failed:
+            return ImageVerification(image_id, paths, False, failed[0].get("message", "content check failed"), checks)
+        return ImageVerification(image_id, paths, True, "ok", checks)
+
+    def _content_checks(self, image_id: str) -> builtins.list[dict]:
+        """Checks by kind of image (kernel, initramfs, filesystem): see :mod:`bootwatch.verify`.
+
+        Filesystem images are loop-mounted under the runtime directory; without one (a library
+        user that gave none) a private directory under the cache is used.
+        """
+        from bootwatch.verify import check_image  # loop, mount and decompressors: only verify needs them
+        runtime = self.runtime_dir if self.runtime_dir is not None else self.store.directory / "run"
+        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime)).to_json()]
+
+    def verify(self, paths: Sequence[str] | None = None) -> builtins.list[ImageVerification]:
+        """Verify the images of ``paths`` (all by default) and record the results in the index.
+
+        Hashing runs without the lock, so the daemon and other writers are not held up; the
+        results are recorded under the lock, for the images that are still listed then.
+        """
+        index = self.load_index()
+        selected = index.paths() if not paths else list(paths)
+        ids: list[str] = []
+        for path in selected:
+            if path not in index:
+                raise BootwatchError("is not cached", path=path)
+            ids.extend(i for i in index.images_newest_first(path) if i not in ids)
+        return self.record_verifications([self.verify_image(index, image_id) for image_id in ids])
+
+    def record_verifications(self, results: Sequence[ImageVerification]) -> builtins.list[ImageVerification]:
+        """Record results of hashing done without the lock; return those that still apply under
+        it (see :meth:`Transaction.record_verification`): only these are reported."""
+        if not results:
+            return []
+        with self.transaction(remove_stale=False) as txn:
+            return [result for result in results if txn.record_verification(result)]
+
+    # ---------------------------------------------------------------- clean
+
+    def clean(self, *, dry_run: bool = False, force: bool = False,
+              keep_unreferenced: Callable[[str], bool] = lambda path: False) -> CleanReport:
+        """Uncache unreferenced paths, trim to ``keep`` images, delete orphans and stale temp files.
+
+        A path stays cached while a boot entry references it, while ``keep_unreferenced`` says so
+        (the daemon's ``track = "all"`` policy), or while a pin holds one of its images. Nothing is
+        cleaned while the references are unknown (:class:`ReferencesUnknownError`); ``force``
+        confirms what the entries say now where the doubt was a judgement (every entry gone at
+        once, the boot directory no longer a mount point), never where they cannot be read.
+        """
+        report = CleanReport()
+        # Nothing to clean is not what a missing cache directory says (a mistyped --cache-dir):
+        # refused, and never created.
+        self.store.check_existing()
+        with self.transaction(remove_stale=False, reads_only=dry_run) as txn:
+            if not dry_run:
+                txn._writable("nothing can be cleaned")
+            listed_before = txn.index.all_image_ids()
+            on_disk = set(self.store.image_ids_on_disk())
+            copies = self.store.unsuperseded_corrupt_copies()
+            if copies:
+                raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
+                                            "cleaned while it is there", path=copies[0],
+                                            hint="run 'bootwatch fsck --repair' to merge it into the index")
+            refs = txn.confirm_references() if force else txn.references
+            if dry_run:
+                refs.record = None  # a dry run confirms nothing
+            if refs.unknown is not None:
+                hint = ("if that is how it should be, 'bootwatch clean --force' confirms it" if refs.confirmable else
+                        "mount the boot partition or fix [paths] entries; clean works again once every entry "
+                        "can be read")
+                raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
+            if not dry_run:
+                self.put_back_set_aside(txn.index)
+            temp_files = self.stale_temp_files(txn.index)
+            report.removed_temp_files = [str(p) for p in temp_files]
+            pinned = self.store.pinned_image_ids()
+            # A dry run works on a copy that is thrown away; the real run on the locked index.
+            work = Transaction(self, txn.index.copy() if dry_run else txn.index)
+            work._references = txn.references
+            # Linear in the paths: the index is changed in bulk (remove_paths, trim_paths), each
+            # of which looks at the remaining paths once, not once per path.
+            for path in work.index.paths():
+                if txn.references.get(path, 0) or keep_unreferenced(path):
+                    continue
+                if not pinned.isdisjoint(work.index.image_ids(path)):
+                    report.kept_pinned.append(path)
+                    continue
+                if not dry_run and work.remove_restored_copy(path):
+                    report.removed_restored_copies.append(path)
+                report.uncached_paths.append(path)
+            work.unlisted.update(work.index.remove_paths(report.uncached_paths))
+            dropped = work.index.trim_paths(work.index.paths(), self.keep)
+            report.trimmed_images.extend(dropped)
+            work.unlisted.update(dropped)
+            strays = work.index.drop_stray_images()
+            listed = work.index.all_image_ids()
+            work.unlisted.update(strays)
+            work.unlisted.update(on_disk - listed)
+            report.deleted_images = sorted(i for i in work.unlisted
+                                           if i not in pinned and self.store.has_image(i))
+            report.kept_pinned += sorted(i for i in work.unlisted if i in pinned and self.store.has_image(i))
+            if not dry_run:
+                txn.dirty = bool(report.uncached_paths or report.trimmed_images or strays)
+                txn.unlisted.update(work.unlisted)
+                # Space first: the stale temp files, and the orphans that the index on disk does
+                # not list (so deleting them needs no index write), go before the new index is
+                # written; on a full file system that write then has room. The images that only
+                # the new index drops wait for it, as the protocol in store.py says.
+                _remove_files(self.store, temp_files)
+                orphans = sorted(on_disk - listed_before - pinned)
+                if orphans and not self.store.unsuperseded_corrupt_copies():
+                    for image_id in orphans:
+                        self.store.delete_image(image_id)
+                    os.fsync(self.store.fd)
+        return report
+
+    def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> builtins.list[Path]:
+        """Every temp file bootwatch left behind: ``<cache>/.tmp/*`` and the restore temp files in the
+        boot directory and beside cached paths (plus ``also``, restore temp files a walk found).
+
+        Only a holder of the lock may call this: temp files are written only under the lock, so
+        then every one found is left by a writer that was killed.
+        """
+        return self.store.stale_temp_files() + self._stale_restore_temp_files(index, also)
+
+    def remove_stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> builtins.list[Path]:
+        """Remove :meth:`stale_temp_files` (a holder of the lock): at daemon start and by scan, as clean
+        does; and put back what a killed removal of a restored copy left aside (:meth:`put_back_set_aside`)."""
+        self.put_back_set_aside(index)
+        return _remove_files(self.store, self.stale_temp_files(index, also))
+
+    def put_back_set_aside(self, index: CacheIndex) -> builtins.list[Path]:
+        """Boot files that a killed removal of a restored copy left under an aside name (see
+        :func:`bootwatch.cache.fileid.remove_if_same`): each is renamed back to its name, never replacing
+        anything, and never deleted (it may be a package's file that was renamed over the name at
+        that moment). A holder of the lock only. Returns the names put back."""
+        put = []
+        for directory in self._restore_directories(index):
+            with contextlib.suppress(OSError), os.scandir(directory) as it:
+                asides = [Path(e.path) for e in it if e.name.startswith(ASIDE_PREFIX)]
+            for aside in asides:
+                try:
+                    name = put_back(aside)
+                except OSError as e:
+                    log.warning("%s: left by an interrupted removal of a restored copy; cannot put it back: %s",
+                                aside, describe_oserror(e))
+                    continue
+                if name is None:
+                    log.warning("%s: left by an interrupted removal of a restored copy; not put back, since "
+                                "another file has its name now; bootwatch deletes neither", aside)
+                    continue
+                log.info("%s: put back from %s, where an interrupted removal of a restored copy left it", name, aside)
+                put.append(name)
+        return put
+
+    def _restore_directories(self, index: CacheIndex) -> builtins.list[Path]:
+        """The directories a restore may have written to: the boot directory and those of cached paths."""
+        dirs = {self.boot_dir}
+        for path in index.paths():
+            with contextlib.suppress(UnsafePathError):
+                dirs.add(self.boot_file(path).parent)
+                dirs.add(self.boot_name(path).parent)
+        return sorted(dirs)
+
+    def _stale_restore_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> builtins.list[Path]:
+        """Restore temp files in the boot directories of cached paths (left by a killed restore)."""
+        found = {p for p in also if p.name.startswith(RESTORE_TEMP_PREFIX)}
+        for directory in self._restore_directories(index):
+            with contextlib.suppress(OSError), os.scandir(directory) as it:
+                for e in it:
+                    if not e.name.startswith(RESTORE_TEMP_PREFIX):
+                        continue
+                    # A restore makes only regular files: a directory (or FIFO...) of that name is
+                    # not its leftover, and is never removed (let alone its tree).
+                    try:
+                        if e.is_file(follow_symlinks=False):
+                            found.add(Path(e.path))
+                            continue
+                        kind = file_kind(e.stat(follow_symlinks=False).st_mode)
+                    except OSError:
+                        continue
+                    self.store.warn_once(Path(e.path), not_a_temp_file(kind))
+        return sorted(found)
+
+
+def _remove_files(store: CacheStore, paths: Iterable[Path]) -> list[Path]:
+    """Unlink each of ``paths`` (the cache's own relative to its descriptors); return those that were there.
+
+    One that cannot be removed (a directory swapped in since it was listed, a read-only boot
+    directory) is warned about once, naming it, and left: a leftover temp file is harmless.
+    """
+    removed = []
+    for path in paths:
+        if path.name.startswith(RESTORE_TEMP_PREFIX):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                store.warn_once(path, cannot_remove_temp_file(e))
+                continue
+            removed.append(path)
+        elif store.remove_temp_file(path):
+            removed.append(path)
+    return removed

@@ -1,0 +1,217 @@
+"""Metrics for node_exporter's textfile collector: one ``.prom`` file, replaced atomically.
+
+node_exporter (``--collector.textfile.directory=DIR``) reads every ``DIR/*.prom`` file at each
+scrape and serves its samples beside its own. The file is in the Prometheus text exposition
+format: ``# HELP`` and ``# TYPE`` lines, then ``name{label="value"} number`` samples, every
+name with the ``bootwatch_`` prefix.
+
+A scrape may come at any time, so the file is never written in place: a temp file in the same
+directory (named so that it does not end in ``.prom``, so it is never read) is written, fsynced,
+made world-readable (node_exporter runs as its own user) and renamed over the old file. The
+directory belongs to the prometheus package, not to bootwatch, so it gets no private-directory
+check.
+
+Counters (``_total``) count from the daemon's start, as Prometheus expects of a process's
+counters; ``rate()`` handles the reset at a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootwatch import __version__
+from bootwatch.cache.operations import BROKEN, CACHED, MISSING, RESTORED, UNKNOWN, BootCache, ImageVerification
+from bootwatch.cache.store import TempFile
+from bootwatch.errors import BootwatchError, describe_oserror
+
+PREFIX = "bootwatch_"
+STATES = (CACHED, RESTORED, MISSING, BROKEN, UNKNOWN)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class _JobStats:
+    runs: int = 0
+    errors: int = 0
+    last_duration: float = 0.0
+    last_run: float = 0.0
+    last_ok: bool = True
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+class Exposition:
+    """Builds the text format, one metric family at a time."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[Labels, float]]) -> None:
+        samples = list(samples)
+        if not samples:
+            return  # a family without samples says nothing; leave it out
+        full = PREFIX + name
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} {kind}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+            self.lines.append(f"{full}{{{label_text}}} {format_value(value)}" if labels
+                              else f"{full} {format_value(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class Metrics:
+    """What the daemon records between writes, and the rendering of the whole file.
+
+    ``record_job`` has the signature of ``MaintenanceScheduler``'s ``on_job_done`` and
+    ``record_verification`` that of its ``on_verified``; both are called from job threads,
+    hence the lock.
+    """
+
+    def __init__(self, textfile: Path | None) -> None:
+        self.textfile = Path(textfile) if textfile is not None else None
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _JobStats] = {}
+        self._last_reconcile: float | None = None
+        self._last_verification: tuple[float, int, int] | None = None  # time, images, failures
+
+    # ---------------------------------------------------------------- recording
+
+    def record_job(self, name: str, duration: float, ok: bool) -> None:
+        with self._lock:
+            stats = self._jobs.setdefault(name, _JobStats())
+            stats.runs += 1
+            stats.errors += 0 if ok else 1
+            stats.last_duration = duration
+            stats.last_run = time.time()
+            stats.last_ok = ok
+
+    def record_reconcile(self, when: float | None = None) -> None:
+        with self._lock:
+            self._last_reconcile = time.time() if when is None else when
+
+    def record_verification(self, results: Sequence[ImageVerification], when: float | None = None) -> None:
+        with self._lock:
+            self._last_verification = (time.time() if when is None else when, len(results),
+                                       sum(1 for r in results if not r.ok))
+
+    # ---------------------------------------------------------------- rendering
+
+    def render(self, cache: BootCache, pins_count: int | None = None) -> str:
+        out = Exposition()
+        out.family("info", "gauge", "bootwatch version (always 1).", [((("version", __version__),), 1)])
+        try:
+            statuses = cache.list()
+            index_ok = True
+        except BootwatchError:
+            statuses, index_ok = [], False
+        out.family("index_readable", "gauge", "1 if cacheindex.json could be read and validated, else 0.",
+                   [((), index_ok)])
+        if index_ok:
+            by_state = {state: 0 for state in STATES}
+            for s in statuses:
+                by_state[s.state] = by_state.get(s.state, 0) + 1
+            out.family("images", "gauge", "Cached boot paths by the state of their newest image (as 'bootwatch list').",
+                       [((("state", state),), count) for state, count in by_state.items()])
+            out.family("images_referenced", "gauge", "Cached paths that at least one boot entry references.",
+                       [((), sum(1 for s in statuses if s.count))])
+            out.family("images_with_problem", "gauge",
+                       "Cached paths whose newest image is missing, has the wrong size or failed verification.",
+                       [((), sum(1 for s in statuses if s.image_problem))])
+            out.family("images_verification_failed", "gauge",
+                       "Cached paths whose newest image failed its last verification.",
+                       [((), sum(1 for s in statuses if s.verified and not s.verified.get("ok", True)))])
+        try:
+            references_unknown = cache.references().unknown is not None
+        except (BootwatchError, OSError):
+            references_unknown = True
+        out.family("references_unknown", "gauge",
+                   "1 while the boot entries cannot be read or trusted (nothing is cleaned or deleted), else 0.",
+                   [((), references_unknown)])
+        files, size = _image_files(cache)
+        out.family("cache_image_files", "gauge", "Image files in the cache directory.", [((), files)])
+        out.family("cache_bytes", "gauge", "Bytes in the cache's image files.", [((), size)])
+        if pins_count is None:
+            from bootwatch.cache.pins import count_pins  # pins imports the cache; keep this module light
+            try:
+                pins_count = count_pins(cache)
+            except (BootwatchError, OSError):
+                pins_count = None
+        if pins_count is not None:
+            out.family("pins", "gauge", "Pin links in <cache>/links (live or not yet collected).", [((), pins_count)])
+        with self._lock:
+            reconcile = self._last_reconcile
+            verification = self._last_verification
+            jobs = sorted((name, _JobStats(**vars(stats))) for name, stats in self._jobs.items())
+        if reconcile is not None:
+            out.family("last_reconcile_timestamp_seconds", "gauge",
+                       "When the last full reconcile of the boot directory ended (Unix time).", [((), reconcile)])
+        if verification is not None:
+            when, images, failures = verification
+            out.family("last_verification_timestamp_seconds", "gauge",
+                       "When the last verify run ended (Unix time).", [((), when)])
+            out.family("last_verification_images", "gauge", "Images the last verify run re-hashed.", [((), images)])
+            out.family("last_verification_failures", "gauge", "Images that failed in the last verify run.",
+                       [((), failures)])
+        out.family("job_runs_total", "counter", "Runs of each scheduled job since the daemon started.",
+                   [((("job", name),), s.runs) for name, s in jobs])
+        out.family("job_errors_total", "counter", "Runs of each scheduled job that raised an error.",
+                   [((("job", name),), s.errors) for name, s in jobs])
+        out.family("job_last_duration_seconds", "gauge", "How long the last run of each job took.",
+                   [((("job", name),), s.last_duration) for name, s in jobs])
+        out.family("job_last_run_timestamp_seconds", "gauge", "When the last run of each job ended (Unix time).",
+                   [((("job", name),), s.last_run) for name, s in jobs])
+        out.family("job_last_success", "gauge", "1 if the last run of each job succeeded, else 0.",
+                   [((("job", name),), s.last_ok) for name, s in jobs])
+        return out.text()
+
+    def write(self, cache: BootCache, pins_count: int | None = None) -> bool:
+        """Replace the text file atomically; False if no text file is configured.
+
+        Raises :class:`BootwatchError` if it cannot be written (the daemon logs it and goes on).
+        """
+        if self.textfile is None:
+            return False
+        data = self.render(cache, pins_count).encode()
+        try:
+            with TempFile(self.textfile.parent, prefix=f".{self.textfile.name}.tmp.", mode=0o644) as tmp:
+                os.fchmod(tmp.fd, 0o644)  # whatever the umask: node_exporter runs as another user
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(tmp.fd, view):]
+                tmp.commit(self.textfile)
+        except OSError as e:
+            raise BootwatchError(f"cannot write the metrics file: {describe_oserror(e)}", path=self.textfile,
+                                 hint="check [metrics] textfile and that its directory exists") from None
+        return True
+
+
+def _image_files(cache: BootCache) -> tuple[int, int]:
+    try:
+        ids = cache.store.image_ids_on_disk()
+    except OSError:
+        return 0, 0
+    total = 0
+    for image_id in ids:
+        st = cache.store.image_stat(image_id)
+        total += st.st_size if st is not None else 0
+    return len(ids), total

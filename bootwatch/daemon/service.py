@@ -1,0 +1,706 @@
+"""``bootwatch run``: the always-on service.
+
+Threads and who does what:
+
+- the **main thread** handles signals and talks to systemd: it sends ``WATCHDOG=1`` only while
+  the worker and the inotify observer are alive and not stuck, turns SIGHUP into a reload request
+  and SIGTERM/SIGINT into a stop;
+- the **observer** (watchdog's inotify threads) only queues :class:`~bootwatch.daemon.watcher.Change`
+  records;
+- the **worker** thread takes changes off the queue, waits until they have been quiet for the
+  ``settle`` window, and applies the whole burst in one cache transaction: at most one index
+  write per batch. Reconciles (start, SIGHUP, overflow, rescan job) and reloads go through the
+  same queue, so only the worker ever changes the daemon's cache state;
+- the **scheduler** (APScheduler) runs the maintenance jobs; they take the cache lock like any
+  other writer.
+
+Start-up order: watches are armed *before* the first reconcile, so that nothing changed during
+the reconcile goes unseen, and ``READY=1`` is sent only after both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import gc
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootwatch.cache.hashing import Cancelled
+from bootwatch.cache.operations import BootCache
+from bootwatch.cache.pins import count_pins
+from bootwatch.cache.proc import flock_holders
+from bootwatch.cache.reconcile import Reconciler, ReconcileReport
+from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
+from bootwatch.config import Config, load_config
+from bootwatch.daemon.jobs import MaintenanceScheduler
+from bootwatch.daemon.metrics import Metrics
+from bootwatch.daemon.notify import SystemdNotifier
+from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
+from bootwatch.daemon.watcher import Change, Watcher
+from bootwatch.errors import BootwatchError, StorageError, describe_oserror
+from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
+from bootwatch.verify.mount import sweep_stale_mounts
+
+log = logging.getLogger("bootwatch.daemon.service")
+
+# A batch keeps growing while events keep coming, but not for longer than this many settle windows
+# (and at least MIN_BATCH_WINDOW seconds): an endless trickle of events must not starve the work.
+MAX_BATCH_SETTLES = 20
+MIN_BATCH_WINDOW = 2.0
+# The quiet window of a batch that holds only a few completed boot files (see Daemon._collect).
+# More files than that is a storm, which is coalesced over the full settle window like the rest:
+# each batch costs a read and a write of the whole index.
+COMPLETION_WINDOW = 0.02
+COMPLETION_BATCH_LIMIT = 8
+# A batch naming more boot paths than this is applied as a full reconcile.
+STORM_PATHS = 256
+# While more changes wait, the counts by state (a stat of every cached path) are refreshed at most
+# this often.
+COUNTS_REFRESH = 10.0
+# Without systemd's watchdog the main loop still wakes this often to check the watches.
+IDLE_TICK = 5.0
+# A wait for the writers' lock held by another process (or by a job of this one) counts as
+# progress for the watchdog only for so long: after LOCK_REPORT_AFTER seconds (at most two
+# watchdog intervals) STATUS and the journal name the holder, and once the wait is longer than
+# the stuck bound of Daemon._stuck_after (four intervals, at least 10 s: 60 s under the shipped
+# WatchdogSec=30s) the watchdog ping is withheld and systemd restarts the daemon. A restart does
+# not release the lock, but it makes the stall visible as a failed unit (OnFailure=, monitoring),
+# and the restarted daemon goes on waiting before READY=1 and resumes once the holder lets go.
+# Except when the holder is this daemon's own maintenance job (a long clean or gc of a huge
+# cache): that is the daemon's own work, not a stall caused by someone else, and a restart would
+# only kill the job and have it start again from nothing at its next run. The wait is still
+# reported (STATUS and LOCK_WAIT name "this daemon's own maintenance job"); the holder is
+# looked up again every OWN_HOLDER_RECHECK seconds, so another process that takes the lock
+# after the job counts as usual.
+LOCK_REPORT_AFTER = 10.0
+OWN_HOLDER_RECHECK = 5.0
+# Paths whose caching failed (a file still being written) are tried again after this delay.
+RETRY_DELAY = 1.0
+MAX_RETRIES = 5
+
+
+@dataclass
+class Batch:
+    """What a burst of changes asks the worker to do."""
+
+    full: bool = False
+    overflow: bool = False
+    reload: bool = False
+    entries_changed: bool = False
+    foreign_index: bool = False
+    boot_paths: set[str] = field(default_factory=set)
+    image_ids: set[str] = field(default_factory=set)
+    changes: int = 0
+    slow: bool = False  # something that must wait for the full settle window
+    unclosed: set[str] = field(default_factory=set)  # boot files created and not yet closed
+
+
+def release_memory() -> None:
+    """Give the memory of a big batch back to the system once the daemon goes idle.
+
+    A storm of 10,000 files leaves parsed indexes and listings freed but held by the C
+    allocator; ``malloc_trim(0)`` returns the free heap pages, so the idle RSS stays small.
+    """
+    gc.collect()
+    with contextlib.suppress(AttributeError, OSError):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
+
+
+def load_daemon_config(config_file: Path | None, boot: Path | None, cache: Path | None) -> Config:
+    return load_config(config_file).with_overrides(boot=boot, cache=cache)
+
+
+def open_cache(config: Config) -> BootCache:
+    """The cache of a configuration, with its directories checked (and the cache dir created)."""
+    if not os.path.isdir(config.paths.boot):
+        raise BootwatchError("boot directory does not exist", path=config.paths.boot,
+                             hint="set [paths] boot in the configuration or pass --boot-dir")
+    cache = BootCache.from_config(config)
+    cache.store.check(create=True)
+    return cache
+
+
+def reconcile_once(config: Config, cache: BootCache, reconciler: Reconciler | None = None, *,
+                   waiter: LockWaiter | None = None) -> ReconcileReport:
+    """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass.
+
+    A pass that finds nothing changed is proved so without the lock where it can be (see
+    :meth:`Reconciler.unchanged_pass`); anything else runs under the lock.
+    """
+    reconciler = reconciler or Reconciler(config, cache)
+    quick = reconciler.unchanged_pass()
+    if quick is not None:
+        return quick
+    with cache.transaction(waiter=waiter) as txn:
+        return reconciler.full(txn)
+
+
+class LockWaitReporter(LockWaiter):
+    """The daemon's side of a wait for the writers' lock: names the holder after a bound,
+    says when the wait ends, and tells :meth:`Daemon._healthy` how long it has lasted."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(cancel=daemon.stop_requested)  # a stop ends the wait (Cancelled)
+        self.daemon = daemon
+        self.since: float | None = None  # time.monotonic() of the first attempt that found it held
+        self.since_wall = 0.0
+        self.holders = ""  # set once the wait was reported
+        self.withheld = False
+        self.own = False  # the holder is this daemon's own maintenance job (see _healthy)
+        self.own_checked = 0.0
+
+    def waited(self) -> float | None:
+        since = self.since
+        return None if since is None else time.monotonic() - since
+
+    def waiting(self, lock_fd: int) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.since_wall = now, time.time()
+        self.daemon.beat()  # the worker is alive; _healthy decides how long a wait may last
+        waited = now - self.since
+        if self.holders and now - self.own_checked >= OWN_HOLDER_RECHECK:
+            # The job may have let go and another process taken the lock meanwhile.
+            self.own_checked = now
+            self.own = self._held_by_own_job(flock_holders(lock_fd))
+        if self.holders or waited < self.daemon.lock_report_after():
+            return
+        holders = flock_holders(lock_fd)
+        self.own, self.own_checked = self._held_by_own_job(holders), now
+        own = [h for h in holders if h.pid == os.getpid()]
+        self.holders = ", ".join(("this daemon's own maintenance job" if h in own else h.describe())
+                                 for h in holders) or "a process that /proc/locks does not show"
+        lock_path = self.daemon.cache.store.directory / LOCK_NAME
+        first = holders[0] if holders else None
+        log_event(log, Event.LOCK_WAIT, "waiting %.0f s for the cache lock %s, held by %s; changes wait "
+                  "until it is released", waited, lock_path, self.holders, level=logging.WARNING,
+                  path=lock_path, waited=f"{waited:.0f}", holder_pid=first.pid if first else None,
+                  holder_command=first.command if first else None)
+        since = time.strftime("%H:%M:%S", time.localtime(self.since_wall))
+        self.daemon.status.lock_wait = f"waiting since {since} for the cache lock held by {self.holders}"
+        self.daemon.publish_status()
+
+    @staticmethod
+    def _held_by_own_job(holders) -> bool:  # holders: List[proc.FlockHolder]
+        """Only this process holds it: the worker is the one waiting, so it is a job thread."""
+        return bool(holders) and all(h.pid == os.getpid() for h in holders)
+
+    def acquired(self) -> None:
+        waited = self.waited()
+        if self.holders and waited is not None:
+            log.log(NOTICE, "got the cache lock after waiting %.0f s (it was held by %s)", waited, self.holders)
+            self.daemon.status.lock_wait = None
+            self.daemon.publish_status()
+        self.since, self.holders, self.withheld, self.own = None, "", False, False
+
+
+class Daemon:
+    def __init__(self, config_file: Path | None = None, boot: Path | None = None,
+                 cache: Path | None = None) -> None:
+        self.sources = (config_file, boot, cache)
+        self.config = load_daemon_config(*self.sources)  # ConfigError: exit 78 before anything starts
+        self.notifier = SystemdNotifier()
+        self.changes: queue.Queue[Change] = queue.Queue()
+        self.stop_requested = threading.Event()
+        self.wakeup = threading.Event()
+        self.reload_requested = False
+        self.worker: threading.Thread | None = None
+        self.busy_since: float | None = None
+        self.last_progress = time.monotonic()
+        self.retries: dict = {}
+        self.counts_time = 0.0
+        self.scheduler: MaintenanceScheduler | None = None
+        self.daemon_lock: int | None = None  # the descriptor that holds the daemon lock
+        self.lock_wait = LockWaitReporter(self)
+        self.exit_code = 0  # 1 once the daemon stops because it cannot go on (see _cache_replaced)
+        self._failing = threading.Lock()
+        self.io_errors = IoErrorLog(log)
+        self.metrics: Metrics | None = (Metrics(self.config.metrics.textfile)
+                                           if self.config.metrics.textfile else None)
+        self.cache: BootCache
+        self.reconciler: Reconciler
+        self.watcher: Watcher
+        self.status: DaemonStatus
+
+    # ---------------------------------------------------------------- life cycle
+
+    def run(self) -> int:
+        setup_logging(self.config.log.level)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.cache = open_cache(self.config)
+        self.cache.cancel = self.stop_requested  # a stop cancels the copy in progress (and removes its temp file)
+        # Before anything that touches shared state (the runtime directory's mounts, the status
+        # file): a second daemon on this cache stops here, with one line naming the first.
+        self.daemon_lock = self.cache.store.hold_daemon_lock()
+        # Verification mounts of a daemon that was killed (the loop devices autoclear with them).
+        for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
+            log.info("removed the stale verification mount point %s", stale)
+        self.reconciler = Reconciler(self.config, self.cache)
+        self.reconciler.io_errors = self.io_errors
+        self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(self.config.paths.boot),
+                                   cache_dir=str(self.config.paths.cache))
+        self.watcher = Watcher(self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
+                               self.changes)
+        self.watcher.start()
+        try:
+            try:
+                report = reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
+            except Cancelled:
+                log.info("stopped during the first reconcile; the next start does it again")
+                return self.exit_code
+            except StorageError as e:
+                self.io_errors.report(e.filename, e.errno, f"first reconcile failed: {e}", hint=e.hint)
+                report = ReconcileReport(errors=[str(e)])
+            except BootwatchError as e:
+                # A corrupt index must not keep the service down: report it, keep watching, and
+                # retry with every batch; 'bootwatch fsck --repair' is the way out.
+                log.error("first reconcile failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+                report = ReconcileReport(errors=[str(e)])
+            self._after_batch(report, full=True)
+            self.worker = threading.Thread(target=self._worker_loop, name="bootwatch-worker", daemon=True)
+            self.worker.start()
+            self._start_scheduler()
+            self.status.state = "running"
+            self._write_status()
+            log_event(log, Event.DAEMON_STARTED, "watching %s (entries %s, cache %s): %d paths examined, "
+                      "%d hashed", self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
+                      report.examined, report.hashed)
+            self.notifier.ready(status=self.status.summary())
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stop_requested.set()
+        self.wakeup.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+        self.wakeup.set()
+
+    def _main_loop(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        tick = min(interval, IDLE_TICK) if interval else IDLE_TICK
+        while not self.stop_requested.is_set():
+            self.wakeup.wait(tick)
+            self.wakeup.clear()
+            if self.stop_requested.is_set() or self._cache_replaced():
+                break
+            if self.reload_requested:
+                self.reload_requested = False
+                # RELOADING=1 now; the worker applies the new configuration between batches and
+                # sends READY=1 when it is in force.
+                self.notifier.reloading(status="reloading configuration")
+                self.changes.put(Change("reload", ""))
+            if self.watcher.needs_rearm():
+                log_event(log, Event.RESCAN_OVERFLOW, "a watched directory appeared, was removed, replaced or "
+                          "remounted; re-arming the watches and reconciling", level=logging.WARNING,
+                          reason="watch-lost")
+                self.watcher.rearm()
+                self.changes.put(Change("rescan", ""))
+            if self._healthy():
+                self.notifier.watchdog()
+
+    def _cache_replaced(self) -> bool:
+        """Whether the cache path no longer names the directory this daemon opened, checked and
+        holds the daemon lock of (removed, or another directory put in its place). Then the
+        daemon stops with exit code 1, once: it never works in a directory it did not check, and
+        with its lock on the old directory a second daemon could start on the new one.
+        systemd (Restart=on-failure) starts it again, and the new daemon checks what is there."""
+        if self.daemon_lock is None or self._holds_daemon_lock_of(self.config.paths.cache):
+            return False
+        with self._failing:
+            if self.exit_code:
+                return True
+            self.exit_code = 1
+        log_event(log, Event.CACHE_DIRECTORY_REPLACED, "%s was removed or replaced: it is no longer the cache "
+                  "directory this daemon checked and locked; exiting so that a restart checks and uses the new "
+                  "one", self.config.paths.cache, level=logging.ERROR, path=self.config.paths.cache)
+        self.stop_requested.set()
+        self.wakeup.set()
+        return True
+
+    def _stuck_after(self) -> float:
+        """Seconds without progress after which the worker counts as stuck."""
+        return max(10.0, 4 * (self.notifier.watchdog_interval() or IDLE_TICK))
+
+    def lock_report_after(self) -> float:
+        """Seconds of waiting for the cache lock after which its holder is reported."""
+        return min(LOCK_REPORT_AFTER, 2 * (self.notifier.watchdog_interval() or IDLE_TICK))
+
+    def _healthy(self) -> bool:
+        """The watchdog's question: are the worker and the observer alive and making progress?"""
+        if self.worker is None or not self.worker.is_alive() or not self.watcher.alive():
+            return False
+        waited = self.lock_wait.waited()
+        if waited is not None and waited > self._stuck_after() and not self.lock_wait.own:
+            if not self.lock_wait.withheld:
+                self.lock_wait.withheld = True
+                log.warning("waited %.0f s for the cache lock held by %s: that is no longer progress; "
+                            "withholding the watchdog ping", waited, self.lock_wait.holders or "another process")
+            return False
+        if self.busy_since is not None:
+            stuck_after = self._stuck_after()
+            if time.monotonic() - self.last_progress > stuck_after:
+                log.warning("the worker made no progress for %.0f s; withholding the watchdog ping",
+                            time.monotonic() - self.last_progress)
+                return False
+        return True
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping(status="stopping")
+        log_event(log, Event.DAEMON_STOPPING, "stopping")
+        if hasattr(self, "status"):
+            self.status.state = "stopping"
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout=5.0)
+        if self.worker is not None:
+            self.changes.put(Change("stop", ""))
+            self.worker.join(timeout=10.0)
+        if hasattr(self, "watcher"):
+            self.watcher.stop()
+        if hasattr(self, "status"):
+            self._remove_own_status_file()
+        if self.daemon_lock is not None:  # last: until the status file is gone, this daemon is the one
+            os.close(self.daemon_lock)
+            self.daemon_lock = None
+
+    def _remove_own_status_file(self) -> None:
+        """The status file, unless another daemon (on a replaced cache directory) wrote it since."""
+        try:
+            written = load_status(self.config.paths.runtime)
+        except BootwatchError:
+            return  # none, or not one a daemon wrote: not ours
+        if written.pid != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(status_path(self.config.paths.runtime))
+
+    # ---------------------------------------------------------------- the worker
+
+    def beat(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def _worker_loop(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            self.busy_since = self.last_progress = started = time.monotonic()
+            try:
+                self._apply(batch)
+                log.debug("applied a batch of %d changes (%d boot paths, %d images%s) in %.3f s", batch.changes,
+                          len(batch.boot_paths), len(batch.image_ids), ", full reconcile" if batch.full else "",
+                          time.monotonic() - started)
+            except Cancelled:  # stopping: the index is left as it was; the next start redoes the batch
+                log.info("stopped in the middle of a batch of %d changes", batch.changes)
+                return
+            except StorageError as e:
+                # A full, read-only or failing cache file system: one line per file and errno
+                # (not one per batch); the next batch or the rescan tries again.
+                self.io_errors.report(e.filename, e.errno, str(e), hint=e.hint)
+                self._note_cache_state()
+                self.publish_status()
+            except BootwatchError as e:
+                log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            except OSError as e:
+                self.io_errors.report(e.filename or str(self.config.paths.cache), e.errno or 0,
+                                      f"applying a batch of {batch.changes} changes failed: {describe_oserror(e)}")
+                self._retry_later(Change("rescan", ""), key="rescan")
+            except Exception:
+                log.exception("unexpected error while applying a batch of %d changes; "
+                              "a full reconcile follows", batch.changes)
+                self._retry_later(Change("rescan", ""), key="rescan")
+            finally:
+                self.busy_since = None
+
+    def _collect(self) -> Batch | None:
+        """Block for the first change, then gather until the batch's quiet window passes without one.
+
+        The window is ``settle`` for anything that may lead to a restore or needs the references
+        re-read (deletions, renames away, entry changes, reconciles, the cache directory) and for
+        a file created but not yet closed. A batch of nothing but completed boot files
+        (closed after writing, or renamed into place) only waits :data:`COMPLETION_WINDOW`: it can
+        only lead to caching, which is never wrong to do early, and the image is cached as soon as
+        it is complete. A storm of completions is coalesced over ``settle`` again.
+        """
+        first = self.changes.get()
+        if first.kind == "stop":
+            return None
+        batch = Batch()
+        settle = self.config.watch.settle
+        deadline = time.monotonic() + max(MIN_BATCH_WINDOW, MAX_BATCH_SETTLES * settle)
+        change: Change | None = first
+        while change is not None:
+            if change.kind == "stop":
+                self.changes.put(change)  # finish this batch, then stop
+                break
+            self._classify(batch, change)
+            quick = not (batch.slow or batch.unclosed) and len(batch.boot_paths) <= COMPLETION_BATCH_LIMIT
+            window = min(settle, COMPLETION_WINDOW) if quick else settle
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                change = self.changes.get(timeout=min(window, remaining))
+            except queue.Empty:
+                change = None
+        return batch
+
+    def _classify(self, batch: Batch, change: Change) -> None:
+        batch.changes += 1
+        if change.kind in ("rescan", "overflow", "watch-lost"):
+            batch.full = batch.slow = True
+            batch.overflow = batch.overflow or change.kind == "overflow"
+            return
+        if change.kind == "reload":
+            batch.reload = batch.slow = True
+            return
+        cache_dir = str(self.config.paths.cache).rstrip("/") + "/"
+        entries_dir = str(self.config.paths.entries).rstrip("/") + "/"
+        for name in change.names():
+            if name.startswith(cache_dir) or name.rstrip("/") + "/" == cache_dir:
+                relative = name[len(cache_dir):]
+                if relative == INDEX_NAME and not (change.kind == "moved"
+                                                   and os.path.basename(change.path).startswith(TEMP_PREFIX)):
+                    batch.foreign_index = batch.slow = True  # rewritten by someone else: boom writes in place
+                image_id = self.reconciler.image_id_of(name)
+                if image_id is not None and (change.kind in ("deleted", "closed") or
+                                             (change.kind == "moved" and name == change.path)):
+                    batch.image_ids.add(image_id)
+                    batch.slow = True
+                continue  # bootwatch's own renames in the cache add no work
+            if name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
+                batch.entries_changed = batch.slow = True
+                continue
+            if change.is_directory:
+                batch.full = batch.slow = True
+                continue
+            path = self.reconciler.boot_path_of(name)
+            if path is None:
+                continue
+            batch.boot_paths.add(path)
+            if change.kind == "created":
+                batch.unclosed.add(path)
+            elif change.kind == "closed" or (change.kind == "moved" and name == change.dest):
+                batch.unclosed.discard(path)
+            else:  # deleted, or renamed away: may need a restore once the references are re-read
+                batch.slow = True
+
+    def _apply(self, batch: Batch) -> None:
+        if self._cache_replaced():
+            return
+        if batch.reload:
+            try:
+                self._reload()
+            finally:  # READY=1 however the reload ended: systemd must not wait for it for ever
+                self.notifier.ready(status=self.status.summary())
+        if batch.overflow:
+            log_event(log, Event.RESCAN_OVERFLOW, "the inotify queue overflowed: events were lost; "
+                      "reconciling everything", level=logging.WARNING, reason="overflow")
+        if batch.foreign_index:
+            log.log(NOTICE, "the cache index was changed by another program; reloading it and reconciling")
+            batch.full = True
+        if not (batch.full or batch.entries_changed or batch.boot_paths or batch.image_ids):
+            return
+        if len(batch.boot_paths) > STORM_PATHS:
+            batch.full = True  # a storm: one walk and one bulk check beat thousands of single lookups
+        with self.cache.transaction(waiter=self.lock_wait) as txn:
+            if batch.full:
+                report = self.reconciler.full(txn)
+            else:
+                report = self.reconciler.paths(txn, batch.boot_paths, entries_changed=batch.entries_changed)
+            self.beat()
+            txn.flush()
+            self.reconciler.check_images(txn, batch.image_ids, report)
+        self._after_batch(report, full=batch.full)
+
+    def _note_cache_state(self) -> None:
+        """Degraded while the cache's file system is read-only; the I/O errors are over once it is
+        writable again or an index write succeeded after them."""
+        if self.cache.read_only:
+            if self.status.degraded is None:
+                self.status.degraded = "degraded: the cache is read-only (restoring from it, caching nothing new)"
+                self.io_errors.report(str(self.cache.store.directory), errno.EROFS,
+                                      f"{self.cache.store.directory}: the cache's file system is read-only "
+                                      "(EROFS): images are still restored from it, nothing new is cached")
+            return
+        if self.status.degraded is not None:
+            self.status.degraded = None
+            self.io_errors.clear("the cache is writable again")
+        self._clear_io_errors()
+
+    def _clear_io_errors(self) -> None:
+        since = self.io_errors.since
+        if since is not None and self.cache.index_written_at > since:
+            self.io_errors.clear("the cache index was written again")
+
+    def _after_batch(self, report: ReconcileReport, *, full: bool) -> None:
+        self._note_cache_state()
+        now = time.time()
+        self._note_references(report.references_unknown)
+        self.status.last_batch = now
+        if full:
+            self.status.last_reconcile = now
+        for path in report.retry:
+            self._retry_later(Change("closed", str(self.cache.boot_dir) + path), key=path)
+        for path in set(report.cached) | set(report.changed) | set(report.restored):
+            self.retries.pop(path, None)
+        busy = not self.changes.empty()
+        if not busy or now - self.counts_time >= COUNTS_REFRESH:
+            try:
+                self.status.set_counts(self.cache.list())
+                self.status.error = None
+            except BootwatchError as e:
+                self.status.error = str(e)
+                log.error("%s", e)
+            self.counts_time = now
+        if not busy:
+            release_memory()
+        self.publish_status()
+        if self.metrics is not None:
+            self._write_metrics(full=full)
+
+    def _note_references(self, unknown: str | None) -> None:
+        """Say once (journal, then STATUS) that the references became unknown, and when they are known again.
+
+        The metric (bootwatch_references_unknown) is computed when the metrics are written.
+        """
+        if unknown is not None and self.status.references_unknown is None:
+            log_event(log, Event.REFERENCES_UNKNOWN, "boot entry references are unknown: %s; nothing is uncached, "
+                      "trimmed, un-restored or deleted until they can be read", unknown, level=logging.WARNING,
+                      path=self.config.paths.entries, reason=unknown)
+        elif unknown is None and self.status.references_unknown is not None:
+            log.log(NOTICE, "the boot entries can be read again (%s); cleaning resumes", self.config.paths.entries)
+        self.status.references_unknown = unknown
+
+    def _retry_later(self, change: Change, *, key: str) -> None:
+        tries = self.retries.get(key, 0)
+        if tries >= MAX_RETRIES:
+            log.warning("%s: giving up after %d tries; the next reconcile tries again", key, tries)
+            self.retries.pop(key, None)
+            return
+        self.retries[key] = tries + 1
+        timer = threading.Timer(RETRY_DELAY * (tries + 1), self.changes.put, args=(change,))
+        timer.daemon = True
+        timer.start()
+
+    def publish_status(self) -> None:
+        """The status file and systemd's STATUS= line, from :attr:`status`."""
+        self._write_status()
+        self.notifier.status(self.status.summary())
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.config.paths.runtime, self.status)
+        except OSError as e:
+            log.warning("cannot write the status file in %s: %s", self.config.paths.runtime, e.strerror)
+
+    # ---------------------------------------------------------------- reload
+
+    def _reload(self) -> None:
+        """Apply a new configuration (worker thread, between batches); a bad one keeps the old."""
+        new_lock: int | None = None
+        try:
+            new = load_daemon_config(*self.sources)
+            new_cache = open_cache(new) if new.paths != self.config.paths else None
+            if new_cache is not None:
+                new_cache.cancel = self.stop_requested
+            if new_cache is not None and not self._holds_daemon_lock_of(new.paths.cache):
+                new_lock = new_cache.store.hold_daemon_lock()
+        except (BootwatchError, OSError) as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return
+        if new_lock is not None:
+            assert self.daemon_lock is not None
+            os.close(self.daemon_lock)
+            self.daemon_lock = new_lock
+        old = self.config
+        self.config = new
+        setup_logging(new.log.level)
+        if new_cache is not None:
+            self.watcher.stop()
+            self.cache = new_cache
+            self.watcher = Watcher(new.paths.boot, new.paths.entries, new.paths.cache, self.changes)
+            self.watcher.start()
+            self.status.boot_dir, self.status.cache_dir = str(new.paths.boot), str(new.paths.cache)
+        else:
+            self.cache.keep = new.cache.keep
+        reported = self.reconciler.reported_missing
+        self.reconciler = Reconciler(new, self.cache)
+        self.reconciler.io_errors = self.io_errors
+        self.reconciler.reported_missing = reported
+        if new.metrics.textfile != old.metrics.textfile:
+            self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
+        if self.scheduler is not None:
+            if new_cache is not None:  # the jobs hold the old cache: a new scheduler for the new one
+                self.scheduler.shutdown(timeout=5.0)
+                self._start_scheduler()
+            else:  # same cache: new intervals, and running jobs are not interrupted
+                self.scheduler.reschedule(new)
+        log_event(log, Event.CONFIG_RELOADED, "configuration reloaded from %s%s",
+                  ", ".join(str(s) for s in new.sources) or "embedded defaults",
+                  "" if new.paths == old.paths else " (paths changed: watches re-armed)")
+        self.changes.put(Change("rescan", ""))
+
+    def _holds_daemon_lock_of(self, cache_dir: Path) -> bool:
+        """Whether the daemon lock held now is on ``cache_dir`` (however the path is spelled):
+        a second flock on the same directory would be refused by our own."""
+        if self.daemon_lock is None:
+            return False
+        held = os.fstat(self.daemon_lock)
+        try:
+            st = os.stat(cache_dir)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
+
+    # ---------------------------------------------------------------- jobs and metrics
+
+    def request_rescan(self) -> None:
+        self.changes.put(Change("rescan", ""))
+
+    def _start_scheduler(self) -> None:
+        self.scheduler = MaintenanceScheduler(
+            self.config, self.cache, jobs={"rescan": self.request_rescan}, on_job_done=self._on_job_done,
+            on_verified=self._on_verified, logger=log, io_errors=self.io_errors)
+        self.scheduler.start()
+
+    def _on_verified(self, results) -> None:  # results: Sequence[ImageVerification]
+        if self.metrics is not None:
+            self.metrics.record_verification(results)
+
+    def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
+        if ok:
+            self._clear_io_errors()
+        if self.metrics is not None:
+            self.metrics.record_job(name, duration, ok)
+            self._write_metrics(full=False)
+
+    def _write_metrics(self, *, full: bool) -> None:
+        assert self.metrics is not None
+        try:
+            if full and self.status.last_reconcile:
+                self.metrics.record_reconcile(self.status.last_reconcile)
+            self.metrics.write(self.cache, pins_count=count_pins(self.cache))
+        except (OSError, BootwatchError) as e:
+            log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
+
+
+def run_daemon(config_file: Path | None, boot: Path | None, cache: Path | None) -> int:
+    """``bootwatch run``. A ConfigError escapes before anything starts (exit 78)."""
+    return Daemon(config_file, boot, cache).run()

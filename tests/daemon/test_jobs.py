@@ -1,0 +1,234 @@
+"""The maintenance scheduler: real APScheduler, real threads, a real cache on disk."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from polling import wait_until
+
+from bootwatch.cache.operations import BootCache
+from bootwatch.config import Config, load_config
+from bootwatch.daemon.jobs import MaintenanceScheduler, least_recently_verified, verify_batch_size, verify_run_period
+from bootwatch.log import FIELDS_ATTR, Event
+
+KERNELS = ["/vmlinuz-6.1.0-a", "/vmlinuz-6.1.0-b", "/vmlinuz-6.1.0-c"]
+
+
+def make_config(tmp_path: Path, *, interval: str = "1s", verify: str = "1s") -> Config:
+    boot = tmp_path / "boot"
+    (boot / "loader" / "entries").mkdir(parents=True, exist_ok=True)
+    toml = tmp_path / "bootwatch.toml"
+    toml.write_text(f'[paths]\nboot = "{boot}"\ncache = "{tmp_path / "cache"}"\n'
+                    f'[jobs]\nclean_interval = "{interval}"\ngc_interval = "{interval}"\n'
+                    f'verify_interval = "{verify}"\n[watch]\nrescan_interval = "{interval}"\n')
+    return load_config(toml)
+
+
+def make_cache(config: Config) -> BootCache:
+    cache = BootCache.from_config(config)
+    entry = []
+    for n, path in enumerate(KERNELS):
+        (cache.boot_dir / path[1:]).write_bytes(f"kernel {n}\n".encode() * 1000)
+        entry.append(f"linux {path}")
+    # One entry references them all, so clean keeps them.
+    (cache.entries_dir / "test.conf").write_text("title test\n" + "\n".join(entry) + "\n")
+    cache.add(KERNELS)
+    return cache
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def events(self, event: Event) -> list[logging.LogRecord]:
+        return [r for r in self.records
+                if getattr(r, FIELDS_ATTR, {}).get("MESSAGE_ID") == event.message_id]
+
+
+@pytest.fixture
+def records() -> Iterator[tuple[logging.Logger, Records]]:
+    logger = logging.getLogger(f"bootwatch.test.jobs.{time.monotonic_ns()}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = Records()
+    logger.addHandler(handler)
+    yield logger, handler
+    logger.removeHandler(handler)
+
+
+class Runs:
+    """on_job_done that counts runs, thread-safely."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: Counter = Counter()
+        self.failed: Counter = Counter()
+
+    def __call__(self, name: str, duration: float, ok: bool) -> None:
+        assert duration >= 0
+        with self.lock:
+            (self.done if ok else self.failed)[name] += 1
+
+
+def test_jobs_run_on_their_intervals(tmp_path: Path, records) -> None:
+    logger, _ = records
+    config = make_config(tmp_path)
+    cache = make_cache(config)
+    runs = Runs()
+    rescans: list[float] = []
+    scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": lambda: rescans.append(time.time())},
+                                     on_job_done=runs, logger=logger)
+    scheduler.start()
+    try:
+        assert wait_until(lambda: all(runs.done[n] >= 2 for n in ("clean", "gc", "verify", "rescan"))), runs.done
+    finally:
+        assert scheduler.shutdown(10)
+    assert len(rescans) >= 2
+    assert runs.failed == Counter()
+    index = cache.load_index()
+    # verify_interval = 1s: every run verifies every image, and records it in the index.
+    for image_id in index.all_image_ids():
+        assert index.image_extra(image_id)["verified"]["ok"] is True
+    assert set(index.paths()) == set(KERNELS), "clean removed referenced paths"
+
+
+def test_schedule_settings(tmp_path: Path) -> None:
+    config = make_config(tmp_path, interval="2m", verify="1d")
+    scheduler = MaintenanceScheduler(config, BootCache.from_config(config), jobs={"rescan": lambda: None})
+    jobs = scheduler.scheduled_jobs()
+    assert sorted(jobs) == ["clean", "gc", "rescan", "verify"]
+    for name, job in jobs.items():
+        assert job.coalesce is True
+        assert job.max_instances == 1
+        assert job.misfire_grace_time is None, f"{name} would drop a run that is late after a suspend"
+    assert jobs["clean"].trigger.interval.total_seconds() == 120
+    assert jobs["rescan"].trigger.interval.total_seconds() == 120
+    # A day of verification is spread over 24 hourly slices.
+    assert jobs["verify"].trigger.interval.total_seconds() == 3600
+    scheduler.reschedule(make_config(tmp_path / "reloaded", interval="5m", verify="2d"))
+    jobs = scheduler.scheduled_jobs()
+    assert jobs["gc"].trigger.interval.total_seconds() == 300
+    assert jobs["verify"].trigger.interval.total_seconds() == 7200
+    assert jobs["gc"].misfire_grace_time is None and jobs["gc"].max_instances == 1
+    without = MaintenanceScheduler(config, BootCache.from_config(config), jobs={"verify": None})
+    assert sorted(without.scheduled_jobs()) == ["clean", "gc"]
+    with pytest.raises(ValueError):
+        MaintenanceScheduler(config, BootCache.from_config(config), jobs={"defrag": lambda: None})
+
+
+def test_verify_period_and_batch() -> None:
+    assert verify_run_period(86400) == 3600
+    assert verify_run_period(1) == 1
+    assert verify_run_period(3600) == 150
+    assert verify_batch_size(0, 3600, 86400) == 0
+    assert verify_batch_size(3, 3600, 86400) == 1
+    assert verify_batch_size(100, 3600, 86400) == 5
+    assert verify_batch_size(7, 1, 1) == 7
+
+
+def test_verify_slices_take_the_least_recently_verified(tmp_path: Path, records) -> None:
+    logger, _ = records
+    config = make_config(tmp_path, verify="1d")
+    cache = make_cache(config)
+    scheduler = MaintenanceScheduler(config, cache, logger=logger)
+    seen = []
+    for _ in range(3):
+        [result] = scheduler.verify_slice()  # ceil(3 * 1h / 1d) = 1 image per run
+        assert result.ok
+        seen.append(result.image_id)
+    assert sorted(seen) == sorted(cache.load_index().all_image_ids())
+    # All verified once: the next slice takes the one verified longest ago.
+    assert least_recently_verified(cache.load_index())[0] == seen[0]
+
+
+def test_verify_failure_is_logged_as_an_event(tmp_path: Path, records) -> None:
+    logger, handler = records
+    config = make_config(tmp_path)
+    cache = make_cache(config)
+    index = cache.load_index()
+    bad = index.newest(KERNELS[1])
+    cache.store.image_path(bad).write_bytes(b"bit rot\n")
+    results = []
+    scheduler = MaintenanceScheduler(config, cache, logger=logger, on_verified=results.extend)
+    scheduler.verify_slice()
+    assert [r.image_id for r in results if not r.ok] == [bad]
+    [record] = handler.events(Event.VERIFY_FAILED)
+    assert getattr(record, FIELDS_ATTR)["BOOTWATCH_IMAGE_ID"] == bad
+    assert cache.load_index().image_extra(bad)["verified"]["ok"] is False
+
+
+def test_a_failing_job_is_logged_and_the_others_keep_running(tmp_path: Path, records) -> None:
+    logger, handler = records
+    config = make_config(tmp_path)
+    cache = make_cache(config)
+    runs = Runs()
+
+    def broken_rescan() -> None:
+        raise RuntimeError("rescan exploded")
+
+    scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": broken_rescan}, on_job_done=runs,
+                                     logger=logger)
+    scheduler.start()
+    try:
+        assert wait_until(lambda: runs.failed["rescan"] >= 2 and runs.done["gc"] >= 2 and runs.done["clean"] >= 2)
+    finally:
+        assert scheduler.shutdown(10)
+    failures = handler.events(Event.JOB_FAILED)
+    assert len(failures) >= 2
+    record = failures[0]
+    assert getattr(record, FIELDS_ATTR)["BOOTWATCH_JOB"] == "rescan"
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert "broken_rescan" in logging.Formatter().formatException(record.exc_info)
+
+
+def test_shutdown_during_a_long_job_is_bounded(tmp_path: Path, records) -> None:
+    logger, _ = records
+    config = make_config(tmp_path, interval="1h")
+    cache = make_cache(config)
+    started, release = threading.Event(), threading.Event()
+
+    def stubborn() -> None:  # ignores the stop request
+        started.set()
+        release.wait(120)
+
+    scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": stubborn}, logger=logger)
+    scheduler.start()
+    try:
+        scheduler.run_now("rescan")
+        assert started.wait(30), "run_now did not run the job"
+        assert scheduler.shutdown(0.5) is False
+        # shutdown returned while the job was still running: it did not wait for it.
+        assert scheduler.running_jobs() == ["bootwatch-job-rescan"]
+        assert not release.is_set()
+    finally:
+        release.set()
+    assert wait_until(lambda: scheduler.running_jobs() == [])
+
+
+def test_shutdown_stops_a_cooperative_job(tmp_path: Path, records) -> None:
+    logger, _ = records
+    config = make_config(tmp_path, interval="1h")
+    cache = make_cache(config)
+    started = threading.Event()
+    scheduler: MaintenanceScheduler
+
+    def cooperative() -> None:
+        started.set()
+        scheduler.stopping.wait(120)
+
+    scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": cooperative}, logger=logger)
+    scheduler.start()
+    scheduler.run_now("rescan")
+    assert started.wait(30)
+    assert scheduler.shutdown(60) is True
+    assert scheduler.running_jobs() == []
