@@ -13,6 +13,7 @@ APT_PACKAGES=(
     systemd systemd-container mmdebstrap                  # systemd-analyze, the real-systemd test
     prometheus-node-exporter                              # the metrics scrape test
     strace                                                # which flags bootwatch opens temp files with
+    grub2-common grub-pc-bin                              # the real grub-mkconfig for the grub.cfg parser's tests
 )
 
 if [ "$(id -u)" = 0 ]; then
