@@ -149,28 +149,6 @@ def encode_entry(fields: list[tuple[str, str | bytes]]) -> bytes:
     return b"".join(encode_field(name, value) for name, value in fields)
 
 
-def parse_entry(data: bytes) -> list[tuple[str, bytes]]:
-    """The inverse of :func:`encode_entry`, strict: for tests and tools reading what we send."""
-    fields: list[tuple[str, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        newline = data.index(b"\n", pos)
-        line = data[pos:newline]
-        if b"=" in line:
-            name, _, value = line.partition(b"=")
-            pos = newline + 1
-        else:
-            name = line
-            (size,) = struct.unpack_from("<Q", data, newline + 1)
-            start = newline + 1 + 8
-            value = data[start:start + size]
-            if len(value) != size or data[start + size:start + size + 1] != b"\n":
-                raise ValueError(f"truncated binary field {name!r}")
-            pos = start + size + 1
-        fields.append((name.decode("ascii"), value))
-    return fields
-
-
 def _memfd_with(data: bytes) -> int:
     """A sealed memfd holding ``data``: journald refuses descriptors that could still change."""
     fd = os.memfd_create("bootwatch-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)

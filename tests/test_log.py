@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from journalentry import parse_entry
 
 from bootwatch.log import (
     NOTICE,
@@ -23,7 +24,6 @@ from bootwatch.log import (
     StderrHandler,
     choose_target,
     log_event,
-    parse_entry,
     setup_logging,
     stream_is_journal,
 )

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Callable
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
@@ -245,20 +245,6 @@ class MaintenanceScheduler:
             "verify": self.verify_period,
             "rescan": config.watch.rescan_interval,
         }
-
-    def run_now(self, name: str) -> None:
-        """Make job ``name`` due now (on the scheduler's thread, honouring max_instances=1);
-        its regular schedule is kept."""
-        if name not in self.jobs:
-            raise KeyError(f"no job {name!r} is scheduled")
-        self._scheduler.modify_job(name, next_run_time=datetime.now(timezone.utc))
-
-    def scheduled_jobs(self) -> dict[str, object]:
-        """The APScheduler jobs by name (for inspection and tests)."""
-        return {job.id: job for job in self._scheduler.get_jobs()}
-
-    def running_jobs(self) -> list[str]:
-        return self._executor.running()
 
     # ---------------------------------------------------------------- plumbing
 

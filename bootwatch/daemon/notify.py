@@ -58,11 +58,6 @@ class SystemdNotifier:
         notifier.socket = sock
         self._notifier = notifier
 
-    @property
-    def enabled(self) -> bool:
-        """Whether there is a notification socket to talk to."""
-        return self._notifier is not None
-
     def notify(self, **assignments: object) -> None:
         """Send ``KEY=value`` assignments (``READY=1`` as ``ready=1``) in one datagram."""
         if self._notifier is None or not assignments:

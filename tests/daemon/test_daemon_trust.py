@@ -474,9 +474,11 @@ def test_scan_logs_its_restores_to_the_journal_too(boot_tree: BootTree, tmp_path
     import io
     import socket
 
+    from journalentry import parse_entry
+
     from bootwatch.config import load_config
     from bootwatch.daemon.service import open_cache, reconcile_once
-    from bootwatch.log import Event, parse_entry, setup_cli_logging
+    from bootwatch.log import Event, setup_cli_logging
 
     tree = boot_tree
     tree.write_kernel("1.0")

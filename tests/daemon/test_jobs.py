@@ -7,7 +7,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import wait_until
@@ -28,6 +30,21 @@ def make_config(tmp_path: Path, *, interval: str = "1s", verify: str = "1s") -> 
                     f'[jobs]\nclean_interval = "{interval}"\ngc_interval = "{interval}"\n'
                     f'verify_interval = "{verify}"\n[watch]\nrescan_interval = "{interval}"\n')
     return load_config(toml)
+
+
+def scheduled_jobs(scheduler: MaintenanceScheduler) -> dict[str, Any]:
+    """The APScheduler jobs by name, as the scheduler registered them."""
+    return {job.id: job for job in scheduler._scheduler.get_jobs()}
+
+
+def run_now(scheduler: MaintenanceScheduler, name: str) -> None:
+    """Make job ``name`` due now (on the scheduler's thread, honouring max_instances=1)."""
+    scheduler._scheduler.modify_job(name, next_run_time=datetime.now(timezone.utc))
+
+
+def job_threads() -> list[str]:
+    """The job threads alive in this process (the executor names them bootwatch-job-NAME)."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("bootwatch-job-"))
 
 
 def make_cache(config: Config) -> BootCache:
@@ -105,7 +122,7 @@ def test_jobs_run_on_their_intervals(tmp_path: Path, records) -> None:
 def test_schedule_settings(tmp_path: Path) -> None:
     config = make_config(tmp_path, interval="2m", verify="1d")
     scheduler = MaintenanceScheduler(config, BootCache.from_config(config), jobs={"rescan": lambda: None})
-    jobs = scheduler.scheduled_jobs()
+    jobs = scheduled_jobs(scheduler)
     assert sorted(jobs) == ["clean", "gc", "rescan", "verify"]
     for name, job in jobs.items():
         assert job.coalesce is True
@@ -116,12 +133,12 @@ def test_schedule_settings(tmp_path: Path) -> None:
     # A day of verification is spread over 24 hourly slices.
     assert jobs["verify"].trigger.interval.total_seconds() == 3600
     scheduler.reschedule(make_config(tmp_path / "reloaded", interval="5m", verify="2d"))
-    jobs = scheduler.scheduled_jobs()
+    jobs = scheduled_jobs(scheduler)
     assert jobs["gc"].trigger.interval.total_seconds() == 300
     assert jobs["verify"].trigger.interval.total_seconds() == 7200
     assert jobs["gc"].misfire_grace_time is None and jobs["gc"].max_instances == 1
     without = MaintenanceScheduler(config, BootCache.from_config(config), jobs={"verify": None})
-    assert sorted(without.scheduled_jobs()) == ["clean", "gc"]
+    assert sorted(scheduled_jobs(without)) == ["clean", "gc"]
     with pytest.raises(ValueError):
         MaintenanceScheduler(config, BootCache.from_config(config), jobs={"defrag": lambda: None})
 
@@ -204,15 +221,15 @@ def test_shutdown_during_a_long_job_is_bounded(tmp_path: Path, records) -> None:
     scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": stubborn}, logger=logger)
     scheduler.start()
     try:
-        scheduler.run_now("rescan")
+        run_now(scheduler, "rescan")
         assert started.wait(30), "run_now did not run the job"
         assert scheduler.shutdown(0.5) is False
         # shutdown returned while the job was still running: it did not wait for it.
-        assert scheduler.running_jobs() == ["bootwatch-job-rescan"]
+        assert job_threads() == ["bootwatch-job-rescan"]
         assert not release.is_set()
     finally:
         release.set()
-    assert wait_until(lambda: scheduler.running_jobs() == [])
+    assert wait_until(lambda: job_threads() == [])
 
 
 def test_shutdown_stops_a_cooperative_job(tmp_path: Path, records) -> None:
@@ -228,7 +245,7 @@ def test_shutdown_stops_a_cooperative_job(tmp_path: Path, records) -> None:
 
     scheduler = MaintenanceScheduler(config, cache, jobs={"rescan": cooperative}, logger=logger)
     scheduler.start()
-    scheduler.run_now("rescan")
+    run_now(scheduler, "rescan")
     assert started.wait(30)
     assert scheduler.shutdown(60) is True
-    assert scheduler.running_jobs() == []
+    assert wait_until(lambda: job_threads() == [])
