@@ -1,4 +1,4 @@
-"""Every file bootwatch reads whole has a size bound (hostile review, defect 11).
+"""Every file bootwatch reads whole has a size bound.
 
 A huge sparse file costs nothing to make, and under a name bootwatch reads whole (the index, four
 times with its retries; a derived file; status.json; the configuration) it was read into memory:

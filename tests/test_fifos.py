@@ -49,8 +49,8 @@ def test_adding_a_fifo_boot_file_fails_at_once_and_frees_the_lock(boot_tree) -> 
     env = boot_tree.env()
     base = [sys.executable, "-m", "bootwatch", "--boot-dir", str(boot_tree.boot), "--cache-dir", str(boot_tree.cache)]
     boot_tree.write_file("/vmlinuz-3")
-    # Both writers at once: before the fix the first blocked in open(2) holding the lock, and
-    # the second waited for the lock behind it, forever.
+    # Both writers at once: a first writer blocked in open(2) with the lock held would keep the
+    # second waiting for the lock behind it, forever.
     fifo_add = subprocess.Popen([*base, "add", K], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     other_add = subprocess.Popen([*base, "add", "/vmlinuz-3"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
@@ -81,7 +81,7 @@ def test_scan_passes_over_a_fifo_boot_file(boot_tree) -> None:
 
 
 def test_scan_warns_of_a_fifo_at_a_referenced_boot_path_each_time(boot_tree) -> None:
-    """Skipped, but never silently (hostile review, defect 15): one warning naming the file, each scan."""
+    """Skipped, but never silently: one warning naming the file, each scan."""
     boot_tree.write_entry("e1", linux=K, initrd=["/initrd-1"])
     make_fifo(boot_tree.path(K))
     boot_tree.write_file("/initrd-1")

@@ -1,4 +1,4 @@
-"""Kernel files that pass for regular ones never make bootwatch hang (hostile review, defect 12).
+"""Kernel files that pass for regular ones never make bootwatch hang.
 
 ``/proc/kmsg`` is ``S_IFREG`` with size 0, and its read waits for kernel messages (and consumes
 them). An entry that was a symlink to it passed the ``S_ISREG`` check; ``open_regular`` then

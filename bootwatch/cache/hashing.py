@@ -210,8 +210,8 @@ class _Flusher:
     Why not ``sync_file_range(WRITE)`` (write-behind): it moves dirty pages to the device, but only
     ``fsync``/``fdatasync`` sends the cache FLUSH that makes them durable, and on a device with a
     volatile write cache the FLUSH is where the time goes. On a virtual disk backed by a file in
-    the host's page cache, the device takes 256 MiB in about 60 ms and the FLUSH then takes 240 ms
-    while the host writes it all out; an SSD's cache behaves alike on a smaller scale. With
+    the host's page cache, the device takes the writes at once and the FLUSH then takes several
+    times as long while the host writes it all out; an SSD's cache behaves alike on a smaller scale. With
     write-behind only, the caller's final fsync paid for the whole copy after the hashing was done.
 
     So this thread calls ``fdatasync`` on the copy each time ``FLUSH_WINDOW`` more bytes have
@@ -222,9 +222,8 @@ class _Flusher:
     After each flush the flushed range is dropped from the page cache (``POSIX_FADV_DONTNEED``;
     the pages are clean by then, so the kernel frees them at once). Nothing reads a cached image
     soon, and a copy of 1 GiB should not push the host's own working set out of memory. The
-    next window of the copy reuses the freed pages instead of taking new ones: on this VM that
-    kept the daemon's system time per 64 MiB image mostly at 30-50 ms, where it had grown to
-    110-190 ms once the page cache held a gigabyte (bench/RESULTS.md, target 3).
+    next window of the copy reuses the freed pages instead of taking new ones, so the daemon's
+    system time per image does not grow with the page cache (bench/RESULTS.md, target 3).
 
     Errors: the kernel reports a writeback error once per open file description (``errseq_t``),
     and once this thread's ``fdatasync`` has seen it, a later fsync of the same file, even

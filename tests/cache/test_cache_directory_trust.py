@@ -234,10 +234,10 @@ def test_a_subdirectory_writable_by_others_is_refused(boot_tree, name: str) -> N
 
 
 def test_a_bad_lost_and_found_does_not_stop_the_recopy_of_a_damaged_image(boot_tree, tmp_path: Path) -> None:
-    """(Review defect 14) The daemon's check of a damaged image (Reconciler.check_images) failed at
-    the move to a symlinked lost+found, before the re-copy: the damaged image stayed, and every
-    batch logged an ERROR. Now: one line naming lost+found, the image copied again from /boot,
-    nothing moved out of the cache."""
+    """The daemon's check of a damaged image (Reconciler.check_images) with a symlinked lost+found
+    does not stop at the move, before the re-copy (the damaged image would stay, and every batch
+    log an ERROR): one line naming lost+found, the image copied again from /boot, nothing moved
+    out of the cache."""
     from bootwatch.cache.reconcile import Reconciler, ReconcileReport
     from bootwatch.config import load_config
     image_id = boot_tree.write_file(K, 8192)
@@ -249,7 +249,7 @@ def test_a_bad_lost_and_found_does_not_stop_the_recopy_of_a_damaged_image(boot_t
     config = load_config(boot_tree.config).with_overrides(boot=boot_tree.boot, cache=boot_tree.cache)
     reconciler = Reconciler(config, cache)
     reports = []
-    for attempt in range(2):
+    for _attempt in range(2):
         boot_tree.image(image_id).write_bytes(b"rotten")  # modified in place by someone
         report = ReconcileReport()
         with cache.transaction() as txn:

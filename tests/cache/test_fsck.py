@@ -225,9 +225,9 @@ def image_files(tree) -> dict[str, bytes]:
 
 
 def test_a_lost_index_is_not_an_empty_cache(boot_tree, populated) -> None:
-    """(Review defect 3) An index that is gone while its images are still there read as an empty
-    cache: clean deleted every image, including the only copy of a MISSING, referenced kernel;
-    fsck said 'orphaned image ... clean removes it' and exited 0; the daemon's next pass wrote a
+    """An index that is gone while its images are still there is not an empty cache: clean must
+    not delete every image, including the only copy of a MISSING, referenced kernel; fsck must not
+    say 'orphaned image ... clean removes it' and exit 0; the daemon's next pass must not write a
     new index without those images, for clean to delete them next."""
     tree = boot_tree
     tree.write_entry("gone", linux=GONE)  # GONE is MISSING and referenced: the cache has its only copy
@@ -289,9 +289,9 @@ def test_the_first_image_of_a_new_cache_comes_after_an_index(boot_tree) -> None:
 
 
 def test_clean_and_the_daemon_with_the_index_gone_delete_no_image(boot_tree) -> None:
-    """(Review defect 3, the review's own case) Three kernels, one of them MISSING and referenced;
-    the index moved away. clean deleted every image; the daemon's start wrote a fresh index
-    without the MISSING kernel's image, leaving it for clean. Neither may happen."""
+    """Three kernels, one of them MISSING and referenced; the index moved away. clean must not
+    delete every image, nor the daemon's start write a fresh index without the MISSING kernel's
+    image, leaving it for clean."""
     from daemonproc import DaemonProcess, write_config
     from polling import wait_for
     tree = boot_tree

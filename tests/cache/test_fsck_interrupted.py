@@ -168,8 +168,8 @@ def marks_for_the_next_seconds(tree, make) -> None:
 
 
 def test_fsck_repair_does_not_hang_on_a_fifo_at_the_superseded_mark(boot_tree) -> None:
-    """(Review defect 10) The mark's name is predictable (the UTC second): a FIFO planted there
-    blocked the O_WRONLY open of mark_superseded for ever, with the cache lock held."""
+    """The mark's name is predictable (the UTC second): a FIFO planted there must not block the
+    O_WRONLY open of mark_superseded for ever, with the cache lock held."""
     tree = boot_tree
     corrupt_cached_index(tree)
     marks_for_the_next_seconds(tree, os.mkfifo)
@@ -193,7 +193,7 @@ def test_a_mark_already_there_never_supersedes_a_new_copy(boot_tree) -> None:
 
 
 def test_something_else_at_the_mark_keeps_the_copy_unsuperseded(boot_tree) -> None:
-    """(Review defect 10) Only a regular file is a mark; anything else at its name is reported, and
+    """Only a regular file is a mark; anything else at its name is reported, and
     the copy keeps blocking deletions."""
     tree = boot_tree
     corrupt_cached_index(tree)

@@ -390,9 +390,8 @@ def test_a_fifo_named_like_the_marker_does_not_hang_a_restore(boot_tree: BootTre
 # ------------------------------------------------------------------------------------ symlinked paths
 
 def test_clean_never_deletes_a_boot_file_a_readable_entry_references(boot_tree: BootTree) -> None:
-    """Review 7: restoring /vmlinuz, a dangling link to vmlinuz-3.0, wrote vmlinuz-3.0 and recorded it
-    under /vmlinuz; when the entry naming /vmlinuz went, clean deleted vmlinuz-3.0, which the entry
-    'main' references."""
+    """Restoring /vmlinuz, a dangling link to vmlinuz-3.0, writes vmlinuz-3.0; when the entry naming
+    /vmlinuz goes, clean must not delete vmlinuz-3.0, which the entry 'main' references."""
     tree = boot_tree
     tree.write_file("/vmlinuz-3.0", 100_000)
     os.symlink("vmlinuz-3.0", tree.path("/vmlinuz"))
@@ -482,7 +481,7 @@ def test_a_restored_copy_another_referenced_path_links_to_stays(boot_tree: BootT
 # ------------------------------------------------------------------------------------ coarse timestamps
 
 def test_a_reinstalled_kernel_with_a_reused_inode_is_not_deleted(boot_tree: BootTree, needs_root) -> None:
-    """Review 8. On ext4 with 128-byte inodes (one-second timestamps, no birth time) a kernel removed
+    """On ext4 with 128-byte inodes (one-second timestamps, no birth time) a kernel removed
     and installed again (unlink, create, cp -p) within the second of a restore gets the freed inode
     back with the same size, mode, owner, mtime and ctime: only the inode generation tells it apart."""
     tree = boot_tree
@@ -505,7 +504,7 @@ def test_a_reinstalled_kernel_with_a_reused_inode_is_not_deleted(boot_tree: Boot
         tree.write_entry("snapshot", linux=k3)
         rc, out, err = tree.cli("scan")
         assert rc == 0, out + err
-        for attempt in range(10):
+        for _attempt in range(10):
             tree.path(k3).unlink()
             while time.time() % 1 > 0.05:  # start a second: the restore and the reinstall share it
                 time.sleep(0.005)
@@ -552,8 +551,8 @@ def test_the_record_holds_what_the_filesystem_offers(boot_tree: BootTree) -> Non
 # ------------------------------------------------------------------------------------ the marker bootwatch made
 
 def test_bootwatch_marker_does_not_outlive_its_file(boot_tree: BootTree) -> None:
-    """Review 9: the restored copy and its entry removed by the package manager; the marker bootwatch
-    made went on sitting beside the kernel installed again later, as boom's."""
+    """The restored copy and its entry removed by the package manager: the marker bootwatch made
+    must not go on sitting beside the kernel installed again later, as boom's."""
     tree = boot_tree
     tree.write_kernel("1.0")
     tree.write_kernel("3.0")

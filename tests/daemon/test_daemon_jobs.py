@@ -64,7 +64,7 @@ def test_jobs_run_on_schedule_and_failures_do_not_kill_the_daemon(boot_tree: Boo
 
 def test_sigterm_during_a_verify_job_stops_within_the_bound(boot_tree: BootTree) -> None:
     tree = boot_tree
-    # Big enough that hashing them takes a while on this machine.
+    # Big enough that hashing them takes a while: the SIGTERM arrives during the job.
     for n in range(3):
         path = tree.boot / f"vmlinuz-big{n}"
         with open(path, "wb") as f:

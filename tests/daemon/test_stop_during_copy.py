@@ -9,6 +9,7 @@ always arrives in the middle of it, and nothing depends on how fast the machine 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,10 +65,8 @@ def growing(temps, size: int = 2 << 20):
     def probe() -> bool:
         found = []
         for path in temps():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 found.append(path.stat().st_size >= size)
-            except FileNotFoundError:
-                pass
         return any(found)
     return probe
 
@@ -225,9 +224,9 @@ def not_temp_files(tree: BootTree) -> list[Path]:
 
 @pytest.mark.parametrize("command", [("scan",), ("clean",), ("fsck", "--repair"), ("restore", "/vmlinuz-1.0")])
 def test_a_directory_named_like_a_temp_file_does_not_stop_writers(boot_tree: BootTree, command) -> None:
-    """(Review defect 13) A directory named like a temp file made every lock holder fail
-    ("bootwatch: .bootwatch-tmp.d: is a directory", the basename only). It is not bootwatch's:
-    one warning naming its full path, left alone, and the command does its work."""
+    """A directory named like a temp file does not make a lock holder fail (with the basename
+    only). It is not bootwatch's: one warning naming its full path, left alone, and the command
+    does its work."""
     tree = boot_tree
     tree.write_kernel("1.0")
     tree.write_entry("one", linux="/vmlinuz-1.0")
@@ -248,7 +247,7 @@ def test_a_directory_named_like_a_temp_file_does_not_stop_writers(boot_tree: Boo
 
 
 def test_a_directory_named_like_a_temp_file_does_not_stop_the_daemon(boot_tree: BootTree) -> None:
-    """(Review defect 13) The daemon exited 1 at start; now it restores, and says it once."""
+    """The daemon does not exit at start: it restores, and says it once."""
     tree = boot_tree
     tree.write_kernel("1.0")
     tree.write_entry("one", linux="/vmlinuz-1.0")
