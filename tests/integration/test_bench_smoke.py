@@ -6,6 +6,7 @@ are never timing assertions (see bench/run.py for the real measurement).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list")
+BOOM_ROWS = ("7-cache", "7-list")  # bootwatch against boom-boot: not run without it
 
 
 def test_quick_run_prints_every_target(tmp_path: Path) -> None:
@@ -31,3 +33,7 @@ def test_quick_run_prints_every_target(tmp_path: Path) -> None:
     assert data["quick"] is True and data["machine"]["nproc"] == str(os.cpu_count())
     for result in data["results"]:
         assert result["passed"] in (True, False) and result["bootwatch"] >= 0
+    boom_installed = importlib.util.find_spec("boom") is not None
+    for result in data["results"]:
+        if result["target"] in BOOM_ROWS:
+            assert (result["what"] == "not run: boom-boot not installed") is not boom_installed, result
