@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemonproc import run_with_config, write_config
+from polling import wait_until
+
+from bootwatch.daemon.status import DaemonStatus, daemon_pids, load_status, status_path, write_status
+from bootwatch.errors import BootwatchError
 
 HOSTILE = {
     "a list": "[1]",
@@ -151,10 +157,221 @@ def test_every_field_the_daemon_writes_is_read_back_with_its_type(tmp_path: Path
     """from_json checks each field of DaemonStatus: a field added to one is added to the other."""
     from dataclasses import asdict, fields
 
-    from bootwatch.daemon.status import _FIELDS, DaemonStatus, load_status, write_status
+    from bootwatch.daemon.status import _FIELDS
     assert set(_FIELDS) == {f.name for f in fields(DaemonStatus)}
     written = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir="/boot", cache_dir="/var/cache/bootwatch",
                            last_reconcile=time.time(), counts={"CACHED": 2, "RESTORED": 1}, problems=1,
                            state="running", lock_wait="waiting for PID 1", degraded="read-only")
     write_status(tmp_path, written)
     assert asdict(load_status(tmp_path)) == asdict(written)
+
+
+# ---------------------------------------------------------------- the module itself (bootwatch.daemon.status)
+
+def _status(**changes: object) -> DaemonStatus:
+    values: dict[str, object] = dict(pid=os.getpid(), started=1_700_000_000.0, boot_dir="/boot",
+                                     cache_dir="/var/cache/bootwatch")
+    values.update(changes)
+    return DaemonStatus(**values)  # type: ignore[arg-type]
+
+
+def _load_error(runtime: Path) -> str:
+    """The one-line error load_status gives for ``runtime``'s status.json."""
+    with pytest.raises(BootwatchError) as raised:
+        load_status(runtime)
+    message = str(raised.value)
+    assert message.startswith(f"{runtime / 'status.json'}: ") and "\n" not in message, message
+    return message
+
+
+GOOD = {"pid": 1234, "started": 1_700_000_000, "boot_dir": "/boot", "cache_dir": "/c"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"pid": 0}, "pid"), ({"pid": -5}, "pid"), ({"pid": True}, "pid"), ({"pid": 1.5}, "pid"), ({"pid": "1"}, "pid"),
+    ({"started": float("nan")}, "started"), ({"started": float("inf")}, "started"), ({"started": 1e300}, "started"),
+    ({"started": None}, "started"), ({"last_reconcile": "yesterday"}, "last_reconcile"),
+    ({"boot_dir": "/b\x1b[2J"}, "boot_dir"), ({"boot_dir": 7}, "boot_dir"), ({"state": "running\nfake"}, "state"),
+    ({"counts": {"CACHED": -1}}, "counts"), ({"counts": {"CAC\nHED": 1}}, "counts"), ({"counts": [1]}, "counts"),
+    ({"problems": False}, "problems"), ({"error": 3}, "error"), ({"degraded": ["x"]}, "degraded"),
+])
+def test_load_status_refuses_a_field_without_its_type_naming_the_field(tmp_path: Path, change: dict,
+                                                                        field: str) -> None:
+    (tmp_path / "status.json").write_text(json.dumps({**GOOD, **change}))  # NaN and Infinity as Python writes them
+    message = _load_error(tmp_path)
+    assert "is not a status file the daemon wrote" in message and f"'{field}'" in message, message
+
+
+@pytest.mark.parametrize("missing", ["pid", "started", "boot_dir", "cache_dir"])
+def test_load_status_refuses_a_file_without_a_required_field(tmp_path: Path, missing: str) -> None:
+    (tmp_path / "status.json").write_text(json.dumps({k: v for k, v in GOOD.items() if k != missing}))
+    assert f"'{missing}' is missing" in _load_error(tmp_path)
+
+
+def test_load_status_reads_optional_fields_as_their_defaults_and_ignores_unknown_keys(tmp_path: Path) -> None:
+    (tmp_path / "status.json").write_text(json.dumps({**GOOD, "future_field": {"x": [1]}, "error": None}))
+    status = load_status(tmp_path)
+    assert (status.pid, status.started, status.boot_dir, status.cache_dir) == (1234, 1_700_000_000, "/boot", "/c")
+    assert status.counts == {} and status.problems == 0 and status.last_reconcile is None and status.error is None
+    assert not hasattr(status, "future_field")
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (None, "does not exist"),
+    (b"{not json", "is not valid JSON"),
+    (b'{"pid": 1, "boot_dir": "\xff"}', "is not valid JSON"),  # not UTF-8
+    (b"[" * 100_000 + b"]" * 100_000, "is not valid JSON"),  # nested deeper than the parser recurses
+    (b"[]", "the top level is a list, expected an object"),
+    (b'"text"', "the top level is a str, expected an object"),
+    (b" " * ((1 << 20) + 1), "larger than 1 MiB"),
+])
+def test_load_status_names_the_file_and_what_is_wrong_with_it(tmp_path: Path, content: bytes | None,
+                                                              said: str) -> None:
+    if content is not None:
+        (tmp_path / "status.json").write_bytes(content)
+    assert said in _load_error(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_load_status_reads_only_a_regular_file_and_never_blocks(tmp_path: Path, kind: str) -> None:
+    """A FIFO nobody writes would block a plain open(2) for ever; a symlink is not followed."""
+    path = tmp_path / "status.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        write_status(tmp_path / "elsewhere", _status())
+        path.symlink_to(tmp_path / "elsewhere" / "status.json")
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.append(_load_error(tmp_path)), daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # blocked in open(2) or read(2): let it go, then fail
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"load_status blocked on a {kind}")
+    [message] = errors
+    assert {"fifo": "is a FIFO", "directory": "is a directory", "symlink": "cannot be read"}[kind] in message, message
+
+
+def test_write_status_replaces_the_file_atomically_readable_by_everyone(tmp_path: Path) -> None:
+    runtime = tmp_path / "run" / "bootwatch"  # created, parents too
+    first = _status(counts={"CACHED": 3}, state="running")
+    write_status(runtime, first)
+    path = status_path(runtime)
+    inode = path.stat().st_ino
+    assert load_status(runtime) == first
+    second = _status(counts={"CACHED": 2, "MISSING": 1}, problems=1, state="stopping", degraded="read-only")
+    write_status(runtime, second)
+    assert load_status(runtime) == second
+    assert path.stat().st_ino != inode, "the status file was rewritten in place, not replaced"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and stat.S_IMODE(runtime.stat().st_mode) == 0o755
+    assert sorted(p.name for p in runtime.iterdir()) == ["status.json"], "a temp file was left behind"
+
+
+def test_write_status_replaces_a_symlink_planted_at_its_name_and_writes_nothing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    (runtime / "status.json").symlink_to(victim)
+    write_status(runtime, _status())
+    assert victim.read_text() == "precious\n"
+    assert not (runtime / "status.json").is_symlink() and load_status(runtime) == _status()
+
+
+def test_summary_says_the_most_urgent_thing_first() -> None:
+    assert _status(lock_wait="waiting for PID 7", error="corrupt").summary() == "watching /boot: waiting for PID 7"
+    assert _status(error="index corrupt", references_unknown="x").summary() == "watching /boot: index corrupt"
+    line = _status(references_unknown="the entries directory is gone").summary()
+    assert line == ("watching /boot: references unknown, nothing is cleaned or deleted: "
+                    "the entries directory is gone")
+    line = _status(counts={"CACHED": 3, "MISSING": 1, "RESTORED": 2}, problems=1, degraded="read-only cache",
+                   last_reconcile=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))).summary()
+    assert line == ("watching /boot: 6 cached, 1 missing, 2 restored, last sync 03:04:05, 1 with problems; "
+                    "read-only cache")
+    assert ", with problems" not in _status().summary() and _status().summary().startswith("watching /boot: 0 cached")
+
+
+def test_set_counts_counts_a_real_cache_by_state(boot_tree) -> None:
+    tree = boot_tree
+    tree.write_kernel("1")
+    tree.write_kernel("2")
+    tree.write_entry("one", linux="/vmlinuz-1", initrd=["/initramfs-1.img"])
+    tree.write_entry("two", linux="/vmlinuz-2", initrd=["/initramfs-2.img"])
+    cache = tree.library()
+    cache.add(["/vmlinuz-1", "/initramfs-1.img", "/vmlinuz-2", "/initramfs-2.img"])
+    tree.path("/vmlinuz-2").unlink()  # removed by someone: MISSING
+    image = tree.image(cache.load_index().newest("/initramfs-1.img"))
+    image.write_bytes(b"rotten")  # a damaged image: a problem
+    status = _status()
+    status.set_counts(cache.list())
+    assert status.counts == {"CACHED": 3, "MISSING": 1} and status.problems == 1, status
+
+
+# -- liveness: who holds the daemon lock on the cache directory
+
+def _flock_child(path: Path, *, blocking: bool = False) -> subprocess.Popen:
+    """A process that takes flock(LOCK_EX) on ``path`` (a directory or a file) and keeps it."""
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "print('opened', flush=True)\n"
+            f"fcntl.flock(fd, fcntl.LOCK_EX{'' if blocking else ' | fcntl.LOCK_NB'})\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "opened\n"
+    return proc
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_daemon_pids_is_the_holder_of_the_lock_not_a_waiter(tmp_path: Path, children) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert daemon_pids(cache) == []
+    holder = _flock_child(cache)
+    children.append(holder)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    waiter = _flock_child(cache, blocking=True)
+    children.append(waiter)
+    assert wait_until(lambda: any("->" in line for line in Path("/proc/locks").read_text().splitlines()))
+    assert daemon_pids(cache) == [holder.pid], "a process waiting for the lock was taken for the daemon"
+    holder.kill()
+    holder.wait()
+    assert waiter.stdout is not None and waiter.stdout.readline() == "locked\n"
+    assert daemon_pids(cache) == [waiter.pid]
+
+
+def test_daemon_pids_counts_only_a_lock_on_the_cache_directory_itself(tmp_path: Path, children) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "lock").write_text("")
+    other = tmp_path / "other-cache"
+    other.mkdir()
+    for path in (cache / "lock", other):
+        children.append(_flock_child(path))
+    for proc in children:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    assert daemon_pids(cache) == []
+    assert daemon_pids(other) == [children[1].pid]
+
+
+def test_daemon_pids_without_a_cache_directory_is_none_running(tmp_path: Path) -> None:
+    assert daemon_pids(tmp_path / "no-such-cache") == []
+    assert not (tmp_path / "no-such-cache").exists()
+
+
+def test_daemon_pids_that_cannot_be_told_is_an_error_not_none_running(tmp_path: Path) -> None:
+    """A cache path that cannot be examined (here: under a regular file) is not 'not running'."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BootwatchError) as raised:
+        daemon_pids(tmp_path / "file" / "cache")
+    assert "cannot tell whether the daemon runs" in str(raised.value), raised.value
