@@ -134,7 +134,7 @@ _RECONCILE_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 from bootwatch.config import load_config
-from bootwatch.daemon.service import open_cache, reconcile_once
+from bootwatch.cache.session import open_cache, reconcile_once
 
 config = load_config(Path(sys.argv[1]))
 start = time.perf_counter()

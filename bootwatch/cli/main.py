@@ -24,6 +24,7 @@ from bootwatch import __version__
 from bootwatch.cache.fsck import check_cache
 from bootwatch.cache.operations import BootCache, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
+from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
 from bootwatch.config import Config, load_config
 from bootwatch.errors import (
     EXIT_FAILURE,
@@ -71,18 +72,6 @@ def verification_summary(verified: dict | None) -> str:
 
 # ------------------------------------------------------------------------------------ helpers
 
-def open_cache(config: Config) -> BootCache:
-    return BootCache.from_config(config)
-
-
-def open_existing_cache(config: Config) -> BootCache:
-    """The cache, for a command that only reads it: a cache directory that does not exist is no
-    cache yet (:class:`CacheMissingError`), never an empty one, and is not created."""
-    cache = open_cache(config)
-    cache.store.check_existing()
-    return cache
-
-
 def boot_paths(cache: BootCache, arguments: Sequence[str]) -> list[str]:
     return [boot_path_from_argument(cache.boot_dir, a) for a in arguments]
 
@@ -98,7 +87,7 @@ def log_changes(command: str) -> None:
 
 def cmd_add(args: argparse.Namespace, config: Config) -> int:
     log_changes("add")
-    cache = open_cache(config)
+    cache = BootCache.from_config(config)
     for result in cache.add(boot_paths(cache, args.paths)):
         if result.outcome == "changed":
             print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
@@ -115,7 +104,7 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_remove(args: argparse.Namespace, config: Config) -> int:
     log_changes("remove")
-    cache = open_cache(config)
+    cache = BootCache.from_config(config)
     paths = boot_paths(cache, args.paths)
     cache.remove(paths, force=args.force)
     for path in paths:
@@ -126,7 +115,7 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     log_changes("restore")
-    cache = open_cache(config)
+    cache = BootCache.from_config(config)
     paths = boot_paths(cache, args.paths)
     for path, image_id in zip(paths, cache.restore(paths)):
         print(f"{path}: restored image {image_id}")
@@ -199,7 +188,7 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 def cmd_clean(args: argparse.Namespace, config: Config) -> int:
     if not args.dry_run:
         log_changes("clean")
-    cache = open_cache(config)
+    cache = BootCache.from_config(config)
     report = cache.clean(dry_run=args.dry_run, force=args.force,
                          keep_unreferenced=keep_unreferenced_predicate(config, cache))
     if not args.dry_run and (report.uncached_paths or report.deleted_images or report.removed_restored_copies):
@@ -226,7 +215,7 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
-    report = check_cache(open_cache(config), repair=args.repair)
+    report = check_cache(BootCache.from_config(config), repair=args.repair)
     if args.json:
         print_json(report.to_json())
     else:
@@ -240,7 +229,7 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
             print("the cache is consistent")
     if args.repair:
         # Problems that were repaired are reported, but the exit code says whether the cache is sound now.
-        after = check_cache(open_cache(config), repair=False)
+        after = check_cache(BootCache.from_config(config), repair=False)
         return EXIT_OK if after.ok else EXIT_FAILURE
     return EXIT_OK if report.ok else EXIT_FAILURE
 
@@ -261,10 +250,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
-    from bootwatch.daemon.service import open_cache as open_checked_cache
-    from bootwatch.daemon.service import reconcile_once
     setup_cli_logging("warning" if args.quiet else config.log.level, "scan")
-    report = reconcile_once(config, open_checked_cache(config))
+    report = reconcile_once(config, open_cache(config))
     if report.references_unknown:
         print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",
               file=sys.stderr)

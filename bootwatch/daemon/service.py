@@ -38,6 +38,7 @@ from bootwatch.cache.operations import BootCache
 from bootwatch.cache.pins import count_pins
 from bootwatch.cache.proc import flock_holders
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
+from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.config import Config, load_config
 from bootwatch.daemon.jobs import MaintenanceScheduler
@@ -119,31 +120,6 @@ _LIBC = ctypes.CDLL(None)
 
 def load_daemon_config(config_file: Path | None, boot: Path | None, cache: Path | None) -> Config:
     return load_config(config_file).with_overrides(boot=boot, cache=cache)
-
-
-def open_cache(config: Config) -> BootCache:
-    """The cache of a configuration, with its directories checked (and the cache dir created)."""
-    if not os.path.isdir(config.paths.boot):
-        raise BootwatchError("boot directory does not exist", path=config.paths.boot,
-                             hint="set [paths] boot in the configuration or pass --boot-dir")
-    cache = BootCache.from_config(config)
-    cache.store.check(create=True)
-    return cache
-
-
-def reconcile_once(config: Config, cache: BootCache, reconciler: Reconciler | None = None, *,
-                   waiter: LockWaiter | None = None) -> ReconcileReport:
-    """One full reconcile in one transaction: ``bootwatch scan`` and the daemon's start-up pass.
-
-    A pass that finds nothing changed is proved so without the lock where it can be (see
-    :meth:`Reconciler.unchanged_pass`); anything else runs under the lock.
-    """
-    reconciler = reconciler or Reconciler(config, cache)
-    quick = reconciler.unchanged_pass()
-    if quick is not None:
-        return quick
-    with cache.transaction(waiter=waiter) as txn:
-        return reconciler.full(txn)
 
 
 class LockWaitReporter(LockWaiter):

@@ -17,8 +17,8 @@ import pytest
 
 from bootwatch.cache.operations import BootCache
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport, marker_path_of, names_pattern
+from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.config import Config, load_config
-from bootwatch.daemon.service import open_cache, reconcile_once
 
 
 @pytest.fixture

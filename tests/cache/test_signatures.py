@@ -21,10 +21,10 @@ import pytest
 
 from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.reconcile import Reconciler
+from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.signatures import SIGNATURES_NAME, decode, encode, index_digest
 from bootwatch.cache.store import LOCK_NAME
 from bootwatch.config import Config, load_config
-from bootwatch.daemon.service import open_cache, reconcile_once
 
 
 @pytest.fixture

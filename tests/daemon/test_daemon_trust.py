@@ -137,8 +137,9 @@ def test_a_lock_wait_on_the_daemons_own_job_keeps_feeding_the_watchdog(tree_with
     """The worker waits past the stuck bound for the lock that a job thread of the same daemon
     holds (a long clean of a huge cache): that is the daemon's own work, so the watchdog is fed
     (a restart would only kill the job); the wait is still reported, naming the job."""
+    from bootwatch.cache.session import open_cache
     from bootwatch.daemon.notify import SystemdNotifier
-    from bootwatch.daemon.service import Daemon, open_cache
+    from bootwatch.daemon.service import Daemon
     from bootwatch.daemon.status import DaemonStatus
     from bootwatch.daemon.watcher import Watcher
 
@@ -476,8 +477,8 @@ def test_scan_logs_its_restores_to_the_journal_too(boot_tree: BootTree, tmp_path
 
     from journalentry import parse_entry
 
+    from bootwatch.cache.session import open_cache, reconcile_once
     from bootwatch.config import load_config
-    from bootwatch.daemon.service import open_cache, reconcile_once
     from bootwatch.log import Event, setup_cli_logging
 
     tree = boot_tree
