@@ -54,6 +54,7 @@ def scanned(tree) -> dict:
     return hashes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,command", [(".bootwatch-references", "list"), (".bootwatch-signatures", "scan"),
                                           ("cacheindex.json", "list")])
 def test_a_huge_sparse_file_is_refused_with_one_line(boot_tree, name, command) -> None:
@@ -73,6 +74,7 @@ def test_a_huge_sparse_file_is_refused_with_one_line(boot_tree, name, command) -
         assert "larger than 64 MiB" in line and "ignored" in line
 
 
+@pytest.mark.slow
 def test_a_huge_index_is_corrupt_not_empty(boot_tree) -> None:
     """Unknown is not none: clean, scan and the daemon's passes refuse, and nothing is deleted."""
     scanned(boot_tree)
@@ -86,6 +88,7 @@ def test_a_huge_index_is_corrupt_not_empty(boot_tree) -> None:
     assert boot_tree.index_file.stat().st_size == HUGE
 
 
+@pytest.mark.slow
 def test_fsck_repair_keeps_a_huge_index_by_a_link_and_rebuilds(boot_tree) -> None:
     """The refusal's hint, 'fsck --repair', works: the index is kept as it is (a hard link, read by
     nobody) and the rebuilt one replaces it by rename."""

@@ -51,6 +51,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_check_config_refuses_an_unusable_value(tmp_path: Path, case: str) -> None:
     text, what = BAD_FILES[case]
@@ -86,6 +87,7 @@ def test_the_command_line_may_not_name_a_system_directory_either(boot_tree: Boot
     boot_tree.assert_clean_error(rc, err, expected_rc=2, names=[option.split("-")[-1]])
 
 
+@pytest.mark.slow
 def test_reload_with_an_unusable_value_keeps_the_running_configuration(boot_tree: BootTree) -> None:
     boot_tree.write_file("/vmlinuz-1")
     boot_tree.write_entry("one", linux="/vmlinuz-1")

@@ -41,6 +41,7 @@ def is_fifo(path: Path) -> bool:
 
 # ------------------------------------------------------------------------------------ boot files
 
+@pytest.mark.slow
 def test_adding_a_fifo_boot_file_fails_at_once_and_frees_the_lock(boot_tree) -> None:
     boot_tree.write_entry("e1", linux=K)
     make_fifo(boot_tree.path(K))
@@ -80,6 +81,7 @@ def test_scan_passes_over_a_fifo_boot_file(boot_tree) -> None:
     assert "/initrd-1" in index and K not in index
 
 
+@pytest.mark.slow
 def test_scan_warns_of_a_fifo_at_a_referenced_boot_path_each_time(boot_tree) -> None:
     """Skipped, but never silently: one warning naming the file, each scan."""
     boot_tree.write_entry("e1", linux=K, initrd=["/initrd-1"])
@@ -92,6 +94,7 @@ def test_scan_warns_of_a_fifo_at_a_referenced_boot_path_each_time(boot_tree) -> 
         assert "is a FIFO, not a regular file" in line
 
 
+@pytest.mark.slow
 def test_scan_warns_of_a_fifo_entry_each_time(boot_tree) -> None:
     boot_tree.write_entry("e1", linux=K)
     boot_tree.write_file(K)
@@ -151,6 +154,7 @@ def test_list_does_not_read_a_fifo_that_replaced_a_restored_copy(boot_tree) -> N
     assert row["path"] == K and row["state"] == "CACHED"
 
 
+@pytest.mark.slow
 def test_fsck_repair_does_not_copy_again_from_a_fifo_boot_file(boot_tree) -> None:
     boot_tree.write_entry("e1", linux=K)
     sha1 = boot_tree.write_file(K)
@@ -167,6 +171,7 @@ def test_fsck_repair_does_not_copy_again_from_a_fifo_boot_file(boot_tree) -> Non
 
 # ------------------------------------------------------------------------------------ the cache directory
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("list",), ("add", "/vmlinuz-2"), ("fsck",), ("fsck", "--repair"), ("scan",),
                                      ("clean",), ("verify",)])
 def test_a_fifo_index_is_one_error_line(boot_tree, command) -> None:
@@ -185,6 +190,7 @@ def test_a_fifo_index_is_one_error_line(boot_tree, command) -> None:
     assert boot_tree.images_on_disk() == images
 
 
+@pytest.mark.slow
 def test_a_fifo_signatures_file_counts_as_none(boot_tree) -> None:
     boot_tree.config.write_text('[cache]\ntrack = "all"\n')
     boot_tree.write_file(K)
@@ -211,6 +217,7 @@ def test_a_fifo_lock_file_is_refused(boot_tree) -> None:
     assert boot_tree.images_on_disk() == []
 
 
+@pytest.mark.slow
 def test_verify_reports_a_fifo_image_as_failed(boot_tree) -> None:
     boot_tree.write_entry("e1", linux=K)
     sha1 = boot_tree.write_file(K)
@@ -224,6 +231,7 @@ def test_verify_reports_a_fifo_image_as_failed(boot_tree) -> None:
 
 # ------------------------------------------------------------------------------------ entries, configuration, status
 
+@pytest.mark.slow
 def test_an_entry_swapped_for_a_fifo_is_never_opened(boot_tree, tmp_path: Path) -> None:
     """The swap races read_entries between its look at the file and the open: the open itself must check."""
     entry = boot_tree.write_entry("e1", linux=K)

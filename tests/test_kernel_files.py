@@ -47,6 +47,7 @@ def run(tree, *args: str) -> subprocess.CompletedProcess:
         pytest.fail(f"'bootwatch {' '.join(args)}' hangs")
 
 
+@pytest.mark.slow
 @kmsg
 def test_an_entry_whose_read_blocks_does_not_hang_list(boot_tree, needs_root) -> None:
     """The review's test, and: the entry is named in one warning, and the other entries count."""
@@ -94,6 +95,7 @@ def test_an_entry_symlinked_inside_its_filesystem_still_counts(boot_tree) -> Non
     assert "/vmlinuz-1.0" in tree.read_index()["index"]
 
 
+@pytest.mark.slow
 @kmsg
 @pytest.mark.parametrize("target", ["/proc/kmsg", "/dev/zero"])
 def test_a_boot_path_symlinked_to_a_kernel_file_does_not_hang(boot_tree, needs_root, target) -> None:
@@ -109,6 +111,7 @@ def test_a_boot_path_symlinked_to_a_kernel_file_does_not_hang(boot_tree, needs_r
     tree.assert_clean_error(proc.returncode, proc.stderr, names=["/initrd-2.0"])
 
 
+@pytest.mark.slow
 @kmsg
 def test_a_boot_file_bind_mounted_from_procfs_is_refused(boot_tree, needs_root) -> None:
     """No symlink to catch: the boot file itself is /proc/kmsg. Refused by its filesystem."""

@@ -49,6 +49,7 @@ def chown_tree(top: Path, uid: int) -> None:
 
 # ------------------------------------------------------------------------------------ item 6: parents
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("list",), ("add", K), ("restore", K)])
 def test_a_parent_owned_by_another_user_is_refused(boot_tree, open_base: Path, needs_root, command) -> None:
     parent = open_base / "theirs"
@@ -74,6 +75,7 @@ def test_a_parent_writable_by_others_is_refused(boot_tree, open_base: Path) -> N
     assert not cache.exists(), "nothing is created under a directory that failed the check"
 
 
+@pytest.mark.slow
 def test_a_sticky_world_writable_parent_is_accepted(boot_tree, open_base: Path) -> None:
     parent = open_base / "tmp-like"
     parent.mkdir()
@@ -129,6 +131,7 @@ def start_attacker(a: Path, b: Path) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_an_exchange_race_by_the_owner_of_a_parent_never_reaches_boot(boot_tree, open_base: Path, needs_root) -> None:
     parent = open_base / "user"
     parent.mkdir(mode=0o755)
@@ -176,6 +179,7 @@ def outside_dir(tmp_path: Path) -> Path:
     return outside
 
 
+@pytest.mark.slow
 def test_a_symlinked_lost_and_found_is_refused_by_fsck_repair(boot_tree, tmp_path: Path) -> None:
     boot_tree.write_file(K)
     assert boot_tree.cli("add", K)[0] == 0
@@ -190,6 +194,7 @@ def test_a_symlinked_lost_and_found_is_refused_by_fsck_repair(boot_tree, tmp_pat
     assert boot_tree.image(stray).exists(), "the image stays in the cache"
 
 
+@pytest.mark.slow
 def test_a_symlinked_links_directory_is_refused(boot_tree, tmp_path: Path) -> None:
     boot_tree.write_file(K)
     boot_tree.write_entry("k", linux=K)  # references known: clean gets as far as the pins
@@ -217,6 +222,7 @@ def test_a_symlinked_temp_directory_is_refused(boot_tree, tmp_path: Path) -> Non
     assert boot_tree.images_on_disk() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lost+found", "links", ".tmp"])
 def test_a_subdirectory_writable_by_others_is_refused(boot_tree, name: str) -> None:
     boot_tree.write_file(K)

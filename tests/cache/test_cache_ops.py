@@ -39,6 +39,7 @@ def kernel(boot_tree):
 
 # ------------------------------------------------------------------------------------ add, list
 
+@pytest.mark.slow
 def test_add_writes_boom_files_and_list_json_has_the_keys(boot_tree, kernel) -> None:
     assert boot_tree.images_on_disk() == sorted(kernel.values())
     for image_id in kernel.values():
@@ -55,6 +56,7 @@ def test_add_writes_boom_files_and_list_json_has_the_keys(boot_tree, kernel) -> 
         assert (row["state"], row["count"]) == ("CACHED", 1)
 
 
+@pytest.mark.slow
 def test_add_accepts_an_absolute_path_inside_the_boot_directory(boot_tree) -> None:
     image_id = boot_tree.write_file(K)
     rc, out, err = boot_tree.cli("add", str(boot_tree.path(K)))
@@ -62,6 +64,7 @@ def test_add_accepts_an_absolute_path_inside_the_boot_directory(boot_tree) -> No
     assert boot_tree.list_json()[K]["image_id"] == image_id
 
 
+@pytest.mark.slow
 def test_adding_unchanged_content_adds_no_id_and_does_not_rewrite(boot_tree, kernel) -> None:
     before = boot_tree.index_bytes()
     rc, out, err = boot_tree.cli("add", K)
@@ -69,6 +72,7 @@ def test_adding_unchanged_content_adds_no_id_and_does_not_rewrite(boot_tree, ker
     assert boot_tree.index_bytes() == before
 
 
+@pytest.mark.slow
 def test_changed_content_appends_a_new_id_and_keep_trims(boot_tree) -> None:
     boot_tree.set_keep(3)
     boot_tree.write_entry("one", linux=K)  # references known: an add trims only then
@@ -85,6 +89,7 @@ def test_changed_content_appends_a_new_id_and_keep_trims(boot_tree) -> None:
     assert boot_tree.images_on_disk() == sorted(ids[-3:]), "trimmed images must be deleted"
 
 
+@pytest.mark.slow
 def test_show_prints_the_path_in_detail(boot_tree, kernel) -> None:
     rc, out, err = boot_tree.cli("show", K)
     assert rc == 0, err
@@ -105,6 +110,7 @@ def test_list_prints_a_table(boot_tree, kernel) -> None:
 
 # ------------------------------------------------------------------------------------ states
 
+@pytest.mark.slow
 def test_states_as_boom_computes_them(boot_tree, kernel) -> None:
     assert state(boot_tree, K) == "CACHED"
     boot_tree.path(K).unlink()
@@ -122,11 +128,13 @@ def test_states_as_boom_computes_them(boot_tree, kernel) -> None:
     assert state(boot_tree, INITRD) == "UNKNOWN"
 
 
+@pytest.mark.slow
 def test_a_dot_file_beside_an_unchanged_cached_file_is_restored(boot_tree, kernel) -> None:
     (boot_tree.boot / ".vmlinuz-1.boomrestored").write_bytes(b"")
     assert state(boot_tree, K) == "RESTORED"
 
 
+@pytest.mark.slow
 def test_the_state_comes_from_the_newest_image(boot_tree, kernel) -> None:
     old = kernel[K]
     new = boot_tree.write_file(K, 300)
@@ -139,6 +147,7 @@ def test_the_state_comes_from_the_newest_image(boot_tree, kernel) -> None:
 
 # ------------------------------------------------------------------------------------ remove
 
+@pytest.mark.slow
 def test_remove_is_refused_while_referenced(boot_tree, kernel) -> None:
     before = boot_tree.index_bytes()
     rc, out, err = boot_tree.cli("remove", K)
@@ -152,6 +161,7 @@ def test_remove_is_refused_while_referenced(boot_tree, kernel) -> None:
     assert boot_tree.path(K).exists(), "remove never touches a boot file that was not restored by us"
 
 
+@pytest.mark.slow
 def test_remove_of_an_unreferenced_path_needs_no_force(boot_tree, kernel) -> None:
     boot_tree.remove_entry("linux-1")
     rc, out, err = boot_tree.cli("remove", K, INITRD)
@@ -160,6 +170,7 @@ def test_remove_of_an_unreferenced_path_needs_no_force(boot_tree, kernel) -> Non
     assert boot_tree.images_on_disk() == []
 
 
+@pytest.mark.slow
 def test_an_image_shared_by_two_paths_stays_until_both_are_removed(boot_tree) -> None:
     data = os.urandom(3000)
     image_id = boot_tree.write_file("/a", content=data)
@@ -173,6 +184,7 @@ def test_an_image_shared_by_two_paths_stays_until_both_are_removed(boot_tree) ->
     assert boot_tree.images_on_disk() == [c_id]
 
 
+@pytest.mark.slow
 def test_remove_of_a_path_that_is_not_cached_fails(boot_tree, kernel) -> None:
     rc, out, err = boot_tree.cli("remove", "/vmlinuz-nope")
     boot_tree.assert_clean_error(rc, err, names=["/vmlinuz-nope"])
@@ -225,6 +237,7 @@ def watching(directory: Path) -> Iterator[Inotify]:
         watcher.close()
 
 
+@pytest.mark.slow
 def test_restore_brings_back_content_mode_owner_and_dot_file_through_a_temp_file(boot_tree, needs_root) -> None:
     image_id = boot_tree.write_file(K, 20000, mode=0o600, mtime=1_600_000_000)
     # Restoring as root must give the file back to its owner, here a non-root uid and gid that
@@ -263,6 +276,7 @@ def test_restore_brings_back_content_mode_owner_and_dot_file_through_a_temp_file
     assert not [p for p in boot_tree.boot.iterdir() if p.name.startswith(".bootwatch-restore.")]
 
 
+@pytest.mark.slow
 def test_restore_refuses_a_path_that_is_not_missing(boot_tree, kernel) -> None:
     before = boot_tree.path(K).read_bytes()
     rc, out, err = boot_tree.cli("restore", K)
@@ -271,6 +285,7 @@ def test_restore_refuses_a_path_that_is_not_missing(boot_tree, kernel) -> None:
     assert boot_tree.path(K).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_restore_refuses_a_corrupt_image(boot_tree, kernel) -> None:
     image = boot_tree.image(kernel[K])
     image.write_bytes(os.urandom(image.stat().st_size))
@@ -284,6 +299,7 @@ def test_restore_refuses_a_corrupt_image(boot_tree, kernel) -> None:
 
 # ------------------------------------------------------------------------------------ verify
 
+@pytest.mark.slow
 def test_verify_detects_an_image_that_no_longer_matches_its_id(boot_tree, kernel) -> None:
     rc, out, err = boot_tree.cli("verify")
     assert rc == 0, err
@@ -311,6 +327,7 @@ def test_verify_detects_an_image_that_no_longer_matches_its_id(boot_tree, kernel
     assert boot_tree.cli("verify", INITRD)[0] == 0
 
 
+@pytest.mark.slow
 def test_a_truncated_image_is_reported_by_list_without_verify(boot_tree, kernel) -> None:
     image = boot_tree.image(kernel[INITRD])
     with open(image, "r+b") as f:
@@ -321,6 +338,7 @@ def test_a_truncated_image_is_reported_by_list_without_verify(boot_tree, kernel)
 
 # ------------------------------------------------------------------------------------ clean
 
+@pytest.mark.slow
 def test_clean_uncaches_trims_removes_orphans_and_temps_but_keeps_pins(boot_tree) -> None:
     boot_tree.set_keep(3)
     ref_ids = []
@@ -368,6 +386,7 @@ def test_clean_uncaches_trims_removes_orphans_and_temps_but_keeps_pins(boot_tree
     assert again["uncached_paths"] == again["deleted_images"] == again["trimmed_images"] == [], again
 
 
+@pytest.mark.slow
 def test_clean_removes_a_restored_copy_nothing_references(boot_tree, kernel) -> None:
     boot_tree.path(K).unlink()
     assert boot_tree.cli("restore", K)[0] == 0
@@ -391,6 +410,7 @@ def test_library_add_reports_outcomes(boot_tree) -> None:
     assert (r.outcome, r.image_id, r.previous_id) == ("changed", second, first)
 
 
+@pytest.mark.slow
 def test_a_failed_add_of_several_paths_writes_nothing(boot_tree, kernel) -> None:
     before = boot_tree.index_bytes()
     boot_tree.write_file("/new", 100)
@@ -399,6 +419,7 @@ def test_a_failed_add_of_several_paths_writes_nothing(boot_tree, kernel) -> None
     assert boot_tree.index_bytes() == before
 
 
+@pytest.mark.slow
 def test_add_replaces_a_rotten_image_file_instead_of_trusting_its_name(boot_tree) -> None:
     """An unlisted ``<id>.img`` of the right size but other content must not become the cached copy."""
     image_id = boot_tree.write_file(K, 6000)

@@ -12,8 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 import bootwatch
 from bootwatch.cache.operations import BootCache
+
+pytestmark = pytest.mark.slow
 
 PACKAGE_DIR = str(Path(bootwatch.__file__).resolve().parent)
 

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from bootwatch.errors import BootwatchError, ContentChangedError
 
 K = "/vmlinuz-1"
@@ -61,6 +63,7 @@ def make_boom_restored(tree, path: str) -> None:
     (real.parent / f".{real.name}.boomrestored").touch()
 
 
+@pytest.mark.slow
 def test_list_of_a_boom_restored_file_being_appended_to(boot_tree) -> None:
     boot_tree.write_file(K, 8 << 20)
     boot_tree.write_entry("one", linux=K)
@@ -75,6 +78,7 @@ def test_list_of_a_boom_restored_file_being_appended_to(boot_tree) -> None:
             assert rows[K]["state"] == "CACHED"  # its content is not the image's: not RESTORED
 
 
+@pytest.mark.slow
 def test_fsck_repair_with_an_image_being_appended_to(boot_tree) -> None:
     """Something writes into a cached image while fsck --repair hashes it: fsck finishes, the image
     counts as damaged (moved to lost+found) and is copied again from the boot file."""

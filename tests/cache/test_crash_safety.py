@@ -26,7 +26,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from bootwatch.cache.index import CacheIndex
+
+pytestmark = pytest.mark.slow
 
 KILLS = 45
 PATHS = [f"/img{n}" for n in range(6)]

@@ -13,6 +13,8 @@ from typing import Callable
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 K1, I1, K2, GONE = "/vmlinuz-1", "/initramfs-1.img", "/vmlinuz-2", "/vmlinuz-gone"
 
 

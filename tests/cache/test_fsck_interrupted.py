@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 PATHS = 240
 SIZE = 128 * 1024
 KILLS = 8

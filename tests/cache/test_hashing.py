@@ -19,6 +19,7 @@ import pytest
 from bootwatch.cache.hashing import CHUNK_SIZE, FLUSH_WINDOW, SMALL_FILE, hash_and_copy, hash_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, 5 * CHUNK_SIZE + 17,
                                   SMALL_FILE + 1, 3 * FLUSH_WINDOW + 5])
 def test_hash_and_copy_hashes_and_copies_in_one_pass(tmp_path: Path, size: int) -> None:
@@ -68,6 +69,7 @@ def test_an_error_the_flusher_meets_is_raised_not_swallowed(tmp_path: Path) -> N
     assert caught.value.errno == errno.EINVAL
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (apt-get install strace)")
 def test_a_large_copy_is_flushed_while_it_is_being_written(tmp_path: Path) -> None:
     """Watch the real system calls: fdatasync of the copy runs on a thread of its own, before the
@@ -116,6 +118,7 @@ def resident_fraction(path: Path) -> float:
     return sum(v & 1 for v in vector) / pages
 
 
+@pytest.mark.slow
 def test_a_large_copy_leaves_the_page_cache_as_it_found_it(tmp_path: Path) -> None:
     """What the flusher made durable is dropped from the page cache: caching a big image must not
     push the host's working set out. The source just written, still cached, shows the measure works."""

@@ -15,7 +15,7 @@ loads, and every referenced path it had still has an image file.
 log handler on the process's stderr. It runs, with every other command, as a real child process
 on the hostile indexes of the issue in test_validation.py.
 
-The fast suite runs 150 examples; ``-m slow`` adds a search of 3000. In-process, the store's
+The full suite runs 150 examples (the module is slow); ``-m slow`` adds a search of 3000. In-process, the store's
 retries of a read that fails to parse (for boom's in-place writes; 0.14 s per command here, as
 most indexes drawn are refused) are turned off: they are not what this test is about.
 """
@@ -39,6 +39,8 @@ from bootwatch.cache.index import CacheIndex
 from bootwatch.cli.main import main
 from bootwatch.errors import IndexCorruptError, UnsafePathError
 from bootwatch.safety import normalize_boot_path
+
+pytestmark = pytest.mark.slow
 
 BLOBS = [b"kernel image one\n" * 40, b"initramfs two\n" * 30, b"efi three\n" * 20]
 POOL = [hashlib.sha1(b).hexdigest() for b in BLOBS]

@@ -35,6 +35,8 @@ from bootwatch.cache.hashing import hash_path
 from bootwatch.cache.proc import process_writing
 from bootwatch.errors import OpenForWritingError
 
+pytestmark = pytest.mark.slow
+
 BootTree = Any  # conftest.BootTree (the boot_tree fixture); conftest is not imported by name
 
 

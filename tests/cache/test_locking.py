@@ -16,7 +16,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bootwatch.cache.index import CacheIndex
+
+pytestmark = pytest.mark.slow
 
 WORKERS = 8
 ITERATIONS = 25

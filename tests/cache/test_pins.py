@@ -159,6 +159,7 @@ def test_cli_pin_runs_command_with_the_pinned_file(cache: BootCache, tmp_path: P
     assert link_names(cache) == [], "bootwatch pin left its link behind"
 
 
+@pytest.mark.slow
 def test_cli_pin_reports_errors(cache: BootCache) -> None:
     result = run_cli(cache, "pin", "--path", "/vmlinuz-nope", "--", "true")
     assert result.returncode == 1 and "not cached" in result.stderr
@@ -218,6 +219,7 @@ def test_pin_outlives_a_killed_bootwatch_pin(cache: BootCache, tmp_path: Path) -
     assert link_names(cache) == []
 
 
+@pytest.mark.slow
 def test_cli_gc_json(cache: BootCache, sleeper: subprocess.Popen) -> None:
     with pin(cache, paths=[KERNEL], owner_pid=sleeper.pid) as [link]:
         result = run_cli(cache, "gc", "--json")

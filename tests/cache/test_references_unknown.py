@@ -20,6 +20,8 @@ import pytest
 from daemonproc import DaemonProcess, write_config
 from polling import wait_for
 
+pytestmark = pytest.mark.slow
+
 K, INITRD = "/vmlinuz-1.0", "/initramfs-1.0.img"
 
 

@@ -84,6 +84,7 @@ def test_the_directory_owner_is_an_acceptable_owner(boot_tree: BootTree, needs_r
     assert "instead of the recorded" not in err, err
 
 
+@pytest.mark.slow
 def test_daemon_restore_refuses_setuid_and_foreign_owner_from_a_hostile_index(boot_tree: BootTree,
                                                                             needs_root) -> None:
     boot_tree.write_file(K, 5000, mode=0o644)
@@ -108,6 +109,7 @@ def test_daemon_restore_refuses_setuid_and_foreign_owner_from_a_hostile_index(bo
 
 # ------------------------------------------------------------------------------------ mtime
 
+@pytest.mark.slow
 def test_two_paths_sharing_an_image_each_get_their_own_mtime(boot_tree: BootTree) -> None:
     content = os.urandom(6000)
     boot_tree.write_file("/vmlinuz-a", content=content, mtime=1_600_000_000)
@@ -162,6 +164,7 @@ def restored_then_reinstalled(boot_tree: BootTree) -> bytes:
     return content
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("clean", "--json"), ("scan",), ("remove", K)])
 def test_a_reinstalled_kernel_is_never_deleted_as_a_restored_copy(boot_tree: BootTree, restored_then_reinstalled,
                                                                  command) -> None:
@@ -176,6 +179,7 @@ def test_a_reinstalled_kernel_is_never_deleted_as_a_restored_copy(boot_tree: Boo
         assert json.loads(out)["removed_restored_copies"] == []
 
 
+@pytest.mark.slow
 def test_the_daemon_never_deletes_a_reinstalled_kernel(boot_tree: BootTree, restored_then_reinstalled) -> None:
     config = write_config(boot_tree.root / "daemon.toml", boot_tree.boot, boot_tree.cache, boot_tree.root / "run",
                           watch={"settle": "150ms"})
@@ -192,6 +196,7 @@ def test_the_daemon_never_deletes_a_reinstalled_kernel(boot_tree: BootTree, rest
         assert daemon.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_the_daemon_drops_the_marker_when_the_kernel_is_reinstalled_while_it_runs(boot_tree: BootTree) -> None:
     content = os.urandom(7000)
     boot_tree.write_file(K, content=content)
@@ -214,6 +219,7 @@ def test_the_daemon_drops_the_marker_when_the_kernel_is_reinstalled_while_it_run
     assert boot_tree.path(K).read_bytes() == content
 
 
+@pytest.mark.slow
 def test_a_restored_copy_changed_in_place_is_not_deleted(boot_tree: BootTree) -> None:
     """Same inode, same content, but chmod'ed since the restore: changed by someone, so theirs."""
     restore_for_a_snapshot(boot_tree)
@@ -224,6 +230,7 @@ def test_a_restored_copy_changed_in_place_is_not_deleted(boot_tree: BootTree) ->
     assert boot_tree.path(K).exists() and not marker(boot_tree).exists()
 
 
+@pytest.mark.slow
 def test_the_untouched_restored_copy_is_still_removed(boot_tree: BootTree) -> None:
     """The other side: the very file bootwatch wrote, unchanged, goes with its last reference."""
     restore_for_a_snapshot(boot_tree)
@@ -235,6 +242,7 @@ def test_the_untouched_restored_copy_is_still_removed(boot_tree: BootTree) -> No
     assert not boot_tree.path(K).exists() and not marker(boot_tree).exists()
 
 
+@pytest.mark.slow
 def test_a_marker_without_a_record_never_deletes_the_file(boot_tree: BootTree) -> None:
     """A marker boom wrote (or anyone): bootwatch has no record of writing the file, so it stays."""
     boot_tree.write_file(K, 5000)
@@ -250,6 +258,7 @@ def test_a_marker_without_a_record_never_deletes_the_file(boot_tree: BootTree) -
     assert marker(boot_tree).exists(), "boom's marker is boom's: left for it"
 
 
+@pytest.mark.slow
 def test_a_forged_record_in_the_index_is_not_trusted_blindly(boot_tree: BootTree, restored_then_reinstalled) -> None:
     """Records of the wrong type are no record: nothing is deleted."""
     def forge(data: dict) -> None:
@@ -261,6 +270,7 @@ def test_a_forged_record_in_the_index_is_not_trusted_blindly(boot_tree: BootTree
     assert boot_tree.path(K).read_bytes() == restored_then_reinstalled
 
 
+@pytest.mark.slow
 def test_fsck_reports_a_stale_marker_and_repair_drops_it(boot_tree: BootTree, restored_then_reinstalled) -> None:
     rc, out, err = boot_tree.cli("fsck", "--json")
     assert rc == 0, err
@@ -273,6 +283,7 @@ def test_fsck_reports_a_stale_marker_and_repair_drops_it(boot_tree: BootTree, re
     assert "restored" not in boot_tree.read_index()["paths"][K]["bootwatch"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dpkg") is None or shutil.which("dpkg-deb") is None, reason="needs dpkg")
 def test_real_dpkg_reinstall_over_a_restored_kernel_survives_clean(boot_tree: BootTree, needs_root) -> None:
     """The reported case with the real package manager: dpkg --root on a tree whose /boot is ours."""
@@ -372,6 +383,7 @@ def test_restore_by_another_user_gives_the_file_to_that_user(nobody_tree: Path) 
     assert "instead of the recorded mode 6777 and owner 4242:4343" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_fifo_named_like_the_marker_does_not_hang_a_restore(boot_tree: BootTree) -> None:
     """The marker is created with O_WRONLY: a FIFO of that name, with no reader, blocked it forever
     while the writers' lock was held. Now one line, exit 1, and nothing restored."""
@@ -389,6 +401,7 @@ def test_a_fifo_named_like_the_marker_does_not_hang_a_restore(boot_tree: BootTre
 
 # ------------------------------------------------------------------------------------ symlinked paths
 
+@pytest.mark.slow
 def test_clean_never_deletes_a_boot_file_a_readable_entry_references(boot_tree: BootTree) -> None:
     """Restoring /vmlinuz, a dangling link to vmlinuz-3.0, writes vmlinuz-3.0; when the entry naming
     /vmlinuz goes, clean must not delete vmlinuz-3.0, which the entry 'main' references."""
@@ -420,6 +433,7 @@ def dangling_link(boot_tree: BootTree) -> bytes:
     return content
 
 
+@pytest.mark.slow
 def test_a_dangling_symlink_is_never_restored_through(boot_tree: BootTree, dangling_link: bytes) -> None:
     """Its target is another path: restore and scan report it and write nothing."""
     rc, out, err = boot_tree.cli("restore", "/vmlinuz")
@@ -432,6 +446,7 @@ def test_a_dangling_symlink_is_never_restored_through(boot_tree: BootTree, dangl
     assert not marker(boot_tree, "/vmlinuz").exists()
 
 
+@pytest.mark.slow
 def test_a_path_whose_link_is_gone_is_restored_as_a_file_at_its_own_name(boot_tree: BootTree,
                                                                          dangling_link: bytes) -> None:
     """Without the link, the path is restored as a regular file at that name; clean later removes
@@ -449,6 +464,7 @@ def test_a_path_whose_link_is_gone_is_restored_as_a_file_at_its_own_name(boot_tr
     assert boot_tree.path("/vmlinuz-3.0").read_bytes() == b"the package's"
 
 
+@pytest.mark.slow
 def test_a_restored_copy_replaced_by_a_symlink_is_not_followed(boot_tree: BootTree) -> None:
     """remove_restored_copy looks at the name (lstat), never at what a link there names."""
     boot_tree.write_file(K, 5000)
@@ -466,6 +482,7 @@ def test_a_restored_copy_replaced_by_a_symlink_is_not_followed(boot_tree: BootTr
     assert os.path.islink(boot_tree.path(K)) and boot_tree.path("/vmlinuz-2").read_bytes() == b"another kernel"
 
 
+@pytest.mark.slow
 def test_a_restored_copy_another_referenced_path_links_to_stays(boot_tree: BootTree) -> None:
     """/vmlinuz -> vmlinuz-1 is referenced: the restored vmlinuz-1 is needed, whatever its own entry says."""
     restore_for_a_snapshot(boot_tree)
@@ -480,6 +497,7 @@ def test_a_restored_copy_another_referenced_path_links_to_stays(boot_tree: BootT
 
 # ------------------------------------------------------------------------------------ coarse timestamps
 
+@pytest.mark.slow
 def test_a_reinstalled_kernel_with_a_reused_inode_is_not_deleted(boot_tree: BootTree, needs_root) -> None:
     """On ext4 with 128-byte inodes (one-second timestamps, no birth time) a kernel removed
     and installed again (unlink, create, cp -p) within the second of a restore gets the freed inode
@@ -531,6 +549,7 @@ def test_a_reinstalled_kernel_with_a_reused_inode_is_not_deleted(boot_tree: Boot
         subprocess.run(["umount", str(tree.boot)], check=True)
 
 
+@pytest.mark.slow
 def test_the_record_holds_what_the_filesystem_offers(boot_tree: BootTree) -> None:
     """tmpfs or ext4 here: a birth time and/or a generation, read from the restored file itself."""
     from bootwatch.cache.fileid import birth_time_ns, inode_generation
@@ -550,6 +569,7 @@ def test_the_record_holds_what_the_filesystem_offers(boot_tree: BootTree) -> Non
 
 # ------------------------------------------------------------------------------------ the marker bootwatch made
 
+@pytest.mark.slow
 def test_bootwatch_marker_does_not_outlive_its_file(boot_tree: BootTree) -> None:
     """The restored copy and its entry removed by the package manager: the marker bootwatch made
     must not go on sitting beside the kernel installed again later, as boom's."""
@@ -578,6 +598,7 @@ def test_bootwatch_marker_does_not_outlive_its_file(boot_tree: BootTree) -> None
     assert tree.path("/vmlinuz-3.0").read_bytes() == package.read_bytes()
 
 
+@pytest.mark.slow
 def test_scan_with_track_all_removes_the_marker_it_made_when_the_file_goes(boot_tree: BootTree) -> None:
     """With track = "all" a scan may conclude "nothing changed" from the signatures without the index:
     not while a marker lies beside a file that is gone."""
@@ -597,6 +618,7 @@ def test_scan_with_track_all_removes_the_marker_it_made_when_the_file_goes(boot_
     assert not marker(boot_tree).exists()
 
 
+@pytest.mark.slow
 def test_the_daemon_removes_the_marker_it_made_when_the_file_goes(boot_tree: BootTree) -> None:
     boot_tree.write_file(K, 7000)
     boot_tree.write_entry("snapshot", linux=K)
@@ -612,6 +634,7 @@ def test_the_daemon_removes_the_marker_it_made_when_the_file_goes(boot_tree: Boo
         assert daemon.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_marker_that_was_there_before_the_restore_stays_when_the_file_goes(boot_tree: BootTree) -> None:
     """bootwatch removes only the marker it made: one it found (boom's) is left for boom."""
     boot_tree.write_file(K, 5000)
@@ -627,6 +650,7 @@ def test_a_marker_that_was_there_before_the_restore_stays_when_the_file_goes(boo
     assert marker(boot_tree).exists()
 
 
+@pytest.mark.slow
 def test_fsck_repairs_a_marker_that_outlived_its_file(boot_tree: BootTree) -> None:
     """Left by an older bootwatch (or a run killed in between): fsck says so, --repair removes it."""
     restore_for_a_snapshot(boot_tree)
@@ -640,6 +664,7 @@ def test_fsck_repairs_a_marker_that_outlived_its_file(boot_tree: BootTree) -> No
     assert "restored" not in boot_tree.read_index()["paths"][K].get("bootwatch", {})
 
 
+@pytest.mark.slow
 def test_a_restore_after_the_restored_copy_went_makes_its_marker_again(boot_tree: BootTree) -> None:
     """The earlier restore's marker goes with its file, so the new restore made (and owns) its marker."""
     boot_tree.write_file(K, 5000)
@@ -669,6 +694,7 @@ for i in range(rounds):
 """
 
 
+@pytest.mark.slow
 def test_a_rename_over_the_name_during_the_removal_is_never_deleted(tmp_path: Path) -> None:
     """Suspicion a: a package renames its kernel over the name while bootwatch removes its restored
     copy there. A real second process renames at a random moment of each removal; whatever the
@@ -700,6 +726,7 @@ def test_a_rename_over_the_name_during_the_removal_is_never_deleted(tmp_path: Pa
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_file_left_aside_by_a_killed_removal_is_put_back(boot_tree: BootTree) -> None:
     """A removal killed between its two renames leaves the file under its aside name: the next scan
     (or clean, or the daemon's start) renames it back, never over a file that has the name now."""

@@ -38,6 +38,7 @@ def test_a_symlinked_cache_directory_is_refused(boot_tree, tmp_path: Path, comma
     assert nothing_created_in(real)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o720, 0o702])
 def test_a_group_or_other_writable_cache_directory_is_refused(boot_tree, mode: int) -> None:
     boot_tree.write_file(K)
@@ -50,6 +51,7 @@ def test_a_group_or_other_writable_cache_directory_is_refused(boot_tree, mode: i
     assert nothing_created_in(boot_tree.cache)
 
 
+@pytest.mark.slow
 def test_a_cache_directory_owned_by_another_user_is_refused(boot_tree, needs_root) -> None:
     boot_tree.write_file(K)
     boot_tree.cache.mkdir(mode=0o700)
@@ -92,6 +94,7 @@ def test_a_boot_symlink_inside_the_boot_directory_is_followed(boot_tree) -> None
     assert boot_tree.list_json()["/vmlinuz"]["image_id"] == image_id
 
 
+@pytest.mark.slow
 def test_restore_through_a_parent_symlinked_out_of_boot_is_refused(boot_tree, tmp_path: Path) -> None:
     boot_tree.write_file("/sub/vmlinuz-1")
     boot_tree.write_entry("e", linux="/sub/vmlinuz-1")
@@ -106,6 +109,7 @@ def test_restore_through_a_parent_symlinked_out_of_boot_is_refused(boot_tree, tm
     assert nothing_created_in(outside), "restore wrote through a symlink out of the boot directory"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argument", ["/../etc/passwd", "/sub/../../etc/passwd", "/./vmlinuz-1", "//vmlinuz-1"])
 def test_paths_with_dot_components_are_rejected(boot_tree, argument: str) -> None:
     boot_tree.write_file(K)
@@ -116,6 +120,7 @@ def test_paths_with_dot_components_are_rejected(boot_tree, argument: str) -> Non
     assert not boot_tree.cache.exists() or boot_tree.images_on_disk() == []
 
 
+@pytest.mark.slow
 def test_an_index_path_with_dotdot_is_rejected_before_anything_is_opened(boot_tree, tmp_path: Path) -> None:
     victim_dir = tmp_path / "etc"
     victim_dir.mkdir()
@@ -164,6 +169,7 @@ def test_a_planted_image_symlink_is_replaced_not_written_through(boot_tree, tmp_
     assert boot_tree.image(image_id).read_bytes() == data
 
 
+@pytest.mark.slow
 def test_a_planted_restore_marker_symlink_is_not_followed(boot_tree, tmp_path: Path) -> None:
     boot_tree.write_file(K)
     assert boot_tree.cli("add", K)[0] == 0
@@ -187,6 +193,7 @@ def test_a_planted_index_symlink_is_refused(boot_tree, tmp_path: Path) -> None:
     assert "symlink" in line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (apt-get install strace)")
 def test_temp_files_are_opened_with_o_excl_and_o_nofollow(boot_tree) -> None:
     """Watch the real open(2) calls: every temp file (image, index, restored copy) is O_EXCL|O_NOFOLLOW."""

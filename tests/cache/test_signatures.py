@@ -89,6 +89,7 @@ def test_signatures_are_derived_from_the_index_they_are_keyed_by(host: tuple[Pat
     assert decode(encoded, index_digest(data)) == signatures
 
 
+@pytest.mark.slow
 def test_unchanged_host_passes_without_the_lock(host: tuple[Path, Config]) -> None:
     """A real ``bootwatch scan`` finishes while another process holds the writers' flock; after a
     change it waits for the lock, then does the work."""

@@ -174,6 +174,7 @@ def test_images_and_a_symlinked_index_are_read_in_the_directory_opened(store: Ca
     assert not (store.directory / copy.name).exists() and not (store.directory / copy.name).is_symlink()
 
 
+@pytest.mark.slow
 def test_a_listing_in_another_thread_never_hides_an_unsuperseded_corrupt_copy(tmp_path: Path) -> None:
     """Two threads listing the one cache descriptor at once (the daemon's worker with its
     lock-free counts, the clean job under the lock) must each see the whole directory: a dup of a

@@ -51,6 +51,7 @@ ISSUE_CASES = {
 COMMANDS = [("list",), ("list", "--json"), ("show", "/vmlinuz-1"), ("verify",), ("fsck",), ("clean",), ("scan",)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ISSUE_CASES))
 def test_every_command_refuses_a_hostile_index_in_one_line(boot_tree: BootTree, case: str) -> None:
     image_id = _index(boot_tree, ISSUE_CASES[case])
@@ -69,6 +70,7 @@ def test_every_command_refuses_a_hostile_index_in_one_line(boot_tree: BootTree, 
     assert boot_tree.image(image_id).is_file(), "an image went while its index was refused"
 
 
+@pytest.mark.slow
 def test_verified_time_as_a_string_is_handled_by_every_command(boot_tree: BootTree) -> None:
     image_id = _index(boot_tree, _set("images", "bootwatch", {"verified": {"time": "yesterday", "ok": False,
                                                                            "message": "bad"}}))
@@ -90,6 +92,7 @@ def test_clean_refuses_a_repeated_id_and_keeps_the_only_image(boot_tree: BootTre
     assert boot_tree.index_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_daemon_starts_on_a_hostile_index_and_says_so(boot_tree: BootTree) -> None:
     _index(boot_tree, _set("images", "image_ts", float("nan")))
     config = write_config(boot_tree.root / "daemon.toml", boot_tree.boot, boot_tree.cache, boot_tree.root / "run",
@@ -107,6 +110,7 @@ def _surrogate_path(data: dict, image_id: str) -> None:
     data["paths"]["/\ud800"] = dict(data["paths"]["/vmlinuz-1"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("list",), ("list", "--json"), ("verify",), ("scan",),
                                      ("clean", "--force", "--dry-run")])
 def test_an_index_path_with_a_lone_surrogate_is_corrupt_not_an_internal_error(boot_tree: BootTree,
@@ -120,6 +124,7 @@ def test_an_index_path_with_a_lone_surrogate_is_corrupt_not_an_internal_error(bo
     assert boot_tree.image(image_id).is_file(), "an image went while its index was refused"
 
 
+@pytest.mark.slow
 def test_the_daemon_survives_an_index_path_with_a_lone_surrogate(boot_tree: BootTree) -> None:
     _index(boot_tree, _surrogate_path)
     config = write_config(boot_tree.root / "daemon.toml", boot_tree.boot, boot_tree.cache, boot_tree.root / "run",

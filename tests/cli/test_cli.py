@@ -13,6 +13,7 @@ import pytest
 SUBCOMMANDS = ["add", "remove", "restore", "list", "show", "verify", "clean", "fsck"]
 
 
+@pytest.mark.slow
 def test_help_lists_every_subcommand(boot_tree) -> None:
     rc, out, err = boot_tree.cli("--help")
     assert rc == 0, err
@@ -41,6 +42,7 @@ def test_usage_errors_exit_2(boot_tree, args) -> None:
     assert "Traceback" not in err and "usage:" in err
 
 
+@pytest.mark.slow
 def test_an_empty_cache_lists_nothing_and_is_consistent(boot_tree) -> None:
     boot_tree.cache.mkdir(mode=0o700)  # (no cache directory is no cache: see test_cli_hygiene)
     assert boot_tree.cli_json("list", "--json") == []
@@ -49,6 +51,7 @@ def test_an_empty_cache_lists_nothing_and_is_consistent(boot_tree) -> None:
     assert boot_tree.cli("verify")[0] == 0
 
 
+@pytest.mark.slow
 def test_common_options_work_after_the_subcommand_and_override_the_config(boot_tree, tmp_path: Path) -> None:
     image_id = boot_tree.write_file("/vmlinuz-1")
     # The config names other directories; the command line wins.
@@ -68,6 +71,7 @@ def test_the_config_file_sets_the_directories(boot_tree) -> None:
     assert boot_tree.read_index()["index"] == {"/vmlinuz-1": [image_id]}
 
 
+@pytest.mark.slow
 def test_a_bad_config_exits_78_naming_the_file(boot_tree) -> None:
     boot_tree.config.write_text("[cache]\nkeep = 0\n")
     rc, out, err = boot_tree.cli("list")
@@ -83,6 +87,7 @@ def test_a_missing_explicit_config_exits_78(boot_tree, tmp_path: Path) -> None:
     boot_tree.assert_clean_error(rc, err, expected_rc=78, names=[str(missing)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, name", [
     (("add", "/vmlinuz-nope"), "vmlinuz-nope"),
     (("show", "/vmlinuz-nope"), "/vmlinuz-nope"),
@@ -113,6 +118,7 @@ def test_adding_a_directory_fails_cleanly(boot_tree) -> None:
     assert "not a regular file" in line
 
 
+@pytest.mark.slow
 def test_an_unreadable_cache_directory_path_fails_cleanly(boot_tree, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
@@ -121,6 +127,7 @@ def test_an_unreadable_cache_directory_path_fails_cleanly(boot_tree, tmp_path: P
         boot_tree.assert_clean_error(rc, err, names=[str(not_a_dir)])
 
 
+@pytest.mark.slow
 def test_json_outputs_parse(boot_tree) -> None:
     boot_tree.write_file("/vmlinuz-1")
     boot_tree.write_entry("one", linux="/vmlinuz-1")
@@ -132,6 +139,7 @@ def test_json_outputs_parse(boot_tree) -> None:
         json.loads(out)
 
 
+@pytest.mark.slow
 def test_list_piped_into_a_closed_reader_does_not_trace(boot_tree) -> None:
     for n in range(30):
         boot_tree.write_file(f"/f{n}", 64)
@@ -143,12 +151,14 @@ def test_list_piped_into_a_closed_reader_does_not_trace(boot_tree) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_the_module_runs_without_a_tty_and_writes_nothing_outside(boot_tree, tmp_path: Path) -> None:
     before = sorted(os.listdir(tmp_path))
     assert boot_tree.cli("list")[0] == 2  # --cache-dir names no directory: no cache yet, said in one line
     assert sorted(os.listdir(tmp_path)) == before, "list must not create the cache directory"
 
 
+@pytest.mark.slow
 def test_an_absolute_path_inside_the_boot_directory_names_a_missing_file_too(boot_tree) -> None:
     """``restore /boot/vmlinuz-1`` is used exactly when the file is gone: the absolute form must still work."""
     image_id = boot_tree.write_file("/vmlinuz-1")

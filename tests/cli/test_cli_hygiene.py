@@ -15,7 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from daemonproc import run_with_config
+
+pytestmark = pytest.mark.slow
 
 BootTree = Any  # conftest.BootTree
 

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from daemonproc import DaemonProcess, write_config
 from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 BootTree = Any  # the boot_tree fixture of conftest
 

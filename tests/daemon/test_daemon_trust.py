@@ -20,6 +20,8 @@ import pytest
 from daemonproc import DaemonProcess, run_with_config, write_config
 from polling import wait_for
 
+pytestmark = pytest.mark.slow
+
 BootTree = Any  # conftest.BootTree (the boot_tree fixture)
 
 

@@ -97,6 +97,7 @@ class Runs:
             (self.done if ok else self.failed)[name] += 1
 
 
+@pytest.mark.slow
 def test_jobs_run_on_their_intervals(tmp_path: Path, records) -> None:
     logger, _ = records
     config = make_config(tmp_path)
@@ -184,6 +185,7 @@ def test_verify_failure_is_logged_as_an_event(tmp_path: Path, records) -> None:
     assert cache.load_index().image_extra(bad)["verified"]["ok"] is False
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_logged_and_the_others_keep_running(tmp_path: Path, records) -> None:
     logger, handler = records
     config = make_config(tmp_path)
@@ -208,6 +210,7 @@ def test_a_failing_job_is_logged_and_the_others_keep_running(tmp_path: Path, rec
     assert "broken_rescan" in logging.Formatter().formatException(record.exc_info)
 
 
+@pytest.mark.slow
 def test_shutdown_during_a_long_job_is_bounded(tmp_path: Path, records) -> None:
     logger, _ = records
     config = make_config(tmp_path, interval="1h")

@@ -151,6 +151,7 @@ def fill_queue(address: str) -> list:
             return senders
 
 
+@pytest.mark.slow
 def test_a_full_queue_drops_the_message_instead_of_blocking(notify_socket: tuple[str, socket.socket]) -> None:
     """A systemd that stops reading must not stop the daemon: a send gives up after a bound."""
     address, sock = notify_socket

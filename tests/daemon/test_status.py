@@ -91,6 +91,7 @@ def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", sorted(HOSTILE))
 def test_status_with_a_hostile_status_file_is_one_line_not_an_internal_error(tmp_path: Path, sleeper,
                                                                              content: str) -> None:
@@ -103,6 +104,7 @@ def test_status_with_a_hostile_status_file_is_one_line_not_an_internal_error(tmp
     assert result.returncode == 3 and json.loads(result.stdout)["running"] is False, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", sorted(HOSTILE))
 def test_status_of_a_running_daemon_with_a_hostile_status_file_says_running_without_details(
         tmp_path: Path, lock_holder, content: str) -> None:
@@ -119,6 +121,7 @@ def test_status_of_a_running_daemon_with_a_hostile_status_file_says_running_with
         assert "larger than 1 MiB" in line, line
 
 
+@pytest.mark.slow
 def test_status_does_not_take_any_process_named_bootwatch_for_the_daemon(tmp_path: Path) -> None:
     """A stale status.json (daemon killed with SIGKILL) whose PID now runs 'vim /etc/bootwatch/...'."""
     config = _tree(tmp_path)
@@ -135,6 +138,7 @@ def test_status_does_not_take_any_process_named_bootwatch_for_the_daemon(tmp_pat
         editor.wait()
 
 
+@pytest.mark.slow
 def test_status_gives_no_details_from_a_file_whose_pid_is_not_the_lock_holder(tmp_path: Path, lock_holder,
                                                                                sleeper) -> None:
     """The lock is held (a daemon runs) but status.json names another process: running, no details."""

@@ -25,6 +25,8 @@ from daemonproc import DaemonProcess, run_with_config, write_config
 from polling import wait_for
 from slowdisk import LoopFs, ThrottledReads, loop_ext4, throttled_reads
 
+pytestmark = pytest.mark.slow
+
 BootTree = Any  # conftest.BootTree (the boot_tree fixture); conftest is not imported by name
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bootwatch.entries.bls import parse_entry, read_entries, reference_counts
 
 
@@ -62,6 +64,7 @@ def test_a_missing_entries_directory_means_no_references(tmp_path: Path) -> None
     assert reference_counts([]) == {}
 
 
+@pytest.mark.slow
 def test_counts_through_the_cli(boot_tree) -> None:
     """``count`` in ``list --json`` comes from the entries: repeated, multi-path, efi and devicetree lines."""
     for p in ("/vmlinuz-1", "/initrd-1", "/ucode.img", "/uki.efi", "/board.dtb", "/unused"):

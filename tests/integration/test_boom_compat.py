@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from boomenv import BoomEnv, boom_command, boom_environment, sha1_file
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     boom_command() is None,
     reason="boom-boot is not installed: apt-get install libdbus-1-dev libglib2.0-dev "
-           "pkg-config, then pip install boom-boot==1.6.8")
+           "pkg-config, then pip install boom-boot==1.6.8")]
 
 #: The keys boom itself writes; anything else in the index is bootwatch's.
 BOOM_TOP_KEYS = {"index", "paths", "images"}

@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import pytest
 from nspawn_container import Container, wait_until
 from nspawn_testbed import INITRAMFS, KERNEL, UNIT, sha1
 
 from bootwatch.log import Event
+
+pytestmark = pytest.mark.slow
 
 # MESSAGE_IDs of systemd's own records (systemd/sd-messages.h).
 SD_MESSAGE_UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"

@@ -59,6 +59,7 @@ def build_fs(fstype: str, tmp_path: Path) -> Path:
 
 # --- filesystems -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fstype", sorted(imagefactory.FS_BUILDERS))
 def test_filesystem_type_is_detected_by_magic(fstype: str, tmp_path: Path) -> None:
     image = build_fs(fstype, tmp_path)
@@ -160,6 +161,7 @@ def test_timeout_gives_unchecked_and_unmounts(tmp_path: Path, runtime: Path) -> 
     assert losetup_lines(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @needs_loop
 def test_two_verifiers_at_once_use_their_own_devices(tmp_path: Path) -> None:

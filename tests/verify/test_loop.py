@@ -230,6 +230,7 @@ def test_stale_mount_of_a_killed_process_is_swept(ext4: Path, tmp_path: Path) ->
     assert wait_until(lambda: backing_devices(tmp_path) == [])
 
 
+@pytest.mark.slow
 def test_200_cycles_with_failures_leave_nothing_behind(tmp_path: Path) -> None:
     tree = imagefactory.make_tree(tmp_path / "tree")
     good = imagefactory.build_ext4(tmp_path / "good.img", tree)
