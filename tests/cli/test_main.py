@@ -44,7 +44,7 @@ def test_usage_errors_exit_2(boot_tree, args) -> None:
 
 @pytest.mark.slow
 def test_an_empty_cache_lists_nothing_and_is_consistent(boot_tree) -> None:
-    boot_tree.cache.mkdir(mode=0o700)  # (no cache directory is no cache: see test_cli_hygiene)
+    boot_tree.cache.mkdir(mode=0o700)  # (no cache directory is no cache: see test_main_hygiene)
     assert boot_tree.cli_json("list", "--json") == []
     rc, out, err = boot_tree.cli("fsck")
     assert rc == 0, err
