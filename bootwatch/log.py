@@ -49,6 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from bootwatch.atomic import write_all
 from bootwatch.errors import printable
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -153,9 +154,7 @@ def _memfd_with(data: bytes) -> int:
     """A sealed memfd holding ``data``: journald refuses descriptors that could still change."""
     fd = os.memfd_create("bootwatch-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
                     fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
                     | fcntl.F_SEAL_SEAL)

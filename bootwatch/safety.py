@@ -9,13 +9,12 @@ directory with ``..`` or a symlink; nothing is opened until it has been resolved
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from bootwatch import linux
 from bootwatch.errors import (
     BootwatchError,
     FileTooLargeError,
@@ -315,21 +314,13 @@ PSEUDO_FILESYSTEMS = {
 }
 
 
-class _StatFs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("f_rest", ctypes.c_long * 15)]
-
-
 def filesystem_magic(fd: int) -> int | None:
-    """``fstatfs(2)``'s ``f_type`` of the filesystem ``fd`` is on (``os.statvfs`` does not give it)."""
-    buf = _StatFs()
-    if _libc().fstatfs(fd, ctypes.byref(buf)) != 0:
+    """The magic number of the filesystem ``fd`` is on (:func:`bootwatch.linux.filesystem_type`);
+    None if it cannot be told."""
+    try:
+        return linux.filesystem_type(fd)
+    except OSError:
         return None
-    return buf.f_type & 0xFFFFFFFF
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
 
 
 def open_regular(path: os.PathLike[str] | str, *, dir_fd: int | None = None,

@@ -26,63 +26,38 @@ its docstring.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
-import functools
 import os
 import stat
-import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
+from bootwatch import linux
 from bootwatch.cache.hashing import StatSignature
-from bootwatch.cache.mountid import libc_statx  # one statx(2) binding
-
-AT_FDCWD = -100
-AT_EMPTY_PATH = 0x1000
-STATX_BTIME = 0x800
-RENAME_NOREPLACE = 1
-# _IOR('v', 1, long): the kernel writes an int through it, whatever the size the number encodes.
-FS_IOC_GETVERSION = (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
-# struct statx: stx_mask is the first __u32; stx_btime (a struct statx_timestamp: __s64 tv_sec,
-# __u32 tv_nsec, __s32 reserved) starts at byte 80. The kernel fills at most 256 bytes.
-_STATX_SIZE = 256
-_STATX_BTIME_OFFSET = 80
 
 # The prefix of the name a boot file is renamed to while remove_if_same decides (see there).
 ASIDE_PREFIX = ".bootwatch-aside."
 
 
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on
-
-
 def birth_time_ns(fd: int) -> int | None:
     """The birth time of the open file, if the filesystem (and the C library) gives one."""
-    statx = libc_statx()
-    if statx is None:
+    try:
+        st = linux.statx(b"", linux.STATX_BTIME, dir_fd=fd, flags=linux.AT_EMPTY_PATH)
+    except OSError:
         return None
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, buf) != 0:
-        return None
-    mask, = struct.unpack_from("=I", buf.raw, 0)
-    if not mask & STATX_BTIME:
-        return None
-    seconds, nanoseconds = struct.unpack_from("=qI", buf.raw, _STATX_BTIME_OFFSET)
-    return seconds * 1_000_000_000 + nanoseconds
+    return st.stx_btime.ns() if st.stx_mask & linux.STATX_BTIME else None
 
 
 def inode_generation(fd: int) -> int | None:
     """The inode generation of the open file, if the filesystem has one (ENOTTY where it has none)."""
     try:
-        raw = fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8))
+        return linux.inode_generation(fd)
     except OSError:
         return None
-    return struct.unpack_from("=I", raw, 0)[0]
 
 
 @dataclass(frozen=True)
@@ -101,32 +76,34 @@ class FileIdentity:
         st = os.fstat(fd)
         return cls(StatSignature.of(st), st.st_mode, st.st_uid, st.st_gid, birth_time_ns(fd), inode_generation(fd))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"stat": self.signature.to_json(), "mode": self.mode, "uid": self.uid, "gid": self.gid,
                 "birth_ns": self.birth_ns, "generation": self.generation}
 
     @classmethod
-    def from_json(cls, value: dict) -> FileIdentity | None:
+    def from_json(cls, value: dict[str, Any]) -> FileIdentity | None:
         """None for anything but a complete, well-typed identity (the index is untrusted).
 
         A record without ``birth_ns`` or ``generation`` (an older bootwatch) has them as None, so
         it matches only a file on a filesystem without them: elsewhere its file is no longer
         known as bootwatch's, and is never deleted."""
         signature = StatSignature.from_json(value.get("stat"))
-        fields = [value.get(key) for key in ("mode", "uid", "gid")]
-        optional = [value.get(key) for key in ("birth_ns", "generation")]
-        if signature is None or not all(_is_int(v) for v in fields) \
-                or not all(v is None or _is_int(v) for v in optional):
+        mode, uid, gid, birth_ns, generation = (_int(value.get(key))
+                                                for key in ("mode", "uid", "gid", "birth_ns", "generation"))
+        if signature is None or mode is None or uid is None or gid is None \
+                or (birth_ns is None) != (value.get("birth_ns") is None) \
+                or (generation is None) != (value.get("generation") is None):
             return None
-        return cls(signature, *fields, *optional)
+        return cls(signature, mode, uid, gid, birth_ns, generation)
 
     @property
     def inode(self) -> tuple[int, int]:
         return self.signature.device, self.signature.inode
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _int(value: object) -> int | None:
+    """``value`` if it is an int (JSON's true and false are not), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _open_name(name: str, dir_fd: int) -> int | None:
@@ -160,7 +137,7 @@ def identity_at(path: Path) -> FileIdentity | None:
 
 
 @contextlib.contextmanager
-def _directory(directory: Path):
+def _directory(directory: Path) -> Iterator[int]:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         yield fd
@@ -169,12 +146,10 @@ def _directory(directory: Path):
 
 
 def rename_noreplace(src: str, dst: str, *, dir_fd: int) -> None:
-    """``renameat2(RENAME_NOREPLACE)`` within one directory: FileExistsError if ``dst`` exists.
-
-    OSError(EINVAL) where the filesystem cannot rename without replacing atomically."""
-    if _libc().renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), RENAME_NOREPLACE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), src, None, dst)
+    """:func:`bootwatch.linux.renameat2` with ``RENAME_NOREPLACE`` within one directory:
+    FileExistsError if ``dst`` exists. OSError(EINVAL) where the filesystem cannot rename without
+    replacing atomically."""
+    linux.renameat2(src, dst, linux.RENAME_NOREPLACE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 class Removal(Enum):

@@ -34,8 +34,8 @@ from pathlib import Path
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import Digest, hash_file, hash_path
 from bootwatch.cache.index import CacheIndex, parse_json, valid_image_entry, valid_path_meta
-from bootwatch.cache.operations import BootCache, Transaction, restored_marker_name
-from bootwatch.cache.store import CacheStore
+from bootwatch.cache.operations import BootCache, Transaction
+from bootwatch.cache.store import CacheStore, restored_marker_name
 from bootwatch.errors import (
     BootwatchError,
     ContentChangedError,

@@ -18,10 +18,8 @@ read lease on it while it reads (see :class:`ReadLease`). A copy is cancellable 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
-import functools
 import hashlib
 import os
 import signal
@@ -31,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bootwatch import linux
+from bootwatch.atomic import write_all
 from bootwatch.cache.proc import process_writing
 from bootwatch.errors import ContentChangedError, OpenForWritingError
 from bootwatch.safety import filesystem_magic, open_regular
-
-# linux/fs.h: #define FICLONE _IOW(0x94, 9, int)
-FICLONE = 0x40049409
 
 # Large enough that the per-call overhead of read/update/write (and of the two threads handing
 # chunks over, through semaphores written in Python) is noise, small enough that a chunk just
@@ -51,8 +48,6 @@ LOOKAHEAD = 4
 FLUSH_WINDOW = 8 << 20
 # Files up to this size are hashed on one thread (see hash_and_copy).
 SMALL_FILE = 4 << 20
-# linux/fs.h
-SYNC_FILE_RANGE_WRITE = 2
 
 
 @dataclass(frozen=True)
@@ -141,8 +136,8 @@ class ReadLease:
         self.held = False
         self.fallback_errno: int | None = None
         try:
-            fcntl.fcntl(fd, fcntl.F_SETSIG, LEASE_BREAK_SIGNAL)
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            fcntl.fcntl(fd, linux.F_SETSIG, LEASE_BREAK_SIGNAL)
+            fcntl.fcntl(fd, linux.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as e:
             if e.errno == errno.EAGAIN and filesystem_magic(fd) not in _NETWORK_FS_MAGICS:
                 raise OpenForWritingError(path) from None
@@ -164,11 +159,11 @@ class ReadLease:
         if self.held:
             self.held = False
             with contextlib.suppress(OSError):
-                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                fcntl.fcntl(self.fd, linux.F_SETLEASE, fcntl.F_UNLCK)
 
     def check(self) -> None:
         """Between chunks: raise :class:`OpenForWritingError` once a writer broke the lease."""
-        if self.held and fcntl.fcntl(self.fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+        if self.held and fcntl.fcntl(self.fd, linux.F_GETLEASE) != fcntl.F_RDLCK:
             self.release()
             raise OpenForWritingError(self.path, "was opened for writing by another process while it "
                                                  "was being read")
@@ -189,19 +184,6 @@ class ReadLease:
 
 class _Aborted(Exception):
     """The other side of the pipeline failed; this side stops without an error of its own."""
-
-
-@functools.lru_cache(maxsize=1)
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range(2)``, which Python's ``os`` does not wrap; None where missing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the C library Python already runs on; no ldconfig lookup
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
 
 
 class _Flusher:
@@ -351,7 +333,7 @@ class _Pipeline:
             view = self.views[slot]
             n = os.preadv(self.src_fd, [view], self.src_base + k * CHUNK_SIZE)
             if self.dst_fd is not None and n:
-                _pwrite_all(self.dst_fd, view[:n], self.dst_base + k * CHUNK_SIZE)
+                write_all(self.dst_fd, view[:n], self.dst_base + k * CHUNK_SIZE)
                 assert self.flusher is not None
                 self.flusher.wrote(self.dst_base + k * CHUNK_SIZE + n)
             if n < CHUNK_SIZE or k == self.last_chunk:
@@ -389,7 +371,7 @@ class _Pipeline:
 def _reflink(src_fd: int, dst_fd: int) -> bool:
     """Try to share the source's extents with the destination. False where unsupported."""
     try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        linux.reflink(src_fd, dst_fd)
         return True
     except OSError:
         return False
@@ -486,9 +468,9 @@ def hash_and_copy(src_fd: int, dst_fd: int | None = None, *, try_reflink: bool =
 def _start_writeback(dst_fd: int | None) -> None:
     """Start writing the whole copy back now, without waiting: the disk works while the caller
     hashes the next image, and the fsync or syncfs that makes the batch durable finds less to do."""
-    sync_range = _sync_file_range() if dst_fd is not None else None
-    if sync_range is not None:
-        sync_range(dst_fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # advisory: errors ignored
+    if dst_fd is not None:
+        with contextlib.suppress(OSError):  # advisory
+            linux.sync_file_range(dst_fd, 0, 0, linux.SYNC_FILE_RANGE_WRITE)
 
 
 def _hash_stream(src_fd: int, dst_fd: int | None,
@@ -509,24 +491,11 @@ def _hash_stream(src_fd: int, dst_fd: int | None,
         sha1.update(chunk)
         sha256.update(chunk)
         if dst_fd is not None:
-            _write_all(dst_fd, chunk)
+            write_all(dst_fd, chunk)
         size += n
         if bound is not None and size > bound:
             break
     return Digest(sha1.hexdigest(), sha256.hexdigest(), size)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written
 
 
 def hash_file(fd: int, dst_fd: int | None = None, *, path: str | Path,

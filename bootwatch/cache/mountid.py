@@ -15,85 +15,32 @@ id where both have one, else the device number.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
+import errno
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
-MOUNTINFO = Path("/proc/self/mountinfo")
+from bootwatch import linux
+
 BY_UUID = Path("/dev/disk/by-uuid")
 
-AT_FDCWD = -100
-STATX_MNT_ID = 0x1000
-STATX_ATTR_MOUNT_ROOT = 0x2000
-_STATX_SIZE = 256
-_OFF_MASK, _OFF_ATTRIBUTES, _OFF_ATTRIBUTES_MASK, _OFF_MNT_ID = 0, 8, 56, 144
-
+# A mount identity as the references record keeps it (JSON): mount_id, mount_root, dev, type,
+# source, root, fsid, uuid.
 MountIdentity = dict[str, Any]
-
-
-@functools.lru_cache(maxsize=1)
-def libc_statx() -> Any | None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    fn = getattr(libc, "statx", None)  # glibc 2.28 and later
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
-        fn.restype = ctypes.c_int
-    return fn
 
 
 def _statx_mount(path: Path) -> tuple[int | None, bool | None]:
     """(mount id, is the root of a mount) from statx; None for what the kernel does not tell."""
-    fn = libc_statx()
-    if fn is None:
-        return None, None
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if fn(AT_FDCWD, os.fsencode(path), 0, STATX_MNT_ID, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(path))
-    raw = buf.raw
-
-    def field(offset: int, size: int) -> int:
-        return int.from_bytes(raw[offset:offset + size], sys.byteorder)
-
-    mask, attributes = field(_OFF_MASK, 4), field(_OFF_ATTRIBUTES, 8)
-    supported, mnt_id = field(_OFF_ATTRIBUTES_MASK, 8), field(_OFF_MNT_ID, 8)
-    return (mnt_id if mask & STATX_MNT_ID else None,
-            bool(attributes & STATX_ATTR_MOUNT_ROOT) if supported & STATX_ATTR_MOUNT_ROOT else None)
-
-
-def unescape_mountinfo(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and len(field[i + 1:i + 4]) == 3 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _mountinfo() -> list[dict[str, Any]]:
-    lines = []
-    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            try:
-                sep = fields.index("-", 6)
-                lines.append({"id": int(fields[0]), "dev": fields[2], "root": unescape_mountinfo(fields[3]),
-                              "mount_point": unescape_mountinfo(fields[4]), "type": fields[sep + 1],
-                              "source": unescape_mountinfo(fields[sep + 2]) if len(fields) > sep + 2 else ""})
-            except (ValueError, IndexError):
-                continue
-    return lines
+    try:
+        st = linux.statx(path, linux.STATX_MNT_ID)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:  # a C library without statx
+            return None, None
+        raise
+    mount_root = bool(st.stx_attributes & linux.STATX_ATTR_MOUNT_ROOT) \
+        if st.stx_attributes_mask & linux.STATX_ATTR_MOUNT_ROOT else None
+    return (int(st.stx_mnt_id) if st.stx_mask & linux.STATX_MNT_ID else None), mount_root
 
 
 def _uuid_of(dev: int) -> str | None:
@@ -121,23 +68,28 @@ def mount_identity(directory: Path) -> MountIdentity:
     real = os.path.realpath(directory)
     st = os.stat(real)
     mnt_id, mount_root = _statx_mount(Path(real))
-    mounts = _mountinfo()
-    line: dict[str, Any] | None = None
-    if mnt_id is not None:
-        line = next((m for m in mounts if m["id"] == mnt_id), None)
-    if line is None:  # no STATX_MNT_ID (before Linux 5.8): the last, longest mount point above it
+    line = _mount_of(real, mnt_id)
+    if mount_root is None:
+        mount_root = line.mount_point == real
+    return {"mount_id": line.mount_id, "mount_root": mount_root, "dev": line.dev, "type": line.fstype,
+            "source": line.source, "root": line.root, "fsid": os.statvfs(real).f_fsid,
+            "uuid": _uuid_of(st.st_dev)}
+
+
+def _mount_of(real: str, mnt_id: int | None) -> linux.MountInfo:
+    """The mountinfo line of mount ``mnt_id``; without one (no ``STATX_MNT_ID`` before Linux
+    5.8), the last, longest mount point above the resolved path ``real``."""
+    mounts = linux.mountinfo()
+    line = next((m for m in mounts if m.mount_id == mnt_id), None) if mnt_id is not None else None
+    if line is None:
         best = -1
         for m in mounts:
-            point = m["mount_point"].rstrip("/")
-            if (real == m["mount_point"] or real.startswith(point + "/")) and len(point) >= best:
+            point = m.mount_point.rstrip("/")
+            if (real == m.mount_point or real.startswith(point + "/")) and len(point) >= best:
                 line, best = m, len(point)
     if line is None:
         raise OSError(0, "not found in /proc/self/mountinfo", real)
-    if mount_root is None:
-        mount_root = line["mount_point"] == real
-    return {"mount_id": line["id"], "mount_root": mount_root, "dev": line["dev"], "type": line["type"],
-            "source": line["source"], "root": line["root"], "fsid": os.statvfs(real).f_fsid,
-            "uuid": _uuid_of(st.st_dev)}
+    return line
 
 
 def same_filesystem(a: MountIdentity, b: MountIdentity) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from bootwatch.atomic import TempFile, fsync_directory
 from bootwatch.cache import mountid
 from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
@@ -31,10 +32,9 @@ from bootwatch.cache.store import (
     CacheStore,
     LockWaiter,
     PendingImages,
-    TempFile,
     cannot_remove_temp_file,
-    fsync_directory,
     not_a_temp_file,
+    restored_marker_name,
 )
 from bootwatch.entries import bls
 from bootwatch.entries.bls import References
@@ -106,11 +106,6 @@ def dangling_link(name: Path) -> str | None:
     except OSError:  # no such name, or not a symlink
         return None
     return target if not os.path.exists(name) else None
-
-
-def restored_marker_name(path: str) -> str:
-    """boom's dot file beside a restored image: ``.<basename>.boomrestored``."""
-    return f".{path.rsplit('/', 1)[-1]}.boomrestored"
 
 
 @dataclass(frozen=True)

@@ -13,27 +13,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-PROC = Path("/proc")
+from bootwatch import linux
+
+PROC = linux.PROC
 O_ACCMODE = 0o3
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat``, or None if there is no such process or it is a zombie.
-
-    The second field (comm) may contain spaces and parentheses, so the fields are counted from
-    the last ``)``: field 3 (state) is the first after it. A zombie has exited; only its exit
-    status waits to be collected, so it uses no file any more.
+    """Field 22 of ``/proc/PID/stat`` (:func:`bootwatch.linux.proc_stat`), or None if there is no
+    such process or it is a zombie: a zombie has exited; only its exit status waits to be
+    collected, so it uses no file any more.
     """
-    try:
-        data = (PROC / str(pid) / "stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[22 - 3])
+    info = linux.proc_stat(pid)
+    return None if info is None or info.exited else info.start_time
 
 
 def _boot_time() -> float | None:

@@ -19,22 +19,20 @@ arrived: a kernel removed 100 ms before its entry is therefore not restored.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import logging
 import os
-import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import StatSignature, hash_path
 from bootwatch.cache.index import CacheIndex, is_image_id
-from bootwatch.cache.operations import RESTORE_TEMP_PREFIX, BootCache, Transaction, dangling_link, restored_marker_name
-from bootwatch.cache.policy import tracks_all
+from bootwatch.cache.operations import RESTORE_TEMP_PREFIX, BootCache, Transaction, dangling_link
+from bootwatch.cache.policy import names_pattern, tracks_all
 from bootwatch.cache.signatures import read_signatures
-from bootwatch.cache.store import IMAGE_SUFFIX
+from bootwatch.cache.store import IMAGE_SUFFIX, MARKER_SUFFIX, marker_path_of, restored_marker_name
 from bootwatch.config import Config
 from bootwatch.entries.bls import References
 from bootwatch.errors import (
@@ -49,26 +47,6 @@ from bootwatch.log import Event, IoErrorLog, log_event
 from bootwatch.safety import file_kind
 
 log = logging.getLogger("bootwatch.cache.reconcile")
-
-MARKER_SUFFIX = ".boomrestored"
-
-
-def names_pattern(patterns: Sequence[str]) -> re.Pattern[str]:
-    """Every glob at once: ``.match(name)`` is :func:`bootwatch.cache.policy.matches_patterns` of a basename, compiled.
-
-    ``fnmatch.fnmatchcase`` translates each glob to a regular expression anchored at the end; their
-    alternation, matched from the start, accepts exactly the names one of them accepts. One
-    compiled expression instead of a loop of fnmatch calls per name: the walk tests every file.
-    No globs match nothing (``(?!)`` never matches).
-    """
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
-
-
-def marker_path_of(path: str) -> str:
-    """The boom-style path of the ``.boomrestored`` marker beside the boom-style ``path``."""
-    slash = path.rfind("/") + 1
-    return f"{path[:slash]}.{path[slash:]}{MARKER_SUFFIX}"
-
 
 @dataclass
 class BootTree:

@@ -140,7 +140,6 @@ orphan image (harmless; clean removes it), never an index entry without its imag
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
@@ -153,6 +152,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from bootwatch import linux
+from bootwatch.atomic import TempFile, fsync_directory, write_all, write_atomically
 from bootwatch.cache.hashing import Cancelled, Digest, hash_file
 from bootwatch.cache.index import CacheIndex, is_image_id
 from bootwatch.cache.proc import flock_holders
@@ -184,8 +185,8 @@ from bootwatch.safety import (
 )
 
 INDEX_NAME = "cacheindex.json"
-LOCK_NAME = ".bootwatch.lock"
 TEMP_PREFIX = ".bootwatch-tmp."
+LOCK_NAME = ".bootwatch.lock"
 TEMP_DIR = ".tmp"
 IMAGE_SUFFIX = ".img"
 LINKS_DIR = "links"
@@ -193,6 +194,7 @@ LOST_FOUND_DIR = "lost+found"
 REFERENCES_NAME = ".bootwatch-references"
 CORRUPT_PREFIX = INDEX_NAME + ".corrupt-"
 SUPERSEDED_SUFFIX = ".superseded"
+MARKER_SUFFIX = ".boomrestored"
 
 log = logging.getLogger("bootwatch.cache.store")
 _WARNED: set[Path] = set()  # see CacheStore.warn_once
@@ -236,97 +238,19 @@ def cannot_remove_temp_file(error: OSError) -> str:
             f"({os.strerror(error.errno).lower() if error.errno else error}); left in place")
 
 
+def restored_marker_name(path: str) -> str:
+    """boom's marker beside a restored boot file: ``.<basename>.boomrestored`` (see the protocol)."""
+    return f".{path.rsplit('/', 1)[-1]}{MARKER_SUFFIX}"
+
+
+def marker_path_of(path: str) -> str:
+    """The boom-style path of the marker beside the boom-style ``path``."""
+    return f"{path[:path.rfind('/') + 1]}{restored_marker_name(path)}"
+
+
 def superseded_mark_name(copy_name: str) -> str:
     """The name of the mark that supersedes the kept copy ``copy_name`` (see the protocol)."""
     return f".{copy_name}{SUPERSEDED_SUFFIX}"
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable: the directory entry lives in the directory."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # fsync's error names no file: name the directory
-        raise OSError(e.errno, e.strerror, str(directory)) from None
-    finally:
-        os.close(fd)
-
-
-class TempFile:
-    """A new file opened with ``O_CREAT | O_EXCL | O_NOFOLLOW`` that becomes final only by :meth:`commit`.
-
-    Leaving the ``with`` block without a commit removes it, so no half-written file ever carries a
-    final name, whatever went wrong (ENOSPC, a signal turned into an exception, a content change).
-    """
-
-    def __init__(self, directory: Path, prefix: str = TEMP_PREFIX, mode: int = 0o600, *,
-                 dir_fd: int | None = None) -> None:
-        """With ``dir_fd`` (an open ``directory``, not owned) the file is made and named relative to it."""
-        self.directory = directory
-        self.dir_fd = dir_fd
-        self.path: Path | None = None
-        for attempt in range(100):
-            candidate = directory / f"{prefix}{os.getpid()}.{time.monotonic_ns():x}.{attempt}"
-            try:
-                self.fd = os.open(self._name(candidate),
-                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                                  dir_fd=dir_fd)
-            except FileExistsError:
-                continue
-            self.path = candidate
-            return
-        raise BootwatchError("cannot create a unique temporary file", path=directory)
-
-    def _name(self, path: Path) -> str:
-        """How ``path`` is named to the kernel: relative to ``dir_fd`` if there is one."""
-        return path.name if self.dir_fd is not None else str(path)
-
-    def __enter__(self) -> TempFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name(self.path), dir_fd=self.dir_fd)
-            self.path = None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def detach(self) -> Path:
-        """Close the file unsynced and hand it over: the caller now owns (and must remove) it."""
-        assert self.path is not None
-        self.close()
-        path, self.path = self.path, None
-        return path
-
-    def commit(self, final: Path, *, replace: bool = True, final_dir_fd: int | None = None) -> None:
-        """fsync, rename over ``final`` and fsync the directory.
-
-        With ``replace`` False an existing ``final`` is kept (link + unlink, which fails with
-        EEXIST instead of replacing). With ``final_dir_fd`` (the open directory of ``final``)
-        the rename goes to ``final``'s name in it.
-        """
-        assert self.path is not None
-        os.fsync(self.fd)
-        self.close()
-        source = self._name(self.path)
-        target = final.name if final_dir_fd is not None else str(final)
-        if replace:
-            os.rename(source, target, src_dir_fd=self.dir_fd, dst_dir_fd=final_dir_fd)
-        else:
-            try:
-                os.link(source, target, src_dir_fd=self.dir_fd, dst_dir_fd=final_dir_fd, follow_symlinks=False)
-            finally:
-                os.unlink(source, dir_fd=self.dir_fd)
-        self.path = None
-        if final_dir_fd is not None:
-            os.fsync(final_dir_fd)
-        else:
-            fsync_directory(final.parent)
 
 
 def sync_filesystem(directory: Path) -> None:
@@ -345,12 +269,7 @@ def sync_filesystem(directory: Path) -> None:
 
 def sync_filesystem_of(fd: int, name: Path) -> None:
     """:func:`sync_filesystem` of the filesystem that holds the open file ``fd`` (``name`` for errors)."""
-    if _LIBC.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(name))
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
+    linux.syncfs(fd, name)
 
 
 class PendingImages:
@@ -629,7 +548,7 @@ class CacheStore:
 
     def temp_file(self, mode: int = 0o600) -> TempFile:
         """A new temp file in ``.tmp``, made relative to its descriptor. The caller holds the lock."""
-        return TempFile(self.temp_dir, mode=mode, dir_fd=self.temp_fd)
+        return TempFile(self.temp_dir, TEMP_PREFIX, mode, dir_fd=self.temp_fd)
 
     def commit_image(self, tmp: TempFile, image_id: str) -> None:
         """Make a complete temp file the image ``image_id`` (fsync, rename, directory fsync)."""
@@ -903,10 +822,7 @@ class CacheStore:
         """Replace the index atomically and durably, and return the SHA1 of its bytes. The caller holds the lock."""
         data = index.to_json()
         try:
-            with self.temp_file() as tmp:
-                os.fchmod(tmp.fd, 0o644)
-                _write_fully(tmp.fd, data)
-                tmp.commit(self.index_path, final_dir_fd=self.fd)
+            self._replace(INDEX_NAME, data, durable=True)
         except OSError as e:
             # os.write() errors carry no file name: without this, a full disk while writing the
             # index reached the user as a bare "no space left on device" that names no file.
@@ -954,16 +870,14 @@ class CacheStore:
         The caller holds the lock. A failure (a full disk, say) is left for the next writer: the
         file only saves work (or, durable, remembers what a later run compares with).
         """
-        with contextlib.suppress(OSError), self.temp_file() as tmp:
-            os.fchmod(tmp.fd, 0o644)
-            _write_fully(tmp.fd, data)
-            if durable:
-                tmp.commit(self.directory / name, final_dir_fd=self.fd)
-                return
-            tmp.close()
-            assert tmp.path is not None
-            os.rename(tmp.path.name, name, src_dir_fd=self.temp_fd, dst_dir_fd=self.fd)
-            tmp.path = None
+        with contextlib.suppress(OSError):
+            self._replace(name, data, durable=durable)
+
+    def _replace(self, name: str, data: bytes, *, durable: bool) -> None:
+        """Replace ``name`` in the cache directory with ``data`` (mode 0644: boom and other tools
+        read the index) through a temp file in ``.tmp``. The caller holds the lock."""
+        write_atomically(self.directory / name, data, mode=0o644, prefix=TEMP_PREFIX, durable=durable,
+                         final_dir_fd=self.fd, temp_dir=self.temp_dir, temp_dir_fd=self.temp_fd)
 
     def keep_corrupt_copy(self, data: bytes) -> Path:
         """Keep ``data`` (the bytes of a corrupt index) as ``cacheindex.json.corrupt-<UTC time>``.
@@ -978,7 +892,7 @@ class CacheStore:
                     return existing
         with self.temp_file() as tmp:
             os.fchmod(tmp.fd, 0o600)
-            _write_fully(tmp.fd, data)
+            write_all(tmp.fd, data)
             for target in self._corrupt_copy_names():
                 # fsync, link (never over an earlier copy or anything else there), dir fsync
                 tmp.commit(target, replace=False, final_dir_fd=self.fd)
@@ -1162,8 +1076,3 @@ class CacheStore:
             os.close(links_fd)
         return {name.split(".", 1)[0] for name in names if is_image_id(name.split(".", 1)[0])}
 
-
-def _write_fully(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

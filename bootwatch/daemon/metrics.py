@@ -17,7 +17,6 @@ counters; ``rate()`` handles the reset at a restart.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootwatch import __version__
+from bootwatch.atomic import write_atomically
 from bootwatch.cache.operations import BROKEN, CACHED, MISSING, RESTORED, UNKNOWN, BootCache, ImageVerification
-from bootwatch.cache.store import TempFile
 from bootwatch.errors import BootwatchError, describe_oserror
 
 PREFIX = "bootwatch_"
@@ -193,12 +192,8 @@ class Metrics:
             return False
         data = self.render(cache, pins_count).encode()
         try:
-            with TempFile(self.textfile.parent, prefix=f".{self.textfile.name}.tmp.", mode=0o644) as tmp:
-                os.fchmod(tmp.fd, 0o644)  # whatever the umask: node_exporter runs as another user
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(tmp.fd, view):]
-                tmp.commit(self.textfile)
+            # 0644 whatever the umask: node_exporter runs as another user
+            write_atomically(self.textfile, data, mode=0o644, prefix=f".{self.textfile.name}.tmp.")
         except OSError as e:
             raise BootwatchError(f"cannot write the metrics file: {describe_oserror(e)}", path=self.textfile,
                                  hint="check [metrics] textfile and that its directory exists") from None

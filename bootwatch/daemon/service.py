@@ -21,7 +21,6 @@ the reconcile goes unseen, and ``READY=1`` is sent only after both.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import gc
 import logging
@@ -33,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootwatch import linux
 from bootwatch.cache.hashing import Cancelled
 from bootwatch.cache.operations import BootCache
 from bootwatch.cache.pins import count_pins
@@ -111,11 +111,7 @@ def release_memory() -> None:
     allocator; ``malloc_trim(0)`` returns the free heap pages, so the idle RSS stays small.
     """
     gc.collect()
-    with contextlib.suppress(AttributeError, OSError):
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = ctypes.CDLL(None)
+    linux.malloc_trim()
 
 
 def load_daemon_config(config_file: Path | None, boot: Path | None, cache: Path | None) -> Config:

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bootwatch.atomic import write_atomically
 from bootwatch.cache.index import IMAGE_TS_RANGE
 from bootwatch.cache.operations import PathStatus
 from bootwatch.cache.proc import flock_holder_pids
-from bootwatch.cache.store import TempFile
 from bootwatch.errors import BootwatchError
 from bootwatch.safety import read_regular
 
@@ -143,10 +143,7 @@ def write_status(runtime_dir: Path, status: DaemonStatus) -> None:
     runtime_dir = Path(runtime_dir)
     runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     data = json.dumps(asdict(status), indent=1).encode() + b"\n"
-    with TempFile(runtime_dir, prefix=".status.") as tmp:
-        os.fchmod(tmp.fd, 0o644)
-        os.write(tmp.fd, data)
-        tmp.commit(status_path(runtime_dir))
+    write_atomically(status_path(runtime_dir), data, mode=0o644, prefix=".status.")
 
 
 def load_status(runtime_dir: Path) -> DaemonStatus:

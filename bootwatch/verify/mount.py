@@ -20,10 +20,7 @@ detaches them; the loop device goes with them because it is set to autoclear.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
-import functools
 import os
 import signal
 import stat
@@ -32,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bootwatch.cache.mountid import unescape_mountinfo
+from bootwatch import linux
 from bootwatch.errors import BootwatchError
 from bootwatch.safety import open_regular
 from bootwatch.verify.loop import attached_loop
@@ -46,13 +43,6 @@ __all__ = [
     "mounts_under",
     "sweep_stale_mounts",
 ]
-
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
 
 # Signals that end a process through Python code (KeyboardInterrupt or a handler that raises).
 DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
@@ -137,47 +127,13 @@ def detect_fstype(image: Path) -> str | None:
         return detect_fstype_bytes(f.read(0x9000))
 
 
-# --- libc and mountinfo ---------------------------------------------------------------------
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_void_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc
-
-
-def _mount(source: str | None, target: Path, fstype: str | None, flags: int) -> None:
-    res = _libc().mount(source.encode() if source else None, os.fsencode(target),
-                        fstype.encode() if fstype else None, flags, None)
-    if res != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(target))
-
-
-def _umount(target: Path, flags: int = 0) -> None:
-    if _libc().umount2(os.fsencode(target), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(target))
-
-
-def _mountinfo() -> list[tuple[int, Path, list[str]]]:
-    """(mount id, mount point, optional fields) of every mount in our namespace."""
-    rows = []
-    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8",
-                                                       errors="surrogateescape").splitlines():
-        fields = line.split(" ")
-        sep = fields.index("-")
-        rows.append((int(fields[0]), Path(unescape_mountinfo(fields[4])), fields[6:sep]))
-    return rows
-
+# --- mountinfo ---------------------------------------------------------------------------------
 
 def mounts_under(directory: Path) -> list[Path]:
     """Mount points at or below ``directory``, as /proc/self/mountinfo lists them."""
     directory = Path(os.path.realpath(directory))
-    return [point for _, point, _ in _mountinfo()
-            if point == directory or directory in point.parents]
+    points = [Path(info.mount_point) for info in linux.mountinfo()]
+    return [point for point in points if point == directory or directory in point.parents]
 
 
 def _parent_is_shared(directory: Path) -> bool:
@@ -190,8 +146,8 @@ def _parent_is_shared(directory: Path) -> bool:
                 mnt_id = int(line.split()[1])
     finally:
         os.close(fd)
-    return any(mid == mnt_id and any(opt.startswith("shared:") for opt in optional)
-               for mid, _, optional in _mountinfo())
+    return any(info.mount_id == mnt_id and any(opt.startswith("shared:") for opt in info.optional)
+               for info in linux.mountinfo())
 
 
 # --- ownership of mount points ----------------------------------------------------------------
@@ -199,10 +155,10 @@ def _parent_is_shared(directory: Path) -> bool:
 def _start_time(pid: int) -> str | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks): pid plus this is unique."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        info = linux.proc_stat(pid)
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]
+    return None if info is None else str(info.start_time)
 
 
 def _owner_alive(name: str) -> bool:
@@ -225,7 +181,7 @@ def sweep_stale_mounts(runtime_dir: Path) -> list[Path]:
     for point in sorted(mounts_under(root), key=lambda p: len(p.parts), reverse=True):
         if point.parent == root and not _owner_alive(point.name):
             with contextlib.suppress(OSError):
-                _umount(point, MNT_DETACH)
+                linux.umount2(point, linux.MNT_DETACH)
     for entry in os.scandir(root):
         if entry.is_dir(follow_symlinks=False) and not _owner_alive(entry.name):
             with contextlib.suppress(OSError):
@@ -267,7 +223,7 @@ def _unmount(target: Path, busy_timeout: float) -> None:
     delay = 0.005
     while True:
         try:
-            _umount(target)
+            linux.umount2(target)
             return
         except OSError as err:
             if err.errno == errno.EINVAL:  # not a mount point (any more)
@@ -278,15 +234,15 @@ def _unmount(target: Path, busy_timeout: float) -> None:
             break
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-    _umount(target, MNT_DETACH)
+    linux.umount2(target, linux.MNT_DETACH)
 
 
 def _mount_image(device: str, target: Path, fstype: str, image: Path) -> None:
-    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
     candidates = MOUNT_TYPES[fstype]
     for name in candidates:
         try:
-            _mount(device, target, name, flags)
+            linux.mount(device, target, name, flags)
             return
         except OSError as err:
             if err.errno == errno.ENODEV:
@@ -330,7 +286,7 @@ def mounted_image(image: Path, runtime_dir: Path, *, fstype: str | None = None,
                 # Explicitly private: nothing mounted below it later propagates anywhere. When the
                 # parent is shared the kernel already copied the mount to the peers; making ours
                 # private now would stop our umount from reaching those copies, so leave it be.
-                _mount(None, point, None, MS_PRIVATE)
+                linux.mount(None, point, None, linux.MS_PRIVATE)
         yield point
     finally:
         with _signals_deferred():

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bootwatch.atomic import TempFile
 from bootwatch.cache.hashing import hash_path
 from bootwatch.cache.index import CacheIndex
-from bootwatch.cache.store import TEMP_PREFIX, CacheStore, TempFile
+from bootwatch.cache.store import TEMP_PREFIX, CacheStore
 from bootwatch.errors import IndexCorruptError
 
 
@@ -34,7 +35,7 @@ def test_check_creates_a_private_directory(tmp_path: Path) -> None:
 
 
 def test_a_temp_file_left_without_commit_is_removed(store: CacheStore) -> None:
-    with pytest.raises(RuntimeError), TempFile(store.directory) as tmp:
+    with pytest.raises(RuntimeError), TempFile(store.directory, TEMP_PREFIX) as tmp:
         os.write(tmp.fd, b"half")
         assert tmp.path is not None and tmp.path.name.startswith(TEMP_PREFIX)
         raise RuntimeError("interrupted")
@@ -44,7 +45,7 @@ def test_a_temp_file_left_without_commit_is_removed(store: CacheStore) -> None:
 def test_commit_renames_and_replaces(store: CacheStore) -> None:
     final = store.directory / "final"
     final.write_bytes(b"old")
-    with TempFile(store.directory) as tmp:
+    with TempFile(store.directory, TEMP_PREFIX) as tmp:
         os.write(tmp.fd, b"new")
         tmp.commit(final)
     assert final.read_bytes() == b"new"
@@ -54,7 +55,7 @@ def test_commit_renames_and_replaces(store: CacheStore) -> None:
 def test_commit_without_replace_keeps_an_existing_file(store: CacheStore) -> None:
     final = store.directory / "final"
     final.write_bytes(b"theirs")
-    with pytest.raises(FileExistsError), TempFile(store.directory) as tmp:
+    with pytest.raises(FileExistsError), TempFile(store.directory, TEMP_PREFIX) as tmp:
         os.write(tmp.fd, b"ours")
         tmp.commit(final, replace=False)
     assert final.read_bytes() == b"theirs"
@@ -62,7 +63,7 @@ def test_commit_without_replace_keeps_an_existing_file(store: CacheStore) -> Non
 
 
 def test_temp_files_are_created_exclusively_and_private(store: CacheStore) -> None:
-    with TempFile(store.directory) as tmp:
+    with TempFile(store.directory, TEMP_PREFIX) as tmp:
         assert tmp.path is not None
         assert stat.S_IMODE(os.fstat(tmp.fd).st_mode) == 0o600
         # The name is taken: creating it again exclusively fails, as O_EXCL promises.
