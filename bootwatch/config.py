@@ -157,7 +157,9 @@ class Config:
         """
         paths = self.paths
         for option, value in (("--boot-dir", boot), ("--cache-dir", cache)):
-            problem = system_directory_problem(_absolute_override(value)) if value is not None else None
+            if value is None:
+                continue
+            problem = system_directory_problem(_absolute_override(value))
             if problem is not None:
                 raise UsageError(f"{option}: expected a directory of bootwatch's own, not {problem}",
                                  path=_absolute_override(value))
@@ -731,7 +733,9 @@ def _locate(text: str, section: str, key: str | None) -> int | None:
     them, and ``section.key = ...`` / ``section = {...}`` at the top level, with or without quotes.
     That covers everything a person writes; for the rest the message has no line number.
     """
-    quoted = lambda name: r"""(?:%s|"%s"|'%s')""" % ((re.escape(name),) * 3)  # noqa: E731
+    def quoted(name: str) -> str:
+        return r"""(?:%s|"%s"|'%s')""" % ((re.escape(name),) * 3)
+
     key_re = re.compile(rf"^\s*{quoted(key)}\s*=") if key else None
     dotted = re.compile(rf"^\s*{quoted(section)}\s*\.\s*{quoted(key)}\s*[=.]") if key \
         else re.compile(rf"^\s*{quoted(section)}\s*[.=]")

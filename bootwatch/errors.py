@@ -218,7 +218,9 @@ def describe_oserror(err: OSError, *, path: str | Path | None = None) -> str:
     """
     text = os.strerror(err.errno).lower() if err.errno else str(err)
     name = path if path is not None else err.filename
-    return f"{name}: {text}" if isinstance(name, (str, bytes, os.PathLike)) and name else text
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return f"{name}: {text}" if isinstance(name, (str, os.PathLike)) and name else text
 
 
 # C0 controls, DEL and C1 controls: what a terminal may take as the start of an escape sequence.

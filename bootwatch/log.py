@@ -45,7 +45,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -146,7 +146,7 @@ def encode_field(name: str, value: str | bytes) -> bytes:
     return key + b"=" + data + b"\n"
 
 
-def encode_entry(fields: list[tuple[str, str | bytes]]) -> bytes:
+def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     return b"".join(encode_field(name, value) for name, value in fields)
 
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from bootwatch.atomic import write_atomically
 from bootwatch.cache.index import IMAGE_TS_RANGE
@@ -112,7 +113,7 @@ def _is_line(value: object) -> bool:
     return isinstance(value, str) and value.isprintable()
 
 
-_FIELD_CHECKS = {
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "pid": lambda v: _is_count(v) and v > 0,
     "time": _is_time,
     "optional time": lambda v: v is None or _is_time(v),

@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bootwatch.errors import FileTooLargeError, NotRegularFileError
 from bootwatch.safety import read_regular
@@ -142,7 +143,7 @@ class References(dict[str, int]):
 
     def __init__(self, counts: dict[str, int] | None = None, *, unknown: str | None = None,
                  confirmable: bool = False, boot_moved: bool = False, entry_files: int = 0,
-                 record: dict | None = None, observed: dict | None = None) -> None:
+                 record: dict[str, Any] | None = None, observed: dict[str, Any] | None = None) -> None:
         super().__init__(counts or {})
         self.unknown = unknown
         self.confirmable = confirmable
@@ -154,7 +155,7 @@ class References(dict[str, int]):
 
 def reference_counts(entries: list[BootEntry]) -> dict[str, int]:
     """How many entries name each path (an entry naming a path twice counts once)."""
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     for entry in entries:
         counts.update(set(entry.paths))
     return dict(counts)
