@@ -1,0 +1,228 @@
+"""grub.cfg files written by the real ``grub-mkconfig``, for real Debian kernel packages.
+
+See README.md beside this file for how grub-mkconfig is made to run on loop devices. The kernel
+packages (``linux-image-*-cloud-amd64``) are downloaded once with ``apt-get download`` into
+``$BOOTWATCH_TEST_CACHE/debs`` (default ``/var/cache/bootwatch-tests``) and their ``/boot`` files
+extracted with ``dpkg-deb -x`` into ``kernels/<version>``; later runs use the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("BOOTWATCH_TEST_CACHE", "/var/cache/bootwatch-tests"))
+SCRIPT = Path(__file__).with_name("mkconfig-chroot.sh")
+REQUIRED_TOOLS = ("grub-mkconfig", "grub-probe", "unshare", "losetup", "mkfs.ext4", "blkid", "chroot",
+                  "dpkg-deb", "apt-get", "apt-cache", "cpio", "gzip")
+INSTALL_HINT = "apt-get install -y --no-install-recommends grub2-common grub-pc-bin"
+_PACKAGE = re.compile(r"linux-image-(\d+)\.(\d+)\.(\d+)-(\d+)-cloud-amd64")
+READY = ".ready"
+
+
+class Unavailable(Exception):
+    """The real generator cannot run here; the message says why (the tests skip with it)."""
+
+
+class Layout(enum.Enum):
+    SEPARATE_BOOT = "separate-boot"
+    """/boot is its own ext4 filesystem: GRUB paths start at its root (/vmlinuz-V)."""
+    BOOT_ON_ROOT = "boot-on-root"
+    """/boot is a directory of the root filesystem: GRUB paths carry /boot/ (/boot/vmlinuz-V)."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    boot: Path
+    """The package's /boot files: vmlinuz-V, config-V, System.map-V."""
+
+
+@dataclass(frozen=True)
+class GeneratedGrub:
+    layout: Layout
+    grub_cfg: Path
+    root_uuid: str
+    boot_uuid: str
+    """The filesystem holding /boot: the root filesystem's UUID for BOOT_ON_ROOT."""
+    kernels: tuple[Kernel, ...]
+    files: dict[str, frozenset[str]]
+    """For each filesystem UUID, the regular files on it, as paths from its root."""
+    output: str
+    """What grub-mkconfig printed ("Found linux image: ...")."""
+
+
+def missing_prerequisite() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (loop devices, mounts, chroot)"
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed ({INSTALL_HINT})"
+    if not Path("/dev/loop-control").exists():
+        return "no /dev/loop-control"
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    match = _PACKAGE.search(name)
+    return tuple(int(g) for g in match.groups()) if match else ()
+
+
+def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=cwd, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+def kernel_debs(count: int = 2, cache_dir: Path = CACHE_DIR) -> list[Path]:
+    """``count`` cloud kernel packages, newest first: the cached ones, or downloaded with apt-get."""
+    debs = cache_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / ".debs.lock"):
+        cached = sorted(debs.glob("linux-image-*-cloud-amd64_*_amd64.deb"), key=lambda p: _version_key(p.name),
+                        reverse=True)
+        if len(cached) >= count:
+            return cached[:count]
+        names = _run(["apt-cache", "pkgnames", "linux-image-"]).stdout.split()
+        packages = sorted((n for n in names if _PACKAGE.fullmatch(n)), key=_version_key, reverse=True)[:count]
+        if len(packages) < count:
+            raise Unavailable(f"apt knows {len(packages)} linux-image-*-cloud-amd64 packages, {count} are needed "
+                              "(run apt-get update)")
+        try:
+            _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages], cwd=debs, timeout=600)
+        except RuntimeError as e:
+            raise Unavailable(f"apt-get download {' '.join(packages)}: {e}") from None
+        return sorted(debs.glob("linux-image-*-cloud-amd64_*_amd64.deb"), key=lambda p: _version_key(p.name),
+                      reverse=True)[:count]
+
+
+def extracted_kernel(deb: Path, cache_dir: Path = CACHE_DIR) -> Kernel:
+    """The /boot files of a kernel package, extracted once with ``dpkg-deb -x``."""
+    package = _run(["dpkg-deb", "-f", str(deb), "Package"]).stdout.strip()
+    version = package[len("linux-image-"):]
+    final = cache_dir / "kernels" / version
+    if (final / READY).exists():
+        return Kernel(version, final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / f".kernel-{version}.lock"):
+        if not (final / READY).exists():
+            building = final.with_name(f".{version}.building")
+            shutil.rmtree(building, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+            _run(["dpkg-deb", "-x", str(deb), str(building)])
+            (building / "boot").rename(final)
+            (final / READY).touch()
+            shutil.rmtree(building)
+    return Kernel(version, final)
+
+
+def cached_kernels(count: int = 2) -> tuple[Kernel, ...]:
+    reason = missing_prerequisite()
+    if reason is not None:
+        raise Unavailable(reason)
+    return tuple(extracted_kernel(deb) for deb in kernel_debs(count))
+
+
+def _cpio(tree: Path, out: Path, *, gzip: bool) -> None:
+    names = "\n".join(str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))) + "\n"
+    archive = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], input=names.encode(), cwd=tree,
+                             capture_output=True, check=True).stdout
+    if gzip:
+        archive = subprocess.run(["gzip", "-n", "-c"], input=archive, capture_output=True, check=True).stdout
+    out.write_bytes(archive)
+
+
+def _payload(kernels: tuple[Kernel, ...], directory: Path) -> Path:
+    """What goes into /boot: each kernel's files, an initramfs for it (a gzip'd newc cpio holding
+    its lib/modules/V, which is what update-initramfs would add) and AMD early microcode, the
+    ``amd-ucode.img`` 10_linux puts first on the initrd line (GRUB_EARLY_INITRD_LINUX_STOCK)."""
+    payload = directory / "payload"
+    payload.mkdir()
+    for kernel in kernels:
+        for name in (f"vmlinuz-{kernel.version}", f"config-{kernel.version}", f"System.map-{kernel.version}"):
+            shutil.copyfile(kernel.boot / name, payload / name)
+        tree = directory / f"initramfs-{kernel.version}"
+        (tree / "usr" / "lib" / "modules" / kernel.version).mkdir(parents=True)
+        (tree / "init").write_text("#!/bin/sh\n")
+        _cpio(tree, payload / f"initrd.img-{kernel.version}", gzip=True)
+    ucode = directory / "ucode"
+    (ucode / "kernel" / "x86" / "microcode").mkdir(parents=True)
+    (ucode / "kernel" / "x86" / "microcode" / "AuthenticAMD.bin").write_bytes(b"")
+    _cpio(ucode, payload / "amd-ucode.img", gzip=False)
+    return payload
+
+
+@contextlib.contextmanager
+def _loop(image: Path) -> Iterator[str]:
+    device = _run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def _filesystem(path: Path, size_mib: int) -> str:
+    fs_uuid = str(uuid.uuid4())
+    with path.open("wb") as f:
+        f.truncate(size_mib << 20)
+    _run(["mkfs.ext4", "-q", "-F", "-U", fs_uuid, str(path)])
+    return fs_uuid
+
+
+def run_grub_mkconfig(layout: Layout, kernels: tuple[Kernel, ...], workdir: Path, *,
+                      extra_default: str = "", device_map: bool = False) -> GeneratedGrub:
+    """Run the real grub-mkconfig for ``layout`` and return what it wrote.
+
+    ``extra_default`` is appended to Debian's default /etc/default/grub (GRUB's
+    /usr/share/grub/default/grub). ``device_map`` writes a /boot/grub/device.map naming the
+    devices (hd0, hd1), so that grub-probe gives hints and 10_linux writes ``--hint-*`` options.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "out"
+    out.mkdir()
+    default = workdir / "default-grub"
+    default.write_text(Path("/usr/share/grub/default/grub").read_text() + extra_default)
+    device_map_file = ""
+    if device_map:
+        lines = ["(hd0) /dev/realboot-root"]
+        if layout is Layout.SEPARATE_BOOT:
+            lines.append("(hd1) /dev/realboot-boot")
+        (workdir / "device.map").write_text("\n".join(lines) + "\n")
+        device_map_file = str(workdir / "device.map")
+    root_uuid = _filesystem(workdir / "root.img", 96)
+    boot_uuid = _filesystem(workdir / "boot.img", 64) if layout is Layout.SEPARATE_BOOT else root_uuid
+    payload = _payload(kernels, workdir)
+    (workdir / "mnt").mkdir()
+    with contextlib.ExitStack() as stack:
+        root_loop = stack.enter_context(_loop(workdir / "root.img"))
+        boot_loop = stack.enter_context(_loop(workdir / "boot.img")) if layout is Layout.SEPARATE_BOOT else ""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "ROOT_LOOP": root_loop,
+               "BOOT_LOOP": boot_loop, "MNT": str(workdir / "mnt"), "PAYLOAD": str(payload),
+               "DEFAULT_GRUB": str(default), "DEVICE_MAP": device_map_file, "OUT": str(out)}
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(SCRIPT)], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"grub-mkconfig in {workdir} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    files = {p.name[len("files-"):-len(".txt")]: frozenset(p.read_text().splitlines())
+             for p in out.glob("files-*.txt")}
+    return GeneratedGrub(layout, out / "grub.cfg", root_uuid, boot_uuid, kernels, files, proc.stderr)
