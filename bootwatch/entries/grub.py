@@ -27,12 +27,19 @@ What is understood is what ``grub-mkconfig`` writes on Debian, Ubuntu and Arch (
   :mod:`bootwatch.entries.grubenv`). In a path an unset variable is empty, as GRUB expands it;
   in options it is kept as written (Ubuntu's ``$vt_handoff``). Either gives one debug line.
 
+A file's :class:`~bootwatch.entries.model.PartitionKind` is what its path says: ``/boot/...``
+is on the root filesystem with /boot a directory of it (``BootFile.boot_path()`` drops the
+prefix), ``/EFI/...`` on the ESP, ``boot`` deeper in the path (a btrfs subvolume, ``/@/boot/``)
+unknown, anything else at the root of the /boot filesystem. Paths keep their spelling, except
+that GRUB reads ``//`` as ``/``.
+
 Anything else is skipped, with a debug line when it is not a command known to load nothing.
-What makes the result *unknown* instead: ``grub.cfg`` or an include that exists but cannot be
-read (or is larger than :data:`MAX_CONFIG_SIZE`), unbalanced quotes or braces, includes nested
-deeper than the bound or named in a way that says no file here, and a path that depends on a
-``grubenv`` that cannot be read. A ``menuentry`` that loads no file (``fwsetup``, grub-btrfs's
-column header) is no boot entry.
+What makes the result *unknown* instead: ``grub.cfg`` missing, or it or an include existing but
+unreadable (or larger than :data:`MAX_CONFIG_SIZE`, or all together than
+:data:`MAX_TOTAL_SIZE`), unbalanced quotes or braces, blocks nested deeper than
+:data:`MAX_NESTING`, includes deeper than :data:`MAX_INCLUDE_DEPTH` or named so that they are no
+file here, and a path that depends on a ``grubenv`` that cannot be read. A ``menuentry`` that
+loads no file (``fwsetup``, grub-btrfs's column header) is no boot entry.
 """
 
 from __future__ import annotations
@@ -551,8 +558,8 @@ class _Reader:
                 log.debug("%s: line %d: %s outside a menuentry is skipped", scope.origin, words[0].line, name)
             else:
                 self._load(name, words, scope, builder)
-        elif name not in QUIET_COMMANDS and (scope.origin, name) not in self.logged:
-            self.logged.add((scope.origin, name))
+        elif name not in QUIET_COMMANDS and (scope.origin, f"command {name}") not in self.logged:
+            self.logged.add((scope.origin, f"command {name}"))
             log.debug("%s: line %d: %s is not read (nor, in this file, again)", scope.origin, words[0].line, name)
 
     def _set(self, words: list[_Word], scope: _Scope, builder: _EntryBuilder | None) -> None:
