@@ -275,22 +275,31 @@ def test_the_fedora_grub_cfg_loads_its_grubenv_and_leaves_entries_to_blscfg(tmp_
 
 
 def test_grub_btrfs_snapshot_entries_are_seen_through_configfile(tmp_path: Path) -> None:
+    """The real grub-mkconfig and grub-btrfs wrote the sample (tests/realboot/README.md): an Arch
+    host with a btrfs root and a separate /boot, two snapper snapshots."""
     grub = tmp_path / "grub"
     shutil.copytree(SAMPLES / "grub-btrfs", grub)
     result = read_grub_config(grub / "grub.cfg")
     assert result.unknown is None
-    main, *snapshots = result.entries
-    assert main.title == "Arch Linux" and main.origin == grub / "grub.cfg"
-    assert [f.path for f in main.files] == ["/vmlinuz-linux", "/intel-ucode.img", "/initramfs-linux.img"]
-    assert len(snapshots) == 4  # two snapshots, two initramfs each; the column header loads nothing
-    boot_uuid = "4f1c7e2a-9d3b-4e8f-a1c2-5b6d7e8f9a0b"
+    main = [e for e in result.entries if e.origin == grub / "grub.cfg"]
+    snapshots = [e for e in result.entries if e.origin == (grub / "grub-btrfs.cfg").resolve()]
+    assert len(main) + len(snapshots) == len(result.entries)
+    boot_uuid, root_uuid = "cf6a9deb-e989-48ad-9cad-9bc16b4a7da5", "7b376f0d-99f8-401c-bbd0-7f822c011815"
+    assert [e.title for e in main] == ["Arch GNU/Linux", "Arch GNU/Linux, with Linux linux",
+                                       "Arch GNU/Linux, with Linux linux (recovery mode)"]
+    for entry in main:
+        assert [f.path for f in entry.files] == ["/vmlinuz-linux", "/intel-ucode.img", "/initramfs-linux.img"]
+        assert {f.partition.fs_uuid for f in entry.files} == {boot_uuid}  # search after set root='hd0'
+        assert entry.version is None  # Arch names the package, not the version
+    assert main[0].options == f"root=UUID={root_uuid} ro rootflags=subvol=@ loglevel=3 quiet"
+    # Two snapshots, two initramfs each; the column header menuentry loads nothing.
+    assert len(snapshots) == 4
     for entry in snapshots:
-        assert entry.origin == (grub / "grub-btrfs.cfg").resolve()
-        assert entry.files[0].path == "/vmlinuz-linux"
-        assert [f.path for f in entry.files[1:]][0] == "/intel-ucode.img"
-        assert {f.partition.fs_uuid for f in entry.files} == {boot_uuid}
+        assert [f.path for f in entry.files] == ["/vmlinuz-linux", "/intel-ucode.img", entry.files[2].path]
+        assert entry.files[2].path in ("/initramfs-linux.img", "/initramfs-linux-fallback.img")
+        assert {(f.partition.fs_uuid, f.partition.kind) for f in entry.files} == {(boot_uuid, PartitionKind.BOOT)}
         assert entry.id.startswith("Arch Linux snapshots>| 20")
-        assert "subvol=@/.snapshots/1" in entry.options
+        assert entry.options.startswith(f"root=UUID={root_uuid} loglevel=3 quiet rootflags=rw,noatime,")
     assert snapshots[1].id.endswith(f"gnulinux-snapshots-{boot_uuid}#2")
     assert [e.options.rsplit("subvol=", 1)[1] for e in snapshots] == [
         "@/.snapshots/13/snapshot", "@/.snapshots/13/snapshot", "@/.snapshots/12/snapshot", "@/.snapshots/12/snapshot"]
@@ -301,7 +310,7 @@ def test_without_grub_btrfs_cfg_the_stub_adds_nothing(tmp_path: Path) -> None:
     grub.mkdir()
     shutil.copy(SAMPLES / "grub-btrfs" / "grub.cfg", grub / "grub.cfg")
     result = read_grub_config(grub / "grub.cfg")
-    assert result.unknown is None and [e.title for e in result.entries] == ["Arch Linux"]
+    assert result.unknown is None and len(result.entries) == 3
 
 
 @pytest.mark.parametrize("spelling", ["${prefix}/more.cfg", "$config_directory/more.cfg", "/grub/more.cfg",
