@@ -86,17 +86,26 @@ class BootFile:
     role: FileRole
     partition: Partition
 
-    def boot_path(self) -> str | None:
+    def boot_path(self, *, root_subvolume: str = "") -> str | None:
         """The path relative to the host's ``/boot`` (the key boom's cache index uses), or None
         when the file is not under ``/boot`` (on the ESP, or the entry does not say where).
 
         The one place the ``/boot/`` prefix rule lives: on the root filesystem the loader reads
         ``/boot/vmlinuz-6.1.0``, which is ``/vmlinuz-6.1.0`` relative to ``/boot``.
+        ``root_subvolume`` is the btrfs subvolume mounted at ``/`` (the root field of
+        ``/proc/self/mountinfo``, ``/@``), for a caller that knows the file is on the root
+        filesystem: the loader reads that filesystem from its top, so ``/@/boot/vmlinuz-6.1.0`` is
+        ``/boot/vmlinuz-6.1.0`` on the host. Any other subvolume's ``boot`` (a snapshot's,
+        ``/@/.snapshots/12/snapshot/boot/...``) is not the host's ``/boot``: None.
         """
-        if self.partition.kind is PartitionKind.BOOT:
+        kind = self.partition.kind
+        if kind is PartitionKind.BOOT:
             return self.path
-        if self.partition.kind is PartitionKind.ROOT and self.path.startswith(BOOT_PREFIX):
-            return self.path[len(BOOT_PREFIX) - 1:]
+        if kind is PartitionKind.ESP:
+            return None
+        prefix = root_subvolume.rstrip("/") + BOOT_PREFIX
+        if self.path.startswith(prefix) and (root_subvolume.strip("/") or kind is PartitionKind.ROOT):
+            return self.path[len(prefix) - 1:]
         return None
 
 

@@ -416,3 +416,39 @@ def test_includes_together_are_bounded(tmp_path: Path) -> None:
         write(grub, filler + f"menuentry e{i} {{ linux /v-{i} }}\nsource $prefix/f{i + 1}.cfg\n", f"f{i}.cfg")
     result = read_grub_config(grub / "f0.cfg")
     assert result.unknown is not None and "together" in result.unknown
+
+
+def test_grub_btrfs_with_boot_on_a_btrfs_root(tmp_path: Path) -> None:
+    """Written by the real grub-mkconfig and grub-btrfs with /boot a directory of subvolume @:
+    10_linux's paths carry the subvolume, and every snapshot entry loads the snapshot's own kernel."""
+    grub = tmp_path / "grub"
+    shutil.copytree(SAMPLES / "grub-btrfs-on-root", grub)
+    result = read_grub_config(grub / "grub.cfg")
+    assert result.unknown is None
+    main = [e for e in result.entries if e.origin == grub / "grub.cfg"]
+    snapshots = [e for e in result.entries if e not in main]
+    assert len(main) == 3 and len(snapshots) == 4
+    for entry in main:
+        assert [f.path for f in entry.files] == ["/@/boot/vmlinuz-linux", "/@/boot/intel-ucode.img",
+                                                 "/@/boot/initramfs-linux.img"]
+        kernel = entry.files[0]
+        # The parser cannot tell which subvolume is mounted at /; the host can (mountinfo).
+        assert kernel.partition.kind is PartitionKind.UNKNOWN and kernel.boot_path() is None
+        assert kernel.boot_path(root_subvolume="/@") == "/vmlinuz-linux"
+    for entry in snapshots:
+        snapshot = entry.options.rsplit("subvol=", 1)[1]
+        assert entry.files[0].path == f"/{snapshot}/boot/vmlinuz-linux"
+        # In a read-only snapshot, not in the host's /boot: nothing the cache keeps or restores.
+        assert {f.boot_path(root_subvolume="/@") for f in entry.files} == {None}
+
+
+def test_boot_path_rules() -> None:
+    from bootwatch.entries.model import BootFile
+    def path(p: str, kind: PartitionKind, subvolume: str = "") -> str | None:
+        return BootFile(p, FileRole.KERNEL, Partition(kind)).boot_path(root_subvolume=subvolume)
+    assert path("/vmlinuz-1", PartitionKind.BOOT) == "/vmlinuz-1"
+    assert path("/boot/vmlinuz-1", PartitionKind.ROOT) == "/vmlinuz-1"
+    assert path("/boot/vmlinuz-1", PartitionKind.UNKNOWN) is None
+    assert path("/@/boot/vmlinuz-1", PartitionKind.UNKNOWN, "/@") == "/vmlinuz-1"
+    assert path("/@root/boot/vmlinuz-1", PartitionKind.UNKNOWN, "/@") is None
+    assert path("/EFI/Linux/x.efi", PartitionKind.ESP, "/@") is None

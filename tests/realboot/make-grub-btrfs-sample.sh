@@ -1,17 +1,19 @@
 #!/bin/bash
 # Regenerate samples/grub-btrfs/ with the real grub-mkconfig and grub-btrfs's real 41_snapshots-btrfs.
 #
-#   sudo tests/realboot/make-grub-btrfs-sample.sh /path/to/41_snapshots-btrfs OUTDIR
+#   sudo tests/realboot/make-grub-btrfs-sample.sh /path/to/41_snapshots-btrfs OUTDIR [separate|on-root]
 #
 # grub-btrfs is not packaged in Debian 12 and its script is not part of this repository: take it
 # from a grub-btrfs checkout (the sample was made with v4.13, commit 9a8a1b7d). Needs root,
 # grub2-common, grub-pc-bin, btrfs-progs and an awk. The layout is an Arch host: a btrfs root
 # (subvolume @ mounted at /, snapper's read-only snapshots @/.snapshots/N/snapshot with info.xml)
-# and a separate ext4 /boot with Arch's image names. How grub-mkconfig is made to run on loop
+# and /boot with Arch's image names: a separate ext4 filesystem (default), or with "on-root" a
+# directory of the root subvolume, whose snapshots then hold their own kernels. How grub-mkconfig is made to run on loop
 # devices is in README.md (the same private /dev and chroot as mkconfig-chroot.sh).
 set -euo pipefail
 script=$(realpath "$1")
 out=$(realpath "$2")
+boot_layout=${3:-separate}
 kernel=$(ls /var/cache/bootwatch-tests/kernels/*/vmlinuz-* | head -n 1)  # any real kernel image
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -31,7 +33,7 @@ root_loop=$(losetup --find --show "$work/root.img")
 boot_loop=$(losetup --find --show "$work/boot.img")
 trap 'losetup -d "$root_loop" "$boot_loop"; rm -rf "$work"' EXIT
 
-export ROOT_LOOP=$root_loop BOOT_LOOP=$boot_loop WORK=$work SCRIPT=$script OUT=$out
+export ROOT_LOOP=$root_loop BOOT_LOOP=$boot_loop WORK=$work SCRIPT=$script OUT=$out BOOT_LAYOUT=$boot_layout
 unshare --mount --propagation private bash -euo pipefail -c '
 dev=$(mktemp -d)
 mount -t tmpfs -o mode=0755 realboot-dev "$dev"
@@ -54,8 +56,12 @@ mkdir -p "$top/@/boot" "$top/@/etc/default" "$top/@/etc/grub.d" "$top/@/etc/alte
     "$top/@/dev" "$top/@/proc" "$top/@/sys" "$top/@/tmp"
 for dir in bin sbin lib lib64; do ln -s "usr/$dir" "$top/@/$dir"; done
 printf "NAME=\"Arch Linux\"\nID=arch\n" > "$top/@/etc/os-release"
-printf "UUID=%s / btrfs rw,noatime,compress=zstd:3,space_cache=v2,subvol=/@ 0 0\nUUID=%s /boot ext4 rw,relatime 0 2\n" \
-    "$root_uuid" "$boot_uuid" > "$top/@/etc/fstab"
+printf "UUID=%s / btrfs rw,noatime,compress=zstd:3,space_cache=v2,subvol=/@ 0 0\n" "$root_uuid" > "$top/@/etc/fstab"
+if [ "$BOOT_LAYOUT" = separate ]; then
+    printf "UUID=%s /boot ext4 rw,relatime 0 2\n" "$boot_uuid" >> "$top/@/etc/fstab"
+else
+    cp -R "$WORK/payload/." "$top/@/boot/"  # before the snapshots: each holds these kernels
+fi
 cp /usr/share/grub/default/grub "$top/@/etc/default/grub"
 printf "GRUB_DISTRIBUTOR=\"Arch\"\nGRUB_CMDLINE_LINUX_DEFAULT=\"loglevel=3 quiet\"\n" >> "$top/@/etc/default/grub"
 btrfs -q subvolume create "$top/@/.snapshots"
@@ -71,9 +77,11 @@ umount "$top"
 
 mnt=$WORK/mnt
 mount -o subvol=@ /dev/realboot-root "$mnt"
-mount /dev/realboot-boot "$mnt/boot"
+if [ "$BOOT_LAYOUT" = separate ]; then
+    mount /dev/realboot-boot "$mnt/boot"
+    cp -R "$WORK/payload/." "$mnt/boot/"
+fi
 mkdir -p "$mnt/boot/grub"
-cp -R "$WORK/payload/." "$mnt/boot/"
 printf "(hd0) /dev/realboot-boot\n(hd1) /dev/realboot-root\n" > "$mnt/boot/grub/device.map"
 grubd=$(mktemp -d)
 cp -a /etc/grub.d/. "$grubd/"
