@@ -27,7 +27,7 @@ without its fields.
 **Events.** Each kind of thing that bootwatch reports has an :class:`Event` with a fixed 128-bit
 ``MESSAGE_ID``, explained for ``journalctl -x`` in ``contrib/systemd/bootwatch.catalog``.
 :func:`log_event` logs one with the fields ``BOOTWATCH_EVENT``, ``BOOTWATCH_PATH``,
-``BOOTWATCH_IMAGE_ID`` and ``BOOTWATCH_STATE``.
+``BOOTWATCH_IMAGE_ID`` and ``BOOTWATCH_STATE``, and the further ones of :class:`EventFields`.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict
 
 from bootwatch.atomic import write_all
 from bootwatch.errors import printable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 IDENTIFIER = "bootwatch"
@@ -431,8 +434,28 @@ def setup_cli_logging(level: str | int, command: str, *, plain: bool = False,
 # Events
 
 
-def event_fields(event: Event, *, path: Any = None, image_id: str | None = None,
-                 state: Any = None, **fields: Any) -> dict[str, str]:
+class EventFields(TypedDict, total=False):
+    """The further fields an event may carry, each logged as ``BOOTWATCH_<NAME>`` (upper-cased).
+
+    Passed to :func:`log_event` as keywords, so a misspelt name is a type error; a value of None
+    leaves the field out. Users filter the journal by these names: never rename one.
+    """
+
+    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN: why
+    previous_image_id: str | None  # IMAGE_CHANGED
+    references: int  # IMAGE_MISSING: how many boot entries name the path
+    job: str  # JOB_FAILED
+    waited: str  # LOCK_WAIT: seconds
+    holder_pid: int | None  # LOCK_WAIT
+    holder_command: str | None  # LOCK_WAIT
+    errno: str  # IO_ERROR: the errno's name, e.g. ENOSPC
+    recorded_mode: str  # RESTORE_ATTRIBUTES_REFUSED: octal
+    recorded_uid: int  # RESTORE_ATTRIBUTES_REFUSED
+    recorded_gid: int  # RESTORE_ATTRIBUTES_REFUSED
+
+
+def event_fields(event: Event, *, path: str | os.PathLike[str] | None = None, image_id: str | None = None,
+                 state: enum.Enum | None = None, **fields: Unpack[EventFields]) -> dict[str, str]:
     """The journal fields of an event. ``fields`` become ``BOOTWATCH_<NAME>`` (upper-cased;
     a name that already starts with ``BOOTWATCH_`` is kept as it is)."""
     result = {"MESSAGE_ID": event.message_id, "BOOTWATCH_EVENT": event.name}
@@ -455,10 +478,10 @@ def event_fields(event: Event, *, path: Any = None, image_id: str | None = None,
     return result
 
 
-def log_event(logger: logging.Logger, event: Event, message: str, *args: Any,
-              level: int = logging.INFO, path: Any = None, image_id: str | None = None,
-              state: Any = None, exc_info: Any = None, stack_info: bool = False,
-              **fields: Any) -> None:
+def log_event(logger: logging.Logger, event: Event, message: str, *args: object,
+              level: int = logging.INFO, path: str | os.PathLike[str] | None = None, image_id: str | None = None,
+              state: enum.Enum | None = None, exc_info: Any = None, stack_info: bool = False,
+              **fields: Unpack[EventFields]) -> None:
     """Log ``message % args`` as ``event``, with its ``MESSAGE_ID`` and ``BOOTWATCH_*`` fields.
 
     ``exc_info=True`` adds the current traceback to the message, as with ``logger.exception``.
