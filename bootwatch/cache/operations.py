@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bootwatch.atomic import TempFile, fsync_directory
 from bootwatch.cache import mountid
@@ -38,6 +38,7 @@ from bootwatch.cache.store import (
 )
 from bootwatch.entries import bls
 from bootwatch.entries.bls import References
+from bootwatch.enums import TextEnum
 from bootwatch.errors import (
     STORAGE_ERRNOS,
     BootwatchError,
@@ -53,14 +54,24 @@ from bootwatch.errors import (
 from bootwatch.log import NOTICE, Event, log_event
 from bootwatch.safety import file_kind, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
 
+if TYPE_CHECKING:
+    from bootwatch.config import Config
+    from bootwatch.verify import ImageCheck
+
 # The format of .bootwatch-references; a record of another format is no record.
 REFERENCES_VERSION = 2
 
-CACHED = "CACHED"
-MISSING = "MISSING"
-BROKEN = "BROKEN"
-RESTORED = "RESTORED"
-UNKNOWN = "UNKNOWN"
+
+
+class PathState(TextEnum):
+    """The state of a cached path, by boom's names (what ``list`` shows and ``--json`` writes)."""
+
+    CACHED = "CACHED"  # the boot file and its newest image are there
+    RESTORED = "RESTORED"  # as CACHED, and the boot file is a restored copy of that image
+    MISSING = "MISSING"  # the image is there, the boot file is not
+    BROKEN = "BROKEN"  # the boot file is there, its newest image is not
+    UNKNOWN = "UNKNOWN"  # neither is there
+
 
 RESTORE_TEMP_PREFIX = ".bootwatch-restore."
 
@@ -115,7 +126,7 @@ class PathStatus:
     path: str
     image_id: str
     images: list[str]
-    state: str
+    state: PathState
     count: int
     image_ts: int
     mode: int
@@ -148,12 +159,12 @@ class ImageVerification:
     paths: list[str]
     ok: bool
     message: str
-    checks: list[dict] = field(default_factory=list)
+    checks: list[ImageCheck] = field(default_factory=list)
     missing: bool = False  # the image file was not there when it was to be hashed
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "message": self.message,
-                "checks": self.checks}
+                "checks": [check.to_json() for check in self.checks]}
 
 
 @dataclass
@@ -476,7 +487,7 @@ class Transaction:
             raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
                                  hint="mount the boot partition first")
         state = self.cache.path_status(self.index, path, self.references).state
-        if state != MISSING:
+        if state is not PathState.MISSING:
             raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
         image_id = self.index.newest(path)
         meta = self.index.meta(path)
@@ -587,7 +598,8 @@ class Transaction:
         if self.read_only:
             return True  # reported, not recorded: it is verified again when the cache is writable
         self.index.record_verification(result.image_id, {
-            "time": _now(), "ok": result.ok, "message": result.message, "checks": result.checks})
+            "time": _now(), "ok": result.ok, "message": result.message,
+            "checks": [check.to_json() for check in result.checks]})
         self.dirty = True
         return True
 
@@ -616,7 +628,7 @@ class BootCache:
         self._lock_refused = threading.Lock()  # the daemon's batches and jobs read entries on their threads
 
     @classmethod
-    def from_config(cls, config) -> BootCache:  # config: bootwatch.config.Config
+    def from_config(cls, config: Config) -> BootCache:
         return cls(config.paths.boot, config.paths.entries, config.paths.cache, keep=config.cache.keep,
                    runtime_dir=config.paths.runtime)
 
@@ -796,20 +808,20 @@ class BootCache:
                     ours = restored.is_file(identity_at(name))
                 except OSError:
                     ours = False
-                state = RESTORED if ours and restored.image_id == newest else CACHED
+                state = PathState.RESTORED if ours and restored.image_id == newest else PathState.CACHED
             else:
                 if restored_marker and known is None and not recorded:
                     # Restored by boom, which records no signature: hash it once, as boom does.
                     # (Everything bootwatch caches or restores has a signature, so its own entries are never read here.)
                     with contextlib.suppress(OSError, ContentChangedError):  # being rewritten: not RESTORED
                         known = hash_path(self.boot_file(path))[0].sha1
-                state = RESTORED if restored_marker and known == newest else CACHED
+                state = PathState.RESTORED if restored_marker and known == newest else PathState.CACHED
         elif image_st is not None:
-            state = MISSING
+            state = PathState.MISSING
         elif boot_st is not None:
-            state = BROKEN
+            state = PathState.BROKEN
         else:
-            state = UNKNOWN
+            state = PathState.UNKNOWN
         size = index.recorded_size(newest)
         verified = index.verification(newest)
         problem: str | None = None
@@ -943,12 +955,12 @@ class BootCache:
         if recorded is not None and recorded != digest.sha256:
             return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
         checks = self._content_checks(image_id)
-        failed = [c for c in checks if c.get("outcome") == "failed"]
+        failed = [c for c in checks if c.failed]
         if failed:
-            return ImageVerification(image_id, paths, False, failed[0].get("message", "content check failed"), checks)
+            return ImageVerification(image_id, paths, False, failed[0].message, checks)
         return ImageVerification(image_id, paths, True, "ok", checks)
 
-    def _content_checks(self, image_id: str) -> builtins.list[dict]:
+    def _content_checks(self, image_id: str) -> builtins.list[ImageCheck]:
         """Checks by kind of image (kernel, initramfs, filesystem): see :mod:`bootwatch.verify`.
 
         Filesystem images are loop-mounted under the runtime directory; without one (a library
@@ -956,7 +968,7 @@ class BootCache:
         """
         from bootwatch.verify import check_image  # loop, mount and decompressors: only verify needs them
         runtime = self.runtime_dir if self.runtime_dir is not None else self.store.directory / "run"
-        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime)).to_json()]
+        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime))]
 
     def verify(self, paths: Sequence[str] | None = None) -> builtins.list[ImageVerification]:
         """Verify the images of ``paths`` (all by default) and record the results in the index.

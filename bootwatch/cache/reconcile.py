@@ -29,7 +29,7 @@ from pathlib import Path
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import StatSignature, hash_path
 from bootwatch.cache.index import CacheIndex, is_image_id
-from bootwatch.cache.operations import RESTORE_TEMP_PREFIX, BootCache, Transaction, dangling_link
+from bootwatch.cache.operations import RESTORE_TEMP_PREFIX, BootCache, PathState, Transaction, dangling_link
 from bootwatch.cache.policy import names_pattern, tracks_all
 from bootwatch.cache.signatures import read_signatures
 from bootwatch.cache.store import IMAGE_SUFFIX, MARKER_SUFFIX, marker_path_of, restored_marker_name
@@ -410,19 +410,19 @@ class Reconciler:
             if image_gone:
                 report.broken.append(path)
                 log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
-                          level=logging.WARNING, path=path, image_id=newest, state="BROKEN")
+                          level=logging.WARNING, path=path, image_id=newest, state=PathState.BROKEN)
             report.hashed += 1
             result = txn.add(path)
             on_disk.add(result.image_id)
             if result.outcome == "cached":
                 report.cached.append(path)
                 log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
-                          path=path, image_id=result.image_id, state="CACHED")
+                          path=path, image_id=result.image_id, state=PathState.CACHED)
             elif result.outcome == "changed":
                 report.changed.append(path)
                 log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
                           result.image_id, result.previous_id, path=path, image_id=result.image_id,
-                          state="CACHED", previous_image_id=result.previous_id)
+                          state=PathState.CACHED, previous_image_id=result.previous_id)
             elif image_gone:
                 report.recopied.append(path)
                 log.info("%s: copied image %s again from the boot file", path, result.image_id)
@@ -445,7 +445,7 @@ class Reconciler:
             report.restored.append(path)
             self.reported_missing.discard(path)
             log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
-                      image_id, count, path=path, image_id=image_id, state="RESTORED")
+                      image_id, count, path=path, image_id=image_id, state=PathState.RESTORED)
             return
         self._report_missing(path, count, newest, report)
 
@@ -467,7 +467,7 @@ class Reconciler:
             if note is not None:
                 why += f"; {note}"
             log_event(log, Event.IMAGE_MISSING, "%s: removed from the boot directory (%s)", path, why,
-                      level=level, path=path, image_id=newest, state="MISSING", references=count)
+                      level=level, path=path, image_id=newest, state=PathState.MISSING, references=count)
 
     def _is_our_restored_copy(self, txn: Transaction, path: str, boot_st: os.stat_result, real: Path | None,
                               markers: set[str] | None) -> bool | None:
@@ -529,7 +529,7 @@ class Reconciler:
                 continue
             report.broken.extend(paths)
             log_event(log, Event.IMAGE_BROKEN, "image %s of %s %s", image_id, ", ".join(paths), problem,
-                      level=logging.WARNING, path=paths[0], image_id=image_id, state="BROKEN")
+                      level=logging.WARNING, path=paths[0], image_id=image_id, state=PathState.BROKEN)
             if st is not None:
                 self._set_aside(image_id, report)
             for path in paths:

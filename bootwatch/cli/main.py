@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 
 from bootwatch import __version__
 from bootwatch.cache.fsck import check_cache
-from bootwatch.cache.operations import BootCache, PathStatus
+from bootwatch.cache.operations import BootCache, PathState, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
 from bootwatch.config import Config, load_config
@@ -93,12 +93,12 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
             print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
             log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
                       result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
-                      state="CACHED", previous_image_id=result.previous_id)
+                      state=PathState.CACHED, previous_image_id=result.previous_id)
         else:
             print(f"{result.path}: {result.outcome} as {result.image_id}")
             if result.outcome == "cached":
                 log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
-                          path=result.path, image_id=result.image_id, state="CACHED")
+                          path=result.path, image_id=result.image_id, state=PathState.CACHED)
     return EXIT_OK
 
 
@@ -120,7 +120,7 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     for path, image_id in zip(paths, cache.restore(paths)):
         print(f"{path}: restored image {image_id}")
         log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore'", path, image_id,
-                  path=path, image_id=image_id, state="RESTORED")
+                  path=path, image_id=image_id, state=PathState.RESTORED)
     return EXIT_OK
 
 
@@ -178,8 +178,8 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
             print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(r.paths)}"
                   + ("" if r.ok else f": {r.message}"))
             for check in r.checks:
-                if check.get("outcome") not in ("ok", None):
-                    print(f"       {check.get('kind')}: {check.get('outcome')}: {check.get('message')}")
+                if not check.ok:
+                    print(f"       {check.kind}: {check.outcome}: {check.message}")
         if not results:
             print("nothing to verify: the cache is empty")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE

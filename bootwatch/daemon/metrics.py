@@ -25,11 +25,11 @@ from pathlib import Path
 
 from bootwatch import __version__
 from bootwatch.atomic import write_atomically
-from bootwatch.cache.operations import BROKEN, CACHED, MISSING, RESTORED, UNKNOWN, BootCache, ImageVerification
+from bootwatch.cache.operations import BootCache, ImageVerification, PathState
 from bootwatch.errors import BootwatchError, describe_oserror
 
 PREFIX = "bootwatch_"
-STATES = (CACHED, RESTORED, MISSING, BROKEN, UNKNOWN)
+STATES = tuple(PathState)
 
 Labels = tuple[tuple[str, str], ...]
 

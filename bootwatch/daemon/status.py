@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from bootwatch.atomic import write_atomically
 from bootwatch.cache.index import IMAGE_TS_RANGE
-from bootwatch.cache.operations import PathStatus
+from bootwatch.cache.operations import PathState, PathStatus
 from bootwatch.cache.proc import flock_holder_pids
 from bootwatch.errors import BootwatchError
 from bootwatch.safety import read_regular
@@ -62,8 +62,8 @@ class DaemonStatus:
                     f"{self.references_unknown}")
         counts = self.counts
         last = time.strftime("%H:%M:%S", time.localtime(self.last_reconcile or self.last_batch or self.started))
-        text = (f"watching {self.boot_dir}: {sum(counts.values())} cached, {counts.get('MISSING', 0)} missing, "
-                f"{counts.get('RESTORED', 0)} restored, last sync {last}")
+        text = (f"watching {self.boot_dir}: {sum(counts.values())} cached, {counts.get(PathState.MISSING, 0)} missing, "
+                f"{counts.get(PathState.RESTORED, 0)} restored, last sync {last}")
         if self.problems:
             text += f", {self.problems} with problems"
         if self.degraded:

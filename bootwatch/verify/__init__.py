@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional
 
+from bootwatch.enums import TextEnum
 from bootwatch.errors import NotRegularFileError
 from bootwatch.safety import open_regular
 from bootwatch.verify.fstree import FsCheckFailed, FsCheckSkipped, check_filesystem
@@ -35,35 +37,60 @@ from bootwatch.verify.initramfs import (
 from bootwatch.verify.kernel import KernelError, PeSection, bzimage_summary, is_bzimage, other_kernel, parse_pe
 from bootwatch.verify.mount import detect_fstype_bytes
 
-__all__ = ["KINDS", "OUTCOMES", "ImageCheck", "check_image"]
+__all__ = ["ImageCheck", "ImageKind", "Outcome", "check_image"]
 
-KINDS = ("kernel", "uki", "initramfs", "filesystem", "unknown")
-OUTCOMES = ("ok", "failed", "skipped", "unchecked")
 HEAD_SIZE = 0x9000  # enough for the iso9660 volume descriptor at 0x8001
+
+
+class ImageKind(TextEnum):
+    """What an image holds, found by its content."""
+
+    KERNEL = "kernel"
+    UKI = "uki"
+    INITRAMFS = "initramfs"
+    FILESYSTEM = "filesystem"
+    UNKNOWN = "unknown"
+
+
+class Outcome(TextEnum):
+    """How a check ended (see the module docstring)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNCHECKED = "unchecked"
 
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """The result of checking one image."""
+    """The result of checking one image. Made from text (as JSON has it), the kind and the
+    outcome become their members; text that is neither is a ValueError."""
 
-    kind: str
-    outcome: str
+    kind: ImageKind
+    outcome: Outcome
     message: str
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS or self.outcome not in OUTCOMES:
-            raise ValueError(f"bad ImageCheck({self.kind!r}, {self.outcome!r})")
+        try:
+            object.__setattr__(self, "kind", ImageKind(self.kind))
+            object.__setattr__(self, "outcome", Outcome(self.outcome))
+        except ValueError:
+            raise ValueError(f"bad ImageCheck({self.kind!r}, {self.outcome!r})") from None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
 
     @property
     def failed(self) -> bool:
-        return self.outcome == "failed"
+        return self.outcome is Outcome.FAILED
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind, "outcome": self.outcome, "message": self.message}
+        return {"kind": self.kind.value, "outcome": self.outcome.value, "message": self.message}
 
     @classmethod
-    def from_json(cls, data: dict[str, str]) -> ImageCheck:
-        return cls(str(data["kind"]), str(data["outcome"]), str(data["message"]))
+    def from_json(cls, data: Mapping[str, object]) -> ImageCheck:
+        return cls(ImageKind(data["kind"]), Outcome(data["outcome"]), str(data["message"]))
 
 
 class _TimedOut(Exception):
@@ -86,19 +113,19 @@ def _initramfs(f: BinaryIO, start: int, end: int,
     try:
         summary = check_initramfs(f, start, end, check_deadline)
     except ToolMissing as err:
-        return ImageCheck("initramfs", "unchecked", f"not checked: {err.args[0]} not installed")
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, f"not checked: {err.args[0]} not installed")
     except ArchiveError as err:
-        return ImageCheck("initramfs", "failed", str(err))
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
     except _TimedOut as err:
-        return ImageCheck("initramfs", "unchecked", str(err))
-    return ImageCheck("initramfs", "ok", f"initramfs: {summary}")
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, str(err))
+    return ImageCheck(ImageKind.INITRAMFS, Outcome.OK, f"initramfs: {summary}")
 
 
 def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
         check_deadline: Callable[[], None] | None) -> ImageCheck:
     names = [name for name, _, _ in sections]
     if ".linux" not in names:
-        return ImageCheck("kernel", "ok", f"{prefix}PE/COFF image, {len(sections)} sections")
+        return ImageCheck(ImageKind.KERNEL, Outcome.OK, f"{prefix}PE/COFF image, {len(sections)} sections")
     message = f"UKI: PE/COFF image, sections {' '.join(names)}"
     for name, offset, size in sections:
         if name == ".linux":
@@ -108,13 +135,13 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
                 try:
                     bzimage_summary(head, size)
                 except KernelError as err:
-                    return ImageCheck("uki", "failed", f".linux section: {err}")
+                    return ImageCheck(ImageKind.UKI, Outcome.FAILED, f".linux section: {err}")
         if name == ".initrd" and size:
             inner = _initramfs(f, offset, offset + size, check_deadline)
-            if inner.outcome != "ok":
-                return ImageCheck("uki", inner.outcome, f".initrd section: {inner.message}")
+            if not inner.ok:
+                return ImageCheck(ImageKind.UKI, inner.outcome, f".initrd section: {inner.message}")
             message += f"; .initrd: {inner.message.split(': ', 1)[1]}"
-    return ImageCheck("uki", "ok", message)
+    return ImageCheck(ImageKind.UKI, Outcome.OK, message)
 
 
 def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
@@ -126,15 +153,15 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
             sections = parse_pe(f, head, size)
             if sections is not None:
                 return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline)
-            return ImageCheck("kernel", "ok", summary)
+            return ImageCheck(ImageKind.KERNEL, Outcome.OK, summary)
         sections = parse_pe(f, head, size)
     except KernelError as err:
-        return ImageCheck("kernel", "failed", str(err))
+        return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, str(err))
     if sections is not None:
         return _pe(f, sections, "", check_deadline)
     other = other_kernel(head)
     if other is not None:
-        return ImageCheck("kernel", "unchecked", f"not checked: {other} (format recognised)")
+        return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED, f"not checked: {other} (format recognised)")
     if head[:6] in CPIO_MAGICS:
         return _initramfs(f, 0, size, check_deadline)
     fstype = detect_fstype_bytes(head)
@@ -142,29 +169,29 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
         try:
             summary = check_filesystem(path, fstype, runtime_dir, check_deadline)
         except FsCheckSkipped as err:
-            return ImageCheck("filesystem", "skipped", str(err))
+            return ImageCheck(ImageKind.FILESYSTEM, Outcome.SKIPPED, str(err))
         except FsCheckFailed as err:
-            return ImageCheck("filesystem", "failed", str(err))
+            return ImageCheck(ImageKind.FILESYSTEM, Outcome.FAILED, str(err))
         except _TimedOut as err:
-            return ImageCheck("filesystem", "unchecked", str(err))
-        return ImageCheck("filesystem", "ok", summary)
+            return ImageCheck(ImageKind.FILESYSTEM, Outcome.UNCHECKED, str(err))
+        return ImageCheck(ImageKind.FILESYSTEM, Outcome.OK, summary)
     method = compression_of(head)
     if method is not None:
         try:
             inner = peek_decompressed(f, 0, size, method)
         except ToolMissing as err:
-            return ImageCheck("initramfs", "unchecked", f"not checked: {err.args[0]} not installed")
+            return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, f"not checked: {err.args[0]} not installed")
         except ArchiveError as err:
-            return ImageCheck("initramfs", "failed", str(err))
+            return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
         if inner.lstrip(b"\0")[:6] in CPIO_MAGICS:
             return _initramfs(f, 0, size, check_deadline)
         other = other_kernel(inner) or ("x86 bzImage" if is_bzimage(inner) else None)
         if other is not None:
-            return ImageCheck("kernel", "unchecked",
+            return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED,
                               f"not checked: {method}-compressed {other} (format recognised)")
-        return ImageCheck("unknown", "unchecked", f"not checked: {method}-compressed data that "
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, f"not checked: {method}-compressed data that "
                           "is neither a cpio archive nor a kernel")
-    return ImageCheck("unknown", "unchecked", "not checked: not a kernel, initramfs or "
+    return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, "not checked: not a kernel, initramfs or "
                       "filesystem image that bootwatch knows")
 
 
@@ -180,9 +207,9 @@ def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None) 
             size = os.fstat(f.fileno()).st_size
             return _by_content(path, f, size, runtime_dir, _deadline(timeout))
     except _TimedOut as err:
-        return ImageCheck("unknown", "unchecked", str(err))
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, str(err))
     except NotRegularFileError as err:
-        return ImageCheck("unknown", "failed", str(err))
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED, str(err))
     except OSError as err:
-        return ImageCheck("unknown", "failed",
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED,
                           f"{path}: cannot read: {os.strerror(err.errno or 0).lower()}")
