@@ -58,6 +58,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
+from bootwatch.enums import TextEnum
 from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
 from bootwatch.safety import read_regular
 
@@ -66,7 +67,16 @@ CONFIG_ENV = "BOOTWATCH_CONFIG"
 RUNTIME_ENV = "RUNTIME_DIRECTORY"
 DEFAULT_RUNTIME = Path("/run/bootwatch")
 
-TRACK_VALUES = ("referenced", "all")
+
+
+class Track(TextEnum):
+    """``[cache] track``: which boot files are cached (see bootwatch.cache.policy)."""
+
+    REFERENCED = "referenced"  # what a BLS entry names
+    ALL = "all"  # also every file of the boot directory that matches [cache] patterns
+
+
+TRACK_VALUES = tuple(track.value for track in Track)
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
 
 DURATION_EXAMPLES = '"250ms", "30s", "15m", "1h" or "1d"'
@@ -109,7 +119,7 @@ class PathsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CacheConfig:
-    track: str
+    track: Track
     patterns: tuple[str, ...]
     keep: int
     auto_restore: bool
@@ -247,14 +257,14 @@ def format_duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def _render(kind: str, value: Any) -> str:
-    if kind == "duration":
+def _render(kind: ValueKind, value: Any) -> str:
+    if kind is ValueKind.DURATION:
         return json.dumps(format_duration(value))
-    if kind == "bool":
+    if kind is ValueKind.BOOL:
         return "true" if value else "false"
-    if kind == "int":
+    if kind is ValueKind.INT:
         return str(value)
-    if kind == "patterns":
+    if kind is ValueKind.PATTERNS:
         return "[" + ", ".join(json.dumps(p) for p in value) + "]"
     # Paths and strings. JSON string escapes are valid TOML basic-string escapes.
     return json.dumps(str(value))
@@ -328,10 +338,10 @@ def _check_optional_path(value: Any) -> Path | None:
     return Path(os.path.normpath(value))
 
 
-def _check_track(value: Any) -> str:
+def _check_track(value: Any) -> Track:
     if value not in TRACK_VALUES:
         raise _Invalid('"referenced" or "all"')
-    return str(value)
+    return Track(value)
 
 
 def _check_patterns(value: Any) -> tuple[str, ...]:
@@ -388,10 +398,23 @@ def _check_level(value: Any) -> str:
 # The schema: every section and key, with its default and what it does
 
 
+class ValueKind(TextEnum):
+    """What a key's value is: how it is checked, rendered and explained."""
+
+    PATH = "path"
+    OPTIONAL_PATH = "optional_path"
+    ENUM = "enum"
+    PATTERNS = "patterns"
+    INT = "int"
+    BOOL = "bool"
+    DURATION = "duration"
+    LEVEL = "level"
+
+
 @dataclasses.dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # path | optional_path | enum | patterns | int | bool | duration | level
+    kind: ValueKind
     check: Callable[[Any], Any]
     default: Any  # the TOML value; None: derived or not set (see the help)
     help: str
@@ -408,48 +431,48 @@ class Section:
 
 SCHEMA: tuple[Section, ...] = (
     Section("paths", (
-        Key("boot", "path", _check_directory, "/boot",
+        Key("boot", ValueKind.PATH, _check_directory, "/boot",
             "The boot directory that holds the images and the BLS entries."),
-        Key("entries", "path", _check_path, None,
+        Key("entries", ValueKind.PATH, _check_path, None,
             'The BLS entries directory. Default: "<boot>/loader/entries", following boot.'),
-        Key("cache", "path", _check_directory, "/var/lib/bootwatch/cache",
+        Key("cache", ValueKind.PATH, _check_directory, "/var/lib/bootwatch/cache",
             "The boom-compatible image cache (<sha1>.img files and cacheindex.json)."),
-        Key("runtime", "path", _check_directory, None,
+        Key("runtime", ValueKind.PATH, _check_directory, None,
             "Where the daemon keeps its state file. Default: $RUNTIME_DIRECTORY (systemd's "
             'RuntimeDirectory=), else "/run/bootwatch".'),
     )),
     Section("cache", (
-        Key("track", "enum", _check_track, "referenced",
+        Key("track", ValueKind.ENUM, _check_track, "referenced",
             '"referenced": cache the images that a BLS entry names; '
             '"all": cache every file in the boot directory that matches patterns.'),
-        Key("patterns", "patterns", _check_patterns,
+        Key("patterns", ValueKind.PATTERNS, _check_patterns,
             ("vmlinuz-*", "vmlinux-*", "initramfs-*", "initrd*", "*.efi"),
             'Globs of the files to cache with track = "all".'),
-        Key("keep", "int", _check_keep, 2,
+        Key("keep", ValueKind.INT, _check_keep, 2,
             "How many images to keep per path: cleaning removes older ones."),
-        Key("auto_restore", "bool", _check_bool, True,
+        Key("auto_restore", ValueKind.BOOL, _check_bool, True,
             "Restore a referenced image that disappears from the boot directory."),
     )),
     Section("watch", (
-        Key("settle", "duration", _bounded_duration("settle"), "250ms",
+        Key("settle", ValueKind.DURATION, _bounded_duration("settle"), "250ms",
             "How long a burst of file events must be quiet before bootwatch acts on it."),
-        Key("rescan_interval", "duration", _bounded_duration("rescan_interval"), "15m",
+        Key("rescan_interval", ValueKind.DURATION, _bounded_duration("rescan_interval"), "15m",
             "How often to reconcile the whole boot directory, a safety net for lost events."),
     )),
     Section("log", (
-        Key("level", "level", _check_level, "info",
+        Key("level", ValueKind.LEVEL, _check_level, "info",
             'Log level: "debug", "info", "notice", "warning" or "error".'),
     )),
     Section("jobs", (
-        Key("clean_interval", "duration", _bounded_duration("clean_interval"), "1h",
+        Key("clean_interval", ValueKind.DURATION, _bounded_duration("clean_interval"), "1h",
             "How often to clean the cache (as 'bootwatch clean')."),
-        Key("gc_interval", "duration", _bounded_duration("gc_interval"), "1m",
+        Key("gc_interval", ValueKind.DURATION, _bounded_duration("gc_interval"), "1m",
             "How often to remove pin links whose owner is dead (as 'bootwatch gc')."),
-        Key("verify_interval", "duration", _bounded_duration("verify_interval"), "1d",
+        Key("verify_interval", ValueKind.DURATION, _bounded_duration("verify_interval"), "1d",
             "The period over which every cached image is re-hashed once."),
     )),
     Section("metrics", (
-        Key("textfile", "optional_path", _check_optional_path, None,
+        Key("textfile", ValueKind.OPTIONAL_PATH, _check_optional_path, None,
             "node_exporter textfile-collector output, e.g. "
             '"/var/lib/prometheus/node-exporter/bootwatch.prom". Not set: no metrics.'),
     )),
@@ -470,12 +493,12 @@ def _render_defaults() -> str:
         lines.append(f"[{section.name}]")
         for key in section.keys:
             lines.append(f"# {key.help}")
-            if key.kind == "duration":
+            if key.kind is ValueKind.DURATION:
                 low, high = DURATION_BOUNDS[key.name]
                 lines.append(f"# From {format_duration(low)} to {format_duration(high)}.")
             if key.default is None:
                 lines.append(f"# {key.name} =")
-            elif key.kind == "duration":
+            elif key.kind is ValueKind.DURATION:
                 lines.append(f"{key.name} = {json.dumps(key.default)}")
             else:
                 lines.append(f"{key.name} = {_render(key.kind, key.default)}")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Callable
 
 from bootwatch.cache.operations import BootCache
-from bootwatch.config import Config
+from bootwatch.config import Config, Track
 from bootwatch.errors import UnsafePathError
 
 
@@ -35,7 +35,7 @@ def matches_patterns(path: str, patterns: Iterable[str]) -> bool:
 
 
 def tracks_all(config: Config) -> bool:
-    return config.cache.track == "all"
+    return config.cache.track is Track.ALL
 
 
 def keep_unreferenced_predicate(config: Config, cache: BootCache) -> Callable[[str], bool]:
