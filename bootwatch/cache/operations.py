@@ -145,11 +145,19 @@ class PathStatus:
         }
 
 
+class AddOutcome(TextEnum):
+    """What adding a boot file did."""
+
+    CACHED = "cached"  # the path's first image
+    CHANGED = "changed"  # a new image id for a path cached before
+    UNCHANGED = "unchanged"  # the newest image is the file's content already
+
+
 @dataclass
 class AddResult:
     path: str
     image_id: str
-    outcome: str  # "cached" (first image), "changed" (new image id), "unchanged"
+    outcome: AddOutcome
     previous_id: str | None = None
 
 
@@ -267,7 +275,7 @@ class Transaction:
             previous = self.index.newest(path) if path in self.index else None
             known = self.index.known_content(path, signature) if path in self.index else None
             if known is not None and known == previous and store.has_image(known) and not recopy:
-                return AddResult(path, known, "unchanged", previous)
+                return AddResult(path, known, AddOutcome.UNCHANGED, previous)
             try:
                 with store.temp_file() as tmp:
                     os.fchmod(tmp.fd, 0o644)
@@ -289,11 +297,11 @@ class Transaction:
                 raise BootwatchError(f"cannot cache it: {describe_oserror(e)}", path=real) from None
         self._record(path, digest, st, signature)
         if previous is None:
-            outcome = "cached"
+            outcome = AddOutcome.CACHED
         elif previous == digest.sha1:
-            outcome = "unchanged"
+            outcome = AddOutcome.UNCHANGED
         else:
-            outcome = "changed"
+            outcome = AddOutcome.CHANGED
         return AddResult(path, digest.sha1, outcome, previous)
 
     def _record(self, path: str, digest: Digest, st: os.stat_result, signature: StatSignature) -> None:

@@ -29,7 +29,14 @@ from pathlib import Path
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import StatSignature, hash_path
 from bootwatch.cache.index import CacheIndex, is_image_id
-from bootwatch.cache.operations import RESTORE_TEMP_PREFIX, BootCache, PathState, Transaction, dangling_link
+from bootwatch.cache.operations import (
+    RESTORE_TEMP_PREFIX,
+    AddOutcome,
+    BootCache,
+    PathState,
+    Transaction,
+    dangling_link,
+)
 from bootwatch.cache.policy import names_pattern, tracks_all
 from bootwatch.cache.signatures import read_signatures
 from bootwatch.cache.store import IMAGE_SUFFIX, MARKER_SUFFIX, marker_path_of, restored_marker_name
@@ -414,11 +421,11 @@ class Reconciler:
             report.hashed += 1
             result = txn.add(path)
             on_disk.add(result.image_id)
-            if result.outcome == "cached":
+            if result.outcome is AddOutcome.CACHED:
                 report.cached.append(path)
                 log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
                           path=path, image_id=result.image_id, state=PathState.CACHED)
-            elif result.outcome == "changed":
+            elif result.outcome is AddOutcome.CHANGED:
                 report.changed.append(path)
                 log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
                           result.image_id, result.previous_id, path=path, image_id=result.image_id,

@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 
 from bootwatch import __version__
 from bootwatch.cache.fsck import check_cache
-from bootwatch.cache.operations import BootCache, PathState, PathStatus
+from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
 from bootwatch.config import Config, load_config
@@ -89,14 +89,14 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
     log_changes("add")
     cache = BootCache.from_config(config)
     for result in cache.add(boot_paths(cache, args.paths)):
-        if result.outcome == "changed":
+        if result.outcome is AddOutcome.CHANGED:
             print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
             log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
                       result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
                       state=PathState.CACHED, previous_image_id=result.previous_id)
         else:
             print(f"{result.path}: {result.outcome} as {result.image_id}")
-            if result.outcome == "cached":
+            if result.outcome is AddOutcome.CACHED:
                 log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
                           path=result.path, image_id=result.image_id, state=PathState.CACHED)
     return EXIT_OK
