@@ -11,6 +11,10 @@ import errno as errno_module
 import os
 import re
 from pathlib import Path
+from typing import Union
+
+# A file name as bootwatch's errors take it: a str or a pathlib.Path (any os.PathLike of str).
+StrPath = Union[str, "os.PathLike[str]"]
 
 # Exit codes, as in sysexits.h where one fits.
 EXIT_OK = 0
@@ -25,7 +29,7 @@ class BootwatchError(Exception):
     exit_code = EXIT_FAILURE
 
     def __init__(self, message: str, *, hint: str | None = None,
-                 path: str | Path | None = None) -> None:
+                 path: StrPath | None = None) -> None:
         self.message = f"{path}: {message}" if path is not None else message
         self.hint = hint
         super().__init__(self.message)
@@ -56,7 +60,7 @@ class CacheMissingError(BootwatchError):
     would hide a mistyped --cache-dir or [paths] cache, and creating it would write where
     nothing was asked to be written."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: StrPath) -> None:
         super().__init__("no cache directory: bootwatch has cached nothing here yet", path=directory,
                          hint="the daemon (bootwatch run, or its service) or 'bootwatch add' creates it with "
                               "the first image; if you meant another cache, check --cache-dir or [paths] cache")
@@ -84,7 +88,7 @@ class NotRegularFileError(BootwatchError, OSError):
     same way, and ``strerror`` says what the file is.
     """
 
-    def __init__(self, path: str | Path, kind: str, *, hint: str | None = None,
+    def __init__(self, path: StrPath, kind: str, *, hint: str | None = None,
                  what: str | None = None) -> None:
         """``what`` replaces "is a KIND, not a regular file": a regular file on procfs, or one
         reached through a symlink out of the filesystem it must be on."""
@@ -102,7 +106,7 @@ class FileTooLargeError(BootwatchError, OSError):
     cannot read as unreadable or missing (a derived file) handles this the same way.
     """
 
-    def __init__(self, path: str | Path, limit: int) -> None:
+    def __init__(self, path: StrPath, limit: int) -> None:
         super().__init__(f"is larger than {format_size(limit)}; not reading it", path=path)
         self.errno = errno_module.EFBIG
         self.strerror = f"is larger than {format_size(limit)}"
@@ -128,7 +132,7 @@ class StorageError(BootwatchError):
     of the same failure, as the daemon does).
     """
 
-    def __init__(self, err: OSError, path: str | Path, what: str, *, hint: str | None = None) -> None:
+    def __init__(self, err: OSError, path: StrPath, what: str, *, hint: str | None = None) -> None:
         self.errno = err.errno or 0
         self.filename = str(path)
         name = errno_module.errorcode.get(self.errno, str(self.errno))
@@ -139,12 +143,12 @@ class StorageError(BootwatchError):
 class CacheReadOnlyError(StorageError):
     """The cache is on a read-only file system: it can be read (restores work), not changed."""
 
-    def __init__(self, path: str | Path, what: str) -> None:
+    def __init__(self, path: StrPath, what: str) -> None:
         super().__init__(OSError(errno_module.EROFS, os.strerror(errno_module.EROFS)), path, what,
                          hint="remount the cache's file system read-write; restores from it go on meanwhile")
 
 
-def storage_error(err: OSError, path: str | Path, what: str) -> BootwatchError:
+def storage_error(err: OSError, path: StrPath, what: str) -> BootwatchError:
     """The error to raise for ``err`` on a cache file: a :class:`StorageError` for a failing file
     system, otherwise a plain error naming the file."""
     if err.errno == errno_module.EROFS:
@@ -164,7 +168,7 @@ STORAGE_ERRNOS = frozenset({errno_module.ENOSPC, errno_module.EDQUOT, errno_modu
 class IndexCorruptError(BootwatchError):
     """``cacheindex.json`` cannot be read or does not have boom's structure."""
 
-    def __init__(self, message: str, *, path: str | Path) -> None:
+    def __init__(self, message: str, *, path: StrPath) -> None:
         super().__init__(message, path=path,
                          hint="nothing was changed; run 'bootwatch fsck --repair' to rebuild the "
                               "index from the images (the corrupt file is kept)")
@@ -175,7 +179,7 @@ class IndexMissingError(IndexCorruptError):
     the images are cached for is unknown. Not an empty cache (that has neither), so nothing may
     be deleted on its strength; ``fsck --repair`` rebuilds an index from the images."""
 
-    def __init__(self, path: str | Path, images: int) -> None:
+    def __init__(self, path: StrPath, images: int) -> None:
         BootwatchError.__init__(
             self, f"is missing, but the cache holds {images} image{'' if images == 1 else 's'}: the index was "
             "lost (this is not an empty cache), so which paths they keep is unknown", path=path,
@@ -191,7 +195,7 @@ class ContentChangedError(BootwatchError):
     takes a digest of it as the file's content.
     """
 
-    def __init__(self, path: str | Path, message: str = "changed while it was being read",
+    def __init__(self, path: StrPath, message: str = "changed while it was being read",
                  *, hint: str | None = "try again once it is complete") -> None:
         super().__init__(message, path=path, hint=hint)
         self.path = Path(path)
@@ -204,13 +208,13 @@ class OpenForWritingError(ContentChangedError):
     (the daemon on the writer's close, or on its retry; a command when run again).
     """
 
-    def __init__(self, path: str | Path,
+    def __init__(self, path: StrPath,
                  message: str = "is still being written: another process has it open for writing") -> None:
         super().__init__(path, message, hint="try again once the program writing it has finished "
                                              "(the daemon caches it by itself when the writer closes it)")
 
 
-def describe_oserror(err: OSError, *, path: str | Path | None = None) -> str:
+def describe_oserror(err: OSError, *, path: StrPath | None = None) -> str:
     """``[Errno 28] No space left on device: 'x'`` becomes ``x: no space left on device``.
 
     ``path`` names the file when the error does not: an error of a read through a descriptor
