@@ -51,7 +51,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -101,6 +101,8 @@ SYSTEM_DIRECTORIES = frozenset(map(Path, (
     "/usr/local", "/etc", "/var", "/var/lib", "/home", "/root", "/tmp", "/var/tmp", "/run", "/srv", "/opt", "/mnt",
     "/media", "/proc", "/sys", "/dev")))
 VIRTUAL_TREES = tuple(map(Path, ("/proc", "/sys", "/dev")))
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,40 +648,43 @@ def _merge(settings: dict[tuple[str, str], _Setting], path: Path, text: str) -> 
 
 def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ...],
            environ: Mapping[str, str]) -> Config:
-    def get(section: str, name: str) -> Any:
+    def get(section: str, name: str, kind: type[T]) -> T:
+        """The checked value of ``[section] name`` (its default when no file set it): a ``kind``,
+        as the key's check returns."""
         if (section, name) in settings:
-            return settings[(section, name)].value
-        key = next(s for s in SCHEMA if s.name == section).key(name)
-        assert key is not None and key.default is not None
-        return key.check(key.default)
+            value = settings[(section, name)].value
+        else:
+            key = next(s for s in SCHEMA if s.name == section).key(name)
+            assert key is not None and key.default is not None
+            value = key.check(key.default)
+        if not isinstance(value, kind):
+            raise TypeError(f"[{section}] {name}: its check gave a {type(value).__name__}, not a {kind.__name__}")
+        return value
 
-    boot, cache = get("paths", "boot"), get("paths", "cache")
+    boot, cache = get("paths", "boot", Path), get("paths", "cache", Path)
     problem = layout_problem(boot, cache)
     if problem is not None:
         # Named by the file that set the cache directory (else the boot directory).
         setting = settings.get(("paths", "cache")) or settings.get(("paths", "boot"))
         raise ConfigError(f"[paths]: {problem}", path=setting.source if setting and setting.source else None)
     entries_explicit = ("paths", "entries") in settings
-    entries = settings[("paths", "entries")].value if entries_explicit else \
-        boot / "loader" / "entries"
-    if ("paths", "runtime") in settings:
-        runtime = settings[("paths", "runtime")].value
-    else:
-        runtime = _runtime_from_environment(environ)
-    textfile = settings[("metrics", "textfile")].value \
-        if ("metrics", "textfile") in settings else None
+    entries = get("paths", "entries", Path) if entries_explicit else boot / "loader" / "entries"
+    runtime = get("paths", "runtime", Path) if ("paths", "runtime") in settings \
+        else _runtime_from_environment(environ)
+    # Set to "" in a file: not set, None.
+    textfile: Path | None = settings[("metrics", "textfile")].value if ("metrics", "textfile") in settings else None
 
     return Config(
         paths=PathsConfig(boot=boot, entries=entries, cache=cache,
                           runtime=runtime, entries_explicit=entries_explicit),
-        cache=CacheConfig(track=get("cache", "track"), patterns=get("cache", "patterns"),
-                          keep=get("cache", "keep"), auto_restore=get("cache", "auto_restore")),
-        watch=WatchConfig(settle=get("watch", "settle"),
-                          rescan_interval=get("watch", "rescan_interval")),
-        log=LogConfig(level=get("log", "level")),
-        jobs=JobsConfig(clean_interval=get("jobs", "clean_interval"),
-                        gc_interval=get("jobs", "gc_interval"),
-                        verify_interval=get("jobs", "verify_interval")),
+        cache=CacheConfig(track=get("cache", "track", Track), patterns=get("cache", "patterns", tuple),
+                          keep=get("cache", "keep", int), auto_restore=get("cache", "auto_restore", bool)),
+        watch=WatchConfig(settle=get("watch", "settle", float),
+                          rescan_interval=get("watch", "rescan_interval", float)),
+        log=LogConfig(level=get("log", "level", str)),
+        jobs=JobsConfig(clean_interval=get("jobs", "clean_interval", float),
+                        gc_interval=get("jobs", "gc_interval", float),
+                        verify_interval=get("jobs", "verify_interval", float)),
         metrics=MetricsConfig(textfile=textfile),
         sources=sources,
     )
