@@ -120,6 +120,26 @@ def dangling_link(name: Path) -> str | None:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """The last verification of an image as the index records it (see CacheIndex.verification)."""
+
+    time: float | None  # None: not recorded as a time
+    ok: bool
+    message: str
+    checks: list[dict[str, Any]]  # as recorded (flat objects): written out by --json, never read
+
+    @classmethod
+    def recorded(cls, index: CacheIndex, image_id: str) -> Verification | None:
+        verified = index.verification(image_id)
+        if verified is None:
+            return None
+        return cls(verified["time"], verified["ok"], verified["message"], verified["checks"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "ok": self.ok, "message": self.message, "checks": self.checks}
+
+
+@dataclass(frozen=True)
 class PathStatus:
     """What ``list`` and ``show`` report for one cached path."""
 
@@ -134,14 +154,14 @@ class PathStatus:
     gid: int
     boot_changed: bool
     image_problem: str | None
-    verified: dict | None
+    verified: Verification | None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path, "image_id": self.image_id, "state": self.state, "count": self.count,
             "images": self.images, "image_ts": self.image_ts, "mode": self.mode, "uid": self.uid,
             "gid": self.gid, "boot_changed": self.boot_changed, "image_problem": self.image_problem,
-            "verified": self.verified,
+            "verified": self.verified.to_json() if self.verified is not None else None,
         }
 
 
@@ -831,14 +851,14 @@ class BootCache:
         else:
             state = PathState.UNKNOWN
         size = index.recorded_size(newest)
-        verified = index.verification(newest)
+        verified = Verification.recorded(index, newest)
         problem: str | None = None
         if image_st is None:
             problem = "image file missing"
         elif size is not None and image_st.st_size != size:
             problem = f"image size {image_st.st_size} differs from the {size} bytes cached"
-        elif verified is not None and not verified["ok"]:
-            problem = f"failed verification: {verified['message']}"
+        elif verified is not None and not verified.ok:
+            problem = f"failed verification: {verified.message}"
         meta = index.meta(path)
         return PathStatus(path=path, image_id=newest, images=index.images_newest_first(path), state=state,
                           count=references.get(path, 0), image_ts=index.image_ts(newest), mode=meta.mode,

@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 
 from bootwatch import __version__
 from bootwatch.cache.fsck import check_cache
-from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus
+from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus, Verification
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
 from bootwatch.config import Config, load_config
@@ -63,11 +63,11 @@ def print_json(value: object) -> None:
     sys.stdout.write("\n")
 
 
-def verification_summary(verified: dict | None) -> str:
-    if not verified:
+def verification_summary(verified: Verification | None) -> str:
+    if verified is None:
         return "never"
-    outcome = "ok" if verified.get("ok") else "FAILED"
-    return f"{outcome} {format_time(verified.get('time'))}"
+    outcome = "ok" if verified.ok else "FAILED"
+    return f"{outcome} {format_time(verified.time)}"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -156,7 +156,7 @@ def render_status(cache: BootCache, s: PathStatus) -> str:
         f"Entries:    {s.count}",
         f"Mode:       {stat.filemode(s.mode)} ({stat.S_IMODE(s.mode):04o}) uid {s.uid} gid {s.gid}",
         f"Verified:   {verification_summary(s.verified)}"
-        + (f" ({s.verified.get('message')})" if s.verified and not s.verified.get("ok") else ""),
+        + (f" ({s.verified.message})" if s.verified is not None and not s.verified.ok else ""),
     ]
     if s.image_problem:
         lines.append(f"Problem:    {s.image_problem}")

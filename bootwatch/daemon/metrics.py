@@ -138,7 +138,7 @@ class Metrics:
                        [((), sum(1 for s in statuses if s.image_problem))])
             out.family("images_verification_failed", "gauge",
                        "Cached paths whose newest image failed its last verification.",
-                       [((), sum(1 for s in statuses if s.verified and not s.verified.get("ok", True)))])
+                       [((), sum(1 for s in statuses if s.verified is not None and not s.verified.ok))])
         try:
             references_unknown = cache.references().unknown is not None
         except (BootwatchError, OSError):
