@@ -13,9 +13,10 @@ What is understood is what ``grub-mkconfig`` writes on Debian, Ubuntu and Arch (
   ``submenu TITLE ... { BODY }``, nested. ``$menuentry_id_option`` is ``--id`` (00_header sets it
   whenever GRUB has ``feature_menuentry_id``, which every GRUB 2 since 2.00 has).
 - in a body: ``linux``/``linuxefi``/``linux16`` (kernel and options), ``initrd``/``initrdefi``/
-  ``initrd16`` (one or several images), ``devicetree``, ``chainloader``; the partition a path is
-  on from ``search [--no-floppy] --fs-uuid|--label --set=root [--hint...] KEY`` (and
-  ``search.fs_uuid``/``search.fs_label``), ``set root=DEVICE`` and ``(DEVICE)/path``.
+  ``initrd16`` (one or several images), ``devicetree``, ``chainloader``, and 20_linux_xen's
+  ``multiboot``/``multiboot2`` with ``module``/``module2`` (Xen, its dom0 kernel and initrd); the
+  partition a path is on from ``search [--no-floppy] --fs-uuid|--label --set=root [--hint...]
+  KEY`` (and ``search.fs_uuid``/``search.fs_label``), ``set root=DEVICE`` and ``(DEVICE)/path``.
 - ``configfile``, ``source`` and ``normal`` include another file: followed only when it is in
   the directory that holds ``grub.cfg`` (spelt ``$prefix/``, ``$config_directory/``,
   ``/grub/`` or ``/boot/grub/`` with the directory's own name), so grub-btrfs's
@@ -82,6 +83,11 @@ bounds the reader's recursion well below Python's limit."""
 
 KERNEL_COMMANDS = frozenset({"linux", "linuxefi", "linux16"})
 INITRD_COMMANDS = frozenset({"initrd", "initrdefi", "initrd16"})
+# 20_linux_xen: the hypervisor, then the dom0 kernel and its initrd as modules.
+HYPERVISOR_COMMANDS = frozenset({"multiboot", "multiboot2", "xen_hypervisor"})
+MODULE_COMMANDS = frozenset({"module", "module2", "xen_module"})
+LOAD_COMMANDS = KERNEL_COMMANDS | INITRD_COMMANDS | HYPERVISOR_COMMANDS | MODULE_COMMANDS | {"devicetree",
+                                                                                              "chainloader"}
 INCLUDE_COMMANDS = frozenset({"configfile", "source", ".", "normal"})
 # Read in order whatever their condition: see the module docstring.
 TRANSPARENT_KEYWORDS = frozenset({"if", "then", "elif", "else", "fi", "while", "until", "do", "done", "!"})
@@ -387,6 +393,7 @@ class _EntryBuilder:
     origin: Path
     kernel: BootFile | None = None
     options: str = ""
+    modules: tuple[BootFile, ...] = ()
     initrds: tuple[BootFile, ...] = ()
     devicetree: BootFile | None = None
     efi: BootFile | None = None
@@ -526,7 +533,7 @@ class _Reader:
                 self._walk_entry(node.body, scope, builder)
 
     def _finish(self, b: _EntryBuilder) -> None:
-        files = tuple(f for f in (b.kernel, *b.initrds, b.devicetree, b.efi) if f is not None)
+        files = tuple(f for f in (b.kernel, *b.modules, *b.initrds, b.devicetree, b.efi) if f is not None)
         if not files:
             log.debug("%s: menuentry %r loads no file; not a boot entry", b.origin, b.title)
             return
@@ -535,7 +542,8 @@ class _Reader:
         self.ids[entry_id] = seen
         if seen > 1:  # grub-btrfs gives every kernel of a snapshot the same id
             entry_id = f"{entry_id}#{seen}"
-        version = _version_from_kernel(b.kernel.path) if b.kernel is not None else None
+        kernels = (_version_from_kernel(f.path) for f in files if f.role is FileRole.KERNEL)
+        version = next((v for v in kernels if v is not None), None)
         self.entries.append(Entry(EntrySource.GRUB, entry_id, b.title, version, files, b.options, b.origin))
 
     # -- commands --
@@ -553,7 +561,7 @@ class _Reader:
         handler = self._HANDLERS.get(name)
         if handler is not None:
             handler(self, words, scope, builder)
-        elif name in KERNEL_COMMANDS or name in INITRD_COMMANDS or name in ("devicetree", "chainloader"):
+        elif name in LOAD_COMMANDS:
             if builder is None:
                 log.debug("%s: line %d: %s outside a menuentry is skipped", scope.origin, words[0].line, name)
             else:
@@ -680,7 +688,9 @@ class _Reader:
                   "they are the BLS source's, not read here", scope.origin, words[0].line)
 
     def _load(self, name: str, words: list[_Word], scope: _Scope, builder: _EntryBuilder) -> None:
-        if name in KERNEL_COMMANDS:
+        if name in HYPERVISOR_COMMANDS or name in MODULE_COMMANDS:
+            self._multiboot(name, words, scope, builder)
+        elif name in KERNEL_COMMANDS:
             fields = self._expand(words[1], scope, "path") if len(words) > 1 else []
             options = fields[1:] + [a for w in words[2:] for a in self._expand(w, scope, "option")]
             if not fields:
@@ -700,6 +710,31 @@ class _Reader:
             paths = [a for w in words[1:] for a in self._expand(w, scope, "path") if not a.startswith("--")]
             if paths and not paths[0].startswith("+") and not paths[0].endswith(")+1"):
                 builder.efi = self._file(paths[0], FileRole.EFI, scope)
+
+    def _multiboot(self, name: str, words: list[_Word], scope: _Scope, builder: _EntryBuilder) -> None:
+        """``multiboot2 /xen.gz placeholder ARGS``, ``module2 /vmlinuz placeholder ARGS``,
+        ``module2 --nounzip /initrd.img``: the hypervisor, then the dom0 kernel, then its initrd.
+
+        A module command loads one file; the words after it are its command line, whose first
+        word (20_linux_xen's ``placeholder``) is its name. 20_linux_xen writes early microcode and
+        the initrd on one ``module2`` line: GRUB then loads only the first, yet the second is named
+        as needed too, in case a loader takes it; an entry needing one file more is only cached more.
+        """
+        args = [a for w in words[1:] for a in self._expand(w, scope, "path")]
+        while args and args[0].startswith("--"):
+            args.pop(0)  # --nounzip
+        if not args:
+            return
+        if name in HYPERVISOR_COMMANDS:
+            builder.kernel = self._file(args[0], FileRole.KERNEL, scope)
+            builder.modules = ()
+        elif not builder.modules:
+            builder.modules = (self._file(args[0], FileRole.KERNEL, scope),)
+            options = [a for w in words[1:] for a in self._expand(w, scope, "option") if not a.startswith("--")]
+            builder.options = " ".join(options[2:])
+        else:
+            paths = [args[0], *(a for a in args[1:] if a.startswith("/"))]
+            builder.modules += tuple(self._file(p, FileRole.INITRD, scope) for p in paths)
 
     def _file(self, path: str, role: FileRole, scope: _Scope) -> BootFile:
         root = scope.root

@@ -3,7 +3,8 @@
 Both Debian layouts run once per module (tests/realboot/README.md says how): a separate /boot
 filesystem with a device.map (so the search lines carry --hint), and /boot as a directory of
 the root filesystem with a distributor name that holds both quote characters, which 10_linux
-writes as ``'Bob'\\''s "Debian" GNU/Linux'``.
+writes as ``'Bob'\\''s "Debian" GNU/Linux'``. A third run adds Debian's Xen hypervisor package
+and a dom0-capable kernel, for 20_linux_xen's multiboot2/module2 entries.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 from realboot.grub_mkconfig import (
+    XEN_DOM0,
     GeneratedGrub,
     Layout,
     Unavailable,
     cached_kernels,
+    cached_xen,
     missing_prerequisite,
     run_grub_mkconfig,
 )
@@ -122,3 +125,36 @@ def test_the_parser_finds_the_kernels_grub_mkconfig_found(generated: dict[Layout
     found = {line.split(": ", 1)[1] for line in g.output.splitlines() if line.startswith("Found linux image")}
     parsed = {"/boot" + f.path for e in _read(g).entries for f in e.files_with_role(FileRole.KERNEL)}
     assert parsed == found
+
+
+@pytest.fixture(scope="module")
+def xen(tmp_path_factory: pytest.TempPathFactory) -> GeneratedGrub:
+    try:
+        kernels, hypervisor = cached_kernels(1, XEN_DOM0), cached_xen()
+    except Unavailable as e:
+        pytest.skip(f"real grub-mkconfig with Xen: {e}")
+    g = run_grub_mkconfig(Layout.SEPARATE_BOOT, kernels, tmp_path_factory.mktemp("grub-mkconfig-xen"),
+                          xen=hypervisor)
+    for image in g.grub_cfg.parent.parent.glob("*.img"):
+        image.unlink()
+    return g
+
+
+def test_xen_entries_name_the_hypervisor_the_dom0_kernel_and_its_initrd(xen: GeneratedGrub) -> None:
+    text = xen.grub_cfg.read_text()
+    assert "multiboot2\t/xen-" in text and "module2\t--nounzip" in text  # what 20_linux_xen wrote
+    entries = [e for e in _read(xen).entries if "xen" in e.id]
+    v = xen.kernels[0].version
+    # The simple entry, then for each hypervisor file the package installs (xen-*.gz and
+    # xen-*.efi, both in /boot) a normal and a recovery entry.
+    assert len(entries) == 5
+    for entry in entries:
+        assert entry.version == v
+        hypervisor = entry.files[0].path
+        assert hypervisor.startswith("/xen-") and hypervisor.endswith((".gz", ".efi"))
+        assert [(f.path, f.role) for f in entry.files[1:]] == [
+            (f"/vmlinuz-{v}", FileRole.KERNEL), ("/amd-ucode.img", FileRole.INITRD),
+            (f"/initrd.img-{v}", FileRole.INITRD)]
+        for f in entry.files:
+            assert f.partition.fs_uuid == xen.boot_uuid and f.path in xen.files[xen.boot_uuid]
+        assert entry.options.startswith(f"root=UUID={xen.root_uuid} ro ")  # dom0's, without "placeholder"

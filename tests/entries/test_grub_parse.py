@@ -452,3 +452,16 @@ def test_boot_path_rules() -> None:
     assert path("/@/boot/vmlinuz-1", PartitionKind.UNKNOWN, "/@") == "/vmlinuz-1"
     assert path("/@root/boot/vmlinuz-1", PartitionKind.UNKNOWN, "/@") is None
     assert path("/EFI/Linux/x.efi", PartitionKind.ESP, "/@") is None
+
+
+def test_multiboot_modules_as_20_linux_xen_writes_them(tmp_path: Path) -> None:
+    text = """menuentry 'Xen' {
+    multiboot2 /xen-4.17-amd64.gz placeholder dom0_mem=2G ${xen_rm_opts}
+    module2 /vmlinuz-6.1.0-9-amd64 placeholder root=UUID=x ro quiet
+    module2 --nounzip /amd-ucode.img /initrd.img-6.1.0-9-amd64
+}"""
+    entry = only_entry(text, tmp_path)
+    assert [(f.path, f.role) for f in entry.files] == [
+        ("/xen-4.17-amd64.gz", FileRole.KERNEL), ("/vmlinuz-6.1.0-9-amd64", FileRole.KERNEL),
+        ("/amd-ucode.img", FileRole.INITRD), ("/initrd.img-6.1.0-9-amd64", FileRole.INITRD)]
+    assert entry.version == "6.1.0-9-amd64" and entry.options == "root=UUID=x ro quiet"

@@ -25,7 +25,9 @@ SCRIPT = Path(__file__).with_name("mkconfig-chroot.sh")
 REQUIRED_TOOLS = ("grub-mkconfig", "grub-probe", "unshare", "losetup", "mkfs.ext4", "blkid", "chroot",
                   "dpkg-deb", "apt-get", "apt-cache", "cpio", "gzip")
 INSTALL_HINT = "apt-get install -y --no-install-recommends grub2-common grub-pc-bin"
-_PACKAGE = re.compile(r"linux-image-(\d+)\.(\d+)\.(\d+)-(\d+)-cloud-amd64")
+CLOUD = "cloud-amd64"
+XEN_DOM0 = "amd64"
+"""The cloud kernels are small; the generic ones have CONFIG_XEN_DOM0, which 20_linux_xen needs."""
 READY = ".ready"
 
 
@@ -82,9 +84,20 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _package_pattern(flavour: str) -> re.Pattern[str]:
+    return re.compile(rf"linux-image-(\d+)\.(\d+)\.(\d+)-(\d+)-{re.escape(flavour)}")
+
+
 def _version_key(name: str) -> tuple[int, ...]:
-    match = _PACKAGE.search(name)
+    match = re.search(r"-(\d+)\.(\d+)\.(\d+)-(\d+)-", name)
     return tuple(int(g) for g in match.groups()) if match else ()
+
+
+def _download(packages: list[str], debs: Path) -> None:
+    try:
+        _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages], cwd=debs, timeout=600)
+    except RuntimeError as e:
+        raise Unavailable(f"apt-get download {' '.join(packages)}: {e}") from None
 
 
 def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -94,35 +107,57 @@ def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> s
     return proc
 
 
-def kernel_debs(count: int = 2, cache_dir: Path = CACHE_DIR) -> list[Path]:
-    """``count`` cloud kernel packages, newest first: the cached ones, or downloaded with apt-get."""
+def kernel_debs(count: int = 2, flavour: str = CLOUD, cache_dir: Path = CACHE_DIR) -> list[Path]:
+    """``count`` kernel packages of ``flavour``, newest first: the cached ones, or downloaded with apt-get."""
+    debs = cache_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    pattern = _package_pattern(flavour)
+
+    def cached() -> list[Path]:
+        found = [p for p in debs.glob("linux-image-*.deb") if pattern.fullmatch(p.name.split("_")[0])]
+        return sorted(found, key=lambda p: _version_key(p.name), reverse=True)[:count]
+
+    with _locked(cache_dir / ".debs.lock"):
+        if len(cached()) >= count:
+            return cached()
+        names = _run(["apt-cache", "pkgnames", "linux-image-"]).stdout.split()
+        packages = sorted((n for n in names if pattern.fullmatch(n)), key=_version_key, reverse=True)[:count]
+        if len(packages) < count:
+            raise Unavailable(f"apt knows {len(packages)} linux-image-*-{flavour} packages, {count} are needed "
+                              "(run apt-get update)")
+        _download(packages, debs)
+        return cached()
+
+
+def xen_deb(cache_dir: Path = CACHE_DIR) -> Path:
+    """Debian's newest Xen hypervisor package (``xen-hypervisor-*-amd64``), cached as the kernels are."""
     debs = cache_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / ".debs.lock"):
-        cached = sorted(debs.glob("linux-image-*-cloud-amd64_*_amd64.deb"), key=lambda p: _version_key(p.name),
-                        reverse=True)
-        if len(cached) >= count:
-            return cached[:count]
-        names = _run(["apt-cache", "pkgnames", "linux-image-"]).stdout.split()
-        packages = sorted((n for n in names if _PACKAGE.fullmatch(n)), key=_version_key, reverse=True)[:count]
-        if len(packages) < count:
-            raise Unavailable(f"apt knows {len(packages)} linux-image-*-cloud-amd64 packages, {count} are needed "
-                              "(run apt-get update)")
-        try:
-            _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages], cwd=debs, timeout=600)
-        except RuntimeError as e:
-            raise Unavailable(f"apt-get download {' '.join(packages)}: {e}") from None
-        return sorted(debs.glob("linux-image-*-cloud-amd64_*_amd64.deb"), key=lambda p: _version_key(p.name),
-                      reverse=True)[:count]
+        found = sorted(debs.glob("xen-hypervisor-*-amd64_*.deb"))
+        if found:
+            return found[-1]
+        names = _run(["apt-cache", "pkgnames", "xen-hypervisor-"]).stdout.split()
+        packages = sorted(n for n in names if re.fullmatch(r"xen-hypervisor-[\d.]+-amd64", n))
+        if not packages:
+            raise Unavailable("apt knows no xen-hypervisor-*-amd64 package (run apt-get update)")
+        _download(packages[-1:], debs)
+        return sorted(debs.glob("xen-hypervisor-*-amd64_*.deb"))[-1]
 
 
 def extracted_kernel(deb: Path, cache_dir: Path = CACHE_DIR) -> Kernel:
     """The /boot files of a kernel package, extracted once with ``dpkg-deb -x``."""
     package = _run(["dpkg-deb", "-f", str(deb), "Package"]).stdout.strip()
-    version = package[len("linux-image-"):]
+    return Kernel(package[len("linux-image-"):], extracted_boot(deb, cache_dir))
+
+
+def extracted_boot(deb: Path, cache_dir: Path = CACHE_DIR) -> Path:
+    """The /boot directory of a package, extracted once with ``dpkg-deb -x`` into ``kernels/<package>``."""
+    package = _run(["dpkg-deb", "-f", str(deb), "Package"]).stdout.strip()
+    version = package[len("linux-image-"):] if package.startswith("linux-image-") else package
     final = cache_dir / "kernels" / version
     if (final / READY).exists():
-        return Kernel(version, final)
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / f".kernel-{version}.lock"):
         if not (final / READY).exists():
@@ -133,14 +168,22 @@ def extracted_kernel(deb: Path, cache_dir: Path = CACHE_DIR) -> Kernel:
             (building / "boot").rename(final)
             (final / READY).touch()
             shutil.rmtree(building)
-    return Kernel(version, final)
+    return final
 
 
-def cached_kernels(count: int = 2) -> tuple[Kernel, ...]:
+def cached_kernels(count: int = 2, flavour: str = CLOUD) -> tuple[Kernel, ...]:
     reason = missing_prerequisite()
     if reason is not None:
         raise Unavailable(reason)
-    return tuple(extracted_kernel(deb) for deb in kernel_debs(count))
+    return tuple(extracted_kernel(deb) for deb in kernel_debs(count, flavour))
+
+
+def cached_xen() -> Path:
+    """A directory with the Xen hypervisor package's /boot files (``xen-<v>-amd64.gz``, ``.efi``, ``.config``)."""
+    reason = missing_prerequisite()
+    if reason is not None:
+        raise Unavailable(reason)
+    return extracted_boot(xen_deb())
 
 
 def _cpio(tree: Path, out: Path, *, gzip: bool) -> None:
@@ -152,7 +195,7 @@ def _cpio(tree: Path, out: Path, *, gzip: bool) -> None:
     out.write_bytes(archive)
 
 
-def _payload(kernels: tuple[Kernel, ...], directory: Path) -> Path:
+def _payload(kernels: tuple[Kernel, ...], directory: Path, xen: Path | None) -> Path:
     """What goes into /boot: each kernel's files, an initramfs for it (a gzip'd newc cpio holding
     its lib/modules/V, which is what update-initramfs would add) and AMD early microcode, the
     ``amd-ucode.img`` 10_linux puts first on the initrd line (GRUB_EARLY_INITRD_LINUX_STOCK)."""
@@ -169,6 +212,9 @@ def _payload(kernels: tuple[Kernel, ...], directory: Path) -> Path:
     (ucode / "kernel" / "x86" / "microcode").mkdir(parents=True)
     (ucode / "kernel" / "x86" / "microcode" / "AuthenticAMD.bin").write_bytes(b"")
     _cpio(ucode, payload / "amd-ucode.img", gzip=False)
+    if xen is not None:
+        for file in xen.glob("xen-*"):
+            shutil.copyfile(file, payload / file.name)
     return payload
 
 
@@ -190,12 +236,13 @@ def _filesystem(path: Path, size_mib: int) -> str:
 
 
 def run_grub_mkconfig(layout: Layout, kernels: tuple[Kernel, ...], workdir: Path, *,
-                      extra_default: str = "", device_map: bool = False) -> GeneratedGrub:
+                      extra_default: str = "", device_map: bool = False, xen: Path | None = None) -> GeneratedGrub:
     """Run the real grub-mkconfig for ``layout`` and return what it wrote.
 
     ``extra_default`` is appended to Debian's default /etc/default/grub (GRUB's
     /usr/share/grub/default/grub). ``device_map`` writes a /boot/grub/device.map naming the
     devices (hd0, hd1), so that grub-probe gives hints and 10_linux writes ``--hint-*`` options.
+    ``xen``: the Xen hypervisor's /boot files (:func:`cached_xen`), for 20_linux_xen's entries.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "out"
@@ -211,7 +258,7 @@ def run_grub_mkconfig(layout: Layout, kernels: tuple[Kernel, ...], workdir: Path
         device_map_file = str(workdir / "device.map")
     root_uuid = _filesystem(workdir / "root.img", 96)
     boot_uuid = _filesystem(workdir / "boot.img", 64) if layout is Layout.SEPARATE_BOOT else root_uuid
-    payload = _payload(kernels, workdir)
+    payload = _payload(kernels, workdir, xen)
     (workdir / "mnt").mkdir()
     with contextlib.ExitStack() as stack:
         root_loop = stack.enter_context(_loop(workdir / "root.img"))
