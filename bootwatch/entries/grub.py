@@ -615,8 +615,10 @@ class _Reader:
             log.debug("%s: line %d: %s: which partition it finds is not followed", scope.origin, words[0].line,
                       " ".join(args))
             if target == "root":
+                scope.vars.pop("root", None)
                 scope.root = _Root(followed=False)
             return
+        scope.vars.pop("root", None)  # ($root) is then scope.root, not a device set before
         scope.root = _Root(fs_uuid=keys[0]) if how == "uuid" else _Root(label=keys[0])
 
     def _load_env(self, words: list[_Word], scope: _Scope, builder: _EntryBuilder | None) -> None:
@@ -785,6 +787,8 @@ class _Reader:
             return "--id"
         if name in ("prefix", "config_directory") and name not in scope.vars:
             return _GRUB_DIR
+        if name == "root" and name not in scope.vars:
+            return ""  # "($root)/vmlinuz": the partition the parser tracks (see _file)
         value = scope.vars.get(name)
         if value is not None:
             return value

@@ -131,6 +131,7 @@ menuentry short {{ search.fs_uuid {UUID} root; linux /vmlinuz-b }}
 menuentry label {{ search --no-floppy --label --set=root BOOT; linux /vmlinuz-c }}
 menuentry device {{ set root='hd0,msdos1'; linux /vmlinuz-d }}
 menuentry inline {{ linux (hd1,gpt3)/vmlinuz-e; initrd ($root)/initrd-e }}
+menuentry set-then-search {{ set root=hd0,gpt1; search --fs-uuid --set=root {UUID}; linux ($root)/vmlinuz-i }}
 menuentry other-var {{ search --fs-uuid --set=elsewhere {UUID}; linux /vmlinuz-f }}
 menuentry by-file {{ search --no-floppy --file --set=root /vmlinuz-h; linux /vmlinuz-h }}
 menuentry nothing {{ linux /vmlinuz-g }}
@@ -144,6 +145,7 @@ menuentry nothing {{ linux /vmlinuz-g }}
         "label": [Partition(boot, label="BOOT")],
         "device": [Partition(boot, device="hd0,msdos1")],
         "inline": [Partition(boot, device="hd1,gpt3"), Partition(boot)],
+        "set-then-search": [Partition(boot, fs_uuid=UUID)],
         "other-var": [Partition(boot)],  # $root is untouched: the partition GRUB read grub.cfg from
         "by-file": [Partition(PartitionKind.UNKNOWN)],  # whichever partition holds that file at boot
         "nothing": [Partition(boot)],
