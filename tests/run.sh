@@ -14,6 +14,7 @@ APT_PACKAGES=(
     prometheus-node-exporter                              # the metrics scrape test
     strace                                                # which flags bootwatch opens temp files with
     grub2-common grub-pc-bin                              # the real grub-mkconfig for the grub.cfg parser's tests
+    systemd-boot-efi binutils                             # a real UKI: the systemd-boot stub and objcopy
 )
 
 if [ "$(id -u)" = 0 ]; then
