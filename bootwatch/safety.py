@@ -345,7 +345,7 @@ def open_regular(path: os.PathLike[str] | str, *, dir_fd: int | None = None,
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     fd = os.open(path, flags, dir_fd=dir_fd)
-    name = path if display is None else display
+    name = os.fspath(path if display is None else display)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -387,7 +387,8 @@ def read_bounded(fd: int, limit: int, name: os.PathLike[str] | str) -> bytes:
     """Everything left to read at ``fd``, if that is at most ``limit`` bytes; else
     :class:`FileTooLargeError` naming ``name``, after reading no more than ``limit + 1`` bytes."""
     size = os.fstat(fd).st_size
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         chunk = os.read(fd, min(max(size - total + 1, 1 << 16), limit + 1 - total))
         if not chunk:
@@ -395,4 +396,4 @@ def read_bounded(fd: int, limit: int, name: os.PathLike[str] | str) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
         if total > limit:  # it grew since the fstat
-            raise FileTooLargeError(name, limit)
+            raise FileTooLargeError(os.fspath(name), limit)

@@ -168,6 +168,7 @@ def _whole(data: bytes) -> bool:
     return len(data) == SIZE + 1 and data[-1:] in (b"0", b"1") and data[:-1] == bytes([data[-1] - 48]) * SIZE
 
 
+@pytest.mark.slow
 def test_a_reader_sees_old_or_new_never_torn_even_when_the_writer_is_killed(
         tmp_path: Path, writer: subprocess.Popen[str]) -> None:
     final = tmp_path / "final"

@@ -78,7 +78,7 @@ class StatSignature:
     def of(cls, st: os.stat_result) -> StatSignature:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def to_json(self) -> list:
+    def to_json(self) -> list[int]:
         return [self.device, self.inode, self.size, self.mtime_ns, self.ctime_ns]
 
     @classmethod
@@ -426,6 +426,13 @@ def hash_and_copy(src_fd: int, dst_fd: int | None = None, *, try_reflink: bool =
         digest = _hash_stream(src_fd, dst_fd, between_chunks, bound)
         _start_writeback(dst_fd)
         return digest
+    return _hash_in_pipeline(src_fd, dst_fd, src_base, bound, between_chunks)
+
+
+def _hash_in_pipeline(src_fd: int, dst_fd: int | None, src_base: int, bound: int | None,
+                      between_chunks: Callable[[], None] | None) -> Digest:
+    """:func:`hash_and_copy` of a large file (or one of unknown size) from ``src_base``: the two
+    threads of a :class:`_Pipeline`, and a :class:`_Flusher` behind the copy."""
     dst_base = os.lseek(dst_fd, 0, os.SEEK_CUR) if dst_fd is not None else 0
     with contextlib.suppress(OSError):  # a hint for the readahead of a cold file
         os.posix_fadvise(src_fd, src_base, 0, os.POSIX_FADV_SEQUENTIAL)

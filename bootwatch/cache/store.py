@@ -286,7 +286,7 @@ class PendingImages:
         in its ``.tmp`` and are renamed relative to its descriptors, not by path."""
         self.store = directory if isinstance(directory, CacheStore) else None
         self.directory = directory.directory if isinstance(directory, CacheStore) else directory
-        self.files: list[tuple] = []  # (temp path, final path)
+        self.files: list[tuple[Path, Path]] = []  # (temp path, final path)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -642,9 +642,9 @@ class CacheStore:
                 if len(name) == name_length and name.endswith(IMAGE_SUFFIX):
                     if entry.is_file(follow_symlinks=False):
                         stems.append(name[:40])
-                elif name.startswith(TEMP_PREFIX):  # a temp file outside .tmp/ is as stale as one in it
-                    if self._is_temp_file(entry, self.directory / name):
-                        temps.append(self.directory / name)
+                # A temp file outside .tmp/ is as stale as one in it.
+                elif name.startswith(TEMP_PREFIX) and self._is_temp_file(entry, self.directory / name):
+                    temps.append(self.directory / name)
         with self._temp_lock:
             held = self._temp_fd  # valid until close(), even if another thread's locked() replaces it
         temp_fd = held if held is not None else self._subdirectory(TEMP_DIR, create=False)
@@ -1064,7 +1064,7 @@ class CacheStore:
             os.close(found_fd)
         return self.lost_found_dir / name
 
-    def pinned_image_ids(self) -> set:
+    def pinned_image_ids(self) -> set[str]:
         """Ids that some link in ``links/`` holds. Clean never deletes these; gc decides liveness."""
         links_fd = self._subdirectory(LINKS_DIR, create=False)
         if links_fd is None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Optional
+from typing import BinaryIO, Callable
 
 from bootwatch.enums import TextEnum
 from bootwatch.errors import NotRegularFileError
@@ -166,33 +166,44 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
         return _initramfs(f, 0, size, check_deadline)
     fstype = detect_fstype_bytes(head)
     if fstype is not None:
-        try:
-            summary = check_filesystem(path, fstype, runtime_dir, check_deadline)
-        except FsCheckSkipped as err:
-            return ImageCheck(ImageKind.FILESYSTEM, Outcome.SKIPPED, str(err))
-        except FsCheckFailed as err:
-            return ImageCheck(ImageKind.FILESYSTEM, Outcome.FAILED, str(err))
-        except _TimedOut as err:
-            return ImageCheck(ImageKind.FILESYSTEM, Outcome.UNCHECKED, str(err))
-        return ImageCheck(ImageKind.FILESYSTEM, Outcome.OK, summary)
+        return _filesystem(path, fstype, runtime_dir, check_deadline)
     method = compression_of(head)
     if method is not None:
-        try:
-            inner = peek_decompressed(f, 0, size, method)
-        except ToolMissing as err:
-            return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, f"not checked: {err.args[0]} not installed")
-        except ArchiveError as err:
-            return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
-        if inner.lstrip(b"\0")[:6] in CPIO_MAGICS:
-            return _initramfs(f, 0, size, check_deadline)
-        other = other_kernel(inner) or ("x86 bzImage" if is_bzimage(inner) else None)
-        if other is not None:
-            return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED,
-                              f"not checked: {method}-compressed {other} (format recognised)")
-        return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, f"not checked: {method}-compressed data that "
-                          "is neither a cpio archive nor a kernel")
+        return _compressed(f, size, method, check_deadline)
     return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, "not checked: not a kernel, initramfs or "
                       "filesystem image that bootwatch knows")
+
+
+def _filesystem(path: Path, fstype: str, runtime_dir: Path,
+                check_deadline: Callable[[], None] | None) -> ImageCheck:
+    """A filesystem image, mounted and walked (see :mod:`bootwatch.verify.fstree`)."""
+    try:
+        summary = check_filesystem(path, fstype, runtime_dir, check_deadline)
+    except FsCheckSkipped as err:
+        return ImageCheck(ImageKind.FILESYSTEM, Outcome.SKIPPED, str(err))
+    except FsCheckFailed as err:
+        return ImageCheck(ImageKind.FILESYSTEM, Outcome.FAILED, str(err))
+    except _TimedOut as err:
+        return ImageCheck(ImageKind.FILESYSTEM, Outcome.UNCHECKED, str(err))
+    return ImageCheck(ImageKind.FILESYSTEM, Outcome.OK, summary)
+
+
+def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[], None] | None) -> ImageCheck:
+    """Compressed data: an initramfs if it holds a cpio archive, a kernel recognised but not checked."""
+    try:
+        inner = peek_decompressed(f, 0, size, method)
+    except ToolMissing as err:
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, f"not checked: {err.args[0]} not installed")
+    except ArchiveError as err:
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
+    if inner.lstrip(b"\0")[:6] in CPIO_MAGICS:
+        return _initramfs(f, 0, size, check_deadline)
+    other = other_kernel(inner) or ("x86 bzImage" if is_bzimage(inner) else None)
+    if other is not None:
+        return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED,
+                          f"not checked: {method}-compressed {other} (format recognised)")
+    return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, f"not checked: {method}-compressed data that "
+                      "is neither a cpio archive nor a kernel")
 
 
 def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None) -> ImageCheck:

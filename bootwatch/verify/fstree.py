@@ -100,7 +100,7 @@ def check_filesystem(image: Path, fstype: str, runtime_dir: Path,
                 files, total = _read_tree(point, check_deadline)
             except OSError as err:
                 inside = "/" + os.path.relpath(err.filename, point) if err.filename else ""
-                raise FsCheckFailed(f"{image}: {_describe(err.errno)} reading "
+                raise FsCheckFailed(f"{image}: {_describe(err.errno or 0)} reading "
                                     f"{inside or 'the tree'} in the {fstype} filesystem") from None
     except MountError as err:
         raise FsCheckFailed(f"{image}: the {fstype} filesystem does not mount: "

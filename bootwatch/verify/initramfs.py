@@ -20,6 +20,7 @@ chain raises :class:`ArchiveError` with the offset and the problem.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import lzma
 import os
 import shutil
@@ -229,6 +230,7 @@ def _zlib_chunks(f: BinaryIO, start: int, end: int, where: str,
 def _stdlib_chunks(f: BinaryIO, start: int, end: int, where: str, method: str,
                    end_out: list[int]) -> Iterator[bytes]:
     """Decompress one bzip2, lzma or xz stream; its end offset goes to ``end_out``."""
+    d: bz2.BZ2Decompressor | lzma.LZMADecompressor
     if method == "bzip2":
         d = bz2.BZ2Decompressor()
     else:
@@ -316,10 +318,8 @@ def _tool_chunks(f: BinaryIO, start: int, end: int, where: str,
             except (BrokenPipeError, ValueError, OSError):
                 pass  # the tool died or we stopped reading: its exit status tells
             finally:
-                try:
+                with contextlib.suppress(OSError):
                     proc.stdin.close()  # type: ignore[union-attr]
-                except OSError:
-                    pass
 
         feeder = threading.Thread(target=feed, name=f"feed-{argv[0]}", daemon=True)
         feeder.start()

@@ -70,15 +70,7 @@ def parse_pe(f: BinaryIO, head: bytes, size: int) -> list[PeSection] | None:
     magic = int.from_bytes(optional[:2], "little")
     if magic not in (0x10B, 0x20B):
         raise KernelError(f"PE/COFF optional header has bad magic {magic:#x}")
-    # Data directory 4 is the certificate table (Authenticode signature): a file offset.
-    dirs_at, count_at = (112, 108) if magic == 0x20B else (96, 92)
-    if len(optional) >= count_at + 4:
-        count = int.from_bytes(optional[count_at:count_at + 4], "little")
-        if count > 4 and len(optional) >= dirs_at + 8 * 5:
-            cert_off, cert_size = struct.unpack("<II", optional[dirs_at + 32:dirs_at + 40])
-            if cert_size and cert_off + cert_size > size:
-                raise KernelError(f"truncated PE/COFF image: the signature ends at "
-                                  f"{cert_off + cert_size}, the file has {size} bytes")
+    _check_signature_fits(optional, magic, size)
     table = f.read(40 * nsections)
     if len(table) < 40 * nsections:
         raise KernelError("truncated PE/COFF section table")
@@ -92,6 +84,20 @@ def parse_pe(f: BinaryIO, head: bytes, size: int) -> list[PeSection] | None:
                               f"{raw_ptr + raw_size}, the file has {size} bytes")
         sections.append((name, raw_ptr, raw_size))
     return sections
+
+
+def _check_signature_fits(optional: bytes, magic: int, size: int) -> None:
+    """KernelError if the Authenticode signature (data directory 4, the certificate table, whose
+    address is a file offset) ends past the end of the file."""
+    dirs_at, count_at = (112, 108) if magic == 0x20B else (96, 92)
+    if len(optional) < count_at + 4:
+        return
+    count = int.from_bytes(optional[count_at:count_at + 4], "little")
+    if count > 4 and len(optional) >= dirs_at + 8 * 5:
+        cert_off, cert_size = struct.unpack("<II", optional[dirs_at + 32:dirs_at + 40])
+        if cert_size and cert_off + cert_size > size:
+            raise KernelError(f"truncated PE/COFF image: the signature ends at "
+                              f"{cert_off + cert_size}, the file has {size} bytes")
 
 
 def other_kernel(head: bytes) -> str | None:

@@ -225,7 +225,7 @@ def _is_bound_to(dev_fd: int, st: os.stat_result) -> bool:
         if err.errno == errno.ENXIO:
             return False
         raise
-    return info.lo_device == st.st_dev and info.lo_inode == st.st_ino
+    return bool(info.lo_device == st.st_dev and info.lo_inode == st.st_ino)
 
 
 @contextlib.contextmanager
@@ -248,7 +248,7 @@ def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0,
         try:
             backing_fd = os.open(image, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as err:
-            raise BootwatchError(f"cannot open for a loop device: {os.strerror(err.errno)}",
+            raise BootwatchError(f"cannot open for a loop device: {os.strerror(err.errno or 0)}",
                                  path=image) from err
         stack.callback(os.close, backing_fd)
         backing_st = os.fstat(backing_fd)

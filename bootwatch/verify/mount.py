@@ -250,8 +250,8 @@ def _mount_image(device: str, target: Path, fstype: str, image: Path) -> None:
                     continue
                 raise UnsupportedFilesystemError(
                     f"the running kernel has no {fstype} driver", path=image) from err
-            raise MountError(f"cannot mount as {fstype}: {os.strerror(err.errno)}",
-                             path=image, errno_=err.errno) from err
+            raise MountError(f"cannot mount as {fstype}: {os.strerror(err.errno or 0)}",
+                             path=image, errno_=err.errno or 0) from err
 
 
 @contextlib.contextmanager
