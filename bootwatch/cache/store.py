@@ -100,7 +100,7 @@ On-disk protocol (one directory, shared with boom):
                             the next fsck --repair merges it again (paths the index lacks) and then
                             marks it.
 
-In the boot directory, bootwatch writes only by restore (see cache.py):
+In the boot directory, bootwatch writes only by restore (see operations.py):
 
     .bootwatch-restore.*    a restore's temp file, linked to its final name when complete. Any
                             left by a killed restore are removed by a holder of the lock: clean,

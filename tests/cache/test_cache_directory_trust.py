@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from exchange import exchange
 
+from bootwatch import linux
+
 K = "/vmlinuz-1"
 NOBODY = 65534
 
@@ -112,7 +114,7 @@ def test_the_store_keeps_working_in_the_directory_it_checked(boot_tree, tmp_path
 
 def start_attacker(a: Path, b: Path) -> int:
     """A forked child that becomes uid 65534 and swaps ``a`` and ``b`` as fast as it can, until killed."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = linux.libc()  # the C library, loaded once
     name_a, name_b = os.fsencode(a), os.fsencode(b)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bootwatch import linux
 from bootwatch.cache.hashing import CHUNK_SIZE, FLUSH_WINDOW, SMALL_FILE, hash_and_copy, hash_path
 
 
@@ -102,7 +103,7 @@ def test_a_large_copy_is_flushed_while_it_is_being_written(tmp_path: Path) -> No
 
 def resident_fraction(path: Path) -> float:
     """The fraction of the file's pages in the page cache, from mincore(2) on a private mapping."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = linux.libc()  # the C library, loaded once
     page = mmap.PAGESIZE
     size = path.stat().st_size
     pages = (size + page - 1) // page

@@ -8,7 +8,6 @@ BROKEN (boot file only), UNKNOWN (neither).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import select
 import stat
@@ -18,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from bootwatch import linux
 
 K = "/vmlinuz-1"
 INITRD = "/initramfs-1.img"
@@ -199,7 +200,7 @@ class Inotify:
     NAMES = {IN_MODIFY: "MODIFY", IN_CLOSE_WRITE: "CLOSE_WRITE", IN_MOVED_TO: "MOVED_TO", IN_CREATE: "CREATE"}
 
     def __init__(self, directory: Path) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = linux.libc()  # the C library, loaded once
         self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from bootwatch.cache.operations import BootCache
-from bootwatch.cache.reconcile import Reconciler, ReconcileReport, marker_path_of, names_pattern
+from bootwatch.cache.policy import names_pattern
+from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.session import open_cache, reconcile_once
+from bootwatch.cache.store import marker_path_of
 from bootwatch.config import Config, load_config
 
 
