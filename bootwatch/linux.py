@@ -134,11 +134,6 @@ def _statx() -> Any | None:
     return _function("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p])
 
 
-def has_statx() -> bool:
-    """Whether the C library has ``statx`` (glibc 2.28 and later)."""
-    return _statx() is not None
-
-
 def statx(path: str | bytes | os.PathLike[str], mask: int, *, dir_fd: int = AT_FDCWD, flags: int = 0) -> Statx:
     """``statx(2)``: what the kernel knows of ``path`` (relative to ``dir_fd``; ``b""`` with
     ``AT_EMPTY_PATH`` is ``dir_fd`` itself), asking for the fields of ``mask``.
@@ -358,9 +353,9 @@ def parse_mountinfo_line(line: str) -> MountInfo | None:
         return None
 
 
-def mountinfo(path: Path = MOUNTINFO) -> list[MountInfo]:
+def mountinfo() -> list[MountInfo]:
     """Every mount of our mount namespace, as ``/proc/self/mountinfo`` lists them (parents first)."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
         return [info for info in map(parse_mountinfo_line, f) if info is not None]
 
 

@@ -4,6 +4,9 @@ Used to name the holder of a lock that someone waits for (the daemon on the writ
 second daemon refused by the daemon lock), to tell a live pin owner from a dead one, and to find
 a process writing a file where the kernel gives no read lease (see hashing.ReadLease).
 
+The format of ``/proc/PID/stat`` is read in :mod:`bootwatch.linux` (the image checks need it
+too); what a lock holder or a writer is, and how it is named, is the cache's and lives here.
+
 PIDs are those of the PID namespace whose ``/proc`` is mounted at :data:`PROC`; a holder in a
 namespace we cannot see shows up with PID 0 in ``/proc/locks`` and is reported as unknown.
 """
