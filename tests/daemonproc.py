@@ -61,7 +61,7 @@ class DaemonProcess:
         child_env.pop("JOURNAL_STREAM", None)
         child_env.update(env or {})
         self.log_path = workdir / "daemon.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (the daemon's stdout until close())
         self.proc = subprocess.Popen([sys.executable, "-m", "bootwatch", "--config", str(config), "run"],
                                      env=child_env, stdout=self.log, stderr=subprocess.STDOUT)
 

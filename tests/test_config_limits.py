@@ -108,7 +108,7 @@ def test_reload_with_an_unusable_value_keeps_the_running_configuration(boot_tree
             daemon.signal(signal.SIGHUP)
             daemon.wait_message("RELOADING", "1")
             daemon.wait_ready()
-            wait_for(lambda: daemon.output().count("keeping the running configuration") >= refused,
+            wait_for(lambda refused=refused: daemon.output().count("keeping the running configuration") >= refused,
                      what=f"reload {refused} refused")
             assert daemon.proc.poll() is None
         assert daemon.output().count("keeping the running configuration") == 3, daemon.output()

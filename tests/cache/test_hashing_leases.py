@@ -49,20 +49,20 @@ FIRST = 2 << 20
 
 # Writes argv[1]'s bytes to argv[2] as install(1) does, pausing after the first 2 MiB until the
 # test sends a line.
-WRITER = """
+WRITER = f"""
 import os, sys
 data = open(sys.argv[1], "rb").read()
 fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 def write(chunk):
     while chunk:
         chunk = chunk[os.write(fd, chunk):]
-write(data[:%d])
+write(data[:{FIRST}])
 print("paused", flush=True)
 sys.stdin.readline()
-write(data[%d:])
+write(data[{FIRST}:])
 os.close(fd)
 print("done", flush=True)
-""" % (FIRST, FIRST)
+"""
 
 
 class Writer:

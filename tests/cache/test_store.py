@@ -163,7 +163,7 @@ def test_images_and_a_symlinked_index_are_read_in_the_directory_opened(store: Ca
     image_id = hashlib.sha1(content).hexdigest()
     (store.directory / f"{image_id}.img").write_bytes(content)
     os.symlink("/somewhere/cacheindex.json", store.directory / "cacheindex.json")
-    store.fd  # opened (and checked) now
+    assert store.fd >= 0  # opened (and checked) now
     os.rename(store.directory, tmp_path / "moved")
     store.directory.mkdir(mode=0o700)
     (store.directory / f"{image_id}.img").write_bytes(b"another image")

@@ -58,9 +58,9 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 30.0) -> bool
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        with contextlib.suppress(urllib.error.URLError, ConnectionError):
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status == 200
+        with contextlib.suppress(urllib.error.URLError, ConnectionError), \
+                urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
         time.sleep(0.1)
     return False
 

@@ -77,6 +77,18 @@ def set_mtime(env: BoomEnv, img_path: str, mtime: int) -> None:
     os.utime(env.boot_file(img_path), (mtime, mtime))
 
 
+def put_in_states(env: BoomEnv, versions: dict[str, str], ids: dict[str, str]) -> None:
+    """From CACHED, each kernel into the state its version is for: boot files or images removed,
+    the RESTORED one restored by bootwatch."""
+    for state in ("MISSING", "RESTORED", "UNKNOWN"):
+        for p in kernel_paths(versions[state]):
+            env.boot_file(p).unlink()
+    for state in ("BROKEN", "UNKNOWN"):
+        for p in kernel_paths(versions[state]):
+            (env.cache / f"{ids[p]}.img").unlink()
+    env.bootwatch("restore", *kernel_paths(versions["RESTORED"]))
+
+
 def test_boom_reads_a_cache_bootwatch_wrote_in_every_state(env: BoomEnv) -> None:
     versions = {state: f"6.1.0-{n}.bwtest" for n, state in enumerate(
         ["CACHED", "MISSING", "RESTORED", "BROKEN", "UNKNOWN"], start=1)}
@@ -98,13 +110,7 @@ def test_boom_reads_a_cache_bootwatch_wrote_in_every_state(env: BoomEnv) -> None
         assert index["paths"][p]["path_mode"] == modes[p]
         assert index["images"][img_id]["image_ts"] == env.boot_file(p).stat().st_mtime
 
-    for state in ("MISSING", "RESTORED", "UNKNOWN"):
-        for p in kernel_paths(versions[state]):
-            env.boot_file(p).unlink()
-    for state in ("BROKEN", "UNKNOWN"):
-        for p in kernel_paths(versions[state]):
-            (env.cache / f"{ids[p]}.img").unlink()
-    env.bootwatch("restore", *kernel_paths(versions["RESTORED"]))
+    put_in_states(env, versions, ids)
     for p in kernel_paths(versions["RESTORED"]):
         assert sha1_file(env.boot_file(p)) == ids[p]
         assert env.boot_file(p).stat().st_mode == modes[p]

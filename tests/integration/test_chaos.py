@@ -223,14 +223,12 @@ class Chaos:
             self.poller.join(5)
         if self.daemon is not None:
             self.daemon.close()
-        if self.mounted:
-            if sh("umount", str(self.boot), check=False).returncode != 0:
-                sh("umount", "-l", str(self.boot), check=False)
+        if self.mounted and sh("umount", str(self.boot), check=False).returncode != 0:
+            sh("umount", "-l", str(self.boot), check=False)
         if self.loop_device:
             sh("losetup", "-d", self.loop_device, check=False)
-        if self.cache_mounted:
-            if sh("umount", str(self.cachefs), check=False).returncode != 0:
-                sh("umount", "-l", str(self.cachefs), check=False)
+        if self.cache_mounted and sh("umount", str(self.cachefs), check=False).returncode != 0:
+            sh("umount", "-l", str(self.cachefs), check=False)
 
     def mount_boot(self) -> None:
         assert self.loop_device
@@ -736,6 +734,16 @@ class Chaos:
         self.settle_world()
         if self.daemon is None:
             return  # it does not start: nothing else can be judged
+        self.check_converged()
+        self.observe_index()
+        self.check_lost_images()
+        self.check_foreign_files()
+        self.check_partial_images()
+        self.check_fsck()
+        self.check_logs()
+
+    def check_converged(self) -> None:
+        assert self.daemon is not None
         deadline = time.monotonic() + CONVERGE_TIMEOUT
         left = self.pending()
         while left and time.monotonic() < deadline:
@@ -749,9 +757,9 @@ class Chaos:
                 self.violate("converged", path, f"{detail} {CONVERGE_TIMEOUT:.0f} s after the round; "
                              f"the daemon's last lines:\n{tail}its threads then:\n{threads}")
             self.start_daemon()
-        self.observe_index()
+
+    def check_lost_images(self) -> None:
         refs = self.references()
-        # lost-image
         for path in sorted(refs):
             seen = self.committed_newest(path)
             if seen is None or self.boot_sha(path) is not None:
@@ -760,7 +768,8 @@ class Chaos:
                 self.violate("lost-image", path,
                              f"referenced by {', '.join(refs[path])}, gone from /boot, and its image {seen.newest} "
                              f"(newest in the index read in round {seen.newest_round}) is gone from the cache")
-        # foreign-deleted
+
+    def check_foreign_files(self) -> None:
         for name, (inode, digest) in sorted(self.owned.items()):
             try:
                 st = os.lstat(self.boot / name)
@@ -775,7 +784,8 @@ class Chaos:
                              f"by inode {st.st_ino}")
             elif self.boot_sha("/" + name) != digest:
                 self.violate("foreign-deleted", "/" + name, "the driver's file was modified")
-        # partial-image
+
+    def check_partial_images(self) -> None:
         with self.seen_lock:
             listed = {path: set(seen.ids) for path, seen in self.seen.items()}
         index = self.read_index()
@@ -786,7 +796,8 @@ class Chaos:
                 self.violate("partial-image", path, f"image {image_id} was cached, and no writer ever completed "
                              f"that content{self.describe_prefix(path, image_id, size)}")
         self.complete_reported(listed)
-        # fsck
+
+    def check_fsck(self) -> None:
         result = self.cli("fsck", "--json")
         if result is not None:
             if "Traceback" in result.stderr:
@@ -798,7 +809,8 @@ class Chaos:
             if result.returncode != 0 or not report or report.get("problems"):
                 self.violate("fsck", str(self.cache), f"exit {result.returncode}: "
                              f"{report.get('problems') if report else result.stdout + result.stderr}")
-        # no-traceback
+
+    def check_logs(self) -> None:
         for log in self.logs:
             if log in self.reported_logs:
                 continue

@@ -270,9 +270,8 @@ def run_cycles(good: Path, bad: Path, junk: Path, runtime: Path, killer: str,
                 assert (point / "hello.txt").read_text() == "hello\n"
             counts["ok"] += 1
         elif step == 1:
-            with pytest.raises(MountError, match="does not mount|cannot mount"):
-                with mounted_image(bad, runtime):
-                    pass
+            with pytest.raises(MountError, match="does not mount|cannot mount"), mounted_image(bad, runtime):
+                pass
             counts["bad"] += 1
         elif step == 2:
             with pytest.raises(UnknownFilesystemError), mounted_image(junk, runtime):
@@ -280,9 +279,8 @@ def run_cycles(good: Path, bad: Path, junk: Path, runtime: Path, killer: str,
             counts["unknown"] += 1
         elif step == 3:
             # A child keeps a file open inside the mount: umount gets EBUSY, then detaches lazily.
-            with mounted_image(good, runtime, busy_timeout=0.02) as point:
-                with open(point / "hello.txt", "rb") as held:
-                    holder = subprocess.Popen(["sleep", "60"], stdin=held)
+            with mounted_image(good, runtime, busy_timeout=0.02) as point, open(point / "hello.txt", "rb") as held:
+                holder = subprocess.Popen(["sleep", "60"], stdin=held)
             holder.kill()
             holder.wait()
             counts["busy"] += 1
