@@ -58,7 +58,7 @@ def scanned(tree) -> dict:
 @pytest.mark.parametrize("name,command", [(".bootwatch-references", "list"), (".bootwatch-signatures", "scan"),
                                           ("cacheindex.json", "list")])
 def test_a_huge_sparse_file_is_refused_with_one_line(boot_tree, name, command) -> None:
-    """The review's test: no "internal error", no traceback, and the line names the file."""
+    """No "internal error", no traceback, and the line names the file."""
     boot_tree.config.write_text('[cache]\ntrack = "all"\n')  # scan reads the signatures first
     scanned(boot_tree)
     make_huge(boot_tree.cache / name)

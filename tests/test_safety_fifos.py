@@ -1,4 +1,4 @@
-"""A FIFO under a name bootwatch reads never makes it hang (issue 11, item 9).
+"""A FIFO under a name bootwatch reads never makes it hang.
 
 A plain ``open(2)`` of a FIFO for reading blocks until some writer opens it: planted under the
 name of a referenced kernel it hung ``add`` forever while it held the writers' lock, and planted

@@ -50,7 +50,7 @@ def run(tree, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @kmsg
 def test_an_entry_whose_read_blocks_does_not_hang_list(boot_tree, needs_root) -> None:
-    """The review's test, and: the entry is named in one warning, and the other entries count."""
+    """list does not hang on it: the entry is named in one warning, and the other entries count."""
     tree = boot_tree
     tree.write_kernel("1.0")
     tree.write_entry("one", linux="/vmlinuz-1.0")

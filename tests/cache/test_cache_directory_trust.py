@@ -1,4 +1,4 @@
-"""The cache directory is opened once and trusted only with every directory above it (issue 11, items 6 and 8).
+"""The cache directory is opened once and trusted only with every directory above it.
 
 Item 6: only the last component of the cache path was checked, and every later operation went by
 path. A user who owns a directory above the cache swapped the cache for a directory of their own

@@ -1,4 +1,4 @@
-"""clean is linear in the paths it uncaches and trims (issue 11, item 17).
+"""clean is linear in the paths it uncaches and trims.
 
 No timings: the work is counted. ``sys.settrace`` counts the lines of bootwatch's own code that
 one clean executes (a loop or a comprehension counts once per iteration), on a real cache

@@ -1,5 +1,5 @@
 """``fsck --repair`` never leaves the cache without an index, and a repair that did not complete
-blocks every deletion of images (issue 11, item 2).
+blocks every deletion of images.
 
 Real child processes killed with SIGKILL at points spread over a real repair of a big cache; real
 files for the state a repair killed between its index rename and its "superseded" mark leaves.
@@ -183,8 +183,8 @@ def test_fsck_repair_does_not_hang_on_a_fifo_at_the_superseded_mark(boot_tree) -
 
 
 def test_a_mark_already_there_never_supersedes_a_new_copy(boot_tree) -> None:
-    """(Review suspicion b) A mark left at the name a new copy gets (a clock that went back, or one
-    planted) superseded the copy from its birth: deletions were not blocked by it."""
+    """A mark left at the name a new copy gets (a clock that went back, or one planted) does not
+    supersede the copy from its birth: deletions stay blocked by it."""
     tree = boot_tree
     corrupt_cached_index(tree)
     marks_for_the_next_seconds(tree, lambda p: p.write_bytes(b""))
@@ -215,8 +215,8 @@ def test_something_else_at_the_mark_keeps_the_copy_unsuperseded(boot_tree) -> No
 
 @pytest.mark.parametrize("kind", ["directory", "FIFO"])
 def test_an_unreadable_copy_is_never_marked_superseded(boot_tree, kind) -> None:
-    """(Review suspicion c) A kept copy that cannot be read was marked superseded though nothing of
-    it was merged: the block on deletions ended without a merge."""
+    """A kept copy that cannot be read is not marked superseded, since nothing of it was merged:
+    the block on deletions does not end without a merge."""
     tree = boot_tree
     corrupt_cached_index(tree)
     copy = tree.cache / "cacheindex.json.corrupt-20260101T000000Z"

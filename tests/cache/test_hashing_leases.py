@@ -1,4 +1,4 @@
-"""A file some process still has open for writing is never cached (issue 11, item 5).
+"""A file some process still has open for writing is never cached.
 
 A real child process writes a boot file the way ``install`` or ``cp`` onto slow media does: it
 creates the file an entry already names, writes 2 MiB, pauses, writes the rest, closes it. While

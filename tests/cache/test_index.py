@@ -185,7 +185,7 @@ def test_every_mutation_keeps_boom_invariants_under_random_operations() -> None:
         CacheIndex.validate(json.loads(index.to_json()), source="idx")
 
 
-# ------------------------------------------------------------------ total validation (issue 11, items 4 and 12)
+# ------------------------------------------------------------------ total validation
 
 ID = "a" * 40
 

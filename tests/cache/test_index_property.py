@@ -13,7 +13,7 @@ loads, and every referenced path it had still has an image file.
 
 ``scan`` is not in the in-process run: it writes (it is the daemon's reconcile) and installs a
 log handler on the process's stderr. It runs, with every other command, as a real child process
-on the hostile indexes of the issue in test_index_validation.py.
+on the hostile indexes of test_index_validation.py.
 
 The full suite runs 150 examples (the module is slow); ``-m slow`` adds a search of 3000. In-process, the store's
 retries of a read that fails to parse (for boom's in-place writes; 0.14 s per command here, as

@@ -1,4 +1,4 @@
-"""Hostile indexes from issue 11 as real child processes: refused in one line, nothing lost.
+"""Hostile indexes, with real child processes: refused in one line, nothing lost.
 
 Every command either refuses an index as corrupt (exit 1, one line naming cacheindex.json) or
 handles it; the daemon starts on one and says so in STATUS. The property-based search over many

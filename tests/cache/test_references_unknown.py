@@ -1,4 +1,4 @@
-"""A missing source of entries is not "no entries" (issue 11, item 1).
+"""A missing source of entries is not "no entries".
 
 The boot partition is a real tmpfs, bind-mounted on the boot directory and really unmounted (the
 tmpfs stays mounted elsewhere, so its files survive for the remount, as a partition's would). The
@@ -196,7 +196,7 @@ def test_the_daemon_says_it_once_and_cleans_nothing_while_unmounted(boot_tree, p
     assert image_ids(tree) == set(ids.values())
 
 
-# ---------------------------------------------------------------- the hostile review's cases
+# ---------------------------------------------------------------- hostile cases
 
 K2, K3 = "/vmlinuz-2.0", "/vmlinuz-3.0"
 

@@ -157,7 +157,7 @@ def test_lost_found_never_replaces_an_earlier_copy(tmp_path: Path) -> None:
 
 def test_images_and_a_symlinked_index_are_read_in_the_directory_opened(store: CacheStore, tmp_path: Path) -> None:
     """fsck's and the daemon's image hashes, and the copy of a symlinked index, go through the
-    descriptor opened once (review, suspicion f): a directory swapped in under the cache's name
+    descriptor opened once: a directory swapped in under the cache's name
     afterwards is never read."""
     content = b"the image"
     image_id = hashlib.sha1(content).hexdigest()

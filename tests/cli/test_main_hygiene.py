@@ -1,4 +1,4 @@
-"""The smaller defects of issue 11 (item 20), each through the real command line.
+"""Smaller rules of the command line, each checked by running it for real.
 
 - a --boot-dir that does not exist is a usage error, not an empty table;
 - an error reading the index names the file, never a descriptor number;

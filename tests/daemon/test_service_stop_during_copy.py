@@ -1,6 +1,5 @@
 """SIGTERM in the middle of a large copy stops the daemon within seconds and leaves no temp file;
-the temp files of a run killed with SIGKILL are removed at the next start and by ``scan``
-(issue 11, item 11).
+the temp files of a run killed with SIGKILL are removed at the next start and by ``scan``.
 
 The boot directory and the cache are on a loop-mounted ext4 that a blkio cgroup lets the daemon
 read at 4 MB/s (see slowdisk.py), so copying the 48 MiB kernel takes about 12 s: the signal

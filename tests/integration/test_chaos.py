@@ -1,5 +1,5 @@
 """Chaos: the real daemon while a driver kills writers and the daemon, unmounts /boot, fills the
-cache, reinstalls kernels over restored ones and removes entries (issue 11, "What must show it").
+cache, reinstalls kernels over restored ones and removes entries.
 
 The world
     /boot is a real ext4 file system on a loop device, mounted at the test's boot directory: an
