@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -87,10 +86,6 @@ class ImageCheck:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind.value, "outcome": self.outcome.value, "message": self.message}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> ImageCheck:
-        return cls(ImageKind(data["kind"]), Outcome(data["outcome"]), str(data["message"]))
 
 
 class _TimedOut(Exception):

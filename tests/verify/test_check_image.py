@@ -378,11 +378,10 @@ def test_unreadable_path_fails(tmp_path: Path) -> None:
     assert str(tmp_path / "missing") in result.message
 
 
-def test_result_round_trips_through_json() -> None:
+def test_result_as_json() -> None:
     result = ImageCheck("initramfs", "failed", "gzip archive at offset 4: truncated")
     assert result.to_json() == {"kind": "initramfs", "outcome": "failed",
                                 "message": "gzip archive at offset 4: truncated"}
-    assert ImageCheck.from_json(result.to_json()) == result
     assert result.failed
     with pytest.raises(ValueError):
         ImageCheck("kernel", "broken", "x")
