@@ -2,7 +2,8 @@
 
 :class:`BootCache` (in :mod:`bootwatch.cache.operations`) is the object a caller needs; the other
 modules are its parts: the on-disk protocol (:mod:`~bootwatch.cache.store`), the index
-(:mod:`~bootwatch.cache.index`), hashing, reconciliation, fsck and pins.
+(:mod:`~bootwatch.cache.index`), hashing, reconciliation, fsck and pins; :mod:`~bootwatch.cache.session`
+opens the cache a configuration names and runs one reconcile of it (``bootwatch scan``).
 """
 
 from bootwatch.cache.operations import BootCache, PathStatus

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 SETTLE = "200ms"
 
@@ -41,13 +41,13 @@ def _entry(entries: Path, name: str, title: str, version: str) -> None:
 class LogTail:
     """Collects the daemon's stderr lines in a thread, for printing after each scene."""
 
-    def __init__(self, stream) -> None:  # stream: a text pipe
+    def __init__(self, stream: IO[str]) -> None:  # a text pipe
         self.lines: list[str] = []
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
-    def _read(self, stream) -> None:
+    def _read(self, stream: IO[str]) -> None:
         for line in stream:
             with self.lock:
                 self.lines.append(line.rstrip("\n"))

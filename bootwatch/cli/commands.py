@@ -1,0 +1,266 @@
+"""The commands of the command line, one function each: ``cmd_NAME(args, config) -> exit code``.
+
+``pin`` and ``gc`` are in :mod:`bootwatch.cli.pin`; the parser that maps names to these
+functions is :mod:`bootwatch.cli.parser`. The daemon's modules are imported by the commands that
+need them only (``run``, ``status``), so that the others start without the daemon's libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from bootwatch.cache.fsck import check_cache
+from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus
+from bootwatch.cache.policy import keep_unreferenced_predicate
+from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
+from bootwatch.cli.output import format_table, format_time, print_json, verification_summary
+from bootwatch.config import Config
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
+from bootwatch.log import Event, log_event, setup_cli_logging
+from bootwatch.safety import boot_path_from_argument
+
+if TYPE_CHECKING:
+    from bootwatch.daemon.status import DaemonStatus
+
+# The journal's LOGGER for what the command line did, whichever module of it logs.
+log = logging.getLogger("bootwatch.cli")
+
+
+def boot_paths(cache: BootCache, arguments: Sequence[str]) -> list[str]:
+    return [boot_path_from_argument(cache.boot_dir, a) for a in arguments]
+
+
+def log_changes(command: str) -> None:
+    """A command that changes the boot directory or the cache logs what it did to the journal
+    too, wherever there is one (see :func:`bootwatch.log.setup_cli_logging`); stderr shows
+    warnings and errors, as before."""
+    setup_cli_logging("warning", command, plain=True)
+
+
+def cmd_add(args: argparse.Namespace, config: Config) -> int:
+    log_changes("add")
+    cache = BootCache.from_config(config)
+    for result in cache.add(boot_paths(cache, args.paths)):
+        if result.outcome is AddOutcome.CHANGED:
+            print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
+            log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
+                      result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
+                      state=PathState.CACHED, previous_image_id=result.previous_id)
+        else:
+            print(f"{result.path}: {result.outcome} as {result.image_id}")
+            if result.outcome is AddOutcome.CACHED:
+                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
+                          path=result.path, image_id=result.image_id, state=PathState.CACHED)
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace, config: Config) -> int:
+    log_changes("remove")
+    cache = BootCache.from_config(config)
+    paths = boot_paths(cache, args.paths)
+    cache.remove(paths, force=args.force)
+    for path in paths:
+        print(f"{path}: removed from the cache")
+        log.info("%s: removed from the cache by 'bootwatch remove'", path)
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    log_changes("restore")
+    cache = BootCache.from_config(config)
+    paths = boot_paths(cache, args.paths)
+    for path, image_id in zip(paths, cache.restore(paths)):
+        print(f"{path}: restored image {image_id}")
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore'", path, image_id,
+                  path=path, image_id=image_id, state=PathState.RESTORED)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    statuses = open_existing_cache(config).list()
+    if args.json:
+        print_json([s.to_json() for s in statuses])
+        return EXIT_OK
+    rows = [(s.path, s.image_id[:12], s.state + ("*" if s.boot_changed else ""), s.count, len(s.images),
+             verification_summary(s.verified), s.image_problem or "") for s in statuses]
+    print(format_table(("PATH", "IMAGE", "STATE", "COUNT", "IMAGES", "VERIFIED", "PROBLEM"), rows))
+    if any(s.boot_changed for s in statuses):
+        print("* the boot file changed since it was cached; 'bootwatch add' or the daemon caches it")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, config: Config) -> int:
+    cache = open_existing_cache(config)
+    [status] = cache.list(boot_paths(cache, [args.path]))
+    if args.json:
+        print_json(status.to_json())
+        return EXIT_OK
+    print(render_status(cache, status))
+    return EXIT_OK
+
+
+def render_status(cache: BootCache, s: PathStatus) -> str:
+    index = cache.load_index()
+    lines = [
+        f"Path:       {s.path}",
+        f"Boot file:  {cache.boot_dir / s.path.lstrip('/')}",
+        f"State:      {s.state}" + (" (the boot file changed since it was cached)" if s.boot_changed else ""),
+        f"Entries:    {s.count}",
+        f"Mode:       {stat.filemode(s.mode)} ({stat.S_IMODE(s.mode):04o}) uid {s.uid} gid {s.gid}",
+        f"Verified:   {verification_summary(s.verified)}"
+        + (f" ({s.verified.message})" if s.verified is not None and not s.verified.ok else ""),
+    ]
+    if s.image_problem:
+        lines.append(f"Problem:    {s.image_problem}")
+    lines.append("Images (newest first):")
+    for image_id in s.images:
+        image_st = cache.store.image_stat(image_id)
+        size = image_st.st_size if image_st is not None else "missing,"
+        lines.append(f"  {image_id}  {format_time(index.image_ts(image_id))}  {size} bytes")
+    return "\n".join(lines)
+
+
+def cmd_verify(args: argparse.Namespace, config: Config) -> int:
+    cache = open_existing_cache(config)
+    results = cache.verify(boot_paths(cache, args.paths) if args.paths else None)
+    if args.json:
+        print_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(r.paths)}"
+                  + ("" if r.ok else f": {r.message}"))
+            for check in r.checks:
+                if not check.ok:
+                    print(f"       {check.kind}: {check.outcome}: {check.message}")
+        if not results:
+            print("nothing to verify: the cache is empty")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
+def cmd_clean(args: argparse.Namespace, config: Config) -> int:
+    if not args.dry_run:
+        log_changes("clean")
+    cache = BootCache.from_config(config)
+    report = cache.clean(dry_run=args.dry_run, force=args.force,
+                         keep_unreferenced=keep_unreferenced_predicate(config, cache))
+    if not args.dry_run and (report.uncached_paths or report.deleted_images or report.removed_restored_copies):
+        log.info("clean: uncached %s; deleted %d image(s); removed the restored copies %s",
+                 ", ".join(report.uncached_paths) or "nothing", len(report.deleted_images),
+                 ", ".join(report.removed_restored_copies) or "none")
+    if args.json:
+        print_json(report.to_json())
+        return EXIT_OK
+    verb = "would " if args.dry_run else ""
+    for path in report.uncached_paths:
+        print(f"{verb}uncache {path}: no boot entry references it")
+    for image_id in report.deleted_images:
+        print(f"{verb}delete image {image_id}")
+    for item in report.kept_pinned:
+        print(f"kept {item}: pinned by a running program")
+    for path in report.removed_restored_copies:
+        print(f"removed the restored copy {path}")
+    for name in report.removed_temp_files:
+        print(f"{verb}remove stale temp file {name}")
+    if not any(value for key, value in report.to_json().items() if key != "kept_pinned"):
+        print("nothing to clean")
+    return EXIT_OK
+
+
+def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
+    report = check_cache(BootCache.from_config(config), repair=args.repair)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        for line in report.problems:
+            print(f"problem: {line}")
+        for line in report.warnings:
+            print(f"warning: {line}")
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        if report.ok and not report.warnings:
+            print("the cache is consistent")
+    if args.repair:
+        # Problems that were repaired are reported, but the exit code says whether the cache is sound now.
+        after = check_cache(BootCache.from_config(config), repair=False)
+        return EXIT_OK if after.ok else EXIT_FAILURE
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.daemon.service import run_daemon  # the daemon's imports (watchdog, apscheduler) only when needed
+    return run_daemon(getattr(args, "config", None), getattr(args, "boot_dir", None), getattr(args, "cache_dir", None))
+
+
+def cmd_scan(args: argparse.Namespace, config: Config) -> int:
+    setup_cli_logging("warning" if args.quiet else config.log.level, "scan")
+    report = reconcile_once(config, open_cache(config))
+    if report.references_unknown:
+        print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",
+              file=sys.stderr)
+    if args.json:
+        print_json(report.to_json())
+    elif not args.quiet:
+        print(f"examined {report.examined} paths, hashed {report.hashed}: {len(report.cached)} cached, "
+              f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
+              f"{len(report.errors)} errors"
+              + (f", {len(report.removed_temp_files)} temp files of an interrupted run removed"
+                 if report.removed_temp_files else ""))
+    return EXIT_OK if not report.errors else EXIT_FAILURE
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    # config was read from FILE alone when one was given (see load_effective_config).
+    sys.stdout.write(config.to_toml())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.daemon.status import daemon_pids, load_status
+    pids = daemon_pids(config.paths.cache)
+    running = bool(pids)
+    status: DaemonStatus | None = None
+    unavailable: str | None = None
+    if running:
+        # Details only from the daemon that holds the lock: a stale file's PID may be anyone now.
+        try:
+            status = load_status(config.paths.runtime)
+        except BootwatchError as e:
+            unavailable = str(e)
+        else:
+            if status.pid not in pids:
+                unavailable = (f"{config.paths.runtime}/status.json: names PID {status.pid}, "
+                               "not the daemon that holds the lock")
+                status = None
+    pid = pids[0] if pids and pids[0] > 0 else None
+    if args.json:
+        details = asdict(status) if status is not None else {"pid": pid}
+        print_json({"running": running, **details, **({"details_unavailable": unavailable} if unavailable else {})})
+    elif not running:
+        print(f"bootwatch is not running (no process holds the daemon lock on {config.paths.cache})")
+    elif status is None:
+        print(f"bootwatch is running (pid {pid or 'unknown'}), no details: {unavailable}")
+    else:
+        print(f"bootwatch is running (pid {status.pid}) since {format_time(status.started)}")
+        print(f"  watching:       {status.boot_dir} -> {status.cache_dir}")
+        print(f"  last reconcile: {format_time(status.last_reconcile)}")
+        print(f"  last batch:     {format_time(status.last_batch)}")
+        print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))
+        if status.lock_wait:
+            print(f"  waiting:        {status.lock_wait}")
+        if status.references_unknown:
+            print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
+        if status.problems:
+            print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
+    # As systemctl status: 3 means "not running".
+    return EXIT_OK if running else 3
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cli.demo import run_demo
+    return run_demo(keep=args.keep)

@@ -1,0 +1,100 @@
+"""The command line's one definition: every subcommand, its options and the function that runs it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from bootwatch import __version__
+from bootwatch.cli.commands import (
+    cmd_add,
+    cmd_check_config,
+    cmd_clean,
+    cmd_demo,
+    cmd_fsck,
+    cmd_list,
+    cmd_remove,
+    cmd_restore,
+    cmd_run,
+    cmd_scan,
+    cmd_show,
+    cmd_status,
+    cmd_verify,
+)
+from bootwatch.cli.pin import cmd_gc, cmd_pin
+from bootwatch.config import Config
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("common options")
+    group.add_argument("--config", type=Path, metavar="FILE", default=default,
+                       help="configuration file (default: $BOOTWATCH_CONFIG or /etc/bootwatch/bootwatch.toml)")
+    group.add_argument("--boot-dir", type=Path, metavar="DIR", default=default,
+                       help="boot directory (overrides [paths] boot)")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", default=default,
+                       help="cache directory (overrides [paths] cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bootwatch", description="Keep every boot entry of this host bootable.")
+    parser.add_argument("--version", action="version", version=f"bootwatch {__version__}")
+    add_common_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        add_common_options(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("add", cmd_add, "cache boot files (a new image id when the content changed)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="boom-style path (/vmlinuz-6.1.0) or a path in the boot directory")
+    p = command("remove", cmd_remove, "uncache paths")
+    p.add_argument("--force", action="store_true", help="remove even while boot entries reference the path")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = command("restore", cmd_restore, "copy a MISSING image back into the boot directory")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = command("list", cmd_list, "list cached paths with their state")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("show", cmd_show, "show one cached path in detail")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("verify", cmd_verify, "re-hash and check cached images; exit 1 if any failed")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("clean", cmd_clean, "uncache unreferenced paths, trim old images, delete orphans and temp files")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    p.add_argument("--force", action="store_true",
+                   help="clean although every boot entry vanished at once or the boot directory is no longer "
+                        "a mount point (confirms that this is how it should be)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("fsck", cmd_fsck, "check that the index and the image files agree")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired; a corrupt index is kept aside")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    command("run", cmd_run, "run the daemon: watch the boot directory and keep the cache current")
+    p = command("scan", cmd_scan, "reconcile once, as the daemon does at start, and exit")
+    p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
+    p.add_argument("--json", action="store_true", help="print what was done as a JSON object")
+    p = command("check-config", cmd_check_config, "validate the configuration and print the effective one")
+    p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the file to check (default: as --config)")
+    p = command("status", cmd_status, "show whether the daemon runs, since when, and the counts by state")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = command("demo", cmd_demo, "show what bootwatch does on a throw-away boot tree (never touches /boot)")
+    p.add_argument("--keep", action="store_true", help="keep the temp tree afterwards")
+    p = command("pin", cmd_pin, "run COMMAND with cached images pinned (hard links that clean leaves alone)")
+    p.add_argument("--path", dest="pin_paths", action="append", default=[], metavar="P",
+                   help="pin the newest image of this cached path (repeatable)")
+    p.add_argument("--image", dest="pin_images", action="append", default=[], metavar="ID",
+                   help="pin this image id (repeatable)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS]",
+                   help="the command to run; it gets the pinned files in BOOTWATCH_PIN_0, BOOTWATCH_PIN_1, ...")
+    p = command("gc", cmd_gc, "remove pin links whose owner process is dead")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    return parser
