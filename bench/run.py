@@ -39,6 +39,7 @@ TARGETS: list[tuple[tuple[str, ...], Callable[[Sizes], list[Result]]]] = [
     (("4",), cache_targets.target_reconcile),
     (("5", "6"), daemon_targets.target_storm_and_idle),
     (("7",), cache_targets.target_boom),
+    (("8",), cache_targets.target_scan_vs_aide),
 ]
 ALL_IDS = [i for ids, _ in TARGETS for i in ids]
 

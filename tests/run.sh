@@ -15,6 +15,7 @@ APT_PACKAGES=(
     strace                                                # which flags bootwatch opens temp files with
     grub2-common grub-pc-bin                              # the real grub-mkconfig for the grub.cfg parser's tests
     systemd-boot-efi binutils                             # a real UKI: the systemd-boot stub and objcopy
+    aide                                                  # the baseline of benchmark row 8 (bootwatch scan vs aide --check)
 )
 
 if [ "$(id -u)" = 0 ]; then
@@ -32,5 +33,5 @@ fi
 VENV=${BOOTWATCH_TEST_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m pip install -q -e '.[test,dev]'
 exec "$VENV/bin/python" -m pytest tests -ra "$@"

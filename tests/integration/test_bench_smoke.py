@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list")
+TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list", "8")
 BOOM_ROWS = ("7-cache", "7-list")  # bootwatch against boom-boot: not run without it
 
 
@@ -41,3 +42,5 @@ def test_quick_run_prints_every_target(tmp_path: Path) -> None:
     for result in data["results"]:
         if result["target"] in BOOM_ROWS:
             assert (result["what"] == "not run: boom-boot not installed") is not boom_installed, result
+        if result["target"] == "8":  # bootwatch scan against aide --check: not run without aide
+            assert (result["what"] == "not run: aide not installed") is (shutil.which("aide") is None), result
