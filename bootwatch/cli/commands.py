@@ -1,8 +1,10 @@
 """The commands of the command line, one function each: ``cmd_NAME(args, config) -> exit code``.
 
-``pin`` and ``gc`` are in :mod:`bootwatch.cli.pin`; the parser that maps names to these
-functions is :mod:`bootwatch.cli.parser`. The daemon's modules are imported by the commands that
-need them only (``run``, ``status``), so that the others start without the daemon's libraries.
+The parser that maps names to these functions is :mod:`bootwatch.cli.parser`. What only some
+commands need is imported when they run: the daemon's modules (``run``, ``status``), fsck, and
+``pin``/``gc`` (:mod:`bootwatch.cli.pin`, with the pins library). ``scan`` is what the
+kernel-install plugin runs at every kernel install, and ``list`` what a user types: they start
+without any of it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from bootwatch.cache.fsck import check_cache
 from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
@@ -173,6 +174,7 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cache.fsck import check_cache
     report = check_cache(BootCache.from_config(config), repair=args.repair)
     if args.json:
         print_json(report.to_json())
@@ -190,6 +192,16 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
         after = check_cache(BootCache.from_config(config), repair=False)
         return EXIT_OK if after.ok else EXIT_FAILURE
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_pin(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cli.pin import command_pin
+    return command_pin(args, config)
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cli.pin import command_gc
+    return command_gc(args, config)
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:

@@ -13,7 +13,9 @@ from bootwatch.cli.commands import (
     cmd_clean,
     cmd_demo,
     cmd_fsck,
+    cmd_gc,
     cmd_list,
+    cmd_pin,
     cmd_remove,
     cmd_restore,
     cmd_run,
@@ -22,7 +24,6 @@ from bootwatch.cli.commands import (
     cmd_status,
     cmd_verify,
 )
-from bootwatch.cli.pin import cmd_gc, cmd_pin
 from bootwatch.config import Config
 
 Command = Callable[[argparse.Namespace, Config], int]

@@ -31,7 +31,7 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
 SI_KERNEL = 0x80
 
 
-def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+def command_gc(args: argparse.Namespace, config: Config) -> int:
     """``bootwatch gc [--dry-run] [--json]``: remove the pin links of dead owners."""
     report = gc(BootCache.from_config(config), dry_run=args.dry_run)
     if args.json:
@@ -47,7 +47,7 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_pin(args: argparse.Namespace, config: Config) -> int:
+def command_pin(args: argparse.Namespace, config: Config) -> int:
     """``bootwatch pin [--path P | --image ID]... -- COMMAND [ARGS]``.
 
     The pins belong to COMMAND's process, not to ``bootwatch pin``: this process forks, the child
