@@ -18,6 +18,8 @@ import pytest
 
 BootTree = Any  # conftest.BootTree
 
+pytestmark = pytest.mark.slow  # real command-line runs, one interpreter start each
+
 # The daemon's own packages: third-party ones by their top-level name, and bootwatch's service.
 DAEMON_ONLY = ("apscheduler", "watchdog", "sdnotify", "bootwatch.daemon")
 
