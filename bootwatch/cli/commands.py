@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from bootwatch.cache.operations import AddOutcome, BootCache, PathState, PathStatus
+from bootwatch.cache.operations import AddOutcome, BootCache, CleanReport, PathState, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
 from bootwatch.cli.output import format_table, format_time, print_json, verification_summary
@@ -156,8 +156,13 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
                  ", ".join(report.removed_restored_copies) or "none")
     if args.json:
         print_json(report.to_json())
-        return EXIT_OK
-    verb = "would " if args.dry_run else ""
+    else:
+        print_clean_report(report, dry_run=args.dry_run)
+    return EXIT_OK
+
+
+def print_clean_report(report: CleanReport, *, dry_run: bool) -> None:
+    verb = "would " if dry_run else ""
     for path in report.uncached_paths:
         print(f"{verb}uncache {path}: no boot entry references it")
     for image_id in report.deleted_images:
@@ -170,7 +175,6 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
         print(f"{verb}remove stale temp file {name}")
     if not any(value for key, value in report.to_json().items() if key != "kept_pinned"):
         print("nothing to clean")
-    return EXIT_OK
 
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
@@ -233,22 +237,10 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from bootwatch.daemon.status import daemon_pids, load_status
+    from bootwatch.daemon.status import daemon_pids
     pids = daemon_pids(config.paths.cache)
     running = bool(pids)
-    status: DaemonStatus | None = None
-    unavailable: str | None = None
-    if running:
-        # Details only from the daemon that holds the lock: a stale file's PID may be anyone now.
-        try:
-            status = load_status(config.paths.runtime)
-        except BootwatchError as e:
-            unavailable = str(e)
-        else:
-            if status.pid not in pids:
-                unavailable = (f"{config.paths.runtime}/status.json: names PID {status.pid}, "
-                               "not the daemon that holds the lock")
-                status = None
+    status, unavailable = running_daemon_status(config, pids) if running else (None, None)
     pid = pids[0] if pids and pids[0] > 0 else None
     if args.json:
         details = asdict(status) if status is not None else {"pid": pid}
@@ -258,19 +250,38 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     elif status is None:
         print(f"bootwatch is running (pid {pid or 'unknown'}), no details: {unavailable}")
     else:
-        print(f"bootwatch is running (pid {status.pid}) since {format_time(status.started)}")
-        print(f"  watching:       {status.boot_dir} -> {status.cache_dir}")
-        print(f"  last reconcile: {format_time(status.last_reconcile)}")
-        print(f"  last batch:     {format_time(status.last_batch)}")
-        print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))
-        if status.lock_wait:
-            print(f"  waiting:        {status.lock_wait}")
-        if status.references_unknown:
-            print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
-        if status.problems:
-            print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
+        print_daemon_status(status)
     # As systemctl status: 3 means "not running".
     return EXIT_OK if running else 3
+
+
+def running_daemon_status(config: Config, pids: Sequence[int]) -> tuple[DaemonStatus | None, str | None]:
+    """The status file of the daemon that holds the lock, or why there are no details.
+
+    Details come only from that daemon: a stale file's PID may be anyone now.
+    """
+    from bootwatch.daemon.status import load_status
+    try:
+        status = load_status(config.paths.runtime)
+    except BootwatchError as e:
+        return None, str(e)
+    if status.pid not in pids:
+        return None, f"{config.paths.runtime}/status.json: names PID {status.pid}, not the daemon that holds the lock"
+    return status, None
+
+
+def print_daemon_status(status: DaemonStatus) -> None:
+    print(f"bootwatch is running (pid {status.pid}) since {format_time(status.started)}")
+    print(f"  watching:       {status.boot_dir} -> {status.cache_dir}")
+    print(f"  last reconcile: {format_time(status.last_reconcile)}")
+    print(f"  last batch:     {format_time(status.last_batch)}")
+    print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))
+    if status.lock_wait:
+        print(f"  waiting:        {status.lock_wait}")
+    if status.references_unknown:
+        print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
+    if status.problems:
+        print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
