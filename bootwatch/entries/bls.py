@@ -81,18 +81,33 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
     reading that filesystem alone, cannot follow it either. Every file is read with
     ``O_NONBLOCK`` kept set.
     """
-    entries: list[BootEntry] = []
+    texts = read_entry_texts(entries_dir)
+    return EntriesRead([parse_entry(text, path) for path, text in texts.texts], texts.problem, texts.refused)
+
+
+@dataclass(frozen=True)
+class EntryTexts:
+    """The text of each ``*.conf`` that could be read, with :class:`EntriesRead`'s ``problem`` and ``refused``."""
+
+    texts: list[tuple[Path, str]]
+    problem: str | None = None
+    refused: list[str] = field(default_factory=list)
+
+
+def read_entry_texts(entries_dir: Path) -> EntryTexts:
+    """The reading half of :func:`read_entry_source` (same rules), for every parser of type #1 entries."""
+    texts: list[tuple[Path, str]] = []
     refused: list[str] = []
     try:
         device = os.stat(entries_dir).st_dev
         names = sorted(os.listdir(entries_dir))
     except FileNotFoundError:
-        return EntriesRead(entries, f"{entries_dir}: the boot entries directory does not exist")
+        return EntryTexts(texts, f"{entries_dir}: the boot entries directory does not exist")
     except NotADirectoryError:
-        return EntriesRead(entries, f"{entries_dir}: the boot entries directory is not a directory")
+        return EntryTexts(texts, f"{entries_dir}: the boot entries directory is not a directory")
     except OSError as e:
-        return EntriesRead(entries, f"{entries_dir}: the boot entries directory cannot be read "
-                                    f"({os.strerror(e.errno).lower() if e.errno else e})")
+        return EntryTexts(texts, f"{entries_dir}: the boot entries directory cannot be read "
+                                 f"({os.strerror(e.errno).lower() if e.errno else e})")
     problem: str | None = None
     for name in names:
         if not name.endswith(".conf") or name.startswith("."):
@@ -118,8 +133,8 @@ def read_entry_source(entries_dir: Path) -> EntriesRead:
             problem = problem or (f"{path}: a boot entry that cannot be read "
                                   f"({os.strerror(e.errno).lower() if e.errno else e})")
             continue
-        entries.append(parse_entry(text, path))
-    return EntriesRead(entries, problem, refused)
+        texts.append((path, text))
+    return EntryTexts(texts, problem, refused)
 
 
 def read_entries(entries_dir: Path) -> list[BootEntry]:

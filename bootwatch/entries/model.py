@@ -13,6 +13,7 @@ that was really an unreadable file.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,10 @@ class Entry:
     files: tuple[BootFile, ...]
     options: str
     origin: Path
+    machine_id: str | None = None
+    """A BLS entry's ``machine-id``: which installation wrote it."""
+    sort_key: str | None = None
+    """A BLS entry's ``sort-key`` (the OS's ``IMAGE_ID`` or ``ID``), which orders the loader's menu."""
 
     def files_with_role(self, role: FileRole) -> tuple[BootFile, ...]:
         return tuple(f for f in self.files if f.role is role)
@@ -155,3 +160,28 @@ class SourceResult:
     def unreadable(cls, source: EntrySource, location: Path, reason: str,
                    partial: tuple[Entry, ...] = ()) -> SourceResult:
         return cls(source, location, partial, reason)
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """A :class:`SourceResult` and the files of the source that are no entry (a FIFO among the
+    ``.conf`` files, a UKI without ``.osrel``): one line each, for a warning. Refused files do not
+    make the source unknown: a boot loader does not boot them either."""
+
+    result: SourceResult
+    refused: tuple[str, ...] = ()
+
+
+_BOOT_COUNTER = re.compile(r"\+\d+(-\d+)?$")
+
+
+def entry_id(file_name: str, suffix: str) -> str:
+    """A BLS entry's id as systemd-boot and ``bootctl list`` give it: the file name with the
+    boot-counting counter before ``suffix`` (``.conf``, ``.efi``) removed and the suffix kept
+    (``fedora-6.1+3-1.conf`` is ``fedora-6.1.conf``). The counter is no part of the entry's name
+    (the Boot Loader Specification's boot counting), so the id stays while the counter counts; it
+    is what ``loader.conf``'s ``default`` and the ``LoaderEntryDefault`` EFI variable name."""
+    if not file_name.lower().endswith(suffix):
+        return file_name
+    stem = file_name[:-len(suffix)]
+    return (_BOOT_COUNTER.sub("", stem) or stem) + file_name[len(stem):]
