@@ -30,6 +30,12 @@ reported in :attr:`SourceRead.refused` and yields nothing. A file that is not a 
 whose headers point outside the file, name more than :data:`MAX_SECTIONS` sections or a text
 section larger than its bound, or that cannot be read, makes the source *unknown* with a reason
 naming the file: the firmware might still boot it, so bootwatch does not pretend it is absent.
+For the restore decision: a UKI's only reference is itself, so a UKI that is gone is an entry that
+is gone, and restoring it would resurrect an entry its owner removed (the kernel package's
+``kernel-install remove``, ``sdbootutil``). The entry inventory therefore never counts a UKI as
+needed by its own entry; only another entry that names its path (a type #1 ``efi`` line, a GRUB
+``chainloader``) makes it needed.
+
 Time and memory are bounded by the headers' size (:data:`MAX_HEADER_OFFSET`, :data:`MAX_SECTIONS`)
 and the text sections' bound, never by the file's size.
 """

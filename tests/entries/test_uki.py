@@ -127,12 +127,14 @@ def test_a_pe_without_osrel_or_linux_is_no_entry(kernel: Kernel, tmp_path: Path)
 
 # ------------------------------------------------------------------------------------ hostile
 
-def _pe_offset(data: bytes) -> int:
+def _pe_offset(data: bytes | bytearray) -> int:
     return int(struct.unpack_from("<I", data, 0x3C)[0])
 
 
-def _section_entry(data: bytes, name: bytes) -> int:
+def _section_entry(data: bytes | bytearray, name: bytes) -> int:
     pe = _pe_offset(data)
+    count: int
+    optional: int
     count, optional = struct.unpack_from("<H12xH", data, pe + 6)
     table = pe + 24 + optional
     for i in range(count):
