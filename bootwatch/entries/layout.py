@@ -42,7 +42,7 @@ from bootwatch.entries.grubenv import GrubEnv
 from bootwatch.entries.model import EntrySource, Partition, PartitionKind, SourceRead, SourceResult
 from bootwatch.entries.uki import UKI_DIR, read_uki_source
 from bootwatch.errors import FileTooLargeError, NotRegularFileError
-from bootwatch.linux import MOUNTINFO, MountInfo, mountinfo
+from bootwatch.linux import MountInfo, mountinfo
 from bootwatch.safety import read_regular
 
 ESP_TYPE_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
@@ -187,9 +187,9 @@ def detect_layout(mounts: Sequence[MountInfo], *, udev_data: Path = UDEV_DATA, p
     return BootLayout(esp, xbootldr, seen.get("/boot"))
 
 
-def host_layout(mountinfo_path: Path = MOUNTINFO) -> BootLayout:
+def host_layout() -> BootLayout:
     """:func:`detect_layout` of this process's mount namespace (``/proc/self/mountinfo``)."""
-    return detect_layout(mountinfo(mountinfo_path))
+    return detect_layout(mountinfo())
 
 
 def _kind(part: BootPartition) -> PartitionKind:
