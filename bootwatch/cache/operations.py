@@ -962,8 +962,12 @@ class BootCache:
 
     # ---------------------------------------------------------------- verify
 
-    def verify_image(self, index: CacheIndex, image_id: str) -> ImageVerification:
-        """Re-hash one cached image and compare it with its id and the SHA256 recorded at caching time."""
+    def verify_image(self, index: CacheIndex, image_id: str, *, deadline: float | None = None) -> ImageVerification:
+        """Re-hash one cached image and compare it with its id and the SHA256 recorded at caching time.
+
+        ``deadline`` (``time.monotonic()``) bounds the content check's walk of a filesystem or an
+        initramfs: past it the check is ``unchecked`` (see :func:`bootwatch.verify.check_image`).
+        """
         paths = index.paths_of(image_id)
         try:
             fd = self.store.open_image(image_id)
@@ -982,13 +986,13 @@ class BootCache:
         recorded = index.recorded_sha256(image_id)
         if recorded is not None and recorded != digest.sha256:
             return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
-        checks = self._content_checks(image_id)
+        checks = self._content_checks(image_id, deadline)
         failed = [c for c in checks if c.failed]
         if failed:
             return ImageVerification(image_id, paths, False, failed[0].message, checks)
         return ImageVerification(image_id, paths, True, "ok", checks)
 
-    def _content_checks(self, image_id: str) -> builtins.list[ImageCheck]:
+    def _content_checks(self, image_id: str, deadline: float | None = None) -> builtins.list[ImageCheck]:
         """Checks by kind of image (kernel, initramfs, filesystem): see :mod:`bootwatch.verify`.
 
         Filesystem images are loop-mounted under the runtime directory; without one (a library
@@ -996,7 +1000,8 @@ class BootCache:
         """
         from bootwatch.verify import check_image  # loop, mount and decompressors: only verify needs them
         runtime = self.runtime_dir if self.runtime_dir is not None else self.store.directory / "run"
-        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime))]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime), timeout=timeout)]
 
     def verify(self, paths: Sequence[str] | None = None) -> builtins.list[ImageVerification]:
         """Verify the images of ``paths`` (all by default) and record the results in the index.

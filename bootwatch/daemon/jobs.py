@@ -42,11 +42,12 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Callable
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.base import BaseExecutor, run_job
+from apscheduler.job import Job as ScheduledJob
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -55,6 +56,7 @@ from bootwatch.cache.hashing import Cancelled
 from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.operations import BootCache, ImageVerification
 from bootwatch.cache.policy import keep_unreferenced_predicate
+from bootwatch.config import Config
 from bootwatch.errors import (
     BootwatchError,
     DeletionsBlockedError,
@@ -65,6 +67,9 @@ from bootwatch.errors import (
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event
 
 JOB_NAMES = ("clean", "gc", "verify", "rescan")
+# The job store every job is added to (APScheduler's memory store under its default name): the
+# executor hands it to run_job() for the events it makes.
+JOBSTORE = "default"
 # The logger APScheduler's run_job() writes to for our jobs (see _RunLogFilter).
 RUN_LOGGER = "bootwatch.daemon.jobs.run"
 
@@ -90,7 +95,7 @@ def verify_batch_size(image_count: int, run_period: float, verify_interval: floa
 
 def least_recently_verified(index: CacheIndex) -> list[str]:
     """Listed image ids, never verified first, then by the time of their last verification."""
-    def key(image_id: str) -> tuple:
+    def key(image_id: str) -> tuple[float, str]:
         verified = index.verification(image_id)
         when = verified["time"] if verified is not None else None
         return (when if when is not None else 0, image_id)
@@ -109,7 +114,7 @@ class _RunLogFilter(logging.Filter):
         return record.levelno >= logging.WARNING and not record.exc_info
 
 
-class _ThreadExecutor(BaseExecutor):
+class _ThreadExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3.x ships no types
     """Runs each job in a new daemon thread and can join them with a deadline.
 
     A thread per run is cheap at these intervals (minutes) and, unlike concurrent.futures'
@@ -121,10 +126,11 @@ class _ThreadExecutor(BaseExecutor):
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
 
-    def _do_submit_job(self, job, run_times) -> None:  # type: ignore[no-untyped-def]
+    def _do_submit_job(self, job: ScheduledJob, run_times: list[datetime]) -> None:
+        """The method a custom executor implements (APScheduler's "extending" guide)."""
         def run() -> None:
             try:
-                events = run_job(job, job._jobstore_alias, run_times, RUN_LOGGER)
+                events = run_job(job, JOBSTORE, run_times, RUN_LOGGER)
             except BaseException:
                 self._run_job_error(job.id, *sys.exc_info()[1:])
             else:
@@ -164,12 +170,13 @@ class MaintenanceScheduler:
     (for metrics); ``on_verified(results)`` after every verify slice that the default verify ran.
     """
 
-    def __init__(self, config, cache: BootCache, *,  # config: bootwatch.config.Config
+    def __init__(self, config: Config, cache: BootCache, *,
                  jobs: Mapping[str, Job | None] | None = None,
                  on_job_done: JobDone | None = None,
                  on_verified: Callable[[list[ImageVerification]], None] | None = None,
                  logger: logging.Logger | None = None,
-                 io_errors: IoErrorLog | None = None) -> None:
+                 io_errors: IoErrorLog | None = None,
+                 verify_bound: float | None = None) -> None:
         self.config = config
         # A failing cache file system fails every job: one line per file and errno, no traceback.
         self.io_errors = io_errors or IoErrorLog(logger or logging.getLogger("bootwatch.daemon.jobs"))
@@ -182,8 +189,9 @@ class MaintenanceScheduler:
         self._problems: dict[str, str] = {}  # job name -> the BootwatchError it last failed with
         self._problems_lock = threading.Lock()
         self.verify_period = verify_run_period(config.jobs.verify_interval)
-        defaults: dict[str, Job | None] = {"clean": self.clean, "gc": self.gc, "verify": self.verify_slice,
-                                              "rescan": None}
+        self._verify_bound = verify_bound
+        defaults: dict[str, Job | None] = {"clean": self.clean, "gc": self.gc, "verify": self._verify_job,
+                                           "rescan": None}
         for name in (jobs or {}):
             if name not in JOB_NAMES:
                 raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
@@ -201,7 +209,8 @@ class MaintenanceScheduler:
         for name, func in self.jobs.items():
             self._scheduler.add_job(self._wrap(name, func), IntervalTrigger(seconds=self.intervals[name],
                                                                              timezone=timezone.utc),
-                                    id=name, name=name, coalesce=True, max_instances=1, misfire_grace_time=None)
+                                    id=name, name=name, jobstore=JOBSTORE, coalesce=True, max_instances=1,
+                                    misfire_grace_time=None)
 
     # ---------------------------------------------------------------- control
 
@@ -224,7 +233,7 @@ class MaintenanceScheduler:
                             ", ".join(self._executor.running()))
         return False
 
-    def reschedule(self, config) -> None:  # config: bootwatch.config.Config
+    def reschedule(self, config: Config) -> None:
         """Apply the intervals of a reloaded configuration (the jobs stay the same).
 
         A job's next run is one new interval from now; a change of the cache or boot directory
@@ -238,7 +247,7 @@ class MaintenanceScheduler:
                 self._scheduler.reschedule_job(name, trigger=IntervalTrigger(seconds=new[name], timezone=timezone.utc))
         self.intervals = new
 
-    def _intervals(self, config) -> dict[str, float]:  # config: bootwatch.config.Config
+    def _intervals(self, config: Config) -> dict[str, float]:
         return {
             "clean": config.jobs.clean_interval,
             "gc": config.jobs.gc_interval,
@@ -328,8 +337,23 @@ class MaintenanceScheduler:
             self.logger.info("gc: removed %d pin(s) of dead owners: %s", len(report.removed),
                              ", ".join(report.removed))
 
+    @property
+    def verify_bound(self) -> float:
+        """Seconds a verify run may take: its run period (the next run is due then, and skipped
+        while this one goes on), but at least :data:`MIN_VERIFY_PERIOD`."""
+        if self._verify_bound is not None:
+            return self._verify_bound
+        return max(self.verify_period, MIN_VERIFY_PERIOD)
+
+    def _verify_job(self) -> None:
+        self.verify_slice()
+
     def verify_slice(self) -> list[ImageVerification]:
-        """Re-hash the least recently verified images, as many as this run's share."""
+        """Re-hash the least recently verified images, as many as this run's share and as its
+        :attr:`verify_bound` allows: the content check of an image (the walk of a filesystem or an
+        initramfs) gives up at the bound (``unchecked``), and once it is past, the images left
+        wait for the next run, where they come first (least recently verified)."""
+        deadline = time.monotonic() + self.verify_bound
         index = self.cache.load_index()
         ids = least_recently_verified(index)
         count = verify_batch_size(len(ids), self.verify_period, self.config.jobs.verify_interval)
@@ -337,8 +361,13 @@ class MaintenanceScheduler:
         for image_id in ids[:count]:
             if self.stopping.is_set():
                 break  # shutting down: record what was done
+            if time.monotonic() >= deadline:
+                self.logger.warning("verify: the run reached its bound of %s s after %d of %d image(s); the rest "
+                                    "are verified first at the next run", f"{self.verify_bound:g}", len(results),
+                                    count)
+                break
             try:
-                results.append(self.cache.verify_image(index, image_id))
+                results.append(self.cache.verify_image(index, image_id, deadline=deadline))
             except Cancelled:  # the daemon stops in the middle of an image: it has no result
                 break
         # An image that a clean, remove or trim deleted meanwhile is dropped here, not reported.

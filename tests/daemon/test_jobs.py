@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import imagefactory
 import pytest
 from polling import wait_until
 
@@ -18,6 +20,7 @@ from bootwatch.cache.operations import BootCache
 from bootwatch.config import Config, load_config
 from bootwatch.daemon.jobs import MaintenanceScheduler, least_recently_verified, verify_batch_size, verify_run_period
 from bootwatch.log import FIELDS_ATTR, Event
+from bootwatch.verify import ImageKind, Outcome
 
 KERNELS = ["/vmlinuz-6.1.0-a", "/vmlinuz-6.1.0-b", "/vmlinuz-6.1.0-c"]
 
@@ -252,3 +255,33 @@ def test_shutdown_stops_a_cooperative_job(tmp_path: Path, records) -> None:
     assert started.wait(30)
     assert scheduler.shutdown(60) is True
     assert wait_until(lambda: job_threads() == [])
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/dev/loop-control").exists() or not imagefactory.have("mkfs.ext4"),
+                    reason="needs root, /dev/loop-control and mkfs.ext4 to loop-mount a filesystem image")
+def test_verify_run_stops_at_its_bound_in_the_walk_of_a_filesystem_image(tmp_path: Path, records) -> None:
+    """The verify job's bound reaches the content check: the walk of a real ext4 image with
+    thousands of files gives up (unchecked, recorded), and the run stops there and says so."""
+    logger, handler = records
+    config = make_config(tmp_path, verify="1d")
+    cache = make_cache(config)
+    tree = tmp_path / "tree"
+    for n in range(20):
+        (tree / f"d{n}").mkdir(parents=True)
+        for m in range(100):
+            (tree / f"d{n}" / f"f{m}").write_bytes(b"%d" % m * 100)
+    imagefactory.build_ext4(cache.boot_dir / "rootfs.img", tree, size_mb=32)
+    cache.add(["/rootfs.img"])
+    cache.verify(KERNELS)  # the kernels were verified just now: the filesystem image comes first
+    [fs_image] = [i for i in cache.load_index().all_image_ids() if cache.load_index().paths_of(i) == ["/rootfs.img"]]
+    scheduler = MaintenanceScheduler(config, cache, logger=logger, verify_bound=0.05)
+    scheduler.verify_period = scheduler.config.jobs.verify_interval  # every image is this run's share
+    [result] = scheduler.verify_slice()
+    assert result.image_id == fs_image and result.ok  # slowness is not corruption
+    [check] = result.checks
+    assert (check.kind, check.outcome) == (ImageKind.FILESYSTEM, Outcome.UNCHECKED) and "gave up" in check.message
+    assert cache.load_index().image_extra(fs_image)["verified"]["checks"] == [check.to_json()]
+    [warning] = [r for r in handler.records if "reached its bound" in r.getMessage()]
+    assert "after 1 of 4 image(s)" in warning.getMessage()
