@@ -5,9 +5,21 @@ abstract namespace). Each datagram holds newline-separated ``KEY=value`` assignm
 applies the whole datagram at once; that is why ``RELOADING=1`` and ``MONOTONIC_USEC=`` go into
 one send here: systemd 253+ pairs them to match the reload with the ``READY=1`` that ends it.
 
-``sdnotify.SystemdNotifier`` does the sending (one ``send()`` on a connected datagram socket, so
-one datagram per call) and swallows errors: a dead systemd must not kill the daemon. Without
-``$NOTIFY_SOCKET`` every method does nothing.
+``sdnotify.SystemdNotifier`` connects to ``$NOTIFY_SOCKET`` of the process environment and does
+the sending (one ``sendall()`` on its connected datagram socket: one datagram per call), and
+swallows errors: a dead systemd must not kill the daemon. Without a socket every method does
+nothing. Two things are added on its own objects, not around them:
+
+- a send timeout (:data:`SEND_TIMEOUT`) on its socket: systemd reads the socket as messages
+  come, but the kernel blocks a send while the receiver's queue is full, and a PID 1 that stalls
+  must not stall the daemon with it. A message that cannot be queued within the bound is dropped
+  (the timeout is an error that ``notify()`` swallows), as one to a dead systemd is;
+- the text handed to ``notify()`` is the UTF-8 encoding of the message, as latin-1 text.
+  sdnotify 0.3 encodes every message as latin-1, while systemd takes only UTF-8 (a ``STATUS=``
+  that is not UTF-8 clean is ignored): a path with a character outside latin-1 would make
+  sdnotify drop the whole message, and one with a latin-1 accent would reach systemd as invalid
+  UTF-8. Latin-1 maps each of the 256 byte values to one character, so the bytes sent are
+  exactly the UTF-8 ones.
 
 With ``WatchdogSec=``, systemd sets ``$WATCHDOG_USEC`` (and ``$WATCHDOG_PID``, the process it
 means); if no ``WATCHDOG=1`` arrives within that time it kills the service with SIGABRT. Pinging
@@ -17,7 +29,6 @@ at half the interval, as sd_watchdog_enabled(3) recommends, leaves room for one 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Mapping
 
@@ -28,35 +39,19 @@ SEND_TIMEOUT = 1.0
 
 
 class SystemdNotifier:
-    """sd_notify messages for this process; a no-op when systemd did not ask for them."""
+    """sd_notify messages for this process; a no-op when systemd did not ask for them.
+
+    The notification socket is the process environment's (sdnotify reads ``$NOTIFY_SOCKET``
+    itself); ``environ`` gives the watchdog settings (``$WATCHDOG_USEC``, ``$WATCHDOG_PID``),
+    the process environment by default.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
-        self._environ = environ
-        self._notifier: sdnotify.SystemdNotifier | None = None
-        address = environ.get("NOTIFY_SOCKET", "")
-        if address.startswith("@"):
-            address = "\0" + address[1:]  # the abstract namespace
-        if not address:
-            return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(address)
-        except OSError:
-            # As sd_notify() does without a listener: nothing to tell, and not an error.
-            sock.close()
-            return
-        # systemd reads the socket as messages come; a PID 1 that stalls must not stall the daemon
-        # with it (the kernel blocks a send while the receiver's queue is full): a message that
-        # cannot be queued within the bound is dropped, as one to a dead systemd is.
-        sock.settimeout(SEND_TIMEOUT)
-        # sdnotify connects to os.environ's socket by itself; use our socket (from ``environ``)
-        # through its public attribute instead, and keep its error-swallowing notify().
+        self._environ = os.environ if environ is None else environ
         notifier = sdnotify.SystemdNotifier()
         if notifier.socket is not None:
-            notifier.socket.close()
-        notifier.socket = sock
-        self._notifier = notifier
+            notifier.socket.settimeout(SEND_TIMEOUT)
+        self._notifier: sdnotify.SystemdNotifier | None = notifier if notifier.socket is not None else None
 
     def notify(self, **assignments: object) -> None:
         """Send ``KEY=value`` assignments (``READY=1`` as ``ready=1``) in one datagram."""
@@ -67,8 +62,7 @@ class SystemdNotifier:
             # A newline would start a new assignment: the value must stay on its line.
             text = " ".join(str(value).splitlines())
             lines.append(f"{key.upper()}={text}")
-        # sdnotify encodes as latin-1 (and drops the message if that fails); handing it the UTF-8
-        # bytes as latin-1 text makes it send UTF-8, as systemd expects, for any path name.
+        # UTF-8 on the wire, through sdnotify's latin-1 (see the module docstring).
         self._notifier.notify("\n".join(lines).encode("utf-8", "surrogateescape")
                               .decode("latin-1"))
 

@@ -29,6 +29,16 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
         sock.close()
 
 
+def notifier_at(monkeypatch: pytest.MonkeyPatch, address: str | None) -> SystemdNotifier:
+    """A notifier for ``$NOTIFY_SOCKET`` = ``address`` (unset if None): sdnotify reads it from the
+    process environment, as under systemd."""
+    if address is None:
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    else:
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+    return SystemdNotifier()
+
+
 def datagram(sock: socket.socket) -> dict[str, str]:
     """One datagram as systemd reads it: newline-separated KEY=value."""
     data = sock.recv(4096).decode()
@@ -46,9 +56,9 @@ def assert_no_more(sock: socket.socket) -> None:
         sock.settimeout(5)
 
 
-def test_messages(notify_socket: tuple[str, socket.socket]) -> None:
+def test_messages(notify_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
     address, sock = notify_socket
-    with SystemdNotifier({"NOTIFY_SOCKET": address}) as notifier:
+    with notifier_at(monkeypatch, address) as notifier:
         notifier.ready()
         assert datagram(sock) == {"READY": "1"}
         notifier.ready(status="watching /boot: 3 cached")
@@ -65,9 +75,9 @@ def test_messages(notify_socket: tuple[str, socket.socket]) -> None:
 
 
 def test_reloading_is_one_datagram_with_monotonic_time(
-        notify_socket: tuple[str, socket.socket]) -> None:
+        notify_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
     address, sock = notify_socket
-    notifier = SystemdNotifier({"NOTIFY_SOCKET": address})
+    notifier = notifier_at(monkeypatch, address)
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -78,19 +88,18 @@ def test_reloading_is_one_datagram_with_monotonic_time(
     notifier.close()
 
 
-def test_abstract_socket() -> None:
+def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"bootwatch-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(5)
-        SystemdNotifier({"NOTIFY_SOCKET": "@" + name}).ready()
+        notifier_at(monkeypatch, "@" + name).ready()
         assert datagram(sock) == {"READY": "1"}
 
 
-def test_without_notify_socket_everything_is_a_no_op(tmp_path: Path) -> None:
-    for environ in ({}, {"NOTIFY_SOCKET": ""},
-                    {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")}):
-        notifier = SystemdNotifier(environ)
+def test_without_notify_socket_everything_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for address in (None, "", str(tmp_path / "nobody-listens")):
+        notifier = notifier_at(monkeypatch, address)
         notifier.ready("x")
         notifier.reloading()
         notifier.stopping()
@@ -99,9 +108,10 @@ def test_without_notify_socket_everything_is_a_no_op(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "a notifier without a listener created a socket"
 
 
-def test_listener_gone_is_not_an_error(notify_socket: tuple[str, socket.socket]) -> None:
+def test_listener_gone_is_not_an_error(notify_socket: tuple[str, socket.socket],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     address, sock = notify_socket
-    notifier = SystemdNotifier({"NOTIFY_SOCKET": address})
+    notifier = notifier_at(monkeypatch, address)
     sock.close()
     os.unlink(address)
     notifier.watchdog()  # ECONNREFUSED is swallowed: systemd going away must not kill us
@@ -152,12 +162,13 @@ def fill_queue(address: str) -> list:
 
 
 @pytest.mark.slow
-def test_a_full_queue_drops_the_message_instead_of_blocking(notify_socket: tuple[str, socket.socket]) -> None:
+def test_a_full_queue_drops_the_message_instead_of_blocking(notify_socket: tuple[str, socket.socket],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A systemd that stops reading must not stop the daemon: a send gives up after a bound."""
     address, sock = notify_socket
     senders = fill_queue(address)
     try:
-        with SystemdNotifier({"NOTIFY_SOCKET": address}) as notifier:
+        with notifier_at(monkeypatch, address) as notifier:
             done = threading.Event()
 
             def notify_a_few() -> None:
