@@ -25,7 +25,8 @@ from pathlib import Path
 
 from bootwatch import __version__
 from bootwatch.atomic import write_atomically
-from bootwatch.cache.operations import BootCache, ImageVerification, PathState
+from bootwatch.cache.operations import BootCache, ImageVerification, PathState, PathStatus
+from bootwatch.cache.pins import count_pins
 from bootwatch.errors import BootwatchError, describe_oserror
 
 PREFIX = "bootwatch_"
@@ -41,6 +42,23 @@ class _JobStats:
     last_duration: float = 0.0
     last_run: float = 0.0
     last_ok: bool = True
+
+
+@dataclass(frozen=True)
+class CacheListing:
+    """The cache's paths with their states, as ``bootwatch list`` shows them, or why the index
+    cannot be read. Read once and shared by whoever needs it at the same moment (the daemon's
+    counts and its metrics): each read parses the whole index."""
+
+    statuses: list[PathStatus]
+    error: BootwatchError | None = None
+
+    @classmethod
+    def read(cls, cache: BootCache) -> CacheListing:
+        try:
+            return cls(cache.list())
+        except BootwatchError as e:
+            return cls([], e)
 
 
 def escape_label_value(value: str) -> str:
@@ -115,30 +133,12 @@ class Metrics:
 
     # ---------------------------------------------------------------- rendering
 
-    def render(self, cache: BootCache, pins_count: int | None = None) -> str:
+    def render(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None) -> str:
+        """The whole file. ``listing`` is the cache's read now, if the caller has one (else it is
+        read here); ``pins_count`` likewise."""
         out = Exposition()
         out.family("info", "gauge", "bootwatch version (always 1).", [((("version", __version__),), 1)])
-        try:
-            statuses = cache.list()
-            index_ok = True
-        except BootwatchError:
-            statuses, index_ok = [], False
-        out.family("index_readable", "gauge", "1 if cacheindex.json could be read and validated, else 0.",
-                   [((), index_ok)])
-        if index_ok:
-            by_state = {state: 0 for state in STATES}
-            for s in statuses:
-                by_state[s.state] = by_state.get(s.state, 0) + 1
-            out.family("images", "gauge", "Cached boot paths by the state of their newest image (as 'bootwatch list').",
-                       [((("state", state),), count) for state, count in by_state.items()])
-            out.family("images_referenced", "gauge", "Cached paths that at least one boot entry references.",
-                       [((), sum(1 for s in statuses if s.count))])
-            out.family("images_with_problem", "gauge",
-                       "Cached paths whose newest image is missing, has the wrong size or failed verification.",
-                       [((), sum(1 for s in statuses if s.image_problem))])
-            out.family("images_verification_failed", "gauge",
-                       "Cached paths whose newest image failed its last verification.",
-                       [((), sum(1 for s in statuses if s.verified is not None and not s.verified.ok))])
+        _render_listing(out, listing if listing is not None else CacheListing.read(cache))
         try:
             references_unknown = cache.references().unknown is not None
         except (BootwatchError, OSError):
@@ -150,13 +150,17 @@ class Metrics:
         out.family("cache_image_files", "gauge", "Image files in the cache directory.", [((), files)])
         out.family("cache_bytes", "gauge", "Bytes in the cache's image files.", [((), size)])
         if pins_count is None:
-            from bootwatch.cache.pins import count_pins  # pins imports the cache; keep this module light
             try:
                 pins_count = count_pins(cache)
             except (BootwatchError, OSError):
                 pins_count = None
         if pins_count is not None:
             out.family("pins", "gauge", "Pin links in <cache>/links (live or not yet collected).", [((), pins_count)])
+        self._render_recorded(out)
+        return out.text()
+
+    def _render_recorded(self, out: Exposition) -> None:
+        """What the daemon recorded: the last reconcile, the last verification, the job runs."""
         with self._lock:
             reconcile = self._last_reconcile
             verification = self._last_verification
@@ -181,16 +185,15 @@ class Metrics:
                    [((("job", name),), s.last_run) for name, s in jobs])
         out.family("job_last_success", "gauge", "1 if the last run of each job succeeded, else 0.",
                    [((("job", name),), s.last_ok) for name, s in jobs])
-        return out.text()
 
-    def write(self, cache: BootCache, pins_count: int | None = None) -> bool:
+    def write(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None) -> bool:
         """Replace the text file atomically; False if no text file is configured.
 
         Raises :class:`BootwatchError` if it cannot be written (the daemon logs it and goes on).
         """
         if self.textfile is None:
             return False
-        data = self.render(cache, pins_count).encode()
+        data = self.render(cache, pins_count, listing).encode()
         try:
             # 0644 whatever the umask: node_exporter runs as another user
             write_atomically(self.textfile, data, mode=0o644, prefix=f".{self.textfile.name}.tmp.")
@@ -198,6 +201,27 @@ class Metrics:
             raise BootwatchError(f"cannot write the metrics file: {describe_oserror(e)}", path=self.textfile,
                                  hint="check [metrics] textfile and that its directory exists") from None
         return True
+
+
+def _render_listing(out: Exposition, listing: CacheListing) -> None:
+    out.family("index_readable", "gauge", "1 if cacheindex.json could be read and validated, else 0.",
+               [((), listing.error is None)])
+    if listing.error is not None:
+        return
+    statuses = listing.statuses
+    by_state = {state: 0 for state in STATES}
+    for s in statuses:
+        by_state[s.state] = by_state.get(s.state, 0) + 1
+    out.family("images", "gauge", "Cached boot paths by the state of their newest image (as 'bootwatch list').",
+               [((("state", state),), count) for state, count in by_state.items()])
+    out.family("images_referenced", "gauge", "Cached paths that at least one boot entry references.",
+               [((), sum(1 for s in statuses if s.count))])
+    out.family("images_with_problem", "gauge",
+               "Cached paths whose newest image is missing, has the wrong size or failed verification.",
+               [((), sum(1 for s in statuses if s.image_problem))])
+    out.family("images_verification_failed", "gauge",
+               "Cached paths whose newest image failed its last verification.",
+               [((), sum(1 for s in statuses if s.verified is not None and not s.verified.ok))])
 
 
 def _image_files(cache: BootCache) -> tuple[int, int]:

@@ -1,26 +1,35 @@
 """``bootwatch run``: the always-on service.
 
-Threads and who does what:
+Threads and who does what. Only the **worker** changes the daemon's state (its configuration,
+cache, reconciler, watches, scheduler, metrics, status and daemon lock); every other thread sends
+it a :data:`Message` on one queue and reads at most what the worker publishes for it:
 
-- the **main thread** handles signals and talks to systemd: it sends ``WATCHDOG=1`` only while
-  the worker and the inotify observer are alive and not stuck, turns SIGHUP into a reload request
-  and SIGTERM/SIGINT into a stop;
+- the **main thread** handles signals and talks to systemd: it turns SIGHUP into
+  :attr:`Request.RELOAD` (after ``RELOADING=1``) and SIGTERM/SIGINT into a stop, sends
+  :attr:`Request.TICK` at every wake-up (the worker then checks the watches and the cache
+  directory), and sends ``WATCHDOG=1`` only while the worker and the inotify observer are alive
+  and not stuck;
 - the **observer** (watchdog's inotify threads) only queues :class:`~bootwatch.daemon.watcher.Change`
   records;
-- the **worker** thread takes changes off the queue, waits until they have been quiet for the
-  ``settle`` window, and applies the whole burst in one cache transaction: at most one index
-  write per batch. Reconciles (start, SIGHUP, overflow, rescan job) and reloads go through the
-  same queue, so only the worker ever changes the daemon's cache state;
-- the **scheduler** (APScheduler) runs the maintenance jobs; they take the cache lock like any
-  other writer.
+- the **worker** thread does the first reconcile, starts the scheduler, then takes messages off
+  the queue, waits until changes have been quiet for the ``settle`` window, and applies the whole
+  burst in one cache transaction: at most one index write per batch. Reconciles (SIGHUP,
+  overflow, rescan job, re-armed watches) and reloads are messages too;
+- the **scheduler** (APScheduler) runs the maintenance jobs in threads of their own; they take
+  the cache lock like any other writer, and report their runs (:class:`JobDone`,
+  :class:`Verified`) and rescan requests as messages.
 
 Start-up order: watches are armed *before* the first reconcile, so that nothing changed during
-the reconcile goes unseen, and ``READY=1`` is sent only after both.
+the reconcile goes unseen, and ``READY=1`` is sent only after both. Every resource is entered
+on an :class:`contextlib.ExitStack` when it starts, so it is stopped exactly once, in reverse
+order, however the daemon ends: the worker's stack holds the scheduler, the main thread's holds
+(last to first) ``STOPPING=1``, the worker, the watches, the status file and the daemon lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import gc
 import logging
@@ -29,23 +38,26 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Union
 
 from bootwatch import linux
 from bootwatch.cache.hashing import Cancelled
-from bootwatch.cache.operations import BootCache
+from bootwatch.cache.operations import BootCache, ImageVerification
 from bootwatch.cache.pins import count_pins
-from bootwatch.cache.proc import flock_holders
+from bootwatch.cache.proc import LockHolder, flock_holders
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.config import Config, load_config
 from bootwatch.daemon.jobs import MaintenanceScheduler
-from bootwatch.daemon.metrics import Metrics
+from bootwatch.daemon.metrics import CacheListing, Metrics
 from bootwatch.daemon.notify import SystemdNotifier
 from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
-from bootwatch.daemon.watcher import Change, Watcher
+from bootwatch.daemon.watcher import Change, ChangeKind, Watcher
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
 from bootwatch.verify.mount import sweep_stale_mounts
@@ -83,9 +95,42 @@ IDLE_TICK = 5.0
 # after the job counts as usual.
 LOCK_REPORT_AFTER = 10.0
 OWN_HOLDER_RECHECK = 5.0
+# While the worker waits for the lock, whether the cache directory was replaced is checked this often.
+REPLACED_RECHECK = 1.0
 # Paths whose caching failed (a file still being written) are tried again after this delay.
 RETRY_DELAY = 1.0
 MAX_RETRIES = 5
+# How long a stop waits for the maintenance jobs, and then for the worker (which stops the jobs).
+JOBS_STOP_TIMEOUT = 5.0
+WORKER_STOP_TIMEOUT = 15.0
+
+
+class Request(enum.Enum):
+    """What another thread asks of the worker, besides file system changes."""
+
+    RESCAN = "rescan"  # reconcile everything: the rescan job, a retry after an error, after a reload
+    RELOAD = "reload"  # SIGHUP: read the configuration again
+    TICK = "tick"  # the main loop woke up: check the watches and the cache directory
+    STOP = "stop"  # finish the batch in hand, stop the jobs, end
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """A maintenance job ended (``MaintenanceScheduler``'s ``on_job_done``)."""
+
+    name: str
+    duration: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verify slice ended with these results (``MaintenanceScheduler``'s ``on_verified``)."""
+
+    results: tuple[ImageVerification, ...]
+
+
+Message = Union[Change, Request, JobDone, Verified]
 
 
 @dataclass
@@ -102,6 +147,10 @@ class Batch:
     changes: int = 0
     slow: bool = False  # something that must wait for the full settle window
     unclosed: set[str] = field(default_factory=set)  # boot files created and not yet closed
+
+    def has_work(self) -> bool:
+        return bool(self.full or self.reload or self.entries_changed or self.foreign_index or self.boot_paths
+                    or self.image_ids)
 
 
 def release_memory() -> None:
@@ -120,7 +169,11 @@ def load_daemon_config(config_file: Path | None, boot: Path | None, cache: Path 
 
 class LockWaitReporter(LockWaiter):
     """The daemon's side of a wait for the writers' lock: names the holder after a bound,
-    says when the wait ends, and tells :meth:`Daemon._healthy` how long it has lasted."""
+    says when the wait ends, and tells :meth:`Daemon._healthy` how long it has lasted.
+
+    Called on the worker (the only thread whose waits it reports); the main thread only reads
+    :meth:`waited`, :attr:`own` and :attr:`holders`.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         super().__init__(cancel=daemon.stop_requested)  # a stop ends the wait (Cancelled)
@@ -128,9 +181,9 @@ class LockWaitReporter(LockWaiter):
         self.since: float | None = None  # time.monotonic() of the first attempt that found it held
         self.since_wall = 0.0
         self.holders = ""  # set once the wait was reported
-        self.withheld = False
         self.own = False  # the holder is this daemon's own maintenance job (see _healthy)
         self.own_checked = 0.0
+        self.replaced_checked = 0.0
 
     def waited(self) -> float | None:
         since = self.since
@@ -141,15 +194,20 @@ class LockWaitReporter(LockWaiter):
         if self.since is None:
             self.since, self.since_wall = now, time.time()
         self.daemon.beat()  # the worker is alive; _healthy decides how long a wait may last
-        waited = now - self.since
+        if now - self.replaced_checked >= REPLACED_RECHECK:
+            self.replaced_checked = now
+            self.daemon.check_cache_replaced()  # then stop_requested is set: give_up() ends the wait
         if self.holders and now - self.own_checked >= OWN_HOLDER_RECHECK:
             # The job may have let go and another process taken the lock meanwhile.
             self.own_checked = now
             self.own = self._held_by_own_job(flock_holders(lock_fd))
-        if self.holders or waited < self.daemon.lock_report_after():
-            return
+        if not self.holders and now - self.since >= self.daemon.lock_report_after():
+            self._report(lock_fd, now - self.since)
+
+    def _report(self, lock_fd: int, waited: float) -> None:
+        """Name the holder: in the journal, STATUS and the status file."""
         holders = flock_holders(lock_fd)
-        self.own, self.own_checked = self._held_by_own_job(holders), now
+        self.own, self.own_checked = self._held_by_own_job(holders), time.monotonic()
         own = [h for h in holders if h.pid == os.getpid()]
         self.holders = ", ".join(("this daemon's own maintenance job" if h in own else h.describe())
                                  for h in holders) or "a process that /proc/locks does not show"
@@ -164,7 +222,7 @@ class LockWaitReporter(LockWaiter):
         self.daemon.publish_status()
 
     @staticmethod
-    def _held_by_own_job(holders) -> bool:  # holders: List[proc.FlockHolder]
+    def _held_by_own_job(holders: Sequence[LockHolder]) -> bool:
         """Only this process holds it: the worker is the one waiting, so it is a job thread."""
         return bool(holders) and all(h.pid == os.getpid() for h in holders)
 
@@ -174,7 +232,7 @@ class LockWaitReporter(LockWaiter):
             log.log(NOTICE, "got the cache lock after waiting %.0f s (it was held by %s)", waited, self.holders)
             self.daemon.status.lock_wait = None
             self.daemon.publish_status()
-        self.since, self.holders, self.withheld, self.own = None, "", False, False
+        self.since, self.holders, self.own = None, "", False
 
 
 class Daemon:
@@ -183,84 +241,69 @@ class Daemon:
         self.sources = (config_file, boot, cache)
         self.config = load_daemon_config(*self.sources)  # ConfigError: exit 78 before anything starts
         self.notifier = SystemdNotifier()
-        self.changes: queue.Queue[Change] = queue.Queue()
+        # The one way into the worker (see the module docstring).
+        self.messages: queue.Queue[Message] = queue.Queue()
         self.stop_requested = threading.Event()
-        self.wakeup = threading.Event()
-        self.reload_requested = False
+        self.wakeup = threading.Event()  # the main loop's: a signal arrived
+        self.reload_requested = False  # the main thread's: set by SIGHUP's handler, taken by the main loop
+        self.tick_queued = threading.Event()  # a TICK waits in the queue: the main loop sends no other
+        self.ready = threading.Event()  # the worker sent READY=1 (the first reconcile is done)
         self.worker: threading.Thread | None = None
+        # Written by the worker, read by the main thread's watchdog check.
         self.busy_since: float | None = None
         self.last_progress = time.monotonic()
-        self.retries: dict = {}
+        self.ping_withheld = False  # the main thread's: the lock-wait warning was logged
+        self.retries: dict[str, int] = {}
         self.counts_time = 0.0
         self.scheduler: MaintenanceScheduler | None = None
         self.daemon_lock: int | None = None  # the descriptor that holds the daemon lock
         self.lock_wait = LockWaitReporter(self)
-        self.exit_code = 0  # 1 once the daemon stops because it cannot go on (see _cache_replaced)
-        self._failing = threading.Lock()
+        self.exit_code = 0  # 1 once the daemon stops because it cannot go on (see check_cache_replaced)
         self.io_errors = IoErrorLog(log)
         self.metrics: Metrics | None = (Metrics(self.config.metrics.textfile)
-                                           if self.config.metrics.textfile else None)
+                                        if self.config.metrics.textfile else None)
+        paths = self.config.paths
+        self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(paths.boot),
+                                   cache_dir=str(paths.cache))
+        # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
+        self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages)
+        # Set by run() before any thread that uses them starts.
         self.cache: BootCache
         self.reconciler: Reconciler
-        self.watcher: Watcher
-        self.status: DaemonStatus
 
-    # ---------------------------------------------------------------- life cycle
+    # ---------------------------------------------------------------- life cycle (main thread)
 
     def run(self) -> int:
         setup_logging(self.config.log.level)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self.cache = open_cache(self.config)
-        self.cache.cancel = self.stop_requested  # a stop cancels the copy in progress (and removes its temp file)
-        # Before anything that touches shared state (the runtime directory's mounts, the status
-        # file): a second daemon on this cache stops here, with one line naming the first.
-        self.daemon_lock = self.cache.store.hold_daemon_lock()
-        # Verification mounts of a daemon that was killed (the loop devices autoclear with them).
-        for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
-            log.info("removed the stale verification mount point %s", stale)
-        self.reconciler = Reconciler(self.config, self.cache)
-        self.reconciler.io_errors = self.io_errors
-        self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(self.config.paths.boot),
-                                   cache_dir=str(self.config.paths.cache))
-        self.watcher = Watcher(self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
-                               self.changes)
-        self.watcher.start()
-        try:
-            try:
-                report = reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
-            except Cancelled:
-                log.info("stopped during the first reconcile; the next start does it again")
-                return self.exit_code
-            except StorageError as e:
-                self.io_errors.report(e.filename, e.errno, f"first reconcile failed: {e}", hint=e.hint)
-                report = ReconcileReport(errors=[str(e)])
-            except BootwatchError as e:
-                # A corrupt index must not keep the service down: report it, keep watching, and
-                # retry with every batch; 'bootwatch fsck --repair' is the way out.
-                log.error("first reconcile failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
-                report = ReconcileReport(errors=[str(e)])
-            self._after_batch(report, full=True)
-            self.worker = threading.Thread(target=self._worker_loop, name="bootwatch-worker", daemon=True)
+        with contextlib.ExitStack() as stack:
+            self.cache = open_cache(self.config)
+            self.cache.cancel = self.stop_requested  # a stop cancels the copy in progress (and removes its temp file)
+            # Before anything that touches shared state (the runtime directory's mounts, the status
+            # file): a second daemon on this cache stops here, with one line naming the first.
+            self.daemon_lock = self.cache.store.hold_daemon_lock()
+            stack.callback(self._release_daemon_lock)  # last: until the status file is gone, this daemon is the one
+            # Verification mounts of a daemon that was killed (the loop devices autoclear with them).
+            for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
+                log.info("removed the stale verification mount point %s", stale)
+            self.reconciler = self._new_reconciler(self.config)
+            stack.callback(self._remove_own_status_file)
+            self.watcher.start()
+            stack.callback(self.watcher.stop)
+            self.worker = threading.Thread(target=self._worker_main, name="bootwatch-worker", daemon=True)
             self.worker.start()
-            self._start_scheduler()
-            self.status.state = "running"
-            self._write_status()
-            log_event(log, Event.DAEMON_STARTED, "watching %s (entries %s, cache %s): %d paths examined, "
-                      "%d hashed", self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
-                      report.examined, report.hashed)
-            self.notifier.ready(status=self.status.summary())
+            stack.callback(self._stop_worker)
+            stack.callback(self._announce_stopping)
             self._main_loop()
-        finally:
-            self._shutdown()
         return self.exit_code
 
-    def _on_stop_signal(self, signum: int, frame: object) -> None:
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested.set()
         self.wakeup.set()
 
-    def _on_hup(self, signum: int, frame: object) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
         self.wakeup.set()
 
@@ -270,41 +313,21 @@ class Daemon:
         while not self.stop_requested.is_set():
             self.wakeup.wait(tick)
             self.wakeup.clear()
-            if self.stop_requested.is_set() or self._cache_replaced():
+            if self.stop_requested.is_set():
                 break
+            if not self.ready.is_set():
+                continue  # the worker's first reconcile: no reload before it, no watchdog yet
             if self.reload_requested:
                 self.reload_requested = False
                 # RELOADING=1 now; the worker applies the new configuration between batches and
                 # sends READY=1 when it is in force.
                 self.notifier.reloading(status="reloading configuration")
-                self.changes.put(Change("reload", ""))
-            if self.watcher.needs_rearm():
-                log_event(log, Event.RESCAN_OVERFLOW, "a watched directory appeared, was removed, replaced or "
-                          "remounted; re-arming the watches and reconciling", level=logging.WARNING,
-                          reason="watch-lost")
-                self.watcher.rearm()
-                self.changes.put(Change("rescan", ""))
+                self.messages.put(Request.RELOAD)
+            if not self.tick_queued.is_set():
+                self.tick_queued.set()
+                self.messages.put(Request.TICK)
             if self._healthy():
                 self.notifier.watchdog()
-
-    def _cache_replaced(self) -> bool:
-        """Whether the cache path no longer names the directory this daemon opened, checked and
-        holds the daemon lock of (removed, or another directory put in its place). Then the
-        daemon stops with exit code 1, once: it never works in a directory it did not check, and
-        with its lock on the old directory a second daemon could start on the new one.
-        systemd (Restart=on-failure) starts it again, and the new daemon checks what is there."""
-        if self.daemon_lock is None or self._holds_daemon_lock_of(self.config.paths.cache):
-            return False
-        with self._failing:
-            if self.exit_code:
-                return True
-            self.exit_code = 1
-        log_event(log, Event.CACHE_DIRECTORY_REPLACED, "%s was removed or replaced: it is no longer the cache "
-                  "directory this daemon checked and locked; exiting so that a restart checks and uses the new "
-                  "one", self.config.paths.cache, level=logging.ERROR, path=self.config.paths.cache)
-        self.stop_requested.set()
-        self.wakeup.set()
-        return True
 
     def _stuck_after(self) -> float:
         """Seconds without progress after which the worker counts as stuck."""
@@ -320,34 +343,34 @@ class Daemon:
             return False
         waited = self.lock_wait.waited()
         if waited is not None and waited > self._stuck_after() and not self.lock_wait.own:
-            if not self.lock_wait.withheld:
-                self.lock_wait.withheld = True
+            if not self.ping_withheld:
+                self.ping_withheld = True
                 log.warning("waited %.0f s for the cache lock held by %s: that is no longer progress; "
                             "withholding the watchdog ping", waited, self.lock_wait.holders or "another process")
             return False
-        if self.busy_since is not None:
-            stuck_after = self._stuck_after()
-            if time.monotonic() - self.last_progress > stuck_after:
-                log.warning("the worker made no progress for %.0f s; withholding the watchdog ping",
-                            time.monotonic() - self.last_progress)
+        self.ping_withheld = self.ping_withheld and waited is not None
+        busy_since = self.busy_since
+        if busy_since is not None:
+            idle = time.monotonic() - self.last_progress
+            if idle > self._stuck_after():
+                log.warning("the worker made no progress for %.0f s; withholding the watchdog ping", idle)
                 return False
         return True
 
-    def _shutdown(self) -> None:
+    def _announce_stopping(self) -> None:
+        self.stop_requested.set()
         self.notifier.stopping(status="stopping")
         log_event(log, Event.DAEMON_STOPPING, "stopping")
-        if hasattr(self, "status"):
-            self.status.state = "stopping"
-        if self.scheduler is not None:
-            self.scheduler.shutdown(timeout=5.0)
-        if self.worker is not None:
-            self.changes.put(Change("stop", ""))
-            self.worker.join(timeout=10.0)
-        if hasattr(self, "watcher"):
-            self.watcher.stop()
-        if hasattr(self, "status"):
-            self._remove_own_status_file()
-        if self.daemon_lock is not None:  # last: until the status file is gone, this daemon is the one
+
+    def _stop_worker(self) -> None:
+        """The worker finishes its batch (a stop cancels a copy or a lock wait), stops the jobs, ends."""
+        assert self.worker is not None
+        self.stop_requested.set()
+        self.messages.put(Request.STOP)
+        self.worker.join(timeout=WORKER_STOP_TIMEOUT)
+
+    def _release_daemon_lock(self) -> None:
+        if self.daemon_lock is not None:
             os.close(self.daemon_lock)
             self.daemon_lock = None
 
@@ -367,38 +390,92 @@ class Daemon:
     def beat(self) -> None:
         self.last_progress = time.monotonic()
 
+    def _worker_main(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug: the daemon cannot go on without its worker; systemd restarts it
+            log.exception("the worker failed; stopping")
+            self.exit_code = 1
+            self.stop_requested.set()
+            self.wakeup.set()
+
+    def _serve(self) -> None:
+        with contextlib.ExitStack() as stack:
+            report = self._first_reconcile()
+            if report is None:
+                return
+            self._after_batch(report, full=True)
+            stack.callback(self._stop_scheduler)
+            self._start_scheduler()
+            self.status.state = "running"
+            self._write_status()
+            log_event(log, Event.DAEMON_STARTED, "watching %s (entries %s, cache %s): %d paths examined, "
+                      "%d hashed", self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
+                      report.examined, report.hashed)
+            self.notifier.ready(status=self.status.summary())
+            self.ready.set()
+            self.wakeup.set()  # the main loop starts its watchdog now
+            self._worker_loop()
+            self.status.state = "stopping"
+
+    def _first_reconcile(self) -> ReconcileReport | None:
+        """The start-up reconcile; None if a stop ended it."""
+        try:
+            return reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
+        except Cancelled:
+            log.info("stopped during the first reconcile; the next start does it again")
+            return None
+        except StorageError as e:
+            self.io_errors.report(e.filename, e.errno, f"first reconcile failed: {e}", hint=e.hint)
+            return ReconcileReport(errors=[str(e)])
+        except BootwatchError as e:
+            # A corrupt index must not keep the service down: report it, keep watching, and
+            # retry with every batch; 'bootwatch fsck --repair' is the way out.
+            log.error("first reconcile failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
+            return ReconcileReport(errors=[str(e)])
+
     def _worker_loop(self) -> None:
         while True:
             batch = self._collect()
             if batch is None:
                 return
-            self.busy_since = self.last_progress = started = time.monotonic()
+            if not batch.has_work():
+                continue
+            self.busy_since = self.last_progress = time.monotonic()
             try:
-                self._apply(batch)
-                log.debug("applied a batch of %d changes (%d boot paths, %d images%s) in %.3f s", batch.changes,
-                          len(batch.boot_paths), len(batch.image_ids), ", full reconcile" if batch.full else "",
-                          time.monotonic() - started)
+                self._apply_logged(batch)
             except Cancelled:  # stopping: the index is left as it was; the next start redoes the batch
                 log.info("stopped in the middle of a batch of %d changes", batch.changes)
                 return
-            except StorageError as e:
-                # A full, read-only or failing cache file system: one line per file and errno
-                # (not one per batch); the next batch or the rescan tries again.
-                self.io_errors.report(e.filename, e.errno, str(e), hint=e.hint)
-                self._note_cache_state()
-                self.publish_status()
-            except BootwatchError as e:
-                log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
-            except OSError as e:
-                self.io_errors.report(e.filename or str(self.config.paths.cache), e.errno or 0,
-                                      f"applying a batch of {batch.changes} changes failed: {describe_oserror(e)}")
-                self._retry_later(Change("rescan", ""), key="rescan")
-            except Exception:
-                log.exception("unexpected error while applying a batch of %d changes; "
-                              "a full reconcile follows", batch.changes)
-                self._retry_later(Change("rescan", ""), key="rescan")
             finally:
                 self.busy_since = None
+
+    def _apply_logged(self, batch: Batch) -> None:
+        """Apply a batch; its errors are reported here, and retried where a retry can help."""
+        started = time.monotonic()
+        try:
+            self._apply(batch)
+            log.debug("applied a batch of %d changes (%d boot paths, %d images%s) in %.3f s", batch.changes,
+                      len(batch.boot_paths), len(batch.image_ids), ", full reconcile" if batch.full else "",
+                      time.monotonic() - started)
+        except StorageError as e:
+            # A full, read-only or failing cache file system: one line per file and errno
+            # (not one per batch); the next batch or the rescan tries again.
+            self.io_errors.report(e.filename, e.errno, str(e), hint=e.hint)
+            self._note_cache_state()
+            self.publish_status()
+        except BootwatchError as e:
+            log.error("%s%s", e, f" (hint: {e.hint})" if e.hint else "")
+        except OSError as e:
+            self.io_errors.report(e.filename or str(self.config.paths.cache), e.errno or 0,
+                                  f"applying a batch of {batch.changes} changes failed: {describe_oserror(e)}")
+            self._retry_later(Request.RESCAN, key="rescan")
+        except Cancelled:
+            raise
+        except Exception:
+            log.exception("unexpected error while applying a batch of %d changes; "
+                          "a full reconcile follows", batch.changes)
+            self._retry_later(Request.RESCAN, key="rescan")
 
     def _collect(self) -> Batch | None:
         """Block for the first change, then gather until the batch's quiet window passes without one.
@@ -409,72 +486,117 @@ class Daemon:
         (closed after writing, or renamed into place) only waits :data:`COMPLETION_WINDOW`: it can
         only lead to caching, which is never wrong to do early, and the image is cached as soon as
         it is complete. A storm of completions is coalesced over ``settle`` again.
+
+        Messages that are not changes (a tick, a job's report) are handled as they come and do
+        not extend the window. None: stop.
         """
-        first = self.changes.get()
-        if first.kind == "stop":
-            return None
         batch = Batch()
         settle = self.config.watch.settle
-        deadline = time.monotonic() + max(MIN_BATCH_WINDOW, MAX_BATCH_SETTLES * settle)
-        change: Change | None = first
-        while change is not None:
-            if change.kind == "stop":
-                self.changes.put(change)  # finish this batch, then stop
-                break
-            self._classify(batch, change)
-            quick = not (batch.slow or batch.unclosed) and len(batch.boot_paths) <= COMPLETION_BATCH_LIMIT
-            window = min(settle, COMPLETION_WINDOW) if quick else settle
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        deadline: float | None = None  # set by the first change
+        quiet_until = 0.0
+        while True:
+            now = time.monotonic()
+            if deadline is None:
+                timeout = None  # nothing gathered yet: wait for as long as it takes
+            elif now >= deadline or now >= quiet_until:
+                return batch
+            else:
+                timeout = min(deadline, quiet_until) - now
             try:
-                change = self.changes.get(timeout=min(window, remaining))
+                message = self.messages.get(timeout=timeout)
             except queue.Empty:
-                change = None
-        return batch
+                return batch
+            if message is Request.STOP:
+                if deadline is None:
+                    return None
+                self.messages.put(message)  # finish this batch, then stop
+                return batch
+            if not self._gather(batch, message):
+                continue
+            if deadline is None:
+                deadline = now + max(MIN_BATCH_WINDOW, MAX_BATCH_SETTLES * settle)
+            quick = not (batch.slow or batch.unclosed) and len(batch.boot_paths) <= COMPLETION_BATCH_LIMIT
+            quiet_until = time.monotonic() + (min(settle, COMPLETION_WINDOW) if quick else settle)
+
+    def _gather(self, batch: Batch, message: Message) -> bool:
+        """Add a message to the batch (True), or handle one that is not a change (False)."""
+        if isinstance(message, Change):
+            batch.changes += 1
+            self._classify(batch, message)
+            return True
+        if isinstance(message, JobDone):
+            self._on_job_done(message)
+            return False
+        if isinstance(message, Verified):
+            if self.metrics is not None:
+                self.metrics.record_verification(message.results)
+            return False
+        if message is Request.TICK:
+            self.tick_queued.clear()
+            return self._tick(batch)
+        batch.changes += 1
+        batch.slow = True
+        if message is Request.RELOAD:
+            batch.reload = True
+        else:
+            batch.full = True
+        return True
+
+    def _tick(self, batch: Batch) -> bool:
+        """The main loop's periodic check: a watched directory that changed identity is watched
+        again and everything reconciled (True: the batch grew); a replaced cache directory stops
+        the daemon."""
+        if self.check_cache_replaced() or not self.watcher.needs_rearm():
+            return False
+        log_event(log, Event.RESCAN_OVERFLOW, "a watched directory appeared, was removed, replaced or "
+                  "remounted; re-arming the watches and reconciling", level=logging.WARNING,
+                  reason="watch-lost")
+        self.watcher.rearm()
+        batch.changes += 1
+        batch.full = batch.slow = True
+        return True
 
     def _classify(self, batch: Batch, change: Change) -> None:
-        batch.changes += 1
-        if change.kind in ("rescan", "overflow", "watch-lost"):
-            batch.full = batch.slow = True
-            batch.overflow = batch.overflow or change.kind == "overflow"
-            return
-        if change.kind == "reload":
-            batch.reload = batch.slow = True
+        if change.kind is ChangeKind.EVENTS_LOST:
+            batch.full = batch.slow = batch.overflow = True
             return
         cache_dir = str(self.config.paths.cache).rstrip("/") + "/"
         entries_dir = str(self.config.paths.entries).rstrip("/") + "/"
         for name in change.names():
             if name.startswith(cache_dir) or name.rstrip("/") + "/" == cache_dir:
-                relative = name[len(cache_dir):]
-                if relative == INDEX_NAME and not (change.kind == "moved"
-                                                   and os.path.basename(change.path).startswith(TEMP_PREFIX)):
-                    batch.foreign_index = batch.slow = True  # rewritten by someone else: boom writes in place
-                image_id = self.reconciler.image_id_of(name)
-                if image_id is not None and (change.kind in ("deleted", "closed") or
-                                             (change.kind == "moved" and name == change.path)):
-                    batch.image_ids.add(image_id)
-                    batch.slow = True
-                continue  # bootwatch's own renames in the cache add no work
-            if name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
+                self._classify_cache_file(batch, change, name, name[len(cache_dir):])
+            elif name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
                 batch.entries_changed = batch.slow = True
-                continue
-            if change.is_directory:
+            elif change.is_directory:
                 batch.full = batch.slow = True
-                continue
-            path = self.reconciler.boot_path_of(name)
-            if path is None:
-                continue
-            batch.boot_paths.add(path)
-            if change.kind == "created":
-                batch.unclosed.add(path)
-            elif change.kind == "closed" or (change.kind == "moved" and name == change.dest):
-                batch.unclosed.discard(path)
-            else:  # deleted, or renamed away: may need a restore once the references are re-read
-                batch.slow = True
+            else:
+                self._classify_boot_file(batch, change, name)
+
+    def _classify_cache_file(self, batch: Batch, change: Change, name: str, relative: str) -> None:
+        """bootwatch's own renames in the cache add no work; others' changes of the index or an image do."""
+        if relative == INDEX_NAME and not (change.kind is ChangeKind.MOVED
+                                           and os.path.basename(change.path).startswith(TEMP_PREFIX)):
+            batch.foreign_index = batch.slow = True  # rewritten by someone else: boom writes in place
+        image_id = self.reconciler.image_id_of(name)
+        if image_id is not None and (change.kind in (ChangeKind.DELETED, ChangeKind.CLOSED) or
+                                     (change.kind is ChangeKind.MOVED and name == change.path)):
+            batch.image_ids.add(image_id)
+            batch.slow = True
+
+    def _classify_boot_file(self, batch: Batch, change: Change, name: str) -> None:
+        path = self.reconciler.boot_path_of(name)
+        if path is None:
+            return
+        batch.boot_paths.add(path)
+        if change.kind is ChangeKind.CREATED:
+            batch.unclosed.add(path)
+        elif change.kind is ChangeKind.CLOSED or (change.kind is ChangeKind.MOVED and name == change.dest):
+            batch.unclosed.discard(path)
+        else:  # deleted, or renamed away: may need a restore once the references are re-read
+            batch.slow = True
 
     def _apply(self, batch: Batch) -> None:
-        if self._cache_replaced():
+        if self.check_cache_replaced():
             return
         if batch.reload:
             try:
@@ -500,6 +622,24 @@ class Daemon:
             txn.flush()
             self.reconciler.check_images(txn, batch.image_ids, report)
         self._after_batch(report, full=batch.full)
+
+    def check_cache_replaced(self) -> bool:
+        """Whether the cache path no longer names the directory this daemon opened, checked and
+        holds the daemon lock of (removed, or another directory put in its place). Then the
+        daemon stops with exit code 1, once: it never works in a directory it did not check, and
+        with its lock on the old directory a second daemon could start on the new one.
+        systemd (Restart=on-failure) starts it again, and the new daemon checks what is there."""
+        if self.exit_code:
+            return True
+        if self.daemon_lock is None or self._holds_daemon_lock_of(self.config.paths.cache):
+            return False
+        self.exit_code = 1
+        log_event(log, Event.CACHE_DIRECTORY_REPLACED, "%s was removed or replaced: it is no longer the cache "
+                  "directory this daemon checked and locked; exiting so that a restart checks and uses the new "
+                  "one", self.config.paths.cache, level=logging.ERROR, path=self.config.paths.cache)
+        self.stop_requested.set()
+        self.wakeup.set()
+        return True
 
     def _note_cache_state(self) -> None:
         """Degraded while the cache's file system is read-only; the I/O errors are over once it is
@@ -529,23 +669,25 @@ class Daemon:
         if full:
             self.status.last_reconcile = now
         for path in report.retry:
-            self._retry_later(Change("closed", str(self.cache.boot_dir) + path), key=path)
+            self._retry_later(Change(ChangeKind.CLOSED, str(self.cache.boot_dir) + path), key=path)
         for path in set(report.cached) | set(report.changed) | set(report.restored):
             self.retries.pop(path, None)
-        busy = not self.changes.empty()
+        busy = not self.messages.empty()
+        listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
-            try:
-                self.status.set_counts(self.cache.list())
+            listing = CacheListing.read(self.cache)
+            if listing.error is None:
+                self.status.set_counts(listing.statuses)
                 self.status.error = None
-            except BootwatchError as e:
-                self.status.error = str(e)
-                log.error("%s", e)
+            else:
+                self.status.error = str(listing.error)
+                log.error("%s", listing.error)
             self.counts_time = now
         if not busy:
             release_memory()
         self.publish_status()
         if self.metrics is not None:
-            self._write_metrics(full=full)
+            self._write_metrics(full=full, listing=listing)
 
     def _note_references(self, unknown: str | None) -> None:
         """Say once (journal, then STATUS) that the references became unknown, and when they are known again.
@@ -560,14 +702,14 @@ class Daemon:
             log.log(NOTICE, "the boot entries can be read again (%s); cleaning resumes", self.config.paths.entries)
         self.status.references_unknown = unknown
 
-    def _retry_later(self, change: Change, *, key: str) -> None:
+    def _retry_later(self, message: Message, *, key: str) -> None:
         tries = self.retries.get(key, 0)
         if tries >= MAX_RETRIES:
             log.warning("%s: giving up after %d tries; the next reconcile tries again", key, tries)
             self.retries.pop(key, None)
             return
         self.retries[key] = tries + 1
-        timer = threading.Timer(RETRY_DELAY * (tries + 1), self.changes.put, args=(change,))
+        timer = threading.Timer(RETRY_DELAY * (tries + 1), self.messages.put, args=(message,))
         timer.daemon = True
         timer.start()
 
@@ -582,52 +724,58 @@ class Daemon:
         except OSError as e:
             log.warning("cannot write the status file in %s: %s", self.config.paths.runtime, e.strerror)
 
-    # ---------------------------------------------------------------- reload
+    # ---------------------------------------------------------------- reload (worker)
 
     def _reload(self) -> None:
-        """Apply a new configuration (worker thread, between batches); a bad one keeps the old."""
-        new_lock: int | None = None
+        """Apply a new configuration (between batches); a bad one keeps the old."""
         try:
-            new = load_daemon_config(*self.sources)
-            new_cache = open_cache(new) if new.paths != self.config.paths else None
-            if new_cache is not None:
-                new_cache.cancel = self.stop_requested
-            if new_cache is not None and not self._holds_daemon_lock_of(new.paths.cache):
-                new_lock = new_cache.store.hold_daemon_lock()
+            new, new_cache = self._open_reloaded()
         except (BootwatchError, OSError) as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return
-        if new_lock is not None:
-            assert self.daemon_lock is not None
-            os.close(self.daemon_lock)
-            self.daemon_lock = new_lock
         old = self.config
         self.config = new
         setup_logging(new.log.level)
         if new_cache is not None:
-            self.watcher.stop()
             self.cache = new_cache
-            self.watcher = Watcher(new.paths.boot, new.paths.entries, new.paths.cache, self.changes)
-            self.watcher.start()
+            self.watcher.retarget(new.paths.boot, new.paths.entries, new.paths.cache)
             self.status.boot_dir, self.status.cache_dir = str(new.paths.boot), str(new.paths.cache)
         else:
             self.cache.keep = new.cache.keep
         reported = self.reconciler.reported_missing
-        self.reconciler = Reconciler(new, self.cache)
-        self.reconciler.io_errors = self.io_errors
+        self.reconciler = self._new_reconciler(new)
         self.reconciler.reported_missing = reported
         if new.metrics.textfile != old.metrics.textfile:
             self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
         if self.scheduler is not None:
             if new_cache is not None:  # the jobs hold the old cache: a new scheduler for the new one
-                self.scheduler.shutdown(timeout=5.0)
+                self._stop_scheduler()
                 self._start_scheduler()
             else:  # same cache: new intervals, and running jobs are not interrupted
                 self.scheduler.reschedule(new)
         log_event(log, Event.CONFIG_RELOADED, "configuration reloaded from %s%s",
                   ", ".join(str(s) for s in new.sources) or "embedded defaults",
                   "" if new.paths == old.paths else " (paths changed: watches re-armed)")
-        self.changes.put(Change("rescan", ""))
+        self.messages.put(Request.RESCAN)
+
+    def _open_reloaded(self) -> tuple[Config, BootCache | None]:
+        """The new configuration, and its cache if the paths changed, with the daemon lock moved
+        to it. Raises (and changes nothing) if either cannot be had."""
+        new = load_daemon_config(*self.sources)
+        if new.paths == self.config.paths:
+            return new, None
+        new_cache = open_cache(new)
+        new_cache.cancel = self.stop_requested
+        if not self._holds_daemon_lock_of(new.paths.cache):
+            new_lock = new_cache.store.hold_daemon_lock()
+            self._release_daemon_lock()
+            self.daemon_lock = new_lock
+        return new, new_cache
+
+    def _new_reconciler(self, config: Config) -> Reconciler:
+        reconciler = Reconciler(config, self.cache)
+        reconciler.io_errors = self.io_errors
+        return reconciler
 
     def _holds_daemon_lock_of(self, cache_dir: Path) -> bool:
         """Whether the daemon lock held now is on ``cache_dir`` (however the path is spelled):
@@ -641,34 +789,38 @@ class Daemon:
             return False
         return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
 
-    # ---------------------------------------------------------------- jobs and metrics
-
-    def request_rescan(self) -> None:
-        self.changes.put(Change("rescan", ""))
+    # ---------------------------------------------------------------- jobs and metrics (worker)
 
     def _start_scheduler(self) -> None:
+        messages = self.messages
+
+        def on_verified(results: list[ImageVerification]) -> None:  # job threads: only send
+            messages.put(Verified(tuple(results)))
+
         self.scheduler = MaintenanceScheduler(
-            self.config, self.cache, jobs={"rescan": self.request_rescan}, on_job_done=self._on_job_done,
-            on_verified=self._on_verified, logger=log, io_errors=self.io_errors)
+            self.config, self.cache, jobs={"rescan": lambda: messages.put(Request.RESCAN)},
+            on_job_done=lambda name, duration, ok: messages.put(JobDone(name, duration, ok)),
+            on_verified=on_verified, logger=log, io_errors=self.io_errors)
         self.scheduler.start()
 
-    def _on_verified(self, results) -> None:  # results: Sequence[ImageVerification]
-        if self.metrics is not None:
-            self.metrics.record_verification(results)
+    def _stop_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout=JOBS_STOP_TIMEOUT)
+            self.scheduler = None
 
-    def _on_job_done(self, name: str, duration: float, ok: bool) -> None:
-        if ok:
+    def _on_job_done(self, done: JobDone) -> None:
+        if done.ok:
             self._clear_io_errors()
         if self.metrics is not None:
-            self.metrics.record_job(name, duration, ok)
+            self.metrics.record_job(done.name, done.duration, done.ok)
             self._write_metrics(full=False)
 
-    def _write_metrics(self, *, full: bool) -> None:
+    def _write_metrics(self, *, full: bool, listing: CacheListing | None = None) -> None:
         assert self.metrics is not None
         try:
             if full and self.status.last_reconcile:
                 self.metrics.record_reconcile(self.status.last_reconcile)
-            self.metrics.write(self.cache, pins_count=count_pins(self.cache))
+            self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing)
         except (OSError, BootwatchError) as e:
             log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
 

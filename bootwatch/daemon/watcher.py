@@ -7,25 +7,29 @@ writing, moves and deletions: bootwatch reads every file it hashes, and ``IN_OPE
 ``IN_MODIFY`` is left out on purpose too: a file being written is only worth looking at once
 it is closed or renamed into place (dracut and package managers write a temp file and rename).
 
-The kernel's event queue can overflow (``IN_Q_OVERFLOW``). watchdog only logs a warning then and
-delivers no event, so :class:`OverflowDetector` listens for that warning on watchdog's logger and
-asks for a full reconcile. The daemon's periodic reconcile remains the safety net for whatever
-else inotify cannot see (a remount, a change made while bootwatch was not running).
+The kernel's event queue can overflow (``IN_Q_OVERFLOW``). watchdog (7.1.1 and later, see
+pyproject.toml) then repairs its recursive watches and gives every watch an ``EventsLostEvent``;
+it is in the event filters, and it becomes a :attr:`ChangeKind.EVENTS_LOST` change, which the
+daemon answers with a full reconcile. The daemon's periodic reconcile remains the safety net for
+whatever else inotify cannot see (a remount, a change made while bootwatch was not running).
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import os
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -35,24 +39,39 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
-EVENT_FILTER = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-                DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
+from bootwatch.errors import describe_oserror
+
+log = logging.getLogger("bootwatch.daemon.watcher")
+
+EventFilter = list[type[FileSystemEvent]]
+
+EVENT_FILTER: EventFilter = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+                             DirCreatedEvent, DirMovedEvent, DirDeletedEvent, EventsLostEvent]
 
 # The cache directory only needs other programs' changes: a deleted image, an image or index
 # rewritten in place (boom writes its index with open("w")). bootwatch itself only renames
 # complete files into it from its unwatched temp subdirectory, which these events do not show.
-CACHE_EVENT_FILTER = [FileDeletedEvent, FileClosedEvent]
+CACHE_EVENT_FILTER: EventFilter = [FileDeletedEvent, FileClosedEvent, EventsLostEvent]
 
-# watchdog logs this (watchdog.observers.inotify_c) when the kernel reports IN_Q_OVERFLOW.
-OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
-OVERFLOW_TEXT = "queue overflow"
+
+class ChangeKind(enum.Enum):
+    """What happened, by watchdog's event type (``FileSystemEvent.event_type``)."""
+
+    CREATED = "created"
+    CLOSED = "closed"  # closed after writing
+    MOVED = "moved"
+    DELETED = "deleted"
+    EVENTS_LOST = "events_lost"  # the kernel's queue overflowed: events of every watch were lost
+
+
+_KINDS = {kind.value: kind for kind in ChangeKind}
 
 
 @dataclass(frozen=True)
 class Change:
     """One file system event, reduced to what the worker needs: a kind and up to two names."""
 
-    kind: str  # "created", "closed", "moved", "deleted", "overflow", "watch-lost"
+    kind: ChangeKind
     path: str
     dest: str | None = None
     is_directory: bool = False
@@ -61,32 +80,26 @@ class Change:
         return [p for p in (self.path, self.dest) if p]
 
 
+class ChangeSink(Protocol):
+    """Where changes go: a ``queue.Queue`` of them (or of anything a Change is)."""
+
+    def put(self, item: Change) -> None: ...
+
+
 class QueueingHandler(FileSystemEventHandler):
     """Turns watchdog events into :class:`Change` records on a queue. Does nothing else."""
 
-    def __init__(self, changes: queue.Queue[Change]) -> None:
+    def __init__(self, changes: ChangeSink) -> None:
         super().__init__()
         self.changes = changes
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        kind = event.event_type
-        if kind not in ("created", "closed", "moved", "deleted"):
-            return
+        kind = _KINDS.get(event.event_type)
+        if kind is None:
+            return  # the emitter's own DirModifiedEvent for a parent directory
         src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path) if getattr(event, "dest_path", "") else None
+        dest = os.fsdecode(event.dest_path) if event.dest_path else None
         self.changes.put(Change(kind, src, dest, event.is_directory))
-
-
-class OverflowDetector(logging.Handler):
-    """Notices watchdog's "Inotify queue overflowed" warning and queues an ``overflow`` change."""
-
-    def __init__(self, changes: queue.Queue[Change]) -> None:
-        super().__init__(level=logging.WARNING)
-        self.changes = changes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if OVERFLOW_TEXT in record.getMessage().lower():
-            self.changes.put(Change("overflow", ""))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -106,19 +119,18 @@ class Watcher:
     it appears.
     """
 
-    def __init__(self, boot: Path, entries: Path, cache: Path, changes: queue.Queue[Change]) -> None:
+    def __init__(self, boot: Path, entries: Path, cache: Path, changes: ChangeSink) -> None:
         self.changes = changes
         self.directories = self._select(boot, entries, cache)
         self.observer: InotifyObserver | None = None
         self.identities: dict[Path, tuple[int, int] | None] = {}
-        self.overflow = OverflowDetector(changes)
         self._lock = threading.Lock()
 
     @staticmethod
-    def _select(boot: Path, entries: Path, cache: Path) -> list[tuple[Path, bool, list]]:
+    def _select(boot: Path, entries: Path, cache: Path) -> list[tuple[Path, bool, EventFilter]]:
         """(directory, recursive, event filter): boot recursively, entries and cache only if outside boot."""
         boot_real = Path(os.path.realpath(boot))
-        chosen = [(Path(boot), True, EVENT_FILTER)]
+        chosen: list[tuple[Path, bool, EventFilter]] = [(Path(boot), True, EVENT_FILTER)]
         for extra, event_filter in ((entries, EVENT_FILTER), (cache, CACHE_EVENT_FILTER)):
             real = Path(os.path.realpath(extra))
             if real != boot_real and boot_real not in real.parents:
@@ -128,21 +140,29 @@ class Watcher:
     def start(self) -> None:
         """Arm the watches. Directories that do not exist yet are skipped (and make us unhealthy)."""
         with self._lock:
-            logging.getLogger(OVERFLOW_LOGGER).addHandler(self.overflow)
             observer = InotifyObserver()
             handler = QueueingHandler(self.changes)
-            for directory, recursive, event_filter in self.directories:
-                self.identities[directory] = _identity(directory)
-                if self.identities[directory] is None:
-                    continue
-                observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
             observer.daemon = True
-            observer.start()
+            try:
+                for directory, recursive, event_filter in self.directories:
+                    self.identities[directory] = _identity(directory)
+                    if self.identities[directory] is None:
+                        continue
+                    observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
+                observer.start()
+            except OSError as e:
+                # A directory vanished between its stat and its watch (or a subdirectory of it
+                # did): nothing is armed, not alive(), and needs_rearm() is True until start()
+                # succeeds; the daemon tries again at its next tick.
+                log.warning("cannot arm the inotify watches now (%s); trying again shortly", describe_oserror(e))
+                observer.stop()
+                with contextlib.suppress(RuntimeError):  # its thread may not have started
+                    observer.join()
+                return
             self.observer = observer
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
-            logging.getLogger(OVERFLOW_LOGGER).removeHandler(self.overflow)
             if self.observer is not None:
                 self.observer.stop()
                 self.observer.join(timeout)
@@ -150,6 +170,12 @@ class Watcher:
 
     def rearm(self) -> None:
         self.stop()
+        self.start()
+
+    def retarget(self, boot: Path, entries: Path, cache: Path) -> None:
+        """Watch these directories instead (a reload changed the paths)."""
+        self.stop()
+        self.directories = self._select(boot, entries, cache)
         self.start()
 
     def alive(self) -> bool:

@@ -142,18 +142,12 @@ def test_a_lock_wait_on_the_daemons_own_job_keeps_feeding_the_watchdog(tree_with
     from bootwatch.cache.session import open_cache
     from bootwatch.daemon.notify import SystemdNotifier
     from bootwatch.daemon.service import Daemon
-    from bootwatch.daemon.status import DaemonStatus
-    from bootwatch.daemon.watcher import Watcher
 
     tree = tree_with_kernel
     daemon = Daemon(config_for(tree, "daemon.toml"))
     # WatchdogSec=2s: the holder is reported after 2 s, a wait is stuck after 10 s.
     daemon.notifier = SystemdNotifier({"WATCHDOG_USEC": "2000000"})
     daemon.cache = open_cache(daemon.config)
-    daemon.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(tree.boot),
-                                 cache_dir=str(tree.cache))
-    daemon.watcher = Watcher(daemon.config.paths.boot, daemon.config.paths.entries, daemon.config.paths.cache,
-                             daemon.changes)
     job_holds, job_done = threading.Event(), threading.Event()
 
     def job() -> None:  # the lock held the way the clean job holds it, in a thread of this process
