@@ -764,6 +764,8 @@ class BootCache:
         recorded stat signature: device, inode, size, mtime, ctime), or, with nothing cached
         yet, names a boot file that is there. An unmounted partition's mount point may hold a
         stale entry, rarely the very files bootwatch cached from the partition."""
+        if not any(entry.paths for entry in entries):
+            return False  # no boot file named: nothing to compare (and no index to load)
         if index is None:
             try:
                 index = self.load_index()

@@ -218,8 +218,12 @@ class Reconciler:
         if signatures is None:
             return None
         references = self.cache.references()
-        if references.unknown is not None:
-            return None  # the full pass reports it
+        if references.boot_moved:
+            return None  # the full pass reports it, and reconciles nothing
+        # Unknown references forbid taking anything away (a restored copy, an image), never the
+        # conclusion that nothing changed: this pass takes nothing away, and where the full pass
+        # would (a restored copy that lost its last reference) it gives way to it. The report
+        # says why they are unknown, as the full pass's does.
         # (A changed reference set is recorded by the next pass under the lock, not by this one,
         # which takes none: the daemon applies every change of the entries under the lock.)
         tree = self.walk()
@@ -254,7 +258,7 @@ class Reconciler:
                 pass
             except OSError:
                 return None
-        report = ReconcileReport(examined=len(files) + len(gone))
+        report = ReconcileReport(examined=len(files) + len(gone), references_unknown=references.unknown)
         self.reported_missing.intersection_update(gone)
         for path in gone:
             self._report_missing(path, 0, signatures[path][5], report)

@@ -239,3 +239,25 @@ def test_track_referenced_writes_no_signatures(tmp_path: Path) -> None:
     config = load_config(toml, environ={})
     assert reconcile_once(config, open_cache(config)).cached == ["/vmlinuz-1"]
     assert not (tmp_path / "cache" / SIGNATURES_NAME).exists() and quick(config) is None
+
+
+def test_unknown_references_still_let_an_unchanged_tree_pass_without_the_lock(tmp_path: Path) -> None:
+    """No boot entries and no record of a read (the benchmark's tree): references are unknown,
+    which forbids taking anything away, not concluding that nothing changed. The quick pass says
+    why they are unknown, as the full pass does; a change still takes the full pass."""
+    boot = tmp_path / "boot"
+    (boot / "loader" / "entries").mkdir(parents=True)
+    for n in range(3):
+        (boot / f"vmlinuz-{n}").write_bytes(os.urandom(4096))
+    toml = tmp_path / "bootwatch.toml"
+    toml.write_text(f'[paths]\nboot = "{boot}"\ncache = "{tmp_path / "cache"}"\nruntime = "{tmp_path / "run"}"\n'
+                    '[cache]\ntrack = "all"\n')
+    config = load_config(toml, environ={})
+    first = reconcile_once(config, open_cache(config))
+    assert len(first.cached) == 3 and first.references_unknown is not None
+    report = quick(config)
+    assert report is not None and report.examined == 3 and report.references_unknown == first.references_unknown
+    assert full_pass_changes(config) == []
+    (boot / "vmlinuz-1").write_bytes(b"rebuilt")
+    assert quick(config) is None
+    assert "changed" in full_pass_changes(config)
