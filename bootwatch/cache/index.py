@@ -50,10 +50,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet
+from typing import Any
 
 from bootwatch.cache.fileid import FileIdentity
 from bootwatch.cache.hashing import Digest, StatSignature
@@ -69,8 +69,10 @@ RESTORED_KEY = "restored"  # in a path's extra data: the file a restore wrote
 IMAGE_TS_RANGE = (-(2 ** 31), 253402300799)
 MODE_MAX = 0o177777  # st_mode: the file type and the permission bits, 16 bits
 ID_MAX = 2 ** 32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "no owner"
+# The integers of a ``paths`` entry, and their highest values.
+_PATH_INTEGERS = (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX))
 
-# The bulk forms of the checks, over all keys joined by newlines (see CacheIndex._plainly_valid):
+# The bulk forms of the checks, over all keys joined by newlines (see _plainly_valid):
 # a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
 # and holds no "/", NUL, newline or surrogate (the rules of safety.normalize_boot_path).
 _SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n\ud800-\udfff]+)+"
@@ -111,14 +113,13 @@ def _finite_float(text: str) -> float:
 
 def is_time(value: object) -> bool:
     """A number of seconds since the epoch that every time function takes (see IMAGE_TS_RANGE)."""
-    return value.__class__ in (int, float) and IMAGE_TS_RANGE[0] <= value <= IMAGE_TS_RANGE[1]  # type: ignore
+    return value.__class__ in (int, float) and IMAGE_TS_RANGE[0] <= value <= IMAGE_TS_RANGE[1]
 
 
 def valid_path_meta(meta: object) -> bool:
     """A ``paths`` entry bootwatch can use: integer mode, uid and gid in range, extra data an object."""
     return isinstance(meta, dict) \
-        and all(meta.get(key).__class__ is int and 0 <= meta[key] <= highest
-                for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX))) \
+        and all(meta.get(key).__class__ is int and 0 <= meta[key] <= highest for key, highest in _PATH_INTEGERS) \
         and isinstance(meta.get(EXTRA, {}), dict)
 
 
@@ -152,7 +153,7 @@ class RestoredFile:
     image_id: str
     made_marker: bool
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**self.identity.to_json(), "image_id": self.image_id, "made_marker": self.made_marker}
 
     @classmethod
@@ -172,6 +173,51 @@ class RestoredFile:
         return identity == self.identity
 
 
+# One path's row of a SignatureTable: the boot file's lstat when it was last hashed (st_dev,
+# st_ino, st_size, st_mtime_ns, st_ctime_ns), the image id it hashed to, and whether that image is
+# still the path's newest.
+SignatureEntry = tuple[int, int, int, int, int, str, bool]
+
+
+class SignatureTable:
+    """Whether a boot file is unchanged since it was hashed, for every tier that asks.
+
+    The lock-free pass (reconcile.unchanged_pass, reading it from ``.bootwatch-signatures``), a
+    full pass (reconcile.unchanged_walked) and a per-path pass (reconcile, Transaction.add,
+    BootCache.path_status) all ask :meth:`image_of`: the one rule of what "unchanged" means.
+    ``entries``: for each cached path its :data:`SignatureEntry`, or None where the index records
+    no signature that any lstat could match (none, or not five integers and an image id).
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: dict[str, SignatureEntry | None]) -> None:
+        self.entries = entries
+
+    def image_of(self, path: str, st: os.stat_result) -> str | None:
+        """The image id of the boot file ``path``, if ``st`` (its stat) is still the one recorded
+        when it was hashed; else None (not cached, no usable signature, or changed since)."""
+        entry = self.entries.get(path)
+        if entry is None or entry[:5] != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return None
+        return entry[5]
+
+    def newest_image_of(self, path: str, st: os.stat_result) -> str | None:
+        """:meth:`image_of`, if that image is the path's newest: a pass has nothing to do for the file.
+
+        The same comparison, with the row's newest flag in it: a full pass asks it of every file.
+        """
+        entry = self.entries.get(path)
+        if entry is None or entry != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, entry[5], True):
+            return None
+        return entry[5]
+
+    def newest_recorded(self, path: str) -> str | None:
+        """The newest image of ``path`` if the file hashed to it has a usable signature; else None."""
+        entry = self.entries.get(path)
+        return entry[5] if entry is not None and entry[6] else None
+
+
 @dataclass(frozen=True)
 class PathMeta:
     """The file attributes boom records for a path, restored with the image."""
@@ -188,7 +234,7 @@ class CacheIndex:
     non-empty id list, and each listed id has an entry in ``images``.
     """
 
-    def __init__(self, data: dict | None = None) -> None:
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
         self._data = data if data is not None else {"index": {}, "paths": {}, "images": {}}
 
     # ---------------------------------------------------------------- loading and saving
@@ -203,115 +249,21 @@ class CacheIndex:
         except RecursionError:
             raise IndexCorruptError("is not valid JSON (nested too deeply)", path=source) from None
         cls.validate(data, source=source)
-        return cls(data)
+        return cls(data)  # type: ignore[arg-type]  # validate: an object of the three tables
 
     @staticmethod
     def validate(data: object, *, source: str | Path) -> None:
-        """Raise :class:`IndexCorruptError` naming the first problem; return if there is none."""
-        if CacheIndex._plainly_valid(data):
-            return
+        """Raise :class:`IndexCorruptError` naming the first problem; return if there is none.
 
-        def corrupt(message: str) -> IndexCorruptError:
-            return IndexCorruptError(message, path=source)
-
-        if not isinstance(data, dict):
-            raise corrupt(f"top level is a {type(data).__name__}, expected an object")
-        for key in ("index", "paths", "images"):
-            if not isinstance(data.get(key), dict):
-                raise corrupt(f"'{key}' is missing or is not an object")
-        index, paths, images = data["index"], data["paths"], data["images"]
-        for path, ids in index.items():
-            try:
-                normalize_boot_path(path)
-            except UnsafePathError as e:
-                raise corrupt(f"index path {path!r} is unsafe: {e.message}") from None
-            if not isinstance(ids, list) or not ids:
-                raise corrupt(f"index['{path}'] must be a non-empty list of image ids")
-            for image_id in ids:
-                if not is_image_id(image_id):
-                    raise corrupt(f"index['{path}'] holds {image_id!r}, not a 40-digit lowercase SHA1")
-                if not isinstance(images.get(image_id), dict):
-                    raise corrupt(f"image {image_id} of '{path}' has no entry in 'images'")
-            if len(set(ids)) != len(ids):
-                twice = next(i for n, i in enumerate(ids) if i in ids[:n])
-                raise corrupt(f"index['{path}'] lists image {twice} more than once")
-            meta = paths.get(path)
-            if not isinstance(meta, dict):
-                raise corrupt(f"path '{path}' has no entry in 'paths'")
-            for key, highest in (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID_MAX)):
-                value = meta.get(key)
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise corrupt(f"paths['{path}'].{key} is missing or is not an integer")
-                if not 0 <= value <= highest:
-                    raise corrupt(f"paths['{path}'].{key} is {_shorten(value)}, not between 0 and {highest}")
-            if not isinstance(meta.get(EXTRA, {}), dict):
-                raise corrupt(f"paths['{path}'].{EXTRA} is not an object")
-        for image_id, meta in images.items():
-            if not is_image_id(image_id):
-                raise corrupt(f"'images' has a key {image_id!r} that is not an image id")
-            if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
-                raise corrupt(f"images['{image_id}'].image_ts is missing or is not a number")
-            low, high = IMAGE_TS_RANGE
-            if not low <= meta["image_ts"] <= high:
-                raise corrupt(f"images['{image_id}'].image_ts is {_shorten(meta['image_ts'])}, "
-                              f"not a time between {low} and {high}")
-            if not isinstance(meta.get(EXTRA, {}), dict):
-                raise corrupt(f"images['{image_id}'].{EXTRA} is not an object")
-
-    @staticmethod
-    def _plainly_valid(data: object) -> bool:
-        """Every check of :meth:`validate`, in bulk, for an index that has no problem.
-
-        Every scan loads the whole index (10,000 paths on a host that tracks everything), so the
-        common case must not cost four function calls per path: one regular expression over all
-        the paths joined by newlines, one over all the image ids, and type tests of exact classes.
-        A newline is what no path or id may hold, so the joined string has exactly one fewer
-        newline than there are keys unless a key holds one. True only if every check passes;
-        False means "look closer": :meth:`validate` then checks one by one and names the first
-        problem (or accepts what this test was too strict for, like a ``true`` image_ts).
+        The common case, an index without a problem, is proved so in bulk (:func:`_plainly_valid`);
+        only an index that fails that is checked entry by entry, to name what is wrong (or to
+        accept what the bulk test was too strict for, like a ``true`` image_ts).
         """
-        try:
-            if data.__class__ is not dict:
-                return False
-            index, paths, images = data.get("index"), data.get("paths"), data.get("images")
-            if index.__class__ is not dict or paths.__class__ is not dict or images.__class__ is not dict:
-                return False
-            listed: list[str] = []
-            low, high = IMAGE_TS_RANGE
-            for path, ids in index.items():
-                if ids.__class__ is not list or not ids or (len(ids) > 1 and len(set(ids)) != len(ids)):
-                    return False
-                listed += ids
-                meta = paths.get(path)
-                if meta.__class__ is not dict:
-                    return False
-                mode, uid, gid = meta.get("path_mode"), meta.get("path_uid"), meta.get("path_gid")
-                if mode.__class__ is not int or uid.__class__ is not int or gid.__class__ is not int \
-                        or not (0 <= mode <= MODE_MAX and 0 <= uid <= ID_MAX and 0 <= gid <= ID_MAX):
-                    return False
-                extra = meta.get(EXTRA)
-                if extra is not None and extra.__class__ is not dict:
-                    return False
-            for meta in images.values():
-                if meta.__class__ is not dict:
-                    return False
-                ts = meta.get("image_ts")
-                kind = ts.__class__
-                if (kind is not int and kind is not float) or not low <= ts <= high:
-                    return False
-                extra = meta.get(EXTRA)
-                if extra is not None and extra.__class__ is not dict:
-                    return False
-            for keys, pattern in ((index, _SAFE_PATHS), (images, _IMAGE_IDS)):
-                if keys:
-                    joined = "\n".join(keys)  # TypeError for a key that is not a string
-                    if joined.count("\n") != len(keys) - 1 or pattern.fullmatch(joined) is None:
-                        return False
-            # Each listed id is a key of 'images' (so an image id, tested above) whose entry is a
-            # dict (tested above). An id that is not hashable raises TypeError.
-            return images.keys() >= set(listed)
-        except TypeError:
-            return False
+        if _plainly_valid(data):
+            return
+        problem = _first_problem(data)
+        if problem is not None:
+            raise IndexCorruptError(problem, path=source)
 
     def to_json(self) -> bytes:
         # Compact: a 10,000-path index is parsed on every transaction, and boom reads any layout.
@@ -345,7 +297,7 @@ class CacheIndex:
     def newest(self, path: str) -> str:
         ids = self._data["index"].get(path, [])
         if len(ids) == 1:  # the common case needs no sort
-            return ids[0]
+            return str(ids[0])
         return self.images_newest_first(path)[0]
 
     def image_ts(self, image_id: str) -> int:
@@ -365,11 +317,11 @@ class CacheIndex:
         m = self._data["paths"][path]
         return PathMeta(m["path_mode"], m["path_uid"], m["path_gid"])
 
-    def path_extra(self, path: str) -> dict:
+    def path_extra(self, path: str) -> dict[str, Any]:
         extra = self._data["paths"][path].get(EXTRA)
         return extra if isinstance(extra, dict) else {}
 
-    def image_extra(self, image_id: str) -> dict:
+    def image_extra(self, image_id: str) -> dict[str, Any]:
         extra = self._data["images"].get(image_id, {}).get(EXTRA)
         return extra if isinstance(extra, dict) else {}
 
@@ -396,7 +348,7 @@ class CacheIndex:
         value = self.image_extra(image_id).get("size")
         return value if value.__class__ is int and value >= 0 else None
 
-    def verification(self, image_id: str) -> dict | None:
+    def verification(self, image_id: str) -> dict[str, Any] | None:
         """The last verification of an image as ``{"time", "ok", "message", "checks"}``, or None.
 
         None also for a record without a boolean ``ok``: unknown is never verified. ``time`` is
@@ -415,85 +367,38 @@ class CacheIndex:
                        for check in checks if isinstance(check, dict)] if isinstance(checks, list) else [],
         }
 
-    def known_content(self, path: str, signature: StatSignature) -> str | None:
-        """The image id of the boot file, if its signature still equals the recorded one."""
-        return self._known_content(path, signature.to_json())
+    def signatures(self, paths: Iterable[str] | None = None) -> SignatureTable:
+        """The :class:`SignatureTable` of ``paths`` (every path by default; paths not cached are left out).
 
-    def known_content_of_stat(self, path: str, st: os.stat_result) -> str | None:
-        """:meth:`known_content` of ``StatSignature.of(st)``, without building the signature.
-
-        A reconcile asks this of every cached path: it compares lists and builds no objects.
+        A full pass takes every path at once; a per-path pass, one. The lock-free pass reads the
+        same table as a full pass left it (signatures.py), so no tier can answer differently.
         """
-        return self._known_content(path, [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+        index, metas = self._data["index"], self._data["paths"]
+        entries: dict[str, SignatureEntry | None] = {}
+        for path in index if paths is None else paths:
+            ids = index.get(path)
+            if ids is not None:
+                entries[path] = self._signature_entry(path, ids, metas[path].get(EXTRA))
+        return SignatureTable(entries)
 
-    def unchanged(self, stats: Mapping[str, os.stat_result], on_disk: AbstractSet[str]) -> set[str]:
-        """The paths of ``stats`` that are cached, whose newest image is in ``on_disk``, and whose
-        stat signature still holds for that image: ``signature_holds(path, st, newest(path))``.
+    def _signature_entry(self, path: str, ids: list[str], extra: object) -> SignatureEntry | None:
+        """The recorded signature of ``path`` as a table entry; None if there is none it could use.
 
-        One call for the 10,000 files of a full pass. The rule is :meth:`recorded_signatures`,
-        the same that the signatures file carries to the lock-free pass (signatures.py), so the
-        two passes cannot disagree about what is unchanged.
+        Only five integers count (JSON could hold 4096.0 or true, which compare equal to 4096 and
+        1): exact ints in the common case, StatSignature's own rule otherwise; and only an image id.
         """
-        signatures = self.recorded_signatures()
-        found: set[str] = set()
-        for path, st in stats.items():
-            recorded = signatures.get(path)
-            if recorded is not None and recorded[5] in on_disk \
-                    and recorded == [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, recorded[5]]:
-                found.add(path)
-        return found
-
-    def recorded_signatures(self) -> dict[str, list | None]:
-        """For each path, ``[dev, ino, size, mtime_ns, ctime_ns, newest id]``: a file with that
-        lstat passes :meth:`unchanged`. None where no lstat could (no signature recorded for the
-        newest image, or one that is not five integers). See signatures.py.
-        """
-        index, paths = self._data["index"], self._data["paths"]
-        result: dict[str, list | None] = {}
-        for path, ids in index.items():
-            newest = ids[0] if len(ids) == 1 else self.newest(path)
-            extra = paths[path].get(EXTRA)
-            recorded = extra.get("stat") if extra.__class__ is dict else None
-            if recorded.__class__ is list and len(recorded) == 5 and extra.get("stat_image_id") == newest \
-                    and all(value.__class__ is int for value in recorded):
-                result[path] = [*recorded, newest]
-            else:
-                result[path] = None
-        return result
-
-    def signature_holds(self, path: str, st: os.stat_result, image_id: str) -> bool:
-        """``known_content_of_stat(path, st) == image_id`` for an ``image_id`` the index lists.
-
-        The question a full pass asks of every cached file ("is it still its newest image?"),
-        answered with two comparisons: the recorded id equal to a listed id is an image id, so the
-        id needs no pattern test of its own.
-        """
-        extra = self._data["paths"][path].get(EXTRA)
-        if extra.__class__ is not dict:
-            return self.known_content_of_stat(path, st) == image_id
-        recorded = extra.get("stat")
-        if extra.get("stat_image_id") != image_id \
-                or recorded != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
-            return False
-        a, b, c, d, e = recorded
-        return a.__class__ is b.__class__ is c.__class__ is d.__class__ is e.__class__ is int \
-            or StatSignature.from_json(recorded) is not None
-
-    def _known_content(self, path: str, signature: list) -> str | None:
-        extra = self._data["paths"][path].get(EXTRA)
-        if extra.__class__ is not dict:
-            extra = self.path_extra(path)  # a dict subclass or not a dict: the general rule
-        recorded = extra.get("stat")
-        if recorded != signature:
+        if not isinstance(extra, dict):
             return None
-        # Equal lists of five; only integers count (JSON could hold 4096.0 or true, which compare
-        # equal to 4096 and 1): exact ints in the common case, StatSignature's own rule otherwise.
-        a, b, c, d, e = recorded
-        if not (a.__class__ is b.__class__ is c.__class__ is d.__class__ is e.__class__ is int) \
-                and StatSignature.from_json(recorded) is None:
+        recorded, image_id = extra.get("stat"), extra.get("stat_image_id")
+        if recorded.__class__ is not list or len(recorded) != 5:
             return None
-        image_id = extra.get("stat_image_id")
-        return image_id if is_image_id(image_id) else None
+        if not all(value.__class__ is int for value in recorded) and StatSignature.from_json(recorded) is None:
+            return None
+        dev, ino, size, mtime_ns, ctime_ns = recorded
+        newest = ids[0] if len(ids) == 1 else self.newest(path)
+        if image_id == newest:  # the common case: an id the index lists, so no pattern test
+            return dev, ino, size, mtime_ns, ctime_ns, newest, True
+        return (dev, ino, size, mtime_ns, ctime_ns, str(image_id), False) if is_image_id(image_id) else None
 
     # ---------------------------------------------------------------- mutations
 
@@ -551,7 +456,7 @@ class CacheIndex:
             return False
         return self.path_extra(path).pop(RESTORED_KEY, None) is not None
 
-    def record_verification(self, image_id: str, result: dict) -> None:
+    def record_verification(self, image_id: str, result: dict[str, Any]) -> None:
         self._data["images"][image_id].setdefault(EXTRA, {})["verified"] = result
 
     def remove_path(self, path: str) -> list[str]:
@@ -618,9 +523,142 @@ class CacheIndex:
             self._data["images"].pop(image_id, None)
         return gone
 
-    def items(self) -> Iterator[str]:
-        return iter(self.paths())
-
-    def raw(self) -> dict[str, dict]:
+    def raw(self) -> dict[str, dict[str, Any]]:
         """The underlying JSON object (for salvage and tests; do not keep references)."""
         return self._data
+
+
+# ---------------------------------------------------------------- validation, entry by entry
+
+def _first_problem(data: object) -> str | None:
+    """What :meth:`CacheIndex.validate` says of ``data``: its first problem, or None."""
+    if not isinstance(data, dict):
+        return f"top level is a {type(data).__name__}, expected an object"
+    for key in ("index", "paths", "images"):
+        if not isinstance(data.get(key), dict):
+            return f"'{key}' is missing or is not an object"
+    index, paths, images = data["index"], data["paths"], data["images"]
+    for path, ids in index.items():
+        problem = _index_entry_problem(path, ids, images) or _path_meta_problem(path, paths.get(path))
+        if problem is not None:
+            return problem
+    for image_id, meta in images.items():
+        problem = _image_entry_problem(image_id, meta)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _index_entry_problem(path: str, ids: object, images: dict[str, Any]) -> str | None:
+    try:
+        normalize_boot_path(path)
+    except UnsafePathError as e:
+        return f"index path {path!r} is unsafe: {e.message}"
+    if not isinstance(ids, list) or not ids:
+        return f"index['{path}'] must be a non-empty list of image ids"
+    for image_id in ids:
+        if not is_image_id(image_id):
+            return f"index['{path}'] holds {image_id!r}, not a 40-digit lowercase SHA1"
+        if not isinstance(images.get(image_id), dict):
+            return f"image {image_id} of '{path}' has no entry in 'images'"
+    if len(set(ids)) != len(ids):
+        twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+        return f"index['{path}'] lists image {twice} more than once"
+    return None
+
+
+def _path_meta_problem(path: str, meta: object) -> str | None:
+    if not isinstance(meta, dict):
+        return f"path '{path}' has no entry in 'paths'"
+    for key, highest in _PATH_INTEGERS:
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"paths['{path}'].{key} is missing or is not an integer"
+        if not 0 <= value <= highest:
+            return f"paths['{path}'].{key} is {_shorten(value)}, not between 0 and {highest}"
+    if not isinstance(meta.get(EXTRA, {}), dict):
+        return f"paths['{path}'].{EXTRA} is not an object"
+    return None
+
+
+def _image_entry_problem(image_id: str, meta: object) -> str | None:
+    if not is_image_id(image_id):
+        return f"'images' has a key {image_id!r} that is not an image id"
+    if not isinstance(meta, dict) or not isinstance(meta.get("image_ts"), (int, float)):
+        return f"images['{image_id}'].image_ts is missing or is not a number"
+    low, high = IMAGE_TS_RANGE
+    if not low <= meta["image_ts"] <= high:
+        return f"images['{image_id}'].image_ts is {_shorten(meta['image_ts'])}, not a time between {low} and {high}"
+    if not isinstance(meta.get(EXTRA, {}), dict):
+        return f"images['{image_id}'].{EXTRA} is not an object"
+    return None
+
+
+# ---------------------------------------------------------------- validation in bulk
+
+def _plainly_valid(data: object) -> bool:
+    """Every check of :meth:`CacheIndex.validate`, in bulk, for an index that has no problem.
+
+    Every scan loads the whole index (10,000 paths on a host that tracks everything), so the
+    common case must not cost four function calls per path: one regular expression over all
+    the paths joined by newlines, one over all the image ids, and type tests of exact classes.
+    A newline is what no path or id may hold, so the joined string has exactly one fewer
+    newline than there are keys unless a key holds one. True only if every check passes;
+    False means "look closer" (:func:`_first_problem`).
+    """
+    try:
+        if not isinstance(data, dict) or data.__class__ is not dict:
+            return False
+        index, paths, images = data.get("index"), data.get("paths"), data.get("images")
+        if index.__class__ is not dict or paths.__class__ is not dict or images.__class__ is not dict:
+            return False
+        listed = _plainly_listed(index, paths)
+        if listed is None or not _plain_images(images):
+            return False
+        for keys, pattern in ((index, _SAFE_PATHS), (images, _IMAGE_IDS)):
+            if keys:
+                joined = "\n".join(keys)  # TypeError for a key that is not a string
+                if joined.count("\n") != len(keys) - 1 or pattern.fullmatch(joined) is None:
+                    return False
+        # Each listed id is a key of 'images' (so an image id, tested above) whose entry is a
+        # dict (tested above). An id that is not hashable raises TypeError.
+        return bool(images.keys() >= set(listed))
+    except TypeError:
+        return False
+
+
+def _plainly_listed(index: dict[str, Any], paths: dict[str, Any]) -> list[str] | None:
+    """Every id the ``index`` table lists, if each of its entries and its ``paths`` entry passes
+    the checks of the exact classes (the keys are tested by the caller); else None."""
+    listed: list[str] = []
+    for path, ids in index.items():
+        if ids.__class__ is not list or not ids or (len(ids) > 1 and len(set(ids)) != len(ids)):
+            return None
+        listed += ids
+        meta = paths.get(path)
+        if meta.__class__ is not dict:
+            return None
+        mode, uid, gid = meta.get("path_mode"), meta.get("path_uid"), meta.get("path_gid")
+        if mode.__class__ is not int or uid.__class__ is not int or gid.__class__ is not int \
+                or not (0 <= mode <= MODE_MAX and 0 <= uid <= ID_MAX and 0 <= gid <= ID_MAX):
+            return None
+        extra = meta.get(EXTRA)
+        if extra is not None and extra.__class__ is not dict:
+            return None
+    return listed
+
+
+def _plain_images(images: dict[str, Any]) -> bool:
+    """Whether every ``images`` entry passes the checks of the exact classes (keys: the caller)."""
+    low, high = IMAGE_TS_RANGE
+    for meta in images.values():
+        if meta.__class__ is not dict:
+            return False
+        ts = meta.get("image_ts")
+        kind = ts.__class__
+        if (kind is not int and kind is not float) or not low <= ts <= high:  # type: ignore[operator]
+            return False
+        extra = meta.get(EXTRA)
+        if extra is not None and extra.__class__ is not dict:
+            return False
+    return True

@@ -204,7 +204,7 @@ class CleanReport:
     removed_restored_copies: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -285,7 +285,8 @@ class Transaction:
         except NotRegularFileError:
             raise
         except OSError as e:
-            raise BootwatchError(describe_oserror(e) if e.filename else os.strerror(e.errno), path=real) from None
+            problem = describe_oserror(e) if e.filename or not e.errno else os.strerror(e.errno)
+            raise BootwatchError(problem, path=real) from None
         with contextlib.ExitStack() as stack:
             stack.callback(os.close, fd)
             st = os.fstat(fd)
@@ -293,8 +294,8 @@ class Transaction:
                 raise BootwatchError("is not a regular file", path=real)
             signature = StatSignature.of(st)
             previous = self.index.newest(path) if path in self.index else None
-            known = self.index.known_content(path, signature) if path in self.index else None
-            if known is not None and known == previous and store.has_image(known) and not recopy:
+            known = self.index.signatures([path]).newest_image_of(path, st)
+            if known is not None and store.has_image(known) and not recopy:
                 return AddResult(path, known, AddOutcome.UNCHANGED, previous)
             try:
                 with store.temp_file() as tmp:
@@ -371,39 +372,13 @@ class Transaction:
         rename over the name at the same moment (:func:`bootwatch.cache.fileid.remove_if_same`).
         Nothing is taken away while the cache is read-only (the index could not say so).
         """
-        if self.read_only:
+        checked = self._restored_copy_to_remove(path)
+        if checked is None:
             return False
-        try:
-            name = self.cache.boot_name(path)
-        except UnsafePathError:
-            return False
-        marker = name.parent / restored_marker_name(path)
-        if not os.path.lexists(marker):
-            return False
-        restored = self.index.restored_file(path)
-        if restored is None:
-            if os.path.lexists(name):
-                log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
-                         "this file (a restore by boom?)", name)
-            return False
-        try:
-            identity = identity_at(name)
-        except OSError as e:
-            log.warning("%s: not removing the restored copy: %s", name, describe_oserror(e))
-            return False
-        if identity is None and not os.path.lexists(name):  # nothing left to mark
-            self.forget_restored_copy(path)
-            return False
-        if identity is None or not restored.is_file(identity):
-            self.drop_stale_marker(path, name)
-            return False
-        needed_by = self._referenced_alias(path, identity)
-        if needed_by is not None:
-            log.info("%s: not removing the restored copy: the referenced path %s leads to it", name, needed_by)
-            return False
+        name, restored = checked
         result = remove_if_same(name, restored.identity)
         if result.outcome is Removal.REMOVED:
-            self._remove_marker(marker)
+            self._remove_marker(name.parent / restored_marker_name(path))
             self.dirty |= self.index.forget_restored(path)
             fsync_directory(name.parent)
             return True
@@ -419,6 +394,41 @@ class Transaction:
                             name, result.aside)
             self.drop_stale_marker(path, name)
         return False
+
+    def _restored_copy_to_remove(self, path: str) -> tuple[Path, RestoredFile] | None:
+        """The name of ``path`` and the record of the restore, if the file there is bootwatch's very
+        restored copy, marked, and no other referenced path leads to it; else None (and a stale
+        marker or record dropped, see :meth:`remove_restored_copy`)."""
+        if self.read_only:
+            return None
+        try:
+            name = self.cache.boot_name(path)
+        except UnsafePathError:
+            return None
+        if not os.path.lexists(name.parent / restored_marker_name(path)):
+            return None
+        restored = self.index.restored_file(path)
+        if restored is None:
+            if os.path.lexists(name):
+                log.info("%s: not removing it, though nothing references it: bootwatch has no record of writing "
+                         "this file (a restore by boom?)", name)
+            return None
+        try:
+            identity = identity_at(name)
+        except OSError as e:
+            log.warning("%s: not removing the restored copy: %s", name, describe_oserror(e))
+            return None
+        if identity is None and not os.path.lexists(name):  # nothing left to mark
+            self.forget_restored_copy(path)
+            return None
+        if identity is None or not restored.is_file(identity):
+            self.drop_stale_marker(path, name)
+            return None
+        needed_by = self._referenced_alias(path, identity)
+        if needed_by is not None:
+            log.info("%s: not removing the restored copy: the referenced path %s leads to it", name, needed_by)
+            return None
+        return name, restored
 
     def _referenced_alias(self, path: str, identity: FileIdentity) -> str | None:
         """Another referenced path whose boot file is this inode (through a symlink), if any."""
@@ -480,8 +490,9 @@ class Transaction:
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise BootwatchError(f"cannot create the restored-copy marker ({os.strerror(e.errno).lower()}); "
-                                 "not restoring", path=marker) from None
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
+            raise BootwatchError(f"cannot create the restored-copy marker ({why}); not restoring",
+                                 path=marker) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise not_a_file
@@ -532,6 +543,19 @@ class Transaction:
             raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
         # An earlier restored copy is gone (the path is MISSING): its marker, if bootwatch made it, too.
         self.forget_restored_copy(path)
+        identity, made_marker = self._write_restored_copy(path, real, image_id, meta)
+        # What was written, read back after the rename (which changed its ctime): the marker counts
+        # only while the boot file is this very file (see remove_restored_copy).
+        if not self.read_only:  # else recorded by the first pass after the cache is writable again
+            self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
+            self.index.record_signature(path, identity.signature, image_id)
+            self.dirty = True
+        return image_id
+
+    def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta) -> tuple[FileIdentity, bool]:
+        """Write the image ``image_id`` to a temp file beside ``real``, checked, with its attributes,
+        then link it to ``real`` with its marker; return the identity of the file now at ``real``
+        and whether the marker was made (False: one was there)."""
         with contextlib.ExitStack() as stack:
             src = self.cache.store.open_image(image_id)
             stack.callback(os.close, src)
@@ -544,7 +568,7 @@ class Transaction:
                 raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
                                      "not restoring it", path=self.cache.store.image_path(image_id),
                                      hint="run 'bootwatch fsck --repair'")
-            self._apply_restored_attributes(path, real, tmp.fd, meta, os.stat(real.parent))
+            self._give_restored_attributes(path, real, tmp.fd, meta, os.stat(real.parent))
             mtime_ns = self._restored_mtime_ns(path, image_id)
             if mtime_ns is not None:
                 os.utime(tmp.fd, ns=(mtime_ns, mtime_ns))
@@ -564,15 +588,9 @@ class Transaction:
                 if made_marker:  # the file that appeared is not ours: do not mark it as restored
                     self._remove_marker(marker)
                 raise BootwatchError("appeared while it was being restored; left alone", path=real)
-        # What was written, read back after the rename (which changed its ctime): the marker counts
-        # only while the boot file is this very file (see remove_restored_copy).
-        if not self.read_only:  # else recorded by the first pass after the cache is writable again
-            self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
-            self.index.record_signature(path, identity.signature, image_id)
-            self.dirty = True
-        return image_id
+        return identity, made_marker
 
-    def _apply_restored_attributes(self, path: str, real: Path, fd: int, meta: PathMeta,
+    def _give_restored_attributes(self, path: str, real: Path, fd: int, meta: PathMeta,
                                    directory: os.stat_result) -> None:
         """Give the restored file the recorded mode and owner, as far as :func:`restored_attributes` allows.
 
@@ -712,7 +730,7 @@ class BootCache:
                               f"({os.strerror(e.errno).lower() if e.errno else e.strerror})", boot_moved=True,
                               entry_files=files)
 
-        def unknown(why: str, *, boot_moved: bool = False, record: dict | None = None) -> References:
+        def unknown(why: str, *, boot_moved: bool = False, record: dict[str, Any] | None = None) -> References:
             return References(counts, unknown=f"{self.entries_dir}: not trusted: {why}", confirmable=True,
                               boot_moved=boot_moved, entry_files=files, observed=observed, record=record)
 
@@ -747,7 +765,7 @@ class BootCache:
                     log.warning("%s", line)
             self._refused_entries = set(refused)
 
-    def references_record(self, entries: builtins.list[bls.BootEntry], counts: dict[str, int]) -> dict:
+    def references_record(self, entries: builtins.list[bls.BootEntry], counts: dict[str, int]) -> dict[str, Any]:
         """What ``.bootwatch-references`` says of a complete read of the entries (see store.py).
 
         Raises OSError when the mounts of the boot or entries directory cannot be told.
@@ -772,15 +790,16 @@ class BootCache:
             except (OSError, BootwatchError):
                 return False  # no evidence from an index that cannot be read
         empty = not index.paths()
+        signatures = index.signatures(path for entry in entries for path in entry.paths)
         for entry in entries:
             for path in entry.paths:
                 with contextlib.suppress(OSError, BootwatchError):
                     st = os.stat(self.boot_file(path))
-                    if empty or (path in index and index.known_content_of_stat(path, st) is not None):
+                    if empty or signatures.image_of(path, st) is not None:
                         return True
         return False
 
-    def _last_references(self) -> tuple[dict | None, str | None]:
+    def _last_references(self) -> tuple[dict[str, Any] | None, str | None]:
         """The last complete read, if ``.bootwatch-references`` holds a well-formed one; else None
         and why not."""
         data = self.store.read_derived(REFERENCES_NAME)
@@ -798,7 +817,7 @@ class BootCache:
             return None, f"{self.store.directory / REFERENCES_NAME} is not a record this bootwatch wrote"
         return record, None
 
-    def write_references_record(self, record: dict) -> None:
+    def write_references_record(self, record: dict[str, Any]) -> None:
         """Remember a read of the entries (the lock holder): fsynced, by rename."""
         self.store.write_derived(REFERENCES_NAME, json.dumps(record).encode() + b"\n", durable=True)
 
@@ -828,7 +847,7 @@ class BootCache:
         image_st = self.store.image_stat(newest)
         boot_changed = False
         if boot_st is not None and image_st is not None:
-            known = index.known_content(path, StatSignature.of(boot_st))
+            known = index.signatures([path]).image_of(path, boot_st)
             recorded = StatSignature.from_json(index.path_extra(path).get("stat")) is not None
             boot_changed = recorded and known is None
             restored = index.restored_file(path) if restored_marker else None
@@ -927,7 +946,7 @@ class BootCache:
                 txn.index_digest = self.store.write_index_making_room(txn.index)
                 self.index_written_at = time.monotonic()
             if txn.record_signatures and txn.index_digest is not None:
-                write_signatures(self.store, txn.index, txn.index_digest)
+                write_signatures(self.store, txn.index.signatures(), txn.index_digest)
             refs = txn._references
             if refs is not None and refs.record is not None:
                 self.write_references_record(refs.record)
@@ -980,7 +999,7 @@ class BootCache:
         try:
             digest = hash_and_copy(fd, cancel=self.cancel)
         except OSError as e:
-            return ImageVerification(image_id, paths, False, f"read error: {os.strerror(e.errno)}")
+            return ImageVerification(image_id, paths, False, f"read error: {os.strerror(e.errno) if e.errno else e}")
         finally:
             os.close(fd)
         if digest.sha1 != image_id:
@@ -1049,19 +1068,7 @@ class BootCache:
                 txn._writable("nothing can be cleaned")
             listed_before = txn.index.all_image_ids()
             on_disk = set(self.store.image_ids_on_disk())
-            copies = self.store.unsuperseded_corrupt_copies()
-            if copies:
-                raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
-                                            "cleaned while it is there", path=copies[0],
-                                            hint="run 'bootwatch fsck --repair' to merge it into the index")
-            refs = txn.confirm_references() if force else txn.references
-            if dry_run:
-                refs.record = None  # a dry run confirms nothing
-            if refs.unknown is not None:
-                hint = ("if that is how it should be, 'bootwatch clean --force' confirms it" if refs.confirmable else
-                        "mount the boot partition or fix [paths] entries; clean works again once every entry "
-                        "can be read")
-                raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
+            self._may_clean(txn, force=force, dry_run=dry_run)
             if not dry_run:
                 self.put_back_set_aside(txn.index)
             temp_files = self.stale_temp_files(txn.index)
@@ -1070,18 +1077,7 @@ class BootCache:
             # A dry run works on a copy that is thrown away; the real run on the locked index.
             work = Transaction(self, txn.index.copy() if dry_run else txn.index)
             work._references = txn.references
-            # Linear in the paths: the index is changed in bulk (remove_paths, trim_paths), each
-            # of which looks at the remaining paths once, not once per path.
-            for path in work.index.paths():
-                if txn.references.get(path, 0) or keep_unreferenced(path):
-                    continue
-                if not pinned.isdisjoint(work.index.image_ids(path)):
-                    report.kept_pinned.append(path)
-                    continue
-                if not dry_run and work.remove_restored_copy(path):
-                    report.removed_restored_copies.append(path)
-                report.uncached_paths.append(path)
-            work.unlisted.update(work.index.remove_paths(report.uncached_paths))
+            self._uncache_unreferenced(work, report, pinned, keep_unreferenced, dry_run=dry_run)
             dropped = work.index.trim_paths(work.index.paths(), self.keep)
             report.trimmed_images.extend(dropped)
             work.unlisted.update(dropped)
@@ -1100,12 +1096,51 @@ class BootCache:
                 # written; on a full file system that write then has room. The images that only
                 # the new index drops wait for it, as the protocol in store.py says.
                 _remove_files(self.store, temp_files)
-                orphans = sorted(on_disk - listed_before - pinned)
-                if orphans and not self.store.unsuperseded_corrupt_copies():
-                    for image_id in orphans:
-                        self.store.delete_image(image_id)
-                    os.fsync(self.store.fd)
+                self._delete_orphans(sorted(on_disk - listed_before - pinned))
         return report
+
+    def _may_clean(self, txn: Transaction, *, force: bool, dry_run: bool) -> None:
+        """Refuse to clean while a repair did not complete, or while the references are unknown
+        (``force`` confirms them where the doubt was a judgement; a dry run records nothing)."""
+        copies = self.store.unsuperseded_corrupt_copies()
+        if copies:
+            raise DeletionsBlockedError("a corrupt index kept by a repair that did not complete; nothing is "
+                                        "cleaned while it is there", path=copies[0],
+                                        hint="run 'bootwatch fsck --repair' to merge it into the index")
+        refs = txn.confirm_references() if force else txn.references
+        if dry_run:
+            refs.record = None  # a dry run confirms nothing
+        if refs.unknown is not None:
+            hint = ("if that is how it should be, 'bootwatch clean --force' confirms it" if refs.confirmable else
+                    "mount the boot partition or fix [paths] entries; clean works again once every entry "
+                    "can be read")
+            raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
+
+    def _uncache_unreferenced(self, work: Transaction, report: CleanReport, pinned: set[str],
+                              keep_unreferenced: Callable[[str], bool], *, dry_run: bool) -> None:
+        """Uncache the paths nothing keeps (no entry, no pin, not ``keep_unreferenced``), taking
+        their restored copies away (not in a dry run).
+
+        Linear in the paths: the index is changed in bulk (remove_paths), which looks at the
+        remaining paths once, not once per path.
+        """
+        for path in work.index.paths():
+            if work.references.get(path, 0) or keep_unreferenced(path):
+                continue
+            if not pinned.isdisjoint(work.index.image_ids(path)):
+                report.kept_pinned.append(path)
+                continue
+            if not dry_run and work.remove_restored_copy(path):
+                report.removed_restored_copies.append(path)
+            report.uncached_paths.append(path)
+        work.unlisted.update(work.index.remove_paths(report.uncached_paths))
+
+    def _delete_orphans(self, orphans: builtins.list[str]) -> None:
+        """Delete images the index on disk does not list, unless a repair did not complete."""
+        if orphans and not self.store.unsuperseded_corrupt_copies():
+            for image_id in orphans:
+                self.store.delete_image(image_id)
+            os.fsync(self.store.fd)
 
     def stale_temp_files(self, index: CacheIndex, also: Iterable[Path] = ()) -> builtins.list[Path]:
         """Every temp file bootwatch left behind: ``<cache>/.tmp/*`` and the restore temp files in the

@@ -22,13 +22,15 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bootwatch.cache.fileid import identity_at
-from bootwatch.cache.hashing import StatSignature, hash_path
-from bootwatch.cache.index import CacheIndex, is_image_id
+from bootwatch.cache.hashing import hash_path
+from bootwatch.cache.index import SignatureTable, is_image_id
 from bootwatch.cache.operations import (
     RESTORE_TEMP_PREFIX,
     AddOutcome,
@@ -54,6 +56,33 @@ from bootwatch.log import Event, IoErrorLog, log_event
 from bootwatch.safety import file_kind
 
 log = logging.getLogger("bootwatch.cache.reconcile")
+
+def has_marker(path: str, markers: AbstractSet[str]) -> bool:
+    """Whether a walk that saw the markers ``markers`` saw one beside ``path``."""
+    return bool(markers) and marker_path_of(path) in markers
+
+
+def unchanged_walked(table: SignatureTable, files: Mapping[str, os.stat_result | None],
+                     references: Mapping[str, int], markers: AbstractSet[str]) -> dict[str, str]:
+    """The walked files a full pass leaves alone without reading them, with the image each holds
+    (which must be on disk as well): both the lock-free pass and the full pass decide so.
+
+    A regular file (a symlink's signature would be its target's; the per-path pass resolves it)
+    that is unchanged since it was hashed to its path's newest image
+    (:meth:`SignatureTable.newest_image_of`), unless it may be a restored copy to take away:
+    nothing references it and a marker lies beside it. Only the per-path pass can tell that (it
+    compares the file's identity with the record of the restore), so it is left to that one.
+    """
+    found: dict[str, str] = {}
+    newest_image_of, is_regular = table.newest_image_of, stat.S_ISREG  # looked up once: 10,000 files
+    for path, st in files.items():
+        if st is None or not is_regular(st.st_mode):
+            continue
+        image_id = newest_image_of(path, st)
+        if image_id is not None and not (markers and not references.get(path) and has_marker(path, markers)):
+            found[path] = image_id
+    return found
+
 
 @dataclass
 class BootTree:
@@ -90,7 +119,7 @@ class ReconcileReport:
     # Why the references were unknown during the pass (see bls.References); None: they were known.
     references_unknown: str | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["retry"] = sorted(self.retry)
         return data
@@ -144,8 +173,6 @@ class Reconciler:
         one name instead of the whole path, 10,000 times on a big tree.
         """
         tree = BootTree()
-        files, markers = tree.files, tree.markers
-        match, skip_dirs = self.names.match, self.skip_dirs
         root = str(self.boot_real).rstrip("/")  # "" for a boot directory of "/"
         pending = [""]  # boom-style paths of the directories to read; "" is the boot directory
         while pending:
@@ -155,37 +182,44 @@ class Reconciler:
             except OSError:
                 continue
             try:
-                names = []
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        name = entry.name
-                        if name[0] == ".":
-                            if name.endswith(MARKER_SUFFIX):
-                                markers.add(f"{directory}/{name}")
-                            elif name.startswith(RESTORE_TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                                # (only a regular file can be one; see BootCache._stale_restore_temp_files)
-                                tree.restore_temps.append(Path(f"{root}{directory}/{name}"))
-                            continue
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                if name != "lost+found" and f"{root}{directory}/{name}" not in skip_dirs:
-                                    pending.append(f"{directory}/{name}")
-                                continue
-                        except OSError:
-                            continue
-                        if match(name) is not None:
-                            names.append(name)
                 prefix = directory + "/"
-                for name in names:
+                for name in self._scan_directory(fd, root, directory, tree, pending):
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     except OSError:
                         continue
                     if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                        files[prefix + name] = st
+                        tree.files[prefix + name] = st
             finally:
                 os.close(fd)
         return tree
+
+    def _scan_directory(self, fd: int, root: str, directory: str, tree: BootTree, pending: list[str]) -> list[str]:
+        """One directory of :meth:`walk`: the names matching the patterns, its markers and restore
+        temp files noted in ``tree``, its subdirectories (but lost+found and the cache's and
+        entries' own) added to ``pending``."""
+        match, skip_dirs = self.names.match, self.skip_dirs
+        names = []
+        with os.scandir(fd) as it:
+            for entry in it:
+                name = entry.name
+                if name[0] == ".":
+                    if name.endswith(MARKER_SUFFIX):
+                        tree.markers.add(f"{directory}/{name}")
+                    elif name.startswith(RESTORE_TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                        # (only a regular file can be one; see BootCache._stale_restore_temp_files)
+                        tree.restore_temps.append(Path(f"{root}{directory}/{name}"))
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if name != "lost+found" and f"{root}{directory}/{name}" not in skip_dirs:
+                            pending.append(f"{directory}/{name}")
+                        continue
+                except OSError:
+                    continue
+                if match(name) is not None:
+                    names.append(name)
+        return names
 
     def is_tracked(self, path: str, references: dict[str, int]) -> bool:
         if references.get(path, 0):
@@ -198,13 +232,20 @@ class Reconciler:
         """A full pass that proves nothing changed, or None: then :meth:`full` must run.
 
         Takes no lock and does not parse the index: it hashes the index file only to find its
-        signatures file (signatures.py), then walks the boot directory. It concludes "nothing to
-        do" exactly when :meth:`full` would find every path unchanged (see :meth:`_unchanged`):
-        every walked file is cached, a regular file whose lstat is the recorded signature of its
-        newest image, and that image is on disk; every referenced path is among them; no restored
-        copy lost its last reference. Cached paths that are gone and that nothing references are
-        reported missing, as :meth:`full` reports them. The index read is the moment the pass
-        stands for: a writer that changes the index afterwards only makes it one pass older.
+        signature table (signatures.py), then walks the boot directory. It concludes "nothing to
+        do" exactly when :meth:`full` would find every path unchanged (:func:`unchanged_walked`,
+        the rule :meth:`full` applies too): every walked file is cached and unchanged, and its
+        image is on disk; every referenced path is among them. Cached paths that are gone and
+        that nothing references are reported missing, as :meth:`full` reports them. The index
+        read is the moment the pass stands for: a writer that changes the index afterwards only
+        makes it one pass older.
+
+        Unknown references (see :class:`bootwatch.entries.bls.References`) forbid taking anything
+        away, not concluding that nothing changed: this pass takes nothing away, and leaves to
+        :meth:`full` every file that might be a restored copy to take away. Its report says why
+        they are unknown, as the full pass's does. A changed reference set is recorded by the
+        next pass under the lock, not by this one, which takes none (the daemon applies every
+        change of the entries under the lock).
 
         Only with ``track = "all"``: otherwise :meth:`full` resolves a few paths one by one and
         is as quick.
@@ -214,55 +255,48 @@ class Reconciler:
         store = self.cache.store
         store.check()
         digest = store.index_file_digest()
-        signatures = None if digest is None else read_signatures(store, digest)
-        if signatures is None:
+        table = None if digest is None else read_signatures(store, digest)
+        if table is None:
             return None
         references = self.cache.references()
         if references.boot_moved:
             return None  # the full pass reports it, and reconciles nothing
-        # Unknown references forbid taking anything away (a restored copy, an image), never the
-        # conclusion that nothing changed: this pass takes nothing away, and where the full pass
-        # would (a restored copy that lost its last reference) it gives way to it. The report
-        # says why they are unknown, as the full pass's does.
-        # (A changed reference set is recorded by the next pass under the lock, not by this one,
-        # which takes none: the daemon applies every change of the entries under the lock.)
         tree = self.walk()
         if tree.restore_temps or store.has_temp_files():
             return None  # left by a killed writer: the full pass removes them under the lock
-        files = tree.files
-        if not files.keys() <= signatures.keys() or not files.keys() >= references.keys():
-            return None  # a file to cache, or a referenced path the walk did not see
-        for path, st in files.items():
-            recorded = signatures[path]
-            if recorded is None or not stat.S_ISREG(st.st_mode) \
-                    or recorded != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, recorded[5]):
-                return None
-        if tree.markers and any(not references.get(p) and marker_path_of(p) in tree.markers for p in files):
+        if not tree.files.keys() >= references.keys():
+            return None  # a referenced path the walk did not see
+        unchanged = unchanged_walked(table, tree.files, references, tree.markers)
+        if len(unchanged) != len(tree.files) or not store.has_images(set(unchanged.values())):
+            return None  # a file to cache or to look at, or an image to copy again
+        gone = self._gone_unreferenced(table, tree)
+        if gone is None:
             return None
-        if not store.has_images({signatures[p][5] for p in files}):
-            return None
-        # Cached paths the walk did not see, none referenced: if each is gone from the boot
-        # directory, the full pass would only report it missing (the package manager removed it
-        # with its entry; clean drops it later).
-        gone = sorted(signatures.keys() - files.keys())
-        if tree.markers and any(marker_path_of(p) in tree.markers for p in gone):
-            return None  # a marker beside a gone file: the full pass removes it if bootwatch made it
+        report = ReconcileReport(examined=len(tree.files) + len(gone), references_unknown=references.unknown)
+        self.reported_missing.intersection_update(gone)
+        for path, newest in gone.items():
+            self._report_missing(path, 0, newest, report)
+        return report
+
+    def _gone_unreferenced(self, table: SignatureTable, tree: BootTree) -> dict[str, str] | None:
+        """The cached paths the walk did not see (none referenced, the caller checked), with their
+        newest image, if each is gone from the boot directory: the full pass would only report it
+        missing (the package manager removed it with its entry; clean drops it later). None if the
+        full pass must look at one."""
+        gone: dict[str, str] = {}
         root = str(self.boot_real).rstrip("/")
-        for path in gone:
-            if signatures[path] is None:
-                return None
+        for path in sorted(table.entries.keys() - tree.files.keys()):
+            newest = table.newest_recorded(path)
+            if newest is None or has_marker(path, tree.markers):
+                return None  # a marker beside a gone file: the full pass removes it if bootwatch made it
             try:
                 os.lstat(root + path)
                 return None  # it exists where the walk does not look: the full pass resolves it
             except FileNotFoundError:
-                pass
+                gone[path] = newest
             except OSError:
                 return None
-        report = ReconcileReport(examined=len(files) + len(gone), references_unknown=references.unknown)
-        self.reported_missing.intersection_update(gone)
-        for path in gone:
-            self._report_missing(path, 0, signatures[path][5], report)
-        return report
+        return gone
 
     def full(self, txn: Transaction) -> ReconcileReport:
         """One complete pass: every referenced, cached or (``track = "all"``) matching path."""
@@ -288,29 +322,13 @@ class Reconciler:
             stats.setdefault(path, None)
         on_disk = txn.images_on_disk()
         # The unchanged files need nothing but to be counted (and, existing, not reported missing).
-        unchanged = self._unchanged(txn.index, stats, references, markers, on_disk)
+        unchanged = {path for path, image_id in unchanged_walked(txn.index.signatures(), stats, references,
+                                                                 markers).items() if image_id in on_disk}
         report.examined += len(unchanged)
         self.reported_missing.difference_update(unchanged)
         for path in sorted(stats.keys() - unchanged):
-            self.apply(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
+            self.reconcile_path(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
         return report
-
-    @staticmethod
-    def _unchanged(index: CacheIndex, stats: dict[str, os.stat_result | None], references: dict[str, int],
-                   markers: set[str], on_disk: set[str]) -> set[str]:
-        """The walked files that :meth:`apply` would leave alone without reading them.
-
-        The common case of a full pass, decided with set and dict lookups: a regular file (not a
-        symlink, so nothing to resolve), cached, not a restored copy that lost its last reference,
-        its newest image on disk, and its stat signature the one recorded when it was hashed.
-        (A walked file matches the patterns and is walked only with ``track = "all"``: it is
-        tracked.) Anything else goes through :meth:`apply`.
-        """
-        candidates = {path: st for path, st in stats.items() if st is not None and stat.S_ISREG(st.st_mode)}
-        if markers:
-            for path in [p for p in candidates if not references.get(p) and marker_path_of(p) in markers]:
-                del candidates[path]
-        return index.unchanged(candidates, on_disk)
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
         """A pass over the paths events named; all referenced and cached paths if entries changed."""
@@ -324,7 +342,7 @@ class Reconciler:
             selected.update(txn.index.paths())
         on_disk = txn.images_on_disk()
         for path in sorted(selected):
-            self.apply(txn, path, references, report, on_disk=on_disk)
+            self.reconcile_path(txn, path, references, report, on_disk=on_disk)
         return report
 
     @staticmethod
@@ -337,17 +355,17 @@ class Reconciler:
 
     # ---------------------------------------------------------------- one path
 
-    def apply(self, txn: Transaction, path: str, references: References, report: ReconcileReport, *,
-              on_disk: set[str], lstat: os.stat_result | None = None,
-              markers: set[str] | None = None) -> None:
-        """Apply the policy to one path.
+    def reconcile_path(self, txn: Transaction, path: str, references: References, report: ReconcileReport, *,
+                       on_disk: set[str], lstat: os.stat_result | None = None,
+                       markers: set[str] | None = None) -> None:
+        """Apply the policy to one path; what goes wrong is reported, never raised.
 
         ``lstat`` and ``markers`` come from :meth:`walk`: the lstat of the walked file, and the
         markers the walk saw. Without them the path is resolved and its marker looked up.
         """
         report.examined += 1
         try:
-            self._apply(txn, path, references, report, on_disk, lstat, markers)
+            self._reconcile_path(txn, path, references, report, on_disk, lstat, markers)
         except NotRegularFileError as e:
             # Found a regular file, opened something else (swapped in since), or a kernel file
             # (procfs) that passes for one: as a FIFO at the path.
@@ -378,87 +396,111 @@ class Reconciler:
             report.retry.add(path)
             log.warning("%s: %s", path, e)
 
-    def _apply(self, txn: Transaction, path: str, references: References, report: ReconcileReport,
-               on_disk: set[str], lstat: os.stat_result | None, markers: set[str] | None) -> None:
-        index = txn.index
-        count = references.get(path, 0)
+    def _reconcile_path(self, txn: Transaction, path: str, references: References, report: ReconcileReport,
+                        on_disk: set[str], lstat: os.stat_result | None, markers: set[str] | None) -> None:
+        """:meth:`reconcile_path`, raising what goes wrong: the boot file is there, gone, or no regular file."""
         real: Path | None = None  # resolved only when the walk did not stat the file itself
+        boot_st: os.stat_result | None = lstat
         if lstat is None or stat.S_ISLNK(lstat.st_mode):
             real = self.cache.boot_file(path)
             try:
-                boot_st: os.stat_result | None = os.stat(real)
+                boot_st = os.stat(real)
             except FileNotFoundError:
                 boot_st = None
-        else:
-            boot_st = lstat
-        cached = path in index
-        if boot_st is not None and not stat.S_ISREG(boot_st.st_mode):
-            if cached or self.is_tracked(path, references):
+        if boot_st is None:
+            self._reconcile_gone(txn, path, references, report, on_disk)
+        elif not stat.S_ISREG(boot_st.st_mode):
+            if path in txn.index or self.is_tracked(path, references):
                 where = real if real is not None else self.cache.boot_file(path)
                 self._report_not_regular(path, f"{where}: is a {file_kind(boot_st.st_mode)}, not a regular file; "
                                                "not caching it")
+        else:
+            self._reconcile_present(txn, path, references, report, on_disk, boot_st, real, markers)
+
+    def _reconcile_present(self, txn: Transaction, path: str, references: References, report: ReconcileReport,
+                           on_disk: set[str], boot_st: os.stat_result, real: Path | None,
+                           markers: set[str] | None) -> None:
+        """The boot file is a regular file: take away bootwatch's restored copy that nothing
+        needs any more, or cache the file unless it is unchanged (:meth:`SignatureTable.image_of`)."""
+        self.reported_missing.discard(path)
+        self.reported_not_regular.discard(path)
+        index = txn.index
+        cached = path in index
+        if cached and self._took_restored_copy_away(txn, path, references, report, boot_st, real, markers):
             return
-        if boot_st is not None:
-            self.reported_missing.discard(path)
-            self.reported_not_regular.discard(path)
-            ours = self._is_our_restored_copy(txn, path, boot_st, real, markers) if cached else None
-            if ours is False:
-                # Marked as restored, but not the file bootwatch wrote: someone put it back (a
-                # package manager, by rename, maybe with the same content). It is theirs.
-                txn.drop_stale_marker(path, self.cache.boot_name(path))
-            elif ours and count == 0 and references.unknown is None:  # unknown: nothing is taken away
-                # The entry that needed it is gone (a package manager removed both): take it away again.
-                if txn.remove_restored_copy(path):
-                    report.unrestored.append(path)
-                    log.info("%s: removed the restored copy: no boot entry references it any more", path)
-                return
-            if not self.is_tracked(path, references):
-                return
-            newest = index.newest(path) if cached else None
-            if newest is not None and newest in on_disk and index.known_content_of_stat(path, boot_st) == newest:
-                return  # unchanged since it was hashed, and its image is there: nothing to read
-            image_gone = newest is not None and newest not in on_disk
-            if image_gone:
-                report.broken.append(path)
-                log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
-                          level=logging.WARNING, path=path, image_id=newest, state=PathState.BROKEN)
-            report.hashed += 1
-            result = txn.add(path)
-            on_disk.add(result.image_id)
-            if result.outcome is AddOutcome.CACHED:
-                report.cached.append(path)
-                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
-                          path=path, image_id=result.image_id, state=PathState.CACHED)
-            elif result.outcome is AddOutcome.CHANGED:
-                report.changed.append(path)
-                log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
-                          result.image_id, result.previous_id, path=path, image_id=result.image_id,
-                          state=PathState.CACHED, previous_image_id=result.previous_id)
-            elif image_gone:
-                report.recopied.append(path)
-                log.info("%s: copied image %s again from the boot file", path, result.image_id)
+        if not self.is_tracked(path, references):
             return
-        # The boot file is gone.
-        if not cached:
+        image_id = index.signatures([path]).newest_image_of(path, boot_st)
+        if image_id is not None and image_id in on_disk:
+            return  # unchanged since it was hashed, and its image is there: nothing to read
+        newest = index.newest(path) if cached else None
+        image_gone = newest is not None and newest not in on_disk
+        if image_gone:
+            report.broken.append(path)
+            log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
+                      level=logging.WARNING, path=path, image_id=newest, state=PathState.BROKEN)
+        report.hashed += 1
+        result = txn.add(path)
+        on_disk.add(result.image_id)
+        if result.outcome is AddOutcome.CACHED:
+            report.cached.append(path)
+            log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
+                      path=path, image_id=result.image_id, state=PathState.CACHED)
+        elif result.outcome is AddOutcome.CHANGED:
+            report.changed.append(path)
+            log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
+                      result.image_id, result.previous_id, path=path, image_id=result.image_id,
+                      state=PathState.CACHED, previous_image_id=result.previous_id)
+        elif image_gone:
+            report.recopied.append(path)
+            log.info("%s: copied image %s again from the boot file", path, result.image_id)
+
+    def _took_restored_copy_away(self, txn: Transaction, path: str, references: References,
+                                 report: ReconcileReport, boot_st: os.stat_result, real: Path | None,
+                                 markers: set[str] | None) -> bool:
+        """Judge a cached path's boot file as a restored copy; True if nothing more is to be done.
+
+        Marked as restored but not the file bootwatch wrote: someone put it back (a package
+        manager, by rename, maybe with the same content); it is theirs and its marker goes.
+        bootwatch's very copy that no entry references any more (a package manager removed both):
+        it is taken away again, but never while references are unknown.
+        """
+        ours = self._is_our_restored_copy(txn, path, boot_st, real, markers)
+        if ours is False:
+            txn.drop_stale_marker(path, self.cache.boot_name(path))
+            return False
+        if not ours or references.get(path, 0) or references.unknown is not None:
+            return False
+        if txn.remove_restored_copy(path):
+            report.unrestored.append(path)
+            log.info("%s: removed the restored copy: no boot entry references it any more", path)
+        return True
+
+    def _reconcile_gone(self, txn: Transaction, path: str, references: References, report: ReconcileReport,
+                        on_disk: set[str]) -> None:
+        """The boot file is gone: restore it while an entry references it (``auto_restore``), else
+        report it missing."""
+        if path not in txn.index:
             return
         # So is the file a restore wrote, if any (and the marker bootwatch made for it): a marker
         # beside a later file of that name would make it look restored.
         txn.forget_restored_copy(path)
-        newest = index.newest(path)
-        if count and self.config.cache.auto_restore and newest in on_disk:
-            link = dangling_link(self.cache.boot_name(path))
-            if link is not None:  # restoring would write what the link names: another path
-                self._report_missing(path, count, newest, report,
-                                     f"not restored: it is a symlink to {link}, which does not exist, and bootwatch "
-                                     "never restores through a symlink")
-                return
-            image_id = txn.restore(path)
-            report.restored.append(path)
-            self.reported_missing.discard(path)
-            log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
-                      image_id, count, path=path, image_id=image_id, state=PathState.RESTORED)
+        newest = txn.index.newest(path)
+        count = references.get(path, 0)
+        if not (count and self.config.cache.auto_restore and newest in on_disk):
+            self._report_missing(path, count, newest, report)
             return
-        self._report_missing(path, count, newest, report)
+        link = dangling_link(self.cache.boot_name(path))
+        if link is not None:  # restoring would write what the link names: another path
+            self._report_missing(path, count, newest, report,
+                                 f"not restored: it is a symlink to {link}, which does not exist, and bootwatch "
+                                 "never restores through a symlink")
+            return
+        image_id = txn.restore(path)
+        report.restored.append(path)
+        self.reported_missing.discard(path)
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
+                  image_id, count, path=path, image_id=image_id, state=PathState.RESTORED)
 
     def _report_not_regular(self, path: str, problem: str) -> None:
         """Warn that a tracked path's boot file is not a regular file (nor cached, nor read), once
@@ -498,7 +540,7 @@ class Reconciler:
             return None
         name = self.cache.boot_name(path)
         if real is None and markers is not None:
-            if not markers or marker_path_of(path) not in markers:
+            if not has_marker(path, markers):
                 return None
         elif not os.path.lexists(name.parent / restored_marker_name(path)):
             return None
@@ -512,30 +554,12 @@ class Reconciler:
 
     def check_images(self, txn: Transaction, image_ids: Iterable[str], report: ReconcileReport) -> None:
         """Images someone else deleted or modified in the cache directory: mark, and copy again from /boot."""
-        store = self.cache.store
         for image_id in sorted(set(image_ids)):
             if image_id not in txn.index.all_image_ids():
                 continue
             paths = txn.index.paths_of(image_id)
-            st = store.image_stat(image_id)
-            problem = None
-            if st is None:
-                problem = "was deleted from the cache"
-            else:
-                size = txn.index.recorded_size(image_id)
-                try:
-                    digest = store.hash_image(image_id, cancel=self.cache.cancel)
-                except OSError as e:
-                    problem = f"cannot be read: {e.strerror}"
-                except OpenForWritingError as e:
-                    # Judged when the writer closes it (that close is an event of its own).
-                    log.info("%s; checking it when it is closed", e)
-                    continue
-                except ContentChangedError:  # images are never written in place
-                    problem = "is being modified in the cache"
-                else:
-                    if digest.sha1 != image_id or (size is not None and size != digest.size):
-                        problem = f"was modified in the cache (its content hashes to {digest.sha1})"
+            st = self.cache.store.image_stat(image_id)
+            problem = self._image_problem(txn, image_id, st)
             if problem is None:
                 continue
             report.broken.extend(paths)
@@ -548,6 +572,25 @@ class Reconciler:
                     report.recopied.append(path)
                     log.info("%s: copied image %s again from the boot file", path, image_id)
                     break
+
+    def _image_problem(self, txn: Transaction, image_id: str, st: os.stat_result | None) -> str | None:
+        """What is wrong with the image file (its stat ``st``, None if it is gone), or None: nothing,
+        or it is open for writing (judged when its writer closes it, an event of its own)."""
+        if st is None:
+            return "was deleted from the cache"
+        size = txn.index.recorded_size(image_id)
+        try:
+            digest = self.cache.store.hash_image(image_id, cancel=self.cache.cancel)
+        except OSError as e:
+            return f"cannot be read: {e.strerror}"
+        except OpenForWritingError as e:
+            log.info("%s; checking it when it is closed", e)
+            return None
+        except ContentChangedError:  # images are never written in place
+            return "is being modified in the cache"
+        if digest.sha1 != image_id or (size is not None and size != digest.size):
+            return f"was modified in the cache (its content hashes to {digest.sha1})"
+        return None
 
     def _set_aside(self, image_id: str, report: ReconcileReport) -> None:
         """Move a damaged image to ``lost+found/``. A lost+found that cannot take it (a symlink, not
@@ -575,7 +618,7 @@ class Reconciler:
             st = os.stat(self.cache.boot_file(path))
         except (OSError, UnsafePathError):
             return False
-        known = txn.index.known_content(path, StatSignature.of(st))
+        known = txn.index.signatures([path]).image_of(path, st)
         if known is not None and known != image_id:
             return False
         if known is None:

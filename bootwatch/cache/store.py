@@ -44,11 +44,13 @@ On-disk protocol (one directory, shared with boom):
                             same cache is refused, and /proc/locks names the one that runs. A lock
                             on the directory needs no file, so a read-only cache can be locked
                             too. Nothing else locks the directory; writers use .bootwatch.lock.
-    .bootwatch-signatures   derived from the index: the stat signatures a full pass compares,
-                            keyed by the SHA1 of the index bytes (see signatures.py). Written by
-                            a holder of the lock after a full pass, by rename; not fsynced, and
-                            ignored by a reader unless it matches the index it just read. Anyone
-                            may delete it.
+    .bootwatch-signatures   derived from the index: its signature table as it is (index.py's
+                            SignatureTable, which every pass asks whether a boot file is
+                            unchanged), keyed by the SHA1 of the index bytes, in the format
+                            bootwatch-signatures/3 (see signatures.py). Written by a holder of the
+                            lock after a full pass, by rename; not fsynced, and ignored by a
+                            reader unless it matches the index it just read and is of that
+                            format. Anyone may delete it.
     .bootwatch-references   the boot entries as last read completely (see BootCache.references):
                             the boot and entries directories, the mount each is on (mountid.py),
                             the entry file names and the paths they referenced. Written (fsynced,
@@ -142,6 +144,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -157,7 +160,6 @@ from bootwatch.atomic import TempFile, fsync_directory, write_all, write_atomica
 from bootwatch.cache.hashing import Cancelled, Digest, hash_file
 from bootwatch.cache.index import CacheIndex, is_image_id
 from bootwatch.cache.proc import flock_holders
-from bootwatch.cache.signatures import SIGNATURES_NAME, chunked_sha1, index_digest
 from bootwatch.errors import (
     BootwatchError,
     CacheMissingError,
@@ -192,6 +194,7 @@ IMAGE_SUFFIX = ".img"
 LINKS_DIR = "links"
 LOST_FOUND_DIR = "lost+found"
 REFERENCES_NAME = ".bootwatch-references"
+SIGNATURES_NAME = ".bootwatch-signatures"  # see signatures.py
 CORRUPT_PREFIX = INDEX_NAME + ".corrupt-"
 SUPERSEDED_SUFFIX = ".superseded"
 MARKER_SUFFIX = ".boomrestored"
@@ -224,6 +227,29 @@ def _image_ids(stems: list[str]) -> set[str]:
     if _ALL_IMAGE_IDS.fullmatch("\n".join(stems)):
         return set(stems)
     return {stem for stem in stems if is_image_id(stem)}
+
+
+def index_digest(data: bytes) -> str:
+    """The SHA1 of the index file's bytes: what ``.bootwatch-signatures`` is keyed by (see signatures.py)."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def chunked_sha1(f: BinaryIO, *, limit: int, name: str | Path) -> str:
+    """:func:`index_digest` of what is left to read in the unbuffered ``f``, without holding it
+    all; more than ``limit`` bytes raise :class:`FileTooLargeError` naming ``name``."""
+    digest = hashlib.sha1()
+    buffer = bytearray(1 << 18)
+    view = memoryview(buffer)
+    total = 0
+    fd = f.fileno()
+    while True:
+        n = os.readv(fd, [buffer])
+        if not n:
+            return digest.hexdigest()
+        total += n
+        if total > limit:
+            raise FileTooLargeError(name, limit)
+        digest.update(view[:n])
 
 
 def not_a_temp_file(kind: str) -> str:

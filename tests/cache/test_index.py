@@ -10,7 +10,7 @@ import os
 import pytest
 
 from bootwatch.cache.hashing import Digest, StatSignature
-from bootwatch.cache.index import CacheIndex
+from bootwatch.cache.index import CacheIndex, _plainly_valid
 from bootwatch.errors import IndexCorruptError
 
 MODE = 0o100644
@@ -149,16 +149,23 @@ def test_path_metadata_is_what_boom_records() -> None:
     assert raw["path_mode"] & 0o170000 == 0o100000, "st_mode keeps the file type bits, as boom's does"
 
 
-def test_known_content_follows_the_stat_signature() -> None:
+def stat_of(signature: StatSignature) -> os.stat_result:
+    """A stat result with the fields of ``signature`` (a regular file's mode)."""
+    return os.stat_result((0o100644, signature.inode, signature.device, 1, 0, 0, signature.size, 0, 0, 0,
+                           0.0, 0.0, 0.0, 0, signature.mtime_ns, signature.ctime_ns))
+
+
+def test_the_signature_table_follows_the_stat_signature() -> None:
     index = CacheIndex()
     add(index, "/k", b"x")
     sig = StatSignature(1, 2, 3, 4, 5)
     index.record_signature("/k", sig, digest(b"x").sha1)
-    assert index.known_content("/k", sig) == digest(b"x").sha1
-    assert index.known_content("/k", StatSignature(1, 2, 3, 4, 6)) is None, "a ctime change must invalidate"
+    assert index.signatures().image_of("/k", stat_of(sig)) == digest(b"x").sha1
+    assert index.signatures().image_of("/k", stat_of(StatSignature(1, 2, 3, 4, 6))) is None, \
+        "a ctime change must invalidate"
     # It survives a round trip through JSON.
     again = CacheIndex.from_json(index.to_json(), source="idx")
-    assert again.known_content("/k", sig) == digest(b"x").sha1
+    assert again.signatures(["/k"]).image_of("/k", stat_of(sig)) == digest(b"x").sha1
 
 
 def test_copy_is_deep() -> None:
@@ -229,7 +236,7 @@ def test_a_hostile_index_is_refused_as_corrupt_naming_the_file(case: str) -> Non
         return
     if "unknown key" in case:
         return
-    assert not CacheIndex._plainly_valid(data)
+    assert not _plainly_valid(data)
     with pytest.raises(IndexCorruptError):
         CacheIndex.validate(data, source="idx")
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from bootwatch.cache.hashing import Digest
+from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.operations import BootCache
 from bootwatch.cache.policy import names_pattern
-from bootwatch.cache.reconcile import Reconciler, ReconcileReport
+from bootwatch.cache.reconcile import Reconciler, ReconcileReport, unchanged_walked
 from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.store import marker_path_of
 from bootwatch.config import Config, load_config
@@ -199,31 +202,83 @@ def test_walk_reports_markers_and_files(tree: tuple[Path, Config]) -> None:
     assert walked.markers == {"/.vmlinuz-1.boomrestored", "/d/.initrd-2.boomrestored"}
 
 
-def test_index_shortcuts_agree_with_known_content(tree: tuple[Path, Config]) -> None:
-    """``unchanged``/``signature_holds`` answer as ``known_content`` does, also for odd recorded values."""
+def _recorded(stat_value: Callable[[list], object] | None = None, image_id: Callable[[str], object] | None = None
+              ) -> Callable[[Path, dict, str], None]:
+    """A case that rewrites the recorded signature (``stat``) or image id (``stat_image_id``)."""
+    def change(boot: Path, extra: dict, newest: str) -> None:
+        if stat_value is not None:
+            extra["stat"] = stat_value(extra["stat"])
+        if image_id is not None:
+            extra["stat_image_id"] = image_id(newest)
+    return change
+
+
+def _in_boot(change: Callable[[Path], object]) -> Callable[[Path, dict, str], None]:
+    return lambda boot, extra, newest: change(boot)
+
+
+def _delete_image(boot: Path, extra: dict, newest: str) -> None:
+    (boot.parent / "cache" / f"{newest}.img").unlink()
+
+
+PER_PATH = "per-path"  # the quick tiers leave it to the per-path tier, which finds it unchanged
+
+# Each case, and whether /vmlinuz-1 is then unchanged (nothing to read) in every tier.
+SIGNATURE_CASES: dict[str, tuple[Callable[[Path, dict, str], None], bool | str]] = {
+    "as hashed": (lambda boot, extra, newest: None, True),
+    "stat as floats": (_recorded(lambda good: [float(v) for v in good]), False),
+    "stat of four values": (_recorded(lambda good: good[:4]), False),
+    "stat of six values": (_recorded(lambda good: [*good, 0]), False),
+    "true for the device": (_recorded(lambda good: [True, *good[1:]]), False),
+    "no stat": (_recorded(lambda good: None), False),
+    "stat not a list": (_recorded(lambda good: "x"), False),
+    "another device": (_recorded(lambda good: [good[0] + 1, *good[1:]]), False),
+    "hashed to an older image": (_recorded(image_id=lambda newest: "0" * 40), False),
+    "no image id": (_recorded(image_id=lambda newest: None), False),
+    "an image id that is none": (_recorded(image_id=lambda newest: newest.upper()), False),
+    "mtime touched": (_in_boot(lambda boot: os.utime(boot / "vmlinuz-1", ns=(0, 10**18))), False),
+    "chmod (ctime)": (_in_boot(lambda boot: (boot / "vmlinuz-1").chmod(0o600)), False),
+    "image deleted from the cache": (_delete_image, False),
+    "an unreferenced file beside a marker": (_in_boot(lambda boot: write(boot / ".vmlinuz-1.boomrestored", b"")),
+                                             PER_PATH),
+}
+
+
+@pytest.mark.parametrize("name", list(SIGNATURE_CASES))
+def test_every_tier_answers_unchanged_alike(tree: tuple[Path, Config], name: str) -> None:
+    """One table of cases through the three tiers that ask "is this boot file unchanged?": the
+    lock-free pass (the signature table as signatures.py keeps it), a full pass's bulk rule
+    (unchanged_walked) and the per-path pass. The quick tiers may leave a file to the per-path
+    one, never answer otherwise."""
     boot, config = tree
-    kernel = write(boot / "vmlinuz-1", b"one")
+    write(boot / "vmlinuz-1", b"one")
     scan(config)
-    index = open_cache(config).load_index()
-    st = os.lstat(kernel)
-    newest = index.newest("/vmlinuz-1")
-    extra = index.raw()["paths"]["/vmlinuz-1"]["bootwatch"]
-    good = list(extra["stat"])
-    variants = [good, [float(v) for v in good], good[:4], good + [0], [True] + good[1:], None, "x",
-                [good[0] + 1] + good[1:]]
-    for recorded in variants:
-        for image_id in (newest, "0" * 40, None):
-            extra["stat"], extra["stat_image_id"] = recorded, image_id
-            expected = index.known_content_of_stat("/vmlinuz-1", st) == newest
-            assert index.signature_holds("/vmlinuz-1", st, newest) == expected, (recorded, image_id)
-            assert (index.unchanged({"/vmlinuz-1": st}, {newest}) == {"/vmlinuz-1"}) == expected
-    assert index.unchanged({"/vmlinuz-1": st}, set()) == set(), "an image missing from disk is not unchanged"
-    extra["stat"], extra["stat_image_id"] = good, newest
-    assert index.unchanged({"/vmlinuz-1": st, "/not-cached": st}, {newest}) == {"/vmlinuz-1"}
-    # Small numbers, where JSON's true and 1.0 compare equal to the ints of a stat: never a match.
+    change, expected = SIGNATURE_CASES[name]
+    cache = open_cache(config)
+    with cache.transaction() as txn:  # the changed index, and its signature table, as a full pass leaves them
+        change(boot, txn.index.raw()["paths"]["/vmlinuz-1"]["bootwatch"], txn.index.newest("/vmlinuz-1"))
+        txn.dirty = txn.record_signatures = True
+    reconciler = Reconciler(config, cache)
+    lock_free = reconciler.unchanged_pass() is not None
+    walked = reconciler.walk()
+    with cache.transaction() as txn:
+        bulk = unchanged_walked(txn.index.signatures(), walked.files, txn.references, walked.markers)
+        bulk_unchanged = bulk.get("/vmlinuz-1") in txn.images_on_disk()
+    with cache.transaction() as txn:
+        report = reconciler.paths(txn, ["/vmlinuz-1"], entries_changed=False)
+        per_path = report.hashed == 0 and not report.errors
+    quick = expected is True
+    assert (lock_free, bulk_unchanged, per_path) == (quick, quick, expected is not False)
+
+
+def test_the_signature_table_takes_only_integers() -> None:
+    """Small numbers, where JSON's true and 1.0 compare equal to the ints of a stat: never a match."""
+    index = CacheIndex()
+    image_id = "a" * 40
+    index.add_image("/k", Digest(image_id, "b" * 64, 3), 0o100644, 0, 0, 0, cached_at=0)
     small = os.stat_result((0o100644, 2, 1, 1, 0, 0, 3, 0, 0, 0, 0.0, 0.0, 0.0, 0, 4, 5))
+    extra = index.raw()["paths"]["/k"].setdefault("bootwatch", {"stat_image_id": image_id})
     for recorded, holds in (([1, 2, 3, 4, 5], True), ([True, 2, 3, 4, 5], False), ([1, 2.0, 3, 4, 5], False)):
         extra["stat"] = recorded
-        assert index.known_content_of_stat("/vmlinuz-1", small) == (newest if holds else None)
-        assert index.signature_holds("/vmlinuz-1", small, newest) is holds, recorded
-        assert (index.unchanged({"/vmlinuz-1": small}, {newest}) == {"/vmlinuz-1"}) is holds, recorded
+        assert index.signatures().image_of("/k", small) == (image_id if holds else None), recorded
+        assert index.signatures(["/k"]).newest_image_of("/k", small) == (image_id if holds else None), recorded

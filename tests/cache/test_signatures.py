@@ -22,8 +22,8 @@ import pytest
 from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.reconcile import Reconciler
 from bootwatch.cache.session import open_cache, reconcile_once
-from bootwatch.cache.signatures import SIGNATURES_NAME, decode, encode, index_digest
-from bootwatch.cache.store import LOCK_NAME
+from bootwatch.cache.signatures import decode, encode
+from bootwatch.cache.store import LOCK_NAME, SIGNATURES_NAME, index_digest
 from bootwatch.config import Config, load_config
 
 
@@ -78,15 +78,17 @@ def test_signatures_are_derived_from_the_index_they_are_keyed_by(host: tuple[Pat
     boot, config = host
     data = (cache_dir(config) / "cacheindex.json").read_bytes()
     index = CacheIndex.from_json(data, source="test")
-    signatures = decode((cache_dir(config) / SIGNATURES_NAME).read_bytes(), index_digest(data))
-    assert signatures is not None and set(signatures) == set(index.paths())
-    for path, recorded in signatures.items():
+    table = decode((cache_dir(config) / SIGNATURES_NAME).read_bytes(), index_digest(data))
+    assert table is not None and table.entries == index.signatures().entries  # the table, as it is
+    assert set(table.entries) == set(index.paths())
+    for path, recorded in table.entries.items():
         st = os.lstat(boot / path.lstrip("/"))
-        assert recorded == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index.newest(path))
+        assert recorded == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, index.newest(path), True)
     # Keyed by the index bytes: the same file is stale for any other index.
-    encoded = encode(index, index_digest(data))
+    encoded = encode(index.signatures(), index_digest(data))
+    again = decode(encoded, index_digest(data))
     assert decode(encoded, index_digest(data + b" ")) is None
-    assert decode(encoded, index_digest(data)) == signatures
+    assert again is not None and again.entries == table.entries
 
 
 @pytest.mark.slow
@@ -199,7 +201,7 @@ def test_quick_pass_concludes_nothing_to_do_only_when_so(host: tuple[Path, Confi
         assert quick(config) is not None
 
 
-@pytest.mark.parametrize("damage", ["truncated", "rotten body", "other format", "empty", "symlink", "directory"])
+@pytest.mark.parametrize("damage", ["truncated", "rotten body", "the format before", "empty", "symlink", "directory"])
 def test_damaged_signatures_cost_one_ordinary_pass(host: tuple[Path, Config], damage: str) -> None:
     boot, config = host
     sig = cache_dir(config) / SIGNATURES_NAME
@@ -208,8 +210,8 @@ def test_damaged_signatures_cost_one_ordinary_pass(host: tuple[Path, Config], da
         sig.write_bytes(data[: len(data) // 2])
     elif damage == "rotten body":
         sig.write_bytes(data[:-10] + bytes([data[-10] ^ 0x40]) + data[-9:])
-    elif damage == "other format":
-        sig.write_bytes(data.replace(b"bootwatch-signatures/2", b"bootwatch-signatures/9", 1))
+    elif damage == "the format before":  # bootwatch-signatures/2, written by an older bootwatch
+        sig.write_bytes(data.replace(b"bootwatch-signatures/3", b"bootwatch-signatures/2", 1))
     elif damage == "empty":
         sig.write_bytes(b"")
     elif damage == "symlink":
