@@ -34,4 +34,11 @@ VENV=${BOOTWATCH_TEST_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test,dev]'
+
+# The static checks first: they take seconds where the suite takes minutes, and need neither root
+# nor the apt packages, so a broken layer or type fails CI at once. Their rules live in
+# pyproject.toml (ruff's rule set, mypy's settings, the import-linter contracts).
+"$VENV/bin/ruff" check bootwatch tests bench
+"$VENV/bin/mypy" --strict bootwatch
+"$VENV/bin/lint-imports"
 exec "$VENV/bin/python" -m pytest tests -ra "$@"
