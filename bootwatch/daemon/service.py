@@ -133,6 +133,35 @@ class Verified:
 Message = Union[Change, Request, JobDone, Verified]
 
 
+def is_work(message: Message) -> bool:
+    """Whether a message asks the worker for a batch (a change, a rescan, a reload), as opposed to
+    a report or a tick it handles in passing."""
+    return isinstance(message, Change) or message is Request.RESCAN or message is Request.RELOAD
+
+
+class MessageQueue(queue.Queue[Message]):
+    """The worker's queue, counting the messages in it that ask for work (:func:`is_work`).
+
+    ``_put`` and ``_get`` run under the queue's own mutex, so the count is always the queue's.
+    The worker reads it after a batch: idle means no work waits, whatever ticks or job reports do.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.work_pending = 0
+
+    def _put(self, item: Message) -> None:
+        super()._put(item)
+        if is_work(item):
+            self.work_pending += 1
+
+    def _get(self) -> Message:
+        item = super()._get()
+        if is_work(item):
+            self.work_pending -= 1
+        return item
+
+
 @dataclass
 class Batch:
     """What a burst of changes asks the worker to do."""
@@ -242,7 +271,7 @@ class Daemon:
         self.config = load_daemon_config(*self.sources)  # ConfigError: exit 78 before anything starts
         self.notifier = SystemdNotifier()
         # The one way into the worker (see the module docstring).
-        self.messages: queue.Queue[Message] = queue.Queue()
+        self.messages = MessageQueue()
         self.stop_requested = threading.Event()
         self.wakeup = threading.Event()  # the main loop's: a signal arrived
         self.reload_requested = False  # the main thread's: set by SIGHUP's handler, taken by the main loop
@@ -672,7 +701,7 @@ class Daemon:
             self._retry_later(Change(ChangeKind.CLOSED, str(self.cache.boot_dir) + path), key=path)
         for path in set(report.cached) | set(report.changed) | set(report.restored):
             self.retries.pop(path, None)
-        busy = not self.messages.empty()
+        busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
             listing = CacheListing.read(self.cache)

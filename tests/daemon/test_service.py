@@ -250,3 +250,28 @@ def test_corrupt_index_at_start_keeps_the_daemon_up(tree_with_kernel: BootTree, 
         tree.write_entry("poke", linux="/vmlinuz-1.0")
         wait_for(lambda: "/vmlinuz-1.0" in cached_paths(tree), what="caching after the repair")
         assert list(tree.cache.glob("cacheindex.json.corrupt-*"))
+
+
+def test_counts_are_refreshed_after_a_batch_with_a_tick_pending(boot_tree: BootTree) -> None:
+    """A tick (or a job's report) waiting in the worker's queue is no work: after a batch the
+    status file's counts say what the batch did."""
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("linux-1.0", linux="/vmlinuz-1.0", initrd=["/initramfs-1.0.img"])
+    run = tree.root / "run"
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, run, watch={"settle": "100ms"})
+    workdir = tree.root / "w"
+    workdir.mkdir()
+    # WatchdogSec=200ms: the main loop sends a TICK every 100 ms, so one waits in the queue after
+    # any batch that takes longer than that (caching a 64 MiB kernel does).
+    with DaemonProcess(config, workdir, env={"WATCHDOG_USEC": "200000"}) as daemon:
+        daemon.wait_ready()
+        status = run / "status.json"
+        before = sum(json.loads(status.read_text())["counts"].values())
+        (tree.boot / "vmlinuz-2.0").write_bytes(b"\x01" * (64 << 20))
+        tree.write_entry("linux-2.0", linux="/vmlinuz-2.0")
+        wait_for(lambda: len(list(tree.cache.glob("*.img"))) == 3, timeout=30, what="the new kernel cached")
+        # The batch is over once the image is in place; its status write follows at once.
+        wait_for(lambda: sum(json.loads(status.read_text())["counts"].values()) == before + 1, timeout=5,
+                 what="status.json's counts to include the new kernel")
+        daemon.stop()
