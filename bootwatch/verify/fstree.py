@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import Callable
 
-from bootwatch.errors import BootwatchError
+from bootwatch.errors import BootwatchError, NotRegularFileError
+from bootwatch.safety import open_regular
 from bootwatch.verify.loop import loop_available
 from bootwatch.verify.mount import MountError, mounted_image
 
@@ -43,11 +43,17 @@ class FsCheckSkipped(Exception):
 
 
 def _read_file(path: str, buf: bytearray) -> int:
-    """Read one regular file to its end; the number of bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    """Read one regular file to its end; the number of bytes.
+
+    The directory entry's type is the image's word, not the inode's: a FIFO behind a "regular"
+    entry would block a plain open for ever. :func:`bootwatch.safety.open_regular` opens without
+    blocking and decides on the descriptor; what is not a regular file has nothing to read.
+    """
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0
+        fd = open_regular(path)
+    except NotRegularFileError:
+        return 0
+    try:
         total = 0
         while True:
             n = os.readv(fd, [buf])
