@@ -44,6 +44,8 @@ from bootwatch.cache.store import SIGNATURES_NAME, CacheStore
 
 FORMAT = b"bootwatch-signatures/3"
 MARSHAL_VERSION = 4  # read by every Python bootwatch runs on (3.9 and later)
+# The types of a SignatureEntry, exactly (marshal keeps bool apart from int).
+ENTRY_TYPES = (int, int, int, int, int, str, bool)
 
 
 def _key(digest: str) -> bytes:
@@ -66,7 +68,20 @@ def decode(data: bytes, digest: str) -> SignatureTable | None:
         entries = marshal.loads(body)
     except (EOFError, ValueError, TypeError):
         return None
-    return SignatureTable(entries) if entries.__class__ is dict else None
+    return SignatureTable(entries) if _is_table(entries) else None
+
+
+def _is_table(entries: object) -> bool:
+    """Whether ``entries`` has exactly the shape of :attr:`SignatureTable.entries`.
+
+    A body whose SHA1 matches is only self-consistent: whatever wrote it, anything but a dict of
+    boom paths to None or a :data:`~bootwatch.cache.index.SignatureEntry` is no table, and the
+    ordinary pass runs.
+    """
+    return entries.__class__ is dict and all(
+        path.__class__ is str
+        and (entry is None or (entry.__class__ is tuple and tuple(map(type, entry)) == ENTRY_TYPES))
+        for path, entry in entries.items())
 
 
 def read_signatures(store: CacheStore, digest: str) -> SignatureTable | None:

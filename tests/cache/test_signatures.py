@@ -10,7 +10,9 @@ ordinary pass and nothing else.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -229,6 +231,50 @@ def test_damaged_signatures_cost_one_ordinary_pass(host: tuple[Path, Config], da
         assert sig.is_dir() and quick(config) is None  # cannot be replaced; every pass is ordinary
     else:
         assert not sig.is_symlink() and quick(config) is not None
+
+
+WRONG_SHAPES = {
+    "an int for an entry": {"/vmlinuz-6.0": 5},
+    "a short tuple": {"/vmlinuz-6.0": (1, 2)},
+    "a long tuple": {"/vmlinuz-6.0": (1, 2, 3, 4, 5, "x", True, 8)},
+    "a list for a tuple": {"/vmlinuz-6.0": [1, 2, 3, 4, 5, "x", True]},
+    "a float for an int": {"/vmlinuz-6.0": (1, 2, 3, 4.0, 5, "x", True)},
+    "a bool for an int": {"/vmlinuz-6.0": (True, 2, 3, 4, 5, "x", True)},
+    "bytes for the image id": {"/vmlinuz-6.0": (1, 2, 3, 4, 5, b"x", True)},
+    "an int for the newest flag": {"/vmlinuz-6.0": (1, 2, 3, 4, 5, "x", 1)},
+    "a key that is not text": {b"/vmlinuz-6.0": None},
+    "a list for the table": [("/vmlinuz-6.0", None)],
+}
+
+
+def self_consistent(body: object, digest: str) -> bytes:
+    """A signatures file whose header names ``digest`` and the SHA1 of ``body``: only its shape is wrong."""
+    data = marshal.dumps(body, 4)
+    return b"bootwatch-signatures/3 " + digest.encode() + b" " + hashlib.sha1(data).hexdigest().encode() + b"\n" + data
+
+
+@pytest.mark.parametrize("shape", WRONG_SHAPES)
+def test_a_body_of_the_wrong_shape_is_no_table(shape: str) -> None:
+    assert decode(self_consistent(WRONG_SHAPES[shape], "0" * 40), "0" * 40) is None
+
+
+def test_a_well_formed_body_is_a_table() -> None:
+    entries = {"/vmlinuz-6.0": (1, 2, 3, 4, 5, "x", True), "/vmlinuz-6.1": None}
+    table = decode(self_consistent(entries, "0" * 40), "0" * 40)
+    assert table is not None and table.entries == entries
+
+
+def test_a_self_consistent_file_of_the_wrong_shape_costs_one_ordinary_pass(host: tuple[Path, Config]) -> None:
+    """The header matches the index and the body's SHA1, the body is no table: scan runs as usual
+    (it died with "internal error: TypeError", and the daemon with it at every start)."""
+    boot, config = host
+    index = (cache_dir(config) / "cacheindex.json").read_bytes()
+    sig = cache_dir(config) / SIGNATURES_NAME
+    sig.write_bytes(self_consistent({"/vmlinuz-6.0": 5, "/efi/vmlinuz-6.1": (1, 2)}, index_digest(index)))
+    assert quick(config) is None
+    report = reconcile_once(config, open_cache(config))
+    assert (report.examined, report.hashed, report.errors) == (6, 0, [])
+    assert quick(config) is not None  # the ordinary pass wrote a good table again
 
 
 def test_track_referenced_writes_no_signatures(tmp_path: Path) -> None:
