@@ -349,19 +349,25 @@ class CacheIndex:
         return value if value.__class__ is int and value >= 0 else None
 
     def verification(self, image_id: str) -> dict[str, Any] | None:
-        """The last verification of an image as ``{"time", "ok", "message", "checks"}``, or None.
+        """The last verification of an image as ``{"time", "ok", "unchecked", "message", "checks"}``, or None.
 
-        None also for a record without a boolean ``ok``: unknown is never verified. ``time`` is
-        None when it is not a time (see :func:`is_time`); ``checks`` keeps the objects of the list
-        and their scalar values only, so what is printed is flat.
+        None also for a record without a boolean ``ok``: unknown is never verified. A record of a
+        run that hashed the image but was cut off in its content check says ``"unchecked": true``
+        and holds no ``ok`` and no time: it is not ok, not failed, and verified first next time.
+        ``time`` is None when it is not a time (see :func:`is_time`); ``checks`` keeps the objects
+        of the list and their scalar values only, so what is printed is flat.
         """
         verified = self.image_extra(image_id).get("verified")
-        if not isinstance(verified, dict) or verified.get("ok").__class__ is not bool:
+        if not isinstance(verified, dict):
+            return None
+        unchecked = verified.get("unchecked") is True
+        if not unchecked and verified.get("ok").__class__ is not bool:
             return None
         when, message, checks = verified.get("time"), verified.get("message"), verified.get("checks")
         return {
-            "time": when if is_time(when) else None,
-            "ok": verified["ok"],
+            "time": when if is_time(when) and not unchecked else None,
+            "ok": verified.get("ok") is True and not unchecked,
+            "unchecked": unchecked,
             "message": message if isinstance(message, str) else "",
             "checks": [{k: v for k, v in check.items() if isinstance(v, (str, int, float, bool)) or v is None}
                        for check in checks if isinstance(check, dict)] if isinstance(checks, list) else [],

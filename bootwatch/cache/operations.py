@@ -121,22 +121,32 @@ def dangling_link(name: Path) -> str | None:
 
 @dataclass(frozen=True)
 class Verification:
-    """The last verification of an image as the index records it (see CacheIndex.verification)."""
+    """The last verification of an image as the index records it (see CacheIndex.verification).
+
+    ``unchecked``: the last run hashed the image but its content check was cut off by the run's
+    bound; it is neither ok nor failed, and has no time (it is verified first at the next run).
+    """
 
     time: float | None  # None: not recorded as a time
     ok: bool
     message: str
     checks: list[dict[str, Any]]  # as recorded (flat objects): written out by --json, never read
+    unchecked: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.unchecked
 
     @classmethod
     def recorded(cls, index: CacheIndex, image_id: str) -> Verification | None:
         verified = index.verification(image_id)
         if verified is None:
             return None
-        return cls(verified["time"], verified["ok"], verified["message"], verified["checks"])
+        return cls(verified["time"], verified["ok"], verified["message"], verified["checks"], verified["unchecked"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": self.time, "ok": self.ok, "message": self.message, "checks": self.checks}
+        return {"time": self.time, "ok": self.ok, "unchecked": self.unchecked, "message": self.message,
+                "checks": self.checks}
 
 
 @dataclass(frozen=True)
@@ -189,10 +199,17 @@ class ImageVerification:
     message: str
     checks: list[ImageCheck] = field(default_factory=list)
     missing: bool = False  # the image file was not there when it was to be hashed
+    # The image hashed to its id, but its content check was cut off by a deadline (Outcome.INCOMPLETE):
+    # not ok, not failed, and recorded without a time (see Transaction.record_verification).
+    unchecked: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.unchecked
 
     def to_json(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "message": self.message,
-                "checks": [check.to_json() for check in self.checks]}
+        return {"image_id": self.image_id, "paths": self.paths, "ok": self.ok, "unchecked": self.unchecked,
+                "message": self.message, "checks": [check.to_json() for check in self.checks]}
 
 
 @dataclass
@@ -643,9 +660,14 @@ class Transaction:
             return False
         if self.read_only:
             return True  # reported, not recorded: it is verified again when the cache is writable
-        self.index.record_verification(result.image_id, {
-            "time": _now(), "ok": result.ok, "message": result.message,
-            "checks": [check.to_json() for check in result.checks]})
+        checks = [check.to_json() for check in result.checks]
+        if result.unchecked:
+            # Neither ok nor a time: list says so, and the next verify run takes it first.
+            self.index.record_verification(result.image_id, {
+                "unchecked": True, "message": result.message, "checks": checks})
+        else:
+            self.index.record_verification(result.image_id, {
+                "time": _now(), "ok": result.ok, "message": result.message, "checks": checks})
         self.dirty = True
         return True
 
@@ -878,7 +900,7 @@ class BootCache:
             problem = "image file missing"
         elif size is not None and image_st.st_size != size:
             problem = f"image size {image_st.st_size} differs from the {size} bytes cached"
-        elif verified is not None and not verified.ok:
+        elif verified is not None and verified.failed:
             problem = f"failed verification: {verified.message}"
         meta = index.meta(path)
         return PathStatus(path=path, image_id=newest, images=index.images_newest_first(path), state=state,
@@ -987,7 +1009,8 @@ class BootCache:
         """Re-hash one cached image and compare it with its id and the SHA256 recorded at caching time.
 
         ``deadline`` (``time.monotonic()``) bounds the content check's walk of a filesystem or an
-        initramfs: past it the check is ``unchecked`` (see :func:`bootwatch.verify.check_image`).
+        initramfs: past it the check is ``incomplete`` (see :func:`bootwatch.verify.check_image`), and
+        the result ``unchecked``.
         """
         paths = index.paths_of(image_id)
         try:
@@ -1011,6 +1034,9 @@ class BootCache:
         failed = [c for c in checks if c.failed]
         if failed:
             return ImageVerification(image_id, paths, False, failed[0].message, checks)
+        cut_off = [c for c in checks if c.incomplete]
+        if cut_off:
+            return ImageVerification(image_id, paths, False, cut_off[0].message, checks, unchecked=True)
         return ImageVerification(image_id, paths, True, "ok", checks)
 
     def _content_checks(self, image_id: str, deadline: float | None = None) -> builtins.list[ImageCheck]:

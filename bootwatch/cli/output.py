@@ -34,6 +34,8 @@ def print_json(value: object) -> None:
 def verification_summary(verified: Verification | None) -> str:
     if verified is None:
         return "never"
+    if verified.unchecked:
+        return "unchecked"  # cut off by the verify run's bound: no time, verified first next run
     outcome = "ok" if verified.ok else "FAILED"
     return f"{outcome} {format_time(verified.time)}"
 

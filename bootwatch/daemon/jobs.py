@@ -351,8 +351,9 @@ class MaintenanceScheduler:
     def verify_slice(self) -> list[ImageVerification]:
         """Re-hash the least recently verified images, as many as this run's share and as its
         :attr:`verify_bound` allows: the content check of an image (the walk of a filesystem or an
-        initramfs) gives up at the bound (``unchecked``), and once it is past, the images left
-        wait for the next run, where they come first (least recently verified)."""
+        initramfs) gives up at the bound (the image is recorded ``unchecked``, without a time, so it
+        comes first at the next run), and once it is past, the images left wait for the next run,
+        where they come first (least recently verified)."""
         deadline = time.monotonic() + self.verify_bound
         index = self.cache.load_index()
         ids = least_recently_verified(index)
@@ -373,7 +374,11 @@ class MaintenanceScheduler:
         # An image that a clean, remove or trim deleted meanwhile is dropped here, not reported.
         results = self.cache.record_verifications(results)
         for result in results:
-            if not result.ok:
+            if result.unchecked:
+                self.logger.warning("verify: image %s of %s was hashed, but its content check was cut off at the "
+                                    "run's bound (%s); it is verified first at the next run", result.image_id,
+                                    ", ".join(result.paths) or "(no path)", result.message)
+            elif not result.ok:
                 log_event(self.logger, Event.VERIFY_FAILED, "image %s of %s failed verification: %s",
                           result.image_id, ", ".join(result.paths) or "(no path)", result.message,
                           level=logging.ERROR, image_id=result.image_id,

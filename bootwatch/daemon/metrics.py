@@ -129,7 +129,7 @@ class Metrics:
     def record_verification(self, results: Sequence[ImageVerification], when: float | None = None) -> None:
         with self._lock:
             self._last_verification = (time.time() if when is None else when, len(results),
-                                       sum(1 for r in results if not r.ok))
+                                       sum(1 for r in results if r.failed))
 
     # ---------------------------------------------------------------- rendering
 
@@ -221,7 +221,11 @@ def _render_listing(out: Exposition, listing: CacheListing) -> None:
                [((), sum(1 for s in statuses if s.image_problem))])
     out.family("images_verification_failed", "gauge",
                "Cached paths whose newest image failed its last verification.",
-               [((), sum(1 for s in statuses if s.verified is not None and not s.verified.ok))])
+               [((), sum(1 for s in statuses if s.verified is not None and s.verified.failed))])
+    out.family("images_verification_unchecked", "gauge",
+               "Cached paths whose newest image's last content check was cut off by the verify run's bound "
+               "(neither ok nor failed; verified first at the next run).",
+               [((), sum(1 for s in statuses if s.verified is not None and s.verified.unchecked))])
 
 
 def _image_files(cache: BootCache) -> tuple[int, int]:

@@ -7,7 +7,9 @@
 * ``skipped``: the check cannot run here (a filesystem image without root or loop devices, or a
   kernel without the filesystem's driver);
 * ``unchecked``: the format is recognised but bootwatch cannot check it (another architecture's
-  kernel, a decompressor that is not installed), or the file is not a format bootwatch knows.
+  kernel, a decompressor that is not installed), or the file is not a format bootwatch knows;
+* ``incomplete``: the check ran out of its time bound before the end: it says nothing about the
+  image yet, and is to be done again.
 
 Only ``failed`` is a verification failure. Hashing the image against its id and its recorded
 sha256 is the cache's job, not this module's.
@@ -58,6 +60,7 @@ class Outcome(TextEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     UNCHECKED = "unchecked"
+    INCOMPLETE = "incomplete"  # cut off by the time bound: slowness is not corruption
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class ImageCheck:
     @property
     def failed(self) -> bool:
         return self.outcome is Outcome.FAILED
+
+    @property
+    def incomplete(self) -> bool:
+        return self.outcome is Outcome.INCOMPLETE
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind.value, "outcome": self.outcome.value, "message": self.message}
@@ -112,7 +119,7 @@ def _initramfs(f: BinaryIO, start: int, end: int,
     except ArchiveError as err:
         return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
     except _TimedOut as err:
-        return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, str(err))
+        return ImageCheck(ImageKind.INITRAMFS, Outcome.INCOMPLETE, str(err))
     return ImageCheck(ImageKind.INITRAMFS, Outcome.OK, f"initramfs: {summary}")
 
 
@@ -179,7 +186,7 @@ def _filesystem(path: Path, fstype: str, runtime_dir: Path,
     except FsCheckFailed as err:
         return ImageCheck(ImageKind.FILESYSTEM, Outcome.FAILED, str(err))
     except _TimedOut as err:
-        return ImageCheck(ImageKind.FILESYSTEM, Outcome.UNCHECKED, str(err))
+        return ImageCheck(ImageKind.FILESYSTEM, Outcome.INCOMPLETE, str(err))
     return ImageCheck(ImageKind.FILESYSTEM, Outcome.OK, summary)
 
 
@@ -206,14 +213,14 @@ def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None) 
 
     ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``).
     ``timeout`` (seconds) bounds the walk of a filesystem or an initramfs; when it runs out the
-    result is ``unchecked``, since slowness is not corruption.
+    result is ``incomplete``, since slowness is not corruption.
     """
     try:
         with os.fdopen(open_regular(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             return _by_content(path, f, size, runtime_dir, _deadline(timeout))
     except _TimedOut as err:
-        return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, str(err))
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.INCOMPLETE, str(err))
     except NotRegularFileError as err:
         return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED, str(err))
     except OSError as err:

@@ -264,7 +264,8 @@ def test_values_inside_the_extra_data_are_hints_the_accessors_check() -> None:
                                                    "checks": [{"kind": "kernel", "deep": [[[]]]}, "junk"]}}
     index = CacheIndex.from_json(json.dumps(data), source="idx")
     assert index.recorded_sha256(ID) is None and index.recorded_size(ID) is None
-    assert index.verification(ID) == {"time": None, "ok": False, "message": "", "checks": [{"kind": "kernel"}]}
+    assert index.verification(ID) == {"time": None, "ok": False, "unchecked": False, "message": "",
+                                      "checks": [{"kind": "kernel"}]}
     data["images"][ID]["bootwatch"]["verified"] = {"time": 10 ** 30, "ok": "yes"}
     assert CacheIndex.from_json(json.dumps(data), source="idx").verification(ID) is None, \
         "a record without a boolean 'ok' is no verification"

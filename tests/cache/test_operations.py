@@ -12,10 +12,12 @@ import os
 import select
 import stat
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import imagefactory
 import pytest
 
 from bootwatch import linux
@@ -326,6 +328,44 @@ def test_verify_detects_an_image_that_no_longer_matches_its_id(boot_tree, kernel
     assert "FAILED" in out and "failed verification" in out
     # verify of the other path alone still passes.
     assert boot_tree.cli("verify", INITRD)[0] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not imagefactory.have("mkfs.ext4"), reason="needs root and mkfs.ext4")
+def test_a_content_check_cut_off_by_the_bound_is_recorded_unchecked(boot_tree, tmp_path: Path) -> None:
+    """A real ext4 image whose walk is cut off by the verify run's bound: hashed, not checked. It is
+    recorded neither ok nor failed and without a time, so list/show/metrics say unchecked and the
+    next run takes it first."""
+    from bootwatch.daemon.jobs import least_recently_verified
+    from bootwatch.daemon.metrics import Metrics
+
+    fs = imagefactory.build_ext4(boot_tree.boot / "root.img", imagefactory.make_tree(tmp_path / "tree"))
+    kernel_id = boot_tree.write_file(K, 8192)
+    boot_tree.write_entry("linux-1", linux=K, initrd=["/root.img"])
+    assert boot_tree.cli("add", K, "/root.img")[0] == 0
+    assert boot_tree.cli("verify")[0] == 0  # both ok, with a time: the ext4 walk had no bound
+    fs_id = boot_tree.list_json()["/root.img"]["image_id"]
+    assert boot_tree.sha1_of(fs) == fs_id
+
+    cache = boot_tree.library()
+    cache.runtime_dir = tmp_path / "run"
+    result = cache.verify_image(cache.load_index(), fs_id, deadline=time.monotonic())  # the bound is past
+    assert (result.ok, result.unchecked, result.failed) == (False, True, False)
+    assert [check.outcome for check in result.checks] == ["incomplete"] and "gave up" in result.message
+    assert cache.record_verifications([result]) == [result]
+
+    row = boot_tree.list_json()["/root.img"]
+    assert (row["verified"]["ok"], row["verified"]["unchecked"], row["verified"]["time"]) == (False, True, None)
+    assert row["image_problem"] is None  # slowness is not corruption
+    assert boot_tree.list_json()[K]["verified"]["ok"] is True
+    listed = next(line for line in boot_tree.cli("list")[1].splitlines() if "/root.img" in line)
+    assert "unchecked" in listed and "ok" not in listed.split() and "FAILED" not in listed
+    assert "Verified:   unchecked (not checked: gave up" in boot_tree.cli("show", "/root.img")[1]
+    assert least_recently_verified(cache.load_index())[0] == fs_id  # the next run takes it first
+    assert kernel_id != fs_id
+    text = Metrics(tmp_path / "bootwatch.prom").render(cache)
+    assert "bootwatch_images_verification_failed 0" in text
+    assert "bootwatch_images_verification_unchecked 1" in text
 
 
 @pytest.mark.slow

@@ -152,10 +152,10 @@ def test_filesystem_check_is_skipped_without_root(tmp_path: Path) -> None:
 
 @pytest.mark.root
 @needs_loop
-def test_timeout_gives_unchecked_and_unmounts(tmp_path: Path, runtime: Path) -> None:
+def test_timeout_gives_incomplete_and_unmounts(tmp_path: Path, runtime: Path) -> None:
     image = build_fs("ext4", tmp_path)
     result = check_image(image, runtime_dir=runtime, timeout=0)
-    assert (result.kind, result.outcome) == ("filesystem", "unchecked")
+    assert (result.kind, result.outcome) == ("filesystem", "incomplete")
     assert "gave up" in result.message
     assert mounts_under(runtime) == []
     assert losetup_lines(tmp_path) == []
