@@ -176,26 +176,36 @@ def _open_node(dev_dir_fd: int, minor: int) -> int:
     return fd
 
 
-def _bind(dev_fd: int, backing_fd: int, offset: int, sizelimit: int,
-          use_configure: bool) -> None:
-    """Bind ``backing_fd`` read-only with autoclear; LOOP_CONFIGURE first, legacy on EINVAL."""
+def loop_info(offset: int, sizelimit: int) -> LoopInfo64:
+    """The status of a device bound read-only with autoclear at ``offset``, ``sizelimit`` bytes."""
     info = LoopInfo64()
     info.lo_offset = offset
     info.lo_sizelimit = sizelimit
     # No LO_FLAGS_DIRECT_IO: page-cache I/O is what a plain read-only check wants, and direct I/O
     # fails on backing files whose filesystem has larger logical blocks than ours.
     info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
-    if use_configure:
-        config = LoopConfig()
-        config.fd = backing_fd
-        config.block_size = 0  # keep the default 512-byte logical blocks
-        config.info = info
-        try:
-            fcntl.ioctl(dev_fd, LOOP_CONFIGURE, config)
-            return
-        except OSError as err:
-            if err.errno != errno.EINVAL:
-                raise
+    return info
+
+
+def _bind(dev_fd: int, backing_fd: int, offset: int, sizelimit: int) -> None:
+    """Bind ``backing_fd`` read-only with autoclear; LOOP_CONFIGURE first, legacy on EINVAL."""
+    info = loop_info(offset, sizelimit)
+    config = LoopConfig()
+    config.fd = backing_fd
+    config.block_size = 0  # keep the default 512-byte logical blocks
+    config.info = info
+    try:
+        fcntl.ioctl(dev_fd, LOOP_CONFIGURE, config)
+        return
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+    bind_legacy(dev_fd, backing_fd, info)
+
+
+def bind_legacy(dev_fd: int, backing_fd: int, info: LoopInfo64) -> None:
+    """Bind the way kernels before 5.8 (no ``LOOP_CONFIGURE``) can: ``LOOP_SET_FD``, then
+    ``LOOP_SET_STATUS64``; the device is cleared again if the second fails."""
     fcntl.ioctl(dev_fd, LOOP_SET_FD, backing_fd)
     try:
         # LOOP_SET_STATUS64 ignores READ_ONLY (the device is already read-only because the backing
@@ -229,13 +239,10 @@ def _is_bound_to(dev_fd: int, st: os.stat_result) -> bool:
 
 
 @contextlib.contextmanager
-def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0,
-                  use_configure: bool = True) -> Iterator[LoopDevice]:
+def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0) -> Iterator[LoopDevice]:
     """Attach ``image`` to a free loop device, read-only, and detach it on every way out.
 
     ``offset`` and ``sizelimit`` are in bytes (0 = up to the end of the file).
-    ``use_configure=False`` forces the pre-5.8 ``LOOP_SET_FD`` + ``LOOP_SET_STATUS64`` path, so
-    that both paths can be tested on a current kernel.
 
     While the context is open the device node is held open and exclusively ``flock``-ed. On the
     way out the device is cleared; if something still holds it (a lazily detached mount, a
@@ -259,8 +266,7 @@ def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0,
         dev_dir_fd = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         stack.callback(os.close, dev_dir_fd)
 
-        device = _attach(ctl_fd, dev_dir_fd, backing_fd, backing_st, offset, sizelimit,
-                         use_configure, image)
+        device = _attach(ctl_fd, dev_dir_fd, backing_fd, backing_st, offset, sizelimit, image)
         # From here on the device is bound: close the control fds now, keep the device fd.
         stack.close()
         try:
@@ -270,7 +276,7 @@ def attached_loop(image: Path, *, offset: int = 0, sizelimit: int = 0,
 
 
 def _attach(ctl_fd: int, dev_dir_fd: int, backing_fd: int, backing_st: os.stat_result,
-            offset: int, sizelimit: int, use_configure: bool, image: Path) -> LoopDevice:
+            offset: int, sizelimit: int, image: Path) -> LoopDevice:
     last_error: OSError | None = None
     for attempt in range(ATTACH_ATTEMPTS):
         minor = fcntl.ioctl(ctl_fd, LOOP_CTL_GET_FREE)
@@ -295,7 +301,7 @@ def _attach(ctl_fd: int, dev_dir_fd: int, backing_fd: int, backing_st: os.stat_r
                 time.sleep(0.001 * (attempt + 1))
                 continue
             try:
-                _bind(dev_fd, backing_fd, offset, sizelimit, use_configure)
+                _bind(dev_fd, backing_fd, offset, sizelimit)
             except OSError as err:
                 if err.errno != errno.EBUSY:
                     raise
