@@ -530,7 +530,8 @@ class CacheIndex:
         return gone
 
     def raw(self) -> dict[str, dict[str, Any]]:
-        """The underlying JSON object (for salvage and tests; do not keep references)."""
+        """The underlying JSON object, which fsck's salvage (``fsck._salvage``) merges old copies
+        and unclaimed images into before it makes a new index of it. Do not keep references."""
         return self._data
 
 
