@@ -1075,9 +1075,13 @@ class BootCache:
 
     # ---------------------------------------------------------------- clean
 
-    def clean(self, *, dry_run: bool = False, force: bool = False,
+    def clean(self, *, dry_run: bool = False, force: bool = False, keep: int | None = None,
               keep_unreferenced: Callable[[str], bool] = lambda path: False) -> CleanReport:
         """Uncache unreferenced paths, trim to ``keep`` images, delete orphans and stale temp files.
+
+        ``keep``: images per path, :attr:`keep` by default. The daemon's clean job gives the one
+        of the settings it started with, so a reload meanwhile (which changes :attr:`keep` on the
+        worker) cannot give it half of the new configuration.
 
         A path stays cached while a boot entry references it, while ``keep_unreferenced`` says so
         (the daemon's ``track = "all"`` policy), or while a pin holds one of its images. Nothing is
@@ -1104,7 +1108,7 @@ class BootCache:
             work = Transaction(self, txn.index.copy() if dry_run else txn.index)
             work._references = txn.references
             self._uncache_unreferenced(work, report, pinned, keep_unreferenced, dry_run=dry_run)
-            dropped = work.index.trim_paths(work.index.paths(), self.keep)
+            dropped = work.index.trim_paths(work.index.paths(), self.keep if keep is None else keep)
             report.trimmed_images.extend(dropped)
             work.unlisted.update(dropped)
             strays = work.index.drop_stray_images()

@@ -41,7 +41,8 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -91,6 +92,53 @@ def verify_batch_size(image_count: int, run_period: float, verify_interval: floa
     if image_count <= 0:
         return 0
     return min(image_count, math.ceil(image_count * run_period / verify_interval))
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the jobs take from the configuration, as one value.
+
+    The worker swaps it whole (:meth:`MaintenanceScheduler.reschedule`, one assignment) and a job
+    reads it once when it starts: a run never sees half of a reload (the new config with the old
+    verify period, the old track policy with the new ``keep``).
+    """
+
+    config: Config
+    verify_period: float  # how often the verify job runs (verify_run_period)
+
+    @classmethod
+    def of(cls, config: Config) -> JobSettings:
+        return cls(config, verify_run_period(config.jobs.verify_interval))
+
+    @property
+    def verify_bound(self) -> float:
+        """Seconds a verify run may take: its run period (the next run is due then, and skipped
+        while this one goes on), but at least :data:`MIN_VERIFY_PERIOD`."""
+        return max(self.verify_period, MIN_VERIFY_PERIOD)
+
+
+def verify_images(cache: BootCache, index: CacheIndex, ids: Sequence[str], bound: float, *,
+                  stopping: threading.Event, logger: logging.Logger) -> list[ImageVerification]:
+    """Re-hash and check ``ids`` in this order for at most ``bound`` seconds; nothing is recorded.
+
+    The content check of an image (the walk of a filesystem or an initramfs) gives up at the
+    bound (the result is ``unchecked``), and once it is past, the images left wait (with a
+    warning). ``stopping`` set: the results so far.
+    """
+    deadline = time.monotonic() + bound
+    results: list[ImageVerification] = []
+    for image_id in ids:
+        if stopping.is_set():
+            break  # shutting down: record what was done
+        if time.monotonic() >= deadline:
+            logger.warning("verify: the run reached its bound of %s s after %d of %d image(s); the rest "
+                           "are verified first at the next run", f"{bound:g}", len(results), len(ids))
+            break
+        try:
+            results.append(cache.verify_image(index, image_id, deadline=deadline))
+        except Cancelled:  # the daemon stops in the middle of an image: it has no result
+            break
+    return results
 
 
 def least_recently_verified(index: CacheIndex) -> list[str]:
@@ -175,9 +223,9 @@ class MaintenanceScheduler:
                  on_job_done: JobDone | None = None,
                  on_verified: Callable[[list[ImageVerification]], None] | None = None,
                  logger: logging.Logger | None = None,
-                 io_errors: IoErrorLog | None = None,
-                 verify_bound: float | None = None) -> None:
-        self.config = config
+                 io_errors: IoErrorLog | None = None) -> None:
+        # Replaced whole by reschedule(), read once by each job run (see JobSettings).
+        self.settings = JobSettings.of(config)
         # A failing cache file system fails every job: one line per file and errno, no traceback.
         self.io_errors = io_errors or IoErrorLog(logger or logging.getLogger("bootwatch.daemon.jobs"))
         self.cache = cache
@@ -188,8 +236,6 @@ class MaintenanceScheduler:
         self._clean_blocked: str | None = None  # why the last clean was skipped
         self._problems: dict[str, str] = {}  # job name -> the BootwatchError it last failed with
         self._problems_lock = threading.Lock()
-        self.verify_period = verify_run_period(config.jobs.verify_interval)
-        self._verify_bound = verify_bound
         defaults: dict[str, Job | None] = {"clean": self.clean, "gc": self.gc, "verify": self._verify_job,
                                            "rescan": None}
         for name in (jobs or {}):
@@ -197,7 +243,7 @@ class MaintenanceScheduler:
                 raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
         defaults.update(jobs or {})
         self.jobs: dict[str, Job] = {name: func for name, func in defaults.items() if func is not None}
-        self.intervals = self._intervals(config)
+        self.intervals = self._intervals(self.settings)
         run_logger = logging.getLogger(RUN_LOGGER)
         if not any(isinstance(f, _RunLogFilter) for f in run_logger.filters):
             run_logger.addFilter(_RunLogFilter())
@@ -239,19 +285,21 @@ class MaintenanceScheduler:
         A job's next run is one new interval from now; a change of the cache or boot directory
         needs a new scheduler (and a new BootCache), which this does not do.
         """
-        self.config = config
-        self.verify_period = verify_run_period(config.jobs.verify_interval)
-        new = self._intervals(config)
+        settings = JobSettings.of(config)
+        new = self._intervals(settings)
         for name in self.jobs:
             if new[name] != self.intervals[name]:
                 self._scheduler.reschedule_job(name, trigger=IntervalTrigger(seconds=new[name], timezone=timezone.utc))
         self.intervals = new
+        self.settings = settings  # one assignment: a run that starts now sees all of the new settings
 
-    def _intervals(self, config: Config) -> dict[str, float]:
+    @staticmethod
+    def _intervals(settings: JobSettings) -> dict[str, float]:
+        config = settings.config
         return {
             "clean": config.jobs.clean_interval,
             "gc": config.jobs.gc_interval,
-            "verify": self.verify_period,
+            "verify": settings.verify_period,
             "rescan": config.watch.rescan_interval,
         }
 
@@ -315,8 +363,10 @@ class MaintenanceScheduler:
     # ---------------------------------------------------------------- the default jobs
 
     def clean(self) -> None:
+        config = self.settings.config  # this run's settings, whatever a reload does meanwhile
         try:
-            report = self.cache.clean(keep_unreferenced=keep_unreferenced_predicate(self.config, self.cache))
+            report = self.cache.clean(keep=config.cache.keep,
+                                      keep_unreferenced=keep_unreferenced_predicate(config, self.cache))
         except DeletionsBlockedError as e:
             # Not a failure of the job: cleaning now could delete what is still needed. Said once
             # per reason, not every hour; unknown references the daemon reports itself
@@ -337,40 +387,20 @@ class MaintenanceScheduler:
             self.logger.info("gc: removed %d pin(s) of dead owners: %s", len(report.removed),
                              ", ".join(report.removed))
 
-    @property
-    def verify_bound(self) -> float:
-        """Seconds a verify run may take: its run period (the next run is due then, and skipped
-        while this one goes on), but at least :data:`MIN_VERIFY_PERIOD`."""
-        if self._verify_bound is not None:
-            return self._verify_bound
-        return max(self.verify_period, MIN_VERIFY_PERIOD)
-
     def _verify_job(self) -> None:
         self.verify_slice()
 
     def verify_slice(self) -> list[ImageVerification]:
         """Re-hash the least recently verified images, as many as this run's share and as its
-        :attr:`verify_bound` allows: the content check of an image (the walk of a filesystem or an
-        initramfs) gives up at the bound (the image is recorded ``unchecked``, without a time, so it
-        comes first at the next run), and once it is past, the images left wait for the next run,
-        where they come first (least recently verified)."""
-        deadline = time.monotonic() + self.verify_bound
+        bound allows (:func:`verify_images`, :attr:`JobSettings.verify_bound`): an image whose
+        content check is cut off there is recorded ``unchecked``, without a time, and the images
+        left wait; both come first at the next run (least recently verified)."""
+        settings = self.settings  # this run's settings, whatever a reload does meanwhile
         index = self.cache.load_index()
         ids = least_recently_verified(index)
-        count = verify_batch_size(len(ids), self.verify_period, self.config.jobs.verify_interval)
-        results: list[ImageVerification] = []
-        for image_id in ids[:count]:
-            if self.stopping.is_set():
-                break  # shutting down: record what was done
-            if time.monotonic() >= deadline:
-                self.logger.warning("verify: the run reached its bound of %s s after %d of %d image(s); the rest "
-                                    "are verified first at the next run", f"{self.verify_bound:g}", len(results),
-                                    count)
-                break
-            try:
-                results.append(self.cache.verify_image(index, image_id, deadline=deadline))
-            except Cancelled:  # the daemon stops in the middle of an image: it has no result
-                break
+        count = verify_batch_size(len(ids), settings.verify_period, settings.config.jobs.verify_interval)
+        results = verify_images(self.cache, index, ids[:count], settings.verify_bound, stopping=self.stopping,
+                                logger=self.logger)
         # An image that a clean, remove or trim deleted meanwhile is dropped here, not reported.
         results = self.cache.record_verifications(results)
         for result in results:

@@ -769,7 +769,7 @@ class Daemon:
             self.cache = new_cache
             self.watcher.retarget(new.paths.boot, new.paths.entries, new.paths.cache)
             self.status.boot_dir, self.status.cache_dir = str(new.paths.boot), str(new.paths.cache)
-        else:
+        else:  # the worker's own caching reads it; the clean job takes keep from its JobSettings
             self.cache.keep = new.cache.keep
         reported = self.reconciler.reported_missing
         self.reconciler = self._new_reconciler(new)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,21 +19,30 @@ import pytest
 from polling import wait_until
 
 from bootwatch.cache.operations import BootCache
+from bootwatch.cache.store import LOCK_NAME
 from bootwatch.config import Config, load_config
-from bootwatch.daemon.jobs import MaintenanceScheduler, least_recently_verified, verify_batch_size, verify_run_period
+from bootwatch.daemon.jobs import (
+    JobSettings,
+    MaintenanceScheduler,
+    least_recently_verified,
+    verify_batch_size,
+    verify_images,
+    verify_run_period,
+)
 from bootwatch.log import FIELDS_ATTR, Event
 from bootwatch.verify import ImageKind, Outcome
 
 KERNELS = ["/vmlinuz-6.1.0-a", "/vmlinuz-6.1.0-b", "/vmlinuz-6.1.0-c"]
 
 
-def make_config(tmp_path: Path, *, interval: str = "1s", verify: str = "1s") -> Config:
+def make_config(tmp_path: Path, *, interval: str = "1s", verify: str = "1s", keep: int = 2,
+                name: str = "bootwatch.toml") -> Config:
     boot = tmp_path / "boot"
     (boot / "loader" / "entries").mkdir(parents=True, exist_ok=True)
-    toml = tmp_path / "bootwatch.toml"
+    toml = tmp_path / name
     toml.write_text(f'[paths]\nboot = "{boot}"\ncache = "{tmp_path / "cache"}"\n'
                     f'[jobs]\nclean_interval = "{interval}"\ngc_interval = "{interval}"\n'
-                    f'verify_interval = "{verify}"\n[watch]\nrescan_interval = "{interval}"\n')
+                    f'verify_interval = "{verify}"\n[watch]\nrescan_interval = "{interval}"\n[cache]\nkeep = {keep}\n')
     return load_config(toml)
 
 
@@ -262,9 +273,10 @@ def test_shutdown_stops_a_cooperative_job(tmp_path: Path, records) -> None:
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/dev/loop-control").exists() or not imagefactory.have("mkfs.ext4"),
                     reason="needs root, /dev/loop-control and mkfs.ext4 to loop-mount a filesystem image")
 def test_verify_run_stops_at_its_bound_in_the_walk_of_a_filesystem_image(tmp_path: Path, records) -> None:
-    """The verify job's bound reaches the content check: the walk of a real ext4 image with
+    """A verify run's bound reaches the content check: the walk of a real ext4 image with
     thousands of files gives up (recorded unchecked, without a time: first at the next run), and
-    the run stops there and says so."""
+    the run stops there and says so. The job's bound is at least a minute (its run period), so
+    the run itself, verify_images, is given a small one here."""
     logger, handler = records
     config = make_config(tmp_path, verify="1d")
     cache = make_cache(config)
@@ -277,9 +289,11 @@ def test_verify_run_stops_at_its_bound_in_the_walk_of_a_filesystem_image(tmp_pat
     cache.add(["/rootfs.img"])
     cache.verify(KERNELS)  # the kernels were verified just now: the filesystem image comes first
     [fs_image] = [i for i in cache.load_index().all_image_ids() if cache.load_index().paths_of(i) == ["/rootfs.img"]]
-    scheduler = MaintenanceScheduler(config, cache, logger=logger, verify_bound=0.05)
-    scheduler.verify_period = scheduler.config.jobs.verify_interval  # every image is this run's share
-    [result] = scheduler.verify_slice()
+    index = cache.load_index()
+    ids = least_recently_verified(index)
+    assert len(ids) == 4 and ids[0] == fs_image
+    results = verify_images(cache, index, ids, 0.05, stopping=threading.Event(), logger=logger)
+    [result] = cache.record_verifications(results)  # as verify_slice records them
     # Slowness is not corruption, and a walk cut off is no check either: unchecked.
     assert result.image_id == fs_image and (result.ok, result.unchecked, result.failed) == (False, True, False)
     [check] = result.checks
@@ -289,3 +303,43 @@ def test_verify_run_stops_at_its_bound_in_the_walk_of_a_filesystem_image(tmp_pat
     assert least_recently_verified(cache.load_index())[0] == fs_image
     [warning] = [r for r in handler.records if "reached its bound" in r.getMessage()]
     assert "after 1 of 4 image(s)" in warning.getMessage()
+
+
+def waits_for_the_cache_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is in the cache store's wait for the writers' lock (its stack says so)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "_wait_for_lock":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_clean_run_keeps_the_settings_it_started_with_across_a_reload(tmp_path: Path) -> None:
+    """A reload while the clean job runs (it waits for the cache lock here) changes neither the
+    run's keep nor its track policy: the run takes one snapshot of its settings at the start, the
+    next run takes the new one. The worker does to the cache and the scheduler what a reload does."""
+    config = make_config(tmp_path, keep=3)
+    cache = make_cache(config)
+    for n in range(2):  # three images of the first kernel
+        (cache.boot_dir / KERNELS[0][1:]).write_bytes(f"kernel 0, build {n}\n".encode() * 1000)
+        cache.add([KERNELS[0]])
+    assert len(cache.load_index().images_newest_first(KERNELS[0])) == 3
+    scheduler = MaintenanceScheduler(config, cache, jobs={"verify": None})
+    lock = os.open(cache.store.directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run = threading.Thread(target=scheduler.clean)
+        run.start()
+        assert wait_until(lambda: waits_for_the_cache_lock(run)), "the clean run never waited for the lock"
+        new = make_config(tmp_path, keep=1, name="reloaded.toml")
+        cache.keep = new.cache.keep  # what the worker's reload does, on the same cache
+        scheduler.reschedule(new)
+    finally:
+        os.close(lock)
+    run.join(30)
+    assert not run.is_alive()
+    assert len(cache.load_index().images_newest_first(KERNELS[0])) == 3, "the run took half of the reload"
+    scheduler.clean()  # the next run has the new settings
+    assert len(cache.load_index().images_newest_first(KERNELS[0])) == 1
+    assert scheduler.settings == JobSettings.of(new)
