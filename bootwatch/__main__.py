@@ -2,6 +2,6 @@
 
 import sys
 
-from bootwatch.cli.main import main
+from bootwatch.cli.entry import main
 
 sys.exit(main())

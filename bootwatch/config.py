@@ -58,13 +58,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
+from bootwatch.defaults import CONFIG_ENV, DEFAULT_CACHE_DIR, RUNTIME_ENV
 from bootwatch.enums import TextEnum
 from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
 from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
-CONFIG_ENV = "BOOTWATCH_CONFIG"
-RUNTIME_ENV = "RUNTIME_DIRECTORY"
 DEFAULT_RUNTIME = Path("/run/bootwatch")
 
 
@@ -437,7 +436,7 @@ SCHEMA: tuple[Section, ...] = (
             "The boot directory that holds the images and the BLS entries."),
         Key("entries", ValueKind.PATH, _check_path, None,
             'The BLS entries directory. Default: "<boot>/loader/entries", following boot.'),
-        Key("cache", ValueKind.PATH, _check_directory, "/var/lib/bootwatch/cache",
+        Key("cache", ValueKind.PATH, _check_directory, DEFAULT_CACHE_DIR,
             "The boom-compatible image cache (<sha1>.img files and cacheindex.json)."),
         Key("runtime", ValueKind.PATH, _check_directory, None,
             "Where the daemon keeps its state file. Default: $RUNTIME_DIRECTORY (systemd's "

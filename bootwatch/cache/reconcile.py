@@ -93,11 +93,22 @@ class BootTree:
     the walked directories (the walk skips dot files otherwise), so that a pass can tell a restored
     copy from the set instead of resolving every path to look for its marker. ``restore_temps``:
     the restore temp files it saw (left by a killed restore; removed by the next full pass).
+    ``directories``: the absolute names of the directories it listed (a scan proof records them).
     """
 
     files: dict[str, os.stat_result] = field(default_factory=dict)
+    directories: list[str] = field(default_factory=list)
     markers: set[str] = field(default_factory=set)
     restore_temps: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class PassInputs:
+    """What a complete pass looked at in the boot directory: the absolute names of the
+    directories it listed, and the boom-style paths it examined (a scan proof records them)."""
+
+    directories: list[str]
+    paths: list[str]
 
 
 @dataclass
@@ -145,6 +156,8 @@ class Reconciler:
         self.lost_found_problem: str | None = None
         # Tracked paths whose boot file is no regular file (a FIFO...): warned about once.
         self.reported_not_regular: set[str] = set()
+        # What the last complete pass (unchanged_pass that concluded, or full) looked at.
+        self.last_inputs: PassInputs | None = None
 
     # ---------------------------------------------------------------- which paths
 
@@ -177,6 +190,7 @@ class Reconciler:
         pending = [""]  # boom-style paths of the directories to read; "" is the boot directory
         while pending:
             directory = pending.pop()
+            tree.directories.append(root + directory or "/")
             try:
                 fd = os.open(root + directory or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
@@ -250,6 +264,7 @@ class Reconciler:
         Only with ``track = "all"``: otherwise :meth:`full` resolves a few paths one by one and
         is as quick.
         """
+        self.last_inputs = None
         if not tracks_all(self.config):
             return None
         store = self.cache.store
@@ -276,6 +291,7 @@ class Reconciler:
         self.reported_missing.intersection_update(gone)
         for path, newest in gone.items():
             self._report_missing(path, 0, newest, report)
+        self.last_inputs = PassInputs(tree.directories, sorted(tree.files.keys() | gone.keys()))
         return report
 
     def _gone_unreferenced(self, table: SignatureTable, tree: BootTree) -> dict[str, str] | None:
@@ -301,6 +317,7 @@ class Reconciler:
     def full(self, txn: Transaction) -> ReconcileReport:
         """One complete pass: every referenced, cached or (``track = "all"``) matching path."""
         txn.record_signatures = tracks_all(self.config)
+        self.last_inputs = None
         report = ReconcileReport()
         references = txn.refresh_references()
         if self._boot_moved(references, report):
@@ -308,10 +325,11 @@ class Reconciler:
         stats: dict[str, os.stat_result | None] = {}
         markers: set[str] = set()
         restore_temps: list[Path] = []
+        directories: list[str] = []
         if tracks_all(self.config):
             tree = self.walk()
             stats.update(tree.files)
-            markers, restore_temps = tree.markers, tree.restore_temps
+            markers, restore_temps, directories = tree.markers, tree.restore_temps, tree.directories
         # Under the lock every temp file is one a killed run left (its copy of an image or a restore).
         removed = txn.removed_temp_files + self.cache.remove_stale_temp_files(txn.index, restore_temps)
         report.removed_temp_files = [str(p) for p in removed]
@@ -328,6 +346,7 @@ class Reconciler:
         self.reported_missing.difference_update(unchanged)
         for path in sorted(stats.keys() - unchanged):
             self.reconcile_path(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
+        self.last_inputs = PassInputs(directories, sorted(stats))
         return report
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:

@@ -6,11 +6,15 @@ start-up, kept here so that neither a one-shot command nor the plugin loads the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+from bootwatch import scanproof
 from bootwatch.cache.operations import BootCache
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
-from bootwatch.cache.store import LockWaiter
+from bootwatch.cache.store import IMAGE_SUFFIX, INDEX_NAME, REFERENCES_NAME, SIGNATURES_NAME, TEMP_DIR, LockWaiter
 from bootwatch.config import Config
 from bootwatch.errors import BootwatchError
 
@@ -46,3 +50,90 @@ def reconcile_once(config: Config, cache: BootCache, reconciler: Reconciler | No
         return quick
     with cache.transaction(waiter=waiter) as txn:
         return reconciler.full(txn)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """``path`` and every directory above it."""
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def _rooted(path: Path | str) -> list[tuple[str, str]]:
+    """The records of a root a pass starts from: its name and its resolved name, every directory
+    above both by identity (a symlink or a directory swapped on the way changes one), and, if it
+    is absent, the deepest directory above it that exists (whose listing would gain it)."""
+    records = []
+    for name in dict.fromkeys((os.path.abspath(path), os.path.realpath(path))):
+        records.append((scanproof.STAT, name))
+        found = os.path.lexists(name)
+        for parent in list(_ancestors(name))[1:]:
+            if not found and os.path.lexists(parent):
+                records.append((scanproof.STAT, parent))
+                found = True
+            else:
+                records.append((scanproof.IDENTITY, parent))
+    return records
+
+
+def scan_proof_records(config: Config, cache: BootCache, reconciler: Reconciler,
+                       main_config: Path) -> list[tuple[str, str]] | None:
+    """Every input of the complete pass ``reconciler`` just made (see :mod:`bootwatch.scanproof`),
+    as (tag, path) records; None if it made none."""
+    inputs = reconciler.last_inputs
+    if inputs is None:
+        return None
+    stat, listing, mount = scanproof.STAT, scanproof.LISTING, scanproof.MOUNT
+    main = os.path.abspath(main_config)
+    dropins = main + ".d"
+    records = _rooted(main) + _rooted(dropins)
+    if os.path.isdir(dropins):
+        records += [(stat, os.path.join(dropins, name)) for name in sorted(os.listdir(dropins))]
+    records += [(stat, os.path.abspath(p)) for p in config.sources]
+    records += _rooted(config.paths.boot)
+    records += [(stat, p) for p in inputs.directories]
+    boot = str(reconciler.boot_real).rstrip("/")
+    for path in inputs.paths:
+        # Each directory on the way from the boot directory (a marker or restore temp file
+        # beside the file changes its directory), and the file, through its symlinks.
+        records += [(stat, p) for p in reversed(list(_ancestors(boot + path))) if len(p) > len(boot)]
+        with contextlib.suppress(OSError, BootwatchError):
+            records.append((stat, str(cache.boot_file(path))))
+    entries = os.path.realpath(config.paths.entries)
+    records += _rooted(config.paths.entries)
+    if os.path.isdir(entries):
+        records += [(stat, os.path.join(entries, name)) for name in sorted(os.listdir(entries))
+                    if name.endswith(".conf")]
+    directory = os.path.realpath(cache.store.directory)
+    # The cache directory (and its .tmp/) change when the proof is written: compared by listing.
+    records += [(scanproof.IDENTITY if p in (directory, os.path.abspath(cache.store.directory)) else tag, p)
+                for tag, p in _rooted(cache.store.directory)]
+    records += [(listing, directory), (listing, os.path.join(directory, TEMP_DIR))]
+    names = sorted(os.listdir(directory))
+    records += [(stat, os.path.join(directory, name)) for name in (INDEX_NAME, SIGNATURES_NAME, REFERENCES_NAME)]
+    records += [(stat, os.path.join(directory, name)) for name in names if name.endswith(IMAGE_SUFFIX)]
+    records += [(mount, str(reconciler.boot_real)), (mount, entries), (mount, directory)]
+    return records
+
+
+def record_scan_proof(config: Config, cache: BootCache, reconciler: Reconciler, *, key: str,
+                      main_config: Path, started_ns: int) -> bool:
+    """Record the proof that the pass of ``reconciler`` found nothing to do (see
+    :mod:`bootwatch.scanproof`) if every input it read is older than the racy margin before
+    ``started_ns`` (when this process began to read its inputs). Returns whether it did.
+
+    The caller checked that the pass reported and logged nothing. Written without the lock,
+    which the pass did not take either; a failure only costs the next scan the full program.
+    """
+    try:
+        records = scan_proof_records(config, cache, reconciler, main_config)
+        if records is None or not scanproof.stable(records, started_ns):
+            return False
+        data = scanproof.encode(key, records)
+    except OSError:
+        return False
+    cache.store.write_derived(scanproof.PROOF_NAME, data)
+    return True

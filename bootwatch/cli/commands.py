@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bootwatch import scanproof
 from bootwatch.cache.operations import AddOutcome, BootCache, CleanReport, PathState, PathStatus
 from bootwatch.cache.policy import keep_unreferenced_predicate
-from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once
+from bootwatch.cache.reconcile import Reconciler, ReconcileReport
+from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once, record_scan_proof
 from bootwatch.cli.output import format_table, format_time, print_json, verification_summary
-from bootwatch.config import Config
+from bootwatch.config import DEFAULT_CONFIG_PATH, Config
+from bootwatch.defaults import CONFIG_ENV
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
 from bootwatch.log import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
@@ -215,7 +220,16 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     setup_cli_logging("warning" if args.quiet else config.log.level, "scan")
-    report = reconcile_once(config, open_cache(config))
+    logged = _LoggedAnything()
+    logging.getLogger("bootwatch").addHandler(logged)
+    try:
+        cache = open_cache(config)
+        reconciler = Reconciler(config, cache)
+        report = reconcile_once(config, cache, reconciler)
+    finally:
+        logging.getLogger("bootwatch").removeHandler(logged)
+    if args.quiet and not args.json and not logged.anything and _nothing_to_say(report):
+        _record_scan_proof(args, config, cache, reconciler)
     if report.references_unknown:
         print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",
               file=sys.stderr)
@@ -228,6 +242,35 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
               + (f", {len(report.removed_temp_files)} temp files of an interrupted run removed"
                  if report.removed_temp_files else ""))
     return EXIT_OK if not report.errors else EXIT_FAILURE
+
+
+class _LoggedAnything(logging.Handler):
+    """Notes whether any record of INFO or above was emitted (to stderr or the journal)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.anything = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.anything = True
+
+
+def _nothing_to_say(report: ReconcileReport) -> bool:
+    """Whether ``scan --quiet`` of this report prints and changes nothing, so that the fast path
+    (bootwatch.scanproof) may stand for it."""
+    return (not report.references_unknown and not report.errors and not report.missing and not report.hashed
+            and not any((report.cached, report.changed, report.restored, report.recopied, report.broken,
+                         report.unrestored, report.retry, report.removed_temp_files)))
+
+
+def _record_scan_proof(args: argparse.Namespace, config: Config, cache: BootCache, reconciler: Reconciler) -> None:
+    started_ns = getattr(args, "started_ns", None)
+    if started_ns is None:
+        return
+    main_config = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_CONFIG_PATH)
+    key = scanproof.proof_key(args.config and str(args.config), args.boot_dir and str(args.boot_dir),
+                              args.cache_dir and str(args.cache_dir), os.environ)
+    record_scan_proof(config, cache, reconciler, key=key, main_config=main_config, started_ns=started_ns)
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:

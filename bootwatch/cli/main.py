@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from bootwatch.cli.output import printable_output
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # When this process began to read its inputs: scan's proof (bootwatch.scanproof) records only
+    # inputs older than that by a margin.
+    args.started_ns = time.time_ns()
     try:
         config = load_effective_config(args)
         command: Command = args.func
