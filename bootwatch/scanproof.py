@@ -26,7 +26,8 @@ This module imports only what the interpreter has loaded anyway (os, sys, stat) 
 fast path must cost a fraction of the full program's imports.
 
 The file is untrusted: opened without following a symlink or blocking, read only if a regular
-file of bounded size, and used only if every line has the expected form and the trailer's
+file of bounded size that only this user can have written, in a directory only it can write,
+and used only if every line has the expected form and the trailer's
 count and CRC-32 match (a torn write is no proof). Written (never fsynced: a torn one is no
 proof) by ``scan`` without the lock, since the pass it records takes none; never deleted: a stale
 proof matches nothing. boom lists only ``*.img``, so it never sees it.
@@ -208,14 +209,30 @@ def stable(records: Iterable[tuple[str, str]], started_ns: int) -> bool:
     return True
 
 
+def _private(st: os.stat_result) -> bool:
+    """Whether only this user can have written what ``st`` describes (owned by it, not writable
+    by group or others): a proof anyone else could plant is no proof."""
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def _read_proof(cache_dir: str) -> bytes | None:
+    """The proof's bytes, or None: no such regular file of bounded size, or not private, in a
+    directory that is not."""
     try:
-        fd = os.open(os.path.join(cache_dir, PROOF_NAME), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dir_fd = os.open(cache_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not _private(os.fstat(dir_fd)):
+            return None
+        fd = os.open(PROOF_NAME, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PROOF_SIZE:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PROOF_SIZE or not _private(st):
             return None
         chunks = []
         left = MAX_PROOF_SIZE + 1

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from bootwatch import scanproof
+from bootwatch.cache.hashing import Cancelled
 from bootwatch.cache.operations import BootCache
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.store import IMAGE_SUFFIX, INDEX_NAME, REFERENCES_NAME, SIGNATURES_NAME, TEMP_DIR, LockWaiter
@@ -119,21 +121,33 @@ def scan_proof_records(config: Config, cache: BootCache, reconciler: Reconciler,
     return records
 
 
+class _NoWait(LockWaiter):
+    """Gives the wait for the writers' lock up at once when another process holds it."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Event())
+
+    def waiting(self, lock_fd: int) -> None:
+        assert self.cancel is not None
+        self.cancel.set()
+
+
 def record_scan_proof(config: Config, cache: BootCache, reconciler: Reconciler, *, key: str,
                       main_config: Path, started_ns: int) -> bool:
     """Record the proof that the pass of ``reconciler`` found nothing to do (see
     :mod:`bootwatch.scanproof`) if every input it read is older than the racy margin before
     ``started_ns`` (when this process began to read its inputs). Returns whether it did.
 
-    The caller checked that the pass reported and logged nothing. Written without the lock,
-    which the pass did not take either; a failure only costs the next scan the full program.
+    The caller checked that the pass reported and logged nothing. Written as the other derived
+    files are, by a holder of the writers' lock; when another process holds it (it may be
+    changing the inputs) no proof is written, rather than waiting: a proof only saves time.
     """
     try:
-        records = scan_proof_records(config, cache, reconciler, main_config)
-        if records is None or not scanproof.stable(records, started_ns):
-            return False
-        data = scanproof.encode(key, records)
-    except OSError:
+        with cache.store.locked(create=False, remove_stale=False, waiter=_NoWait()):
+            records = scan_proof_records(config, cache, reconciler, main_config)
+            if records is None or not scanproof.stable(records, started_ns):
+                return False
+            cache.store.write_derived(scanproof.PROOF_NAME, scanproof.encode(key, records))
+            return True
+    except (OSError, BootwatchError, Cancelled):
         return False
-    cache.store.write_derived(scanproof.PROOF_NAME, data)
-    return True

@@ -62,6 +62,15 @@ On-disk protocol (one directory, shared with boom):
                             recorded entry gone at once makes references unknown. Missing, torn or
                             not a regular file, it is no record: references are unknown until a
                             read starts the history again.
+    .bootwatch-scan-proof   the inputs of the last 'scan --quiet' whose pass found nothing to do,
+                            reported nothing and logged nothing (see bootwatch/scanproof.py): the
+                            stat signature of every file and directory it read or listed, the
+                            names in this directory and .tmp/, the mounts, the settings. Written
+                            by that scan as a holder of the lock (by rename, not fsynced), only
+                            when every input is older than a racy margin; read, without the lock,
+                            by the console entry point, which exits as the scan would only if
+                            every recorded signature is the live one. Never deleted: a stale one
+                            matches nothing. Anyone may delete it.
     .tmp/.bootwatch-tmp.*   a file being written by the holder of the lock (images and the index),
                             renamed into the cache directory when complete. Since only the holder
                             creates them, any temp file that a new holder finds is left by a writer
@@ -211,7 +220,8 @@ READ_RETRY_DELAYS = (0.01, 0.03, 0.1)
 # reading it (four times, with the retries; a sparse file of terabytes costs nothing to make)
 # would take the memory of the host: it is corrupt, as an index that fails to parse.
 MAX_INDEX_SIZE = 64 << 20
-# The derived files (.bootwatch-signatures, .bootwatch-references) hold less than the index they
+# The derived files (.bootwatch-signatures, .bootwatch-references; .bootwatch-scan-proof is
+# read by scanproof.py with a bound of its own) hold less than the index they
 # derive from, or the paths the entries name; a larger one is ignored as a torn one is.
 MAX_DERIVED_SIZE = MAX_INDEX_SIZE
 

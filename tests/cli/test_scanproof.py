@@ -31,6 +31,7 @@ AVOIDED = ("hashlib", "logging", "argparse", "dataclasses", "pathlib", "json", "
 
 CASES = ("kernel_same_size", "new_file", "removed_file", "entry_changed", "config_changed", "index_changed",
          "temp_file", "image_removed", "proof_fifo", "proof_symlink", "proof_garbage", "proof_torn",
+         "proof_foreign", "proof_writable", "lock_held",
          "boot_mounted", "fast_imports", "proof_holds")
 
 
@@ -51,7 +52,7 @@ def scan(tree: BootTree, *extra: str, argv0: list[str] | None = None) -> tuple[i
 def make_tree(root: Path, name: str) -> BootTree:
     (root / name).mkdir()
     config = root / name / "bootwatch.toml"
-    track = "all" if name == "new_file" else "referenced"
+    track = "all" if name in ("new_file", "lock_held") else "referenced"
     config.write_text(f'[cache]\ntrack = "{track}"\n')
     tree = BootTree(root / name, config)
     for version in ("6.1.0", "6.2.0"):
@@ -172,7 +173,7 @@ def test_an_image_removed_from_the_cache_is_copied_again(trees: dict[str, BootTr
     assert image.is_file()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "garbage", "torn"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "garbage", "torn", "foreign", "writable"])
 def test_no_proof_at_the_proof_name_is_trusted(trees: dict[str, BootTree], kind: str) -> None:
     tree = proven(trees, f"proof_{kind}")
     proof = tree.cache / scanproof.PROOF_NAME
@@ -185,9 +186,34 @@ def test_no_proof_at_the_proof_name_is_trusted(trees: dict[str, BootTree], kind:
         proof.symlink_to(tree.root / "elsewhere")
     elif kind == "garbage":
         proof.write_bytes(os.urandom(4096))
-    else:
+    elif kind == "torn":
         proof.write_bytes(data[:len(data) // 2])
+    else:  # the very proof, but someone else could have written it
+        proof.write_bytes(data)
+        if kind == "foreign":
+            os.chown(proof, 4321, 4321)
+        else:
+            proof.chmod(0o666)
     assert scanned_fully(tree) == (0, "", "")
+
+
+def test_no_proof_is_written_while_another_process_holds_the_lock(trees: dict[str, BootTree]) -> None:
+    tree = proven(trees, "lock_held")
+    (tree.cache / scanproof.PROOF_NAME).unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "print('locked', flush=True); time.sleep(60)", str(tree.cache / ".bootwatch.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        # track = "all": the scan's pass is the lock-free one (with "referenced" the full pass
+        # waits for the holder, as it always has)
+        rc, out, err, modules = scan(tree)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (rc, out, err) == (0, "", "")
+    assert not (tree.cache / scanproof.PROOF_NAME).exists()
 
 
 @pytest.mark.root
