@@ -50,11 +50,14 @@ while True:
     path = rnd.choice(paths)
     if rnd.random() < 0.75:
         data = os.urandom(rnd.choice([1024, 64 << 10, 512 << 10, 2 << 20]))
-        # The boot file is replaced atomically, so that its content is the one announced.
+        # Announced before the boot file is written, so that a kill while it is written is one
+        # that cut an operation short (the path then holds its state from before), whatever
+        # share of the loop the writing takes against the caching. The boot file is replaced
+        # atomically, so that its content is the old one or the one announced.
+        print(f"BEGIN add {path} {hashlib.sha1(data).hexdigest()}", flush=True)
         staging = boot / (".staging" + path[1:])
         staging.write_bytes(data)
         os.replace(staging, boot / path[1:])
-        print(f"BEGIN add {path} {hashlib.sha1(data).hexdigest()}", flush=True)
         bc.add([path])
     else:
         print(f"BEGIN remove {path} -", flush=True)
