@@ -18,9 +18,11 @@ that concluded so are byte for byte where they were", by the same signature as t
 (device, inode, size, mtime, ctime), plus mode and owner, which the safety checks read.
 
 A change is seen only if it moves a timestamp, so a proof is recorded only when every input's
-mtime and ctime are at least :data:`RACY_MARGIN_NS` older than the moment the scan began to read
-(:func:`stable`): a file written in the same clock tick (or, on FAT, the same two seconds) as its
-recorded timestamp would otherwise keep that timestamp.
+mtime and ctime, in the very observation that is recorded (:func:`encode`), are at least
+:data:`RACY_MARGIN_NS` older than the moment the scan began to read (:func:`stable`): a file
+written in the same clock tick (or, on FAT, the same two seconds) as its recorded timestamp would
+otherwise keep that timestamp, and a write between a separate check and the recording would be
+recorded as proved.
 
 This module imports only what the interpreter has loaded anyway (os, sys, stat) and zlib: the
 fast path must cost a fraction of the full program's imports.
@@ -29,8 +31,9 @@ The file is untrusted: opened without following a symlink or blocking, read only
 file of bounded size that only this user can have written, in a directory only it can write,
 and used only if every line has the expected form and the trailer's
 count and CRC-32 match (a torn write is no proof). Written (never fsynced: a torn one is no
-proof) by ``scan`` without the lock, since the pass it records takes none; never deleted: a stale
-proof matches nothing. boom lists only ``*.img``, so it never sees it.
+proof) by ``scan`` under the writers' lock (given up at once when another process holds it, since
+that one may be changing the inputs); never deleted: a stale proof matches nothing. boom lists
+only ``*.img``, so it never sees it.
 """
 
 from __future__ import annotations
@@ -93,7 +96,11 @@ def proof_key(config: str | None, boot: str | None, cache: str | None, environ: 
     """What a proof applies to: the command line's settings (absolute), the environment the
     configuration is read with, the user and bootwatch's version."""
     parts = [os.path.abspath(p) if p is not None else "" for p in (config, boot, cache)]
-    parts += [environ.get(name, "\0") for name in ENVIRONMENT]
+    # The configuration file named by the environment, as load_config opens it (relative to the
+    # working directory); unset and empty both mean "none" there, but are kept apart here.
+    named = environ.get(CONFIG_ENV)
+    parts.append(os.path.abspath(named) if named else "\0" if named is None else "")
+    parts += [environ.get(name, "\0") for name in ENVIRONMENT if name != CONFIG_ENV]
     # Another user would be refused, or see other files; another bootwatch may judge otherwise.
     parts += [str(os.geteuid()), __version__]
     return "\n".join(parts).encode("utf-8", "surrogateescape").hex()
@@ -108,17 +115,23 @@ def _identity(st: os.stat_result) -> str:
     return f"{st.st_dev} {st.st_ino} {st.st_mode} {st.st_uid} {st.st_gid}"
 
 
-def _observe_stat(path: str, signature: Callable[[os.stat_result], str] = _signature) -> str:
+def _observe_stat(path: str, signature: Callable[[os.stat_result], str] = _signature,
+                  seen: list[os.stat_result] | None = None) -> str:
+    """The record's value; the stat results it was made of are appended to ``seen``."""
+    seen = [] if seen is None else seen
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return "-"
+    seen.append(st)
     if not stat.S_ISLNK(st.st_mode):
         return signature(st)
     try:
-        return f"{signature(st)} > {signature(os.stat(path))}"
+        target = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return f"{signature(st)} > -"
+    seen.append(target)
+    return f"{signature(st)} > {signature(target)}"
 
 
 def _observe_listing(path: str) -> str:
@@ -158,10 +171,11 @@ class Observer:
                 best = (mount_id, point)
         return "-" if best is None else f"{best[0]} {best[1].encode('utf-8', 'surrogateescape').hex()}"
 
-    def observe(self, tag: str, path: str) -> str:
-        """What the record ``tag`` sees of ``path`` now (a line's value). OSError if it cannot be seen."""
+    def observe(self, tag: str, path: str, seen: list[os.stat_result] | None = None) -> str:
+        """What the record ``tag`` sees of ``path`` now (a line's value); for a STAT record, the
+        stat results that value was made of are appended to ``seen``. OSError if it cannot be seen."""
         if tag == STAT:
-            return _observe_stat(path)
+            return _observe_stat(path, seen=seen)
         if tag == IDENTITY:
             return _observe_stat(path, _identity)
         if tag == LISTING:
@@ -173,40 +187,29 @@ def _line(tag: str, path: str, value: str) -> str:
     return f"{tag} {os.fsencode(path).hex()} {value}\n"
 
 
-def encode(key: str, records: Iterable[tuple[str, str]], observer: Observer | None = None) -> bytes:
-    """The proof of the inputs ``records`` ((tag, path), each observed now) for ``key``.
-    OSError if one cannot be observed."""
+def encode(key: str, records: Iterable[tuple[str, str]], started_ns: int,
+           observer: Observer | None = None) -> bytes | None:
+    """The proof of the inputs ``records`` ((tag, path), each observed now, once) for ``key``, or
+    None if one of them is not :func:`stable` in that very observation (so a write at any time
+    after the scan began is either seen in a timestamp or lands after the proof's observation,
+    which then differs from the next). OSError if one cannot be observed."""
     observer = observer or Observer()
-    body = f"{FORMAT}\nkey {key}\n"
-    lines = [_line(tag, path, observer.observe(tag, path)) for tag, path in dict.fromkeys(records)]
-    body += "".join(lines)
-    data = body.encode()
+    lines = []
+    for tag, path in dict.fromkeys(records):
+        seen: list[os.stat_result] = []
+        value = observer.observe(tag, path, seen)
+        if not stable(seen, started_ns):
+            return None
+        lines.append(_line(tag, path, value))
+    data = f"{FORMAT}\nkey {key}\n{''.join(lines)}".encode()
     return data + f"end {len(lines)} {zlib.crc32(data)}\n".encode()
 
 
-def stable(records: Iterable[tuple[str, str]], started_ns: int) -> bool:
-    """Whether every recorded input's mtime and ctime are :data:`RACY_MARGIN_NS` older than
-    ``started_ns`` (when the scan began to read): a later write then moves one of them."""
+def stable(observed: Iterable[os.stat_result], started_ns: int) -> bool:
+    """Whether the mtime and ctime of every stat result in ``observed`` are :data:`RACY_MARGIN_NS`
+    older than ``started_ns`` (when the scan began to read): a later write then moves one of them."""
     limit = started_ns - RACY_MARGIN_NS
-    for tag, path in records:
-        if tag == MOUNT:
-            continue
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # absent: its parent directory, also recorded, says when that changes
-        if tag != STAT:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            if st.st_mtime_ns > limit or st.st_ctime_ns > limit:
-                return False
-            try:
-                st = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-        if st.st_mtime_ns > limit or st.st_ctime_ns > limit:
-            return False
-    return True
+    return all(st.st_mtime_ns <= limit and st.st_ctime_ns <= limit for st in observed)
 
 
 def _private(st: os.stat_result) -> bool:

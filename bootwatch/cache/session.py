@@ -145,9 +145,10 @@ def record_scan_proof(config: Config, cache: BootCache, reconciler: Reconciler, 
     try:
         with cache.store.locked(create=False, remove_stale=False, waiter=_NoWait()):
             records = scan_proof_records(config, cache, reconciler, main_config)
-            if records is None or not scanproof.stable(records, started_ns):
+            proof = None if records is None else scanproof.encode(key, records, started_ns)
+            if proof is None:
                 return False
-            cache.store.write_derived(scanproof.PROOF_NAME, scanproof.encode(key, records))
+            cache.store.write_derived(scanproof.PROOF_NAME, proof)
             return True
     except (OSError, BootwatchError, Cancelled):
         return False

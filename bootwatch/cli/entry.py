@@ -10,8 +10,11 @@ from bootwatch import scanproof
 
 
 def main() -> int:
-    if scanproof.main():
-        return 0
+    try:
+        if scanproof.main():
+            return 0
+    except KeyboardInterrupt:  # as the full command line: no traceback
+        return 130
     # Imported only here: its imports are what the fast path exists to avoid.
     from bootwatch.cli.main import main as full_main
     return full_main()

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, BootTree
+from conftest import REPO_ROOT, BootTree, subprocess_env
 
 from bootwatch import scanproof
+from bootwatch.cache import session
 from bootwatch.cli.parser import build_parser
 
 pytestmark = pytest.mark.slow  # real command-line runs, and one wait of the racy margin
@@ -282,3 +283,199 @@ def test_every_form_the_fast_path_takes_is_the_parsers(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", REFUSED, ids=lambda argv: " ".join(argv) or "(none)")
 def test_every_other_form_goes_to_the_full_command_line(argv: list[str]) -> None:
     assert scanproof.quiet_scan_settings(argv) is None
+
+
+# Races and aliases found in review: each case is a scan whose inputs change in a way the
+# proof must not vouch for.
+
+
+def _imported_review(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def _scan(tree: BootTree, cwd: Path, env: dict[str, str]) -> tuple[int, str, str, bool]:
+    """scan --quiet; returns (rc, out, err-without-importtime, fast path taken)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "bootwatch", "--boot-dir", str(tree.boot),
+            "--cache-dir", str(tree.cache), "scan", "--quiet"]
+    p = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    err = "\n".join(line for line in p.stderr.splitlines() if not line.startswith("import time:"))
+    return p.returncode, p.stdout, err, FULL_CLI not in _imported_review(p.stderr)
+
+
+def _fresh_tree(root: Path, track: str = "all") -> BootTree:
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "bootwatch.toml"
+    config.write_text(f'[cache]\ntrack = "{track}"\n')
+    tree = BootTree(root, config)
+    tree.write_kernel("6.1.0", size=4096)
+    tree.write_entry("linux-6.1.0", linux="/vmlinuz-6.1.0", initrd=["/initramfs-6.1.0.img"])
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, err
+    return tree
+
+
+def test_relative_BOOTWATCH_CONFIG_is_keyed_by_its_text_not_by_the_file_it_names(tmp_path: Path) -> None:
+    """The key holds $BOOTWATCH_CONFIG verbatim; load_config opens it relative to the cwd."""
+    tree = _fresh_tree(tmp_path / "t", track="referenced")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "bw.toml").write_text('[cache]\ntrack = "referenced"\n')
+    (b / "bw.toml").write_text('[cache]\ntrack = "all"\n')
+    tree.write_file("/vmlinuz-unreferenced", 4096)  # cached only with track = "all"
+    time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
+    env = subprocess_env(None, {"BOOTWATCH_CONFIG": "bw.toml"})
+    rc, out, err, fast = _scan(tree, a, env)  # full scan, records the proof (config a/bw.toml)
+    assert (rc, out, err, fast) == (0, "", "", False)
+    assert (tree.cache / scanproof.PROOF_NAME).is_file()
+    # Same environment text, other working directory: the full program reads b/bw.toml
+    # (track = "all") and caches /vmlinuz-unreferenced.
+    rc, out, err, fast = _scan(tree, b, env)
+    assert not fast, "fast path stood for a scan that reads another configuration file"
+    assert (rc, out, err) == (0, "", "")
+    assert "/vmlinuz-unreferenced" in (tree.cache / "cacheindex.json").read_text()
+
+
+def _in_process_scan(tree: BootTree, monkeypatch: pytest.MonkeyPatch, between) -> None:
+    """scan --quiet in this process, running ``between()`` right after the proof's stable()
+    check (a concurrent writer's timing), before encode() observes the inputs."""
+    from bootwatch.cli.main import main
+    real_stable = scanproof.stable
+
+    def stable_then_change(records, started_ns):
+        ok = real_stable(records, started_ns)
+        between()
+        return ok
+
+    monkeypatch.setattr(scanproof, "stable", stable_then_change)
+    monkeypatch.setenv("BOOTWATCH_CONFIG", str(tree.config))
+    rc = main(["--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), "scan", "--quiet"])
+    assert rc == 0
+
+
+def test_a_change_between_stable_and_encode_is_recorded_as_proved(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """stable() and encode() are two observations: encode() records what stable() never checked."""
+    tree = _fresh_tree(tmp_path / "t", track="all")
+    time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
+    _in_process_scan(tree, monkeypatch, lambda: tree.write_file("/vmlinuz-6.9.0", 4096))
+    # The pass never saw /vmlinuz-6.9.0; a full scan (track = "all") would cache it.
+    argv = ["--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), "scan", "--quiet"]
+    fast = scanproof.fast_scan(argv, {**os.environ, "BOOTWATCH_CONFIG": str(tree.config)})
+    full = subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
+                           *argv[:-1], "--json"], env=subprocess_env(tree.config), capture_output=True, text=True)
+    assert '"/vmlinuz-6.9.0"' in full.stdout, full.stdout  # what the full program does (cached)
+    assert not fast, "the proof vouches for a new kernel that no pass has seen"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
+@pytest.mark.xfail(strict=True, reason="not fixed yet")
+def test_an_unmount_between_pass_and_proof_is_recorded_as_proved(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mounting changes no timestamp: stable() cannot see it."""
+    under = tmp_path / "t" / "boot"
+    under.mkdir(parents=True)
+    (tmp_path / "t" / "bootwatch.toml").write_text("")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(under)], check=True)
+    try:
+        tree = _fresh_tree(tmp_path / "t", track="all")
+        time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
+        # A pass on the mounted boot partition; the partition is unmounted before the proof is taken.
+        _in_process_scan(tree, monkeypatch, lambda: subprocess.run(["umount", str(under)], check=True))
+    finally:
+        subprocess.run(["umount", str(under)], capture_output=True)
+    assert not os.path.ismount(under)
+    assert (tree.cache / scanproof.PROOF_NAME).is_file()
+    env = subprocess_env(tree.config)
+    rc, out, err, fast = _scan(tree, tree.root, env)
+    # The full scan says the entries are gone ("references unknown"); the fast path says nothing.
+    full = subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
+                           "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), "scan", "--quiet"],
+                          env=env, cwd=tree.root, capture_output=True, text=True, timeout=120)
+    assert "references unknown" in full.stderr, full.stderr  # what the full program says
+    assert not fast, f"fast path hid an unmounted boot partition (rc {rc}, err {err!r})"
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet")
+def test_the_directory_of_a_symlinked_boot_files_target_is_not_recorded(tmp_path: Path) -> None:
+    """The full pass looks for leftovers of a killed restore in boot_file(path).parent
+    (BootCache._restore_directories); with track = "referenced" that directory is in no record."""
+    root = tmp_path / "t"
+    root.mkdir()
+    config = root / "bootwatch.toml"
+    config.write_text('[cache]\ntrack = "referenced"\n')
+    tree = BootTree(root, config)
+    tree.write_file("/sub/vmlinuz-real", 4096)
+    tree.write_file("/initramfs-6.1.0.img", 4096)
+    tree.path("/vmlinuz-6.1.0").symlink_to("sub/vmlinuz-real")
+    tree.write_entry("linux-6.1.0", linux="/vmlinuz-6.1.0", initrd=["/initramfs-6.1.0.img"])
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, err
+    time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
+    env = subprocess_env(tree.config)
+    assert _scan(tree, root, env) == (0, "", "", False)
+    assert _scan(tree, root, env) == (0, "", "", True)
+    leftover = tree.boot / "sub" / ".bootwatch-restore.left-by-a-kill"
+    leftover.write_bytes(b"half a kernel")
+    rc, out, err, fast = _scan(tree, root, env)
+    assert leftover.exists()
+    subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
+                    "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), "scan", "--quiet"],
+                   env=env, cwd=root, check=True, timeout=120)
+    assert not leftover.exists()  # what the full program does
+    assert not fast, "fast path left a killed restore's temp file that the full scan removes"
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet")
+def test_an_intermediate_symlink_retargeted_after_the_pass_is_not_seen(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--boot-dir bootlink -> mid -> boot. mid is in no record and retargeting it bumps no
+    recorded timestamp, so even a proof whose stability is judged from the recorded observation
+    itself vouches for a boot directory the pass never walked."""
+    import shutil
+
+    from bootwatch.cli.main import main
+    root = tmp_path / "t"
+    root.mkdir()
+    config = root / "bootwatch.toml"
+    config.write_text('[cache]\ntrack = "all"\n')
+    tree = BootTree(root, config)
+    tree.write_kernel("6.1.0", size=4096)
+    tree.write_entry("linux-6.1.0", linux="/vmlinuz-6.1.0", initrd=["/initramfs-6.1.0.img"])
+    links = tmp_path / "links"  # (t/ itself is recorded: the absent drop-in dir's parent)
+    links.mkdir()
+    (links / "mid").symlink_to(root / "boot")
+    (links / "bootlink").symlink_to(links / "mid")
+    assert tree.cli("scan", boot=links / "bootlink")[0] == 0
+    shutil.copytree(root / "boot", root / "other")
+    (root / "other" / "vmlinuz-6.9.0").write_bytes(os.urandom(4096))
+    time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
+    real_records = session.scan_proof_records
+
+    def retarget_then_records(*args, **kwargs):
+        (links / "mid").unlink()
+        (links / "mid").symlink_to(root / "other")
+        return real_records(*args, **kwargs)
+
+    monkeypatch.setattr(session, "scan_proof_records", retarget_then_records)
+    monkeypatch.setenv("BOOTWATCH_CONFIG", str(config))
+    argv = ["--boot-dir", str(links / "bootlink"), "--cache-dir", str(tree.cache), "scan", "--quiet"]
+    assert main(argv) == 0
+    assert (tree.cache / scanproof.PROOF_NAME).is_file()
+    fast = scanproof.fast_scan(argv, dict(os.environ))
+    full = subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
+                           *argv[:-1], "--json"], env=subprocess_env(config), capture_output=True, text=True)
+    assert full.returncode == 0 and ('"/vmlinuz-6.9.0"' in full.stdout or full.stderr), (full.stdout, full.stderr)
+    assert not fast, "the proof vouches for a boot directory (other/) that no pass has walked"
+
+
+def test_an_interrupt_in_the_fast_path_exits_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the proof is read: exit 130 quietly, as the full command line does."""
+    from bootwatch.cli import entry
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scanproof, "main", interrupted)
+    assert entry.main() == 130
