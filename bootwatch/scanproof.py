@@ -66,6 +66,28 @@ TAGS = (STAT, IDENTITY, LISTING, MOUNT)
 _SETTINGS = ("scan", "--config", "--boot-dir", "--cache-dir")
 
 
+def mountinfo() -> bytes:
+    """``/proc/self/mountinfo`` as it is now. OSError if it cannot be read."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return f.read()
+
+
+class Start:
+    """What a scan observed when it began to read its inputs (``ns``, time.time_ns()): a proof is
+    recorded only if the mounts are still byte for byte these (a mount or unmount moves no
+    timestamp) and the main configuration still resolves to the same file."""
+
+    __slots__ = ("ns", "mountinfo", "main_config_real")
+
+    def __init__(self, ns: int, main_config: str) -> None:
+        self.ns = ns
+        try:
+            self.mountinfo: bytes | None = mountinfo()
+        except OSError:
+            self.mountinfo = None
+        self.main_config_real = os.path.realpath(main_config)
+
+
 def quiet_scan_settings(argv: Sequence[str]) -> dict[str, str] | None:
     """The settings of ``argv`` if it is exactly ``scan --quiet`` with the common options
     ``--config``, ``--boot-dir``, ``--cache-dir`` (each at most once, its value a separate word,
@@ -155,8 +177,7 @@ class Observer:
     def mounts(self) -> list[tuple[str, str]]:
         """(mount id, mount point as mountinfo escapes it) of every mount, in mountinfo's order."""
         if self._mounts is None:
-            with open("/proc/self/mountinfo", "rb") as f:
-                lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+            lines = mountinfo().decode("utf-8", "surrogateescape").splitlines()
             self._mounts = [(fields[0], fields[4]) for fields in (line.split(" ") for line in lines)
                             if len(fields) > 4]
         return self._mounts

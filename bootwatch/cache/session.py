@@ -104,6 +104,12 @@ def scan_proof_records(config: Config, cache: BootCache, reconciler: Reconciler,
         records += [(stat, p) for p in reversed(list(_ancestors(boot + path))) if len(p) > len(boot)]
         with contextlib.suppress(OSError, BootwatchError):
             records.append((stat, str(cache.boot_file(path))))
+    # Where the full pass looks for a killed restore's temp files (BootCache._restore_directories):
+    # the directories of every cached path's file and name, symlinked targets' included.
+    for path in sorted(set(cache.load_index().paths()) | set(inputs.paths)):
+        for resolve in (cache.boot_file, cache.boot_name):
+            with contextlib.suppress(OSError, BootwatchError):
+                records.append((stat, str(resolve(path).parent)))
     entries = os.path.realpath(config.paths.entries)
     records += _rooted(config.paths.entries)
     if os.path.isdir(entries):
@@ -133,20 +139,28 @@ class _NoWait(LockWaiter):
 
 
 def record_scan_proof(config: Config, cache: BootCache, reconciler: Reconciler, *, key: str,
-                      main_config: Path, started_ns: int) -> bool:
+                      main_config: Path, started: scanproof.Start) -> bool:
     """Record the proof that the pass of ``reconciler`` found nothing to do (see
     :mod:`bootwatch.scanproof`) if every input it read is older than the racy margin before
-    ``started_ns`` (when this process began to read its inputs). Returns whether it did.
+    ``started`` (when this process began to read its inputs), the mounts are those of that moment
+    and every root still resolves to the directory or file the pass read. Returns whether it did.
 
     The caller checked that the pass reported and logged nothing. Written as the other derived
     files are, by a holder of the writers' lock; when another process holds it (it may be
     changing the inputs) no proof is written, rather than waiting: a proof only saves time.
     """
+    # What the pass read through each root (a symlink on the way retargeted since is in no record).
+    def same_roots() -> bool:
+        return (os.path.realpath(reconciler.boot_dir) == str(reconciler.boot_real)
+                and all(os.path.realpath(p) in reconciler.skip_dirs for p in (config.paths.entries, config.paths.cache))
+                and os.path.realpath(main_config) == started.main_config_real)
+
     try:
         with cache.store.locked(create=False, remove_stale=False, waiter=_NoWait()):
             records = scan_proof_records(config, cache, reconciler, main_config)
-            proof = None if records is None else scanproof.encode(key, records, started_ns)
-            if proof is None:
+            proof = None if records is None else scanproof.encode(key, records, started.ns)
+            if (proof is None or started.mountinfo is None or scanproof.mountinfo() != started.mountinfo
+                    or not same_roots()):
                 return False
             cache.store.write_derived(scanproof.PROOF_NAME, proof)
             return True

@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -263,14 +264,24 @@ def _nothing_to_say(report: ReconcileReport) -> bool:
                          report.unrestored, report.retry, report.removed_temp_files)))
 
 
+def _main_config(args: argparse.Namespace) -> Path:
+    """The main configuration file load_config reads for ``args``."""
+    config: Path | None = args.config
+    return config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_CONFIG_PATH)
+
+
+def scan_start(args: argparse.Namespace) -> scanproof.Start:
+    """Taken when this process begins to read its inputs: what scan's proof is recorded against."""
+    return scanproof.Start(time.time_ns(), str(_main_config(args)))
+
+
 def _record_scan_proof(args: argparse.Namespace, config: Config, cache: BootCache, reconciler: Reconciler) -> None:
-    started_ns = getattr(args, "started_ns", None)
-    if started_ns is None:
+    started: scanproof.Start | None = getattr(args, "started", None)
+    if started is None:
         return
-    main_config = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_CONFIG_PATH)
     key = scanproof.proof_key(args.config and str(args.config), args.boot_dir and str(args.boot_dir),
                               args.cache_dir and str(args.cache_dir), os.environ)
-    record_scan_proof(config, cache, reconciler, key=key, main_config=main_config, started_ns=started_ns)
+    record_scan_proof(config, cache, reconciler, key=key, main_config=_main_config(args), started=started)
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:

