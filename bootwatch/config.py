@@ -59,6 +59,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
 from bootwatch.defaults import CONFIG_ENV, DEFAULT_CACHE_DIR, RUNTIME_ENV
+from bootwatch.entries.model import EntrySource
 from bootwatch.enums import TextEnum
 from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
 from bootwatch.safety import read_regular
@@ -145,6 +146,12 @@ class JobsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EntriesConfig:
+    sources: tuple[EntrySource, ...] | None  # None: "auto"
+    esp: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricsConfig:
     textfile: Path | None
 
@@ -157,6 +164,7 @@ class Config:
     log: LogConfig
     jobs: JobsConfig
     metrics: MetricsConfig
+    entries: EntriesConfig
     # The files that were read, main file first, then the drop-ins in the order applied.
     sources: tuple[Path, ...] = ()
 
@@ -202,6 +210,8 @@ class Config:
             group = getattr(self, section.name)
             for key in section.keys:
                 value = getattr(group, key.name)
+                if value is None and key.kind is ValueKind.SOURCES:
+                    value = SOURCES_AUTO
                 if value is None:
                     lines.append(f"# {key.name} is not set")
                 else:
@@ -267,6 +277,8 @@ def _render(kind: ValueKind, value: Any) -> str:
         return str(value)
     if kind is ValueKind.PATTERNS:
         return "[" + ", ".join(json.dumps(p) for p in value) + "]"
+    if kind is ValueKind.SOURCES and not isinstance(value, str):
+        return "[" + ", ".join(json.dumps(s.value if isinstance(s, EntrySource) else s) for s in value) + "]"
     # Paths and strings. JSON string escapes are valid TOML basic-string escapes.
     return json.dumps(str(value))
 
@@ -339,6 +351,28 @@ def _check_optional_path(value: Any) -> Path | None:
     return Path(os.path.normpath(value))
 
 
+SOURCES_AUTO = "auto"
+SOURCE_NAMES = tuple(s.value for s in EntrySource)
+
+
+def _check_sources(value: Any) -> tuple[EntrySource, ...] | str:
+    expected = f'"{SOURCES_AUTO}" or a list of ' + ", ".join(json.dumps(n) for n in SOURCE_NAMES)
+    if value == SOURCES_AUTO:
+        return SOURCES_AUTO
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(v, str) and v in SOURCE_NAMES for v in value):
+        raise _Invalid(expected)
+    return tuple(EntrySource(v) for v in dict.fromkeys(value))
+
+
+def _check_optional_directory(value: Any) -> Path | None:
+    if value == "":
+        return None
+    if not isinstance(value, str) or "\0" in value or not value.startswith("/"):
+        raise _Invalid('an absolute path, or "" for none')
+    return Path(os.path.normpath(value))
+
+
 def _check_track(value: Any) -> Track:
     if value not in TRACK_VALUES:
         raise _Invalid('"referenced" or "all"')
@@ -408,6 +442,8 @@ class ValueKind(TextEnum):
     PATTERNS = "patterns"
     INT = "int"
     BOOL = "bool"
+    SOURCES = "sources"
+    DIRECTORY = "directory"
     DURATION = "duration"
     LEVEL = "level"
 
@@ -441,6 +477,15 @@ SCHEMA: tuple[Section, ...] = (
         Key("runtime", ValueKind.PATH, _check_directory, None,
             "Where the daemon keeps its state file. Default: $RUNTIME_DIRECTORY (systemd's "
             'RuntimeDirectory=), else "/run/bootwatch".'),
+    )),
+    Section("entries", (
+        Key("sources", ValueKind.SOURCES, _check_sources, SOURCES_AUTO,
+            '"auto": read every entry source the host has (BLS entries in <boot>/loader/entries and '
+            'on the ESP, UKIs in EFI/Linux, GRUB\'s grub.cfg); or a list of the sources to read, '
+            'from "bls", "uki" and "grub": each one listed must be there.'),
+        Key("esp", ValueKind.DIRECTORY, _check_optional_directory, None,
+            "The EFI system partition's mount point. Default: found as bootctl finds it "
+            "(/efi, /boot, /boot/efi) when boot is /boot."),
     )),
     Section("cache", (
         Key("track", ValueKind.ENUM, _check_track, "referenced",
@@ -670,6 +715,8 @@ def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ..
     entries = get("paths", "entries", Path) if entries_explicit else boot / "loader" / "entries"
     runtime = get("paths", "runtime", Path) if ("paths", "runtime") in settings \
         else _runtime_from_environment(environ)
+    entry_sources: tuple[EntrySource, ...] | str = settings[("entries", "sources")].value \
+        if ("entries", "sources") in settings else SOURCES_AUTO
     # Set to "" in a file: not set, None.
     textfile: Path | None = settings[("metrics", "textfile")].value if ("metrics", "textfile") in settings else None
 
@@ -685,6 +732,8 @@ def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ..
                         gc_interval=get("jobs", "gc_interval", float),
                         verify_interval=get("jobs", "verify_interval", float)),
         metrics=MetricsConfig(textfile=textfile),
+        entries=EntriesConfig(sources=None if isinstance(entry_sources, str) else entry_sources,
+                              esp=settings[("entries", "esp")].value if ("entries", "esp") in settings else None),
         sources=sources,
     )
 

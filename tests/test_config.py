@@ -15,6 +15,7 @@ from bootwatch.config import (
     load_config,
     parse_duration,
 )
+from bootwatch.entries.model import EntrySource
 from bootwatch.errors import EXIT_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,13 +85,14 @@ def test_shipped_config_commented_keys_are_the_defaults(tmp_path: Path) -> None:
     comments show must still be the defaults."""
     text = SHIPPED.read_text()
     commented = re.findall(r"^#(\w+) = (.*)$", text, flags=re.M)
-    assert {name for name, _ in commented} == {"entries", "runtime", "textfile"}
+    assert {name for name, _ in commented} == {"entries", "runtime", "textfile", "esp"}
     uncommented = write(tmp_path / "u.toml", re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M))
     config = load_config(uncommented, environ=NO_ENV)
     embedded = _embedded(tmp_path)
     assert config.paths.entries == embedded.paths.entries
     assert config.paths.runtime == embedded.paths.runtime
     assert config.metrics.textfile == Path("/var/lib/prometheus/node-exporter/bootwatch.prom")
+    assert config.entries.esp == Path("/efi")
 
 
 def test_every_key_is_documented_in_the_shipped_file() -> None:
@@ -287,7 +289,7 @@ BAD = [
      'found "/tmp/bootwatch.txt"'),
     ('[watch]\nsettle = "1s"\nsetle = "2s"\n', 3, "[watch] setle", "one of settle, rescan",
      "unknown key"),
-    ('[paths]\n\n[wach]\nsettle = "1s"\n', 3, "[wach]", "one of [paths], [cache]",
+    ('[paths]\n\n[wach]\nsettle = "1s"\n', 3, "[wach]", "one of [paths], [entries], [cache]",
      "unknown section"),
     ('settle = "1s"\n', 1, "settle", "only the sections", "key outside any section"),
     ('[log]\nlevel = "info"\n[watch]\nsettle = fast\n', 4, "[watch] settle", "valid TOML",
@@ -342,3 +344,13 @@ def test_unreadable_is_a_config_error(tmp_path: Path) -> None:
     directory.mkdir()
     with pytest.raises(ConfigError, match=r"dir\.toml: cannot read"):
         load_config(directory, environ=NO_ENV)
+
+
+def test_entry_sources_auto_or_an_explicit_list(tmp_path: Path) -> None:
+    assert _embedded(tmp_path).entries.sources is None
+    listed = load_config(write(tmp_path / "l.toml", '[entries]\nsources = ["grub", "bls", "grub"]\n'), environ=NO_ENV)
+    assert listed.entries.sources == (EntrySource.GRUB, EntrySource.BLS)
+    assert load_config(write(tmp_path / "r.toml", listed.to_toml()), environ=NO_ENV).entries == listed.entries
+    for bad in ('"grub"', "[]", '["lilo"]', "1"):
+        with pytest.raises(ConfigError, match=r"\[entries\] sources"):
+            load_config(write(tmp_path / "bad.toml", f"[entries]\nsources = {bad}\n"), environ=NO_ENV)
