@@ -38,6 +38,8 @@ from bootwatch.cache.store import (
 )
 from bootwatch.entries import bls
 from bootwatch.entries.bls import References
+from bootwatch.entries.inventory import Inventory, InventorySettings, read_inventory
+from bootwatch.entries.model import EntrySource
 from bootwatch.enums import TextEnum
 from bootwatch.errors import (
     STORAGE_ERRNOS,
@@ -676,10 +678,14 @@ class BootCache:
     """A boot directory, its BLS entries, and the cache that keeps its images."""
 
     def __init__(self, boot_dir: Path, entries_dir: Path, cache_dir: Path, *, keep: int = 2,
-                 runtime_dir: Path | None = None, cancel: threading.Event | None = None) -> None:
+                 runtime_dir: Path | None = None, cancel: threading.Event | None = None,
+                 entry_sources: tuple[EntrySource, ...] | None = None, esp: Path | None = None) -> None:
         self.boot_dir = Path(boot_dir)
         self.boot_real = Path(os.path.realpath(self.boot_dir))
         self.entries_dir = Path(entries_dir)
+        # Where the entries are: every source of the inventory (see bootwatch.entries.inventory).
+        self.entry_settings = InventorySettings(self.boot_dir, self.entries_dir, entry_sources,
+                                                Path(esp) if esp is not None else None)
         self.store = CacheStore(Path(cache_dir))
         self.keep = keep
         self.runtime_dir = runtime_dir
@@ -698,7 +704,7 @@ class BootCache:
     @classmethod
     def from_config(cls, config: Config) -> BootCache:
         return cls(config.paths.boot, config.paths.entries, config.paths.cache, keep=config.cache.keep,
-                   runtime_dir=config.paths.runtime)
+                   runtime_dir=config.paths.runtime, entry_sources=config.entries.sources, esp=config.entries.esp)
 
     # ---------------------------------------------------------------- reading
 
@@ -713,6 +719,10 @@ class BootCache:
 
     def entries(self) -> builtins.list[bls.BootEntry]:
         return bls.read_entries(self.entries_dir)
+
+    def read_inventory(self) -> Inventory:
+        """Every boot entry of the host, from every source (see :mod:`bootwatch.entries.inventory`)."""
+        return read_inventory(self.entry_settings)
 
     def references(self, index: CacheIndex | None = None) -> References:
         """How many boot entries name each path, or why that is unknown (see :class:`References`).
