@@ -62,6 +62,7 @@ from bootwatch.defaults import CONFIG_ENV, DEFAULT_CACHE_DIR, RUNTIME_ENV
 from bootwatch.entries.model import EntrySource
 from bootwatch.enums import TextEnum
 from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
+from bootwatch.pkgtxn import LockKind, PackageLock, default_paths, package_locks
 from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
@@ -87,6 +88,7 @@ _DURATION_TERM = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 # The bounds of each duration, in seconds: (shortest, longest).
 DURATION_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
     "settle": (0.001, 600.0),                  # 1ms .. 10m
+    "transaction_timeout": (1.0, 86400.0),     # 1s .. 1d
     "rescan_interval": (1.0, 7 * 86400.0),     # 1s .. 7d
     "clean_interval": (1.0, 30 * 86400.0),     # 1s .. 30d
     "gc_interval": (1.0, 86400.0),             # 1s .. 1d
@@ -131,6 +133,15 @@ class CacheConfig:
 class WatchConfig:
     settle: float  # seconds
     rescan_interval: float  # seconds
+    # The lock files that show a package manager's transaction (bootwatch.pkgtxn), by kind.
+    package_locks: tuple[Path, ...]
+    package_pid_files: tuple[Path, ...]
+    package_lock_files: tuple[Path, ...]
+    transaction_timeout: float  # seconds
+
+    def locks(self) -> tuple[PackageLock, ...]:
+        """Every lock file to look at before deciding about removed files, in the order given."""
+        return package_locks(self.package_locks, self.package_pid_files, self.package_lock_files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,8 +286,8 @@ def _render(kind: ValueKind, value: Any) -> str:
         return "true" if value else "false"
     if kind is ValueKind.INT:
         return str(value)
-    if kind is ValueKind.PATTERNS:
-        return "[" + ", ".join(json.dumps(p) for p in value) + "]"
+    if kind in (ValueKind.PATTERNS, ValueKind.PATHS):
+        return "[" + ", ".join(json.dumps(str(p)) for p in value) + "]"
     if kind is ValueKind.SOURCES and not isinstance(value, str):
         return "[" + ", ".join(json.dumps(s.value if isinstance(s, EntrySource) else s) for s in value) + "]"
     # Paths and strings. JSON string escapes are valid TOML basic-string escapes.
@@ -386,6 +397,16 @@ def _check_patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_paths(value: Any) -> tuple[Path, ...]:
+    """A list of absolute paths (empty: none). A TOML array is a list; a default is a tuple."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise _Invalid('a list of absolute paths like ["/var/lib/dpkg/lock"], or [] for none')
+    try:
+        return tuple(_check_path(p) for p in value)
+    except _Invalid:
+        raise _Invalid('a list of absolute paths like ["/var/lib/dpkg/lock"], or [] for none') from None
+
+
 def _check_keep(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid("an integer of at least 1")
@@ -440,6 +461,7 @@ class ValueKind(TextEnum):
     OPTIONAL_PATH = "optional_path"
     ENUM = "enum"
     PATTERNS = "patterns"
+    PATHS = "paths"
     INT = "int"
     BOOL = "bool"
     SOURCES = "sources"
@@ -504,6 +526,18 @@ SCHEMA: tuple[Section, ...] = (
             "How long a burst of file events must be quiet before bootwatch acts on it."),
         Key("rescan_interval", ValueKind.DURATION, _bounded_duration("rescan_interval"), "15m",
             "How often to reconcile the whole boot directory, a safety net for lost events."),
+        Key("package_locks", ValueKind.PATHS, _check_paths, default_paths(LockKind.RECORD),
+            "Files a package manager holds an fcntl write lock on while its transaction runs (dpkg, apt, "
+            "rpm, dnf 5). Decisions about removed boot files wait while one is held."),
+        Key("package_pid_files", ValueKind.PATHS, _check_paths, default_paths(LockKind.PID_FILE),
+            "Files that hold the PID of a running package manager (dnf 4, zypper): a transaction is in "
+            "progress while that process lives."),
+        Key("package_lock_files", ValueKind.PATHS, _check_paths, default_paths(LockKind.LOCK_FILE),
+            "Files that exist only while a package manager runs (pacman's db.lck): a transaction is in "
+            "progress while one exists."),
+        Key("transaction_timeout", ValueKind.DURATION, _bounded_duration("transaction_timeout"), "30m",
+            "The longest that decisions about removed boot files wait for one package manager "
+            "transaction; then bootwatch decides anyway and logs a warning."),
     )),
     Section("log", (
         Key("level", ValueKind.LEVEL, _check_level, "info",
@@ -726,7 +760,11 @@ def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ..
         cache=CacheConfig(track=get("cache", "track", Track), patterns=get("cache", "patterns", tuple),
                           keep=get("cache", "keep", int), auto_restore=get("cache", "auto_restore", bool)),
         watch=WatchConfig(settle=get("watch", "settle", float),
-                          rescan_interval=get("watch", "rescan_interval", float)),
+                          rescan_interval=get("watch", "rescan_interval", float),
+                          package_locks=get("watch", "package_locks", tuple),
+                          package_pid_files=get("watch", "package_pid_files", tuple),
+                          package_lock_files=get("watch", "package_lock_files", tuple),
+                          transaction_timeout=get("watch", "transaction_timeout", float)),
         log=LogConfig(level=get("log", "level", str)),
         jobs=JobsConfig(clean_interval=get("jobs", "clean_interval", float),
                         gc_interval=get("jobs", "gc_interval", float),

@@ -354,3 +354,30 @@ def test_entry_sources_auto_or_an_explicit_list(tmp_path: Path) -> None:
     for bad in ('"grub"', "[]", '["lilo"]', "1"):
         with pytest.raises(ConfigError, match=r"\[entries\] sources"):
             load_config(write(tmp_path / "bad.toml", f"[entries]\nsources = {bad}\n"), environ=NO_ENV)
+
+
+def test_package_lock_lists_are_paths_by_kind_and_may_be_empty(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "c.toml", '[watch]\npackage_locks = ["/srv/root/var/lib/dpkg/lock/"]\n'
+                               'package_lock_files = []\ntransaction_timeout = "90s"\n'), environ=NO_ENV)
+    assert config.watch.package_locks == (Path("/srv/root/var/lib/dpkg/lock"),)
+    assert config.watch.package_lock_files == ()
+    assert config.watch.package_pid_files == (Path("/var/lib/dnf/rpmdb_lock.pid"), Path("/run/zypp.pid"))
+    assert config.watch.transaction_timeout == 90.0
+    assert [(str(lock.path), lock.kind.value) for lock in config.watch.locks()] == [
+        ("/srv/root/var/lib/dpkg/lock", "record"), ("/var/lib/dnf/rpmdb_lock.pid", "pid-file"),
+        ("/run/zypp.pid", "pid-file")]
+    assert load_config(write(tmp_path / "r.toml", config.to_toml()), environ=NO_ENV).watch == config.watch
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('package_locks = ["var/lib/dpkg/lock"]', 'expected a list of absolute paths'),
+    ('package_pid_files = "/run/zypp.pid"', 'expected a list of absolute paths'),
+    ('package_lock_files = [1]', 'expected a list of absolute paths'),
+    ('transaction_timeout = "0.5s"', 'expected a duration from 1s to 1d'),
+    ('transaction_timeout = "2d"', 'expected a duration from 1s to 1d'),
+])
+def test_package_lock_settings_are_checked(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path / "bad.toml", f"[watch]\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=NO_ENV)
+    assert f"{path}:2: [watch] {line.split()[0]}: {expected}" in str(err.value)
