@@ -338,6 +338,11 @@ def print_daemon_status(status: DaemonStatus) -> None:
         print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
 
 
+def cmd_entries(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cli.entries import command_entries
+    return command_entries(args.json, config)
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from bootwatch.cli.demo import run_demo
     return run_demo(keep=args.keep)

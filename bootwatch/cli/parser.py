@@ -12,6 +12,7 @@ from bootwatch.cli.commands import (
     cmd_check_config,
     cmd_clean,
     cmd_demo,
+    cmd_entries,
     cmd_fsck,
     cmd_gc,
     cmd_list,
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = command("list", cmd_list, "list cached paths with their state")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = command("entries", cmd_entries, "list every boot entry of the host (BLS, UKI, GRUB) with its files and "
+                                        "what the cache holds of them; exit 1 if a source cannot be read")
+    p.add_argument("--json", action="store_true", help="print a JSON object (sources and entries)")
     p = command("show", cmd_show, "show one cached path in detail")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print a JSON object")

@@ -1,0 +1,184 @@
+"""``bootwatch entries``: every boot entry of the host, from every source, with what the cache holds of it.
+
+Reads the inventory (:mod:`bootwatch.entries.inventory`) and the cache index without the cache
+lock, and changes nothing. Without a cache directory nothing is cached, which is what it shows.
+
+The ``--json`` document (an interface, documented in the README):
+
+    {"summary": "5 boot entries (grub 4, bls 1)",
+     "sources": [{"source", "location", "state": "read"|"missing"|"unknown", "reason", "entries",
+                  "refused"}],
+     "entries": [{"id", "source", "title", "version", "options",
+                  "files": [{"path", "role", "partition", "fs_uuid", "key", "cached", "present"}]}]}
+
+``key`` is the cache key (None: the file is on no partition bootwatch can tell, so it is never
+cached), ``cached`` the state of that key in the index (``cached``, ``restored``, ``missing``,
+``broken``, ``unknown``, or ``not cached``; None when the index cannot be read), ``present``
+whether the file is a regular file on disk now (None without a key: where it is cannot be told).
+
+Exit code 1 when a source cannot be read completely (each unknown one is a line on stderr, the
+entries that could be read are listed all the same) or the index cannot be read; else 0, also
+when there is no entry at all (the answer, said in words).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from bootwatch.cache.index import CacheIndex
+from bootwatch.cache.operations import BootCache
+from bootwatch.cli.output import format_table, print_json
+from bootwatch.config import Config
+from bootwatch.entries.inventory import Inventory
+from bootwatch.entries.model import BootFile, Entry
+from bootwatch.entries.summary import NO_ENTRIES_HINT, Census, LocationReport, LocationState
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
+
+NOT_CACHED = "not cached"
+NO_KEY = "no key"
+
+
+@dataclass(frozen=True)
+class FileReport:
+    file: BootFile
+    key: str | None
+    cached: str | None
+    """The index's state of ``key`` in lower case, :data:`NOT_CACHED`, or None (the index cannot be read)."""
+    present: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.file.path, "role": self.file.role.value, "partition": self.file.partition.kind.value,
+                "fs_uuid": self.file.partition.fs_uuid, "key": self.key, "cached": self.cached,
+                "present": self.present}
+
+
+@dataclass(frozen=True)
+class EntryReport:
+    entry: Entry
+    files: tuple[FileReport, ...]
+
+    @property
+    def complete(self) -> bool | None:
+        """Every file the entry needs is there (None: some file's place cannot be told)."""
+        if any(f.present is False for f in self.files):
+            return False
+        return None if any(f.present is None for f in self.files) else True
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.entry
+        return {"id": e.id, "source": e.source.value, "title": e.title, "version": e.version,
+                "files": [f.to_json() for f in self.files], "options": e.options}
+
+
+def _present(inventory: Inventory, key: str | None) -> bool | None:
+    if key is None:
+        return None
+    try:
+        # The key is relative to the boot directory, also for an ESP file (/../efi/...).
+        st = os.stat(os.path.normpath(str(inventory.roots.boot) + key))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode)
+
+
+def _cached(cache: BootCache, index: CacheIndex | None, counts: dict[str, int], key: str | None) -> str | None:
+    if index is None:
+        return None
+    if key is None or key not in index:
+        return NOT_CACHED
+    return str(cache.path_status(index, key, counts).state).lower()
+
+
+def entry_reports(cache: BootCache, inventory: Inventory, index: CacheIndex | None) -> list[EntryReport]:
+    counts = inventory.reference_counts()
+    reports = []
+    for entry in inventory.entries:
+        files = []
+        for file in entry.files:
+            key = inventory.key(file)
+            files.append(FileReport(file, key, _cached(cache, index, counts, key), _present(inventory, key)))
+        reports.append(EntryReport(entry, tuple(files)))
+    return reports
+
+
+def location_json(loc: LocationReport) -> dict[str, Any]:
+    return {"source": loc.source.value, "location": str(loc.location), "state": loc.state.value,
+            "reason": loc.reason, "entries": loc.entries, "refused": list(loc.refused)}
+
+
+def _location_state(loc: LocationReport) -> str:
+    if loc.state is LocationState.MISSING:
+        return "not there"
+    if loc.state is LocationState.UNKNOWN:
+        return f"UNKNOWN ({loc.entries} read)"
+    return f"{loc.entries} entr{'y' if loc.entries == 1 else 'ies'}"
+
+
+def _complete(report: EntryReport) -> str:
+    complete = report.complete
+    if complete is None:
+        return "complete as far as can be told (a file is on no partition bootwatch knows)"
+    if complete:
+        return "complete"
+    missing = sum(1 for f in report.files if f.present is False)
+    return f"INCOMPLETE: {missing} of {len(report.files)} files missing"
+
+
+def print_entries(census: Census, reports: list[EntryReport]) -> None:
+    rows = [(loc.source.value, loc.location, _location_state(loc)) for loc in census.locations]
+    print("Sources:")
+    for line in format_table(("SOURCE", "LOCATION", "FOUND"), rows).splitlines():
+        print(f"  {line}")
+    if reports:
+        file_rows = [(f.file.role.value, f.file.path, f.file.partition.kind.value, f.key or NO_KEY,
+                      f.cached or "?", {True: "present", False: "MISSING", None: "?"}[f.present])
+                     for r in reports for f in r.files]
+        table = format_table(("ROLE", "PATH", "PARTITION", "CACHE KEY", "CACHED", "ON DISK"), file_rows).splitlines()
+        print("\nEntries:")
+        print(f"      {table[0]}")
+        lines = iter(table[1:])
+        for r in reports:
+            e = r.entry
+            print(f"\n  [{e.source.value}] {e.title}")
+            print(f"    id {e.id}; version {e.version or '?'}; {_complete(r)}")
+            for _ in r.files:
+                print(f"      {next(lines)}")
+            if e.options:
+                print(f"    options {e.options}")
+    warning = census.warning
+    if warning is None:
+        print(f"\n{census.text()}")
+    else:
+        print(f"\n{warning}\nhint: {NO_ENTRIES_HINT}")
+
+
+def command_entries(json_output: bool, config: Config) -> int:
+    cache = BootCache.from_config(config)
+    inventory = cache.read_inventory()
+    census = Census.of(inventory)
+    index_error: BootwatchError | None = None
+    index: CacheIndex | None
+    try:
+        index = cache.load_index()
+    except (BootwatchError, OSError) as e:
+        index = None
+        index_error = e if isinstance(e, BootwatchError) else BootwatchError(str(e))
+    reports = entry_reports(cache, inventory, index)
+    if json_output:
+        print_json({"summary": census.text(), "sources": [location_json(loc) for loc in census.locations],
+                    "entries": [r.to_json() for r in reports]})
+    else:
+        print_entries(census, reports)
+    sys.stdout.flush()
+    for loc in census.locations:
+        for line in loc.refused:
+            print(f"bootwatch: warning: {line}", file=sys.stderr)
+    for loc in census.unknown:
+        print(f"bootwatch: {loc.reason}", file=sys.stderr)
+    if index_error is not None:
+        print(f"bootwatch: cached state unknown: {index_error}", file=sys.stderr)
+    return EXIT_FAILURE if census.unknown or index_error is not None else EXIT_OK
