@@ -204,6 +204,12 @@ class Config:
             raise UsageError(f"--boot-dir/--cache-dir: {problem}")
         return dataclasses.replace(self, paths=paths)
 
+    def without_restores(self) -> Config:
+        """The configuration with ``[cache] auto_restore`` off, for ``scan --no-restore``: the
+        package hooks' pass when a kernel is removed, which caches and forgets but leaves the
+        decision to restore to the daemon, once the package manager's transaction has ended."""
+        return dataclasses.replace(self, cache=dataclasses.replace(self.cache, auto_restore=False))
+
     def to_toml(self) -> str:
         """The effective configuration as TOML that :func:`load_config` reads back unchanged.
 

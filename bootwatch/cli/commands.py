@@ -221,6 +221,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     setup_cli_logging("warning" if args.quiet else config.log.level, "scan")
+    if args.no_restore:
+        config = config.without_restores()
     logged = _LoggedAnything()
     logging.getLogger("bootwatch").addHandler(logged)
     try:
@@ -229,7 +231,9 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         report = reconcile_once(config, cache, reconciler)
     finally:
         logging.getLogger("bootwatch").removeHandler(logged)
-    if args.quiet and not args.json and not logged.anything and _nothing_to_say(report):
+    # The proof stands for 'scan --quiet' (bootwatch.scanproof reads no other option): recorded
+    # only by a pass that may restore.
+    if args.quiet and not args.json and not args.no_restore and not logged.anything and _nothing_to_say(report):
         _record_scan_proof(args, config, cache, reconciler)
     if report.references_unknown:
         print(f"bootwatch: warning: references unknown, nothing was taken away: {report.references_unknown}",

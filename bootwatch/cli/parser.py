@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("scan", cmd_scan, "reconcile once, as the daemon does at start, and exit")
     p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
     p.add_argument("--json", action="store_true", help="print what was done as a JSON object")
+    p.add_argument("--no-restore", action="store_true",
+                   help="cache and forget, but restore nothing (the package hooks' pass when a kernel is "
+                        "removed: the daemon decides on restores after the package transaction)")
     p = command("check-config", cmd_check_config, "validate the configuration and print the effective one")
     p.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the file to check (default: as --config)")
     p = command("status", cmd_status, "show whether the daemon runs, since when, and the counts by state")

@@ -265,6 +265,7 @@ REFUSED = [
     ["--config", "a", "scan", "--quiet", "--config", "b"], ["--config", "scan", "--quiet"],
     ["scan", "--quiet", "--config"], ["scan", "--quiet", "--boot-dir", ""], ["scan", "--quiet", "--", "x"],
     ["-h"], ["--version"], ["scan", "-h", "--quiet"], ["add", "scan", "--quiet"], ["scan", "scan", "--quiet"],
+    ["scan", "--quiet", "--no-restore"], ["scan", "--no-restore", "--quiet"],
 ]
 
 

@@ -1,5 +1,5 @@
-"""contrib/: the systemd unit passes systemd-analyze verify, the catalog covers every Event, the
-kernel-install plugin never fails a kernel installation."""
+"""contrib/systemd: the unit passes systemd-analyze verify, the catalog covers every Event. (The
+package-manager hooks are tests/integration/test_hooks.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from bootwatch.log import Event
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "contrib" / "systemd" / "bootwatch.service"
 CATALOG = REPO / "contrib" / "systemd" / "bootwatch.catalog"
-PLUGIN = REPO / "contrib" / "kernel-install" / "90-bootwatch.install"
 
 
 def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:
@@ -126,52 +125,3 @@ def test_journalctl_reads_the_catalog(tmp_path: Path) -> None:
     assert set(listed) == set(entries)
     for message_id, (headers, _body) in entries.items():
         assert listed[message_id] == f"bootwatch: {headers['Subject']}"
-
-
-# --- the kernel-install plugin ----------------------------------------------------------------
-
-def run_plugin(tmp_path: Path, *args: str, bootwatch: str = "") -> subprocess.CompletedProcess:
-    """Run the plugin with a fake ``bootwatch`` (a shell script body) first on PATH."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    if bootwatch:
-        fake = bindir / "bootwatch"
-        fake.write_text("#!/bin/sh\n" + bootwatch)
-        fake.chmod(0o755)
-    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
-    return subprocess.run([str(PLUGIN), *args], capture_output=True, text=True, env=env,
-                          timeout=60)
-
-
-def test_plugin_scans_on_add_and_remove(tmp_path: Path) -> None:
-    log = tmp_path / "calls"
-    for command in ("add", "remove"):
-        result = run_plugin(tmp_path, command, "6.1.0-test", str(tmp_path / "entry"),
-                            "/boot/vmlinuz-6.1.0-test",
-                            bootwatch=f'echo "$@" >> {log}\nexit 0\n')
-        assert result.returncode == 0 and result.stderr == ""
-    assert log.read_text() == "scan --quiet\nscan --quiet\n"
-
-
-def test_plugin_ignores_other_commands(tmp_path: Path) -> None:
-    log = tmp_path / "calls"
-    result = run_plugin(tmp_path, "inspect", "6.1.0-test",
-                        bootwatch=f'echo "$@" >> {log}\n')
-    assert result.returncode == 0
-    assert not log.exists()
-
-
-def test_plugin_never_fails_the_kernel_install(tmp_path: Path) -> None:
-    result = run_plugin(tmp_path, "add", "6.1.0-test", str(tmp_path / "entry"),
-                        bootwatch="echo broken >&2\nexit 78\n")
-    assert result.returncode == 0
-    assert "'bootwatch scan' failed (exit status 78)" in result.stderr
-    assert "was installed anyway" in result.stderr
-
-
-@pytest.mark.skipif(Path("/usr/local/bin/bootwatch").exists(),
-                    reason="bootwatch is installed in /usr/local/bin on this host")
-def test_plugin_without_bootwatch(tmp_path: Path) -> None:
-    result = run_plugin(tmp_path, "add", "6.1.0-test", str(tmp_path / "entry"))
-    assert result.returncode == 0
-    assert result.stdout == result.stderr == ""
