@@ -268,8 +268,14 @@ def _check_no_mounts(rootfs: Path) -> None:
 
 @contextlib.contextmanager
 def booted_container(rootfs: Path, *, machine: str, log: Path,
-                     nspawn_args: Sequence[str] = (), boot_timeout: float = 120) -> Iterator[Container]:
+                     nspawn_args: Sequence[str] = (), boot_timeout: float = 120,
+                     volatile: bool = True, namespace_setup: str = "") -> Iterator[Container]:
     """Boot *rootfs* (read-only, changes on a tmpfs overlay) and yield it once systemd is up.
+
+    ``volatile=False`` boots *rootfs* as it is, writable (a throw-away tree of the caller's, such
+    as a loop-mounted filesystem). ``namespace_setup`` is shell run in nspawn's private mount
+    namespace just before nspawn starts, after the tmpfs /run: mounts made there (the root
+    filesystem on *rootfs*, say) are seen by the container and vanish with the namespace.
 
     On every exit path, exception or not, the container is powered off, every process left in
     its cgroups is killed, and the cgroups are removed.
@@ -283,10 +289,12 @@ def booted_container(rootfs: Path, *, machine: str, log: Path,
         # /run, then become nspawn: one PID from start to end, which is nspawn's.
         prologue = ('while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; '
                     'mount -t tmpfs -o mode=0755,size=16m bootwatch-tests-run /run && '
-                    'exec systemd-nspawn "$@"')
+                    + (f"(set -e\n{namespace_setup}\n) && " if namespace_setup else "")
+                    + 'exec systemd-nspawn "$@"')
         argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", prologue,
                 "sh", *map(str, scope.procs_files), "--",
-                "--directory", str(rootfs), "--volatile=overlay", "--machine", machine, "--boot",
+                "--directory", str(rootfs), *(["--volatile=overlay"] if volatile else []),
+                "--machine", machine, "--boot",
                 "--register=no", "--keep-unit", "--private-network", "--link-journal=no",
                 "--resolv-conf=off", "--timezone=off", "--console=read-only", *nspawn_args]
         out = stack.enter_context(log.open("wb"))
