@@ -17,6 +17,9 @@
 #   MACHINE_ID  the machine id (written to /etc/machine-id)
 #   TRIES       if set, written to /etc/kernel/tries (boot counting)
 #   OUT         where the listings of each filesystem are written
+#   STEPS       if set, a script sourced instead of adding VERSIONS one by one: it runs with this
+#               environment once the filesystems are mounted, and may call "ki COMMAND ARGS...", which
+#               runs kernel-install in the chroot (tests/integration/hooks-kernel-install-steps.sh)
 set -eu
 
 mount "$ROOT_LOOP" "$MNT"
@@ -44,10 +47,17 @@ mount --rbind /dev "$MNT/dev"
 
 # BOOT_ROOT from the environment (kernel-install's "settable via environment"); the entry token
 # is the machine id (no /etc/kernel/entry-token), kernel-install's default.
-for version in $VERSIONS; do
-    mkdir -p "$MNT$BOOT_ROOT/$MACHINE_ID"
-    chroot "$MNT" env BOOT_ROOT="$BOOT_ROOT" kernel-install --verbose add "$version" "/boot/vmlinuz-$version"
-done
+ki() {
+    chroot "$MNT" env BOOT_ROOT="$BOOT_ROOT" kernel-install --verbose "$@"
+}
+mkdir -p "$MNT$BOOT_ROOT/$MACHINE_ID"
+if [ -n "${STEPS:-}" ]; then
+    . "$STEPS"
+else
+    for version in $VERSIONS; do
+        ki add "$version" "/boot/vmlinuz-$version"
+    done
+fi
 
 # What each filesystem holds, as paths from its own root.
 (cd "$MNT" && find . -xdev -type f | sed 's|^\.||' | sort > "$OUT/files-root.txt")

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,12 @@ def missing_prerequisite() -> str | None:
 
 
 def run_kernel_install(layout: BlsLayout, kernels: tuple[Kernel, ...], workdir: Path, *,
-                       tries: int | None = None) -> InstalledBls:
-    """Run the real ``kernel-install add`` for each kernel, in order, and return what it wrote."""
+                       tries: int | None = None, steps: Path | None = None,
+                       environment: Mapping[str, str] | None = None) -> InstalledBls:
+    """Run the real ``kernel-install add`` for each kernel, in order, and return what it wrote.
+
+    ``steps``: a script that the chroot script sources instead (its STEPS), with ``environment``
+    added to the chroot script's."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "out"
     out.mkdir()
@@ -95,6 +100,9 @@ def run_kernel_install(layout: BlsLayout, kernels: tuple[Kernel, ...], workdir: 
                "MACHINE_ID": machine_id, "OUT": str(out)}
         if tries is not None:
             env["TRIES"] = str(tries)
+        if steps is not None:
+            env["STEPS"] = str(steps)
+        env.update(environment or {})
         proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(SCRIPT)], env=env,
                               capture_output=True, text=True, timeout=600, check=False)
     for image in workdir.glob("*.img"):
