@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO_ROOT, BootTree
@@ -43,6 +44,7 @@ def _kernel_with_entry(tree: BootTree, version: str = "1", name: str = "entry") 
     return images
 
 
+@pytest.mark.slow
 def test_scan_no_restore_caches_and_forgets_but_never_restores(boot_tree: BootTree) -> None:
     tree = boot_tree
     _kernel_with_entry(tree, "1")
@@ -131,16 +133,21 @@ class Host:
                                   "BOOTWATCH_CONFIG": str(tree.config)})
 
     def run(self, hook: Hook, change: Change, *, extra: Mapping[str, str] | None = None,
-            timeout: float = 120) -> HookRun:
+            maint_params: str | None = "", timeout: float = 120) -> HookRun:
+        """Run ``hook`` as its package manager does for ``change``. For the Debian hook,
+        DEB_MAINT_PARAMS is ``maint_params`` (None: unset, as older kernel packages leave it), by
+        default what a kernel package's postinst (configure) or postrm (remove) passes."""
         env = {**self.environ, **(extra or {})}
-        argv, report_line = self._argv(hook, change, env)
+        if hook is Hook.DEBIAN and maint_params is not None:
+            env["DEB_MAINT_PARAMS"] = maint_params or ("configure" if change is Change.INSTALL else "remove")
+        argv, report_line = self._argv(hook, change)
         started = time.monotonic()
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
                               cwd=self.tree.root, stdin=subprocess.DEVNULL)
         lines = [line for line in proc.stderr.splitlines() if line != report_line]
         return HookRun(proc.returncode, proc.stdout, lines, time.monotonic() - started)
 
-    def _argv(self, hook: Hook, change: Change, env: dict[str, str]) -> tuple[list[str], str | None]:
+    def _argv(self, hook: Hook, change: Change) -> tuple[list[str], str | None]:
         if hook is Hook.KERNEL_INSTALL:
             command = "add" if change is Change.INSTALL else "remove"
             entry_dir = self.tree.boot / "machine-id" / VERSION
@@ -150,7 +157,6 @@ class Host:
             directory = self.tree.root / "etc-kernel" / ("postinst.d" if change is Change.INSTALL else "postrm.d")
             directory.mkdir(parents=True, exist_ok=True)
             shutil.copy2(DEBIAN_HOOK, directory / "zzz-bootwatch")
-            env.setdefault("DEB_MAINT_PARAMS", "configure" if change is Change.INSTALL else "remove")
             return (["run-parts", "--report", "--exit-on-error", f"--arg={VERSION}",
                      f"--arg=/boot/vmlinuz-{VERSION}", str(directory)], f"{directory}/zzz-bootwatch:")
         return parse_alpm_hook(PACMAN_HOOK.read_text()).action.exec, None
@@ -177,6 +183,7 @@ def test_install_caches_the_new_kernel(boot_tree: BootTree, hook: Hook) -> None:
         {path: ("CACHED", image_id) for path, image_id in images.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.value)
 def test_remove_never_restores_the_removed_kernel(boot_tree: BootTree, hook: Hook) -> None:
     """The package manager removed the kernel; an entry still names it (one the transaction drops
@@ -288,24 +295,11 @@ def test_debian_hook_scans_once_per_package_operation(boot_tree: BootTree, direc
     host = Host.make(boot_tree)
     _kernel_with_entry(boot_tree, VERSION)
     change = Change.INSTALL if directory == "postinst.d" else Change.REMOVE
-    env = {} if params is None else {"DEB_MAINT_PARAMS": params}
-    if params is None:
-        host.environ.pop("DEB_MAINT_PARAMS", None)
-    run = host.run(Hook.DEBIAN, change, extra=env) if params is not None else _run_debian_unset(host, change)
+    run = host.run(Hook.DEBIAN, change, maint_params=params)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", []), run
     assert boot_tree.cache.exists() is runs
     if runs:
         assert boot_tree.list_json()[f"/vmlinuz-{VERSION}"]["state"] == "CACHED"
-
-
-def _run_debian_unset(host: Host, change: Change) -> HookRun:
-    directory = host.tree.root / "etc-kernel" / ("postinst.d" if change is Change.INSTALL else "postrm.d")
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(DEBIAN_HOOK, directory / "zzz-bootwatch")
-    proc = subprocess.run(["run-parts", "--report", "--exit-on-error", f"--arg={VERSION}", str(directory)],
-                          env=host.environ, capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line != f"{directory}/zzz-bootwatch:"]
-    return HookRun(proc.returncode, proc.stdout, lines, 0.0)
 
 
 def test_debian_hook_elsewhere_does_nothing(boot_tree: BootTree) -> None:
@@ -647,3 +641,65 @@ def test_pacman_hook_runs_after_the_initramfs_hooks() -> None:
     names = ["60-mkinitcpio-remove.hook", "90-mkinitcpio-install.hook", "90-dracut-install.hook",
              "90-booster-install.hook", "90-grub-mkconfig.hook", PACMAN_HOOK.name]
     assert alpm_hook_order(names)[-1] == PACMAN_HOOK.name
+
+
+# ------------------------------------------------------------------ Debian's GRUB: grub.cfg, no BLS
+
+WIRING = ("bootwatch reads only BLS entries in <boot>/loader/entries: a Debian host's grub.cfg needs the entry "
+          "inventory wired into the cache (issue 13, 'wiring')")
+
+
+@pytest.fixture(scope="module")
+def debian_grub(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """grub.cfg as the real grub-mkconfig (Debian's update-grub) writes it for two real kernel
+    packages in a separate /boot ("both"), and again once the older one is gone ("newer")."""
+    from realboot.grub_mkconfig import Layout, Unavailable, cached_kernels, missing_prerequisite, run_grub_mkconfig
+    missing = missing_prerequisite()
+    if missing is not None:
+        pytest.skip(f"real grub-mkconfig: {missing}")
+    try:
+        kernels = cached_kernels(2)
+    except Unavailable as e:
+        pytest.skip(f"real grub-mkconfig: {e}")
+    base = tmp_path_factory.mktemp("grub-mkconfig-hooks")
+    both = run_grub_mkconfig(Layout.SEPARATE_BOOT, kernels, base / "both")
+    newer = run_grub_mkconfig(Layout.SEPARATE_BOOT, kernels[1:], base / "newer")
+    for image in base.glob("*/*.img"):
+        image.unlink()
+    return {"both": both, "newer": newer, "old": kernels[0].version, "new": kernels[1].version}
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.xfail(strict=True, reason=WIRING)
+def test_debian_hooks_follow_update_grub(boot_tree: BootTree, debian_grub: dict[str, Any]) -> None:
+    """On a Debian host (GRUB, no BLS), the postinst hook caches what the new grub.cfg names; after
+    the package is removed and update-grub has rewritten grub.cfg without it, the postrm hook
+    restores nothing, and nothing references the removed kernel any more."""
+    both, newer, old, new = (debian_grub[k] for k in ("both", "newer", "old", "new"))
+    host = Host.make(boot_tree)
+    for path in both.files[both.boot_uuid]:
+        if not path.startswith("/grub/"):
+            boot_tree.write_file(path, size=4096)
+    (boot_tree.boot / "grub").mkdir()
+    shutil.copy(both.grub_cfg, boot_tree.boot / "grub" / "grub.cfg")
+
+    run = host.run(Hook.DEBIAN, Change.INSTALL)
+    # (The first read of a host's entries may warn that there is no record of an earlier one.)
+    assert run.returncode == 0 and run.stdout == "" and not any("zzz-bootwatch" in line for line in run.stderr), run
+    listed = boot_tree.list_json()
+    for version in (old, new):
+        for path in (f"/vmlinuz-{version}", f"/initrd.img-{version}"):
+            assert listed.get(path, {}).get("state") == "CACHED", (path, listed.keys())
+
+    # apt-get purge of the older kernel: dpkg deletes its files, initramfs-tools' postrm hook its
+    # initramfs, zz-update-grub rewrites grub.cfg; then zzz-bootwatch.
+    boot_tree.path(f"/vmlinuz-{old}").unlink()
+    boot_tree.path(f"/initrd.img-{old}").unlink()
+    shutil.copy(newer.grub_cfg, boot_tree.boot / "grub" / "grub.cfg")
+    run = host.run(Hook.DEBIAN, Change.REMOVE)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", []), run
+    assert not boot_tree.path(f"/vmlinuz-{old}").exists()
+    listed = boot_tree.list_json()
+    assert (listed[f"/vmlinuz-{old}"]["state"], listed[f"/vmlinuz-{old}"]["count"]) == ("MISSING", 0)
+    assert listed[f"/vmlinuz-{new}"]["state"] == "CACHED" and listed[f"/vmlinuz-{new}"]["count"] > 0
