@@ -1,7 +1,7 @@
 """Opening the cache a configuration names, and one full reconcile of it.
 
-What ``bootwatch scan`` (and the kernel-install plugin through it) shares with the daemon's
-start-up, kept here so that neither a one-shot command nor the plugin loads the service's stack.
+What ``bootwatch scan`` (and the package hooks through it) shares with the daemon's
+start-up, kept here so that neither a one-shot command nor a hook loads the service's stack.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The parser that maps names to these functions is :mod:`bootwatch.cli.parser`. What only some
 commands need is imported when they run: the daemon's modules (``run``, ``status``), fsck, and
 ``pin``/``gc`` (:mod:`bootwatch.cli.pin`, with the pins library). ``scan`` is what the
-kernel-install plugin runs at every kernel install, and ``list`` what a user types: they start
+package hooks run at every kernel install, and ``list`` what a user types: they start
 without any of it.
 """
 
