@@ -104,6 +104,7 @@ class Event(enum.Enum):
     REFERENCES_UNKNOWN = "77444c18f4d74eada6cc7f88f521b56b"
     IO_ERROR = "2a432126ff454735a5279bc660a002f0"
     CACHE_DIRECTORY_REPLACED = "445eb8a338a94c5896bbb3ff819258f5"
+    TRANSACTION_TIMEOUT = "cd98da52b4b341d791adc707fa625f62"
 
     @property
     def message_id(self) -> str:
@@ -445,9 +446,9 @@ class EventFields(TypedDict, total=False):
     previous_image_id: str | None  # IMAGE_CHANGED
     references: int  # IMAGE_MISSING: how many boot entries name the path
     job: str  # JOB_FAILED
-    waited: str  # LOCK_WAIT: seconds
-    holder_pid: int | None  # LOCK_WAIT
-    holder_command: str | None  # LOCK_WAIT
+    waited: str  # LOCK_WAIT, TRANSACTION_TIMEOUT: seconds
+    holder_pid: int | None  # LOCK_WAIT, TRANSACTION_TIMEOUT
+    holder_command: str | None  # LOCK_WAIT, TRANSACTION_TIMEOUT
     errno: str  # IO_ERROR: the errno's name, e.g. ENOSPC
     recorded_mode: str  # RESTORE_ATTRIBUTES_REFUSED: octal
     recorded_uid: int  # RESTORE_ATTRIBUTES_REFUSED

@@ -336,6 +336,8 @@ def print_daemon_status(status: DaemonStatus) -> None:
     print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))
     if status.lock_wait:
         print(f"  waiting:        {status.lock_wait}")
+    if status.transaction_wait:
+        print(f"  waiting:        {status.transaction_wait}")
     if status.references_unknown:
         print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
     if status.problems:

@@ -13,8 +13,10 @@ it a :data:`Message` on one queue and reads at most what the worker publishes fo
   records;
 - the **worker** thread does the first reconcile, starts the scheduler, then takes messages off
   the queue, waits until changes have been quiet for the ``settle`` window, and applies the whole
-  burst in one cache transaction: at most one index write per batch. Reconciles (SIGHUP,
-  overflow, rescan job, re-armed watches) and reloads are messages too;
+  burst in one cache transaction: at most one index write per batch. A batch that decides about
+  removed files first waits for the end of a package manager's transaction (see
+  :meth:`Daemon._await_transaction`). Reconciles (SIGHUP, overflow, rescan job, re-armed
+  watches) and reloads are messages too;
 - the **scheduler** (APScheduler) runs the maintenance jobs in threads of their own; they take
   the cache lock like any other writer, and report their runs (:class:`JobDone`,
   :class:`Verified`) and rescan requests as messages.
@@ -60,6 +62,7 @@ from bootwatch.daemon.status import DaemonStatus, load_status, status_path, writ
 from bootwatch.daemon.watcher import Change, ChangeKind, Watcher
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
+from bootwatch.pkgtxn import Transaction, TransactionMonitor
 from bootwatch.verify.mount import sweep_stale_mounts
 
 log = logging.getLogger("bootwatch.daemon.service")
@@ -97,6 +100,9 @@ LOCK_REPORT_AFTER = 10.0
 OWN_HOLDER_RECHECK = 5.0
 # While the worker waits for the lock, whether the cache directory was replaced is checked this often.
 REPLACED_RECHECK = 1.0
+# While a batch waits for a package manager's transaction to end, its lock files are looked at this
+# often: an fcntl lock released or a PID file's process ending makes no inotify event.
+TRANSACTION_POLL = 0.5
 # Paths whose caching failed (a file still being written) are tried again after this delay.
 RETRY_DELAY = 1.0
 MAX_RETRIES = 5
@@ -176,10 +182,28 @@ class Batch:
     changes: int = 0
     slow: bool = False  # something that must wait for the full settle window
     unclosed: set[str] = field(default_factory=set)  # boot files created and not yet closed
+    removed: set[str] = field(default_factory=set)  # boot files deleted or renamed away (and not back)
 
     def has_work(self) -> bool:
         return bool(self.full or self.reload or self.entries_changed or self.foreign_index or self.boot_paths
                     or self.image_ids)
+
+    def decides_removals(self) -> bool:
+        """Whether applying the batch may restore a removed boot file or forget one: a file deleted
+        or renamed away, the entries changed, or a full reconcile. Such a batch waits for the end
+        of a package manager's transaction (:meth:`Daemon._await_transaction`)."""
+        return bool(self.full or self.foreign_index or self.entries_changed or self.removed)
+
+    def decisions(self) -> str:
+        """What the batch will decide about, for STATUS= and the journal: "2 removed files"."""
+        parts = []
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed file{'s' if len(self.removed) != 1 else ''}")
+        if self.entries_changed:
+            parts.append("changed boot entries")
+        if self.full or self.foreign_index:
+            parts.append("a full reconcile")
+        return " and ".join(parts) or "removed files"
 
 
 def release_memory() -> None:
@@ -287,6 +311,8 @@ class Daemon:
         self.scheduler: MaintenanceScheduler | None = None
         self.daemon_lock: int | None = None  # the descriptor that holds the daemon lock
         self.lock_wait = LockWaitReporter(self)
+        # What shows a package manager's transaction (see _await_transaction); a reload replaces it.
+        self.transactions = TransactionMonitor(self.config.watch.locks())
         self.exit_code = 0  # 1 once the daemon stops because it cannot go on (see check_cache_replaced)
         self.io_errors = IoErrorLog(log)
         self.metrics: Metrics | None = (Metrics(self.config.metrics.textfile)
@@ -507,6 +533,14 @@ class Daemon:
             self._retry_later(Request.RESCAN, key="rescan")
 
     def _collect(self) -> Batch | None:
+        """The next batch (:meth:`_collect_burst`), once no package manager's transaction is in
+        progress if it decides about removed files (:meth:`_await_transaction`). None: stop."""
+        batch = self._collect_burst()
+        if batch is None or not batch.decides_removals():
+            return batch
+        return self._await_transaction(batch)
+
+    def _collect_burst(self) -> Batch | None:
         """Block for the first change, then gather until the batch's quiet window passes without one.
 
         The window is ``settle`` for anything that may lead to a restore or needs the references
@@ -546,6 +580,76 @@ class Daemon:
                 deadline = now + max(MIN_BATCH_WINDOW, MAX_BATCH_SETTLES * settle)
             quick = not (batch.slow or batch.unclosed) and len(batch.boot_paths) <= COMPLETION_BATCH_LIMIT
             quiet_until = time.monotonic() + (min(settle, COMPLETION_WINDOW) if quick else settle)
+
+    def _await_transaction(self, batch: Batch) -> Batch | None:
+        """Hold a batch that decides about removed files while a package manager's transaction is
+        in progress (:class:`~bootwatch.pkgtxn.TransactionMonitor`); then return it, and applying
+        it reads the entries as they are then. None: stop.
+
+        dpkg removes a kernel and only then runs the hook that rewrites grub.cfg without its entry;
+        deciding in between would restore a kernel that its own entry is about to drop. While the
+        batch waits, the lock files are looked at every :data:`TRANSACTION_POLL` seconds, changes
+        keep joining the batch (caching new files waits with it), ticks, job reports and reloads
+        are handled as they come, and a stop ends the wait at once: the batch is dropped, and the
+        first reconcile of the next start covers it. The wait has a bound, ``[watch]
+        transaction_timeout``, so that a stuck process or a stale lock file (pacman's, after a
+        crash) cannot hold restores back for ever: then TRANSACTION_TIMEOUT names the lock and its
+        holder, the batch is applied, and that transaction is not waited for again while it lasts.
+        """
+        txn = self.transactions.current()
+        if txn is None:
+            return batch
+        started = checked = time.monotonic()
+        since = time.strftime("%H:%M:%S")
+        log.info("waiting for %s to finish before deciding on %s", txn.describe(), batch.decisions())
+        self._show_transaction_wait(txn, batch, since)
+        try:
+            while True:
+                if batch.reload:  # systemd waits for READY=1: a reload does not wait for the transaction
+                    batch.reload = False
+                    self._reload_now()
+                try:
+                    message: Message | None = self.messages.get(
+                        timeout=max(0.0, checked + TRANSACTION_POLL - time.monotonic()))
+                except queue.Empty:
+                    message = None
+                self.beat()
+                if message is Request.STOP or self.stop_requested.is_set():
+                    log.info("stopping while waiting for %s; the next start reconciles everything", txn.holder())
+                    return None
+                if message is not None:
+                    self._gather(batch, message)
+                now = time.monotonic()
+                if now - checked < TRANSACTION_POLL:
+                    continue
+                checked = now
+                current = self.transactions.current()
+                if current is None:
+                    log.info("%s finished after %.1f s; deciding on %s", txn.holder(), now - started,
+                             batch.decisions())
+                    return batch
+                if now - started >= self.config.watch.transaction_timeout:
+                    self.transactions.give_up(current)
+                    log_event(log, Event.TRANSACTION_TIMEOUT, "waited %.0f s for %s to finish, longer than [watch] "
+                              "transaction_timeout; deciding on %s now, and not waiting for it again while it lasts",
+                              now - started, current.describe(), batch.decisions(), level=logging.WARNING,
+                              path=current.lock.path, waited=f"{now - started:.0f}", holder_pid=current.pid,
+                              holder_command=current.command)
+                    return batch
+                if current != txn:
+                    log.info("now waiting for %s", current.describe())
+                    txn = current
+                self._show_transaction_wait(txn, batch, since)
+        finally:
+            self.status.transaction_wait = None
+
+    def _show_transaction_wait(self, txn: Transaction, batch: Batch, since: str) -> None:
+        """STATUS= and the status file say what the batch waits for (when they change)."""
+        line = (f"waiting for {txn.holder()} to finish before deciding on {batch.decisions()} "
+                f"(since {since}, lock {txn.lock.path})")
+        if line != self.status.transaction_wait:
+            self.status.transaction_wait = line
+            self.publish_status()
 
     def _gather(self, batch: Batch, message: Message) -> bool:
         """Add a message to the batch (True), or handle one that is not a change (False)."""
@@ -621,17 +725,16 @@ class Daemon:
             batch.unclosed.add(path)
         elif change.kind is ChangeKind.CLOSED or (change.kind is ChangeKind.MOVED and name == change.dest):
             batch.unclosed.discard(path)
+            batch.removed.discard(path)
         else:  # deleted, or renamed away: may need a restore once the references are re-read
             batch.slow = True
+            batch.removed.add(path)
 
     def _apply(self, batch: Batch) -> None:
         if self.check_cache_replaced():
             return
         if batch.reload:
-            try:
-                self._reload()
-            finally:  # READY=1 however the reload ended: systemd must not wait for it for ever
-                self.notifier.ready(status=self.status.summary())
+            self._reload_now()
         if batch.overflow:
             log_event(log, Event.RESCAN_OVERFLOW, "the inotify queue overflowed: events were lost; "
                       "reconciling everything", level=logging.WARNING, reason="overflow")
@@ -651,6 +754,12 @@ class Daemon:
             txn.flush()
             self.reconciler.check_images(txn, batch.image_ids, report)
         self._after_batch(report, full=batch.full)
+
+    def _reload_now(self) -> None:
+        try:
+            self._reload()
+        finally:  # READY=1 however the reload ended: systemd must not wait for it for ever
+            self.notifier.ready(status=self.status.summary())
 
     def check_cache_replaced(self) -> bool:
         """Whether the cache path no longer names the directory this daemon opened, checked and
@@ -771,6 +880,8 @@ class Daemon:
             self.status.boot_dir, self.status.cache_dir = str(new.paths.boot), str(new.paths.cache)
         else:  # the worker's own caching reads it; the clean job takes keep from its JobSettings
             self.cache.keep = new.cache.keep
+        if new.watch.locks() != old.watch.locks():
+            self.transactions = TransactionMonitor(new.watch.locks())
         reported = self.reconciler.reported_missing
         self.reconciler = self._new_reconciler(new)
         self.reconciler.reported_missing = reported

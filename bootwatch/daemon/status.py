@@ -47,6 +47,7 @@ class DaemonStatus:
     state: str = "starting"  # starting, running, reloading, stopping
     error: str | None = None  # why the cache cannot be read now, e.g. a corrupt index
     lock_wait: str | None = None  # who holds the cache lock the daemon has waited for too long
+    transaction_wait: str | None = None  # the package manager transaction a batch waits for
     references_unknown: str | None = None  # why the boot entries cannot be trusted now (bls.References)
     degraded: str | None = None  # what the daemon cannot do now, e.g. on a read-only cache
 
@@ -55,6 +56,8 @@ class DaemonStatus:
         """The one line for systemd's STATUS=."""
         if self.lock_wait:
             return f"watching {self.boot_dir}: {self.lock_wait}"
+        if self.transaction_wait:
+            return f"watching {self.boot_dir}: {self.transaction_wait}"
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
         if self.references_unknown:
@@ -129,8 +132,8 @@ _FIELD_WORDS = {
 _FIELDS = {
     "pid": "pid", "started": "time", "boot_dir": "line", "cache_dir": "line", "last_reconcile": "optional time",
     "last_batch": "optional time", "counts": "counts", "problems": "count", "state": "line",
-    "error": "optional line", "lock_wait": "optional line", "references_unknown": "optional line",
-    "degraded": "optional line",
+    "error": "optional line", "lock_wait": "optional line", "transaction_wait": "optional line",
+    "references_unknown": "optional line", "degraded": "optional line",
 }
 _REQUIRED = ("pid", "started", "boot_dir", "cache_dir")
 
