@@ -12,16 +12,14 @@ prerequisite into an error so that a broken CI setup cannot pass by skipping.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nspawn_container import Container, booted_container
+from nspawn_container import Container, booted_container, sigterm_raises
 from nspawn_rootfs import RootfsSpec, cached_rootfs
 from nspawn_testbed import (
     ENTRY,
@@ -29,10 +27,9 @@ from nspawn_testbed import (
     INSTALL_SCRIPT,
     KERNEL,
     STAGE,
-    TEST_CONFIG,
     TEST_DROPIN,
+    stage_bootwatch,
 )
-from nspawn_wheels import build_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("BOOTWATCH_TEST_CACHE", "/var/cache/bootwatch-tests"))
@@ -65,25 +62,10 @@ def debian_rootfs(nspawn_prerequisites: None) -> Path:
     return cached_rootfs(RootfsSpec(), CACHE_DIR)
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM (a CI job timeout) into an exception, so that teardown still runs."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _stage(stage: Path) -> None:
     """Everything the container needs from the host, in one directory bound read-only."""
-    build_wheels(REPO, stage / "wheels")
-    shutil.copy(REPO / "contrib/systemd/bootwatch.service", stage / "bootwatch.service")
-    shutil.copy(REPO / "contrib/systemd/bootwatch.catalog", stage / "bootwatch.catalog")
+    stage_bootwatch(REPO, stage)
     (stage / "50-test.conf").write_text(TEST_DROPIN)
-    (stage / "bootwatch.toml").write_text(TEST_CONFIG)
     (stage / "install.sh").write_text(textwrap.dedent(INSTALL_SCRIPT))
     boot = stage / "boot"
     boot.mkdir()
@@ -100,7 +82,7 @@ def container(debian_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     stage.mkdir()
     _stage(stage)
     machine = f"bwtest{os.getpid()}"
-    with _sigterm_raises(), booted_container(
+    with sigterm_raises(), booted_container(
             debian_rootfs, machine=machine, log=work / "nspawn.log",
             nspawn_args=[f"--bind-ro={stage}:{STAGE}", "--tmpfs=/boot:mode=0755"]) as ct:
         try:

@@ -267,6 +267,18 @@ def _check_no_mounts(rootfs: Path) -> None:
 
 
 @contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM (a CI job timeout) into an exception, so that teardown still runs."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def booted_container(rootfs: Path, *, machine: str, log: Path,
                      nspawn_args: Sequence[str] = (), boot_timeout: float = 120,
                      volatile: bool = True, namespace_setup: str = "") -> Iterator[Container]:

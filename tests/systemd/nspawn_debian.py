@@ -22,6 +22,7 @@ with ``apt-get download`` on the host, bound read-only into the container and in
 from __future__ import annotations
 
 from nspawn_rootfs import RootfsSpec
+from nspawn_testbed import INSTALL_BOOTWATCH
 
 DEBIAN_KERNEL_PACKAGES = ("grub2-common", "grub-pc-bin", "initramfs-tools", "zstd", "busybox",
                           "linux-base", "kmod")
@@ -103,20 +104,10 @@ $menuentry_id_option 'gnulinux-snapshots-{boot_uuid}' {{
 # first update-grub (zz-update-grub runs update-grub only when /boot/grub/grub.cfg exists).
 INSTALL_SCRIPT = r"""
 stage=$1
-python3 -m venv /opt/bootwatch
-PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/bootwatch/bin/pip install --quiet --no-index \
-    --find-links "$stage/wheels" bootwatch
-ln -s /opt/bootwatch/bin/bootwatch /usr/local/bin/bootwatch
-install -m 0644 "$stage/bootwatch.service" /etc/systemd/system/bootwatch.service
-install -D -m 0644 "$stage/bootwatch.catalog" /usr/lib/systemd/catalog/bootwatch.catalog
-journalctl --update-catalog
-install -D -m 0644 "$stage/bootwatch.toml" /etc/bootwatch/bootwatch.toml
-
-# bootwatch's Debian kernel hooks, where the tree has them (contrib/kernel).
+""" + INSTALL_BOOTWATCH + r"""
+# bootwatch's Debian kernel hook, as the README installs it: the same file in both directories.
 for dir in postinst.d postrm.d; do
-    if [ -d "$stage/kernel/$dir" ]; then
-        for hook in "$stage/kernel/$dir"/*; do install -D -m 0755 "$hook" "/etc/kernel/$dir/${hook##*/}"; done
-    fi
+    install -D -m 0755 "$stage/zzz-bootwatch" "/etc/kernel/$dir/zzz-bootwatch"
 done
 
 install -m 0755 "$stage/41_snapshots-btrfs" /etc/grub.d/41_snapshots-btrfs

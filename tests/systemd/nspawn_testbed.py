@@ -6,6 +6,10 @@ Shared by conftest.py (which installs it) and the tests (which check against it)
 from __future__ import annotations
 
 import hashlib
+import shutil
+from pathlib import Path
+
+from nspawn_wheels import build_wheels
 
 # Where the host's staging directory appears in the container (read-only).
 STAGE = "/opt/bootwatch-test"
@@ -32,19 +36,24 @@ boot = "/boot"
 cache = "/var/lib/bootwatch/cache"
 """
 
-# Runs inside the container, as root, with the staging directory mounted at $STAGE.
-INSTALL_SCRIPT = r"""
-stage=$1
+# Runs inside the container, as root, with the staging directory (stage_bootwatch) at $stage:
+# bootwatch installed the way a user installs it, the unit not started.
+INSTALL_BOOTWATCH = r"""
 python3 -m venv /opt/bootwatch
 PIP_DISABLE_PIP_VERSION_CHECK=1 /opt/bootwatch/bin/pip install --quiet --no-index \
     --find-links "$stage/wheels" bootwatch
 ln -s /opt/bootwatch/bin/bootwatch /usr/local/bin/bootwatch
-
 install -m 0644 "$stage/bootwatch.service" /etc/systemd/system/bootwatch.service
-install -D -m 0644 "$stage/50-test.conf" /etc/systemd/system/bootwatch.service.d/50-test.conf
 install -D -m 0644 "$stage/bootwatch.catalog" /usr/lib/systemd/catalog/bootwatch.catalog
 journalctl --update-catalog
 install -D -m 0644 "$stage/bootwatch.toml" /etc/bootwatch/bootwatch.toml
+"""
+
+# Runs inside the container, as root, with the staging directory mounted at $STAGE.
+INSTALL_SCRIPT = r"""
+stage=$1
+""" + INSTALL_BOOTWATCH + r"""
+install -D -m 0644 "$stage/50-test.conf" /etc/systemd/system/bootwatch.service.d/50-test.conf
 
 # /boot is a tmpfs of its own (nspawn --tmpfs), like a separate boot partition.
 mkdir -p /boot/loader/entries
@@ -52,6 +61,15 @@ install -m 0644 "$stage/boot/vmlinuz-T" "$stage/boot/initramfs-T.img" /boot/
 install -m 0644 "$stage/boot/x.conf" /boot/loader/entries/x.conf
 systemctl daemon-reload
 """
+
+
+def stage_bootwatch(repo: Path, stage: Path) -> None:
+    """What INSTALL_BOOTWATCH installs: wheels of the tree in *repo*, the shipped unit and catalog,
+    the test configuration."""
+    build_wheels(repo, stage / "wheels")
+    shutil.copy(repo / "contrib/systemd/bootwatch.service", stage / "bootwatch.service")
+    shutil.copy(repo / "contrib/systemd/bootwatch.catalog", stage / "bootwatch.catalog")
+    (stage / "bootwatch.toml").write_text(TEST_CONFIG)
 
 
 def sha1(data: bytes) -> str:
