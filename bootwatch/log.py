@@ -105,6 +105,7 @@ class Event(enum.Enum):
     IO_ERROR = "2a432126ff454735a5279bc660a002f0"
     CACHE_DIRECTORY_REPLACED = "445eb8a338a94c5896bbb3ff819258f5"
     TRANSACTION_TIMEOUT = "cd98da52b4b341d791adc707fa625f62"
+    NO_BOOT_ENTRIES = "c94114af4a854b428e3f05de560ee34a"
 
     @property
     def message_id(self) -> str:
@@ -442,7 +443,7 @@ class EventFields(TypedDict, total=False):
     leaves the field out. Users filter the journal by these names: never rename one.
     """
 
-    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN: why
+    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES: why
     previous_image_id: str | None  # IMAGE_CHANGED
     references: int  # IMAGE_MISSING: how many boot entries name the path
     job: str  # JOB_FAILED

@@ -28,6 +28,7 @@ from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_o
 from bootwatch.cli.output import format_table, format_time, print_json, verification_summary
 from bootwatch.config import DEFAULT_CONFIG_PATH, Config
 from bootwatch.defaults import CONFIG_ENV
+from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
 from bootwatch.log import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
@@ -241,7 +242,12 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json(report.to_json())
     elif not args.quiet:
-        print(f"examined {report.examined} paths, hashed {report.hashed}: {len(report.cached)} cached, "
+        # What the pass was for: the boot entries found, or, with none, where they were looked for.
+        census = Census.of(cache.read_inventory())
+        if census.warning is not None:
+            print(f"bootwatch: warning: {census.warning}\nbootwatch: hint: {NO_ENTRIES_HINT}", file=sys.stderr)
+        print(f"{census.text()}; examined {report.examined} paths, hashed {report.hashed}: "
+              f"{len(report.cached)} cached, "
               f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
               f"{len(report.errors)} errors"
               + (f", {len(report.removed_temp_files)} temp files of an interrupted run removed"
@@ -331,6 +337,11 @@ def running_daemon_status(config: Config, pids: Sequence[int]) -> tuple[DaemonSt
 def print_daemon_status(status: DaemonStatus) -> None:
     print(f"bootwatch is running (pid {status.pid}) since {format_time(status.started)}")
     print(f"  watching:       {status.boot_dir} -> {status.cache_dir}")
+    if status.entries_text is not None:
+        print(f"  boot entries:   {status.entries_text}")
+    if status.entries_warning:
+        print(f"  WARNING:        {status.entries_warning}")
+        print(f"                  hint: {NO_ENTRIES_HINT}")
     print(f"  last reconcile: {format_time(status.last_reconcile)}")
     print(f"  last batch:     {format_time(status.last_batch)}")
     print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))

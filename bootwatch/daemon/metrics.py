@@ -27,6 +27,7 @@ from bootwatch import __version__
 from bootwatch.atomic import write_atomically
 from bootwatch.cache.operations import BootCache, ImageVerification, PathState, PathStatus
 from bootwatch.cache.pins import count_pins
+from bootwatch.entries.summary import Census
 from bootwatch.errors import BootwatchError, describe_oserror
 
 PREFIX = "bootwatch_"
@@ -133,12 +134,14 @@ class Metrics:
 
     # ---------------------------------------------------------------- rendering
 
-    def render(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None) -> str:
+    def render(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None,
+               census: Census | None = None) -> str:
         """The whole file. ``listing`` is the cache's read now, if the caller has one (else it is
-        read here); ``pins_count`` likewise."""
+        read here); ``pins_count`` and ``census`` (the boot entries) likewise."""
         out = Exposition()
         out.family("info", "gauge", "bootwatch version (always 1).", [((("version", __version__),), 1)])
         _render_listing(out, listing if listing is not None else CacheListing.read(cache))
+        _render_entries(out, census if census is not None else Census.of(cache.read_inventory()))
         try:
             references_unknown = cache.references().unknown is not None
         except (BootwatchError, OSError):
@@ -186,14 +189,15 @@ class Metrics:
         out.family("job_last_success", "gauge", "1 if the last run of each job succeeded, else 0.",
                    [((("job", name),), s.last_ok) for name, s in jobs])
 
-    def write(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None) -> bool:
+    def write(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None,
+              census: Census | None = None) -> bool:
         """Replace the text file atomically; False if no text file is configured.
 
         Raises :class:`BootwatchError` if it cannot be written (the daemon logs it and goes on).
         """
         if self.textfile is None:
             return False
-        data = self.render(cache, pins_count, listing).encode()
+        data = self.render(cache, pins_count, listing, census).encode()
         try:
             # 0644 whatever the umask: node_exporter runs as another user
             write_atomically(self.textfile, data, mode=0o644, prefix=f".{self.textfile.name}.tmp.")
@@ -226,6 +230,22 @@ def _render_listing(out: Exposition, listing: CacheListing) -> None:
                "Cached paths whose newest image's last content check was cut off by the verify run's bound "
                "(neither ok nor failed; verified first at the next run).",
                [((), sum(1 for s in statuses if s.verified is not None and s.verified.unchecked))])
+
+
+def _render_entries(out: Exposition, census: Census) -> None:
+    unknown = {loc.source for loc in census.unknown}
+    out.family("entries", "gauge",
+               "Boot entries by entry source found on this host (0: found, holds none); a source that cannot be "
+               "read completely has no sample (see bootwatch_entry_sources_unknown).",
+               [((("source", source.value),), count) for source, count in census.by_source.items()
+                if source not in unknown])
+    out.family("entry_sources_unknown", "gauge",
+               "Locations of entry sources that cannot be read completely (the references are unknown then).",
+               [((), len(census.unknown))])
+    out.family("entries_none", "gauge",
+               "1 while no boot entry was found (no entry source, or every one found holds none; the journal "
+               "says what was looked at), else 0.",
+               [((), census.warning is not None)])
 
 
 def _image_files(cache: BootCache) -> tuple[int, int]:

@@ -60,6 +60,7 @@ from bootwatch.daemon.metrics import CacheListing, Metrics
 from bootwatch.daemon.notify import SystemdNotifier
 from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
 from bootwatch.daemon.watcher import Change, ChangeKind, Watcher
+from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
@@ -464,9 +465,9 @@ class Daemon:
             self._start_scheduler()
             self.status.state = "running"
             self._write_status()
-            log_event(log, Event.DAEMON_STARTED, "watching %s (entries %s, cache %s): %d paths examined, "
-                      "%d hashed", self.config.paths.boot, self.config.paths.entries, self.config.paths.cache,
-                      report.examined, report.hashed)
+            log_event(log, Event.DAEMON_STARTED, "watching %s (%s; cache %s): %d paths examined, %d hashed",
+                      self.config.paths.boot, self.status.entries_text or "boot entries not read",
+                      self.config.paths.cache, report.examined, report.hashed)
             self.notifier.ready(status=self.status.summary())
             self.ready.set()
             self.wakeup.set()  # the main loop starts its watchdog now
@@ -812,6 +813,11 @@ class Daemon:
             self.retries.pop(path, None)
         busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
+        census: Census | None = None  # likewise the boot entries, and after every full pass
+        if full or not busy or now - self.counts_time >= COUNTS_REFRESH:
+            census = self._read_census()
+            if census is not None:
+                self._note_entries(census)
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
             listing = CacheListing.read(self.cache)
             if listing.error is None:
@@ -825,7 +831,26 @@ class Daemon:
             release_memory()
         self.publish_status()
         if self.metrics is not None:
-            self._write_metrics(full=full, listing=listing)
+            self._write_metrics(full=full, listing=listing, census=census)
+
+    def _read_census(self) -> Census | None:
+        """The boot entries of every source, as the inventory finds them now."""
+        try:
+            return Census.of(self.cache.read_inventory())
+        except (BootwatchError, OSError) as e:  # the inventory reports what it cannot read; this is a bug's net
+            log.error("cannot read the boot entries: %s", e)
+            return None
+
+    def _note_entries(self, census: Census) -> None:
+        """Say once (journal, then STATUS and the status file) that there is no boot entry to keep
+        bootable, and when there are entries again; the next time it becomes so it is said again."""
+        warning = census.warning
+        if warning is not None and self.status.entries_warning is None:
+            log_event(log, Event.NO_BOOT_ENTRIES, "%s; nothing is kept bootable (hint: %s)", warning,
+                      NO_ENTRIES_HINT, level=logging.WARNING, path=self.config.paths.boot, reason=warning)
+        elif warning is None and self.status.entries_warning is not None:
+            log.log(NOTICE, "boot entries found again: %s", census.text())
+        self.status.set_entries(census)
 
     def _note_references(self, unknown: str | None) -> None:
         """Say once (journal, then STATUS) that the references became unknown, and when they are known again.
@@ -955,12 +980,12 @@ class Daemon:
             self.metrics.record_job(done.name, done.duration, done.ok)
             self._write_metrics(full=False)
 
-    def _write_metrics(self, *, full: bool, listing: CacheListing | None = None) -> None:
+    def _write_metrics(self, *, full: bool, listing: CacheListing | None = None, census: Census | None = None) -> None:
         assert self.metrics is not None
         try:
             if full and self.status.last_reconcile:
                 self.metrics.record_reconcile(self.status.last_reconcile)
-            self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing)
+            self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing, census=census)
         except (OSError, BootwatchError) as e:
             log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
 

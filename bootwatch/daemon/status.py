@@ -26,6 +26,7 @@ from bootwatch.atomic import write_atomically
 from bootwatch.cache.index import IMAGE_TS_RANGE
 from bootwatch.cache.operations import PathState, PathStatus
 from bootwatch.cache.proc import flock_holder_pids
+from bootwatch.entries.summary import Census
 from bootwatch.errors import BootwatchError
 from bootwatch.safety import read_regular
 
@@ -50,22 +51,36 @@ class DaemonStatus:
     transaction_wait: str | None = None  # the package manager transaction a batch waits for
     references_unknown: str | None = None  # why the boot entries cannot be trusted now (bls.References)
     degraded: str | None = None  # what the daemon cannot do now, e.g. on a read-only cache
+    # The boot entries as the last read of the inventory found them (entries.summary.Census):
+    # entries by source found, the words for them ("5 boot entries (grub 4, bls 1)"), and why
+    # there is nothing to keep bootable, while that is so. None: not read yet.
+    entries: dict[str, int] | None = None
+    entries_text: str | None = None
+    entries_warning: str | None = None
 
+    def set_entries(self, census: Census) -> None:
+        self.entries = {source.value: count for source, count in census.by_source.items()}
+        self.entries_text = census.text()
+        self.entries_warning = census.warning
 
     def summary(self) -> str:
-        """The one line for systemd's STATUS=."""
+        """The one line for systemd's STATUS=: what is urgent, else the boot entries and the cache."""
         if self.lock_wait:
             return f"watching {self.boot_dir}: {self.lock_wait}"
         if self.transaction_wait:
             return f"watching {self.boot_dir}: {self.transaction_wait}"
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
+        watching = f"watching {self.boot_dir}: "
+        if self.entries_warning:
+            watching += f"WARNING: {self.entries_warning}; "
+        elif self.entries_text:
+            watching += f"{self.entries_text}; "
         if self.references_unknown:
-            return (f"watching {self.boot_dir}: references unknown, nothing is cleaned or deleted: "
-                    f"{self.references_unknown}")
+            return f"{watching}references unknown, nothing is cleaned or deleted: {self.references_unknown}"
         counts = self.counts
         last = time.strftime("%H:%M:%S", time.localtime(self.last_reconcile or self.last_batch or self.started))
-        text = (f"watching {self.boot_dir}: {sum(counts.values())} cached, {counts.get(PathState.MISSING, 0)} missing, "
+        text = (f"{watching}{sum(counts.values())} cached, {counts.get(PathState.MISSING, 0)} missing, "
                 f"{counts.get(PathState.RESTORED, 0)} restored, last sync {last}")
         if self.problems:
             text += f", {self.problems} with problems"
@@ -124,16 +139,19 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "optional line": lambda v: v is None or _is_line(v),
     "count": _is_count,
     "counts": lambda v: isinstance(v, dict) and all(_is_line(k) and _is_count(n) for k, n in v.items()),
+    "optional counts": lambda v: v is None or _FIELD_CHECKS["counts"](v),
 }
 _FIELD_WORDS = {
     "pid": "a process id", "time": "a time", "optional time": "a time or null", "line": "a line of text",
     "optional line": "a line of text or null", "count": "a count", "counts": "an object of counts",
+    "optional counts": "an object of counts or null",
 }
 _FIELDS = {
     "pid": "pid", "started": "time", "boot_dir": "line", "cache_dir": "line", "last_reconcile": "optional time",
     "last_batch": "optional time", "counts": "counts", "problems": "count", "state": "line",
     "error": "optional line", "lock_wait": "optional line", "transaction_wait": "optional line",
-    "references_unknown": "optional line", "degraded": "optional line",
+    "references_unknown": "optional line", "degraded": "optional line", "entries": "optional counts",
+    "entries_text": "optional line", "entries_warning": "optional line",
 }
 _REQUIRED = ("pid", "started", "boot_dir", "cache_dir")
 

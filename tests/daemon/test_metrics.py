@@ -163,3 +163,44 @@ def test_write_without_textfile_and_to_a_missing_directory(cache: BootCache, tmp
     assert Metrics(None).write(cache) is False
     with pytest.raises(BootwatchError, match="cannot write the metrics file"):
         Metrics(tmp_path / "missing" / "bootwatch.prom").write(cache)
+
+
+# -- the boot entries by source ---------------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parents[1] / "realboot" / "samples"
+
+
+def entry_samples(samples: dict[Key, float]) -> dict[str, float]:
+    return {dict(labels)["source"]: value for (name, labels), value in samples.items() if name == "bootwatch_entries"}
+
+
+def test_entries_by_source_found_zero_for_a_source_found_with_none(cache: BootCache) -> None:
+    """The fixture's loader/entries holds one entry; the real grub-mkconfig's grub.cfg of the
+    grub-btrfs sample (tests/realboot/README.md) adds 3 GRUB entries and, through its configfile
+    include, 4 snapshot entries. No EFI/Linux: no uki sample."""
+    import shutil
+    samples, types = parse_exposition(Metrics(None).render(cache))
+    assert entry_samples(samples) == {"bls": 1}
+    assert types["bootwatch_entries"] == "gauge"
+    assert sample(samples, "bootwatch_entry_sources_unknown") == 0
+    assert sample(samples, "bootwatch_entries_none") == 0
+    shutil.copytree(SAMPLES / "grub-btrfs", cache.boot_dir / "grub")
+    samples, _ = parse_exposition(Metrics(None).render(cache))
+    assert entry_samples(samples) == {"bls": 1, "grub": 7}
+    (cache.entries_dir / "a.conf").unlink()
+    (cache.boot_dir / "grub" / "grub-btrfs.cfg").unlink()
+    os.mkfifo(cache.boot_dir / "grub" / "grub-btrfs.cfg")  # grub unknown: no sample, counted as unknown
+    samples, _ = parse_exposition(Metrics(None).render(cache))
+    assert entry_samples(samples) == {"bls": 0}
+    assert sample(samples, "bootwatch_entry_sources_unknown") == 1
+    assert sample(samples, "bootwatch_entries_none") == 0  # unknown is not none
+
+
+def test_no_entry_source_no_entries_sample_and_entries_none(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (tmp_path / "c").mkdir(mode=0o700)
+    samples, _ = parse_exposition(Metrics(None).render(BootCache(boot, boot / "loader" / "entries", tmp_path / "c")))
+    assert entry_samples(samples) == {}
+    assert sample(samples, "bootwatch_entries_none") == 1
+    assert sample(samples, "bootwatch_entry_sources_unknown") == 0

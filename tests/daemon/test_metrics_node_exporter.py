@@ -91,6 +91,8 @@ def test_node_exporter_serves_bootwatch_metrics(tmp_path: Path) -> None:
     textdir.mkdir()
     metrics = Metrics(textdir / "bootwatch.prom")
     metrics.record_job("clean", 0.125, True)
+    (boot / "grub").mkdir()
+    (boot / "grub" / "grub.cfg").write_text("menuentry 'Debian GNU/Linux' { linux /vmlinuz-x root=/dev/sda1 }\n")
     metrics.write(cache, pins_count=0)
 
     with node_exporter(textdir, tmp_path / "node_exporter.log") as url:
@@ -100,6 +102,10 @@ def test_node_exporter_serves_bootwatch_metrics(tmp_path: Path) -> None:
         assert find(text, "bootwatch_cache_bytes")[1] == 2048
         assert find(text, 'bootwatch_job_runs_total{job="clean"}')[1] == 1
         assert "# TYPE bootwatch_job_runs_total counter" in text
+        assert find(text, 'bootwatch_entries{source="bls"}')[1] == 1
+        assert find(text, 'bootwatch_entries{source="grub"}')[1] == 1
+        assert find(text, "bootwatch_entries_none")[1] == 0
+        assert find(text, "bootwatch_entry_sources_unknown")[1] == 0
         # A rewrite is seen at the next scrape (the file is replaced, never half-written).
         metrics.record_job("clean", 0.25, False)
         metrics.write(cache, pins_count=2)

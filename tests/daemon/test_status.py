@@ -165,7 +165,9 @@ def test_every_field_the_daemon_writes_is_read_back_with_its_type(tmp_path: Path
     assert set(_FIELDS) == {f.name for f in fields(DaemonStatus)}
     written = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir="/boot", cache_dir="/var/cache/bootwatch",
                            last_reconcile=time.time(), counts={"CACHED": 2, "RESTORED": 1}, problems=1,
-                           state="running", lock_wait="waiting for PID 1", degraded="read-only")
+                           state="running", lock_wait="waiting for PID 1", degraded="read-only",
+                           entries={"grub": 4, "bls": 0}, entries_text="4 boot entries (grub 4, bls 0)",
+                           entries_warning=None)
     write_status(tmp_path, written)
     assert asdict(load_status(tmp_path)) == asdict(written)
 
@@ -198,6 +200,8 @@ GOOD = {"pid": 1234, "started": 1_700_000_000, "boot_dir": "/boot", "cache_dir":
     ({"boot_dir": "/b\x1b[2J"}, "boot_dir"), ({"boot_dir": 7}, "boot_dir"), ({"state": "running\nfake"}, "state"),
     ({"counts": {"CACHED": -1}}, "counts"), ({"counts": {"CAC\nHED": 1}}, "counts"), ({"counts": [1]}, "counts"),
     ({"problems": False}, "problems"), ({"error": 3}, "error"), ({"degraded": ["x"]}, "degraded"),
+    ({"entries": {"grub": -1}}, "entries"), ({"entries": "grub 4"}, "entries"),
+    ({"entries_text": "4\nfake"}, "entries_text"), ({"entries_warning": 0}, "entries_warning"),
 ])
 def test_load_status_refuses_a_field_without_its_type_naming_the_field(tmp_path: Path, change: dict,
                                                                         field: str) -> None:
@@ -295,6 +299,38 @@ def test_summary_says_the_most_urgent_thing_first() -> None:
     assert line == ("watching /boot: 6 cached, 1 missing, 2 restored, last sync 03:04:05, 1 with problems; "
                     "read-only cache")
     assert ", with problems" not in _status().summary() and _status().summary().startswith("watching /boot: 0 cached")
+
+
+def test_summary_names_the_sources_found_and_the_entry_count(tmp_path: Path) -> None:
+    """From a real inventory: a GRUB grub.cfg (the real grub-mkconfig's, tests/realboot/samples)
+    and one BLS entry; then nothing at all, which is a WARNING naming what was looked at."""
+    import shutil
+
+    from bootwatch.entries.inventory import InventorySettings, read_inventory
+    from bootwatch.entries.summary import Census
+    boot = tmp_path / "boot"
+    (boot / "loader" / "entries").mkdir(parents=True)
+    (boot / "loader" / "entries" / "one.conf").write_text("title one\nlinux /vmlinuz-1\n")
+    (boot / "grub").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "realboot" / "samples" / "grub-btrfs" / "grub.cfg",
+                boot / "grub" / "grub.cfg")
+    status = _status(boot_dir=str(boot), counts={"CACHED": 2},
+                     last_reconcile=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1)))
+    status.set_entries(Census.of(read_inventory(InventorySettings(boot))))
+    assert status.entries == {"bls": 1, "grub": 3} and status.entries_warning is None
+    assert status.summary() == (f"watching {boot}: 4 boot entries (bls 1, grub 3); 2 cached, 0 missing, 0 restored, "
+                                "last sync 03:04:05")
+    shutil.rmtree(boot / "loader")
+    shutil.rmtree(boot / "grub")
+    status.set_entries(Census.of(read_inventory(InventorySettings(boot))))
+    assert status.entries == {}
+    line = status.summary()
+    assert line.startswith(f"watching {boot}: WARNING: no boot entries: no entry source found (looked at "
+                           f"{boot}/loader/entries, {boot}/EFI/Linux, {boot}/grub/grub.cfg, {boot}/grub2/grub.cfg); "
+                           "2 cached"), line
+    status.references_unknown = "the entries directory is gone"
+    assert status.summary().startswith(f"watching {boot}: WARNING: no boot entries") and \
+        status.summary().endswith("references unknown, nothing is cleaned or deleted: the entries directory is gone")
 
 
 def test_set_counts_counts_a_real_cache_by_state(boot_tree) -> None:
