@@ -141,9 +141,11 @@ def print_entries(census: Census, reports: list[EntryReport]) -> None:
         print("\nEntries:")
         print(f"      {table[0]}")
         lines = iter(table[1:])
-        for r in reports:
+        for number, r in enumerate(reports):
             e = r.entry
-            print(f"\n  [{e.source.value}] {e.title}")
+            if number:
+                print()
+            print(f"  [{e.source.value}] {e.title}")
             print(f"    id {e.id}; version {e.version or '?'}; {_complete(r)}")
             for _ in r.files:
                 print(f"      {next(lines)}")
