@@ -100,3 +100,83 @@ def test_started_line_and_status_name_the_sources_and_the_entry_count(boot_tree:
     assert "event=NO_BOOT_ENTRIES" not in output
     [started] = [line for line in output.splitlines() if "event=DAEMON_STARTED" in line]
     assert f"watching {tree.boot} (8 boot entries (bls 1, grub 7); cache {tree.cache}): 2 paths examined" in started
+
+
+@pytest.mark.root
+def test_the_warning_is_a_journal_record_with_its_message_id_once_each_time(boot_tree: BootTree) -> None:
+    """The daemon as systemd runs it, stderr nowhere: it logs over journald's native protocol to
+    /run/systemd/journal/socket, which a private mount namespace (unshare) makes this test's own
+    datagram socket. The records are read back as journald parses them (tests/journalentry.py)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from daemonproc import REPO_ROOT
+    from journalentry import parse_entry
+
+    from bootwatch.log import Event
+    if shutil.which("unshare") is None or not Path("/run/systemd").is_dir():
+        pytest.skip("needs unshare and /run/systemd")
+    tree = boot_tree
+    shutil.rmtree(tree.boot / "loader")
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
+                          watch={"settle": "100ms"})
+    staged = tree.root / "staged-grub"
+    shutil.copytree(SAMPLES / "grub-btrfs", staged)
+    journal_path = tree.root / "journal.socket"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(journal_path))
+    records: list[dict[str, bytes]] = []
+
+    def wait_record(predicate: Any, what: str) -> dict[str, bytes]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            journal.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                record = dict(parse_entry(journal.recv(1 << 20)))
+            except socket.timeout:
+                break
+            records.append(record)
+            if predicate(record):
+                return record
+        raise AssertionError(f"no journal record {what}; got: {[r.get('MESSAGE') for r in records]}")
+
+    def event(name: str) -> Any:
+        return lambda r: r.get("BOOTWATCH_EVENT") == name.encode()
+
+    mount_journal = ('mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && '
+                     'touch /run/systemd/journal/socket && mount --bind "$TEST_JOURNAL" /run/systemd/journal/socket && '
+                     'exec "$@"')
+    env = {k: v for k, v in os.environ.items() if k not in ("BOOTWATCH_CONFIG", "JOURNAL_STREAM", "NOTIFY_SOCKET")}
+    env.update(PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1", TEST_JOURNAL=str(journal_path))
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", mount_journal, "sh",
+                             sys.executable, "-m", "bootwatch", "--config", str(config), "run"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        warning = wait_record(event("NO_BOOT_ENTRIES"), "NO_BOOT_ENTRIES")
+        assert warning["MESSAGE_ID"] == Event.NO_BOOT_ENTRIES.message_id.encode()
+        assert warning["PRIORITY"] == b"4" and warning["SYSLOG_IDENTIFIER"] == b"bootwatch"
+        assert warning["BOOTWATCH_PATH"] == str(tree.boot).encode()
+        reason = warning["BOOTWATCH_REASON"].decode()
+        assert reason.startswith("no boot entries: no entry source found (looked at ")
+        assert str(tree.boot / "grub" / "grub.cfg") in reason and str(tree.boot / "loader" / "entries") in reason
+        assert "is the boot partition mounted?" in warning["MESSAGE"].decode()
+        wait_record(event("DAEMON_STARTED"), "DAEMON_STARTED")
+        proc.send_signal(signal.SIGHUP)  # a reload and a full pass: still no entries, not said again
+        wait_record(event("CONFIG_RELOADED"), "CONFIG_RELOADED")
+        os.rename(staged, tree.boot / "grub")
+        wait_record(lambda r: b"boot entries found again: 7 boot entries (grub 7)" in r.get("MESSAGE", b""),
+                    "saying the entries are back")
+        os.rename(tree.boot / "grub", staged)
+        wait_record(event("NO_BOOT_ENTRIES"), "NO_BOOT_ENTRIES again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        journal.close()
+    assert sum(1 for r in records if r.get("BOOTWATCH_EVENT") == b"NO_BOOT_ENTRIES") == 2
+    assert not [r for r in records if b"Traceback" in r.get("MESSAGE", b"")]
