@@ -475,9 +475,25 @@ class Daemon:
             self.status.state = "stopping"
 
     def _first_reconcile(self) -> ReconcileReport | None:
-        """The start-up reconcile; None if a stop ended it."""
+        """The start-up reconcile; None if a stop ended it.
+
+        Started during a package manager's transaction (a maintainer script restarting the daemon,
+        or a boot that caught one), it restores nothing: the pass cannot wait, since systemd waits
+        for READY=1 and the restart may come from inside that very transaction. If it found boot
+        files missing, a full reconcile is queued instead, and like every batch that decides about
+        removed files it waits for the transaction to end (:meth:`_await_transaction`).
+        """
+        reconciler = self.reconciler
+        txn = self.transactions.current()
+        if txn is not None:
+            log.info("%s: a package manager transaction is in progress; the start-up pass restores nothing, "
+                     "and removed files are decided once it has ended", txn.describe())
+            reconciler = self._new_reconciler(self.config.without_restores())
         try:
-            return reconcile_once(self.config, self.cache, self.reconciler, waiter=self.lock_wait)
+            report = reconcile_once(self.config, self.cache, reconciler, waiter=self.lock_wait)
+            if reconciler is not self.reconciler and report.missing:
+                self.messages.put(Request.RESCAN)
+            return report
         except Cancelled:
             log.info("stopped during the first reconcile; the next start does it again")
             return None
@@ -489,6 +505,8 @@ class Daemon:
             # retry with every batch; 'bootwatch fsck --repair' is the way out.
             log.error("first reconcile failed: %s%s", e, f" (hint: {e.hint})" if e.hint else "")
             return ReconcileReport(errors=[str(e)])
+        finally:
+            self.reconciler.reported_missing = reconciler.reported_missing
 
     def _worker_loop(self) -> None:
         while True:

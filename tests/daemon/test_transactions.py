@@ -192,3 +192,22 @@ def test_scan_never_waits_for_a_transaction(tree: BootTree) -> None:
         done = run_with_config(config, "scan", timeout=60)
         assert done.returncode == 0, done.stderr
         assert (tree.boot / "vmlinuz-1.0").exists()
+
+
+def test_a_daemon_started_during_a_transaction_restores_nothing_until_it_ends(tree: BootTree) -> None:
+    """Restarted by a maintainer script inside the transaction: the start-up pass cannot wait (systemd
+    waits for READY=1), so it restores nothing, and the full reconcile it queues waits."""
+    kernel = tree.boot / "vmlinuz-1.0"
+    lock = tree.root / "lock"
+    config = config_for(tree, locks=[lock])
+    assert run_with_config(config, "scan").returncode == 0  # cached
+    with HeldLock(lock) as holder:
+        kernel.unlink()  # removed by the transaction before the daemon starts
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready()
+            assert not kernel.exists()
+            wait_status(daemon, f"(PID {holder.pid}) to finish before deciding on a full reconcile")
+            assert stays_missing(kernel, 1.0)
+            holder.release()
+            wait_for(kernel.exists, what="the kernel restored once the transaction ended")
+            assert "the start-up pass restores nothing" in daemon.output()
