@@ -137,7 +137,8 @@ def test_a_pid_file_is_a_transaction_while_its_process_lives(tmp_path: Path) -> 
     assert probe(pid_file).transaction is None and probe(pid_file).problem is None
     pid_file.path.write_text("dnf\n")
     assert probe(pid_file).transaction is None
-    assert probe(pid_file).problem is not None and "no PID" in probe(pid_file).problem.reason  # type: ignore[union-attr]
+    problem = probe(pid_file).problem
+    assert problem is not None and "no PID" in problem.reason
 
 
 def test_a_zombie_holds_no_transaction(tmp_path: Path) -> None:

@@ -166,6 +166,7 @@ def test_every_field_the_daemon_writes_is_read_back_with_its_type(tmp_path: Path
     written = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir="/boot", cache_dir="/var/cache/bootwatch",
                            last_reconcile=time.time(), counts={"CACHED": 2, "RESTORED": 1}, problems=1,
                            state="running", lock_wait="waiting for PID 1", degraded="read-only",
+                           transaction_wait="waiting for dpkg (PID 2) to finish before deciding on 1 removed file",
                            entries={"grub": 4, "bls": 0}, entries_text="4 boot entries (grub 4, bls 0)",
                            entries_warning=None)
     write_status(tmp_path, written)
@@ -290,6 +291,10 @@ def test_write_status_replaces_a_symlink_planted_at_its_name_and_writes_nothing_
 
 def test_summary_says_the_most_urgent_thing_first() -> None:
     assert _status(lock_wait="waiting for PID 7", error="corrupt").summary() == "watching /boot: waiting for PID 7"
+    waiting = "waiting for dpkg (PID 8) to finish before deciding on 2 removed files"
+    assert _status(transaction_wait=waiting, error="corrupt").summary() == f"watching /boot: {waiting}"
+    assert _status(lock_wait="waiting for PID 7", transaction_wait=waiting).summary() == \
+        "watching /boot: waiting for PID 7"
     assert _status(error="index corrupt", references_unknown="x").summary() == "watching /boot: index corrupt"
     line = _status(references_unknown="the entries directory is gone").summary()
     assert line == ("watching /boot: references unknown, nothing is cleaned or deleted: "

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def tree(boot_tree: BootTree) -> BootTree:
     return boot_tree
 
 
-def config_for(tree: BootTree, *, locks: list[Path] = (), lock_files: list[Path] = (),  # type: ignore[assignment]
+def config_for(tree: BootTree, *, locks: Sequence[Path] = (), lock_files: Sequence[Path] = (),
                timeout: str = NO_TIMEOUT) -> Path:
     return write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
                         watch={"settle": "150ms", "package_locks": [str(p) for p in locks], "package_pid_files": [],
