@@ -122,7 +122,7 @@ def format_size(size: int) -> str:
 
 
 class ReferencesUnknownError(DeletionsBlockedError):
-    """The boot entries cannot be read, or cannot be trusted (see bootwatch.entries.bls.References)."""
+    """The boot entries cannot be read, or cannot be trusted (see bootwatch.cache.references.References)."""
 
 
 class StorageError(BootwatchError):

@@ -9,6 +9,7 @@ directory with ``..`` or a symlink; nothing is opened until it has been resolved
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from collections.abc import Iterator
@@ -191,13 +192,16 @@ def is_unicode_text(text: str) -> bool:
 
 
 def normalize_boot_path(path: str) -> str:
-    """Check a boom-style path (``/vmlinuz-6.1.0``, relative to the boot directory) and return it.
+    """Check a cache key (boom's path, relative to the boot directory) and return it.
 
-    The path must be absolute in boom's sense, contain no ``.`` or ``..`` component, no empty
-    component, no NUL and no newline. It is returned unchanged: boom matches BLS entries by exact
-    string, so bootwatch must not rewrite it. It must be valid Unicode (no lone surrogate, as
-    JSON's ``"\\ud800"`` gives): every file name bootwatch derives from it is encoded as UTF-8, and
-    a name no file can have is refused here, as corrupt, instead of failing in ``lstat``.
+    A key is ``/vmlinuz-6.1.0``: absolute in boom's sense, no ``.`` or ``..`` component, no empty
+    component, no NUL and no newline. An ESP key (:mod:`bootwatch.entries.inventory`) starts with
+    one or more ``..`` components and then is such a path (``/../efi/EFI/Linux/arch.efi``): where it
+    may lead is for :func:`resolve_in_boot` to decide, which knows the ESP. It is returned unchanged:
+    boom matches BLS entries by exact string, so bootwatch must not rewrite it. It must be valid
+    Unicode (no lone surrogate, as JSON's ``"\\ud800"`` gives): every file name bootwatch derives
+    from it is encoded as UTF-8, and a name no file can have is refused here, as corrupt, instead of
+    failing in ``lstat``.
     """
     if not is_unicode_text(path):
         raise UnsafePathError("is not valid Unicode (it holds a lone surrogate)", path=repr(path))
@@ -206,26 +210,36 @@ def normalize_boot_path(path: str) -> str:
     if "\0" in path or "\n" in path:
         raise UnsafePathError("contains a NUL or newline character", path=repr(path))
     parts = path[1:].split("/")
-    if path == "/" or any(part in ("", ".", "..") for part in parts):
+    ups = len(parts) - len(list(itertools.dropwhile(lambda part: part == "..", parts)))
+    if path == "/" or ups == len(parts) or any(part in ("", ".", "..") for part in parts[ups:]):
         raise UnsafePathError("has an empty, '.' or '..' component", path=path)
     return path
 
 
-def boot_path_from_argument(boot_dir: Path, argument: str) -> str:
-    """Turn a command line PATH into a boom-style path; a PATH that is none is a usage error (exit 2).
+def is_esp_key(path: str) -> bool:
+    """Whether the cache key ``path`` names a file outside the boot directory (``/../efi/...``)."""
+    return path.startswith("/../")
+
+
+def boot_path_from_argument(boot_dir: Path, argument: str, *, esp: Path | None = None) -> str:
+    """Turn a command line PATH into a cache key; a PATH that is none is a usage error (exit 2).
 
     ``/vmlinuz-6.1.0`` is taken as relative to the boot directory. An absolute path that lies
     inside the boot directory (``/boot/vmlinuz-6.1.0``) is accepted too, existing or not, unless only
     the boom-style reading names an existing file, so that both spellings a sysadmin might type work.
+    So is one on the ESP ``esp`` (``/efi/EFI/Linux/arch.efi``), and its key (``/../efi/EFI/Linux/arch.efi``).
     """
     try:
-        return _boot_path_from_argument(boot_dir, argument)
+        key = _boot_path_from_argument(boot_dir, argument, esp)
+        if is_esp_key(key):
+            _partition_of(Path(os.path.realpath(boot_dir)), key, esp)
+        return key
     except UnsafePathError as e:
         raise UsageError(e.message, hint="give a boom-style path like /vmlinuz-6.1.0, or a path inside "
                                          f"the boot directory {boot_dir}") from None
 
 
-def _boot_path_from_argument(boot_dir: Path, argument: str) -> str:
+def _boot_path_from_argument(boot_dir: Path, argument: str, esp: Path | None) -> str:
     boot_real = os.path.realpath(boot_dir)
     absolute = os.path.normpath(os.path.abspath(argument))
     boot_given = os.path.normpath(os.path.abspath(boot_dir))
@@ -238,39 +252,66 @@ def _boot_path_from_argument(boot_dir: Path, argument: str) -> str:
         return normalize_boot_path(relative)
     if absolute.startswith(boot_given.rstrip("/") + "/") and absolute_wins:
         return normalize_boot_path(absolute[len(boot_given.rstrip("/")):])
+    esp_real = os.path.realpath(esp) if esp is not None else None
+    if esp_real is not None and absolute.startswith(esp_real.rstrip("/") + "/") and absolute_wins \
+            and not argument.startswith("/../"):
+        return normalize_boot_path("/" + os.path.relpath(absolute, boot_real))
     return normalize_boot_path(argument)
 
 
-def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None) -> Path:
-    """Return the real file that the boom-style ``path`` names inside ``boot_dir``.
+def _partition_of(boot_real: Path, path: str, esp: Path | None) -> tuple[Path, str]:
+    """The directory a key is below (the boot directory, or the ESP for a ``/../`` key) and the
+    key relative to it. A ``/../`` key must land inside the ESP, and be written as the inventory
+    writes it (the path from the boot directory to the file, :func:`os.path.relpath`): anything
+    else (``/../../etc/shadow``, ``/../boot/vmlinuz``) is refused, never read or written."""
+    if not is_esp_key(path):
+        return boot_real, path
+    if esp is None:
+        raise UnsafePathError("is outside the boot directory, and no ESP is known", path=path,
+                              hint="a key starting with /../ names a file on the ESP ([entries] esp)")
+    esp_real = os.path.realpath(esp)
+    landing = os.path.normpath(str(boot_real) + path)
+    if esp_real == "/" or not landing.startswith(esp_real + "/") or \
+            "/" + os.path.relpath(landing, boot_real) != path:
+        raise UnsafePathError(f"lands at {landing}, outside the boot directory {boot_real} and the ESP {esp_real}",
+                              path=path, hint="bootwatch reads and writes only in the boot directory and on the ESP")
+    return Path(esp_real), landing[len(esp_real):]
+
+
+def resolve_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None, esp: Path | None = None) -> Path:
+    """Return the real file that the boom-style ``path`` names inside ``boot_dir`` (or, for an ESP
+    key, ``/../efi/...``, on the ESP ``esp``: see :func:`_partition_of`).
 
     Symlinks are followed only while they stay inside the boot directory (Debian and Fedora keep
-    ``vmlinuz -> vmlinuz-6.1.0`` style links). A link that leads out of it raises
-    :class:`UnsafePathError`. The file need not exist; its parent chain is resolved as far as it does.
-    ``boot_real`` is the already resolved boot directory, for callers that resolve many paths.
+    ``vmlinuz -> vmlinuz-6.1.0`` style links), or inside the ESP for an ESP key. A link that leads
+    out of it raises :class:`UnsafePathError`. The file need not exist; its parent chain is
+    resolved as far as it does. ``boot_real`` is the already resolved boot directory, for callers
+    that resolve many paths.
     """
     normalize_boot_path(path)
     if boot_real is None:
         boot_real = Path(os.path.realpath(boot_dir))
-    name = path[1:]
+    root, relative = _partition_of(boot_real, path, esp)
+    name = relative[1:]
     if "/" not in name:
         # A file at the top of the boot directory: only the file itself can be a symlink.
-        direct = boot_real / name
+        direct = root / name
         try:
             if not stat.S_ISLNK(os.lstat(direct).st_mode):
                 return direct
         except FileNotFoundError:
             return direct
-    candidate = Path(os.path.realpath(boot_real / PurePosixPath(path[1:])))
-    if candidate != boot_real and boot_real not in candidate.parents:
-        raise UnsafePathError(f"resolves to {candidate}, outside the boot directory {boot_real}", path=path,
+    candidate = Path(os.path.realpath(root / PurePosixPath(name)))
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePathError(f"resolves to {candidate}, outside the boot directory {root}", path=path,
                               hint="bootwatch never follows a symlink out of the boot directory")
     return candidate
 
 
-def name_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None) -> Path:
-    """The name that the boom-style ``path`` is inside ``boot_dir``: its directory resolved as
-    :func:`resolve_in_boot` resolves it, its last component as it is, never followed.
+def name_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None, esp: Path | None = None) -> Path:
+    """The name that the boom-style ``path`` is inside ``boot_dir`` (or on the ESP ``esp``): its
+    directory resolved as :func:`resolve_in_boot` resolves it, its last component as it is, never
+    followed.
 
     What a restore writes and what bootwatch may delete again is this name: a symlink there
     (``/vmlinuz -> vmlinuz-6.1.0``) is not the file it names, which other entries may need.
@@ -278,12 +319,13 @@ def name_in_boot(boot_dir: Path, path: str, *, boot_real: Path | None = None) ->
     normalize_boot_path(path)
     if boot_real is None:
         boot_real = Path(os.path.realpath(boot_dir))
-    parent, name = path.rsplit("/", 1)
+    root, relative = _partition_of(boot_real, path, esp)
+    parent, name = relative.rsplit("/", 1)
     if not parent:
-        return boot_real / name
-    directory = Path(os.path.realpath(boot_real / PurePosixPath(parent[1:])))
-    if directory != boot_real and boot_real not in directory.parents:
-        raise UnsafePathError(f"its directory resolves to {directory}, outside the boot directory {boot_real}",
+        return root / name
+    directory = Path(os.path.realpath(root / PurePosixPath(parent[1:])))
+    if directory != root and root not in directory.parents:
+        raise UnsafePathError(f"its directory resolves to {directory}, outside the boot directory {root}",
                               path=path, hint="bootwatch never follows a symlink out of the boot directory")
     return directory / name
 

@@ -233,12 +233,14 @@ def test_verify_reports_a_fifo_image_as_failed(boot_tree) -> None:
 
 @pytest.mark.slow
 def test_an_entry_swapped_for_a_fifo_is_never_opened(boot_tree, tmp_path: Path) -> None:
-    """The swap races read_entries between its look at the file and the open: the open itself must check."""
+    """The swap races the entries' reader between its look at the file and the open: the open itself must check."""
     entry = boot_tree.write_entry("e1", linux=K)
     fifo = make_fifo(tmp_path / "e1.fifo")
     reader = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom bootwatch.entries.bls import read_entries\n"
-         "for _ in range(3000):\n    read_entries(Path(sys.argv[1]))\n", str(boot_tree.entries)],
+        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom bootwatch.entries.bls_type1 import "
+         "read_type1_entries\nfrom bootwatch.entries.model import Partition, PartitionKind\n"
+         "for _ in range(3000):\n    read_type1_entries(Path(sys.argv[1]), Partition(PartitionKind.BOOT))\n",
+         str(boot_tree.entries)],
         env=boot_tree.env(), stderr=subprocess.PIPE, text=True)
     stop = threading.Event()
 

@@ -74,8 +74,9 @@ _PATH_INTEGERS = (("path_mode", MODE_MAX), ("path_uid", ID_MAX), ("path_gid", ID
 
 # The bulk forms of the checks, over all keys joined by newlines (see _plainly_valid):
 # a safe boom-style path is "/" and a component, repeated; a component is neither "." nor "..",
-# and holds no "/", NUL, newline or surrogate (the rules of safety.normalize_boot_path).
-_SAFE_PATH = r"(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n\ud800-\udfff]+)+"
+# and holds no "/", NUL, newline or surrogate (the rules of safety.normalize_boot_path); an ESP
+# key has one or more "/.." before it (where it leads is checked when it is resolved).
+_SAFE_PATH = r"(?:/\.\.)*(?:/(?!\.\.?(?:[/\n]|\Z))[^/\x00\n\ud800-\udfff]+)+"
 _SAFE_PATHS = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
 _IMAGE_IDS = re.compile(r"[0-9a-f]{40}(?:\n[0-9a-f]{40})*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,17 @@ def _uuid_of(dev: int) -> str | None:
     return None
 
 
-def mount_identity(directory: Path) -> MountIdentity:
-    """The mount ``directory`` is on, as JSON-ready values (see the module docstring).
+def mount_identity(directory: Path, *, mounts: Sequence[linux.MountInfo] | None = None) -> MountIdentity:
+    """The mount ``directory`` (or file) is on, as JSON-ready values (see the module docstring).
 
+    ``mounts``: ``/proc/self/mountinfo`` as the caller read it (for several directories at once).
     Raises OSError when the directory or ``/proc/self/mountinfo`` cannot be read: then which
     filesystem is there is unknown.
     """
     real = os.path.realpath(directory)
     st = os.stat(real)
     mnt_id, mount_root = _statx_mount(Path(real))
-    line = _mount_of(real, mnt_id)
+    line = _mount_of(real, mnt_id, linux.mountinfo() if mounts is None else mounts)
     if mount_root is None:
         mount_root = line.mount_point == real
     return {"mount_id": line.mount_id, "mount_root": mount_root, "dev": line.dev, "type": line.fstype,
@@ -76,10 +78,9 @@ def mount_identity(directory: Path) -> MountIdentity:
             "uuid": _uuid_of(st.st_dev)}
 
 
-def _mount_of(real: str, mnt_id: int | None) -> linux.MountInfo:
+def _mount_of(real: str, mnt_id: int | None, mounts: Sequence[linux.MountInfo]) -> linux.MountInfo:
     """The mountinfo line of mount ``mnt_id``; without one (no ``STATX_MNT_ID`` before Linux
     5.8), the last, longest mount point above the resolved path ``real``."""
-    mounts = linux.mountinfo()
     line = next((m for m in mounts if m.mount_id == mnt_id), None) if mnt_id is not None else None
     if line is None:
         best = -1

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bootwatch.atomic import TempFile, fsync_directory
-from bootwatch.cache import mountid
 from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
+from bootwatch.cache.references import References, has_evidence, judge, parse_record
+from bootwatch.cache.references import observe as references_record
 from bootwatch.cache.signatures import write_signatures
 from bootwatch.cache.store import (
     REFERENCES_NAME,
@@ -36,10 +37,10 @@ from bootwatch.cache.store import (
     not_a_temp_file,
     restored_marker_name,
 )
-from bootwatch.entries import bls
-from bootwatch.entries.bls import References
-from bootwatch.entries.inventory import Inventory, InventorySettings, read_inventory
+from bootwatch.entries.inventory import GRUB_CONFIGS, HOST_BOOT, Inventory, InventorySettings, read_inventory
+from bootwatch.entries.layout import ENTRIES_DIR
 from bootwatch.entries.model import EntrySource
+from bootwatch.entries.uki import UKI_DIR
 from bootwatch.enums import TextEnum
 from bootwatch.errors import (
     STORAGE_ERRNOS,
@@ -54,14 +55,11 @@ from bootwatch.errors import (
     storage_error,
 )
 from bootwatch.log import NOTICE, Event, log_event
-from bootwatch.safety import file_kind, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
+from bootwatch.safety import file_kind, is_esp_key, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
 
 if TYPE_CHECKING:
     from bootwatch.config import Config
     from bootwatch.verify import ImageCheck
-
-# The format of .bootwatch-references; a record of another format is no record.
-REFERENCES_VERSION = 2
 
 
 
@@ -274,12 +272,11 @@ class Transaction:
 
     def confirm_references(self) -> References:
         """The operator's word (``clean --force``) that references unknown for a judgement from
-        history (see :class:`bootwatch.entries.bls.References`) are what the entries say now; recorded
+        history (see :class:`bootwatch.cache.references.References`) are what the entries say now; recorded
         when the transaction ends. A source that cannot be read stays unknown."""
         refs = self.references
         if refs.unknown is not None and refs.confirmable and refs.observed is not None:
-            self._references = References(refs, entry_files=refs.entry_files, record=refs.observed,
-                                          observed=refs.observed)
+            self._references = refs.confirmed()
         return self.references
 
     # ---------------------------------------------------------------- add
@@ -544,6 +541,8 @@ class Transaction:
         if self.references.boot_moved:
             raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
                                  hint="mount the boot partition first")
+        if self.references.is_absent(self.cache.boot_name(path)):
+            raise BootwatchError(f"not restoring {path}: {self.references.unknown}", hint="mount the ESP first")
         state = self.cache.path_status(self.index, path, self.references).state
         if state is not PathState.MISSING:
             raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
@@ -700,6 +699,8 @@ class BootCache:
         # stays so: once per daemon, each time for a command.
         self._refused_entries: set[str] = set()
         self._lock_refused = threading.Lock()  # the daemon's batches and jobs read entries on their threads
+        # The ESP's mount point as the last inventory found it, once one was read (see esp()).
+        self._esp: tuple[Path | None] | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> BootCache:
@@ -709,86 +710,109 @@ class BootCache:
     # ---------------------------------------------------------------- reading
 
     def boot_file(self, path: str) -> Path:
-        """The file ``path`` names, symlinks inside the boot directory followed (what is read and cached)."""
-        return resolve_in_boot(self.boot_dir, path, boot_real=self.boot_real)
+        """The file the cache key ``path`` names, symlinks inside the boot directory (or, for an
+        ESP key, the ESP) followed (what is read and cached)."""
+        return resolve_in_boot(self.boot_dir, path, boot_real=self.boot_real,
+                               esp=self.esp() if is_esp_key(path) else None)
 
     def boot_name(self, path: str) -> Path:
         """The name ``path`` is, its last component not followed (what a restore writes, and what
         bootwatch may delete again)."""
-        return name_in_boot(self.boot_dir, path, boot_real=self.boot_real)
-
-    def entries(self) -> builtins.list[bls.BootEntry]:
-        return bls.read_entries(self.entries_dir)
+        return name_in_boot(self.boot_dir, path, boot_real=self.boot_real,
+                            esp=self.esp() if is_esp_key(path) else None)
 
     def read_inventory(self) -> Inventory:
         """Every boot entry of the host, from every source (see :mod:`bootwatch.entries.inventory`)."""
-        return read_inventory(self.entry_settings)
+        inventory = read_inventory(self.entry_settings)
+        self._esp = (inventory.roots.esp,)
+        return inventory
+
+    def entry_locations(self) -> builtins.list[Path]:
+        """Every directory whose changes are changes of the entries (what the daemon watches):
+        the entries directory, ``EFI/Linux`` of the boot directory, ``grub`` and ``grub2`` (their
+        ``grub.cfg``, the files it includes, ``grubenv``) and, with an ESP, its ``loader/entries``
+        and ``EFI/Linux``. Whether each is read depends on ``[entries] sources``; watching one
+        that is not costs nothing."""
+        boot = self.boot_dir
+        found = [self.entries_dir, boot / UKI_DIR, *(boot / c.parent for c in GRUB_CONFIGS)]
+        esp = self.esp()
+        if esp is not None:
+            found += [esp / ENTRIES_DIR, esp / UKI_DIR]
+        return builtins.list(dict.fromkeys(found))
+
+    def esp(self) -> Path | None:
+        """The ESP's mount point as the last read of the inventory found it (the ``/../`` cache keys
+        lead there); found as the inventory finds it if nothing was read yet."""
+        if self._esp is None:
+            settings = self.entry_settings
+            if settings.esp is not None:
+                self._esp = (Path(os.path.realpath(settings.esp)),)
+            elif settings.boot != HOST_BOOT:
+                self._esp = (None,)  # a boot directory other than /boot has no ESP unless [entries] esp says
+            else:
+                self.read_inventory()
+        return self._esp[0] if self._esp is not None else None
 
     def references(self, index: CacheIndex | None = None) -> References:
-        """How many boot entries name each path, or why that is unknown (see :class:`References`).
+        """How many boot entries name each cache key, or why that is unknown (see :class:`References`).
 
-        Besides an entry source that cannot be read, judgements against the last complete read
-        (``.bootwatch-references``, see store.py) make references unknown, until a later read
-        agrees with the record or ``clean --force`` confirms what the entries say now:
+        The entries are the inventory's (every source: BLS in the boot directory and on the ESP,
+        UKIs, grub.cfg). A source that cannot be read makes references unknown. So do judgements
+        against the last complete read (``.bootwatch-references``, see store.py and
+        :func:`bootwatch.cache.references.judge`), until a later read agrees with the record or
+        ``clean --force`` confirms what the entries say now:
 
         - there is no trustworthy record (missing: the first run after an upgrade; unreadable,
-          not a regular file, not a record of this boot and entries directory), and the read has
-          no positive evidence of being the real boot directory (see :meth:`_evidence`). A read
-          with that evidence starts the history (it is recorded); one without waits for
+          not a regular file, not a record of this boot directory), and the read has no positive
+          evidence of being the real boot partitions (:func:`~bootwatch.cache.references.has_evidence`).
+          A read with that evidence starts the history (it is recorded); one without waits for
           ``clean --force``;
+        - a source location that held entries at the last read is missing now or no longer read
+          (``grub.cfg`` gone with an unmounted ``/boot``, the ESP's ``loader/entries`` with an
+          unmounted ESP): never confirmable while the boot directory is not the mount it was;
         - the boot directory was the root of a mount and is not one now (the boot partition is
           not mounted, or a bind mount of it is gone), or it is on another filesystem than it
           was (another partition mounted there; see :mod:`bootwatch.cache.mountid`);
-        - the entries directory is on another filesystem than it was;
-        - every entry vanished at once: the last read had at least two entry files that
-          referenced paths, and not one of those files is among the entry files now (new ones
-          do not count: kernel-install may write one onto an unmounted partition's mount
-          point). More likely an unmount than a decision; removing entries one at a time keeps
-          some of the recorded ones at every read, and is a decision each time.
+        - a source location is on another filesystem than it was; the ESP was a mount point and
+          is not one now, or is another filesystem;
+        - every entry vanished at once: the last read had at least two entries that referenced
+          paths, and not one of those entries is among the entries now (new ones do not count:
+          kernel-install may write one onto an unmounted partition's mount point). More likely
+          an unmount than a decision; removing entries one at a time keeps some of the recorded
+          ones at every read, and is a decision each time.
         """
-        read = bls.read_entry_source(self.entries_dir)
-        self._warn_refused_entries(read.refused)
-        counts = bls.reference_counts(read.entries)
-        files = len(read.entries)
+        inventory = self.read_inventory()
+        self._warn_refused_entries(list(inventory.refused))
+        counts = inventory.reference_counts()
+        count = len(inventory.entries)
         if not os.path.isdir(self.boot_dir):
-            return References(counts, unknown=f"{self.entries_dir}: not trusted: the boot directory "
-                              f"{self.boot_dir} does not exist", boot_moved=True, entry_files=files)
-        if read.problem is not None:
-            return References(counts, unknown=read.problem, entry_files=files)
+            return References(counts, unknown=f"{self.boot_dir}: not trusted: the boot directory does not exist",
+                              boot_moved=True, entries=count, inventory=inventory)
+        if inventory.unknown is not None:
+            return References(counts, unknown=inventory.unknown, entries=count, inventory=inventory)
         try:
-            observed = self.references_record(read.entries, counts)
+            observed = references_record(inventory, self.boot_real, counts)
         except OSError as e:
-            return References(counts, unknown=f"{self.boot_dir}: cannot tell which filesystem is mounted there "
-                              f"({os.strerror(e.errno).lower() if e.errno else e.strerror})", boot_moved=True,
-                              entry_files=files)
-
-        def unknown(why: str, *, boot_moved: bool = False, record: dict[str, Any] | None = None) -> References:
-            return References(counts, unknown=f"{self.entries_dir}: not trusted: {why}", confirmable=True,
-                              boot_moved=boot_moved, entry_files=files, observed=observed, record=record)
-
+            return References(counts, unknown=f"{e.filename or self.boot_dir}: cannot tell which filesystem is "
+                              f"mounted there ({os.strerror(e.errno).lower() if e.errno else e.strerror})",
+                              boot_moved=True, entries=count, inventory=inventory)
         last, missing_why = self._last_references()
-        if last is None or (last["boot"], last["entries"]) != (observed["boot"], observed["entries"]):
-            if self._evidence(read.entries, index):
-                return References(counts, entry_files=files, observed=observed, record=observed)
-            why = missing_why or "it is about another boot or entries directory"
-            return unknown(f"no trustworthy record of an earlier complete read of the boot entries ({why}), and "
-                           "no boot file the entries name is one bootwatch cached from there")
-        was, now = last["boot_mount"], observed["boot_mount"]
-        if was.get("mount_root") is True and not now["mount_root"]:
-            return unknown(f"the boot directory {self.boot_dir} is no longer a mount point (it was one when the "
-                           "boot entries were last read); is the boot partition mounted?", boot_moved=True)
-        if not mountid.same_filesystem(was, now):
-            return unknown(f"the boot directory {self.boot_dir} is not the mount it was ({mountid.describe(was)}, "
-                           f"now {mountid.describe(now)}); is the right partition mounted?", boot_moved=True)
-        was, now = last["entries_mount"], observed["entries_mount"]
-        if not mountid.same_filesystem(was, now):
-            return unknown(f"the entries directory is not on the filesystem it was ({mountid.describe(was)}, "
-                           f"now {mountid.describe(now)}); is the right partition mounted?")
-        recorded = set(last["entry_files"])
-        if len(recorded) >= 2 and last["paths"] and recorded.isdisjoint(observed["entry_files"]):
-            return unknown(f"every boot entry vanished at once (none of the {len(recorded)} entry files of the "
-                           f"last read is left, {files} now); more likely an unmount than a decision")
-        return References(counts, entry_files=files, observed=observed, record=None if observed == last else observed)
+        if last is None or last["boot"] != observed["boot"]:
+            if self._evidence(counts, index):
+                return References(counts, entries=count, observed=observed, record=observed, inventory=inventory)
+            why = missing_why or "it is about another boot directory"
+            subject = ", ".join(loc["path"] for loc in observed["locations"]) or str(self.boot_dir)
+            return References(counts, unknown=f"{subject}: not trusted: no trustworthy record of an earlier complete "
+                              f"read of the boot entries ({why}), and no boot file the entries name is one bootwatch "
+                              "cached from there", confirmable=True, entries=count, observed=observed,
+                              inventory=inventory)
+        judgement = judge(last, observed, inventory, self.boot_dir)
+        if judgement is not None:
+            return References(counts, unknown=f"{judgement.subject}: not trusted: {judgement.why}",
+                              confirmable=judgement.confirmable, boot_moved=judgement.boot_moved,
+                              absent=judgement.absent, entries=count, observed=observed, inventory=inventory)
+        return References(counts, entries=count, observed=observed, record=None if observed == last else observed,
+                          inventory=inventory)
 
     def _warn_refused_entries(self, refused: builtins.list[str]) -> None:
         with self._lock_refused:
@@ -797,57 +821,24 @@ class BootCache:
                     log.warning("%s", line)
             self._refused_entries = set(refused)
 
-    def references_record(self, entries: builtins.list[bls.BootEntry], counts: dict[str, int]) -> dict[str, Any]:
-        """What ``.bootwatch-references`` says of a complete read of the entries (see store.py).
-
-        Raises OSError when the mounts of the boot or entries directory cannot be told.
-        """
-        return {"version": REFERENCES_VERSION, "boot": str(self.boot_real),
-                "boot_mount": mountid.mount_identity(self.boot_real),
-                "entries": os.path.realpath(self.entries_dir),
-                "entries_mount": mountid.mount_identity(self.entries_dir),
-                "entry_files": sorted(entry.file.name for entry in entries), "paths": sorted(counts)}
-
-    def _evidence(self, entries: builtins.list[bls.BootEntry], index: CacheIndex | None) -> bool:
-        """Whether a read without a record is of the real boot directory, by positive evidence:
-        an entry names a boot file that is the very file bootwatch cached for that path (its
-        recorded stat signature: device, inode, size, mtime, ctime), or, with nothing cached
-        yet, names a boot file that is there. An unmounted partition's mount point may hold a
-        stale entry, rarely the very files bootwatch cached from the partition."""
-        if not any(entry.paths for entry in entries):
+    def _evidence(self, counts: dict[str, int], index: CacheIndex | None) -> bool:
+        """Whether a read without a record is of the real boot partitions (see
+        :func:`bootwatch.cache.references.has_evidence`). An unmounted partition's mount point
+        may hold a stale entry, rarely the very files bootwatch cached from the partition."""
+        if not counts:
             return False  # no boot file named: nothing to compare (and no index to load)
         if index is None:
             try:
                 index = self.load_index()
             except (OSError, BootwatchError):
                 return False  # no evidence from an index that cannot be read
-        empty = not index.paths()
-        signatures = index.signatures(path for entry in entries for path in entry.paths)
-        for entry in entries:
-            for path in entry.paths:
-                with contextlib.suppress(OSError, BootwatchError):
-                    st = os.stat(self.boot_file(path))
-                    if empty or signatures.image_of(path, st) is not None:
-                        return True
-        return False
+        signatures = index.signatures(counts)
+        return has_evidence(counts, self.boot_file, signatures.image_of if index.paths() else None)
 
     def _last_references(self) -> tuple[dict[str, Any] | None, str | None]:
         """The last complete read, if ``.bootwatch-references`` holds a well-formed one; else None
         and why not."""
-        data = self.store.read_derived(REFERENCES_NAME)
-        if data is None:
-            return None, f"{self.store.directory / REFERENCES_NAME} is missing or cannot be read"
-        try:
-            record = json.loads(data)
-        except (ValueError, RecursionError):
-            record = None
-        if not isinstance(record, dict) or record.get("version") != REFERENCES_VERSION \
-                or not all(isinstance(record.get(k), str) for k in ("boot", "entries")) \
-                or not all(isinstance(record.get(k), dict) for k in ("boot_mount", "entries_mount")) \
-                or not all(isinstance(record.get(k), list) and all(isinstance(v, str) for v in record[k])
-                           for k in ("entry_files", "paths")):
-            return None, f"{self.store.directory / REFERENCES_NAME} is not a record this bootwatch wrote"
-        return record, None
+        return parse_record(self.store.read_derived(REFERENCES_NAME), self.store.directory / REFERENCES_NAME)
 
     def write_references_record(self, record: dict[str, Any]) -> None:
         """Remember a read of the entries (the lock holder): fsynced, by rename."""

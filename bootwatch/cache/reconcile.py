@@ -40,10 +40,11 @@ from bootwatch.cache.operations import (
     dangling_link,
 )
 from bootwatch.cache.policy import names_pattern, tracks_all
+from bootwatch.cache.references import References
 from bootwatch.cache.signatures import read_signatures
 from bootwatch.cache.store import IMAGE_SUFFIX, MARKER_SUFFIX, marker_path_of, restored_marker_name
 from bootwatch.config import Config
-from bootwatch.entries.bls import References
+from bootwatch.entries.inventory import Inventory
 from bootwatch.errors import (
     BootwatchError,
     ContentChangedError,
@@ -104,11 +105,13 @@ class BootTree:
 
 @dataclass
 class PassInputs:
-    """What a complete pass looked at in the boot directory: the absolute names of the
-    directories it listed, and the boom-style paths it examined (a scan proof records them)."""
+    """What a complete pass looked at: the absolute names of the directories of the boot directory
+    it listed, the cache keys it examined, and the entries it read them from (a scan proof records
+    them)."""
 
     directories: list[str]
     paths: list[str]
+    inventory: Inventory | None = None
 
 
 @dataclass
@@ -127,7 +130,7 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)
     retry: set[str] = field(default_factory=set)
     removed_temp_files: list[str] = field(default_factory=list)
-    # Why the references were unknown during the pass (see bls.References); None: they were known.
+    # Why the references were unknown during the pass (see cache.references.References); None: they were known.
     references_unknown: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -162,7 +165,7 @@ class Reconciler:
     # ---------------------------------------------------------------- which paths
 
     def boot_path_of(self, filename: str) -> str | None:
-        """The boom-style path of an absolute file name inside the boot directory, else None."""
+        """The cache key of an absolute file name inside the boot directory or on the ESP, else None."""
         for root in (self.boot_dir, self.boot_real):
             prefix = str(root).rstrip("/") + "/"
             if filename.startswith(prefix):
@@ -171,6 +174,11 @@ class Reconciler:
                 if not relative or name.startswith("."):
                     return None  # dot files: boom's markers, our restore temp files, editors' swaps
                 return "/" + relative
+        esp = self.cache.esp()
+        if esp is not None and filename.startswith(str(esp).rstrip("/") + "/"):
+            if filename.rsplit("/", 1)[-1].startswith("."):
+                return None
+            return "/" + os.path.relpath(filename, self.boot_real)
         return None
 
     def walk(self) -> BootTree:
@@ -254,7 +262,7 @@ class Reconciler:
         read is the moment the pass stands for: a writer that changes the index afterwards only
         makes it one pass older.
 
-        Unknown references (see :class:`bootwatch.entries.bls.References`) forbid taking anything
+        Unknown references (see :class:`bootwatch.cache.references.References`) forbid taking anything
         away, not concluding that nothing changed: this pass takes nothing away, and leaves to
         :meth:`full` every file that might be a restored copy to take away. Its report says why
         they are unknown, as the full pass's does. A changed reference set is recorded by the
@@ -291,7 +299,7 @@ class Reconciler:
         self.reported_missing.intersection_update(gone)
         for path, newest in gone.items():
             self._report_missing(path, 0, newest, report)
-        self.last_inputs = PassInputs(tree.directories, sorted(tree.files.keys() | gone.keys()))
+        self.last_inputs = PassInputs(tree.directories, sorted(tree.files.keys() | gone.keys()), references.inventory)
         return report
 
     def _gone_unreferenced(self, table: SignatureTable, tree: BootTree) -> dict[str, str] | None:
@@ -346,7 +354,7 @@ class Reconciler:
         self.reported_missing.difference_update(unchanged)
         for path in sorted(stats.keys() - unchanged):
             self.reconcile_path(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
-        self.last_inputs = PassInputs(directories, sorted(stats))
+        self.last_inputs = PassInputs(directories, sorted(stats), references.inventory)
         return report
 
     def paths(self, txn: Transaction, paths: Iterable[str], *, entries_changed: bool) -> ReconcileReport:
@@ -384,6 +392,8 @@ class Reconciler:
         """
         report.examined += 1
         try:
+            if references.absent is not None and references.is_absent(self.cache.boot_name(path)):
+                return  # on the ESP, which is not mounted as it was: its files only look gone
             self._reconcile_path(txn, path, references, report, on_disk, lstat, markers)
         except NotRegularFileError as e:
             # Found a regular file, opened something else (swapped in since), or a kernel file

@@ -18,6 +18,8 @@ from bootwatch.cache.operations import BootCache
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.store import IMAGE_SUFFIX, INDEX_NAME, REFERENCES_NAME, SIGNATURES_NAME, TEMP_DIR, LockWaiter
 from bootwatch.config import Config
+from bootwatch.entries.inventory import GRUB_ENVS, Inventory
+from bootwatch.entries.model import EntrySource
 from bootwatch.errors import BootwatchError
 
 
@@ -110,11 +112,9 @@ def scan_proof_records(config: Config, cache: BootCache, reconciler: Reconciler,
         for resolve in (cache.boot_file, cache.boot_name):
             with contextlib.suppress(OSError, BootwatchError):
                 records.append((stat, str(resolve(path).parent)))
-    entries = os.path.realpath(config.paths.entries)
-    records += _rooted(config.paths.entries)
-    if os.path.isdir(entries):
-        records += [(stat, os.path.join(entries, name)) for name in sorted(os.listdir(entries))
-                    if name.endswith(".conf")]
+    if inputs.inventory is None:
+        return None
+    records += _entry_records(inputs.inventory)
     directory = os.path.realpath(cache.store.directory)
     # The cache directory (and its .tmp/) change when the proof is written: compared by listing.
     records += [(scanproof.IDENTITY if p in (directory, os.path.abspath(cache.store.directory)) else tag, p)
@@ -123,7 +123,28 @@ def scan_proof_records(config: Config, cache: BootCache, reconciler: Reconciler,
     names = sorted(os.listdir(directory))
     records += [(stat, os.path.join(directory, name)) for name in (INDEX_NAME, SIGNATURES_NAME, REFERENCES_NAME)]
     records += [(stat, os.path.join(directory, name)) for name in names if name.endswith(IMAGE_SUFFIX)]
-    records += [(mount, str(reconciler.boot_real)), (mount, entries), (mount, directory)]
+    records += [(mount, str(reconciler.boot_real)), (mount, directory)]
+    records += [(mount, os.path.realpath(r.location)) for r in inputs.inventory.found]
+    return records
+
+
+def _entry_records(inventory: Inventory) -> list[tuple[str, str]]:
+    """What the entries were read from: every location each source looked at (there or not), the
+    files in a directory of entries (``*.conf``, ``*.efi``), a ``grub.cfg``'s directory and the
+    files in it (``grubenv``, the files it includes) and every file an entry came from."""
+    stat = scanproof.STAT
+    records: list[tuple[str, str]] = []
+    directories = []
+    for result in inventory.results:
+        records += _rooted(result.location)
+        directories.append(result.location.parent if result.source is EntrySource.GRUB else result.location)
+    for grubenv in GRUB_ENVS:
+        records += _rooted(inventory.roots.boot / grubenv)
+    for directory in dict.fromkeys(os.path.realpath(d) for d in directories):
+        if os.path.isdir(directory):
+            records.append((stat, directory))
+            records += [(stat, os.path.join(directory, name)) for name in sorted(os.listdir(directory))]
+    records += [(stat, str(origin)) for origin in dict.fromkeys(e.origin for e in inventory.entries)]
     return records
 
 

@@ -51,17 +51,23 @@ On-disk protocol (one directory, shared with boom):
                             lock after a full pass, by rename; not fsynced, and ignored by a
                             reader unless it matches the index it just read and is of that
                             format. Anyone may delete it.
-    .bootwatch-references   the boot entries as last read completely (see BootCache.references):
-                            the boot and entries directories, the mount each is on (mountid.py),
-                            the entry file names and the paths they referenced. Written (fsynced,
-                            by rename) by a holder of the lock when they change, by 'clean
-                            --force', and by a read without a trustworthy record that has
-                            evidence of being the real boot directory. Compared with at every read
-                            of the entries: a boot directory that was a mount root and is not one
-                            now, another filesystem at the boot or entries directory, or every
-                            recorded entry gone at once makes references unknown. Missing, torn or
-                            not a regular file, it is no record: references are unknown until a
-                            read starts the history again.
+    .bootwatch-references   the boot entries as last read completely, from every entry source
+                            (see cache/references.py), JSON, "version": 3: the boot directory
+                            and the mount it is on (mountid.py), the ESP's mount point and its
+                            mount (null without an ESP), each source location that was there
+                            ("locations": source, path as read, resolved path, mount; a BLS or
+                            UKI directory, a grub.cfg), the entries as "source:id" and the cache
+                            keys they referenced. Written (fsynced, by rename) by a holder of the
+                            lock when they change, by 'clean --force', and by a read without a
+                            trustworthy record that has evidence of being the real boot
+                            partitions. Compared with at every read of the entries: a recorded
+                            location missing or no longer read (grub.cfg gone with an unmounted
+                            /boot), a boot directory that was a mount root and is not one now,
+                            another filesystem at the boot directory or a location, an ESP that
+                            was a mount point and is not one now or is another filesystem, or
+                            every recorded entry gone at once makes references unknown. Missing,
+                            torn, not a regular file or of another version, it is no record:
+                            references are unknown until a read starts the history again.
     .bootwatch-scan-proof   the inputs of the last 'scan --quiet' whose pass found nothing to do,
                             reported nothing and logged nothing (see bootwatch/scanproof.py): the
                             stat signature of every file and directory it read or listed, the
@@ -110,6 +116,15 @@ On-disk protocol (one directory, shared with boom):
                             it away. A repair killed before marking leaves the copy unsuperseded:
                             the next fsck --repair merges it again (paths the index lacks) and then
                             marks it.
+
+Cache keys (the index's paths) are boom's: a path relative to the boot directory
+(/vmlinuz-6.1.0), which boom joins to its boot path. A file on an ESP outside the boot directory
+has the key of its path from the boot directory (/../efi/EFI/Linux/arch.efi for an ESP at /efi,
+see entries/inventory.py): the only keys with '..' components, all of them leading, never equal
+to a key below the boot directory. Such a key is followed only if it lands inside the ESP and is
+written exactly so (safety.resolve_in_boot); anything else (/../../etc/shadow) is never read or
+written. What follows about the boot directory holds for the ESP too: a restore there writes the
+file and its marker beside it, as boom does.
 
 In the boot directory, bootwatch writes only by restore (see operations.py):
 

@@ -41,7 +41,7 @@ log = logging.getLogger("bootwatch.cli")
 
 
 def boot_paths(cache: BootCache, arguments: Sequence[str]) -> list[str]:
-    return [boot_path_from_argument(cache.boot_dir, a) for a in arguments]
+    return [boot_path_from_argument(cache.boot_dir, a, esp=cache.esp()) for a in arguments]
 
 
 def log_changes(command: str) -> None:

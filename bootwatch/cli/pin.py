@@ -68,7 +68,7 @@ def command_pin(args: argparse.Namespace, config: Config) -> int:
     if not argv:
         raise UsageError("pin: no COMMAND given", hint="bootwatch pin --path /vmlinuz-6.1.0 -- COMMAND [ARGS]")
     cache = BootCache.from_config(config)
-    paths = [boot_path_from_argument(cache.boot_dir, p) for p in args.pin_paths]
+    paths = [boot_path_from_argument(cache.boot_dir, p, esp=cache.esp()) for p in args.pin_paths]
     for image_id in args.pin_images:  # every argument is checked before the cache is touched
         image_id_from_argument(image_id)
     if not paths and not args.pin_images:

@@ -59,7 +59,7 @@ from bootwatch.daemon.jobs import MaintenanceScheduler
 from bootwatch.daemon.metrics import CacheListing, Metrics
 from bootwatch.daemon.notify import SystemdNotifier
 from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
-from bootwatch.daemon.watcher import Change, ChangeKind, Watcher
+from bootwatch.daemon.watcher import Change, ChangeKind, EntryLocations, Watcher
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
@@ -322,7 +322,10 @@ class Daemon:
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(paths.boot),
                                    cache_dir=str(paths.cache))
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
-        self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages)
+        self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
+        # The entry sources' directories as _classify compares names with them (as given and
+        # resolved: ostree's /boot/loader is a symlink); worked out again for every batch.
+        self._entry_prefixes: tuple[str, ...] | None = None
         # Set by run() before any thread that uses them starts.
         self.cache: BootCache
         self.reconciler: Reconciler
@@ -694,12 +697,42 @@ class Daemon:
             batch.full = True
         return True
 
+    def _entry_locations(self) -> EntryLocations:
+        """Where the entry sources are, for the watcher (asked whenever it arms its watches)."""
+        cache: BootCache | None = getattr(self, "cache", None)
+        if cache is None:
+            return EntryLocations()
+        return EntryLocations(tuple(cache.entry_locations()), cache.esp())
+
+    def _entry_source_prefixes(self) -> tuple[str, ...]:
+        if self._entry_prefixes is None:
+            names = [str(self.config.paths.entries)]
+            with contextlib.suppress(OSError, BootwatchError):
+                names += [str(p) for p in self.cache.entry_locations()]
+            self._entry_prefixes = tuple(dict.fromkeys(
+                p.rstrip("/") + "/" for name in names for p in (name, os.path.realpath(name))))
+        return self._entry_prefixes
+
+    def _is_entry_source(self, name: str) -> bool:
+        """A change of an entry source: a name in a source's directory, the directory itself, or a
+        directory above it (``/boot/loader`` renamed over by ostree's swap, ``loader`` created)."""
+        name = name.rstrip("/") + "/"
+        return any(name.startswith(prefix) or prefix.startswith(name) for prefix in self._entry_source_prefixes())
+
     def _tick(self, batch: Batch) -> bool:
         """The main loop's periodic check: a watched directory that changed identity is watched
         again and everything reconciled (True: the batch grew); a replaced cache directory stops
         the daemon."""
-        if self.check_cache_replaced() or not self.watcher.needs_rearm():
+        if self.check_cache_replaced():
             return False
+        grew = self.watcher.esp_changed()
+        if grew:  # mounted, unmounted (an automount expired) or replaced
+            log.info("the ESP's mount changed; watching its entries again and reading them")
+            self.watcher.rearm_esp()
+            batch.changes += 1
+            batch.entries_changed = batch.slow = True
+        if not self.watcher.needs_rearm():
+            return grew
         log_event(log, Event.RESCAN_OVERFLOW, "a watched directory appeared, was removed, replaced or "
                   "remounted; re-arming the watches and reconciling", level=logging.WARNING,
                   reason="watch-lost")
@@ -713,11 +746,10 @@ class Daemon:
             batch.full = batch.slow = batch.overflow = True
             return
         cache_dir = str(self.config.paths.cache).rstrip("/") + "/"
-        entries_dir = str(self.config.paths.entries).rstrip("/") + "/"
         for name in change.names():
             if name.startswith(cache_dir) or name.rstrip("/") + "/" == cache_dir:
                 self._classify_cache_file(batch, change, name, name[len(cache_dir):])
-            elif name.startswith(entries_dir) or name.rstrip("/") + "/" == entries_dir:
+            elif self._is_entry_source(name):
                 batch.entries_changed = batch.slow = True
             elif change.is_directory:
                 batch.full = batch.slow = True
@@ -750,6 +782,7 @@ class Daemon:
             batch.removed.add(path)
 
     def _apply(self, batch: Batch) -> None:
+        self._entry_prefixes = None  # an ostree swap or a reload moves them: the next batch resolves them again
         if self.check_cache_replaced():
             return
         if batch.reload:

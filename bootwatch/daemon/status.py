@@ -49,7 +49,7 @@ class DaemonStatus:
     error: str | None = None  # why the cache cannot be read now, e.g. a corrupt index
     lock_wait: str | None = None  # who holds the cache lock the daemon has waited for too long
     transaction_wait: str | None = None  # the package manager transaction a batch waits for
-    references_unknown: str | None = None  # why the boot entries cannot be trusted now (bls.References)
+    references_unknown: str | None = None  # why the boot entries cannot be trusted now (cache.references.References)
     degraded: str | None = None  # what the daemon cannot do now, e.g. on a read-only cache
     # The boot entries as the last read of the inventory found them (entries.summary.Census):
     # entries by source found, the words for them ("5 boot entries (grub 4, bls 1)"), and why

@@ -12,6 +12,17 @@ pyproject.toml) then repairs its recursive watches and gives every watch an ``Ev
 it is in the event filters, and it becomes a :attr:`ChangeKind.EVENTS_LOST` change, which the
 daemon answers with a full reconcile. The daemon's periodic reconcile remains the safety net for
 whatever else inotify cannot see (a remount, a change made while bootwatch was not running).
+
+An ESP outside the boot directory (its ``loader/entries`` and ``EFI/Linux``, and the files its
+entries name) has a recursive watch of its own, armed only while the ESP is mounted:
+an automount point with nothing mounted on it (``autofs`` in ``/proc/self/mountinfo``) is never
+looked into, which would mount it. inotify marks do not hold a filesystem mounted, and are
+dropped when it is unmounted: :meth:`Watcher.esp_changed` tells, from the mount table alone
+(never a look at the ESP, which would keep an automount from expiring), when the ESP may have
+been mounted, unmounted or replaced, and :meth:`Watcher.rearm_esp` watches it again. Mount ids
+are reused at once (an unmount and a mount of the same partition give the very same
+``mountinfo`` line), so a change is told by the kernel's own signal: ``poll(2)`` on an open
+``/proc/self/mountinfo`` reports ``POLLPRI`` once the mount table changed since the last poll.
 """
 
 from __future__ import annotations
@@ -20,10 +31,11 @@ import contextlib
 import enum
 import logging
 import os
+import select
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -39,6 +51,7 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
+from bootwatch import linux
 from bootwatch.errors import describe_oserror
 
 log = logging.getLogger("bootwatch.daemon.watcher")
@@ -110,21 +123,60 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+EspState = tuple[int, str] | None
+"""The mount at the ESP's mount point (mount id, filesystem type), None when it is no mount point."""
+
+AUTOFS = "autofs"
+
+
+def esp_state(esp: Path) -> EspState:
+    """What is mounted at ``esp``, from ``/proc/self/mountinfo`` (never from the path itself,
+    whose lookup would mount an automount and keep it from expiring)."""
+    try:
+        mounts = linux.mountinfo()
+    except OSError:
+        return None
+    found = [m for m in mounts if m.mount_point == str(esp)]
+    return (found[-1].mount_id, found[-1].fstype) if found else None
+
+
+@dataclass(frozen=True)
+class EntryLocations:
+    """Where the entry sources are: directories (inside the boot directory or not) and the ESP."""
+
+    directories: tuple[Path, ...] = ()
+    esp: Path | None = None
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
 class Watcher:
-    """One inotify observer over the boot, entries and cache directories.
+    """One inotify observer over the boot, entries and cache directories, and one over the entry
+    sources on the ESP outside the boot directory.
 
     ``needs_rearm()`` is True when a watched directory was removed, replaced or remounted (its
     device or inode changed): the daemon then calls :meth:`rearm` and reconciles, because events
     from the old directory are lost. A directory that does not exist is simply not watched until
-    it appears.
+    it appears. ``locations`` gives the entry sources, asked at every arming.
     """
 
-    def __init__(self, boot: Path, entries: Path, cache: Path, changes: ChangeSink) -> None:
+    def __init__(self, boot: Path, entries: Path, cache: Path, changes: ChangeSink,
+                 locations: Callable[[], EntryLocations] = EntryLocations) -> None:
         self.changes = changes
+        self.boot = Path(boot)
         self.directories = self._select(boot, entries, cache)
+        self.locations = locations
         self.observer: InotifyObserver | None = None
         self.identities: dict[Path, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
+        self.esp_observer: InotifyObserver | None = None
+        self.esp: Path | None = None
+        self.esp_armed: EspState = None
+        self.esp_watched: tuple[Path, ...] = ()
+        self.esp_dirty = threading.Event()  # arming failed: try again
+        self._mount_table: MountTableSignal | None = None
 
     @staticmethod
     def _select(boot: Path, entries: Path, cache: Path) -> list[tuple[Path, bool, EventFilter]]:
@@ -155,26 +207,77 @@ class Watcher:
                 # did): nothing is armed, not alive(), and needs_rearm() is True until start()
                 # succeeds; the daemon tries again at its next tick.
                 log.warning("cannot arm the inotify watches now (%s); trying again shortly", describe_oserror(e))
-                observer.stop()
-                with contextlib.suppress(RuntimeError):  # its thread may not have started
-                    observer.join()
+                _stop(observer)
                 return
             self.observer = observer
+        self.start_esp()
+
+    def start_esp(self) -> None:
+        """Watch the entry sources on the ESP outside the boot directory, if it is mounted (an
+        automount with nothing mounted is left alone). A failure is logged and retried with the
+        next :meth:`esp_changed`."""
+        with self._lock:
+            self.esp_dirty.clear()
+            try:
+                locations = self.locations()
+            except (OSError, ValueError) as e:
+                log.warning("cannot tell where the ESP is now (%s); its entries are not watched", e)
+                return
+            boot_real = Path(os.path.realpath(self.boot))
+            esp = Path(os.path.realpath(locations.esp)) if locations.esp is not None else None
+            self.esp = esp if esp is not None and not _inside(esp, boot_real) else None
+            if self.esp is None:
+                return
+            if self._mount_table is None:
+                self._mount_table = MountTableSignal()
+            self._mount_table.changed()  # what is armed now is as of this mount table
+            self.esp_armed = state = esp_state(self.esp)
+            if state is not None and state[1] == AUTOFS:
+                return  # not mounted: nothing to watch, and looking would mount it
+            observer = InotifyObserver()
+            observer.daemon = True
+            handler = QueueingHandler(self.changes)
+            try:
+                # The whole ESP: its entries, and the files they name wherever they are on it.
+                present = [self.esp] if os.path.isdir(self.esp) else []
+                for directory in present:
+                    observer.schedule(handler, str(directory), recursive=True, event_filter=EVENT_FILTER)
+                observer.start()
+            except OSError as e:
+                log.warning("cannot watch the entries on the ESP %s now (%s); trying again shortly", self.esp,
+                            describe_oserror(e))
+                _stop(observer)
+                self.esp_dirty.set()
+                return
+            self.esp_observer, self.esp_watched = observer, tuple(present)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop both observers (:meth:`start` arms them again)."""
         with self._lock:
             if self.observer is not None:
                 self.observer.stop()
                 self.observer.join(timeout)
                 self.observer = None
+        self.stop_esp(timeout)
+
+    def stop_esp(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            if self.esp_observer is not None:
+                _stop(self.esp_observer, timeout)
+                self.esp_observer, self.esp_watched = None, ()
 
     def rearm(self) -> None:
         self.stop()
         self.start()
 
+    def rearm_esp(self) -> None:
+        self.stop_esp()
+        self.start_esp()
+
     def retarget(self, boot: Path, entries: Path, cache: Path) -> None:
         """Watch these directories instead (a reload changed the paths)."""
         self.stop()
+        self.boot = Path(boot)
         self.directories = self._select(boot, entries, cache)
         self.start()
 
@@ -193,3 +296,52 @@ class Watcher:
             if _identity(directory) != self.identities.get(directory):
                 return True
         return any(not emitter.is_alive() for emitter in list(observer.emitters))
+
+    def esp_changed(self) -> bool:
+        """The ESP was mounted, unmounted or replaced since its entries were watched, or a directory
+        appeared or went on it: its watches must be armed again (:meth:`rearm_esp`), and the entries
+        read again. From the mount table alone: the ESP itself is not looked at."""
+        if self.esp is None:
+            return False
+        if self.esp_dirty.is_set() or esp_state(self.esp) != self.esp_armed:
+            return True
+        if self._mount_table is not None and self._mount_table.changed():
+            # Some mount changed: maybe the ESP was unmounted and mounted again (the same line).
+            return self.esp_armed is None or self.esp_armed[1] != AUTOFS
+        observer = self.esp_observer
+        return observer is not None and any(not emitter.is_alive() for emitter in list(observer.emitters))
+
+    def close(self) -> None:
+        if self._mount_table is not None:
+            self._mount_table.close()
+            self._mount_table = None
+
+
+class MountTableSignal:
+    """The kernel's word that the mount table changed: ``poll(2)`` on ``/proc/self/mountinfo``
+    gives ``POLLPRI`` (with ``POLLERR``) once after each change, and the poll itself takes the
+    news. A descriptor of a procfs file holds no mount of ours."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        with contextlib.suppress(OSError):
+            self.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def changed(self) -> bool:
+        """Whether the mount table changed since the last call (True if that cannot be told)."""
+        if self.fd is None:
+            return True
+        poller = select.poll()
+        poller.register(self.fd, select.POLLPRI | select.POLLERR)
+        return any(events & (select.POLLPRI | select.POLLERR) for _, events in poller.poll(0))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _stop(observer: InotifyObserver, timeout: float = 5.0) -> None:
+    observer.stop()
+    with contextlib.suppress(RuntimeError):  # its thread may not have started
+        observer.join(timeout)

@@ -45,7 +45,7 @@ def write_cache(tree, paths: int) -> list[str]:
         data["paths"][path] = {"path_mode": 0o100644, "path_uid": 0, "path_gid": 0, "path_attrs": {}}
         tree.write_file(path, content=b"kept %d 2" % n)
     tree.index_file.write_text(json.dumps(data))
-    tree.write_entry("all", initrd=[" ".join(referenced)])
+    tree.write_entry("all", linux=referenced[0], initrd=[" ".join(referenced)])
     return referenced
 
 

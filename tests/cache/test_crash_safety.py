@@ -115,7 +115,7 @@ def test_sigkill_at_random_points_loses_nothing_committed(boot_tree) -> None:
     seed = int.from_bytes(os.urandom(4), "little")
     rnd = random.Random(seed)
     # Every path is referenced, so that clean keeps them and only removes orphans and temp files.
-    boot_tree.write_entry("all", initrd=[" ".join(PATHS)])
+    boot_tree.write_entry("all", linux=PATHS[0], initrd=[" ".join(PATHS)])
     script = boot_tree.root / "writer.py"
     script.write_text(WRITER)
     expected: dict[str, str | None] = {p: None for p in PATHS}

@@ -72,8 +72,8 @@ def missing_key(text: str) -> str:
 def hostile_path(text: str) -> str:
     data = json.loads(text)
     some_id = data["index"][K1][0]
-    data["index"]["/../etc/passwd"] = [some_id]
-    data["paths"]["/../etc/passwd"] = {"path_mode": 0o100644, "path_uid": 0, "path_gid": 0, "path_attrs": {}}
+    data["index"]["/sub/../../etc/passwd"] = [some_id]
+    data["paths"]["/sub/../../etc/passwd"] = {"path_mode": 0o100644, "path_uid": 0, "path_gid": 0, "path_attrs": {}}
     return json.dumps(data)
 
 
@@ -120,7 +120,7 @@ def test_a_corrupt_index_stops_every_command_and_is_never_overwritten(boot_tree,
     if kind != "truncated":
         expected[GONE] = populated[GONE]  # its path survives in the old index text
     assert {p: r["image_id"] for p, r in rows.items()} == expected
-    assert "/../etc/passwd" not in rows
+    assert "/sub/../../etc/passwd" not in rows
     for path, row in rows.items():
         assert row["state"] == ("MISSING" if path == GONE else ("CACHED" if path != K1 else row["state"]))
     if kind == "truncated":

@@ -37,7 +37,7 @@ def image_contents(cache: Path) -> set[str]:
 def big_cache(tree) -> dict[str, str]:
     """PATHS cached boot files of the same size, all referenced; {path: id}."""
     ids = {f"/vmlinuz-{n}": tree.write_file(f"/vmlinuz-{n}", SIZE) for n in range(PATHS)}
-    tree.write_entry("all", initrd=[" ".join(ids)])
+    tree.write_entry("all", linux=next(iter(ids)), initrd=[" ".join(ids)])
     rc, out, err = tree.cli("add", *ids, timeout=300)
     assert rc == 0, err
     return ids

@@ -122,13 +122,15 @@ def test_paths_with_dot_components_are_rejected(boot_tree, argument: str) -> Non
 
 @pytest.mark.slow
 def test_an_index_path_with_dotdot_is_rejected_before_anything_is_opened(boot_tree, tmp_path: Path) -> None:
+    """A '..' after the first component is no key of any kind: the index is corrupt. (Keys that
+    start with /.. are ESP keys: see tests/cache/test_entry_sources.py for hostile ones.)"""
     victim_dir = tmp_path / "etc"
     victim_dir.mkdir()
     image = os.urandom(64)
     image_id = hashlib.sha1(image).hexdigest()
     boot_tree.cache.mkdir(mode=0o700)
     boot_tree.image(image_id).write_bytes(image)
-    hostile = "/../etc/evil"  # relative to boot: <tmp>/etc/evil, outside the boot directory
+    hostile = "/loader/../../etc/evil"  # relative to boot: <tmp>/etc/evil, outside the boot directory
     boot_tree.index_file.write_text(json.dumps({
         "index": {hostile: [image_id]},
         "paths": {hostile: {"path_mode": 0o100644, "path_uid": 0, "path_gid": 0, "path_attrs": {}}},

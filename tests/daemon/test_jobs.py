@@ -63,12 +63,10 @@ def job_threads() -> list[str]:
 
 def make_cache(config: Config) -> BootCache:
     cache = BootCache.from_config(config)
-    entry = []
     for n, path in enumerate(KERNELS):
         (cache.boot_dir / path[1:]).write_bytes(f"kernel {n}\n".encode() * 1000)
-        entry.append(f"linux {path}")
-    # One entry references them all, so clean keeps them.
-    (cache.entries_dir / "test.conf").write_text("title test\n" + "\n".join(entry) + "\n")
+        # An entry references each, so clean keeps them.
+        (cache.entries_dir / f"test-{n}.conf").write_text(f"title test {n}\nlinux {path}\n")
     cache.add(KERNELS)
     return cache
 
