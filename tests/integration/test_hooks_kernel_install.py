@@ -35,12 +35,9 @@ pytestmark = [
 
 PLUGIN = REPO_ROOT / "contrib" / "kernel-install" / "95-bootwatch.install"
 STEPS = Path(__file__).with_name("hooks-kernel-install-steps.sh")
-WIRING = ("reads only <boot>/loader/entries with paths relative to /boot: kernel-install's /boot/... paths "
-          "(/boot a directory of the root filesystem) need the entry inventory wired into the cache (issue 13, "
-          "'wiring')")
 LAYOUTS = [
     pytest.param(BlsLayout.SEPARATE_BOOT, id="separate-boot"),
-    pytest.param(BlsLayout.BOOT_ON_ROOT, id="boot-on-root", marks=pytest.mark.xfail(strict=True, reason=WIRING)),
+    pytest.param(BlsLayout.BOOT_ON_ROOT, id="boot-on-root"),
 ]
 
 

@@ -84,7 +84,8 @@ def run_kernel_install(layout: BlsLayout, kernels: tuple[Kernel, ...], workdir: 
     for tree in payload.glob("initramfs-tree-*"):
         shutil.rmtree(tree)
     machine_id = uuid.uuid4().hex
-    _filesystem(workdir / "root.img", 96)
+    # The root filesystem holds /boot in BOOT_ON_ROOT, and the cache (/var/lib/bootwatch) in every layout.
+    _filesystem(workdir / "root.img", 192)
     if layout is BlsLayout.SEPARATE_BOOT:
         _filesystem(workdir / "boot.img", 96)
     if layout is BlsLayout.ESP:
