@@ -337,3 +337,76 @@ def test_a_hostile_esp_key_in_the_index_is_never_read_or_written(boot_tree) -> N
     assert {p.name: p.read_bytes() for p in victim_dir.iterdir()} == before, "wrote outside the boot directory"
     assert hashlib.sha1(secret.read_bytes()).hexdigest() not in tree.images_on_disk(), "cached a file outside"
     assert not list(victim_dir.glob(".*")), "a marker or temp file outside the boot directory and the ESP"
+
+
+# ------------------------------------------------------------------------------------ UKIs
+
+
+def build(tree, out: Path) -> Path:
+    from realboot.uki_build import build_uki, initramfs_for, missing_tool
+    if missing_tool() is not None:
+        pytest.skip(f"UKI build: {missing_tool()}")
+    try:
+        kernel = cached_kernels(1)[0]
+    except Unavailable as e:
+        pytest.skip(f"real kernel package: {e}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = tree.root / f"uki-{out.stem}"
+    work.mkdir()
+    return build_uki(out, kernel=kernel.boot / f"vmlinuz-{kernel.version}", initrd=initramfs_for(kernel, work),
+                     osrel=b'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
+                     cmdline=b"root=/dev/vda1 ro", uname=kernel.version.encode())
+
+
+def test_ukis_in_the_boot_directory_and_on_the_esp_are_their_own_entries(boot_tree) -> None:
+    """A UKI names itself: cached under its key (on the ESP, a /../ key); removed, it is not
+    restored, since its entry went with it (restoring it would bring back an entry someone removed)."""
+    if GRUB_MISSING is not None:
+        pytest.skip(f"real kernel package: {GRUB_MISSING}")
+    tree = boot_tree
+    esp = tree.root / "efi"
+    esp.mkdir()
+    esp_config(tree, esp)
+    in_boot = build(tree, tree.boot / "EFI" / "Linux" / "debian.efi")
+    on_esp = build(tree, esp / "EFI" / "Linux" / "debian-esp.efi")
+    on_esp.write_bytes(on_esp.read_bytes() + b"\0")  # another image (a signature appended, say)
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, out + err
+    rows = tree.list_json()
+    keys = {"/EFI/Linux/debian.efi": in_boot, esp_key(tree, "/EFI/Linux/debian-esp.efi"): on_esp}
+    assert set(rows) == set(keys)
+    for key, file in keys.items():
+        assert rows[key]["count"] == 1 and rows[key]["image_id"] == sha1(file)
+    on_esp.unlink()
+    report = tree.cli_json("scan", "--json")
+    assert report["restored"] == [] and report["missing"] == [esp_key(tree, "/EFI/Linux/debian-esp.efi")]
+    assert not on_esp.exists()
+    assert tree.cli_json("clean", "--json")["uncached_paths"] == [esp_key(tree, "/EFI/Linux/debian-esp.efi")]
+
+
+# ------------------------------------------------------------------------------------ Debian's symlinks
+
+
+@pytest.mark.parametrize("link_in_boot", [False, True], ids=["links-in-root", "link_in_boot"])
+def test_debians_kernel_symlinks_are_never_cached_as_files(boot_tree, generated, link_in_boot: bool) -> None:
+    """Debian's /vmlinuz, /initrd.img and their .old (in /, or in /boot with link_in_boot) point at
+    the files grub.cfg names: each of those is cached once, by its own name; the links never."""
+    tree = boot_tree
+    named = grub_boot(tree, generated[Layout.BOOT_ON_ROOT])
+    versions = [k.version for k in generated[Layout.BOOT_ON_ROOT].kernels]
+    where = tree.boot if link_in_boot else tree.root
+    target = "" if link_in_boot else "boot/"
+    for name, file, version in (("vmlinuz", "vmlinuz", versions[0]), ("vmlinuz.old", "vmlinuz", versions[1]),
+                                ("initrd.img", "initrd.img", versions[0]),
+                                ("initrd.img.old", "initrd.img", versions[1])):
+        (where / name).symlink_to(f"{target}{file}-{version}")
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, out + err
+    rows = tree.list_json()
+    assert set(rows) == named
+    assert len({row["image_id"] for row in rows.values()}) == len(rows)
+    # The newest kernel removed (its package's postrm repoints the links later): restored at its
+    # own name, the link left as it is.
+    tree.path(f"/vmlinuz-{versions[0]}").unlink()
+    assert tree.cli_json("scan", "--json")["restored"] == [f"/vmlinuz-{versions[0]}"]
+    assert os.path.islink(where / "vmlinuz") and (where / "vmlinuz").resolve() == tree.path(f"/vmlinuz-{versions[0]}")

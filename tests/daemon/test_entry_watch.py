@@ -29,7 +29,9 @@ def config(tree, **sections: dict[str, object]) -> Path:
 
 def test_an_ostree_swap_of_the_loader_symlink_is_an_entry_change(boot_tree) -> None:
     """ostree writes /boot/loader.1/entries and renames a new symlink loader -> loader.1 over
-    /boot/loader. The daemon reads the new entries at the swap, and keeps watching them after it."""
+    /boot/loader. The daemon reads the new entries at the swap, and keeps watching them after it.
+    The new deployment's directory is written before the daemon starts, so that the rename of the
+    symlink is the only change it sees (a new directory alone would make it read everything)."""
     tree = boot_tree
     boot = tree.boot
     os.rename(boot / "loader", boot / "loader.0")
@@ -39,13 +41,13 @@ def test_an_ostree_swap_of_the_loader_symlink_is_an_entry_change(boot_tree) -> N
     tree.write_entry("ostree-1", linux=K1)
     tree.write_entry("ostree-2", linux=K2)
     assert tree.cli("scan")[0] == 0
+    # The new deployment names only K1: at the swap, K2's restored copy is no one's any more.
+    (boot / "loader.1" / "entries").mkdir(parents=True)
+    (boot / "loader.1" / "entries" / "ostree-1.conf").write_text(f"title ostree 1\nlinux {K1}\n")
     with DaemonProcess(config(tree), tree.root) as daemon:
         daemon.wait_ready()
         tree.path(K2).unlink()
         wait_for(lambda: tree.path(K2).is_file(), what="the restore of a referenced kernel")
-        # The new deployment names only K1: at the swap, K2's restored copy is no one's any more.
-        (boot / "loader.1" / "entries").mkdir(parents=True)
-        (boot / "loader.1" / "entries" / "ostree-1.conf").write_text(f"title ostree 1\nlinux {K1}\n")
         (boot / "loader.tmp").symlink_to("loader.1")
         os.rename(boot / "loader.tmp", boot / "loader")  # rename(2) of a symlink over a symlink
         wait_for(lambda: not tree.path(K2).exists(), what="the restored copy taken away at the swap")
@@ -104,8 +106,10 @@ def test_the_esp_is_watched_while_mounted_and_again_after_a_remount(boot_tree, n
             # The entry removed: the restored copy goes (an event in the ESP's loader/entries).
             (esp / "loader" / "entries" / "arch.conf").unlink()
             wait_for(lambda: not (esp / "arch" / "linux").exists(), what="the restored copy taken away")
-            # Unmount: the daemon holds nothing there.
-            subprocess.run(["umount", str(esp)], check=True, capture_output=True)
+            # Unmount: the daemon holds nothing there (no open file, no cwd: a batch that is still
+            # finishing may hold a directory for a moment, as an automount's expiry would retry).
+            wait_for(lambda: subprocess.run(["umount", str(esp)], capture_output=True).returncode == 0,
+                     timeout=10, what="the ESP unmounted")
             mount_tmpfs(esp)  # another, empty ESP: its entries directory appears later
             (esp / "loader" / "entries").mkdir(parents=True)
             (esp / "arch").mkdir()
