@@ -16,6 +16,7 @@ APT_PACKAGES=(
     grub2-common grub-pc-bin                              # the real grub-mkconfig for the grub.cfg parser's tests
     systemd-boot-efi binutils                             # a real UKI: the systemd-boot stub and objcopy
     aide                                                  # the baseline of benchmark row 8 (bootwatch scan vs aide --check)
+    qemu-system-x86 initramfs-tools busybox-static        # bootwatch prove: the VM, a real mkinitramfs image, a busybox one
 )
 
 if [ "$(id -u)" = 0 ]; then

@@ -360,6 +360,11 @@ def cmd_entries(args: argparse.Namespace, config: Config) -> int:
     return command_entries(args.json, config)
 
 
+def cmd_prove(args: argparse.Namespace, config: Config) -> int:
+    from bootwatch.cli.prove import command_prove
+    return command_prove(args, config)
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from bootwatch.cli.demo import run_demo
     return run_demo(keep=args.keep)

@@ -17,6 +17,7 @@ from bootwatch.cli.commands import (
     cmd_gc,
     cmd_list,
     cmd_pin,
+    cmd_prove,
     cmd_remove,
     cmd_restore,
     cmd_run,
@@ -26,6 +27,7 @@ from bootwatch.cli.commands import (
     cmd_verify,
 )
 from bootwatch.config import Config
+from bootwatch.prove.vm import DEFAULT_TIMEOUT, AccelChoice
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -39,6 +41,26 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
                        help="boot directory (overrides [paths] boot)")
     group.add_argument("--cache-dir", type=Path, metavar="DIR", default=default,
                        help="cache directory (overrides [paths] cache)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"not between 0 and 86400 seconds: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 64 <= value <= 65536:
+        raise argparse.ArgumentTypeError(f"not between 64 and 65536: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("entries", cmd_entries, "list every boot entry of the host (BLS, UKI, GRUB) with its files and "
                                         "what the cache holds of them; exit 1 if a source cannot be read")
     p.add_argument("--json", action="store_true", help="print a JSON object (sources and entries)")
+    p = command("prove", cmd_prove, "boot entries' own kernel and initramfs in a throwaway QEMU VM (no disk, "
+                                    "no network) and check that the initramfs's /init ran; exit 1 if one failed")
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help="entry id as 'bootwatch entries' shows it "
+                                                                "(SOURCE:ID when two sources have it)")
+    p.add_argument("--all", action="store_true", help="prove every entry")
+    p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"time bound of each VM (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--memory", type=_positive_int, default=None, metavar="MIB",
+                   help="memory of the VM (default: from the initramfs's size, at least 512)")
+    p.add_argument("--accel", choices=[a.value for a in AccelChoice], default=AccelChoice.AUTO.value,
+                   help="auto: KVM when /dev/kvm works, else (or when KVM cannot start the VM) TCG")
+    p.add_argument("--json", action="store_true", help="print a JSON array of the proofs")
     p = command("show", cmd_show, "show one cached path in detail")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print a JSON object")

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Callable
 
-__all__ = ["ArchiveError", "ToolMissing", "check_initramfs", "compression_of",
+__all__ = ["ArchiveError", "NameSink", "ToolMissing", "check_initramfs", "compression_of", "modules_release",
            "peek_decompressed"]
 
 CHUNK = 1 << 20
@@ -141,7 +141,23 @@ class _Stream:
             self._buf.clear()
 
 
-def _walk_cpio(stream: _Stream, where: str) -> int:
+NameSink = Callable[[bytes], None]
+"""Called with each entry's name (without its NUL) as the walk reads it."""
+
+
+def modules_release(name: bytes) -> str | None:
+    """The kernel release whose modules directory holds the archive entry ``name``
+    (``lib/modules/<release>/...`` or ``usr/lib/modules/<release>/...``, with or without a
+    leading ``./`` or ``/``), else None."""
+    parts = name.decode("utf-8", "replace").lstrip("./").split("/")
+    if parts[:1] == ["usr"]:
+        parts = parts[1:]
+    if len(parts) >= 3 and parts[0] == "lib" and parts[1] == "modules" and parts[2]:
+        return parts[2]
+    return None
+
+
+def _walk_cpio(stream: _Stream, where: str, on_name: NameSink | None = None) -> int:
     """Read one newc/crc archive up to and including its trailer; the number of entries."""
     start = stream.pos
     entries = 0
@@ -173,6 +189,8 @@ def _walk_cpio(stream: _Stream, where: str) -> int:
             raise ArchiveError(f"{where}: corrupt cpio entry name at offset {at}")
         if name[:-1] == TRAILER:
             return entries
+        if on_name is not None:
+            on_name(name[:-1])
         try:
             total = stream.consume(filesize, checksum=magic == b"070702")
             stream.read_exact(-filesize % 4)
@@ -186,7 +204,7 @@ def _walk_cpio(stream: _Stream, where: str) -> int:
         entries += 1
 
 
-def _walk_archives(stream: _Stream, where: str) -> int:
+def _walk_archives(stream: _Stream, where: str, on_name: NameSink | None = None) -> int:
     """The decompressed content of one member: cpio archives separated by zero padding."""
     entries = archives = 0
     while stream.skip_zeros():
@@ -194,7 +212,7 @@ def _walk_archives(stream: _Stream, where: str) -> int:
         if head not in CPIO_MAGICS:
             raise ArchiveError(f"{where}: junk at decompressed offset {stream.pos} "
                                f"(expected a cpio header, found {head!r})")
-        entries += _walk_cpio(stream, where)
+        entries += _walk_cpio(stream, where, on_name)
         archives += 1
     if not archives:
         raise ArchiveError(f"{where}: no cpio archive inside")
@@ -393,8 +411,10 @@ def _skip_zeros(f: BinaryIO, pos: int, end: int) -> int:
 
 
 def check_initramfs(f: BinaryIO, start: int, end: int,
-                    check_deadline: Callable[[], None] | None = None) -> str:
+                    check_deadline: Callable[[], None] | None = None, on_name: NameSink | None = None) -> str:
     """Walk the whole chain in ``f[start:end]``; a summary like ``cpio + zstd, 412 entries``.
+
+    ``on_name`` is called with the name of every entry of every archive, in order.
 
     Raises :class:`ArchiveError` for a corrupt or truncated chain and :class:`ToolMissing` when a
     member needs a decompressor that is not installed.
@@ -414,7 +434,7 @@ def check_initramfs(f: BinaryIO, start: int, end: int,
                 raise ArchiveError(f"cpio archive at unaligned offset {pos} "
                                    "(the kernel only reads 4-byte aligned archives)")
             stream = _Stream(_file_chunks(f, pos, end), pos)
-            entries += _walk_cpio(stream, f"cpio archive at offset {pos}")
+            entries += _walk_cpio(stream, f"cpio archive at offset {pos}", on_name)
             pos = stream.pos
             parts.append("cpio")
             continue
@@ -425,7 +445,7 @@ def check_initramfs(f: BinaryIO, start: int, end: int,
         where = f"{method} archive at offset {pos}"
         end_out: list[int] = []
         stream = _Stream(_member_chunks(f, pos, end, method, where, end_out))
-        entries += _walk_archives(stream, where)
+        entries += _walk_archives(stream, where, on_name)
         if not end_out:  # the stream was walked to its end, so this cannot happen
             raise ArchiveError(f"{where}: could not find the end of the compressed stream")
         pos = end_out[0]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-__all__ = ["KernelError", "PeSection", "bzimage_summary", "is_bzimage", "other_kernel",
+__all__ = ["KernelError", "PeSection", "bzimage_release", "bzimage_summary", "is_bzimage", "other_kernel",
            "parse_pe"]
 
 PE_MAX_SECTIONS = 96  # the PE/COFF specification's limit
@@ -47,6 +47,21 @@ def bzimage_summary(head: bytes, size: int) -> str:
         raise KernelError(f"truncated bzImage: the setup header announces {expected} bytes, "
                           f"the file has {size}")
     return f"x86 bzImage, boot protocol {version >> 8}.{version & 0xFF:02d}"
+
+
+def bzimage_release(f: BinaryIO, head: bytes) -> str | None:
+    """The kernel release (``uname -r``: ``6.1.0-57-cloud-amd64``) from the setup header's
+    ``kernel_version`` string (boot protocol 2.00+: a pointer, less 0x200, to a NUL-terminated
+    string whose first word is the release), or None when the header has none."""
+    if int.from_bytes(head[0x206:0x208], "little") < 0x0200:
+        return None
+    pointer = int.from_bytes(head[0x20E:0x210], "little")
+    if not pointer:
+        return None
+    f.seek(pointer + 0x200)
+    text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
+    words = text.split()
+    return words[0] if words and text.isprintable() else None
 
 
 def parse_pe(f: BinaryIO, head: bytes, size: int) -> list[PeSection] | None:

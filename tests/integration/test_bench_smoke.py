@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list", "8")
+TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list", "8", "9")
 BOOM_ROWS = ("7-cache", "7-list")  # bootwatch against boom-boot: not run without it
 
 
@@ -44,3 +44,6 @@ def test_quick_run_prints_every_target(tmp_path: Path) -> None:
             assert (result["what"] == "not run: boom-boot not installed") is not boom_installed, result
         if result["target"] == "8":  # bootwatch scan against aide --check: not run without aide
             assert (result["what"] == "not run: aide not installed") is (shutil.which("aide") is None), result
+        if result["target"] == "9":  # bootwatch prove against bare qemu: not run without qemu
+            no_qemu = shutil.which("qemu-system-x86_64") is None
+            assert (result["what"] == "not run: qemu-system-x86_64 not installed") is no_qemu, result

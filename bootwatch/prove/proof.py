@@ -1,0 +1,269 @@
+"""One entry's boot proof, and where its result is kept.
+
+:func:`prove_entry` finds the entry's kernel and initramfs images on the host (by their cache keys,
+relative to the boot directory), boots them (:mod:`bootwatch.prove.vm`) with the proof's command
+line (:mod:`bootwatch.prove.cmdline`) and judges the console (:mod:`bootwatch.prove.console`):
+
+* ``passed``: the kernel ran the initramfs's ``/init``, and no failure was seen;
+* ``failed``: the reason, and the console lines that show it (a file the entry names is missing
+  or unreadable, the kernel image is truncated, the initramfs holds kernel modules but none for
+  the kernel's release (read from its setup header): decided before booting, because
+  initramfs-tools loads modules quietly; the VM did not get to ``/init`` in time, ...);
+* ``not run``: the proof cannot be made here, which is never a failure: qemu-system-x86_64 is
+  not installed, the kernel is not an x86 bzImage (another architecture's, a unified kernel
+  image, an EFI program), a file is on no partition bootwatch can tell.
+
+Results are kept per entry in ``<runtime>/proofs/`` (``[paths] runtime``, ``/run/bootwatch``
+under systemd): ``<name>.json`` (:meth:`Proof.to_json`) and ``<name>.log``, the whole serial
+console (up to :data:`~bootwatch.prove.vm.LOG_LIMIT`), each replaced atomically. ``<name>`` is
+``<source>-<entry id>`` with every character but letters, digits, ``.``, ``_`` and ``-``
+percent-encoded (a GRUB id holds ``>``, a title may hold ``/``); a name longer than 200
+characters is ``<source>-sha256-<hex>`` of the id. The runtime directory is the daemon's state
+that does not outlive a boot: a proof is about the files as they are now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootwatch.atomic import write_atomically
+from bootwatch.entries.inventory import Inventory
+from bootwatch.entries.model import Entry, FileRole
+from bootwatch.enums import TextEnum
+from bootwatch.errors import BootwatchError, describe_oserror, printable
+from bootwatch.prove.cmdline import proof_cmdline
+from bootwatch.prove.console import ConsoleWatch
+from bootwatch.prove.vm import QEMU, AccelChoice, Ended, VmLimits, VmRun, boot
+from bootwatch.safety import open_private_directory, open_regular
+from bootwatch.verify.initramfs import ArchiveError, ToolMissing, check_initramfs, modules_release
+from bootwatch.verify.kernel import KernelError, bzimage_release, bzimage_summary, is_bzimage, other_kernel
+
+PROOFS_DIR = "proofs"
+NOT_INSTALLED = f"{QEMU} is not installed"
+EVIDENCE_TAIL = 12
+"""Console lines shown when no marker explains a failure: the last ones."""
+_NAME_LIMIT = 200
+
+
+class Verdict(TextEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class Proof:
+    entry_id: str
+    source: str
+    verdict: Verdict
+    reason: str
+    evidence: tuple[str, ...] = ()
+    started: float = field(default_factory=time.time)
+    seconds: float = 0.0
+    accel: str | None = None
+    kernel: str | None = None
+    initrds: tuple[str, ...] = ()
+    cmdline: str | None = None
+    log: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entry": self.entry_id, "source": self.source, "verdict": self.verdict.value,
+                "reason": self.reason, "evidence": list(self.evidence), "started": self.started,
+                "seconds": round(self.seconds, 3), "accel": self.accel, "kernel": self.kernel,
+                "initrds": list(self.initrds), "cmdline": self.cmdline, "log": self.log}
+
+
+def proof_name(entry: Entry) -> str:
+    quoted = urllib.parse.quote(entry.id, safe="")
+    name = f"{entry.source.value}-{quoted}"
+    if len(name) > _NAME_LIMIT:
+        name = f"{entry.source.value}-sha256-{hashlib.sha256(entry.id.encode()).hexdigest()}"
+    return name
+
+
+@dataclass(frozen=True)
+class _Images:
+    kernel: Path
+    initrds: tuple[Path, ...]
+
+
+def _not_run(entry: Entry, reason: str) -> Proof:
+    return Proof(entry.id, entry.source.value, Verdict.NOT_RUN, reason)
+
+
+def _failed(entry: Entry, reason: str) -> Proof:
+    return Proof(entry.id, entry.source.value, Verdict.FAILED, reason)
+
+
+def _images(inventory: Inventory, entry: Entry) -> _Images | Proof:
+    """The host paths of the entry's kernel and initramfs images, or why there is no proof."""
+    if entry.files_with_role(FileRole.UKI):
+        return _not_run(entry, "a unified kernel image (only a kernel with its initramfs files is proved)")
+    if entry.files_with_role(FileRole.EFI):
+        return _not_run(entry, "an EFI program, not a Linux kernel")
+    kernels = entry.files_with_role(FileRole.KERNEL)
+    if len(kernels) != 1:
+        return _not_run(entry, "the entry names no kernel")
+    paths = []
+    for file in (*kernels, *entry.files_with_role(FileRole.INITRD)):
+        key = inventory.key(file)
+        if key is None:
+            return _not_run(entry, f"{file.path}: on no partition bootwatch can tell")
+        # A key is relative to the boot directory, also for an ESP file (/../efi/...).
+        paths.append(Path(os.path.normpath(str(inventory.roots.boot) + key)))
+    return _Images(paths[0], tuple(paths[1:]))
+
+
+def _check_kernel(entry: Entry, kernel: Path) -> Proof | None:
+    """Not run for a kernel qemu-system-x86_64 cannot boot; failed for an unreadable or truncated one."""
+    try:
+        fd = open_regular(kernel, follow_symlinks=True)
+    except (BootwatchError, OSError) as e:
+        return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=kernel))
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 0x1000, 0)
+    except OSError as e:
+        return _failed(entry, describe_oserror(e, path=kernel))
+    finally:
+        os.close(fd)
+    if not is_bzimage(head):
+        other = other_kernel(head)
+        what = other if other is not None else ("a PE/EFI image" if head[:2] == b"MZ" else "an unknown format")
+        return _not_run(entry, f"{kernel}: not an x86 kernel (bzImage): {what}")
+    try:
+        bzimage_summary(head, size)
+    except KernelError as e:
+        return _failed(entry, f"{kernel}: {e}")
+    return None
+
+
+def _check_initrds(entry: Entry, initrds: tuple[Path, ...]) -> Proof | None:
+    for path in initrds:
+        try:
+            os.close(open_regular(path, follow_symlinks=True))
+        except (BootwatchError, OSError) as e:
+            return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=path))
+    return None
+
+
+def _kernel_release(kernel: Path) -> str | None:
+    try:
+        with open(open_regular(kernel, follow_symlinks=True), "rb") as f:
+            return bzimage_release(f, f.read(0x1000))
+    except (BootwatchError, OSError):
+        return None
+
+
+def _initramfs_releases(initrds: tuple[Path, ...]) -> set[str] | None:
+    """The kernel releases whose modules directory the images hold; None when a walk fails
+    (the VM shows what the kernel makes of a broken image)."""
+    releases: set[str] = set()
+
+    def on_name(name: bytes) -> None:
+        release = modules_release(name)
+        if release is not None:
+            releases.add(release)
+
+    for path in initrds:
+        try:
+            with open(open_regular(path, follow_symlinks=True), "rb") as f:
+                check_initramfs(f, 0, os.fstat(f.fileno()).st_size, on_name=on_name)
+        except (ArchiveError, ToolMissing, BootwatchError, OSError):
+            return None
+    return releases
+
+
+def _check_modules(entry: Entry, images: _Images) -> Proof | None:
+    """Failed when the initramfs holds kernel modules, but none for this kernel: its /init would
+    load none (initramfs-tools' modprobe runs quiet, so no console would tell)."""
+    releases = _initramfs_releases(images.initrds)
+    release = _kernel_release(images.kernel) if releases else None
+    if not releases or release is None or release in releases:
+        return None
+    return Proof(entry.id, entry.source.value, Verdict.FAILED,
+                 f"the initramfs holds no modules for the kernel's release {release}",
+                 (f"{images.kernel}: release {release}",
+                  f"initramfs modules: {', '.join(f'lib/modules/{r}' for r in sorted(releases))}"))
+
+
+def prove_entry(inventory: Inventory, entry: Entry, *, qemu: str | None,
+                accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None) -> tuple[Proof, bytes]:
+    """The entry's proof and the console it printed (empty when no VM ran)."""
+    limits = limits or VmLimits()
+    images = _images(inventory, entry)
+    if isinstance(images, Proof):
+        return images, b""
+    early = _check_kernel(entry, images.kernel) or _check_initrds(entry, images.initrds) \
+        or _check_modules(entry, images)
+    if early is not None:
+        return early, b""
+    if qemu is None:
+        return _not_run(entry, NOT_INSTALLED), b""
+    cmdline = proof_cmdline(entry.options)
+    started = time.time()
+    try:
+        run = boot(images.kernel, images.initrds, cmdline, qemu=qemu, accel=accel, limits=limits)
+    except (BootwatchError, OSError) as e:
+        return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e)), b""
+    verdict, reason, evidence = judge(run, limits)
+    return Proof(entry.id, entry.source.value, verdict, reason, evidence, started, run.seconds, run.accel.value,
+                 str(images.kernel), tuple(map(str, images.initrds)), cmdline), run.console
+
+
+def judge(run: VmRun, limits: VmLimits) -> tuple[Verdict, str, tuple[str, ...]]:
+    watch: ConsoleWatch = run.watch
+    if watch.passed:
+        return Verdict.PASSED, f"{watch.reason()} ({run.ended})", watch.evidence()
+    if watch.failed:
+        return Verdict.FAILED, watch.reason(), watch.evidence()
+    tail = tuple(printable(line) for line in run.console.decode("utf-8", "replace").replace("\r", "")
+                 .splitlines()[-EVIDENCE_TAIL:])
+    qemu_said = tuple(f"qemu: {printable(line)}" for line in run.stderr.splitlines()[-3:] if line.strip())
+    if run.ended is Ended.TIMEOUT:
+        reason = f"{watch.reason()} within {limits.timeout:g} s"
+    elif run.ended is Ended.EXITED:
+        status = "" if run.exit_status is None else f", qemu exit status {run.exit_status}"
+        reason = f"{watch.reason()}: {run.ended}{status}"
+    else:
+        reason = f"{watch.reason()}: {run.ended}"
+    return Verdict.FAILED, reason, tail + qemu_said
+
+
+class ProofStore:
+    """``<runtime>/proofs``: the last proof of each entry and its console log."""
+
+    def __init__(self, runtime: Path) -> None:
+        self.directory = Path(runtime) / PROOFS_DIR
+
+    def save(self, entry: Entry, proof: Proof, console: bytes) -> Proof:
+        """Write the proof and its log; the proof as stored (with the log's path)."""
+        name = proof_name(entry)
+        fd = open_private_directory(self.directory, create=True)
+        try:
+            log = self.directory / f"{name}.log"
+            if console:
+                write_atomically(Path(log.name), console, mode=0o644, prefix=".proof-", durable=False,
+                                 final_dir_fd=fd, temp_dir=self.directory, temp_dir_fd=fd)
+            else:  # no VM ran: an older proof's log would pass for this one's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(log.name, dir_fd=fd)
+            stored = dataclasses.replace(proof, log=str(log) if console else None)
+            data = json.dumps(stored.to_json(), indent=2).encode() + b"\n"
+            write_atomically(Path(f"{name}.json"), data, mode=0o644, prefix=".proof-", durable=False,
+                             final_dir_fd=fd, temp_dir=self.directory, temp_dir_fd=fd)
+        finally:
+            os.close(fd)
+        return stored
+
+    def result_path(self, entry: Entry) -> Path:
+        return self.directory / f"{proof_name(entry)}.json"
