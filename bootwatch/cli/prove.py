@@ -91,6 +91,7 @@ def command_prove(args: argparse.Namespace, config: Config) -> int:
     qemu = qemu_path(os.environ.get("PATH"))
     limits = VmLimits(timeout=args.timeout, memory_mib=args.memory)
     store = ProofStore(config.paths.runtime)
+    store.check()
     progress = sys.stderr.isatty() and not args.json
     proofs: list[Proof] = []
     with sigterm_exits():

@@ -10,8 +10,11 @@ line (:mod:`bootwatch.prove.cmdline`) and judges the console (:mod:`bootwatch.pr
   the kernel's release (read from its setup header): decided before booting, because
   initramfs-tools loads modules quietly; the VM did not get to ``/init`` in time, ...);
 * ``not run``: the proof cannot be made here, which is never a failure: qemu-system-x86_64 is
-  not installed, the kernel is not an x86 bzImage (another architecture's, a unified kernel
-  image, an EFI program), a file is on no partition bootwatch can tell.
+  not installed, the kernel is not an x86 bzImage (another architecture's, an EFI program), a
+  file is on no partition bootwatch can tell.
+
+A unified kernel image is proved from its sections, as systemd-stub starts it: ``.linux`` is
+the kernel, ``.ucode`` and ``.initrd`` (in this order) the initramfs, ``.cmdline`` the options.
 
 Results are kept per entry in ``<runtime>/proofs/`` (``[paths] runtime``, ``/run/bootwatch``
 under systemd): ``<name>.json`` (:meth:`Proof.to_json`) and ``<name>.log``, the whole serial
@@ -37,15 +40,15 @@ from typing import Any
 
 from bootwatch.atomic import write_atomically
 from bootwatch.entries.inventory import Inventory
-from bootwatch.entries.model import Entry, FileRole
+from bootwatch.entries.model import BootFile, Entry, FileRole
 from bootwatch.enums import TextEnum
 from bootwatch.errors import BootwatchError, describe_oserror, printable
 from bootwatch.prove.cmdline import proof_cmdline
 from bootwatch.prove.console import ConsoleWatch
-from bootwatch.prove.vm import QEMU, AccelChoice, Ended, VmLimits, VmRun, boot
+from bootwatch.prove.vm import QEMU, AccelChoice, Ended, VmLimits, VmRun, boot, section_file
 from bootwatch.safety import open_private_directory, open_regular
 from bootwatch.verify.initramfs import ArchiveError, ToolMissing, check_initramfs, modules_release
-from bootwatch.verify.kernel import KernelError, bzimage_release, bzimage_summary, is_bzimage, other_kernel
+from bootwatch.verify.kernel import KernelError, bzimage_release, bzimage_summary, is_bzimage, other_kernel, parse_pe
 
 PROOFS_DIR = "proofs"
 NOT_INSTALLED = f"{QEMU} is not installed"
@@ -94,6 +97,9 @@ def proof_name(entry: Entry) -> str:
 class _Images:
     kernel: Path
     initrds: tuple[Path, ...]
+    kernel_name: str
+    """What reports name: the path, or ``UKI:.linux`` for a section of a unified kernel image."""
+    initrd_names: tuple[str, ...]
 
 
 def _not_run(entry: Entry, reason: str) -> Proof:
@@ -104,29 +110,62 @@ def _failed(entry: Entry, reason: str) -> Proof:
     return Proof(entry.id, entry.source.value, Verdict.FAILED, reason)
 
 
-def _images(inventory: Inventory, entry: Entry) -> _Images | Proof:
-    """The host paths of the entry's kernel and initramfs images, or why there is no proof."""
-    if entry.files_with_role(FileRole.UKI):
-        return _not_run(entry, "a unified kernel image (only a kernel with its initramfs files is proved)")
+def _host_path(inventory: Inventory, entry: Entry, file: BootFile) -> Path | Proof:
+    key = inventory.key(file)
+    if key is None:
+        return _not_run(entry, f"{file.path}: on no partition bootwatch can tell")
+    # A key is relative to the boot directory, also for an ESP file (/../efi/...).
+    return Path(os.path.normpath(str(inventory.roots.boot) + key))
+
+
+def _images(inventory: Inventory, entry: Entry, stack: contextlib.ExitStack) -> _Images | Proof:
+    """The entry's kernel and initramfs images on the host (a UKI's sections copied into memory
+    files, named ``/proc/self/fd/N`` while ``stack`` is open), or why there is no proof."""
     if entry.files_with_role(FileRole.EFI):
         return _not_run(entry, "an EFI program, not a Linux kernel")
+    ukis = entry.files_with_role(FileRole.UKI)
+    if ukis:
+        uki = _host_path(inventory, entry, ukis[0])
+        return uki if isinstance(uki, Proof) else _uki_images(entry, uki, stack)
     kernels = entry.files_with_role(FileRole.KERNEL)
     if len(kernels) != 1:
         return _not_run(entry, "the entry names no kernel")
     paths = []
     for file in (*kernels, *entry.files_with_role(FileRole.INITRD)):
-        key = inventory.key(file)
-        if key is None:
-            return _not_run(entry, f"{file.path}: on no partition bootwatch can tell")
-        # A key is relative to the boot directory, also for an ESP file (/../efi/...).
-        paths.append(Path(os.path.normpath(str(inventory.roots.boot) + key)))
-    return _Images(paths[0], tuple(paths[1:]))
+        path = _host_path(inventory, entry, file)
+        if isinstance(path, Proof):
+            return path
+        paths.append(path)
+    return _Images(paths[0], tuple(paths[1:]), str(paths[0]), tuple(map(str, paths[1:])))
 
 
-def _check_kernel(entry: Entry, kernel: Path) -> Proof | None:
-    """Not run for a kernel qemu-system-x86_64 cannot boot; failed for an unreadable or truncated one."""
+UKI_INITRD_SECTIONS = (".ucode", ".initrd")
+"""What systemd-stub hands the kernel as its initrd, in this order (early microcode first)."""
+
+
+def _uki_images(entry: Entry, uki: Path, stack: contextlib.ExitStack) -> _Images | Proof:
     try:
-        fd = open_regular(kernel, follow_symlinks=True)
+        with open(open_regular(uki, follow_symlinks=True), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            sections = {name: (offset, length) for name, offset, length in parse_pe(f, f.read(0x1000), size) or ()}
+            if ".linux" not in sections:
+                return _failed(entry, f"{uki}: a unified kernel image without a .linux section")
+            fds = {name: stack.enter_context(section_file(f.fileno(), *sections[name], name))
+                   for name in (".linux", *UKI_INITRD_SECTIONS) if name in sections}
+    except KernelError as e:
+        return _failed(entry, f"{uki}: {e}")
+    except (BootwatchError, OSError) as e:
+        return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=uki))
+    initrds = [name for name in UKI_INITRD_SECTIONS if name in fds]
+    return _Images(Path(f"/proc/self/fd/{fds['.linux']}"), tuple(Path(f"/proc/self/fd/{fds[n]}") for n in initrds),
+                   f"{uki}:.linux", tuple(f"{uki}:{n}" for n in initrds))
+
+
+def _check_kernel(entry: Entry, images: _Images) -> Proof | None:
+    """Not run for a kernel qemu-system-x86_64 cannot boot; failed for an unreadable or truncated one."""
+    kernel = images.kernel_name
+    try:
+        fd = open_regular(images.kernel, follow_symlinks=True, display=kernel)
     except (BootwatchError, OSError) as e:
         return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=kernel))
     try:
@@ -147,12 +186,12 @@ def _check_kernel(entry: Entry, kernel: Path) -> Proof | None:
     return None
 
 
-def _check_initrds(entry: Entry, initrds: tuple[Path, ...]) -> Proof | None:
-    for path in initrds:
+def _check_initrds(entry: Entry, images: _Images) -> Proof | None:
+    for path, name in zip(images.initrds, images.initrd_names):
         try:
-            os.close(open_regular(path, follow_symlinks=True))
+            os.close(open_regular(path, follow_symlinks=True, display=name))
         except (BootwatchError, OSError) as e:
-            return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=path))
+            return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e, path=name))
     return None
 
 
@@ -192,7 +231,7 @@ def _check_modules(entry: Entry, images: _Images) -> Proof | None:
         return None
     return Proof(entry.id, entry.source.value, Verdict.FAILED,
                  f"the initramfs holds no modules for the kernel's release {release}",
-                 (f"{images.kernel}: release {release}",
+                 (f"{images.kernel_name}: release {release}",
                   f"initramfs modules: {', '.join(f'lib/modules/{r}' for r in sorted(releases))}"))
 
 
@@ -200,11 +239,16 @@ def prove_entry(inventory: Inventory, entry: Entry, *, qemu: str | None,
                 accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None) -> tuple[Proof, bytes]:
     """The entry's proof and the console it printed (empty when no VM ran)."""
     limits = limits or VmLimits()
-    images = _images(inventory, entry)
+    with contextlib.ExitStack() as stack:
+        return _prove(inventory, entry, stack, qemu=qemu, accel=accel, limits=limits)
+
+
+def _prove(inventory: Inventory, entry: Entry, stack: contextlib.ExitStack, *, qemu: str | None,
+           accel: AccelChoice, limits: VmLimits) -> tuple[Proof, bytes]:
+    images = _images(inventory, entry, stack)
     if isinstance(images, Proof):
         return images, b""
-    early = _check_kernel(entry, images.kernel) or _check_initrds(entry, images.initrds) \
-        or _check_modules(entry, images)
+    early = _check_kernel(entry, images) or _check_initrds(entry, images) or _check_modules(entry, images)
     if early is not None:
         return early, b""
     if qemu is None:
@@ -217,7 +261,7 @@ def prove_entry(inventory: Inventory, entry: Entry, *, qemu: str | None,
         return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e)), b""
     verdict, reason, evidence = judge(run, limits)
     return Proof(entry.id, entry.source.value, verdict, reason, evidence, started, run.seconds, run.accel.value,
-                 str(images.kernel), tuple(map(str, images.initrds)), cmdline), run.console
+                 images.kernel_name, images.initrd_names, cmdline), run.console
 
 
 def judge(run: VmRun, limits: VmLimits) -> tuple[Verdict, str, tuple[str, ...]]:
@@ -244,6 +288,11 @@ class ProofStore:
 
     def __init__(self, runtime: Path) -> None:
         self.directory = Path(runtime) / PROOFS_DIR
+
+    def check(self) -> None:
+        """Make sure results can be kept (before any VM runs): the directory exists or is made,
+        and only this user can write it."""
+        os.close(open_private_directory(self.directory, create=True))
 
     def save(self, entry: Entry, proof: Proof, console: bytes) -> Proof:
         """Write the proof and its log; the proof as stored (with the log's path)."""

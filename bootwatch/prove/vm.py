@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootwatch.atomic import write_all
 from bootwatch.enums import TextEnum
 from bootwatch.prove.console import ConsoleWatch
 from bootwatch.safety import open_regular
@@ -175,6 +176,21 @@ def _initrd_fd(stack: contextlib.ExitStack, initrds: Sequence[Path]) -> tuple[in
                 shutil.copyfileobj(f, out)
             out.write(b"\0" * (-out.tell() % 4))
     return joined, os.fstat(joined).st_size
+
+
+@contextlib.contextmanager
+def section_file(fd: int, offset: int, length: int, name: str) -> Iterator[int]:
+    """A memory file (memfd) holding ``length`` bytes of ``fd`` from ``offset``: a section of a
+    unified kernel image, handed to qemu as a file of its own."""
+    with _closing_fd(os.memfd_create(f"bootwatch{name}", os.MFD_CLOEXEC)) as out:
+        done = 0
+        while done < length:
+            chunk = os.pread(fd, min(1 << 20, length - done), offset + done)
+            if not chunk:
+                raise OSError(f"section {name} ends at offset {offset + done}, beyond the end of the file")
+            write_all(out, chunk)
+            done += len(chunk)
+        yield out
 
 
 @contextlib.contextmanager

@@ -223,6 +223,37 @@ def test_several_initrds_are_loaded_as_one_chain(tree: Path, kernel_deb: tuple[P
     assert len(proofs[0]["initrds"]) == 2
 
 
+@pytest.mark.slow
+def test_a_unified_kernel_image_is_proved_from_its_sections(tree: Path, kernel_deb: tuple[Path, Kernel],
+                                                           modules: dict[str, bytes]) -> None:
+    """A UKI (Debian's systemd-boot stub with the cloud kernel, a busybox initramfs and a
+    .cmdline) in <boot>/EFI/Linux: its .linux, .initrd and .cmdline are what the VM boots."""
+    from realboot.uki_build import build_uki, missing_tool
+    needs_qemu()
+    if missing_tool() is not None:
+        pytest.skip(str(missing_tool()))
+    try:
+        static_busybox()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    _, kernel = kernel_deb
+    initrd = busybox_initramfs(tree / "uki-initrd.img", BUSYBOX_INIT.format(
+        insmods="/bin/busybox insmod /llc.ko\n/bin/busybox insmod /stp.ko\n/bin/busybox cat /proc/cmdline"), modules)
+    (tree / "boot" / "EFI" / "Linux").mkdir(parents=True)
+    build_uki(tree / "boot" / "EFI" / "Linux" / "debian.efi", kernel=kernel.boot / f"vmlinuz-{kernel.version}",
+              initrd=initrd, osrel=b'NAME="Debian GNU/Linux"\nID=debian\nVERSION_ID="12"\n',
+              cmdline=b"root=UUID=0b5c ro bootwatch.test=uki", uname=kernel.version.encode())
+    rc, proofs, err = prove(tree, "uki:debian.efi")
+    assert rc == 0, (proofs, err)
+    (proof,) = proofs
+    assert proof["verdict"] == "passed", proof
+    uki = tree / "boot" / "EFI" / "Linux" / "debian.efi"
+    assert proof["kernel"] == f"{uki}:.linux" and proof["initrds"] == [f"{uki}:.initrd"]
+    log = Path(proof["log"]).read_text()
+    assert "bootwatch.test=uki" in log and "root=/dev/nonexistent" in log and "root=UUID" not in log.split(
+        "Run /init as init process")[1]
+
+
 def test_the_kernel_release_is_read_from_the_setup_header(kernel_deb: tuple[Path, Kernel]) -> None:
     from bootwatch.verify.kernel import bzimage_release
     _, kernel = kernel_deb
