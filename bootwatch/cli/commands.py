@@ -243,7 +243,9 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
         print_json(report.to_json())
     elif not args.quiet:
         # What the pass was for: the boot entries found, or, with none, where they were looked for.
-        census = Census.of(cache.read_inventory())
+        inputs = reconciler.last_inputs  # the entries a complete pass read
+        census = Census.of(inputs.inventory if inputs is not None and inputs.inventory is not None
+                           else cache.read_inventory())
         if census.warning is not None:
             print(f"bootwatch: warning: {census.warning}\nbootwatch: hint: {NO_ENTRIES_HINT}", file=sys.stderr)
         print(f"{census.text()}; examined {report.examined} paths, hashed {report.hashed}: "

@@ -60,6 +60,7 @@ from bootwatch.daemon.metrics import CacheListing, Metrics
 from bootwatch.daemon.notify import SystemdNotifier
 from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
 from bootwatch.daemon.watcher import Change, ChangeKind, EntryLocations, Watcher
+from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
@@ -463,7 +464,8 @@ class Daemon:
             report = self._first_reconcile()
             if report is None:
                 return
-            self._after_batch(report, full=True)
+            inputs = self.reconciler.last_inputs  # what a complete pass read (None: it was cut short)
+            self._after_batch(report, full=True, inventory=inputs.inventory if inputs is not None else None)
             stack.callback(self._stop_scheduler)
             self._start_scheduler()
             self.status.state = "running"
@@ -805,7 +807,7 @@ class Daemon:
             self.beat()
             txn.flush()
             self.reconciler.check_images(txn, batch.image_ids, report)
-        self._after_batch(report, full=batch.full)
+        self._after_batch(report, full=batch.full, inventory=txn.references.inventory)
 
     def _reload_now(self) -> None:
         try:
@@ -851,7 +853,8 @@ class Daemon:
         if since is not None and self.cache.index_written_at > since:
             self.io_errors.clear("the cache index was written again")
 
-    def _after_batch(self, report: ReconcileReport, *, full: bool) -> None:
+    def _after_batch(self, report: ReconcileReport, *, full: bool, inventory: Inventory | None = None) -> None:
+        """``inventory``: the boot entries the pass read its references from, if it read them."""
         self._note_cache_state()
         now = time.time()
         self._note_references(report.references_unknown)
@@ -864,11 +867,12 @@ class Daemon:
             self.retries.pop(path, None)
         busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
-        census: Census | None = None  # likewise the boot entries, and after every full pass
-        if full or not busy or now - self.counts_time >= COUNTS_REFRESH:
+        # The boot entries: as the pass read them; read here only when it did not.
+        census = Census.of(inventory) if inventory is not None else None
+        if census is None and (full or not busy or now - self.counts_time >= COUNTS_REFRESH):
             census = self._read_census()
-            if census is not None:
-                self._note_entries(census)
+        if census is not None:
+            self._note_entries(census)
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
             listing = CacheListing.read(self.cache)
             if listing.error is None:

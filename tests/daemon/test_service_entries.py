@@ -91,15 +91,19 @@ def test_started_line_and_status_name_the_sources_and_the_entry_count(boot_tree:
     tree.write_kernel("1.0")
     tree.write_entry("one", linux="/vmlinuz-1.0", initrd=["/initramfs-1.0.img"])
     shutil.copytree(SAMPLES / "grub-btrfs", tree.boot / "grub")
+    for name in ("vmlinuz-linux", "intel-ucode.img", "initramfs-linux.img"):  # not the fallback initramfs
+        tree.write_file(f"/{name}")
     config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
                           watch={"settle": "100ms"})
     with DaemonProcess(config, tree.root) as daemon:
         ready = daemon.wait_ready()["STATUS"]
-        assert ready.startswith(f"watching {tree.boot}: 8 boot entries (bls 1, grub 7); 2 cached"), ready
+        assert ready.startswith(f"watching {tree.boot}: 8 boot entries (bls 1, grub 7); 5 cached"), ready
         output = daemon.output()
     assert "event=NO_BOOT_ENTRIES" not in output
     [started] = [line for line in output.splitlines() if "event=DAEMON_STARTED" in line]
-    assert f"watching {tree.boot} (8 boot entries (bls 1, grub 7); cache {tree.cache}): 2 paths examined" in started
+    # Every file the entries name: 2 of the BLS entry, 4 of the GRUB entries (one not there).
+    assert f"watching {tree.boot} (8 boot entries (bls 1, grub 7); cache {tree.cache}): 6 paths examined, " \
+        "5 hashed" in started, started
 
 
 @pytest.mark.root
