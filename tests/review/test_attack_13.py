@@ -89,3 +89,70 @@ def test_clean_force_with_the_esp_unmounted_never_makes_the_mount_point_the_esp(
         restored_on_the_esp = shim.exists()
     assert not written_under_mount_point, "a restore wrote an ESP file onto the filesystem under the ESP's mount point"
     assert restored_on_the_esp, "the ESP's boot loader, named by an entry, was not restored once the ESP was back"
+
+
+GRUB_CFG_DUAL_BOOT = """\
+menuentry 'Debian 1' {
+\tlinux /vmlinuz-1 root=/dev/sda1 ro
+}
+menuentry 'Debian 2' {
+\tlinux /vmlinuz-2 root=/dev/sda1 ro
+}
+menuentry 'Windows Boot Manager (on /dev/sda1)' {
+\tchainloader /EFI/Microsoft/Boot/bootmgfw.efi
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="an ESP mounted inside the boot directory (Debian's /boot/efi) is watched only "
+                   "through the boot directory's recursive watch (daemon/watcher.py: Watcher.esp is None for an ESP "
+                   "inside the boot directory, so esp_changed() is never True, and needs_rearm() compares only the "
+                   "boot directory's identity): after the ESP is unmounted and mounted again its files are not "
+                   "watched, and a deleted file an entry names is not restored until the periodic rescan")
+def test_an_esp_at_boot_efi_is_watched_again_after_a_remount(boot_tree, tmp_path: Path) -> None:
+    from daemonproc import DaemonProcess, write_config
+    from polling import wait_until
+
+    tree = boot_tree
+    esp = tree.boot / "efi"
+    esp.mkdir()
+    image = tmp_path / "esp.img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    (tree.boot / "grub").mkdir()
+    (tree.boot / "grub" / "grub.cfg").write_text(GRUB_CFG_DUAL_BOOT)
+    tree.write_file("/vmlinuz-1")
+    tree.write_file("/vmlinuz-2")
+    bootmgr = esp / "EFI" / "Microsoft" / "Boot" / "bootmgfw.efi"
+    tree.config.write_text(f'[entries]\nesp = "{esp}"\n')
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
+                          watch={"settle": "100ms", "rescan_interval": "1h"}, entries={"esp": str(esp)})
+    subprocess.run(["mount", "-o", "loop", str(image), str(esp)], check=True)
+    try:
+        bootmgr.parent.mkdir(parents=True)
+        bootmgr.write_bytes(os.urandom(4096))
+        ok(tree.cli("scan"))
+        assert tree.list_json()["/efi/EFI/Microsoft/Boot/bootmgfw.efi"]["state"] == "CACHED"
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready()
+            bootmgr.unlink()
+            assert wait_until(bootmgr.is_file, timeout=10), "the first restore on the ESP"
+            # The ESP unmounted and mounted again (the same filesystem: a remount, fsck at boot,
+            # an automount expiring): nothing on it changed.
+            assert wait_until(lambda: subprocess.run(["umount", str(esp)], capture_output=True).returncode == 0,
+                              timeout=10)
+            subprocess.run(["mount", "-o", "loop", str(image), str(esp)], check=True)
+            assert bootmgr.is_file()
+            wait_until(lambda: False, timeout=1.5)  # a few of the daemon's ticks
+            bootmgr.unlink()
+            restored = wait_until(bootmgr.is_file, timeout=10)
+            output = daemon.output()
+        assert "Traceback" not in output, output
+        # Nothing but the watch is wrong: a scan restores it (the references are known).
+        ok(tree.cli("scan"))
+        assert bootmgr.is_file()
+        assert restored, "a file on the remounted ESP that an entry names was deleted and not restored"
+    finally:
+        subprocess.run(["umount", "-q", str(esp)], check=False)
