@@ -1,14 +1,13 @@
 """``bootwatch demo``: the point of bootwatch in one minute, without touching /boot.
 
-First it shows what bootwatch sees on a Debian 12 host, where GRUB boots kernels named by a
-generated ``grub.cfg`` and there is no BLS entry: a sample ``/boot`` in a temp directory, with two
-kernels and the ``grub.cfg`` Debian's ``update-grub`` writes for them (:func:`debian_grub_cfg`,
-clearly labelled as a sample, never the host's), listed by ``bootwatch entries``.
-
-Then it builds a throw-away boot tree with BLS entries, starts the real daemon on it (a child
-``bootwatch run``), and plays three scenes: a kernel install, the removal of a kernel that a
-snapshot's boot entry still needs, and a cached image that rots. After each it prints what the
-daemon logged. Everything is removed at the end (``--keep`` keeps the trees to look at).
+It builds a throw-away ``/boot`` in a temp directory, laid out as on a Debian 12 host: GRUB boots
+the kernels that a generated ``grub.cfg`` names, and there is no BLS entry. The ``grub.cfg`` is
+a sample in the shape Debian's ``update-grub`` writes (:func:`debian_grub_cfg`, labelled as a
+sample in the file and on the screen), with a pinned fallback entry of ``/etc/grub.d/40_custom``.
+``bootwatch entries`` lists what bootwatch sees there; then the real daemon (a child ``bootwatch
+run``) watches it through three scenes: a kernel install, the removal of a kernel that the pinned
+entry still needs, and a cached image that rots. After each it prints what the daemon logged.
+Everything is removed at the end (``--keep`` keeps the tree to look at).
 """
 
 from __future__ import annotations
@@ -37,23 +36,20 @@ def _write(path: Path, size: int) -> None:
     os.rename(tmp, path)
 
 
-def _entry(entries: Path, name: str, title: str, version: str) -> None:
-    (entries / f"{name}.conf").write_text(
-        f"title {title}\nversion {version}\nlinux /vmlinuz-{version}\ninitrd /initramfs-{version}.img\n"
-        "options root=/dev/mapper/vg-root ro\n")
-
-
 # A made-up filesystem UUID: the sample's root filesystem, which is no filesystem of this host.
 SAMPLE_ROOT_UUID = "0d3b2c1a-5e4f-4a6b-8c7d-9e0f1a2b3c4d"
-DEBIAN_KERNELS = ("6.1.0-17-amd64", "6.1.0-18-amd64")
+PINNED = "6.1.0-1"
+"""The kernel the administrator pinned a fallback entry to (in /etc/grub.d/40_custom)."""
 
 
-def debian_grub_cfg(versions: tuple[str, ...], uuid: str = SAMPLE_ROOT_UUID) -> str:
+def debian_grub_cfg(versions: tuple[str, ...], uuid: str = SAMPLE_ROOT_UUID, *, pinned: str | None = None) -> str:
     """A grub.cfg in the shape Debian 12's ``grub-mkconfig`` writes it (``/etc/grub.d/00_header``'s
     ``menuentry_id_option``, then ``10_linux``'s entries) for ``versions`` (newest last) on a
     root filesystem that holds ``/boot``, with ``GRUB_DISABLE_RECOVERY=true`` to keep it short:
     the newest kernel's simple entry, then an "Advanced options" submenu with one entry per kernel.
-    The text is checked against the real grub-mkconfig's in tests/cli/test_demo.py."""
+    ``pinned``: an entry for that kernel version in ``/etc/grub.d/40_custom``, which update-grub
+    copies as it is. The 10_linux part is checked against the real grub-mkconfig's in
+    tests/cli/test_demo.py."""
     def entry(title: str, entry_id: str, version: str, indent: str) -> str:
         body = [
             "load_video", "insmod gzio", "if [ x$grub_platform = xxen ]; then insmod xzio; insmod lzopio; fi",
@@ -80,7 +76,33 @@ def debian_grub_cfg(versions: tuple[str, ...], uuid: str = SAMPLE_ROOT_UUID) -> 
         "}",
         "### END /etc/grub.d/10_linux ###",
     ]
+    if pinned is not None:
+        parts += [
+            "### BEGIN /etc/grub.d/40_custom ###",
+            "# This file provides an easy way to add custom menu entries.  Simply type the\n"
+            "# menu entries you want to add after this comment.  Be careful not to change\n"
+            "# the 'exec tail' line above.",
+            f"menuentry 'Debian GNU/Linux {pinned} (pinned fallback)' {{\n"
+            f"\tsearch --no-floppy --fs-uuid --set=root {uuid}\n"
+            f"\tlinux /boot/vmlinuz-{pinned} root=UUID={uuid} ro\n"
+            f"\tinitrd /boot/initrd.img-{pinned}\n}}",
+            "### END /etc/grub.d/40_custom ###",
+        ]
     return "\n".join(parts) + "\n"
+
+
+def _update_grub(boot: Path, versions: tuple[str, ...]) -> None:
+    """What update-grub does after a kernel package's installation or removal: a new grub.cfg,
+    written beside the old one and renamed over it (grub-mkconfig's ``grub.cfg.new``)."""
+    (boot / "grub").mkdir(exist_ok=True)
+    new = boot / "grub" / "grub.cfg.new"
+    new.write_text(debian_grub_cfg(versions, pinned=PINNED))
+    os.rename(new, boot / "grub" / "grub.cfg")
+
+
+def _install_kernel(boot: Path, version: str) -> None:
+    _write(boot / f"vmlinuz-{version}", 256 * 1024)
+    _write(boot / f"initrd.img-{version}", 128 * 1024)
 
 
 def _bootwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,23 +111,9 @@ def _bootwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env={k: v for k, v in os.environ.items() if k != "BOOTWATCH_CONFIG"})
 
 
-def show_debian_host(root: Path, config: Path) -> None:
-    """A sample Debian 12 /boot (GRUB, no BLS) and what ``bootwatch entries`` lists in it."""
-    boot = root / "debian12-sample" / "boot"
-    for version in DEBIAN_KERNELS:
-        _write(boot / f"vmlinuz-{version}", 64 * 1024)
-        _write(boot / f"initrd.img-{version}", 32 * 1024)
-    (boot / "grub").mkdir()
-    (boot / "grub" / "grub.cfg").write_text(debian_grub_cfg(DEBIAN_KERNELS))
-    print("== What bootwatch sees on a Debian 12 host: GRUB, no BLS entries")
-    print(f"   A SAMPLE /boot in {boot} (not this host's): two kernels and the grub.cfg that Debian's\n"
-          "   update-grub (grub-mkconfig, /etc/grub.d/10_linux) writes for them.")
-    print(f"   $ bootwatch entries --boot-dir {boot}")
-    listed = _bootwatch(config, "entries", "--boot-dir", str(boot), "--cache-dir", str(root / "debian12-sample" /
-                                                                                       "cache"))
-    for line in (listed.stdout + listed.stderr).splitlines():
+def _print_indented(result: subprocess.CompletedProcess[str]) -> None:
+    for line in (result.stdout + result.stderr).splitlines():
         print(f"   {line}".rstrip())
-    print("   On your host: sudo bootwatch entries\n")
 
 
 class LogTail:
@@ -168,39 +176,42 @@ def _daemon(config: Path) -> Iterator[LogTail]:
 
 def run_demo(keep: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="bootwatch-demo."))
-    boot, cache, entries = root / "boot", root / "cache", root / "boot" / "loader" / "entries"
-    entries.mkdir(parents=True)
+    boot, cache = root / "boot", root / "cache"
+    boot.mkdir()
     config = root / "bootwatch.toml"
     config.write_text(f'[paths]\nboot = "{boot}"\ncache = "{cache}"\nruntime = "{root / "run"}"\n\n'
                       f'[watch]\nsettle = "{SETTLE}"\n')
     try:
-        show_debian_host(root, config)
-        print(f"A throw-away boot tree in {root}, with two kernels, their BLS entries and a snapshot entry:")
-        for version in ("6.1.0-1", "6.1.0-2"):
-            _write(boot / f"vmlinuz-{version}", 256 * 1024)
-            _write(boot / f"initramfs-{version}.img", 128 * 1024)
-            _entry(entries, version, f"Debian {version}", version)
-        _entry(entries, "snapshot-before-upgrade", "Snapshot before upgrade (boots 6.1.0-1)", "6.1.0-1")
+        versions: tuple[str, ...] = ("6.1.0-1", "6.1.0-2")
+        for version in versions:
+            _install_kernel(boot, version)
+        _update_grub(boot, versions)
+        print(f"A throw-away /boot in {boot}, laid out as on a Debian 12 host: GRUB, no BLS entries.\n"
+              "Two kernels, and a SAMPLE grub.cfg (not this host's) as Debian's update-grub writes it, with a\n"
+              f"fallback entry pinned to {PINNED} in /etc/grub.d/40_custom:")
         for line in sorted(str(p.relative_to(root)) for p in boot.rglob("*") if p.is_file()):
             print(f"   {line}")
+        print(f"\n== What bootwatch sees there\n   $ bootwatch entries --boot-dir {boot}")
+        _print_indented(_bootwatch(config, "entries"))
         with _daemon(config) as tail:
             if not _wait(lambda: (cache / "cacheindex.json").exists()):
                 print("the daemon did not start; its log:\n" + "\n".join(tail.take()), file=sys.stderr)
                 return 1
             _show("bootwatch starts: it caches every image a boot entry names", tail)
 
-            _write(boot / "vmlinuz-6.1.0-3", 256 * 1024)
-            _write(boot / "initramfs-6.1.0-3.img", 128 * 1024)
-            _entry(entries, "6.1.0-3", "Debian 6.1.0-3", "6.1.0-3")
-            _show("A kernel is installed (image renamed into place, then its entry)", tail)
+            versions += ("6.1.0-3",)
+            _install_kernel(boot, "6.1.0-3")
+            _update_grub(boot, versions)
+            _show("A kernel is installed (images renamed into place, then update-grub lists it)", tail)
 
-            print("\n== The package manager removes kernel 6.1.0-1 and its entry...")
-            (boot / "vmlinuz-6.1.0-1").unlink()
-            (boot / "initramfs-6.1.0-1.img").unlink()
-            (entries / "6.1.0-1.conf").unlink()
-            _show("...but the snapshot's entry still needs it, so bootwatch puts it back", tail, settle=1.5)
-            restored = (boot / "vmlinuz-6.1.0-1").exists() and (boot / ".vmlinuz-6.1.0-1.boomrestored").exists()
-            print(f"   /boot/vmlinuz-6.1.0-1 is back: {restored} (with boom's .boomrestored marker)")
+            print(f"\n== The package manager removes kernel {PINNED}, and update-grub drops its entries...")
+            versions = versions[1:]
+            (boot / f"vmlinuz-{PINNED}").unlink()
+            (boot / f"initrd.img-{PINNED}").unlink()
+            _update_grub(boot, versions)
+            _show("...but the pinned fallback entry still needs it, so bootwatch puts it back", tail, settle=1.5)
+            restored = (boot / f"vmlinuz-{PINNED}").exists() and (boot / f".vmlinuz-{PINNED}.boomrestored").exists()
+            print(f"   /boot/vmlinuz-{PINNED} is back: {restored} (with boom's .boomrestored marker)")
 
             image = next(p for p in cache.glob("*.img"))
             with open(image, "r+b") as f:
@@ -208,9 +219,8 @@ def run_demo(keep: bool = False) -> int:
             _show(f"A cached image rots ({image.name[:12]}... overwritten in place)", tail, settle=1.5)
 
         print("\n== What the cache holds now (bootwatch list):")
-        listed = _bootwatch(config, "list")
-        sys.stdout.write(listed.stdout + listed.stderr)
-        print("\nTry it on your host: systemctl enable --now bootwatch; journalctl -u bootwatch -f")
+        _print_indented(_bootwatch(config, "list"))
+        print("\nOn your host: sudo bootwatch entries; systemctl enable --now bootwatch; journalctl -u bootwatch -f")
         if keep:
             print(f"\nKept {root} (run 'rm -r {root}' when done).")
         return 0
