@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,44 @@ def test_entries_output_cannot_be_forged_by_a_newline_in_a_grub_title(boot_tree)
     tree.write_file("/vmlinuz-1")
     out = ok(tree.cli("entries"))
     assert forged not in out.splitlines(), out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the judgement 'the boot directory is no longer a mount point' is confirmable "
+                   "(cache/references.py judge(): Judgement(boot_moved, subject, boot_moved=True) keeps "
+                   "confirmable=True; the location judgements are not, 'never confirmable while the boot directory is "
+                   "not the mount it was'), and clean's hint offers clean --force: with /boot unmounted and a stale "
+                   "grub.cfg under the mount point (apt upgrade while /boot failed to mount), clean --force uncaches "
+                   "every kernel of the real /boot and deletes their images")
+def test_clean_force_with_boot_unmounted_never_forgets_the_real_boots_kernels(boot_tree, tmp_path: Path) -> None:
+    tree = boot_tree
+    shutil.rmtree(tree.entries.parent)  # a GRUB host: no BLS entries directory
+    # What a kernel upgrade wrote into the bare mount point while /boot was not mounted.
+    (tree.boot / "grub").mkdir()
+    (tree.boot / "grub" / "grub.cfg").write_text(
+        "menuentry 'Debian 9' {\n\tlinux /vmlinuz-9 ro\n}\n"
+        "menuentry 'Debian 9 single' {\n\tlinux /vmlinuz-9 single\n}\n")
+    tree.write_file("/vmlinuz-9")
+    image = tmp_path / "boot.img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(tree.boot)], check=True)
+    try:
+        (tree.boot / "grub").mkdir()
+        (tree.boot / "grub" / "grub.cfg").write_text(GRUB_CFG_CHAIN.split("menuentry 'shim'")[0])
+        for v in ("1", "2"):
+            tree.write_file(f"/vmlinuz-{v}")
+            tree.write_file(f"/initrd.img-{v}")
+        ok(tree.cli("scan"))
+        real = {"/vmlinuz-1", "/vmlinuz-2", "/initrd.img-1", "/initrd.img-2"}
+        assert real <= set(tree.list_json())
+        umount(tree.boot)
+        rc, _, err = tree.cli("clean")
+        assert rc == 1 and "clean --force" in err, err  # the hint the operator follows
+        tree.cli("clean", "--force")
+        forgotten = real - set(tree.list_json())
+    finally:
+        subprocess.run(["umount", "-q", str(tree.boot)], check=False)
+    assert not forgotten, f"clean --force with /boot unmounted uncached the real /boot's {sorted(forgotten)}"
+
