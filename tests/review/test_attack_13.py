@@ -240,3 +240,32 @@ def test_debians_custom_cfg_entries_are_listed_once(boot_tree) -> None:
     tree.write_file("/vmlinuz-custom")
     out = ok(tree.cli("entries"))
     assert out.strip().splitlines()[-1] == "2 boot entries (grub 2)", out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="bootwatch writes boom's .NAME.boomrestored marker beside a file it restores on "
+                   "the ESP for an entry boom does not know (an ESP BLS entry, a GRUB chainloader); with the cache "
+                   "shared as the README suggests, every boom command (boom list) auto-cleans paths no boom entry "
+                   "counts and, seeing the marker, deletes the restored file (boom.cache.uncache_path: "
+                   "_remove_boot): the entry's kernel is gone from the ESP and uncached. The README's boom note "
+                   "says only that boom uncaches such paths")
+def test_a_boom_command_never_deletes_an_esp_file_bootwatch_restored_for_an_entry(tmp_path: Path) -> None:
+    from boomenv import boom_command, boom_environment
+
+    if boom_command() is None:
+        pytest.skip("boom-boot is not installed")
+    with boom_environment(tmp_path) as env:
+        esp = env.boot.parent / "efi"
+        esp.mkdir()
+        env.bootwatch_config.write_text(env.bootwatch_config.read_text() + f'\n[entries]\nesp = "{esp}"\n')
+        kernel = esp / "arch" / "linux"
+        kernel.parent.mkdir()
+        kernel.write_bytes(os.urandom(3000))
+        (esp / "loader" / "entries").mkdir(parents=True)
+        (esp / "loader" / "entries" / "arch.conf").write_text("title arch\nlinux /arch/linux\n")
+        env.bootwatch("scan")
+        kernel.unlink()
+        env.bootwatch("scan")
+        assert kernel.is_file() and (kernel.parent / ".linux.boomrestored").is_file()
+        env.boom("list")
+        assert kernel.is_file(), "a boom command deleted the ESP kernel that bootwatch restored for an entry"
