@@ -269,3 +269,33 @@ def test_a_boom_command_never_deletes_an_esp_file_bootwatch_restored_for_an_entr
         assert kernel.is_file() and (kernel.parent / ".linux.boomrestored").is_file()
         env.boom("list")
         assert kernel.is_file(), "a boom command deleted the ESP kernel that bootwatch restored for an entry"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the first complete read records the ESP's mount identity even when nothing is "
+                   "mounted there (cache/references.py observe(): esp_mount of the bare directory, mount_root false), "
+                   "and has_evidence() accepts the read on the /boot files alone: once the real ESP is mounted, "
+                   "judge() says 'the ESP is not the mount it was' at every pass, so its files are never cached or "
+                   "restored (and clean is refused) until an operator runs clean --force")
+def test_a_first_read_with_the_esp_unmounted_does_not_disown_the_real_esp(boot_tree) -> None:
+    tree = boot_tree
+    shutil.rmtree(tree.entries.parent)
+    esp = tree.root / "efi"
+    esp.mkdir()
+    tree.config.write_text(f'[entries]\nesp = "{esp}"\n')
+    (tree.boot / "grub").mkdir()
+    (tree.boot / "grub" / "grub.cfg").write_text(GRUB_CFG_CHAIN)
+    for v in ("1", "2"):
+        tree.write_file(f"/vmlinuz-{v}")
+        tree.write_file(f"/initrd.img-{v}")
+    ok(tree.cli("scan"))  # bootwatch installed while the ESP is not mounted (noauto, an idle automount)
+    shim = esp / "EFI" / "debian" / "grubx64.efi"
+    with tmpfs(esp):
+        shim.parent.mkdir(parents=True)
+        shim.write_bytes(os.urandom(4096))
+        ok(tree.cli("scan"))
+        cached = "/../efi/EFI/debian/grubx64.efi" in tree.list_json()
+        shim.unlink()
+        ok(tree.cli("scan"))
+        restored = shim.is_file()
+    assert cached and restored, "the real ESP's boot loader, named by an entry, is neither cached nor restored"
