@@ -332,3 +332,27 @@ def test_a_first_read_of_a_stale_mount_point_does_not_disown_the_real_boot(boot_
     finally:
         subprocess.run(["umount", "-q", str(tree.boot)], check=False)
     assert restored, "a kernel of the mounted /boot that its entry names was deleted and not restored"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a GRUB entry that finds its partition with 'search --file --set=root' (GRUB "
+                   "manual; common in 40_custom entries) gets PartitionKind.UNKNOWN and no cache key "
+                   "(entries/grub.py _search/_file, entries/inventory.py cache_key): the kernel it needs counts as "
+                   "referenced by nothing, so clean uncaches it and deletes its image, and its deletion is never "
+                   "restored. A partition bootwatch cannot tell is unknown, not 'no entry needs it'")
+def test_a_kernel_named_by_a_search_file_entry_is_not_forgotten(boot_tree) -> None:
+    tree = boot_tree
+    shutil.rmtree(tree.entries.parent)
+    grub = tree.boot / "grub"
+    grub.mkdir()
+    (grub / "grub.cfg").write_text(
+        "menuentry 'Debian 1' {\n\tlinux /vmlinuz-1 ro\n}\n"
+        "menuentry 'Debian 1 single' {\n\tlinux /vmlinuz-1 single\n}\n"
+        "menuentry 'My kernel' {\n\tsearch --no-floppy --file --set=root /vmlinuz-custom\n"
+        "\tlinux /vmlinuz-custom ro\n}\n")
+    tree.write_file("/vmlinuz-1")
+    tree.write_file("/vmlinuz-custom")
+    ok(tree.cli("add", "/vmlinuz-custom"))  # the administrator caches it (or an earlier entry named it)
+    ok(tree.cli("scan"))
+    ok(tree.cli("clean"))
+    assert "/vmlinuz-custom" in tree.list_json(), "clean uncached a kernel that an entry names"
