@@ -356,3 +356,20 @@ def test_a_kernel_named_by_a_search_file_entry_is_not_forgotten(boot_tree) -> No
     ok(tree.cli("scan"))
     ok(tree.cli("clean"))
     assert "/vmlinuz-custom" in tree.list_json(), "clean uncached a kernel that an entry names"
+
+
+@pytest.mark.xfail(strict=True, reason="an explicit [entries] sources list makes every location of a listed source "
+                   "expected (entries/inventory.py _expected() is applied per location, not per source): "
+                   "sources = [\"bls\"] on a systemd-boot host whose entries are all on the ESP (no "
+                   "<boot>/loader/entries) is unknown for good: 'bootwatch entries' exits 1, clean is refused for "
+                   "ever and the daemon warns at every pass, though the source was found and read")
+def test_an_explicit_bls_source_found_on_the_esp_is_known(boot_tree) -> None:
+    tree = boot_tree
+    shutil.rmtree(tree.entries.parent)
+    esp = tree.root / "efi"
+    (esp / "loader" / "entries").mkdir(parents=True)
+    (esp / "arch").mkdir()
+    (esp / "arch" / "linux").write_bytes(os.urandom(3000))
+    (esp / "loader" / "entries" / "arch.conf").write_text("title arch\nlinux /arch/linux\n")
+    tree.config.write_text(f'[entries]\nesp = "{esp}"\nsources = ["bls"]\n')
+    ok(tree.cli("entries"))
