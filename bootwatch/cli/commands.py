@@ -29,7 +29,7 @@ from bootwatch.cli.output import format_table, format_time, print_json, verifica
 from bootwatch.config import DEFAULT_CONFIG_PATH, Config
 from bootwatch.defaults import CONFIG_ENV
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
-from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
 from bootwatch.log import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
 
@@ -56,12 +56,12 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
     cache = BootCache.from_config(config)
     for result in cache.add(boot_paths(cache, args.paths)):
         if result.outcome is AddOutcome.CHANGED:
-            print(f"{result.path}: changed, new image {result.image_id} (was {result.previous_id})")
+            print(f"{printable(result.path)}: changed, new image {result.image_id} (was {result.previous_id})")
             log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
                       result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
                       state=PathState.CACHED, previous_image_id=result.previous_id)
         else:
-            print(f"{result.path}: {result.outcome} as {result.image_id}")
+            print(f"{printable(result.path)}: {result.outcome} as {result.image_id}")
             if result.outcome is AddOutcome.CACHED:
                 log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
                           path=result.path, image_id=result.image_id, state=PathState.CACHED)
@@ -74,7 +74,7 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
     paths = boot_paths(cache, args.paths)
     cache.remove(paths, force=args.force)
     for path in paths:
-        print(f"{path}: removed from the cache")
+        print(f"{printable(path)}: removed from the cache")
         log.info("%s: removed from the cache by 'bootwatch remove'", path)
     return EXIT_OK
 
@@ -84,7 +84,7 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     cache = BootCache.from_config(config)
     paths = boot_paths(cache, args.paths)
     for path, image_id in zip(paths, cache.restore(paths)):
-        print(f"{path}: restored image {image_id}")
+        print(f"{printable(path)}: restored image {image_id}")
         log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore'", path, image_id,
                   path=path, image_id=image_id, state=PathState.RESTORED)
     return EXIT_OK
@@ -116,8 +116,8 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
 def render_status(cache: BootCache, s: PathStatus) -> str:
     index = cache.load_index()
     lines = [
-        f"Path:       {s.path}",
-        f"Boot file:  {cache.boot_dir / s.path.lstrip('/')}",
+        f"Path:       {printable(s.path)}",
+        f"Boot file:  {printable(str(cache.boot_dir / s.path.lstrip('/')))}",
         f"State:      {s.state}" + (" (the boot file changed since it was cached)" if s.boot_changed else ""),
         f"Entries:    {s.count}",
         f"Mode:       {stat.filemode(s.mode)} ({stat.S_IMODE(s.mode):04o}) uid {s.uid} gid {s.gid}",
@@ -141,7 +141,7 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
         print_json([r.to_json() for r in results])
     else:
         for r in results:
-            print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(r.paths)}"
+            print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(map(printable, r.paths))}"
                   + ("" if r.ok else f": {r.message}"))
             for check in r.checks:
                 if not check.ok:
@@ -171,15 +171,15 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
 def print_clean_report(report: CleanReport, *, dry_run: bool) -> None:
     verb = "would " if dry_run else ""
     for path in report.uncached_paths:
-        print(f"{verb}uncache {path}: no boot entry references it")
+        print(f"{verb}uncache {printable(path)}: no boot entry references it")
     for image_id in report.deleted_images:
         print(f"{verb}delete image {image_id}")
     for item in report.kept_pinned:
         print(f"kept {item}: pinned by a running program")
     for path in report.removed_restored_copies:
-        print(f"removed the restored copy {path}")
+        print(f"removed the restored copy {printable(path)}")
     for name in report.removed_temp_files:
-        print(f"{verb}remove stale temp file {name}")
+        print(f"{verb}remove stale temp file {printable(name)}")
     if not any(value for key, value in report.to_json().items() if key != "kept_pinned"):
         print("nothing to clean")
 

@@ -36,7 +36,7 @@ from bootwatch.config import Config
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import BootFile, Entry
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census, LocationReport, LocationState
-from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError
+from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
 
 NOT_CACHED = "not cached"
 NO_KEY = "no key"
@@ -145,12 +145,14 @@ def print_entries(census: Census, reports: list[EntryReport]) -> None:
             e = r.entry
             if number:
                 print()
-            print(f"  [{e.source.value}] {e.title}")
-            print(f"    id {e.id}; version {e.version or '?'}; {_complete(r)}")
+            # Titles, ids, versions and options come from files anyone with root on the boot
+            # partition wrote, and GRUB keeps a newline in a quoted title: each is one line here.
+            print(f"  [{e.source.value}] {printable(e.title)}")
+            print(f"    id {printable(e.id)}; version {printable(e.version or '?')}; {_complete(r)}")
             for _ in r.files:
                 print(f"      {next(lines)}")
             if e.options:
-                print(f"    options {e.options}")
+                print(f"    options {printable(e.options)}")
     warning = census.warning
     if warning is None:
         print(f"\n{census.text()}")

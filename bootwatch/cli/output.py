@@ -46,6 +46,10 @@ class PrintableStream:
     Every line the command line prints, tables, messages, errors and log lines alike, may hold a
     name from the boot directory, an entry or the index: none of them reaches the terminal raw.
     JSON needs nothing: json.dumps escapes control characters itself.
+
+    The stream keeps newlines, so it cannot stop a value from forging a line of its own: every
+    field printed from something read (a title, options, a path) goes through
+    :func:`errors.printable` itself, newlines escaped, as :func:`format_table` does its cells.
     """
 
     def __init__(self, stream: TextIO) -> None:

@@ -87,6 +87,24 @@ def test_control_characters_in_names_are_escaped_everywhere(boot_tree: BootTree)
     assert header.index("IMAGE") == row.index(boot_tree.sha1_of(boot_tree.path(path))[:12]), "columns misaligned"
 
 
+def test_a_newline_in_an_entry_never_starts_a_line_of_its_own(boot_tree: BootTree) -> None:
+    # GRUB keeps a newline inside quotes (a title, a path, options); the output stream keeps
+    # newlines, so every field printed from an entry escapes them itself. (The cache refuses a
+    # path with a newline as a key: add/list/show never meet one; see boot_paths.)
+    (boot_tree.boot / "grub").mkdir()
+    (boot_tree.boot / "grub" / "grub.cfg").write_text(
+        "menuentry 'one\nFORGED title' {\n\tlinux '/vmlinuz-1\nFORGED path' 'ro\nFORGED options'\n}\n"
+        "menuentry 'two' {\n\tlinux /vmlinuz-2 ro\n}\n")
+    boot_tree.write_file("/vmlinuz-2")
+    for args in (("entries",), ("scan",), ("list",), ("clean", "--dry-run"), ("status",)):
+        rc, out, err = boot_tree.cli(*args)
+        assert "internal error" not in err and "Traceback" not in err, (args, err)
+        forged = [line for line in (out + err).splitlines() if line.lstrip().startswith("FORGED")]
+        assert not forged, f"bootwatch {args[0]} printed an entry's newline raw: {out + err!r}"
+    out = boot_tree.cli("entries")[1]
+    assert "one\\x0aFORGED title" in out and "ro\\x0aFORGED options" in out, out
+
+
 def test_fsck_repair_replaces_a_symlinked_index_with_a_real_file(boot_tree: BootTree, tmp_path: Path) -> None:
     image_id = boot_tree.write_file("/vmlinuz-1")
     boot_tree.write_entry("one", linux="/vmlinuz-1")

@@ -159,9 +159,6 @@ def test_an_esp_at_boot_efi_is_watched_again_after_a_remount(boot_tree, tmp_path
         subprocess.run(["umount", "-q", str(esp)], check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="bootwatch entries escapes control characters in titles and ids but not a "
-                   "newline (GRUB keeps a newline inside a quoted menuentry title): a grub.cfg title forges lines "
-                   "of the listing, e.g. a fake 'complete' file row (cli/ entries output)")
 def test_entries_output_cannot_be_forged_by_a_newline_in_a_grub_title(boot_tree) -> None:
     tree = boot_tree
     (tree.boot / "grub").mkdir()
