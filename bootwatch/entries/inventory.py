@@ -9,7 +9,8 @@
   files it includes (grub-btrfs's snapshot entries).
 
 A location that does not exist holds no entries, as far as ``auto`` is concerned. A source named
-in an explicit list (``sources = ["grub"]``) is expected: its location missing makes it unknown.
+in an explicit list (``sources = ["grub"]``) is expected: none of its locations there makes it
+unknown; found in any one of them (BLS entries only on the ESP), it is known.
 For the host's own ``/boot`` the ESP is found as ``bootctl`` finds it
 (:mod:`bootwatch.entries.layout`); ``[entries] esp`` names it instead, and a boot directory other
 than ``/boot`` (a test's, ``--boot-dir``) has no ESP unless ``esp`` names one.
@@ -216,13 +217,27 @@ def _wanted(settings: InventorySettings, source: EntrySource) -> bool:
     return settings.sources is None or source in settings.sources
 
 
-def _expected(settings: InventorySettings, result: SourceResult) -> SourceResult:
-    """An explicitly configured source whose location is missing is unknown, not empty."""
-    if settings.sources is None or result.unknown is not None or os.path.lexists(result.location):
-        return result
-    return SourceResult.unreadable(result.source, result.location,
-                                   f"{result.location}: missing, but [entries] sources names "
-                                   f"{result.source.value!r}; is the partition mounted?")
+def _expected(settings: InventorySettings, reads: list[SourceRead]) -> list[SourceRead]:
+    """An explicitly configured source none of whose locations is there is unknown, not empty.
+
+    Once per source, not per location: a source lives in one of several places (BLS entries in
+    ``<boot>/loader/entries`` or on the ESP), and a listed source found in any of them is there.
+    The first of its locations then carries the reason."""
+    if settings.sources is None:
+        return reads
+    found = {r.result.source for r in reads if r.result.unknown is not None or os.path.lexists(r.result.location)}
+    missing = set(settings.sources) - found
+    kept: list[SourceRead] = []
+    for read in reads:
+        result = read.result
+        if result.source in missing:
+            missing.discard(result.source)
+            read = SourceRead(SourceResult.unreadable(
+                result.source, result.location, f"{result.location}: missing, but [entries] sources names "
+                f"{result.source.value!r} and none of its locations is there; is the partition mounted?"),
+                read.refused)
+        kept.append(read)
+    return kept
 
 
 def host_roots(settings: InventorySettings, mounts: Sequence[MountInfo],
@@ -260,7 +275,7 @@ def read_inventory(settings: InventorySettings, *, mounts: Sequence[MountInfo] |
         reads += _uki_reads(settings, roots, layout)
     if _wanted(settings, EntrySource.GRUB):
         reads += _grub_reads(settings)
-    return Inventory(tuple(_dedupe(reads)), roots, layout)
+    return Inventory(tuple(_expected(settings, _dedupe(reads))), roots, layout)
 
 
 def _own_partition(roots: PartitionRoots) -> Partition:
@@ -282,7 +297,7 @@ def _type1_reads(settings: InventorySettings, roots: PartitionRoots, layout: Boo
     grubenv = _grubenv(boot)
     for directory, partition in locations:
         if not os.path.lexists(directory):
-            reads.append(SourceRead(_expected(settings, SourceResult(EntrySource.BLS, directory))))
+            reads.append(SourceRead(SourceResult(EntrySource.BLS, directory)))
         else:
             reads.append(read_type1_entries(directory, partition, grubenv=grubenv))
     return reads
@@ -302,7 +317,7 @@ def _uki_reads(settings: InventorySettings, roots: PartitionRoots, layout: BootL
         partitions.append((settings.esp, Partition(PartitionKind.ESP)))
     for root, partition in partitions:
         read = read_uki_source(root, partition)
-        reads.append(SourceRead(_expected(settings, read.result), read.refused))
+        reads.append(read)
     return reads
 
 
@@ -310,7 +325,7 @@ def _grub_reads(settings: InventorySettings) -> list[SourceRead]:
     configs = [settings.boot / relative for relative in GRUB_CONFIGS]
     present = [c for c in configs if os.path.lexists(c)]
     if not present:
-        return [SourceRead(_expected(settings, SourceResult(EntrySource.GRUB, configs[0])))]
+        return [SourceRead(SourceResult(EntrySource.GRUB, configs[0]))]
     return [SourceRead(read_grub_config(config)) for config in present]
 
 

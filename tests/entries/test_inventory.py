@@ -91,6 +91,24 @@ def test_an_explicit_source_that_is_missing_is_unknown(tmp_path: Path) -> None:
     assert [r.source for r in inventory.results] == [EntrySource.GRUB]
 
 
+def test_an_explicit_source_is_expected_once_not_in_each_of_its_locations(tmp_path: Path) -> None:
+    boot = _boot(tmp_path)
+    esp = tmp_path / "efi"
+    (esp / "loader" / "entries").mkdir(parents=True)
+    settings = InventorySettings(boot, sources=(EntrySource.BLS,), esp=esp)
+    assert not (boot / "loader" / "entries").exists()
+    # systemd-boot with every entry on the ESP: the source is there, in one of its places.
+    (esp / "loader" / "entries" / "arch.conf").write_text("title arch\nlinux /arch/linux\n")
+    inventory = read_inventory(settings)
+    assert inventory.unknown is None, inventory.unknown
+    assert [e.title for e in inventory.entries] == ["arch"]
+    # None of its places there: unknown, said once, naming the first of them.
+    shutil.rmtree(esp / "loader")
+    inventory = read_inventory(settings)
+    assert inventory.unknown is not None and "mounted" in inventory.unknown
+    assert [r.unknown is not None for r in inventory.results] == [True, False]
+
+
 def test_fedora_bls_with_grubenv_and_grub_cfg(tmp_path: Path) -> None:
     boot = _boot(tmp_path)
     shutil.copytree(SAMPLES / "fedora" / "loader", boot / "loader")

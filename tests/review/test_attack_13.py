@@ -355,11 +355,6 @@ def test_a_kernel_named_by_a_search_file_entry_is_not_forgotten(boot_tree) -> No
     assert "/vmlinuz-custom" in tree.list_json(), "clean uncached a kernel that an entry names"
 
 
-@pytest.mark.xfail(strict=True, reason="an explicit [entries] sources list makes every location of a listed source "
-                   "expected (entries/inventory.py _expected() is applied per location, not per source): "
-                   "sources = [\"bls\"] on a systemd-boot host whose entries are all on the ESP (no "
-                   "<boot>/loader/entries) is unknown for good: 'bootwatch entries' exits 1, clean is refused for "
-                   "ever and the daemon warns at every pass, though the source was found and read")
 def test_an_explicit_bls_source_found_on_the_esp_is_known(boot_tree) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)
