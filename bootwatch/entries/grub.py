@@ -17,6 +17,11 @@ What is understood is what ``grub-mkconfig`` writes on Debian, Ubuntu and Arch (
   ``multiboot``/``multiboot2`` with ``module``/``module2`` (Xen, its dom0 kernel and initrd); the
   partition a path is on from ``search [--no-floppy] --fs-uuid|--label --set=root [--hint...]
   KEY`` (and ``search.fs_uuid``/``search.fs_label``), ``set root=DEVICE`` and ``(DEVICE)/path``.
+  ``search --file FILE --set=root`` (``search.file``) makes ``$root`` the first filesystem that
+  holds FILE: which one that is depends on the disks, not on the text, so the files after it get
+  :attr:`PartitionKind.UNKNOWN` with :attr:`Partition.search_file` set, and the inventory
+  resolves it among the host's partitions as GRUB would (see
+  :mod:`bootwatch.entries.inventory`). It is never read as "on no partition".
 - ``configfile``, ``source`` and ``normal`` include another file: followed only when it is in
   the directory that holds ``grub.cfg`` (spelt ``$prefix/``, ``$config_directory/``,
   ``/grub/`` or ``/boot/grub/`` with the directory's own name), so grub-btrfs's
@@ -369,7 +374,9 @@ class _Root:
     label: str | None = None
     device: str | None = None
     followed: bool = True
-    """False after a ``search`` whose result the parser cannot tell (``--file``)."""
+    """False after a ``search`` whose result the parser cannot tell."""
+    search_file: str | None = None
+    """``search --file FILE``: the file whose filesystem GRUB picks (see :class:`Partition`)."""
 
 
 @dataclass
@@ -611,7 +618,11 @@ class _Reader:
             i += 1
         if how is not None and command.startswith("search.") and len(keys) > 1:
             target = keys.pop()  # search.fs_uuid UUID VARIABLE
-        if target != "root" or not keys or how in (None, "file"):
+        if target == "root" and keys and how == "file":
+            scope.vars.pop("root", None)
+            scope.root = _Root(followed=False, search_file=keys[0])
+            return
+        if target != "root" or not keys or how is None:
             log.debug("%s: line %d: %s: which partition it finds is not followed", scope.origin, words[0].line,
                       " ".join(args))
             if target == "root":
@@ -746,8 +757,8 @@ class _Reader:
             if device != "$root" and device:
                 root = _Root(device=device)
         path = re.sub("/{2,}", "/", path.replace(_GRUB_DIR, "$prefix"))
-        kind = _kind(path) if root.followed else PartitionKind.UNKNOWN
-        partition = Partition(kind, root.fs_uuid, root.label, root.device)
+        kind = path_kind(path) if root.followed else PartitionKind.UNKNOWN
+        partition = Partition(kind, root.fs_uuid, root.label, root.device, root.search_file)
         return BootFile(path, role, partition)
 
     # -- variables --
@@ -853,8 +864,8 @@ def _after_equals(word: _Word) -> _Word:
     return _Word(tuple(parts), word.line)
 
 
-def _kind(path: str) -> PartitionKind:
-    """What a path says about where it is (see :class:`PartitionKind`)."""
+def path_kind(path: str) -> PartitionKind:
+    """What a path says about where it is, when nothing else does (see the module docstring)."""
     parts = PurePosixPath(path).parts[1:]
     if parts[:1] == ("boot",):
         return PartitionKind.ROOT

@@ -29,6 +29,15 @@ entry needs gets its key by that one rule (:meth:`Inventory.key`):
 - a file the entry places nowhere bootwatch can tell (another disk's filesystem UUID, a btrfs
   snapshot's ``boot``, a path GRUB builds at boot): no key. It is listed, never cached.
 
+**GRUB's ``search --file FILE``** picks the first filesystem that holds FILE. bootwatch looks
+for FILE where GRUB would find it among the host's partitions: the boot partition (when the boot
+directory is one), the root filesystem (the directory holding the boot directory) and the ESP.
+FILE on exactly one of them: that is the partition, keyed as above. On none (deleted, the case a
+restore is for) or on several (GRUB's disk order decides, which bootwatch cannot see): the key
+is what the path's own shape says, as for an entry without ``search``, and every key the file
+could have on any of the host's partitions counts as referenced (:meth:`Inventory.keys`):
+"cannot tell" never becomes "referenced by nothing".
+
 Pure reading: nothing here mounts, writes or runs a program.
 """
 
@@ -41,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bootwatch.entries.bls_type1 import read_type1_entries
-from bootwatch.entries.grub import read_grub_config
+from bootwatch.entries.grub import path_kind, read_grub_config
 from bootwatch.entries.grubenv import GrubEnv, read_grubenv
 from bootwatch.entries.layout import BootLayout, detect_layout, type1_locations, uki_locations
 from bootwatch.entries.model import (
@@ -129,11 +138,16 @@ class Inventory:
         """The cache key of ``file`` (see the module docstring), or None when it has none."""
         return cache_key(file, self.roots)
 
+    def keys(self, file: BootFile) -> frozenset[str]:
+        """Every key ``file`` may be at: its key, and for a file whose partition GRUB finds by
+        ``search --file`` and bootwatch cannot tell, the key it has on each of the host's partitions."""
+        return candidate_keys(file, self.roots)
+
     def reference_counts(self) -> dict[str, int]:
         """How many entries name each cache key (an entry naming a file twice counts once)."""
         counts: Counter[str] = Counter()
         for entry in self.entries:
-            counts.update({k for k in map(self.key, entry.files) if k is not None})
+            counts.update({k for f in entry.files for k in self.keys(f)})
         return dict(counts)
 
     def keys_of(self, entry: Entry) -> tuple[str | None, ...]:
@@ -169,10 +183,43 @@ def _kind_by_uuid(file: BootFile, roots: PartitionRoots) -> PartitionKind | None
     return PartitionKind.UNKNOWN
 
 
+def _search_file_holders(file: BootFile, roots: PartitionRoots) -> list[PartitionKind]:
+    """The host's partitions holding the file GRUB's ``search --file`` looks for, now."""
+    wanted = _clean(file.partition.search_file or "")
+    if wanted is None:
+        return []
+    places = ((PartitionKind.BOOT, roots.boot if roots.boot_separate else None),
+              (PartitionKind.ROOT, roots.boot.parent), (PartitionKind.ESP, roots.esp))
+    return [kind for kind, top in places if top is not None and os.path.lexists(str(top) + wanted)]
+
+
+def _searched(file: BootFile) -> bool:
+    """The file's partition is GRUB's ``search --file`` result, which the entry cannot tell."""
+    return file.partition.search_file is not None and file.partition.kind is PartitionKind.UNKNOWN
+
+
+def candidate_keys(file: BootFile, roots: PartitionRoots) -> frozenset[str]:
+    """See :meth:`Inventory.keys`."""
+    key = cache_key(file, roots)
+    keys = {key} if key is not None else set()
+    if _searched(file) and len(_search_file_holders(file, roots)) != 1:
+        for kind in (PartitionKind.BOOT, PartitionKind.ROOT, PartitionKind.ESP):
+            other = cache_key(BootFile(file.path, file.role, Partition(kind)), roots)
+            if other is not None:
+                keys.add(other)
+    return frozenset(keys)
+
+
 def cache_key(file: BootFile, roots: PartitionRoots) -> str | None:
     """The cache key of ``file`` on the host ``roots`` describes (see the module docstring)."""
     by_uuid = _kind_by_uuid(file, roots)
-    kind = by_uuid or file.partition.kind
+    found: PartitionKind | None = None
+    kind = file.partition.kind
+    if _searched(file):
+        holders = _search_file_holders(file, roots)
+        found = holders[0] if len(holders) == 1 else None
+        kind = found or path_kind(file.path)  # on none or several: the path's shape says
+    kind = by_uuid or kind
     if kind is PartitionKind.ESP:
         if roots.esp is None or _clean(file.path) is None:
             return None
@@ -183,7 +230,7 @@ def cache_key(file: BootFile, roots: PartitionRoots) -> str | None:
     if kind is PartitionKind.ROOT:
         if file.path.startswith("/boot/"):
             return None if roots.boot_separate else _clean(file.path[len("/boot"):])
-        if by_uuid is not None:
+        if by_uuid is not None or found is not None:
             return None  # on the root filesystem, outside /boot (Debian's /vmlinuz symlink)
         # A BLS entry in the boot directory written relative to /boot although /boot is on the
         # root filesystem (as boom writes it): taken as written, as bootwatch always has.

@@ -74,6 +74,9 @@ class Partition:
     fs_uuid: str | None = None
     label: str | None = None
     device: str | None = None
+    search_file: str | None = None
+    """GRUB's ``search --file FILE --set=root``: the partition is the first filesystem holding
+    FILE, which only the host can tell (``kind`` is then UNKNOWN; the inventory resolves it)."""
 
 
 BOOT_PREFIX = "/boot/"

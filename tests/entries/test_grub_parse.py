@@ -147,7 +147,8 @@ menuentry nothing {{ linux /vmlinuz-g }}
         "inline": [Partition(boot, device="hd1,gpt3"), Partition(boot)],
         "set-then-search": [Partition(boot, fs_uuid=UUID)],
         "other-var": [Partition(boot)],  # $root is untouched: the partition GRUB read grub.cfg from
-        "by-file": [Partition(PartitionKind.UNKNOWN)],  # whichever partition holds that file at boot
+        # Whichever partition holds that file at boot: the inventory tells (test_inventory.py).
+        "by-file": [Partition(PartitionKind.UNKNOWN, search_file="/vmlinuz-h")],
         "nothing": [Partition(boot)],
     }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bootwatch.entries.inventory import InventorySettings, PartitionRoots, cache_key, read_inventory
+from bootwatch.entries.inventory import Inventory, InventorySettings, PartitionRoots, cache_key, read_inventory
 from bootwatch.entries.model import BootFile, EntrySource, FileRole, Partition, PartitionKind
 
 SAMPLES = Path(__file__).resolve().parent.parent / "realboot" / "samples"
@@ -74,6 +74,57 @@ def _boot(tmp_path: Path) -> Path:
     boot = tmp_path / "boot"
     boot.mkdir()
     return boot
+
+
+def _searched(path: str, wanted: str | None = None) -> BootFile:
+    return BootFile(path, FileRole.KERNEL, Partition(PartitionKind.UNKNOWN, search_file=wanted or path))
+
+
+def test_search_file_is_resolved_among_the_hosts_partitions_as_grub_would(tmp_path: Path) -> None:
+    """GRUB's ``search --file X`` picks the filesystem holding X: found on exactly one of the
+    host's partitions, that one; found on none or several, the path's shape gives the key and
+    every key the file could have counts as referenced."""
+    root, esp = tmp_path / "root", tmp_path / "efi"
+    boot = root / "boot"
+    boot.mkdir(parents=True)
+    (esp / "EFI" / "debian").mkdir(parents=True)
+    separate = PartitionRoots(boot, True, esp=esp)
+    on_root = PartitionRoots(boot, False, esp=esp)
+
+    def keys(file: BootFile, roots: PartitionRoots) -> frozenset[str]:
+        return Inventory((), roots).keys(file)  # what reference_counts() counts for the file
+
+    (boot / "vmlinuz-custom").write_bytes(b"k")
+    kernel = _searched("/vmlinuz-custom")
+    assert cache_key(kernel, separate) == "/vmlinuz-custom"  # on the boot partition only
+    assert keys(kernel, separate) == {"/vmlinuz-custom"}
+    shim = _searched("/EFI/debian/grubx64.efi")
+    (esp / "EFI" / "debian" / "grubx64.efi").write_bytes(b"e")
+    assert cache_key(shim, separate) == "/../../efi/EFI/debian/grubx64.efi"
+    # /boot a directory of root: GRUB finds /boot/vmlinuz-custom on the root filesystem.
+    on_root_kernel = _searched("/boot/vmlinuz-custom")
+    assert cache_key(on_root_kernel, on_root) == "/vmlinuz-custom"
+    # A file only on root, outside /boot (Debian's /vmlinuz link): not in the boot directory.
+    (root / "vmlinuz").symlink_to("boot/vmlinuz-custom")
+    assert cache_key(_searched("/vmlinuz"), separate) is None
+    # Found nowhere (deleted: what a restore is for): the shape's key, and every candidate counts.
+    gone = _searched("/vmlinuz-gone")
+    assert cache_key(gone, separate) == "/vmlinuz-gone"
+    assert keys(gone, separate) == {"/vmlinuz-gone", "/../../efi/vmlinuz-gone"}
+    # Found on two partitions: GRUB's disk order decides, which bootwatch cannot see.
+    (esp / "vmlinuz-custom").write_bytes(b"k")
+    assert keys(kernel, separate) == {"/vmlinuz-custom", "/../../efi/vmlinuz-custom"}
+
+
+def test_a_search_file_entry_keeps_its_kernel_referenced(tmp_path: Path) -> None:
+    boot = _boot(tmp_path)
+    (boot / "grub").mkdir()
+    (boot / "grub" / "grub.cfg").write_text(
+        "menuentry 'My kernel' {\n\tsearch --no-floppy --file --set=root /vmlinuz-custom\n"
+        "\tlinux /vmlinuz-custom ro\n}\n")
+    inventory = read_inventory(InventorySettings(boot))
+    assert inventory.unknown is None
+    assert inventory.reference_counts() == {"/vmlinuz-custom": 1}
 
 
 def test_auto_reads_what_is_there_and_missing_locations_are_empty(tmp_path: Path) -> None:

@@ -332,11 +332,6 @@ def test_a_first_read_of_a_stale_mount_point_does_not_disown_the_real_boot(boot_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a GRUB entry that finds its partition with 'search --file --set=root' (GRUB "
-                   "manual; common in 40_custom entries) gets PartitionKind.UNKNOWN and no cache key "
-                   "(entries/grub.py _search/_file, entries/inventory.py cache_key): the kernel it needs counts as "
-                   "referenced by nothing, so clean uncaches it and deletes its image, and its deletion is never "
-                   "restored. A partition bootwatch cannot tell is unknown, not 'no entry needs it'")
 def test_a_kernel_named_by_a_search_file_entry_is_not_forgotten(boot_tree) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)
@@ -353,6 +348,10 @@ def test_a_kernel_named_by_a_search_file_entry_is_not_forgotten(boot_tree) -> No
     ok(tree.cli("scan"))
     ok(tree.cli("clean"))
     assert "/vmlinuz-custom" in tree.list_json(), "clean uncached a kernel that an entry names"
+    # And its deletion is restored: the entry still needs it.
+    tree.path("/vmlinuz-custom").unlink()
+    ok(tree.cli("scan"))
+    assert tree.path("/vmlinuz-custom").is_file(), "a deleted kernel that an entry names was not restored"
 
 
 def test_an_explicit_bls_source_found_on_the_esp_is_known(boot_tree) -> None:
