@@ -159,6 +159,19 @@ def debian_host(request: pytest.FixtureRequest, nspawn_prerequisites: None, stag
             (work / "status.txt").write_text(status.stdout + status.stderr)
 
 
+# (test, layout) -> what bootwatch on main still lacks for it to pass: xfail(strict=True), so that
+# the mark goes as soon as the behaviour lands.
+KNOWN_FAILURES: dict[tuple[str, BootLayout], str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _known_failure(request: pytest.FixtureRequest) -> None:
+    layout = request.node.callspec.params.get("debian_host")
+    reason = KNOWN_FAILURES.get((request.node.originalname, layout))
+    if reason is not None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 def unit_journal(ct: Container, after: str | None = None) -> list[Record]:
     return ct.journal("-u", UNIT, *([f"--after-cursor={after}"] if after else []))
 
