@@ -31,9 +31,11 @@ stands for. The daemon and everything else see the real one.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("BOOTWATCH_TEST_CACHE", "/var/cache/bootwatch-tests"))
 Record = dict[str, object]
+# How long the daemon's references may stay unknown after the transaction before a wait for its
+# decision gives up (a batch applied just then may be followed by one that reads them).
+UNKNOWN_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,15 @@ def debian_host(request: pytest.FixtureRequest, nspawn_prerequisites: None, stag
 
 # (test, layout) -> what bootwatch on main still lacks for it to pass: xfail(strict=True), so that
 # the mark goes as soon as the behaviour lands.
-KNOWN_FAILURES: dict[tuple[str, BootLayout], str] = {}
+_SELF_BIND = (
+    "with /boot a directory of root, the shipped unit's ReadWritePaths=/boot makes /boot a bind mount of itself in "
+    "the daemon's mount namespace (mountinfo root /boot), while the Debian hook's scan sees a directory of the / "
+    "mount (root /); bootwatch/cache/mountid.same_filesystem tells the two apart, so the daemon's references stay "
+    "unknown ('the boot directory /boot is not the mount it was') and it decides nothing")
+KNOWN_FAILURES: dict[tuple[str, BootLayout], str] = {
+    ("test_kernel_purged_with_its_entry_is_not_restored", BootLayout.BOOT_ON_ROOT): _SELF_BIND,
+    ("test_kernel_named_by_a_snapshot_entry_is_restored", BootLayout.BOOT_ON_ROOT): _SELF_BIND,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -191,13 +204,37 @@ def sha1(ct: Container, path: str) -> str | None:
     return out[0] if out else None
 
 
+def unknown_after(ct: Container, ended: int) -> str | None:
+    """Why the daemon's boot entry references are unknown, if its status file (written after each
+    batch) says so for a batch applied after *ended* (µs): then it decides nothing."""
+    out = ct.run(["cat", "/run/bootwatch/status.json"], check=False).stdout
+    try:
+        status = json.loads(out)
+    except ValueError:
+        return None
+    if status.get("references_unknown") and (status.get("last_batch") or 0) * 1e6 >= ended:
+        return str(status["references_unknown"])
+    return None
+
+
 def wait_event(ct: Container, event: Event, path: str, what: str, *, after: str | None = None,
-               references: str | None = None) -> Record:
+               references: str | None = None, ended: int | None = None) -> Record:
     """The first of the daemon's records of *event* about *path* (with BOOTWATCH_REFERENCES
-    *references*, if given), once there is one."""
+    *references*, if given), once there is one. With *ended* (when dpkg's transaction ended), a
+    daemon whose references stay unknown after it fails the wait at once, with the reason."""
+    unknown_seen: list[float] = []
+
     def probe() -> list[Record]:
-        return [r for r in events(unit_journal(ct, after), event, path)
-                if references is None or r.get("BOOTWATCH_REFERENCES") == references]
+        found = [r for r in events(unit_journal(ct, after), event, path)
+                 if references is None or r.get("BOOTWATCH_REFERENCES") == references]
+        why = None if found or ended is None else unknown_after(ct, ended)
+        if why is None:
+            unknown_seen.clear()
+        elif not unknown_seen:
+            unknown_seen.append(time.monotonic())
+        elif time.monotonic() - unknown_seen[0] > UNKNOWN_GRACE:
+            raise AssertionError(f"no record of {what}: the daemon's boot entry references are unknown: {why}")
+        return found
     return wait_until(what, probe, timeout=120)[0]
 
 
@@ -243,7 +280,7 @@ def test_kernel_purged_with_its_entry_is_not_restored(debian_host: DebianHost) -
     assert kernel.version not in grub_cfg(ct)
     for path in kernel.images:
         decided = wait_event(ct, Event.IMAGE_MISSING, path, f"the daemon to find nothing naming {path}",
-                             after=cursor, references="0")
+                             after=cursor, references="0", ended=ended)
         assert int(str(decided["__REALTIME_TIMESTAMP"])) >= ended, \
             f"{path}: decided while dpkg's transaction was still running"
     # update-grub again lists what /boot holds: nothing was restored for it to list.
@@ -276,7 +313,8 @@ def test_kernel_named_by_a_snapshot_entry_is_restored(debian_host: DebianHost) -
     cfg = grub_cfg(ct)
     assert f"vmlinuz-{kernel.version}" not in cfg and 'configfile "${prefix}/grub-btrfs.cfg"' in cfg
     for path in kernel.images:
-        restored = wait_event(ct, Event.IMAGE_RESTORED, path, f"the daemon to restore {path}", after=cursor)
+        restored = wait_event(ct, Event.IMAGE_RESTORED, path, f"the daemon to restore {path}", after=cursor,
+                              ended=ended)
         assert int(str(restored["__REALTIME_TIMESTAMP"])) >= ended, \
             f"{path}: restored while dpkg's transaction was still running"
         assert sha1(ct, f"/boot{path}") == before[path]
