@@ -208,3 +208,24 @@ def test_real_grub_mkconfig_output_every_file_keyed_and_present(boot_tree: BootT
             assert f["present"] is True and f["cached"] == "not cached"
     rc, out, err = tree.cli("entries")
     assert rc == 0 and out.count("; complete") == 1 + 2 * len(versions), out + err
+
+
+# -- scan says what its pass was for ------------------------------------------------------------
+
+
+def test_scan_names_the_entries_it_examined_paths_for_and_warns_when_there_are_none(boot_tree: BootTree) -> None:
+    tree = boot_tree
+    grub_btrfs_host(tree)
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, out + err
+    assert out.startswith("7 boot entries (bls 0, grub 7); examined 4 paths, hashed 3: 3 cached"), out
+    assert "no boot entries" not in err
+    shutil.rmtree(tree.boot / "grub")
+    shutil.rmtree(tree.boot / "loader")
+    rc, out, err = tree.cli("scan")
+    assert out.startswith("no boot entries (no entry source found); examined "), out
+    warning = [line for line in err.splitlines() if "no boot entries" in line]
+    looked_at = ", ".join(f"{tree.boot}/{name}"
+                          for name in ("loader/entries", "EFI/Linux", "grub/grub.cfg", "grub2/grub.cfg"))
+    assert warning == [f"bootwatch: warning: no boot entries: no entry source found (looked at {looked_at})"], err
+    assert "bootwatch: hint: is the boot partition mounted?" in err
