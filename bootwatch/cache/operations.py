@@ -25,8 +25,7 @@ from bootwatch.atomic import TempFile, fsync_directory
 from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
-from bootwatch.cache.references import References, has_evidence, judge, parse_record
-from bootwatch.cache.references import observe as references_record
+from bootwatch.cache.references import References, has_evidence, judge, parse_record, record_of_read
 from bootwatch.cache.signatures import write_signatures
 from bootwatch.cache.store import (
     REFERENCES_NAME,
@@ -791,7 +790,7 @@ class BootCache:
         if inventory.unknown is not None:
             return References(counts, unknown=inventory.unknown, entries=count, inventory=inventory)
         try:
-            observed = references_record(inventory, self.boot_real, counts)
+            observed = record_of_read(inventory, self.boot_real, counts)
         except OSError as e:
             return References(counts, unknown=f"{e.filename or self.boot_dir}: cannot tell which filesystem is "
                               f"mounted there ({os.strerror(e.errno).lower() if e.errno else e.strerror})",

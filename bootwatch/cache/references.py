@@ -87,7 +87,7 @@ def entry_name(source: EntrySource, ident: str) -> str:
     return f"{source.value}:{ident}"
 
 
-def observe(inventory: Inventory, boot_real: Path, counts: dict[str, int]) -> dict[str, Any]:
+def record_of_read(inventory: Inventory, boot_real: Path, counts: dict[str, int]) -> dict[str, Any]:
     """The record of a complete read (see store.py). Raises OSError when the mount of the boot
     directory, the ESP or a source location cannot be told."""
     identity = _Identities()
@@ -154,12 +154,12 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
     for loc in last["locations"]:
         kind = _kind(loc["source"])
         if loc["path"] not in read_now:
-            return Judgement(f"the {kind} held boot entries at the last complete read, and is not read now (is "
-                             "the ESP mounted? did [paths] or [entries] change?)", loc["path"],
+            return Judgement(f"the {kind} was there at the last complete read of the boot entries, and is not read "
+                             "now (is the ESP mounted? did [paths] or [entries] change?)", loc["path"],
                              confirmable=boot_moved is None, boot_moved=boot_moved is not None, absent=on_esp(loc))
         if loc["path"] not in now:
-            return Judgement(f"the {kind} does not exist now, though it held boot entries at the last complete "
-                             "read; is its partition mounted?", loc["path"],
+            return Judgement(f"the {kind} does not exist now, though it was there at the last complete read of "
+                             "the boot entries; is its partition mounted?", loc["path"],
                              confirmable=boot_moved is None, boot_moved=boot_moved is not None, absent=on_esp(loc))
     subject = ", ".join(sorted({loc["path"] for loc in last["locations"]})) or str(boot_dir)
     if boot_moved is not None:

@@ -751,10 +751,10 @@ class Daemon:
         for name in change.names():
             if name.startswith(cache_dir) or name.rstrip("/") + "/" == cache_dir:
                 self._classify_cache_file(batch, change, name, name[len(cache_dir):])
+            elif change.is_directory:  # a directory appeared or went (ostree's loader swap too): everything
+                batch.full = batch.slow = True
             elif self._is_entry_source(name):
                 batch.entries_changed = batch.slow = True
-            elif change.is_directory:
-                batch.full = batch.slow = True
             else:
                 self._classify_boot_file(batch, change, name)
 
