@@ -98,10 +98,11 @@ $menuentry_id_option 'gnulinux-snapshots-{boot_uuid}' {{
 """
 
 
-# Runs inside the container, as root, with the staging directory at $1. The daemon is installed
-# as in tests/systemd/conftest.py (wheels into a venv, the shipped unit, the catalog); then what
-# grub-pc's postinst would have done on a real host: /etc/default/grub from GRUB's default, and a
-# first update-grub (zz-update-grub runs update-grub only when /boot/grub/grub.cfg exists).
+# Runs inside the container, as root, with the staging directory at $1: bootwatch as
+# nspawn_testbed.INSTALL_BOOTWATCH installs it (wheels into a venv, the shipped unit without a
+# drop-in, the catalog), its Debian hook, grub-btrfs's stand-in; then what grub-pc's postinst
+# would have done on a real host: /etc/default/grub from GRUB's default, and a first update-grub
+# (zz-update-grub runs update-grub only when /boot/grub/grub.cfg exists).
 INSTALL_SCRIPT = r"""
 stage=$1
 """ + INSTALL_BOOTWATCH + r"""
