@@ -26,9 +26,18 @@ What is understood is what ``grub-mkconfig`` writes on Debian, Ubuntu and Arch (
   the directory that holds ``grub.cfg`` (spelt ``$prefix/``, ``$config_directory/``,
   ``/grub/`` or ``/boot/grub/`` with the directory's own name), so grub-btrfs's
   ``configfile "${prefix}/grub-btrfs.cfg"`` is seen; at most :data:`MAX_INCLUDE_DEPTH` deep.
-- ``if``/``then``/``elif``/``else``/``fi`` and loops are not evaluated: the commands inside all
-  branches are read in order (grub-mkconfig writes the same ``search`` in both branches of its
-  ``feature_platform_search_hint`` test). ``function`` bodies are not read.
+- ``if``/``elif``/``else``/``fi``: a condition is evaluated when it is a ``[ ... ]``/``test``
+  (``-f``, ``-e``, ``-d``, ``-s`` of a file in the directory that holds ``grub.cfg``; ``-z``,
+  ``-n``, ``=``, ``!=``, ``!``, ``-a``, ``-o``) whose every value is known, as GRUB would evaluate
+  it, and only that branch is read. A value is known when the file sets it outside any branch
+  read in doubt, or it is ``$prefix``/``$config_directory`` (GRUB's normal mode sets
+  ``config_directory`` to the directory of the file it reads, since GRUB 2.02:
+  grub-core/normal/main.c, so Debian's ``41_custom`` reads ``custom.cfg`` once, through its
+  first branch). Anything else (a variable from ``grubenv``, GRUB's ``feature_*``, a ``search
+  --set`` result, a command as the condition) is unknown, and then every branch that might be
+  taken is read, in order (grub-mkconfig writes the same ``search`` in both branches of its
+  ``feature_platform_search_hint`` test), an entry read twice so (same file, same id, same
+  files) counting once. Loops are read once. ``function`` bodies are not read. Nothing is run.
 - ``$variables``: those the file ``set``s, and after ``load_env`` those of ``grubenv`` (see
   :mod:`bootwatch.entries.grubenv`). In a path an unset variable is empty, as GRUB expands it;
   in options it is kept as written (Ubuntu's ``$vt_handoff``). Either gives one debug line.
@@ -54,6 +63,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -355,6 +365,39 @@ def _parse(tokens: Iterable[_Token]) -> list[_Node]:
     return top
 
 
+def _assigned(nodes: list[_Node]) -> set[str]:
+    """Every variable the commands of ``nodes`` (and their blocks) may set."""
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, _Block):
+            names |= _assigned(node.body)
+            continue
+        texts = [_head_text(w) for w in _strip_keywords(node.words)]
+        assignments = texts[1:] if texts[:1] == ["set"] else texts[:1]  # set a=1 b=2, or a=1
+        names |= {m.group(1) for m in map(_ASSIGNMENT.match, assignments) if m is not None}
+        for i, text in enumerate(texts):
+            if text.startswith("--set="):
+                names.add(text[len("--set="):])
+            elif text in ("--set", "-s") and i + 1 < len(texts):
+                names.add(texts[i + 1].split(":")[-1])
+    return names
+
+
+def _is_test(words: list[_Word]) -> bool:
+    head = _strip_keywords(words)
+    return bool(head) and head[0].literal in ("[", "test", "true", "false")
+
+
+def _split(args: list[str], separator: str) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    for arg in args:
+        if arg == separator:
+            parts.append([])
+        else:
+            parts[-1].append(arg)
+    return parts
+
+
 def _strip_keywords(words: list[_Word]) -> list[_Word]:
     i = 0
     while i < len(words) and words[i].literal in TRANSPARENT_KEYWORDS:
@@ -388,9 +431,34 @@ class _Scope:
     depth: int
     env_unknown: str | None = None
     """Why the variables ``load_env`` brought are unknown (the block could not be read)."""
+    unsure: set[str] = field(default_factory=set)
+    """Variables whose value at boot is not known: set in a branch read in doubt, from
+    ``grubenv`` (GRUB rewrites it at boot), or by a command's ``--set``."""
 
     def child(self, menu: tuple[str, ...] | None = None) -> _Scope:
-        return dataclasses.replace(self, vars=dict(self.vars), menu=self.menu if menu is None else menu)
+        return dataclasses.replace(self, vars=dict(self.vars), unsure=set(self.unsure),
+                                   menu=self.menu if menu is None else menu)
+
+
+@dataclass
+class _Branch:
+    """One ``if``/``while``/``for`` being read, in the commands of one block."""
+
+    outer: bool
+    """The code around it is read."""
+    loop: bool = False
+    cond: bool | None = False
+    """The last ``if``/``elif`` condition: None when it cannot be told."""
+    taken: bool = False
+    """A branch GRUB certainly takes was seen: the later ``elif``/``else`` are not read."""
+    doubt: bool = False
+    """An earlier condition could not be told: a later branch may not be reached."""
+    reading: bool = True
+    unsure: bool = False
+    """The branch being read is read without knowing that GRUB takes it."""
+
+
+_TEST_FILE_OPS = frozenset({"-e", "-f", "-d", "-s"})
 
 
 @dataclass
@@ -425,6 +493,11 @@ class _Reader:
         self.bytes_read = 0
         self.reading: list[Path] = []
         self.logged: set[tuple[Path, str]] = set()
+        self.doubt = 0
+        """Above zero while a branch read in doubt runs (see :class:`_Scope` ``unsure``)."""
+        self.seen: set[tuple[Path, str, str, tuple[BootFile, ...], str]] = set()
+        self.functions: dict[str, set[str]] = {}
+        """The variables each ``function`` defined so far may set (its own and those it calls)."""
 
     # -- entry points --
 
@@ -476,11 +549,129 @@ class _Reader:
         return data.decode("utf-8", errors="replace")
 
     def run(self, nodes: list[_Node], scope: _Scope) -> None:
-        for node in nodes:
+        for node, words in self._flow(nodes, scope):
             if isinstance(node, _Block):
                 self._block(node, scope)
             else:
-                self._command(_strip_keywords(node.words), scope, None)
+                self._command(words, scope, None)
+
+    # -- conditions --
+
+    def _flow(self, nodes: list[_Node], scope: _Scope) -> Iterator[tuple[_Node, list[_Word]]]:
+        """The nodes GRUB may run, each with its words after the keywords (see the module docstring)."""
+        stack: list[_Branch] = []
+        for node in nodes:
+            words = self._keywords(node.head if isinstance(node, _Block) else node.words, stack, scope)
+            if words is None:
+                continue
+            doubt = any(b.unsure for b in stack)
+            self.doubt += doubt
+            try:
+                yield node, words
+            finally:
+                self.doubt -= doubt
+
+    def _keywords(self, words: list[_Word], stack: list[_Branch], scope: _Scope) -> list[_Word] | None:
+        """Apply the leading keywords of ``words`` to ``stack``: the words to run, or None."""
+        for i, word in enumerate(words):
+            keyword = word.literal
+            reading = stack[-1].reading if stack else True
+            if keyword in ("if", "elif"):
+                if keyword == "if" or not stack or stack[-1].loop:
+                    stack.append(_Branch(outer=reading))
+                branch = stack[-1]
+                branch.reading = False
+                rest = words[i + 1:]  # "!" negates: kept for the condition
+                if not branch.outer or branch.taken:
+                    branch.cond = False
+                    return None
+                branch.cond = self._condition(rest, scope)
+                return _strip_keywords(rest) if branch.cond is None and not _is_test(rest) else None
+            if keyword in ("while", "until", "for"):
+                stack.append(_Branch(outer=reading, loop=True, reading=reading, unsure=True))
+                return None if keyword == "for" or not reading else _strip_keywords(words[i + 1:])
+            if keyword == "then" and stack and not stack[-1].loop:
+                b = stack[-1]
+                b.reading = b.outer and not b.taken and b.cond is not False
+                b.unsure = b.doubt or b.cond is None
+                b.taken = b.taken or b.cond is True  # this or an earlier one: never the later ones
+                b.doubt = b.doubt or b.cond is None
+            elif keyword == "else" and stack and not stack[-1].loop:
+                b = stack[-1]
+                b.reading, b.unsure = b.outer and not b.taken, b.doubt
+            elif (keyword == "fi" and stack and not stack[-1].loop) or (keyword == "done" and stack and stack[-1].loop):
+                stack.pop()
+            elif keyword not in TRANSPARENT_KEYWORDS:
+                return words[i:] if reading else None
+        return [] if (stack[-1].reading if stack else True) else None
+
+    def _condition(self, words: list[_Word], scope: _Scope) -> bool | None:
+        """What GRUB makes of an ``if`` condition, or None when that cannot be told."""
+        negate = False
+        while words and words[0].literal == "!":
+            negate, words = not negate, words[1:]
+        if not words:
+            return None
+        name = words[0].literal
+        if name in ("true", "false") and len(words) == 1:
+            value: bool | None = name == "true"
+        elif name == "[" and words[-1].literal == "]" or name == "test":
+            args = [self._test_word(w, scope) for w in words[1:-1 if name == "[" else None]]
+            value = None if any(a is None for a in args) else self._test([a for a in args if a is not None], scope)
+        else:
+            return None
+        return None if value is None else value != negate
+
+    def _test_word(self, word: _Word, scope: _Scope) -> str | None:
+        """The word's value in a test, or None when a variable in it is not known at boot."""
+        for part in word.parts:
+            name = part.var
+            if name is None or name == "menuentry_id_option":
+                continue
+            if name in scope.unsure or (name not in scope.vars and name not in ("prefix", "config_directory")):
+                return None
+        value = "".join(self._expand(word, scope, "value", split=False))
+        if any(p.var is not None and not p.quoted for p in word.parts) and len(value.split()) != 1:
+            return None  # GRUB splits an unquoted value: a different test
+        return value
+
+    def _test(self, args: list[str], scope: _Scope) -> bool | None:
+        """GRUB's ``test`` on known values: ``-o`` of ``-a`` of primaries, three-valued."""
+        def any_of(values: list[bool | None], stop: bool) -> bool | None:
+            return stop if stop in values else None if None in values else not stop
+        alternatives = _split(args, "-o")
+        return any_of([any_of([self._primary(p, scope) for p in _split(a, "-a")], False) for a in alternatives], True)
+
+    def _primary(self, args: list[str], scope: _Scope) -> bool | None:
+        if args[:1] == ["!"]:
+            value = self._primary(args[1:], scope)
+            return None if value is None else not value
+        if not args:
+            return False
+        if len(args) == 1:
+            return args[0] != ""
+        if len(args) == 2 and args[0] in ("-z", "-n"):
+            return (args[1] == "") == (args[0] == "-z")
+        if len(args) == 2 and args[0] in _TEST_FILE_OPS:
+            return self._file_test(args[0], args[1], scope)
+        if len(args) == 3 and args[1] in ("=", "==", "!="):
+            return (args[0] == args[2]) == (args[1] != "!=")
+        return None
+
+    def _file_test(self, op: str, path: str, scope: _Scope) -> bool | None:
+        """``-f``/``-e``/``-d``/``-s`` of a file in the grub directory (GRUB reads that very
+        partition); anywhere else it cannot be told."""
+        real = self._include_path(path, scope)
+        if real is None:
+            return None
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        directory = stat.S_ISDIR(st.st_mode)
+        return {"-e": True, "-f": not directory, "-d": directory, "-s": not directory and st.st_size > 0}[op]
 
     # -- blocks --
 
@@ -493,8 +684,10 @@ class _Reader:
             title, entry_id = self._menu_head(head, scope)
             self.run(block.body, scope.child(scope.menu + (entry_id or title,)))
         elif kind == "function":
-            log.debug("%s: line %d: function %s: its body is not read", scope.origin, head[0].line,
-                      head[1].literal if len(head) > 1 else "?")
+            name = head[1].literal if len(head) > 1 else None
+            log.debug("%s: line %d: function %s: its body is not read", scope.origin, head[0].line, name or "?")
+            if name:  # a call may set what its body sets: no longer known after it
+                self.functions[name] = _assigned(block.body)
         else:
             log.debug("%s: line %d: a block after %r is read as plain commands", scope.origin,
                       head[0].line if head else 0, kind)
@@ -531,9 +724,9 @@ class _Reader:
         self._finish(builder)
 
     def _walk_entry(self, nodes: list[_Node], scope: _Scope, builder: _EntryBuilder) -> None:
-        for node in nodes:
+        for node, words in self._flow(nodes, scope):
             if isinstance(node, _Command):
-                self._command(_strip_keywords(node.words), scope, builder)
+                self._command(words, scope, builder)
             elif _block_kind(node) in ("menuentry", "submenu"):
                 self._block(node, scope)  # a menu GRUB shows when the entry runs
             else:
@@ -545,6 +738,11 @@ class _Reader:
             log.debug("%s: menuentry %r loads no file; not a boot entry", b.origin, b.title)
             return
         entry_id = ">".join(b.menu)
+        same = (b.origin, entry_id, b.title, files, b.options)
+        if same in self.seen:  # read again through another branch GRUB may take instead
+            log.debug("%s: menuentry %r read twice (in branches of an if); listed once", b.origin, b.title)
+            return
+        self.seen.add(same)
         seen = self.ids.get(entry_id, 0) + 1
         self.ids[entry_id] = seen
         if seen > 1:  # grub-btrfs gives every kernel of a snapshot the same id
@@ -573,7 +771,30 @@ class _Reader:
                 log.debug("%s: line %d: %s outside a menuentry is skipped", scope.origin, words[0].line, name)
             else:
                 self._load(name, words, scope, builder)
-        elif name not in QUIET_COMMANDS and (scope.origin, f"command {name}") not in self.logged:
+        else:
+            self._unknown_command(name, words, scope)
+
+    def _unknown_command(self, name: str, words: list[_Word], scope: _Scope) -> None:
+        """Skip a command the reader does not follow; what it may set (``probe --set=x``,
+        ``regexp --set x``, ``read x``) is no longer known."""
+        args = [w.literal or "" for w in words[1:]]
+        called, todo = set(), [name]
+        while todo:
+            function = todo.pop()
+            if function in self.functions and function not in called:
+                called.add(function)
+                scope.unsure.update(self.functions[function])
+                todo.extend(self.functions)  # it may call any of them: all they set, to be safe
+        if name == "eval":
+            scope.unsure.update(scope.vars)
+        for i, arg in enumerate(args):
+            if arg.startswith("--set="):
+                scope.unsure.add(arg[len("--set="):])
+            elif arg in ("--set", "-s") and i + 1 < len(args):
+                scope.unsure.add(args[i + 1].split(":")[-1])
+            elif name in ("read", "getenv", "eval"):
+                scope.unsure.add(arg)
+        if name not in QUIET_COMMANDS and (scope.origin, f"command {name}") not in self.logged:
             self.logged.add((scope.origin, f"command {name}"))
             log.debug("%s: line %d: %s is not read (nor, in this file, again)", scope.origin, words[0].line, name)
 
@@ -588,6 +809,10 @@ class _Reader:
         name = match.group(1)
         value = "".join(self._expand(_after_equals(word), scope, "value", split=False))
         scope.vars[name] = value
+        if self.doubt or any(p.var in scope.unsure for p in word.parts if p.var is not None):
+            scope.unsure.add(name)
+        else:
+            scope.unsure.discard(name)
         if name == "root":
             scope.root = _Root(device=value.strip("()") or None)
 
@@ -622,6 +847,8 @@ class _Reader:
             scope.vars.pop("root", None)
             scope.root = _Root(followed=False, search_file=keys[0])
             return
+        if target != "root":
+            scope.unsure.add(target)
         if target != "root" or not keys or how is None:
             log.debug("%s: line %d: %s: which partition it finds is not followed", scope.origin, words[0].line,
                       " ".join(args))
@@ -657,6 +884,7 @@ class _Reader:
         for name, value in env.values.items():
             if not names or name in names:
                 scope.vars[name] = value
+                scope.unsure.add(name)  # GRUB rewrites grubenv at boot (next_entry, boot_success)
 
     def _env_block(self) -> GrubEnv:
         if self._env is None:

@@ -216,6 +216,7 @@ menuentry x {
 }
 """
     env = GrubEnv(tmp_path / "grubenv", {"kernelopts": "root=/dev/vda1 ro", "tuned_initrd": "/tuned.img"})
+    write(tmp_path / "grub", "# GRUB Environment Block\n", "grubenv")  # what [ -s $prefix/grubenv ] tests
     entry = only_entry(text, tmp_path, env)
     assert [f.path for f in entry.files] == ["/kernels/vmlinuz-1", "/kernels/initrd-1", "/tuned.img"]
     assert entry.options == "root=/dev/vda1 ro a b a b $unset_opt"
@@ -468,3 +469,59 @@ def test_multiboot_modules_as_20_linux_xen_writes_them(tmp_path: Path) -> None:
         ("/xen-4.17-amd64.gz", FileRole.KERNEL), ("/vmlinuz-6.1.0-9-amd64", FileRole.KERNEL),
         ("/amd-ucode.img", FileRole.INITRD), ("/initrd.img-6.1.0-9-amd64", FileRole.INITRD)]
     assert entry.version == "6.1.0-9-amd64" and entry.options == "root=UUID=x ro quiet"
+
+
+def test_debians_41_custom_reads_custom_cfg_once_as_grub_does(tmp_path: Path) -> None:
+    """grub-mkconfig's real output (the grub-btrfs sample holds Debian's 41_custom): GRUB's normal
+    mode sets $config_directory, so the first branch reads custom.cfg and the elif is not taken."""
+    grub = tmp_path / "grub"
+    grub.mkdir()
+    shutil.copy(SAMPLES / "grub-btrfs" / "grub.cfg", grub / "grub.cfg")
+    without = read_grub_config(grub / "grub.cfg")
+    assert without.unknown is None
+    write(grub, "menuentry 'my kernel' {\n\tlinux /vmlinuz-custom ro\n}\n", "custom.cfg")
+    result = read_grub_config(grub / "grub.cfg")
+    assert result.unknown is None
+    custom = [e for e in result.entries if e.title == "my kernel"]
+    assert [e.id for e in custom] == ["my kernel"]
+    assert len(result.entries) == len(without.entries) + 1
+
+
+def test_conditions_grub_can_evaluate_choose_one_branch(tmp_path: Path) -> None:
+    text = """
+set v=2
+if [ "$v" = 1 ]; then menuentry one { linux /vmlinuz-1 }
+elif [ -z "$v" -o ! -f $prefix/there ]; then menuentry two { linux /vmlinuz-2 }
+else menuentry three { linux /vmlinuz-3 }
+fi
+if test -e $prefix/missing; then menuentry four { linux /vmlinuz-4 }; fi
+if ! [ -f $prefix/there ]; then menuentry five { linux /vmlinuz-5 }; fi
+if ! test -d $prefix/there; then menuentry six { linux /vmlinuz-6 }; fi
+"""
+    write(tmp_path / "grub", "x", "there")
+    result = read_grub_config(write(tmp_path / "grub", text))
+    assert [e.title for e in result.entries] == ["three", "six"]
+
+
+def test_a_condition_that_cannot_be_told_reads_every_branch_and_an_entry_once(tmp_path: Path) -> None:
+    text = """
+if [ x$feature_platform_search_hint = xy ]; then
+  menuentry same { linux /vmlinuz-1 }
+  set v=1
+else
+  menuentry same { linux /vmlinuz-1 }
+  menuentry other { linux /vmlinuz-2 }
+  set v=2
+fi
+if [ "$v" = 1 ]; then menuentry by-v { linux /vmlinuz-v }; fi
+if [ "$saved_entry" = x ]; then menuentry by-env { linux /vmlinuz-e }; fi
+if [ -f /etc/passwd ]; then menuentry elsewhere { linux /vmlinuz-p }; fi
+if loadfont unicode; then menuentry by-command { linux /vmlinuz-c }; fi
+"""
+    write(tmp_path / "grub", "# GRUB Environment Block\n", "grubenv")
+    env = GrubEnv(tmp_path / "grub" / "grubenv", {"saved_entry": "y"})
+    result = read_grub_config(write(tmp_path / "grub", "load_env\n" + text), grubenv=env)
+    assert result.unknown is None
+    # v was set in a branch GRUB may not take; saved_entry is rewritten at boot; /etc is not
+    # the grub directory's partition; a command's status is not known: all read, "same" once.
+    assert [e.title for e in result.entries] == ["same", "other", "by-v", "by-env", "elsewhere", "by-command"]

@@ -223,9 +223,6 @@ fi
 """
 
 
-@pytest.mark.xfail(strict=True, reason="both branches of 41_custom's if/elif are read (entries/grub.py reads every "
-                   "branch), so each entry of custom.cfg is listed twice ('custom' and 'custom#2') and counted twice "
-                   "in 'bootwatch entries', status and the bootwatch_entries metric; GRUB shows it once")
 def test_debians_custom_cfg_entries_are_listed_once(boot_tree) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)
