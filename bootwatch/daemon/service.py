@@ -322,6 +322,7 @@ class Daemon:
         paths = self.config.paths
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(paths.boot),
                                    cache_dir=str(paths.cache))
+        self.census: Census | None = None  # the boot entries as the last pass read them (the worker's)
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
         self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
         # The entry sources' directories as _classify compares names with them (as given and
@@ -906,6 +907,7 @@ class Daemon:
         elif warning is None and self.status.entries_warning is not None:
             log.log(NOTICE, "boot entries found again: %s", census.text())
         self.status.set_entries(census)
+        self.census = census
 
     def _note_references(self, unknown: str | None) -> None:
         """Say once (journal, then STATUS) that the references became unknown, and when they are known again.
@@ -1040,7 +1042,9 @@ class Daemon:
         try:
             if full and self.status.last_reconcile:
                 self.metrics.record_reconcile(self.status.last_reconcile)
-            self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing, census=census)
+            # A job's report reuses the boot entries of the last pass rather than reading them again.
+            self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing,
+                               census=census if census is not None else self.census)
         except (OSError, BootwatchError) as e:
             log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
 
