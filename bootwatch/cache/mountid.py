@@ -6,11 +6,17 @@ the mount id (``STATX_MNT_ID``) and whether the directory is a mount's root
 (``STATX_ATTR_MOUNT_ROOT``), and reads that mount's line of ``/proc/self/mountinfo``: the
 filesystem type, its source, the directory of the filesystem that is mounted there (a bind
 mount's root), and the device. ``statvfs`` adds the filesystem id, and ``/dev/disk/by-uuid``
-the filesystem UUID where there is one.
+the filesystem UUID where there is one. ``fs_path`` is the directory's path within its
+filesystem: the mount's root joined with the directory's path below the mount point.
 
 Mount ids and device numbers may change at a reboot, so :func:`same_filesystem` compares what
-stays: the type, the mounted root, and the UUID where both sides have one, else the filesystem
-id where both have one, else the device number.
+stays: the type, the path within the filesystem, and the UUID where both sides have one, else
+the filesystem id where both have one, else the device number. Whether the directory is a
+mount's root is not compared: a unit's ``ReadWritePaths=/boot`` makes a ``/boot`` directory of
+the root filesystem a bind mount of itself in the daemon's mount namespace (root ``/boot``, a
+mount root) while a hook in the host's namespace sees it as a directory of the ``/`` mount (root
+``/``): the same directory of the same filesystem. An unmounted partition leaves a directory of
+another filesystem, and an unmounted bind mount another directory of the same one.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from bootwatch import linux
 BY_UUID = Path("/dev/disk/by-uuid")
 
 # A mount identity as the references record keeps it (JSON): mount_id, mount_root, dev, type,
-# source, root, fsid, uuid.
+# source, root, fs_path, fsid, uuid.
 MountIdentity = dict[str, Any]
 
 
@@ -73,8 +79,10 @@ def mount_identity(directory: Path, *, mounts: Sequence[linux.MountInfo] | None 
     line = _mount_of(real, mnt_id, linux.mountinfo() if mounts is None else mounts)
     if mount_root is None:
         mount_root = line.mount_point == real
+    below = os.path.relpath(real, line.mount_point)
+    fs_path = os.path.normpath(os.path.join(line.root, below)) if below != "." else line.root
     return {"mount_id": line.mount_id, "mount_root": mount_root, "dev": line.dev, "type": line.fstype,
-            "source": line.source, "root": line.root, "fsid": os.statvfs(real).f_fsid,
+            "source": line.source, "root": line.root, "fs_path": fs_path, "fsid": os.statvfs(real).f_fsid,
             "uuid": _uuid_of(st.st_dev)}
 
 
@@ -94,8 +102,8 @@ def _mount_of(real: str, mnt_id: int | None, mounts: Sequence[linux.MountInfo]) 
 
 
 def same_filesystem(a: MountIdentity, b: MountIdentity) -> bool:
-    """Whether two identities name the same mounted filesystem (and the same part of it)."""
-    if a.get("type") != b.get("type") or a.get("root") != b.get("root"):
+    """Whether two identities name the same directory of the same filesystem, however mounted."""
+    if a.get("type") != b.get("type") or a.get("fs_path") != b.get("fs_path"):
         return False
     if a.get("uuid") and b.get("uuid"):
         return bool(a["uuid"] == b["uuid"])

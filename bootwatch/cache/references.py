@@ -22,7 +22,7 @@ from bootwatch.errors import BootwatchError
 from bootwatch.linux import MountInfo, mountinfo
 
 # The format of .bootwatch-references; a record of another format is no record.
-REFERENCES_VERSION = 3
+REFERENCES_VERSION = 4
 
 # What a source's location is, in a journal line.
 _LOCATION_KIND = {EntrySource.BLS: "entries directory", EntrySource.UKI: "UKI directory",
@@ -172,14 +172,14 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
                              f"{mountid.describe(is_now)}); is the right partition mounted?", loc["path"],
                              absent=on_esp(loc))
     esp_was, esp_now = last["esp_mount"], observed["esp_mount"]
-    if last["esp"] is not None and esp_was is not None:
+    if last["esp"] is not None and esp_was is not None \
+            and (esp_now is None or not mountid.same_filesystem(esp_was, esp_now)):
         if esp_was.get("mount_root") is True and not (esp_now or {}).get("mount_root"):
             return Judgement("the ESP is no longer a mount point (it was one when the boot entries were last "
                              "read); is the ESP mounted?", last["esp"], absent=esp)
-        if esp_now is None or not mountid.same_filesystem(esp_was, esp_now):
-            now_text = mountid.describe(esp_now) if esp_now is not None else "missing"
-            return Judgement(f"the ESP is not the mount it was ({mountid.describe(esp_was)}, now {now_text}); is "
-                             "the right partition mounted?", last["esp"], absent=esp)
+        now_text = mountid.describe(esp_now) if esp_now is not None else "missing"
+        return Judgement(f"the ESP is not the mount it was ({mountid.describe(esp_was)}, now {now_text}); is "
+                         "the right partition mounted?", last["esp"], absent=esp)
     recorded = set(last["entries"])
     if len(recorded) >= 2 and last["paths"] and recorded.isdisjoint(observed["entries"]):
         return Judgement(f"every boot entry vanished at once (none of the {len(recorded)} entries of the last "
@@ -193,13 +193,15 @@ def _kind(source: str) -> str:
 
 
 def _boot_moved(was: dict[str, Any], now: dict[str, Any], boot_dir: Path) -> str | None:
+    # Whether it is a mount root alone says nothing (a bind mount of itself, in the daemon's
+    # namespace, is the same directory: see mountid); it only words the line.
+    if mountid.same_filesystem(was, now):
+        return None
     if was.get("mount_root") is True and not now["mount_root"]:
         return (f"the boot directory {boot_dir} is no longer a mount point (it was one when the boot entries "
                 "were last read); is the boot partition mounted?")
-    if not mountid.same_filesystem(was, now):
-        return (f"the boot directory {boot_dir} is not the mount it was ({mountid.describe(was)}, now "
+    return (f"the boot directory {boot_dir} is not the mount it was ({mountid.describe(was)}, now "
                 f"{mountid.describe(now)}); is the right partition mounted?")
-    return None
 
 
 def has_evidence(counts: dict[str, int], boot_file: Callable[[str], Path],

@@ -52,8 +52,9 @@ On-disk protocol (one directory, shared with boom):
                             reader unless it matches the index it just read and is of that
                             format. Anyone may delete it.
     .bootwatch-references   the boot entries as last read completely, from every entry source
-                            (see cache/references.py), JSON, "version": 3: the boot directory
-                            and the mount it is on (mountid.py), the ESP's mount point and its
+                            (see cache/references.py), JSON, "version": 4: the boot directory
+                            and the mount it is on (mountid.py: with the directory's path within
+                            its filesystem, "fs_path"), the ESP's mount point and its
                             mount (null without an ESP), each source location that was there
                             ("locations": source, path as read, resolved path, mount; a BLS or
                             UKI directory, a grub.cfg), the entries as "source:id" and the cache
@@ -62,9 +63,9 @@ On-disk protocol (one directory, shared with boom):
                             trustworthy record that has evidence of being the real boot
                             partitions. Compared with at every read of the entries: a recorded
                             location missing or no longer read (grub.cfg gone with an unmounted
-                            /boot), a boot directory that was a mount root and is not one now,
-                            another filesystem at the boot directory or a location, an ESP that
-                            was a mount point and is not one now or is another filesystem, or
+                            /boot), another filesystem or another directory of it (fs_path) at
+                            the boot directory, a location or the ESP (whether it is a mount
+                            root is not compared: a bind mount of itself is the same), or
                             every recorded entry gone at once makes references unknown. Missing,
                             torn, not a regular file or of another version, it is no record:
                             references are unknown until a read starts the history again.

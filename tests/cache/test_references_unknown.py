@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -448,14 +449,58 @@ def test_a_bind_mount_is_a_mount_root_and_a_filesystem_is_compared_by_what_survi
     try:
         bound = mount_identity(boot)
         assert not os.path.ismount(boot) and bound["mount_root"] and not plain["mount_root"]
-        assert bound["mount_id"] != plain["mount_id"] and not same_filesystem(bound, plain)
+        # A bind mount of itself (a unit's ReadWritePaths=) is the same directory of the same
+        # filesystem; a bind mount of another directory is not.
+        assert bound["mount_id"] != plain["mount_id"] and same_filesystem(bound, plain)
+        assert bound["root"] != plain["root"] and bound["fs_path"] == plain["fs_path"]
     finally:
         umount(boot)
-    ext4 = {"type": "ext4", "root": "/", "dev": "8:1", "fsid": 7, "uuid": "u1", "mount_id": 30}
+    other = tmp_path / "other"
+    other.mkdir()
+    mount("--bind", str(other), str(boot))
+    try:
+        assert not same_filesystem(mount_identity(boot), plain)
+    finally:
+        umount(boot)
+    ext4 = {"type": "ext4", "root": "/", "fs_path": "/", "dev": "8:1", "fsid": 7, "uuid": "u1", "mount_id": 30}
     rebooted = dict(ext4, dev="8:17", mount_id=41)  # another device number and mount id: the same one
     assert same_filesystem(ext4, rebooted)
     assert not same_filesystem(ext4, dict(rebooted, uuid="u2"))
     assert same_filesystem(dict(ext4, uuid=None), dict(rebooted, uuid=None))  # the fs id, from the UUID
     assert not same_filesystem(dict(ext4, uuid=None), dict(rebooted, uuid=None, fsid=8))
     assert not same_filesystem(dict(ext4, uuid=None, fsid=0), dict(rebooted, uuid=None, fsid=0))  # the device
-    assert not same_filesystem(ext4, dict(ext4, root="/boot"))
+    assert not same_filesystem(ext4, dict(ext4, fs_path="/boot"))
+
+
+def _in_a_namespace_binding(directory: Path, tree, *args: str) -> tuple[int, str, str]:
+    """``bootwatch ARGS`` in a mount namespace of its own where ``directory`` is a bind mount of
+    itself, as a unit's ``ReadWritePaths=`` makes it for the daemon."""
+    from conftest import subprocess_env
+    script = 'mount --bind "$1" "$1" && shift && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(directory),
+            sys.executable, "-m", "bootwatch", "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), *args]
+    proc = subprocess.run(argv, env=subprocess_env(tree.config), capture_output=True, text=True, timeout=60,
+                          cwd=str(tree.root))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_boot_directory_bound_onto_itself_in_another_namespace_is_the_same_directory(
+        boot_tree, needs_root) -> None:
+    """/boot a directory of the root filesystem: the daemon (ReadWritePaths=/boot) sees it as a
+    bind mount of itself, a hook's scan in the host's namespace as a directory of the / mount.
+    Both read the same entries of the same filesystem: references stay known both ways."""
+    tree = boot_tree
+    three_kernels(tree)
+    rc, out, err = tree.cli("scan")  # the host's namespace starts the record
+    assert rc == 0, out + err
+    tree.path("/vmlinuz-1.0").unlink()
+    (tree.entries / "e1.0.conf").unlink()
+    report = _in_a_namespace_binding(tree.boot, tree, "clean", "--json")
+    assert report[0] == 0 and "Traceback" not in report[2], report
+    assert "/vmlinuz-1.0" not in tree.read_index()["index"]
+    rc, out, err = _in_a_namespace_binding(tree.boot, tree, "scan")  # now the bound namespace records
+    assert rc == 0, out + err
+    (tree.entries / "e2.0.conf").unlink()
+    rc, out, err = tree.cli("clean")
+    assert rc == 0, out + err
+    assert "/vmlinuz-2.0" not in tree.read_index()["index"] and "/vmlinuz-3.0" in tree.read_index()["index"]

@@ -166,15 +166,7 @@ def debian_host(request: pytest.FixtureRequest, nspawn_prerequisites: None, stag
 
 # (test, layout) -> what bootwatch on main still lacks for it to pass: xfail(strict=True), so that
 # the mark goes as soon as the behaviour lands.
-_SELF_BIND = (
-    "with /boot a directory of root, the shipped unit's ReadWritePaths=/boot makes /boot a bind mount of itself in "
-    "the daemon's mount namespace (mountinfo root /boot), while the Debian hook's scan sees a directory of the / "
-    "mount (root /); bootwatch/cache/mountid.same_filesystem tells the two apart, so the daemon's references stay "
-    "unknown ('the boot directory /boot is not the mount it was') and it decides nothing")
-KNOWN_FAILURES: dict[tuple[str, BootLayout], str] = {
-    ("test_kernel_purged_with_its_entry_is_not_restored", BootLayout.BOOT_ON_ROOT): _SELF_BIND,
-    ("test_kernel_named_by_a_snapshot_entry_is_restored", BootLayout.BOOT_ON_ROOT): _SELF_BIND,
-}
+KNOWN_FAILURES: dict[tuple[str, BootLayout], str] = {}
 
 
 @pytest.fixture(autouse=True)
