@@ -769,9 +769,9 @@ class BootCache:
         - a source location that held entries at the last read is missing now or no longer read
           (``grub.cfg`` gone with an unmounted ``/boot``, the ESP's ``loader/entries`` with an
           unmounted ESP): never confirmable while the boot directory is not the mount it was;
-        - the boot directory was the root of a mount and is not one now (the boot partition is
-          not mounted, or a bind mount of it is gone), or it is on another filesystem than it
-          was (another partition mounted there; see :mod:`bootwatch.cache.mountid`);
+        - the boot directory is not the directory of the filesystem it was (the boot partition
+          is not mounted, a bind mount of it is gone, another partition is mounted there; see
+          :mod:`bootwatch.cache.mountid`): never confirmable;
         - a source location is on another filesystem than it was; the ESP was a mount point and
           is not one now, or is another filesystem;
         - every entry vanished at once: the last read had at least two entries that referenced
@@ -1141,9 +1141,13 @@ class BootCache:
         if dry_run:
             refs.record = None  # a dry run confirms nothing
         if refs.unknown is not None:
-            hint = ("if that is how it should be, 'bootwatch clean --force' confirms it" if refs.confirmable else
-                    "mount the boot partition or fix [paths] entries; clean works again once every entry "
-                    "can be read")
+            if refs.confirmable:
+                hint = "if that is how it should be, 'bootwatch clean --force' confirms it"
+            elif refs.boot_moved:
+                hint = (f"mount the boot partition; only if it was really replaced, delete "
+                        f"{self.store.directory / REFERENCES_NAME} and run 'bootwatch clean --force'")
+            else:
+                hint = "mount the boot partition or fix [paths] entries; clean works again once every entry can be read"
             raise ReferencesUnknownError(f"{refs.unknown}; nothing was cleaned", hint=hint)
 
     def _uncache_unreferenced(self, work: Transaction, report: CleanReport, pinned: set[str],

@@ -35,9 +35,10 @@ class References(dict[str, int]):
     ``unknown`` is None when it is; otherwise one line saying why not. While references are
     unknown nothing may be uncached, trimmed, un-restored or deleted on their strength.
     ``confirmable``: the reason is a judgement from history (no trustworthy record of an
-    earlier read, a source location gone or not on the filesystem it was, the boot directory or
-    the ESP not the mount it was, every recorded entry gone at once), which an operator may
-    overrule (``clean --force``); a source that cannot be read is never overruled.
+    earlier read, a source location gone or not on the filesystem it was, the ESP not the mount
+    it was, every recorded entry gone at once), which an operator may overrule (``clean
+    --force``); a source that cannot be read, or a boot directory that is not the filesystem it
+    was, is never overruled.
     ``boot_moved``: the boot directory is not the filesystem it was; nothing is restored into it.
     ``observed``: the record of this read when every source could be read (what ``clean --force``
     records); ``record``: what the lock holder records when the transaction ends, if anything.
@@ -163,7 +164,10 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
                              confirmable=boot_moved is None, boot_moved=boot_moved is not None, absent=on_esp(loc))
     subject = ", ".join(sorted({loc["path"] for loc in last["locations"]})) or str(boot_dir)
     if boot_moved is not None:
-        return Judgement(boot_moved, subject, boot_moved=True)
+        # Never the operator's to confirm: an unmounted /boot's mount point holding a stale
+        # grub.cfg would make every kernel of the real partition unreferenced (see README,
+        # "Unknown references", for a boot partition that was really replaced).
+        return Judgement(boot_moved, subject, confirmable=False, boot_moved=True)
     for loc in last["locations"]:
         was, is_now = loc["mount"], now[loc["path"]]["mount"]
         if not mountid.same_filesystem(was, is_now):

@@ -171,12 +171,6 @@ def test_entries_output_cannot_be_forged_by_a_newline_in_a_grub_title(boot_tree)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the judgement 'the boot directory is no longer a mount point' is confirmable "
-                   "(cache/references.py judge(): Judgement(boot_moved, subject, boot_moved=True) keeps "
-                   "confirmable=True; the location judgements are not, 'never confirmable while the boot directory is "
-                   "not the mount it was'), and clean's hint offers clean --force: with /boot unmounted and a stale "
-                   "grub.cfg under the mount point (apt upgrade while /boot failed to mount), clean --force uncaches "
-                   "every kernel of the real /boot and deletes their images")
 def test_clean_force_with_boot_unmounted_never_forgets_the_real_boots_kernels(boot_tree, tmp_path: Path) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)  # a GRUB host: no BLS entries directory
@@ -203,11 +197,18 @@ def test_clean_force_with_boot_unmounted_never_forgets_the_real_boots_kernels(bo
         umount(tree.boot)
         rc, _, err = tree.cli("clean")
         assert rc == 1 and "clean --force" in err, err  # the hint the operator follows
-        tree.cli("clean", "--force")
+        rc, _, err = tree.cli("clean", "--force")
+        assert rc == 1 and "mount the boot partition" in err, err
         forgotten = real - set(tree.list_json())
     finally:
         subprocess.run(["umount", "-q", str(tree.boot)], check=False)
     assert not forgotten, f"clean --force with /boot unmounted uncached the real /boot's {sorted(forgotten)}"
+    # An operator who really replaced the boot partition says so the way the hint tells.
+    record = tree.cache / ".bootwatch-references"
+    assert str(record) in err, err
+    record.unlink()
+    ok(tree.cli("clean", "--force"))
+    assert not real & set(tree.list_json())
 
 
 
