@@ -101,9 +101,11 @@ def _mount_of(real: str, mnt_id: int | None, mounts: Sequence[linux.MountInfo]) 
     return line
 
 
-def same_filesystem(a: MountIdentity, b: MountIdentity) -> bool:
-    """Whether two identities name the same directory of the same filesystem, however mounted."""
-    if a.get("type") != b.get("type") or a.get("fs_path") != b.get("fs_path"):
+def same_filesystem(a: MountIdentity, b: MountIdentity, *, same_directory: bool = True) -> bool:
+    """Whether two identities name the same directory of the same filesystem, however mounted
+    (``same_directory`` False: the same filesystem, whatever directory of it, as for an entries
+    directory reached through a symlink that ostree swaps)."""
+    if a.get("type") != b.get("type") or (same_directory and a.get("fs_path") != b.get("fs_path")):
         return False
     if a.get("uuid") and b.get("uuid"):
         return bool(a["uuid"] == b["uuid"])

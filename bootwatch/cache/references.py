@@ -170,7 +170,7 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
         return Judgement(boot_moved, subject, confirmable=False, boot_moved=True)
     for loc in last["locations"]:
         was, is_now = loc["mount"], now[loc["path"]]["mount"]
-        if not mountid.same_filesystem(was, is_now):
+        if not mountid.same_filesystem(was, is_now, same_directory=False):
             kind = _kind(loc["source"])
             return Judgement(f"the {kind} is not on the filesystem it was ({mountid.describe(was)}, now "
                              f"{mountid.describe(is_now)}); is the right partition mounted?", loc["path"],
