@@ -1143,8 +1143,9 @@ class BootCache:
         if refs.unknown is not None:
             if refs.confirmable:
                 hint = "if that is how it should be, 'bootwatch clean --force' confirms it"
-            elif refs.boot_moved:
-                hint = (f"mount the boot partition; only if it was really replaced, delete "
+            elif refs.boot_moved or refs.absent is not None:
+                what = "the boot partition" if refs.boot_moved else f"the ESP at {refs.absent}"
+                hint = (f"mount {what}; only if it was really replaced, delete "
                         f"{self.store.directory / REFERENCES_NAME} and run 'bootwatch clean --force'")
             else:
                 hint = "mount the boot partition or fix [paths] entries; clean works again once every entry can be read"

@@ -67,8 +67,8 @@ class References(dict[str, int]):
 
     def confirmed(self) -> References:
         """These references as the operator confirms them (``clean --force``): known, and recorded."""
-        return References(self, entries=self.entries, record=self.observed, observed=self.observed,
-                          inventory=self.inventory)
+        return References(self, absent=self.absent, entries=self.entries, record=self.observed,
+                          observed=self.observed, inventory=self.inventory)
 
 
 class _Identities:
@@ -97,9 +97,18 @@ def record_of_read(inventory: Inventory, boot_real: Path, counts: dict[str, int]
                   "mount": identity(r.location)} for r in inventory.found]
     return {"version": REFERENCES_VERSION, "boot": str(boot_real), "boot_mount": identity(boot_real),
             "esp": str(esp) if esp is not None else None,
-            "esp_mount": identity(esp) if esp is not None and os.path.isdir(esp) else None,
+            "esp_mount": _esp_mount(identity, esp),
             "locations": sorted(locations, key=lambda loc: (loc["source"], loc["path"])),
             "entries": sorted({entry_name(e.source, e.id) for e in inventory.entries}), "paths": sorted(counts)}
+
+
+def _esp_mount(identity: _Identities, esp: Path | None) -> mountid.MountIdentity | None:
+    """The ESP's mount, only where the ESP is a mount: the bare mount point of an ESP that is not
+    mounted now is never recorded as the ESP (the real one would then look foreign)."""
+    if esp is None or not os.path.isdir(esp):
+        return None
+    mount = identity(esp)
+    return mount if mount["mount_root"] else None
 
 
 def _strings(value: object) -> bool:
@@ -145,10 +154,17 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
     boot directory, or None (see :meth:`bootwatch.cache.operations.BootCache.references`)."""
     boot_moved = _boot_moved(last["boot_mount"], observed["boot_mount"], boot_dir)
     esp = last["esp"]
+    esp_was, esp_now = last["esp_mount"], observed["esp_mount"]
+    # The ESP was a mount and nothing is mounted there now: what is under its mount point is not
+    # the ESP, and the operator cannot confirm it is (mount it; see README, "Unknown references").
+    esp_unmounted = esp_was is not None and esp_was.get("mount_root") is True and esp_now is None
 
     def on_esp(loc: dict[str, Any]) -> str | None:
         inside = esp is not None and (loc["real"] + "/").startswith(esp.rstrip("/") + "/")
         return esp if inside else None
+
+    def confirmable(absent: str | None) -> bool:
+        return boot_moved is None and not (absent is not None and esp_unmounted)
 
     read_now = {str(r.location) for r in inventory.results}
     now = {loc["path"]: loc for loc in observed["locations"]}
@@ -157,11 +173,13 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
         if loc["path"] not in read_now:
             return Judgement(f"the {kind} was there at the last complete read of the boot entries, and is not read "
                              "now (is the ESP mounted? did [paths] or [entries] change?)", loc["path"],
-                             confirmable=boot_moved is None, boot_moved=boot_moved is not None, absent=on_esp(loc))
+                             confirmable=confirmable(on_esp(loc)), boot_moved=boot_moved is not None,
+                             absent=on_esp(loc))
         if loc["path"] not in now:
             return Judgement(f"the {kind} does not exist now, though it was there at the last complete read of "
                              "the boot entries; is its partition mounted?", loc["path"],
-                             confirmable=boot_moved is None, boot_moved=boot_moved is not None, absent=on_esp(loc))
+                             confirmable=confirmable(on_esp(loc)), boot_moved=boot_moved is not None,
+                             absent=on_esp(loc))
     subject = ", ".join(sorted({loc["path"] for loc in last["locations"]})) or str(boot_dir)
     if boot_moved is not None:
         # Never the operator's to confirm: an unmounted /boot's mount point holding a stale
@@ -174,16 +192,15 @@ def judge(last: dict[str, Any], observed: dict[str, Any], inventory: Inventory, 
             kind = _kind(loc["source"])
             return Judgement(f"the {kind} is not on the filesystem it was ({mountid.describe(was)}, now "
                              f"{mountid.describe(is_now)}); is the right partition mounted?", loc["path"],
-                             absent=on_esp(loc))
-    esp_was, esp_now = last["esp_mount"], observed["esp_mount"]
-    if last["esp"] is not None and esp_was is not None \
+                             confirmable=confirmable(on_esp(loc)), absent=on_esp(loc))
+    if esp is not None and esp_was is not None \
             and (esp_now is None or not mountid.same_filesystem(esp_was, esp_now)):
-        if esp_was.get("mount_root") is True and not (esp_now or {}).get("mount_root"):
+        if esp_unmounted:
             return Judgement("the ESP is no longer a mount point (it was one when the boot entries were last "
-                             "read); is the ESP mounted?", last["esp"], absent=esp)
+                             "read); is the ESP mounted?", esp, confirmable=False, absent=esp)
         now_text = mountid.describe(esp_now) if esp_now is not None else "missing"
         return Judgement(f"the ESP is not the mount it was ({mountid.describe(esp_was)}, now {now_text}); is "
-                         "the right partition mounted?", last["esp"], absent=esp)
+                         "the right partition mounted?", esp, absent=esp)
     recorded = set(last["entries"])
     if len(recorded) >= 2 and last["paths"] and recorded.isdisjoint(observed["entries"]):
         return Judgement(f"every boot entry vanished at once (none of the {len(recorded)} entries of the last "

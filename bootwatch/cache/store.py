@@ -55,9 +55,10 @@ On-disk protocol (one directory, shared with boom):
                             (see cache/references.py), JSON, "version": 4: the boot directory
                             and the mount it is on (mountid.py: with the directory's path within
                             its filesystem, "fs_path"), the ESP's mount point and its
-                            mount (null without an ESP), each source location that was there
-                            ("locations": source, path as read, resolved path, mount; a BLS or
-                            UKI directory, a grub.cfg), the entries as "source:id" and the cache
+                            mount (null without an ESP, or while nothing is mounted there),
+                            each source location that was there ("locations": source, path
+                            as read, resolved path, mount; a BLS or UKI directory, a
+                            grub.cfg), the entries as "source:id" and the cache
                             keys they referenced. Written (fsynced, by rename) by a holder of the
                             lock when they change, by 'clean --force', and by a read without a
                             trustworthy record that has evidence of being the real boot

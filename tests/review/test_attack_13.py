@@ -53,11 +53,6 @@ menuentry 'shim' {
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="clean --force while the ESP is not mounted records the bare mount point "
-                   "as the ESP (references.References.confirmed() drops `absent`, observe() records the "
-                   "underlying filesystem as esp_mount): later restores write ESP files onto the filesystem "
-                   "under the mount point, and once the real ESP is mounted again its files are never restored "
-                   "(judge(): 'the ESP is not the mount it was', absent)")
 def test_clean_force_with_the_esp_unmounted_never_makes_the_mount_point_the_esp(boot_tree) -> None:
     tree = boot_tree
     esp = tree.boot / "efi"
@@ -69,25 +64,36 @@ def test_clean_force_with_the_esp_unmounted_never_makes_the_mount_point_the_esp(
         tree.write_file(f"/vmlinuz-{v}")
         tree.write_file(f"/initrd.img-{v}")
     shim = esp / "EFI" / "debian" / "grubx64.efi"
-    with tmpfs(esp):
+    # The ESP's filesystem lives on while it is not mounted (a tmpfs mounted aside, bound onto
+    # the mount point), so that mounting it again brings back the same filesystem.
+    espfs = tree.root / "espfs"
+    espfs.mkdir()
+    with tmpfs(espfs):
+        subprocess.run(["mount", "--bind", str(espfs), str(esp)], check=True)
         shim.parent.mkdir(parents=True)
         shim.write_bytes(os.urandom(4096))
         ok(tree.cli("scan"))
         assert tree.list_json()["/efi/EFI/debian/grubx64.efi"]["state"] == "CACHED"
         umount(esp)
-        # The operator follows the hint of the refused clean ("if that is how it should be,
-        # 'bootwatch clean --force' confirms it") while the ESP happens to be unmounted.
-        tree.cli("clean", "--force")
+        (espfs / "EFI" / "debian" / "grubx64.efi").unlink()  # deleted from the ESP while away
+        # The operator follows the hint of the refused clean while the ESP happens to be
+        # unmounted: --force cannot confirm it, and the hint says to mount the ESP.
+        rc, _, err = tree.cli("clean")
+        assert rc == 1 and "mount the ESP" in err, err
+        rc, _, err = tree.cli("clean", "--force")
+        assert rc == 1 and "mount the ESP" in err, err
         # Something writes the ESP's directory into the bare mount point (grub-install or
         # kernel-install run while the ESP is not mounted).
         shim.parent.mkdir(parents=True)
         tree.cli("scan")
         written_under_mount_point = shim.exists()
-        # The real ESP comes back; its boot loader is deleted: the entry still names it.
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(esp)], check=True)
-        shim.parent.mkdir(parents=True)
-        tree.cli("scan")
-        restored_on_the_esp = shim.exists()
+        # The real ESP comes back, without its boot loader: the entry still names it.
+        subprocess.run(["mount", "--bind", str(espfs), str(esp)], check=True)
+        try:
+            tree.cli("scan")
+            restored_on_the_esp = shim.exists()
+        finally:
+            umount(esp)
     assert not written_under_mount_point, "a restore wrote an ESP file onto the filesystem under the ESP's mount point"
     assert restored_on_the_esp, "the ESP's boot loader, named by an entry, was not restored once the ESP was back"
 
@@ -267,11 +273,6 @@ def test_a_boom_command_never_deletes_an_esp_file_bootwatch_restored_for_an_entr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the first complete read records the ESP's mount identity even when nothing is "
-                   "mounted there (cache/references.py observe(): esp_mount of the bare directory, mount_root false), "
-                   "and has_evidence() accepts the read on the /boot files alone: once the real ESP is mounted, "
-                   "judge() says 'the ESP is not the mount it was' at every pass, so its files are never cached or "
-                   "restored (and clean is refused) until an operator runs clean --force")
 def test_a_first_read_with_the_esp_unmounted_does_not_disown_the_real_esp(boot_tree) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)
