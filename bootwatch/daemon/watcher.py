@@ -23,6 +23,9 @@ been mounted, unmounted or replaced, and :meth:`Watcher.rearm_esp` watches it ag
 are reused at once (an unmount and a mount of the same partition give the very same
 ``mountinfo`` line), so a change is told by the kernel's own signal: ``poll(2)`` on an open
 ``/proc/self/mountinfo`` reports ``POLLPRI`` once the mount table changed since the last poll.
+An ESP mounted inside the boot directory (Debian's ``/boot/efi``) is watched by the boot
+directory's recursive watch; its mount is followed the same way, and a change arms the boot
+directory's watch again (the marks on the ESP went with its unmount).
 """
 
 from __future__ import annotations
@@ -173,6 +176,9 @@ class Watcher:
         self._lock = threading.Lock()
         self.esp_observer: InotifyObserver | None = None
         self.esp: Path | None = None
+        # An ESP inside the boot directory (Debian's /boot/efi): watched by the boot directory's
+        # recursive watch, whose marks on it go with an unmount and do not come back with a mount.
+        self.esp_inside: Path | None = None
         self.esp_armed: EspState = None
         self.esp_watched: tuple[Path, ...] = ()
         self.esp_dirty = threading.Event()  # arming failed: try again
@@ -226,12 +232,15 @@ class Watcher:
             boot_real = Path(os.path.realpath(self.boot))
             esp = Path(os.path.realpath(locations.esp)) if locations.esp is not None else None
             self.esp = esp if esp is not None and not _inside(esp, boot_real) else None
-            if self.esp is None:
+            self.esp_inside = esp if self.esp is None else None
+            if esp is None:
                 return
             if self._mount_table is None:
                 self._mount_table = MountTableSignal()
             self._mount_table.changed()  # what is armed now is as of this mount table
-            self.esp_armed = state = esp_state(self.esp)
+            self.esp_armed = state = esp_state(esp)
+            if self.esp is None:
+                return  # inside the boot directory: its watch covers it (rearm_esp arms it again)
             if state is not None and state[1] == AUTOFS:
                 return  # not mounted: nothing to watch, and looking would mount it
             observer = InotifyObserver()
@@ -271,6 +280,9 @@ class Watcher:
         self.start()
 
     def rearm_esp(self) -> None:
+        if self.esp_inside is not None:
+            self.rearm()  # the boot directory's recursive watch is the ESP's
+            return
         self.stop_esp()
         self.start_esp()
 
@@ -300,13 +312,17 @@ class Watcher:
     def esp_changed(self) -> bool:
         """The ESP was mounted, unmounted or replaced since its entries were watched, or a directory
         appeared or went on it: its watches must be armed again (:meth:`rearm_esp`), and the entries
-        read again. From the mount table alone: the ESP itself is not looked at."""
-        if self.esp is None:
+        read again. From the mount table alone: the ESP itself is not looked at. An ESP inside the
+        boot directory counts only while it is a mount of its own."""
+        esp = self.esp or self.esp_inside
+        if esp is None:
             return False
-        if self.esp_dirty.is_set() or esp_state(self.esp) != self.esp_armed:
+        if self.esp_dirty.is_set() or esp_state(esp) != self.esp_armed:
             return True
         if self._mount_table is not None and self._mount_table.changed():
             # Some mount changed: maybe the ESP was unmounted and mounted again (the same line).
+            if self.esp is None:
+                return self.esp_armed is not None and self.esp_armed[1] != AUTOFS
             return self.esp_armed is None or self.esp_armed[1] != AUTOFS
         observer = self.esp_observer
         return observer is not None and any(not emitter.is_alive() for emitter in list(observer.emitters))

@@ -112,11 +112,6 @@ menuentry 'Windows Boot Manager (on /dev/sda1)' {
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="an ESP mounted inside the boot directory (Debian's /boot/efi) is watched only "
-                   "through the boot directory's recursive watch (daemon/watcher.py: Watcher.esp is None for an ESP "
-                   "inside the boot directory, so esp_changed() is never True, and needs_rearm() compares only the "
-                   "boot directory's identity): after the ESP is unmounted and mounted again its files are not "
-                   "watched, and a deleted file an entry names is not restored until the periodic rescan")
 def test_an_esp_at_boot_efi_is_watched_again_after_a_remount(boot_tree, tmp_path: Path) -> None:
     from daemonproc import DaemonProcess, write_config
     from polling import wait_until
