@@ -244,7 +244,8 @@ def test_debians_custom_cfg_entries_are_listed_once(boot_tree) -> None:
                    "shared as the README suggests, every boom command (boom list) auto-cleans paths no boom entry "
                    "counts and, seeing the marker, deletes the restored file (boom.cache.uncache_path: "
                    "_remove_boot): the entry's kernel is gone from the ESP and uncached. The README's boom note "
-                   "says only that boom uncaches such paths")
+                   "says only that boom uncaches such paths. (boom-boot 1.6.8 never reads auto_clean from "
+                   "boom.conf: only [cache] enable = no stops the clean; the README's boom note now says so)")
 def test_a_boom_command_never_deletes_an_esp_file_bootwatch_restored_for_an_entry(tmp_path: Path) -> None:
     from boomenv import boom_command, boom_environment
 
