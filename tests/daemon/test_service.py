@@ -271,7 +271,9 @@ def test_counts_are_refreshed_after_a_batch_with_a_tick_pending(boot_tree: BootT
         (tree.boot / "vmlinuz-2.0").write_bytes(b"\x01" * (64 << 20))
         tree.write_entry("linux-2.0", linux="/vmlinuz-2.0")
         wait_for(lambda: len(list(tree.cache.glob("*.img"))) == 3, timeout=30, what="the new kernel cached")
-        # The batch is over once the image is in place; its status write follows at once.
-        wait_for(lambda: sum(json.loads(status.read_text())["counts"].values()) == before + 1, timeout=5,
+        # The batch is over once the image is in place; its status write follows (after the batch
+        # reads the entry sources again: seconds on a loaded machine). Without the refresh the
+        # counts never change, whatever the wait.
+        wait_for(lambda: sum(json.loads(status.read_text())["counts"].values()) == before + 1, timeout=30,
                  what="status.json's counts to include the new kernel")
         daemon.stop()
