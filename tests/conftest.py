@@ -72,6 +72,19 @@ def run_bootwatch(boot: Path | None, cache: Path | None, *args: str, config: Pat
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def run_bootwatch_with_fstab(fstab: Path, boot: Path, cache: Path, *args: str, config: Path | None = None,
+                             cwd: Path | None = None, timeout: float = 60) -> CliResult:
+    """Run the CLI like :func:`run_bootwatch`, in a mount namespace of its own where ``fstab``
+    is bind-mounted over ``/etc/fstab`` (the host's stays as it is). Needs root."""
+    script = 'mount --bind "$1" /etc/fstab && shift && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(fstab),
+            sys.executable, "-m", "bootwatch", "--boot-dir", str(boot), "--cache-dir", str(cache),
+            *[str(a) for a in args]]
+    proc = subprocess.run(argv, env=subprocess_env(config), capture_output=True, text=True, timeout=timeout,
+                          cwd=str(cwd) if cwd is not None else None)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 class BootTree:
     """A boot directory with BLS entries, and where its cache lives."""
 
@@ -186,6 +199,10 @@ class BootTree:
         """Run the CLI on this tree (or on another ``boot``/``cache`` directory)."""
         return run_bootwatch(boot or self.boot, cache or self.cache, *args, config=self.config,
                              timeout=timeout, cwd=self.root, env=env)
+
+    def cli_with_fstab(self, fstab: Path, *args: str) -> CliResult:
+        """Run the CLI on this tree with ``fstab`` as its ``/etc/fstab`` (see :func:`run_bootwatch_with_fstab`)."""
+        return run_bootwatch_with_fstab(fstab, self.boot, self.cache, *args, config=self.config, cwd=self.root)
 
     def cli_bare(self, *args: str, timeout: float = 60) -> CliResult:
         """Run the CLI with only the test's config: no --boot-dir/--cache-dir before ARGS."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bootwatch.atomic import TempFile, fsync_directory
+from bootwatch.cache import fstab
 from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
@@ -761,6 +762,9 @@ class BootCache:
         :func:`bootwatch.cache.references.judge`), until a later read agrees with the record or
         ``clean --force`` confirms what the entries say now:
 
+        - the boot directory or the ESP is a mount point in ``/etc/fstab`` and not a mount root
+          now (an unmounted partition's mount point): never confirmable, never recorded, even
+          as the first read (:mod:`bootwatch.cache.fstab`);
         - there is no trustworthy record (missing: the first run after an upgrade; unreadable,
           not a regular file, not a record of this boot directory), and the read has no positive
           evidence of being the real boot partitions (:func:`~bootwatch.cache.references.has_evidence`).
@@ -795,6 +799,13 @@ class BootCache:
             return References(counts, unknown=f"{e.filename or self.boot_dir}: cannot tell which filesystem is "
                               f"mounted there ({os.strerror(e.errno).lower() if e.errno else e.strerror})",
                               boot_moved=True, entries=count, inventory=inventory)
+        unmounted = self._unmounted_fstab_mount(observed, inventory)
+        if unmounted is not None:
+            directory, what = unmounted
+            return References(counts, unknown=f"{directory}: not trusted: {what} is a mount point in "
+                              f"{fstab.FSTAB} and nothing is mounted there; mount it", boot_moved=what != "the ESP",
+                              absent=str(directory) if what == "the ESP" else None, entries=count,
+                              inventory=inventory)
         last, missing_why = self._last_references()
         if last is None or last["boot"] != observed["boot"]:
             if self._evidence(counts, index):
@@ -812,6 +823,21 @@ class BootCache:
                               absent=judgement.absent, entries=count, observed=observed, inventory=inventory)
         return References(counts, entries=count, observed=observed, record=None if observed == last else observed,
                           inventory=inventory)
+
+    def _unmounted_fstab_mount(self, observed: dict[str, Any], inventory: Inventory) -> tuple[Path, str] | None:
+        """The boot directory or the ESP, when /etc/fstab lists it as a mount point and it is not a
+        mount root now: an unmounted partition's mount point (a stale grub.cfg and kernel may lie
+        there), never a read to decide on or to start the history with (see
+        :mod:`bootwatch.cache.fstab`)."""
+        points = fstab.mount_points()
+        if not points:
+            return None
+        if not observed["boot_mount"]["mount_root"] and fstab.listed(self.boot_dir, points):
+            return self.boot_dir, "the boot directory"
+        esp = inventory.roots.esp
+        if esp is not None and observed["esp_mount"] is None and fstab.listed(esp, points):
+            return esp, "the ESP"
+        return None
 
     def _warn_refused_entries(self, refused: builtins.list[str]) -> None:
         with self._lock_refused:

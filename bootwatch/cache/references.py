@@ -3,7 +3,10 @@
 The entries come from the inventory (:mod:`bootwatch.entries.inventory`): every source the host
 has. What they reference is counted by cache key. Whether the count is the whole truth is judged
 against ``.bootwatch-references``, the record of the last complete read (its format is stated in
-store.py): :func:`judge` says what makes references unknown.
+store.py): :func:`judge` says what makes references unknown. Before any of that, a boot
+directory or ESP that ``/etc/fstab`` lists as a mount point and that is not a mount root now is
+an unmounted partition's mount point: no read of it is judged, trusted or recorded (see
+:mod:`bootwatch.cache.fstab` and :meth:`bootwatch.cache.operations.BootCache.references`).
 """
 
 from __future__ import annotations

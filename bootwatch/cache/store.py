@@ -62,7 +62,9 @@ On-disk protocol (one directory, shared with boom):
                             keys they referenced. Written (fsynced, by rename) by a holder of the
                             lock when they change, by 'clean --force', and by a read without a
                             trustworthy record that has evidence of being the real boot
-                            partitions. Compared with at every read of the entries: a recorded
+                            partitions; never written while the boot directory or the ESP is
+                            a mount point in /etc/fstab and not mounted (cache/fstab.py).
+                            Compared with at every read of the entries: a recorded
                             location missing or no longer read (grub.cfg gone with an unmounted
                             /boot), another filesystem or another directory of it (fs_path) at
                             the boot directory, a location or the ESP (whether it is a mount

@@ -294,18 +294,15 @@ def test_a_first_read_with_the_esp_unmounted_does_not_disown_the_real_esp(boot_t
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a first read with /boot unmounted and a stale grub.cfg and kernel under the "
-                   "mount point passes has_evidence() (nothing cached yet: 'names a boot file that is there') and is "
-                   "recorded; once the real /boot is mounted, judge() says 'the boot directory is not the mount it "
-                   "was' (boot_moved) at every pass: its kernels are never cached and a deleted one is never restored "
-                   "until an operator runs clean --force")
 def test_a_first_read_of_a_stale_mount_point_does_not_disown_the_real_boot(boot_tree, tmp_path: Path) -> None:
     tree = boot_tree
     shutil.rmtree(tree.entries.parent)
     (tree.boot / "grub").mkdir()
     (tree.boot / "grub" / "grub.cfg").write_text("menuentry 'Debian 9' {\n\tlinux /vmlinuz-9 ro\n}\n")
     tree.write_file("/vmlinuz-9")
-    ok(tree.cli("scan"))  # bootwatch installed while /boot failed to mount
+    table = tmp_path / "fstab"
+    table.write_text(f"UUID=1234 / ext4 defaults 0 1\nUUID=5678 {tree.boot} ext4 defaults 0 2\n")
+    ok(tree.cli_with_fstab(table, "scan"))  # bootwatch installed while /boot (in fstab) failed to mount
     image = tmp_path / "boot.img"
     with open(image, "wb") as f:
         f.truncate(16 << 20)
@@ -317,9 +314,9 @@ def test_a_first_read_of_a_stale_mount_point_does_not_disown_the_real_boot(boot_
         for v in ("1", "2"):
             tree.write_file(f"/vmlinuz-{v}")
             tree.write_file(f"/initrd.img-{v}")
-        tree.cli("scan")
+        tree.cli_with_fstab(table, "scan")
         tree.path("/vmlinuz-2").unlink()
-        tree.cli("scan")
+        tree.cli_with_fstab(table, "scan")
         restored = tree.path("/vmlinuz-2").is_file()
     finally:
         subprocess.run(["umount", "-q", str(tree.boot)], check=False)
