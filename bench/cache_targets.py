@@ -399,7 +399,7 @@ def target_scan_vs_aide(sizes: Sizes) -> list[Result]:
             raise RuntimeError(f"target 8: the tree was not found unchanged: {after}")
     ratio = best["bootwatch"] / best["aide"]
     return [Result("8", what, best["bootwatch"], best["aide"], "s", ratio, "ratio <= 0.02", ratio <= 0.02,
-                   ["bootwatch: the whole CLI process, as 90-bootwatch.install runs it (with --cache-dir "
+                   ["bootwatch: the whole CLI process, as the package hooks run it (with --cache-dir "
                     "naming the configuration's cache directory, the default's stand-in); "
                     "aide: aide --check -c a minimal aide.conf (sha1+sha256), its database initialised first",
                     f"files hashed by the scans: {after['hashed']} (checked after the timed runs); "
