@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 from daemonproc import DaemonProcess, write_config
 from polling import wait_for
 
@@ -475,7 +476,6 @@ def test_a_bind_mount_is_a_mount_root_and_a_filesystem_is_compared_by_what_survi
 def _in_a_namespace_binding(directory: Path, tree, *args: str) -> tuple[int, str, str]:
     """``bootwatch ARGS`` in a mount namespace of its own where ``directory`` is a bind mount of
     itself, as a unit's ``ReadWritePaths=`` makes it for the daemon."""
-    from conftest import subprocess_env
     script = 'mount --bind "$1" "$1" && shift && exec "$@"'
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(directory),
             sys.executable, "-m", "bootwatch", "--boot-dir", str(tree.boot), "--cache-dir", str(tree.cache), *args]
