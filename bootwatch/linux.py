@@ -18,6 +18,7 @@ import fcntl
 import functools
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,33 @@ class ProcStat:
     def exited(self) -> bool:
         """A zombie (or dead) process: only its exit status waits; it holds no file any more."""
         return self.state in ("Z", "X")
+
+
+def process_ids() -> list[str]:
+    """The PIDs in ``/proc`` (as its directory names); empty if ``/proc`` cannot be listed."""
+    try:
+        return [name for name in os.listdir(PROC) if name.isdigit()]
+    except OSError:
+        return []
+
+
+def fdinfos_of(pid: str, device: int, inode: int) -> Iterator[bytes]:
+    """The ``/proc/PID/fdinfo/FD`` text of each descriptor of process ``pid`` open on the file
+    (``device``, ``inode``). Descriptors (and processes) that go away or cannot be inspected
+    meanwhile are skipped: the caller asks about a moment, not a promise."""
+    base = PROC / pid
+    try:
+        fds = os.listdir(base / "fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            st = os.stat(base / "fd" / fd)
+            if st.st_ino != inode or st.st_dev != device:
+                continue
+            yield (base / "fdinfo" / fd).read_bytes()
+        except OSError:
+            continue
 
 
 def proc_stat(pid: int) -> ProcStat | None:

@@ -229,28 +229,12 @@ def _write_lock_holder(fd: int, st: os.stat_result) -> int | None:
 def _ofd_lock_holder(st: os.stat_result) -> int | None:
     """The PID of a process with an open file description write lock on the file of ``st``,
     from the ``lock:`` lines of ``/proc/PID/fdinfo/FD``; None if none is found."""
-    needle = f":{st.st_ino} "
-    try:
-        pids = [name for name in os.listdir(linux.PROC) if name.isdigit()]
-    except OSError:
-        return None
-    for pid in pids:
-        base = f"{linux.PROC}/{pid}"
-        try:
-            fds = os.listdir(f"{base}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.stat(f"{base}/fd/{fd}")
-                if (target.st_dev, target.st_ino) != (st.st_dev, st.st_ino):
-                    continue
-                with open(f"{base}/fdinfo/{fd}", encoding="ascii", errors="replace") as info:
-                    if any(line.startswith("lock:") and " OFDLCK " in line and " WRITE " in line and needle in line
-                           for line in info):
-                        return int(pid)
-            except OSError:
-                continue
+    needle = f":{st.st_ino} ".encode()
+    for pid in linux.process_ids():
+        for info in linux.fdinfos_of(pid, st.st_dev, st.st_ino):
+            if any(line.startswith(b"lock:") and b" OFDLCK " in line and b" WRITE " in line and needle in line
+                   for line in info.splitlines()):
+                return int(pid)
     return None
 
 

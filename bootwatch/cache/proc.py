@@ -140,27 +140,13 @@ def process_writing(device: int, inode: int) -> int | None:
     meanwhile are skipped. The fallback of ``hashing.ReadLease`` where the kernel gives no lease.
     """
     mapped = f" {os.major(device):02x}:{os.minor(device):02x} {inode} "
-    try:
-        pids = [name for name in os.listdir(PROC) if name.isdigit()]
-    except OSError:
-        return None
-    for pid in pids:
-        base = PROC / pid
-        try:
-            fds = os.listdir(f"{base}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(f"{base}/fd/{fd}")
-                if st.st_ino != inode or st.st_dev != device:
-                    continue
-                with open(f"{base}/fdinfo/{fd}", "rb") as info:
-                    flags = next((line.split()[1] for line in info if line.startswith(b"flags:")), b"0")
-            except (OSError, IndexError):
-                continue
+    for pid in linux.process_ids():
+        for info in linux.fdinfos_of(pid, device, inode):
+            flags = next((line[len(b"flags:"):].strip() or b"0" for line in info.splitlines()
+                          if line.startswith(b"flags:")), b"0")
             if int(flags, 8) & O_ACCMODE != os.O_RDONLY:
                 return int(pid)
+        base = PROC / pid
         try:
             with open(f"{base}/maps", "rb") as maps:
                 for line in maps:
