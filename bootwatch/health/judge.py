@@ -1,0 +1,186 @@
+"""The health of every boot entry of the host (see :mod:`bootwatch.health.model` for the states).
+
+For each entry, :class:`HostCheck` looks at:
+
+* every file it names: there, or only in the cache (AT_RISK: restorable), or nowhere (BROKEN);
+  the file a place cannot be told for is UNKNOWN. A file that is there must pass the format
+  check its role needs (:func:`bootwatch.verify.check_image`, through :class:`FactsMemo`, so an
+  unchanged file is not read again): a kernel, a unified kernel image, an initramfs whose whole
+  cpio chain unpacks;
+* its kernel's release, read from the image: the initramfs must hold that release's modules
+  directory when it holds any modules at all, and the root it boots must hold them
+  (:mod:`bootwatch.health.root`);
+* its companions (:mod:`bootwatch.health.companions`) and its partition's headroom.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootwatch.cache.index import CacheIndex
+from bootwatch.cache.operations import BootCache, Verification
+from bootwatch.entries.inventory import Inventory
+from bootwatch.entries.model import BootFile, Entry, FileRole
+from bootwatch.errors import BootwatchError
+from bootwatch.health.companions import companion_findings
+from bootwatch.health.facts import FactsMemo, ImageFacts
+from bootwatch.health.model import Check, EntryHealth, EntryState, Finding
+from bootwatch.health.root import RootCheck
+from bootwatch.verify import ImageKind, Outcome
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    image_id: str
+    image: Path
+    verification: Verification | None
+
+
+class CacheView:
+    """What the cache holds of each key, read from an index loaded without the lock."""
+
+    def __init__(self, cache: BootCache, index: CacheIndex) -> None:
+        self.cache = cache
+        self.index = index
+
+    def copy_of(self, key: str) -> CachedCopy | None:
+        if key not in self.index:
+            return None
+        image_id = self.index.newest(key)
+        if not self.cache.store.has_image(image_id):
+            return None
+        return CachedCopy(image_id, self.cache.store.image_path(image_id), Verification.recorded(self.index, image_id))
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    """One file of an entry, as judged: its facts (None when neither it nor a cached copy can be read)."""
+
+    file: BootFile
+    path: Path | None
+    facts: ImageFacts | None
+
+
+_WANTED_KINDS = {
+    FileRole.KERNEL: (ImageKind.KERNEL, ImageKind.UKI),
+    FileRole.UKI: (ImageKind.UKI,),
+    FileRole.INITRD: (ImageKind.INITRAMFS,),
+}
+
+
+@dataclass
+class HostCheck:
+    inventory: Inventory
+    facts: FactsMemo
+    cache: CacheView | None
+    """None: the cache cannot be read, so whether a missing file can be restored is unknown."""
+    root: RootCheck = field(default_factory=RootCheck)
+
+    def all(self) -> tuple[EntryHealth, ...]:
+        return tuple(self.entry(e) for e in self.inventory.entries)
+
+    def entry(self, entry: Entry) -> EntryHealth:
+        findings: list[Finding] = []
+        files = [self._file(f, findings) for f in entry.files]
+        findings += self._release(entry, files)
+        kernel = next((f.path for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI)), None)
+        findings += companion_findings(entry, kernel)
+        return EntryHealth.of(entry, findings)
+
+    def host_path(self, file: BootFile) -> Path | None:
+        key = self.inventory.key(file)
+        # A key is relative to the boot directory, also for an ESP file (/../efi/...).
+        return None if key is None else Path(os.path.normpath(str(self.inventory.roots.boot) + key))
+
+    def _file(self, file: BootFile, findings: list[Finding]) -> _FileFacts:
+        path = self.host_path(file)
+        if path is None:
+            findings.append(Finding(EntryState.UNKNOWN, Check.FILE,
+                                    f"{file.path}: on no partition bootwatch can tell", file.path))
+            return _FileFacts(file, None, None)
+        facts = self.facts.of(path)
+        if facts is None:
+            return self._missing(file, path, findings)
+        findings += _format_findings(file, path, facts)
+        return _FileFacts(file, path, facts)
+
+    def _missing(self, file: BootFile, path: Path, findings: list[Finding]) -> _FileFacts:
+        key = self.inventory.key(file)
+        if self.cache is None or key is None:
+            findings.append(Finding(EntryState.BROKEN, Check.FILE,
+                                    f"{path}: missing, and the cache cannot be read", str(path)))
+            return _FileFacts(file, path, None)
+        copy = self.cache.copy_of(key)
+        if copy is None:
+            findings.append(Finding(EntryState.BROKEN, Check.FILE, f"{path}: missing, and not in the cache", str(path)))
+            return _FileFacts(file, path, None)
+        if copy.verification is not None and copy.verification.failed:
+            findings.append(Finding(EntryState.BROKEN, Check.FILE,
+                                    f"{path}: missing, and its cached image {copy.image_id} failed verification: "
+                                    f"{copy.verification.message}", str(path)))
+            return _FileFacts(file, path, None)
+        facts = self.facts.of(copy.image)
+        findings.append(Finding(EntryState.AT_RISK, Check.FILE,
+                                f"{path}: missing; only the cache holds it (image {copy.image_id}): "
+                                f"bootwatch restore {key}", str(path)))
+        if facts is not None:
+            findings += _format_findings(file, path, facts)
+        return _FileFacts(file, path, facts)
+
+    def _release(self, entry: Entry, files: list[_FileFacts]) -> list[Finding]:
+        """The kernel's release against its initramfs's modules and its root's."""
+        kernels = [f for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI) and f.facts is not None]
+        if not kernels or not kernels[0].facts or not kernels[0].facts.check.ok:
+            return []
+        kernel = kernels[0]
+        assert kernel.facts is not None
+        release = kernel.facts.release
+        if release is None:
+            if kernel.facts.check.kind is ImageKind.KERNEL and kernel.facts.check.outcome is Outcome.OK:
+                return [Finding(EntryState.UNKNOWN, Check.KERNEL_VERSION,
+                                f"{kernel.path}: the image states no kernel release", str(kernel.path))]
+            return []
+        findings: list[Finding] = []
+        held: set[str] = set()
+        for f in files:
+            if f.facts is not None and f.facts.module_releases:
+                held |= f.facts.module_releases
+        if kernel.facts.module_releases:  # a UKI's .initrd
+            held |= kernel.facts.module_releases
+        if held and release not in held:
+            findings.append(Finding(EntryState.BROKEN, Check.KERNEL_VERSION,
+                                    f"the initramfs holds modules for {', '.join(sorted(held))}, "
+                                    f"not for the kernel's release {release}"))
+        root = self.root.finding(entry, release)
+        if root is not None:
+            findings.append(root)
+        return findings
+
+
+def _format_findings(file: BootFile, path: Path, facts: ImageFacts) -> list[Finding]:
+    check = facts.check
+    wanted = _WANTED_KINDS.get(file.role)
+    if wanted is None:
+        return []  # a devicetree, an EFI program: being there is what is checked
+    if check.failed:
+        return [Finding(EntryState.BROKEN, Check.FORMAT, f"{path}: {check.message}", str(path))]
+    if check.kind is not ImageKind.UNKNOWN and check.kind not in wanted:
+        return [Finding(EntryState.BROKEN, Check.FORMAT,
+                        f"{path}: is {check.kind.value} data, not a {file.role.value} image", str(path))]
+    if file.role is FileRole.INITRD and check.kind is ImageKind.UNKNOWN and check.outcome is Outcome.UNCHECKED:
+        return [Finding(EntryState.BROKEN, Check.FORMAT,
+                        f"{path}: is no initramfs (no cpio archive, no compression the kernel knows)", str(path))]
+    if not check.ok:
+        return [Finding(EntryState.UNKNOWN, Check.FORMAT, f"{path}: {check.message}", str(path))]
+    return []
+
+
+def check_host(cache: BootCache, inventory: Inventory, facts: FactsMemo, root: RootCheck | None = None) -> HostCheck:
+    """A :class:`HostCheck` of ``inventory`` with the cache's index read without its lock."""
+    try:
+        view: CacheView | None = CacheView(cache, cache.load_index())
+    except (BootwatchError, OSError):
+        view = None
+    return HostCheck(inventory, facts, view, root or RootCheck())
