@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMPRESSORS: dict[str, list[str]] = {
+    "lzma": ["xz", "-c", "--format=lzma"],
     "gzip": ["gzip", "-c", "-9"],
     "zstd": ["zstd", "-c", "-q", "-19"],
     "xz": ["xz", "-c", "--check=crc32"],
@@ -135,6 +136,28 @@ def bzimage(payload_paragraphs: int = 64, setup_sects: int = 1) -> bytes:
     setup[0x202:0x206] = b"HdrS"
     setup[0x206:0x208] = (0x020F).to_bytes(2, "little")
     return bytes(setup) + os.urandom(payload_paragraphs * 16)
+
+
+def bzimage_with_payload(method: str, kernel: bytes | None = None, recorded: int | None = None) -> bytes:
+    """A bzImage whose setup header points at a ``method``-compressed kernel (an ELF image unless
+    ``kernel`` says otherwise), with the decompressed size appended as the kernel build appends
+    it (gzip's own trailer is that size); ``recorded`` overrides the appended size."""
+    if kernel is None:  # code compresses: matches, whose offsets a corruption breaks (lz4 has no checksum)
+        kernel = b"\x7fELF\x02\x01\x01" + b"".join(b"mov %d, %%rax; call f%d\n" % (i % 977, i % 131)
+                                                     for i in range(20_000))
+    stream = compress(kernel, method)
+    if method != "gzip":
+        stream += (len(kernel) if recorded is None else recorded).to_bytes(4, "little")
+    elif recorded is not None:
+        stream = stream[:-4] + recorded.to_bytes(4, "little")
+    lead = 512  # decompressor code before the payload, as in a real build
+    paragraphs = -(-(lead + len(stream) + 64) // 16)
+    image = bytearray(bzimage(paragraphs))
+    start = 2 * 512  # setup_sects 1: boot sector + one setup sector
+    image[0x248:0x24C] = lead.to_bytes(4, "little")
+    image[0x24C:0x250] = len(stream).to_bytes(4, "little")
+    image[start + lead:start + lead + len(stream)] = stream
+    return bytes(image)
 
 
 def pe_image(sections: Sequence[tuple[str, bytes]], signature: bytes | None = None) -> bytes:

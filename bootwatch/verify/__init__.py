@@ -33,9 +33,18 @@ from bootwatch.verify.initramfs import (
     ToolMissing,
     check_initramfs,
     compression_of,
+    decompressed_length,
     peek_decompressed,
 )
-from bootwatch.verify.kernel import KernelError, PeSection, bzimage_summary, is_bzimage, other_kernel, parse_pe
+from bootwatch.verify.kernel import (
+    KernelError,
+    PeSection,
+    bzimage_payload,
+    bzimage_summary,
+    is_bzimage,
+    other_kernel,
+    parse_pe,
+)
 from bootwatch.verify.mount import detect_fstype_bytes
 
 __all__ = ["ImageCheck", "ImageKind", "Outcome", "check_image"]
@@ -123,6 +132,41 @@ def _initramfs(f: BinaryIO, start: int, end: int,
     return ImageCheck(ImageKind.INITRAMFS, Outcome.OK, f"initramfs: {summary}")
 
 
+def _payload(f: BinaryIO, base: int, head: bytes, check_deadline: Callable[[], None] | None) -> str | None:
+    """What is wrong with the compressed kernel of the bzImage at ``base`` (whose first bytes are
+    ``head``), or None: it decompresses, to an ELF image of the size the build recorded.
+
+    The setup header's sector counts catch a truncated file; a corrupt payload of the right size
+    only shows when the boot's decompressor fails ("Decoding failed" on the console, and the
+    machine halts), so it is decompressed here as the kernel would, and counted.
+    """
+    where = bzimage_payload(head)
+    if where is None:
+        return None  # boot protocol before 2.08: no payload fields to check by
+    offset, length = where
+    start, end = base + offset, base + offset + length
+    f.seek(end - 4)
+    recorded = int.from_bytes(f.read(4), "little")
+    f.seek(start)
+    method = compression_of(f.read(8))
+    if method is None:
+        return None  # an uncompressed payload (CONFIG_KERNEL_UNCOMPRESSED): the sizes were checked
+    # The build appends the decompressed size to every stream but gzip (whose trailer holds it).
+    stream_end = end if method == "gzip" else end - 4
+    try:
+        produced, first = decompressed_length(f, start, stream_end, method, f"compressed kernel ({method}) at offset "
+                                              f"{start}", check_deadline)
+    except ToolMissing:
+        return None  # the header checks stand; the payload needs a tool this host lacks
+    except ArchiveError as err:
+        return f"corrupt kernel: {err}"
+    if produced % (1 << 32) != recorded:
+        return f"corrupt kernel: the compressed kernel gives {produced} bytes, its build recorded {recorded}"
+    if not first.startswith(b"\x7fELF"):
+        return "corrupt kernel: the compressed kernel does not decompress to an ELF image"
+    return None
+
+
 def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
         check_deadline: Callable[[], None] | None) -> ImageCheck:
     names = [name for name, _, _ in sections]
@@ -138,6 +182,9 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
                     bzimage_summary(head, size)
                 except KernelError as err:
                     return ImageCheck(ImageKind.UKI, Outcome.FAILED, f".linux section: {err}")
+                problem = _payload(f, offset, head, check_deadline)
+                if problem is not None:
+                    return ImageCheck(ImageKind.UKI, Outcome.FAILED, f".linux section: {problem}")
         if name == ".initrd" and size:
             inner = _initramfs(f, offset, offset + size, check_deadline)
             if not inner.ok:
@@ -152,6 +199,9 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
     try:
         if is_bzimage(head):
             summary = bzimage_summary(head, size)
+            problem = _payload(f, 0, head, check_deadline)
+            if problem is not None:
+                return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, problem)
             sections = parse_pe(f, head, size)
             if sections is not None:
                 return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline)

@@ -31,8 +31,8 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, Callable
 
-__all__ = ["ArchiveError", "NameSink", "ToolMissing", "check_initramfs", "compression_of", "modules_release",
-           "peek_decompressed"]
+__all__ = ["ArchiveError", "NameSink", "ToolMissing", "check_initramfs", "compression_of", "decompressed_length",
+           "modules_release", "peek_decompressed"]
 
 CHUNK = 1 << 20
 CPIO_MAGICS = (b"070701", b"070702")
@@ -396,6 +396,27 @@ def peek_decompressed(f: BinaryIO, start: int, end: int, method: str, n: int = 4
         if close is not None:
             close()
     return bytes(out[:n])
+
+
+def decompressed_length(f: BinaryIO, start: int, end: int, method: str, where: str,
+                        check_deadline: Callable[[], None] | None = None) -> tuple[int, bytes]:
+    """Decompress the one stream in ``f[start:end]`` to its end: how many bytes it gives, and the
+    first 64 of them. :class:`ArchiveError` when it is corrupt or ends early."""
+    length = 0
+    head = b""
+    chunks = _member_chunks(f, start, end, method, where, [])
+    try:
+        for chunk in chunks:
+            if len(head) < 64:
+                head += chunk[:64 - len(head)]
+            length += len(chunk)
+            if check_deadline is not None:
+                check_deadline()
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return length, head
 
 
 # --- the chain ----------------------------------------------------------------------------------

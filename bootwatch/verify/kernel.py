@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-__all__ = ["KernelError", "PeSection", "bzimage_release", "bzimage_summary", "is_bzimage", "other_kernel",
-           "parse_pe"]
+__all__ = ["KernelError", "PeSection", "bzimage_payload", "bzimage_release", "bzimage_summary", "is_bzimage",
+           "other_kernel", "parse_pe"]
 
 PE_MAX_SECTIONS = 96  # the PE/COFF specification's limit
 
@@ -47,6 +47,19 @@ def bzimage_summary(head: bytes, size: int) -> str:
         raise KernelError(f"truncated bzImage: the setup header announces {expected} bytes, "
                           f"the file has {size}")
     return f"x86 bzImage, boot protocol {version >> 8}.{version & 0xFF:02d}"
+
+
+def bzimage_payload(head: bytes) -> tuple[int, int] | None:
+    """Where the compressed kernel is in a bzImage: (offset in the file, length), from the setup
+    header's ``payload_offset`` and ``payload_length`` (boot protocol 2.08+; None before). The
+    build appends the decompressed size as a little-endian 32-bit number to every compressed
+    payload (gzip's own trailer holds it), so it is the payload's last 4 bytes."""
+    if int.from_bytes(head[0x206:0x208], "little") < 0x0208:
+        return None
+    setup_sects = head[0x1F1] or 4
+    offset = (setup_sects + 1) * 512 + int.from_bytes(head[0x248:0x24C], "little")
+    length = int.from_bytes(head[0x24C:0x250], "little")
+    return (offset, length) if length >= 4 else None
 
 
 def bzimage_release(f: BinaryIO, head: bytes) -> str | None:
