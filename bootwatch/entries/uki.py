@@ -206,19 +206,25 @@ def read_uki(path: Path, *, device: tuple[int, Path] | None = None) -> Uki:
     """
     fd = open_regular(path, follow_symlinks=True, device=device)
     try:
-        file_size = os.fstat(fd).st_size
-        header = os.pread(fd, 4096, 0)
-        needed = header_size_needed(header)
-        if needed is not None and needed > len(header):
-            header = os.pread(fd, min(needed, MAX_HEADER_OFFSET + 4096), 0)
-        sections = parse_sections(header, file_size)
-        texts: dict[str, str] = {}
-        for section in sections:
-            if section.name in TEXT_SECTIONS and section.name not in texts:
-                limit = MAX_UNAME if section.name == ".uname" else MAX_TEXT_SECTION
-                texts[section.name] = _text(fd, section, path, limit)
+        return read_uki_at(fd, path)
     finally:
         os.close(fd)
+
+
+def read_uki_at(fd: int, path: Path) -> Uki:
+    """:func:`read_uki` of the file open at ``fd`` (as :func:`bootwatch.safety.open_regular`
+    opens), which ``path`` names; read with ``pread``, so the descriptor's offset is left alone."""
+    file_size = os.fstat(fd).st_size
+    header = os.pread(fd, 4096, 0)
+    needed = header_size_needed(header)
+    if needed is not None and needed > len(header):
+        header = os.pread(fd, min(needed, MAX_HEADER_OFFSET + 4096), 0)
+    sections = parse_sections(header, file_size)
+    texts: dict[str, str] = {}
+    for section in sections:
+        if section.name in TEXT_SECTIONS and section.name not in texts:
+            limit = MAX_UNAME if section.name == ".uname" else MAX_TEXT_SECTION
+            texts[section.name] = _text(fd, section, path, limit)
     osrel = parse_os_release(texts[".osrel"]) if ".osrel" in texts else None
     uname = texts[".uname"].strip() if ".uname" in texts else None
     cmdline = " ".join(texts[".cmdline"].split()) if ".cmdline" in texts else None

@@ -13,6 +13,12 @@
 
 Only ``failed`` is a verification failure. Hashing the image against its id and its recorded
 sha256 is the cache's job, not this module's.
+
+A caller that wants more than the verdict from the same read (the releases whose modules an
+initramfs holds) passes
+``on_name``, called with the name of every entry of every initramfs walked: a plain or compressed
+one, or a UKI's ``.initrd``; and :func:`check_open_image` checks a file it opened itself, so that
+what it reads next (a kernel's release) comes from the same file.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from bootwatch.verify.fstree import FsCheckFailed, FsCheckSkipped, check_filesys
 from bootwatch.verify.initramfs import (
     CPIO_MAGICS,
     ArchiveError,
+    NameSink,
     ToolMissing,
     check_initramfs,
     compression_of,
@@ -47,7 +54,7 @@ from bootwatch.verify.kernel import (
 )
 from bootwatch.verify.mount import detect_fstype_bytes
 
-__all__ = ["ImageCheck", "ImageKind", "Outcome", "check_image"]
+__all__ = ["ImageCheck", "ImageKind", "Outcome", "check_image", "check_open_image", "read_failure"]
 
 HEAD_SIZE = 0x9000  # enough for the iso9660 volume descriptor at 0x8001
 
@@ -120,9 +127,9 @@ def _deadline(timeout: float | None) -> Callable[[], None] | None:
 
 
 def _initramfs(f: BinaryIO, start: int, end: int,
-               check_deadline: Callable[[], None] | None) -> ImageCheck:
+               check_deadline: Callable[[], None] | None, on_name: NameSink | None) -> ImageCheck:
     try:
-        summary = check_initramfs(f, start, end, check_deadline)
+        summary = check_initramfs(f, start, end, check_deadline, on_name)
     except ToolMissing as err:
         return ImageCheck(ImageKind.INITRAMFS, Outcome.UNCHECKED, f"not checked: {err.args[0]} not installed")
     except ArchiveError as err:
@@ -168,7 +175,7 @@ def _payload(f: BinaryIO, base: int, head: bytes, check_deadline: Callable[[], N
 
 
 def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
-        check_deadline: Callable[[], None] | None) -> ImageCheck:
+        check_deadline: Callable[[], None] | None, on_name: NameSink | None) -> ImageCheck:
     names = [name for name, _, _ in sections]
     if ".linux" not in names:
         return ImageCheck(ImageKind.KERNEL, Outcome.OK, f"{prefix}PE/COFF image, {len(sections)} sections")
@@ -186,7 +193,7 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
                 if problem is not None:
                     return ImageCheck(ImageKind.UKI, Outcome.FAILED, f".linux section: {problem}")
         if name == ".initrd" and size:
-            inner = _initramfs(f, offset, offset + size, check_deadline)
+            inner = _initramfs(f, offset, offset + size, check_deadline, on_name)
             if not inner.ok:
                 return ImageCheck(ImageKind.UKI, inner.outcome, f".initrd section: {inner.message}")
             message += f"; .initrd: {inner.message.split(': ', 1)[1]}"
@@ -194,7 +201,7 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
 
 
 def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
-                check_deadline: Callable[[], None] | None) -> ImageCheck:
+                check_deadline: Callable[[], None] | None, on_name: NameSink | None) -> ImageCheck:
     head = f.read(HEAD_SIZE)
     try:
         if is_bzimage(head):
@@ -204,24 +211,24 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
                 return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, problem)
             sections = parse_pe(f, head, size)
             if sections is not None:
-                return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline)
+                return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline, on_name)
             return ImageCheck(ImageKind.KERNEL, Outcome.OK, summary)
         sections = parse_pe(f, head, size)
     except KernelError as err:
         return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, str(err))
     if sections is not None:
-        return _pe(f, sections, "", check_deadline)
+        return _pe(f, sections, "", check_deadline, on_name)
     other = other_kernel(head)
     if other is not None:
         return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED, f"not checked: {other} (format recognised)")
     if head[:6] in CPIO_MAGICS:
-        return _initramfs(f, 0, size, check_deadline)
+        return _initramfs(f, 0, size, check_deadline, on_name)
     fstype = detect_fstype_bytes(head)
     if fstype is not None:
         return _filesystem(path, fstype, runtime_dir, check_deadline)
     method = compression_of(head)
     if method is not None:
-        return _compressed(f, size, method, check_deadline)
+        return _compressed(f, size, method, check_deadline, on_name)
     return ImageCheck(ImageKind.UNKNOWN, Outcome.UNCHECKED, "not checked: not a kernel, initramfs or "
                       "filesystem image that bootwatch knows")
 
@@ -240,7 +247,8 @@ def _filesystem(path: Path, fstype: str, runtime_dir: Path,
     return ImageCheck(ImageKind.FILESYSTEM, Outcome.OK, summary)
 
 
-def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[], None] | None) -> ImageCheck:
+def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[], None] | None,
+                on_name: NameSink | None) -> ImageCheck:
     """Compressed data: an initramfs if it holds a cpio archive, a kernel recognised but not checked."""
     try:
         inner = peek_decompressed(f, 0, size, method)
@@ -249,7 +257,7 @@ def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[]
     except ArchiveError as err:
         return ImageCheck(ImageKind.INITRAMFS, Outcome.FAILED, str(err))
     if inner.lstrip(b"\0")[:6] in CPIO_MAGICS:
-        return _initramfs(f, 0, size, check_deadline)
+        return _initramfs(f, 0, size, check_deadline, on_name)
     other = other_kernel(inner) or ("x86 bzImage" if is_bzimage(inner) else None)
     if other is not None:
         return ImageCheck(ImageKind.KERNEL, Outcome.UNCHECKED,
@@ -258,21 +266,36 @@ def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[]
                       "is neither a cpio archive nor a kernel")
 
 
-def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None) -> ImageCheck:
+def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None,
+                on_name: NameSink | None = None) -> ImageCheck:
     """Find out what ``path`` holds and check it (see the module docstring for the outcomes).
 
     ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``).
     ``timeout`` (seconds) bounds the walk of a filesystem or an initramfs; when it runs out the
-    result is ``incomplete``, since slowness is not corruption.
+    result is ``incomplete``, since slowness is not corruption. ``on_name``: see the module docstring.
     """
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            return _by_content(path, f, size, runtime_dir, _deadline(timeout))
+            return check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name)
+    except OSError as err:
+        return read_failure(path, err)
+
+
+def check_open_image(path: Path, f: BinaryIO, *, runtime_dir: Path, timeout: float | None = None,
+                     on_name: NameSink | None = None) -> ImageCheck:
+    """:func:`check_image` of the regular file open at ``f`` (opened by the caller, as
+    :func:`bootwatch.safety.open_regular` opens), which ``path`` names (a filesystem image is
+    mounted from it). An :class:`OSError` reading it is raised (:func:`read_failure` says it)."""
+    size = os.fstat(f.fileno()).st_size
+    try:
+        return _by_content(path, f, size, runtime_dir, _deadline(timeout), on_name)
     except _TimedOut as err:
         return ImageCheck(ImageKind.UNKNOWN, Outcome.INCOMPLETE, str(err))
-    except NotRegularFileError as err:
+
+
+def read_failure(path: Path, err: OSError) -> ImageCheck:
+    """The check of an image that cannot be opened or read: it is no regular file, or ``err``."""
+    if isinstance(err, NotRegularFileError):
         return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED, str(err))
-    except OSError as err:
-        return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED,
-                          f"{path}: cannot read: {os.strerror(err.errno or 0).lower()}")
+    return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED,
+                      f"{path}: cannot read: {os.strerror(err.errno or 0).lower()}")

@@ -62,16 +62,17 @@ def bzimage_payload(head: bytes) -> tuple[int, int] | None:
     return (offset, length) if length >= 4 else None
 
 
-def bzimage_release(f: BinaryIO, head: bytes) -> str | None:
+def bzimage_release(f: BinaryIO, head: bytes, base: int = 0) -> str | None:
     """The kernel release (``uname -r``: ``6.1.0-57-cloud-amd64``) from the setup header's
     ``kernel_version`` string (boot protocol 2.00+: a pointer, less 0x200, to a NUL-terminated
-    string whose first word is the release), or None when the header has none."""
+    string whose first word is the release), or None when the header has none. ``head`` is the
+    image's start, found at ``base`` in ``f`` (a UKI's ``.linux`` section)."""
     if int.from_bytes(head[0x206:0x208], "little") < 0x0200:
         return None
     pointer = int.from_bytes(head[0x20E:0x210], "little")
     if not pointer:
         return None
-    f.seek(pointer + 0x200)
+    f.seek(base + pointer + 0x200)
     text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
     words = text.split()
     return words[0] if words and text.isprintable() else None
