@@ -20,6 +20,7 @@ StrPath = Union[str, "os.PathLike[str]"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # `status`: the daemon is not running (as systemctl status says)
 EXIT_CONFIG = 78  # EX_CONFIG
 
 

@@ -29,7 +29,7 @@ from bootwatch.cli.output import format_table, format_time, print_json, verifica
 from bootwatch.config import DEFAULT_CONFIG_PATH, Config
 from bootwatch.defaults import CONFIG_ENV
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
-from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
+from bootwatch.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, BootwatchError, printable
 from bootwatch.log import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
 
@@ -317,8 +317,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"bootwatch is running (pid {pid or 'unknown'}), no details: {unavailable}")
     else:
         print_daemon_status(status)
-    # As systemctl status: 3 means "not running".
-    return EXIT_OK if running else 3
+    return EXIT_OK if running else EXIT_NOT_RUNNING
 
 
 def running_daemon_status(config: Config, pids: Sequence[int]) -> tuple[DaemonStatus | None, str | None]:
