@@ -95,7 +95,7 @@ class HostCheck:
         return None if key is None else Path(os.path.normpath(str(self.inventory.roots.boot) + key))
 
     def _file(self, file: BootFile, findings: list[Finding]) -> _FileFacts:
-        path = self.host_path(file)
+        path = self.host_path(file) or self.root.locate(file)  # a file in a btrfs snapshot (grub-btrfs)
         if path is None:
             findings.append(Finding(EntryState.UNKNOWN, Check.FILE,
                                     f"{file.path}: on no partition bootwatch can tell", file.path))
@@ -108,7 +108,10 @@ class HostCheck:
 
     def _missing(self, file: BootFile, path: Path, findings: list[Finding]) -> _FileFacts:
         key = self.inventory.key(file)
-        if self.cache is None or key is None:
+        if key is None:  # not a file of /boot or the ESP: nothing caches it
+            findings.append(Finding(EntryState.BROKEN, Check.FILE, f"{path}: missing", str(path)))
+            return _FileFacts(file, path, None)
+        if self.cache is None:
             findings.append(Finding(EntryState.BROKEN, Check.FILE,
                                     f"{path}: missing, and the cache cannot be read", str(path)))
             return _FileFacts(file, path, None)

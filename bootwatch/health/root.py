@@ -44,6 +44,12 @@ the root: an absolute target starts again at the root, ``..`` stops at it, never
 ``/``. At most :data:`MAX_SYMLINKS` symlinks, as the kernel's limit. Nothing in the root is
 opened for reading but directories (``O_NONBLOCK``), to list them.
 
+**Files in a snapshot.** :meth:`RootCheck.locate` finds, by the same walk, a file an entry names
+on a filesystem by its UUID (GRUB's ``search --fs-uuid``) where the inventory gives it no place:
+the kernel and initramfs of a grub-btrfs snapshot entry on a btrfs root with ``/boot`` inside it
+(``/@/.snapshots/12/snapshot/boot/vmlinuz-linux``), so that the host check reads the kernel's
+release from the snapshot's own image and checks it against the snapshot's modules.
+
 The mounts are read once per :class:`RootCheck`, which a host check makes once for all entries.
 """
 
@@ -58,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootwatch import linux
-from bootwatch.entries.model import Entry
+from bootwatch.entries.model import BootFile, Entry
 from bootwatch.health.model import Check, EntryState, Finding
 from bootwatch.linux import MountInfo
 from bootwatch.safety import file_kind
@@ -228,6 +234,27 @@ def _link_target(name: str, dir_fd: int, links: int) -> str:
     return os.readlink(name, dir_fd=dir_fd)
 
 
+def _in_directory(dir_fd: int, name: str) -> str | None:
+    """``name`` in the directory ``dir_fd``, a symlink followed while it names another file of
+    that directory; None for a link that leads elsewhere (or loops)."""
+    for _ in range(MAX_SYMLINKS):
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return name
+        except OSError:
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            return name
+        try:
+            name = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+        if "/" in name or name in ("", ".", ".."):
+            return None
+    return None
+
+
 def _kind(mode: int) -> str:
     return "regular file" if stat.S_ISREG(mode) else file_kind(mode)
 
@@ -338,6 +365,36 @@ class RootCheck:
             target = "/"
         return self._open(mounts, target, spec, btrfs=btrfs)
 
+    def locate(self, file: BootFile) -> Path | None:
+        """Where on this host a file is that an entry names on a filesystem by its UUID (GRUB's
+        ``search --fs-uuid``), through a mount that shows its directory or one above it: a
+        grub-btrfs snapshot's ``/@/.snapshots/12/snapshot/boot/vmlinuz-linux`` is
+        ``/.snapshots/12/snapshot/boot/vmlinuz-linux`` below the mount of ``@`` at ``/``. Each
+        directory on the way is walked as :meth:`finding` walks a root (no symlink, never off
+        that mount); a symlink the file itself is (``vmlinuz -> vmlinuz-6.1.0``) is followed
+        only to a name in the same directory. The file need not exist (the path is then where it
+        is missing); None when the place cannot be told."""
+        uuid = file.partition.fs_uuid
+        target = subvolume_path(file.path)
+        if uuid is None or target is None or target == "/":
+            return None
+        device = self._device(f"UUID={uuid}")
+        if isinstance(device, str):
+            return None
+        directory, name = target.rsplit("/", 1)
+        for mount, rest in _showing([m for m in self.mounts if self._shows_device(m, device)], directory or "/"):
+            opened = _open_in_mount(mount, [p for p in rest.split("/") if p])
+            here = Path(os.path.normpath(os.path.join(mount.mount_point, rest.lstrip("/"))))
+            if isinstance(opened, _Absent):
+                return here / name
+            if isinstance(opened, _Found):
+                try:
+                    final = _in_directory(opened.fd, name)
+                finally:
+                    os.close(opened.fd)
+                return None if final is None else here / final
+        return None
+
     # -------------------------------------------------------------------- devices and mounts
 
     def _device(self, root: str) -> int | str:
@@ -435,15 +492,7 @@ class RootCheck:
     def _open(self, mounts: Sequence[MountInfo], target: str, spec: str, *, btrfs: bool) -> _Root | Finding:
         """Open ``target`` (a path from the filesystem's top) through a mount that shows it or a
         directory above it (see the module docstring)."""
-        def below(m: MountInfo) -> str | None:
-            top = m.root.rstrip("/")
-            if target == m.root or target == top or target.startswith(top + "/"):
-                return target[len(top):]
-            return None
-
-        candidates = [(m, rest) for m in mounts for rest in [below(m)] if rest is not None]
-        # The mount that shows the target itself first, then the nearest above it; among equals /.
-        candidates.sort(key=lambda c: (len(c[1].strip("/")), c[0].mount_point != "/", len(c[0].mount_point)))
+        candidates = _showing(mounts, target)
         what = f"subvolume {target.lstrip('/') or '/'}" if btrfs else "its top directory"
         if not candidates:
             shown = ", ".join(f"{m.root} at {m.mount_point}" for m in mounts[:4])
@@ -467,6 +516,21 @@ class RootCheck:
                                "the kernel cannot mount that root", path)
             hidden.append(opened)
         return _unknown(f"{spec}: {'; '.join(hidden)}; its lib/modules is not checked")
+
+
+def _showing(mounts: Sequence[MountInfo], target: str) -> list[tuple[MountInfo, str]]:
+    """The mounts that show ``target`` (a path from the filesystem's top), each with the rest of the
+    path below its mount point: the one that shows the target itself first, then the nearest above
+    it; among equals the one at ``/``."""
+    def below(m: MountInfo) -> str | None:
+        top = m.root.rstrip("/")
+        if target == m.root or target == top or target.startswith(top + "/"):
+            return target[len(top):]
+        return None
+
+    candidates = [(m, rest) for m in mounts for rest in [below(m)] if rest is not None]
+    candidates.sort(key=lambda c: (len(c[1].strip("/")), c[0].mount_point != "/", len(c[0].mount_point)))
+    return candidates
 
 
 def _open_in_mount(mount: MountInfo, parts: Sequence[str]) -> _Found | _Absent | str:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagefactory
 import pytest
 from realboot.grub_mkconfig import Kernel, Unavailable, extracted_kernel, kernel_debs
 from realboot.initramfs_build import mkinitramfs_image
@@ -99,7 +100,7 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Btrfs]:
     modules(bait, NEW)
     fs_uuid = str(uuid.uuid4())
     with open(image, "wb") as f:
-        f.truncate(160 << 20)
+        f.truncate(320 << 20)  # sparse; room for the snapshots' real kernels and initramfs images
     run("mkfs.btrfs", "-q", "-f", "-U", fs_uuid, "-L", LABEL, str(image))
     device = run("losetup", "--find", "--show", str(image))
     mounted: list[Path] = []
@@ -411,3 +412,63 @@ def test_a_root_without_the_kernels_modules_makes_the_entry_broken(
     finally:
         for subvol in made:
             subprocess.run(["btrfs", "-q", "subvolume", "delete", str(subvol)], check=False)
+
+
+@pytest.mark.slow
+def test_grub_btrfs_snapshots_that_hold_their_own_kernels(btrfs: Btrfs, real_kernels: list[tuple[Kernel, Path]],
+                                                          tmp_path: Path) -> None:
+    """/boot a directory of the btrfs root (the sample made with "on-root"): each snapshot's entry
+    boots the kernel in the snapshot itself, /@/.snapshots/N/snapshot/boot/vmlinuz-linux, which the
+    host check finds through the mount of @ and reads for its release. Both snapshots hold the
+    real newer kernel; 12 holds only the older modules (BROKEN), 13 holds the kernel's own."""
+    (new, new_initrd), _ = real_kernels
+    boot = tmp_path / "boot"
+    shutil.copytree(SAMPLES / "grub-btrfs-on-root", boot / "grub")
+    for cfg in (boot / "grub").iterdir():
+        text = cfg.read_text()
+        sample_uuid = re.search(r"root=UUID=([0-9a-f-]+)", text)
+        assert sample_uuid is not None
+        cfg.write_text(text.replace(sample_uuid.group(1), btrfs.uuid))
+    ucode = imagefactory.cpio_newc(imagefactory.microcode_tree(tmp_path / "ucode"))
+    placed: list[Path] = []
+    for n in (12, 13):
+        snapshot_boot = btrfs.mnt / ".snapshots" / str(n) / "snapshot" / "boot"
+        snapshot_boot.mkdir()
+        placed.append(snapshot_boot)
+        shutil.copyfile(new.boot / f"vmlinuz-{new.version}", snapshot_boot / f"vmlinuz-{new.version}")
+        (snapshot_boot / "vmlinuz-linux").symlink_to(f"vmlinuz-{new.version}")  # followed: a name beside it
+        shutil.copyfile(new_initrd, snapshot_boot / "initramfs-linux.img")
+        run("cp", "--reflink=always", str(snapshot_boot / "initramfs-linux.img"),
+            str(snapshot_boot / "initramfs-linux-fallback.img"))
+        (snapshot_boot / "intel-ucode.img").write_bytes(ucode)
+    own = btrfs.mnt / ".snapshots" / "13" / "snapshot" / "lib" / "modules" / new.version
+    added = not own.exists()
+    if added:
+        modules(own.parent.parent.parent, new.version, "lib/modules")
+    try:
+        inventory = read_inventory(InventorySettings(boot=boot, sources=(EntrySource.GRUB,)))
+        (tmp_path / "run").mkdir()
+        check = HostCheck(inventory, FactsMemo(tmp_path / "run"), None, RootCheck(disk_links=btrfs.links))
+        snapshots = [e for e in inventory.entries if "@/.snapshots/" in e.id]
+        assert len(snapshots) == 4
+        for e in snapshots:
+            health = check.entry(e)
+            assert not [f for f in health.findings if f.check in (Check.FILE, Check.FORMAT, Check.KERNEL_VERSION)], \
+                health.findings  # every file found in the snapshot, each a good image of its role
+            root = [f for f in health.findings if f.check is Check.ROOT_MODULES]
+            if "@/.snapshots/13/snapshot" in e.id:
+                assert not root and health.state is not EntryState.BROKEN, health.findings
+            else:
+                assert len(root) == 1 and health.state is EntryState.BROKEN, health.findings
+                assert f"lib/modules/{new.version}" in root[0].message
+        # The snapshot's kernel goes: its entries are BROKEN for the missing file, not UNKNOWN.
+        (placed[1] / f"vmlinuz-{new.version}").unlink()
+        health = check.entry(next(e for e in snapshots if "@/.snapshots/13/snapshot" in e.id))
+        missing = [f for f in health.findings if f.check is Check.FILE]
+        assert health.state is EntryState.BROKEN and len(missing) == 1, health.findings
+        assert missing[0].path == str(placed[1] / f"vmlinuz-{new.version}")
+    finally:
+        for directory in placed:
+            shutil.rmtree(directory)
+        if added:
+            shutil.rmtree(own)
