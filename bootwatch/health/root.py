@@ -10,9 +10,9 @@ resolves it only where that needs no guess:
   device, ``/sys/dev/block``). Anything else
   (no ``root=``, ``/dev/nfs``, ``nfs:``, ``zfs:``, ``live:``, a hex device number) is UNKNOWN,
   and so is a device that is not there (another disk's UUID);
-* that device's filesystem must be mounted here: a mount whose device is the one ``root=`` names
-  (its ``major:minor``, the device its source names, or for btrfs any member device of the
-  filesystem, ``/sys/fs/btrfs/<fsid>/devices``);
+* that device's filesystem must be mounted here: a mount whose ``major:minor`` is that device's,
+  or a btrfs mounted from any member device of the filesystem the device belongs to (its source,
+  and the members the kernel lists in ``/sys/fs/btrfs/<fsid>/devices``);
 * the part of it the kernel mounts as ``/``: the whole filesystem, or on btrfs the subvolume
   ``subvol=`` names (``@``, a snapper or grub-btrfs snapshot ``@/.snapshots/12/snapshot``). It is
   reached through a mount that shows it or a subvolume above it (mountinfo's root field says which
@@ -437,8 +437,9 @@ class RootCheck:
         return fsid is not None and any(members.get(d) == fsid for d in devices)
 
     def _mount_devices(self, mount: MountInfo) -> frozenset[int]:
-        """The device numbers a mount is on: its ``major:minor`` (a btrfs's is an anonymous one)
-        and the block device its source names."""
+        """The device numbers a mount is on: its ``major:minor``, and for btrfs (whose
+        ``major:minor`` is an anonymous one) the block device its source names, which btrfs keeps
+        naming the member it was mounted from."""
         known = self._devices.get(mount.mount_id)
         if known is not None:
             return known
@@ -446,7 +447,7 @@ class RootCheck:
         major, _, minor = mount.dev.partition(":")
         if major.isdigit() and minor.isdigit():
             devices.add(os.makedev(int(major), int(minor)))
-        if mount.source.startswith("/dev/"):
+        if mount.fstype == "btrfs" and mount.source.startswith("/dev/"):
             with contextlib.suppress(OSError):
                 st = os.stat(mount.source)
                 if stat.S_ISBLK(st.st_mode):

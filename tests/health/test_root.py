@@ -472,3 +472,39 @@ def test_grub_btrfs_snapshots_that_hold_their_own_kernels(btrfs: Btrfs, real_ker
             shutil.rmtree(directory)
         if added:
             shutil.rmtree(own)
+
+
+def test_a_btrfs_of_two_devices_is_found_from_either(tmp_path: Path) -> None:
+    """root= names the member the filesystem was not mounted from: the kernel's list of the
+    filesystem's members (/sys/fs/btrfs/<fsid>/devices) says it is the same filesystem."""
+    images = [tmp_path / "a.img", tmp_path / "b.img"]
+    for image in images:
+        with open(image, "wb") as f:
+            f.truncate(160 << 20)
+    fs_uuid = str(uuid.uuid4())
+    run("mkfs.btrfs", "-q", "-f", "-U", fs_uuid, "-d", "single", "-m", "raid1", *map(str, images))
+    devices: list[str] = []
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        for image in images:
+            devices.append(run("losetup", "--find", "--show", str(image)))
+        run("mount", "-o", f"device={devices[1]}", devices[0], str(mnt))
+        try:
+            subvolume(mnt / "@")
+            modules(mnt / "@", NEW)
+            mounts = [m for m in linux.mountinfo() if m.mount_point == str(mnt)]
+            assert mounts and mounts[-1].source == devices[0]
+            (tmp_path / "disk" / "by-uuid").mkdir(parents=True)
+            (tmp_path / "disk" / "by-uuid" / fs_uuid).symlink_to(devices[1])  # udev's link: the last member seen
+            check = RootCheck(disk_links=tmp_path / "disk")
+            for root in (devices[1], f"UUID={fs_uuid}", devices[0]):
+                assert check.finding(entry(f"root={root} rootflags=subvol=@"), NEW) is None, root
+            finding = check.finding(entry(f"root={devices[1]} rootflags=subvol=@"), OLD)
+            assert finding is not None and finding.state is EntryState.BROKEN, finding
+            assert finding.message.startswith(f"{mnt}/@: the root this entry boots (root={devices[1]} subvol=@)")
+        finally:
+            run("umount", str(mnt))
+    finally:
+        for device in devices:
+            subprocess.run(["losetup", "-d", device], check=False)
