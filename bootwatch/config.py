@@ -63,6 +63,14 @@ from bootwatch.entries.model import EntrySource
 from bootwatch.enums import TextEnum
 from bootwatch.errors import ConfigError, FileTooLargeError, NotRegularFileError, UsageError
 from bootwatch.pkgtxn import LockKind, PackageLock, default_paths, package_locks
+from bootwatch.prove.vm import (
+    DEFAULT_TIMEOUT,
+    MEMORY_BOUNDS_MIB,
+    MIN_MEMORY_MIB,
+    TIMEOUT_BOUNDS,
+    AccelChoice,
+    VmLimits,
+)
 from bootwatch.safety import read_regular
 
 DEFAULT_CONFIG_PATH = Path("/etc/bootwatch/bootwatch.toml")
@@ -93,6 +101,7 @@ DURATION_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
     "clean_interval": (1.0, 30 * 86400.0),     # 1s .. 30d
     "gc_interval": (1.0, 86400.0),             # 1s .. 1d
     "verify_interval": (1.0, 365 * 86400.0),   # 1s .. 365d
+    "timeout": TIMEOUT_BOUNDS,                 # [prove]: 1s .. 1d, as bootwatch prove --timeout
 })
 
 # Directories that are never a boot, cache or runtime directory: / and the system's own. Their
@@ -168,6 +177,19 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProveConfig:
+    """The boot proof's bounds (``bootwatch prove``'s defaults too) and the daemon's proof job."""
+
+    on_new_kernel: bool
+    timeout: float  # seconds
+    memory: int | None  # MiB; None: from the initramfs's size
+    accel: AccelChoice
+
+    def limits(self) -> VmLimits:
+        return VmLimits(timeout=self.timeout, memory_mib=self.memory)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     cache: CacheConfig
@@ -176,6 +198,7 @@ class Config:
     jobs: JobsConfig
     metrics: MetricsConfig
     entries: EntriesConfig
+    prove: ProveConfig
     # The files that were read, main file first, then the drop-ins in the order applied.
     sources: tuple[Path, ...] = ()
 
@@ -450,6 +473,21 @@ def _bounded_duration(name: str) -> Callable[[Any], float]:
     return check
 
 
+def _check_memory(value: Any) -> int | None:
+    low, high = MEMORY_BOUNDS_MIB
+    if value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Invalid(f'a number of MiB from {low} to {high}, or "" for the default')
+    return value
+
+
+def _check_accel(value: Any) -> AccelChoice:
+    if not isinstance(value, str) or value not in {a.value for a in AccelChoice}:
+        raise _Invalid("one of " + ", ".join(json.dumps(a.value) for a in AccelChoice))
+    return AccelChoice(value)
+
+
 def _check_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _Invalid("one of " + ", ".join(json.dumps(v) for v in LOG_LEVELS))
@@ -556,6 +594,19 @@ SCHEMA: tuple[Section, ...] = (
             "How often to remove pin links whose owner is dead (as 'bootwatch gc')."),
         Key("verify_interval", ValueKind.DURATION, _bounded_duration("verify_interval"), "1d",
             "The period over which every cached image is re-hashed once."),
+    )),
+    Section("prove", (
+        Key("on_new_kernel", ValueKind.BOOL, _check_bool, False,
+            "Boot each new kernel's entries in a throwaway QEMU VM once its files are cached and no package "
+            "manager transaction is in progress, as 'bootwatch prove' does (needs qemu-system-x86_64)."),
+        Key("timeout", ValueKind.DURATION, _bounded_duration("timeout"), format_duration(DEFAULT_TIMEOUT),
+            "How long one proof's VM may run ('bootwatch prove --timeout')."),
+        Key("memory", ValueKind.INT, _check_memory, None,
+            "MiB of memory of a proof's VM ('bootwatch prove --memory'). Default: from the initramfs's size, "
+            f"at least {MIN_MEMORY_MIB} MiB."),
+        Key("accel", ValueKind.ENUM, _check_accel, AccelChoice.AUTO.value,
+            '"auto": KVM when /dev/kvm works (and starts the VM), else TCG; or "kvm", or "tcg" '
+            "('bootwatch prove --accel')."),
     )),
     Section("metrics", (
         Key("textfile", ValueKind.OPTIONAL_PATH, _check_optional_path, None,
@@ -759,6 +810,7 @@ def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ..
         if ("entries", "sources") in settings else SOURCES_AUTO
     # Set to "" in a file: not set, None.
     textfile: Path | None = settings[("metrics", "textfile")].value if ("metrics", "textfile") in settings else None
+    memory: int | None = settings[("prove", "memory")].value if ("prove", "memory") in settings else None
 
     return Config(
         paths=PathsConfig(boot=boot, entries=entries, cache=cache,
@@ -778,6 +830,8 @@ def _build(settings: Mapping[tuple[str, str], _Setting], sources: tuple[Path, ..
         metrics=MetricsConfig(textfile=textfile),
         entries=EntriesConfig(sources=None if isinstance(entry_sources, str) else entry_sources,
                               esp=settings[("entries", "esp")].value if ("entries", "esp") in settings else None),
+        prove=ProveConfig(on_new_kernel=get("prove", "on_new_kernel", bool), timeout=get("prove", "timeout", float),
+                          memory=memory, accel=get("prove", "accel", AccelChoice)),
         sources=sources,
     )
 

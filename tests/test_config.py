@@ -85,7 +85,7 @@ def test_shipped_config_commented_keys_are_the_defaults(tmp_path: Path) -> None:
     comments show must still be the defaults."""
     text = SHIPPED.read_text()
     commented = re.findall(r"^#(\w+) = (.*)$", text, flags=re.M)
-    assert {name for name, _ in commented} == {"entries", "runtime", "textfile", "esp"}
+    assert {name for name, _ in commented} == {"entries", "runtime", "textfile", "esp", "memory"}
     uncommented = write(tmp_path / "u.toml", re.sub(r"^#(\w+ = )", r"\1", text, flags=re.M))
     config = load_config(uncommented, environ=NO_ENV)
     embedded = _embedded(tmp_path)
@@ -93,6 +93,7 @@ def test_shipped_config_commented_keys_are_the_defaults(tmp_path: Path) -> None:
     assert config.paths.runtime == embedded.paths.runtime
     assert config.metrics.textfile == Path("/var/lib/prometheus/node-exporter/bootwatch.prom")
     assert config.entries.esp == Path("/efi")
+    assert config.prove.memory == 1024
 
 
 def test_every_key_is_documented_in_the_shipped_file() -> None:

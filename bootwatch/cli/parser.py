@@ -27,7 +27,7 @@ from bootwatch.cli.commands import (
     cmd_verify,
 )
 from bootwatch.config import Config
-from bootwatch.prove.vm import DEFAULT_TIMEOUT, AccelChoice
+from bootwatch.prove.vm import DEFAULT_TIMEOUT, MEMORY_BOUNDS_MIB, MIN_MEMORY_MIB, TIMEOUT_BOUNDS, AccelChoice
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -48,8 +48,9 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"not between 0 and 86400 seconds: {text!r}")
+    low, high = TIMEOUT_BOUNDS
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"not between {low:g} and {high:g} seconds: {text!r}")
     return value
 
 
@@ -58,8 +59,9 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 64 <= value <= 65536:
-        raise argparse.ArgumentTypeError(f"not between 64 and 65536: {text!r}")
+    low, high = MEMORY_BOUNDS_MIB
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"not between {low} and {high}: {text!r}")
     return value
 
 
@@ -94,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="entry id as 'bootwatch entries' shows it "
                                                                 "(SOURCE:ID when two sources have it)")
     p.add_argument("--all", action="store_true", help="prove every entry")
-    p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help=f"time bound of each VM (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help=f"time bound of each VM (default: [prove] timeout, {DEFAULT_TIMEOUT:g})")
     p.add_argument("--memory", type=_positive_int, default=None, metavar="MIB",
-                   help="memory of the VM (default: from the initramfs's size, at least 512)")
-    p.add_argument("--accel", choices=[a.value for a in AccelChoice], default=AccelChoice.AUTO.value,
-                   help="auto: KVM when /dev/kvm works, else (or when KVM cannot start the VM) TCG")
+                   help=f"memory of the VM (default: [prove] memory, else from the initramfs's size, "
+                        f"at least {MIN_MEMORY_MIB})")
+    p.add_argument("--accel", choices=[a.value for a in AccelChoice], default=None,
+                   help="auto: KVM when /dev/kvm works, else (or when KVM cannot start the VM) TCG "
+                        "(default: [prove] accel, auto)")
     p.add_argument("--json", action="store_true", help="print a JSON array of the proofs")
     p = command("show", cmd_show, "show one cached path in detail")
     p.add_argument("path", metavar="PATH")

@@ -89,7 +89,9 @@ def command_prove(args: argparse.Namespace, config: Config) -> int:
     inventory = cache.read_inventory()
     entries = select_entries(inventory, args.entries, args.all)
     qemu = qemu_path(os.environ.get("PATH"))
-    limits = VmLimits(timeout=args.timeout, memory_mib=args.memory)
+    # The command line's bounds, else the configuration's ([prove]): one set of defaults.
+    limits = VmLimits(timeout=args.timeout or config.prove.timeout, memory_mib=args.memory or config.prove.memory)
+    accel = AccelChoice(args.accel) if args.accel else config.prove.accel
     store = ProofStore(config.paths.runtime)
     store.check()
     progress = sys.stderr.isatty() and not args.json
@@ -98,7 +100,7 @@ def command_prove(args: argparse.Namespace, config: Config) -> int:
         for n, entry in enumerate(entries, 1):
             if progress:
                 print(f"bootwatch: proving {n}/{len(entries)}: {printable(entry.id)} ...", file=sys.stderr)
-            proof, console = prove_entry(inventory, entry, qemu=qemu, accel=AccelChoice(args.accel), limits=limits)
+            proof, console = prove_entry(inventory, entry, qemu=qemu, accel=accel, limits=limits)
             proof = store.save(entry, proof, console)
             proofs.append(proof)
             if not args.json:

@@ -10,12 +10,16 @@ For each entry, :class:`HostCheck` looks at:
 * its kernel's release, read from the image: the initramfs must hold that release's modules
   directory when it holds any modules at all, and the root it boots must hold them
   (:mod:`bootwatch.health.root`);
-* its companions (:mod:`bootwatch.health.companions`) and its partition's headroom.
+* its companions (:mod:`bootwatch.health.companions`) and its partition's headroom;
+* its last boot proof (:mod:`bootwatch.prove`), when it is of the files the entry names now
+  (their stat signatures unchanged) and failed: BROKEN. A passed proof adds nothing, and a proof
+  of files since replaced says nothing.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from bootwatch.health.companions import companion_findings
 from bootwatch.health.facts import FactsMemo, ImageFacts
 from bootwatch.health.model import Check, EntryHealth, EntryState, Finding
 from bootwatch.health.root import RootCheck
+from bootwatch.prove.proof import ProofStore, Verdict, entry_files
 from bootwatch.verify import ImageKind, Outcome
 
 
@@ -77,6 +82,8 @@ class HostCheck:
     cache: CacheView | None
     """None: the cache cannot be read, so whether a missing file can be restored is unknown."""
     root: RootCheck = field(default_factory=RootCheck)
+    proofs: ProofStore | None = None
+    """Where the boot proofs are kept; None: not looked at."""
 
     def all(self) -> tuple[EntryHealth, ...]:
         return tuple(self.entry(e) for e in self.inventory.entries)
@@ -87,7 +94,17 @@ class HostCheck:
         findings += self._release(entry, files)
         kernel = next((f.path for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI)), None)
         findings += companion_findings(entry, kernel)
+        findings += self._proof(entry)
         return EntryHealth.of(entry, findings)
+
+    def _proof(self, entry: Entry) -> list[Finding]:
+        proof = self.proofs.load(entry) if self.proofs is not None else None
+        if proof is None or proof.verdict is not Verdict.FAILED or not proof.is_of(entry_files(self.inventory, entry)):
+            return []
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(proof.started))
+        log = f"; console log {proof.log}" if proof.log else ""
+        return [Finding(EntryState.BROKEN, Check.PROOF, f"its boot proof of {when} failed: {proof.reason}{log}",
+                        proof.log)]
 
     def host_path(self, file: BootFile) -> Path | None:
         key = self.inventory.key(file)
@@ -186,4 +203,5 @@ def check_host(cache: BootCache, inventory: Inventory, facts: FactsMemo, root: R
         view: CacheView | None = CacheView(cache, cache.load_index())
     except (BootwatchError, OSError):
         view = None
-    return HostCheck(inventory, facts, view, root or RootCheck())
+    proofs = ProofStore(cache.runtime_dir) if cache.runtime_dir is not None else None
+    return HostCheck(inventory, facts, view, root or RootCheck(), proofs)

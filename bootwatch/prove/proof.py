@@ -16,6 +16,11 @@ line (:mod:`bootwatch.prove.cmdline`) and judges the console (:mod:`bootwatch.pr
 A unified kernel image is proved from its sections, as systemd-stub starts it: ``.linux`` is
 the kernel, ``.ucode`` and ``.initrd`` (in this order) the initramfs, ``.cmdline`` the options.
 
+Each proof names the files it booted with their stat signatures as they were when it started
+(:func:`entry_files`: the kernel and each initramfs, or the unified kernel image): a proof is
+about those files, and says nothing about the entry once one of them is replaced (a kernel
+update does not inherit an older kernel's failure, nor its pass).
+
 Results are kept per entry in ``<runtime>/proofs/`` (``[paths] runtime``, ``/run/bootwatch``
 under systemd): ``<name>.json`` (:meth:`Proof.to_json`) and ``<name>.log``, the whole serial
 console (up to :data:`~bootwatch.prove.vm.LOG_LIMIT`), each replaced atomically. ``<name>`` is
@@ -32,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -43,10 +49,11 @@ from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import BootFile, Entry, FileRole
 from bootwatch.enums import TextEnum
 from bootwatch.errors import BootwatchError, describe_oserror, printable
+from bootwatch.filestat import StatSignature
 from bootwatch.prove.cmdline import proof_cmdline
 from bootwatch.prove.console import ConsoleWatch
 from bootwatch.prove.vm import QEMU, AccelChoice, Ended, VmLimits, VmRun, boot, section_file
-from bootwatch.safety import open_private_directory, open_regular
+from bootwatch.safety import open_private_directory, open_regular, read_regular
 from bootwatch.verify.initramfs import ArchiveError, ToolMissing, check_initramfs, modules_release
 from bootwatch.verify.kernel import KernelError, bzimage_release, bzimage_summary, is_bzimage, other_kernel, parse_pe
 
@@ -55,12 +62,32 @@ NOT_INSTALLED = f"{QEMU} is not installed"
 EVIDENCE_TAIL = 12
 """Console lines shown when no marker explains a failure: the last ones."""
 _NAME_LIMIT = 200
+_RESULT_LIMIT = 1 << 20
+"""Bytes of a stored result read back: its evidence lines are few and short."""
 
 
 class Verdict(TextEnum):
     PASSED = "passed"
     FAILED = "failed"
     NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class ProvedFile:
+    """A file a proof boots: its path on the host and its stat signature."""
+
+    path: str
+    signature: StatSignature
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "stat": self.signature.to_json()}
+
+    @classmethod
+    def from_json(cls, value: object) -> ProvedFile | None:
+        if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+            return None
+        signature = StatSignature.from_json(value.get("stat"))
+        return None if signature is None else cls(value["path"], signature)
 
 
 @dataclass(frozen=True)
@@ -77,12 +104,51 @@ class Proof:
     initrds: tuple[str, ...] = ()
     cmdline: str | None = None
     log: str | None = None
+    files: tuple[ProvedFile, ...] = ()
+    """What was booted, as it was when the proof started (empty: not known)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"entry": self.entry_id, "source": self.source, "verdict": self.verdict.value,
                 "reason": self.reason, "evidence": list(self.evidence), "started": self.started,
                 "seconds": round(self.seconds, 3), "accel": self.accel, "kernel": self.kernel,
-                "initrds": list(self.initrds), "cmdline": self.cmdline, "log": self.log}
+                "initrds": list(self.initrds), "cmdline": self.cmdline, "log": self.log,
+                "files": [f.to_json() for f in self.files]}
+
+    @classmethod
+    def from_json(cls, data: object) -> Proof | None:
+        """A stored proof (:meth:`to_json`), or None when ``data`` is not one."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            files = tuple(ProvedFile.from_json(f) for f in data.get("files") or ())
+            optional = {name: data.get(name) for name in ("accel", "kernel", "cmdline", "log")}
+            if any(f is None for f in files) or not all(v is None or isinstance(v, str) for v in optional.values()):
+                return None
+            return cls(_text(data, "entry"), _text(data, "source"), Verdict(data.get("verdict")),
+                       _text(data, "reason"), tuple(_text({"v": v}, "v") for v in data.get("evidence") or ()),
+                       _number(data, "started"), _number(data, "seconds"), optional["accel"], optional["kernel"],
+                       tuple(_text({"v": v}, "v") for v in data.get("initrds") or ()), optional["cmdline"],
+                       optional["log"], tuple(f for f in files if f is not None))
+        except (ValueError, TypeError):
+            return None
+
+    def is_of(self, files: tuple[ProvedFile, ...] | None) -> bool:
+        """Whether the proof booted exactly ``files`` (:func:`entry_files` now), unchanged."""
+        return bool(self.files) and files is not None and self.files == files
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: not a string")
+    return value
+
+
+def _number(data: dict[str, Any], name: str) -> float:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: not a number")
+    return float(value)
 
 
 def proof_name(entry: Entry) -> str:
@@ -110,12 +176,40 @@ def _failed(entry: Entry, reason: str) -> Proof:
     return Proof(entry.id, entry.source.value, Verdict.FAILED, reason)
 
 
-def _host_path(inventory: Inventory, entry: Entry, file: BootFile) -> Path | Proof:
+def host_path(inventory: Inventory, file: BootFile) -> Path | None:
+    """Where ``file`` is on this host; None when its partition cannot be told."""
     key = inventory.key(file)
-    if key is None:
-        return _not_run(entry, f"{file.path}: on no partition bootwatch can tell")
     # A key is relative to the boot directory, also for an ESP file (/../efi/...).
-    return Path(os.path.normpath(str(inventory.roots.boot) + key))
+    return None if key is None else Path(os.path.normpath(str(inventory.roots.boot) + key))
+
+
+def _host_path(inventory: Inventory, entry: Entry, file: BootFile) -> Path | Proof:
+    path = host_path(inventory, file)
+    return _not_run(entry, f"{file.path}: on no partition bootwatch can tell") if path is None else path
+
+
+def _booted_files(entry: Entry) -> tuple[BootFile, ...]:
+    """The files a proof of ``entry`` boots: its unified kernel image, or its kernel and initrds."""
+    ukis = entry.files_with_role(FileRole.UKI)
+    if ukis:
+        return (ukis[0],)
+    return (*entry.files_with_role(FileRole.KERNEL), *entry.files_with_role(FileRole.INITRD))
+
+
+def entry_files(inventory: Inventory, entry: Entry) -> tuple[ProvedFile, ...] | None:
+    """The files a proof of ``entry`` boots, with their stat signatures now (symlinks followed);
+    None when one cannot be told or stat'ed (a proof of the entry as it is cannot be made, or
+    matched), or the entry names none."""
+    files = []
+    for file in _booted_files(entry):
+        path = host_path(inventory, file)
+        if path is None:
+            return None
+        try:
+            files.append(ProvedFile(str(path), StatSignature.of(os.stat(path))))
+        except OSError:
+            return None
+    return tuple(files) or None
 
 
 def _images(inventory: Inventory, entry: Entry, stack: contextlib.ExitStack) -> _Images | Proof:
@@ -236,15 +330,21 @@ def _check_modules(entry: Entry, images: _Images) -> Proof | None:
 
 
 def prove_entry(inventory: Inventory, entry: Entry, *, qemu: str | None,
-                accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None) -> tuple[Proof, bytes]:
-    """The entry's proof and the console it printed (empty when no VM ran)."""
+                accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None,
+                cancel: threading.Event | None = None) -> tuple[Proof, bytes]:
+    """The entry's proof and the console it printed (empty when no VM ran).
+
+    Raises :class:`~bootwatch.prove.vm.ProofCancelled` when ``cancel`` is set while the VM runs
+    (it is killed and reaped first): a cancelled proof has no verdict."""
     limits = limits or VmLimits()
+    files = entry_files(inventory, entry) or ()  # before anything is read: what the verdict is about
     with contextlib.ExitStack() as stack:
-        return _prove(inventory, entry, stack, qemu=qemu, accel=accel, limits=limits)
+        proof, console = _prove(inventory, entry, stack, qemu=qemu, accel=accel, limits=limits, cancel=cancel)
+    return dataclasses.replace(proof, files=files), console
 
 
 def _prove(inventory: Inventory, entry: Entry, stack: contextlib.ExitStack, *, qemu: str | None,
-           accel: AccelChoice, limits: VmLimits) -> tuple[Proof, bytes]:
+           accel: AccelChoice, limits: VmLimits, cancel: threading.Event | None) -> tuple[Proof, bytes]:
     images = _images(inventory, entry, stack)
     if isinstance(images, Proof):
         return images, b""
@@ -256,7 +356,7 @@ def _prove(inventory: Inventory, entry: Entry, stack: contextlib.ExitStack, *, q
     cmdline = proof_cmdline(entry.options)
     started = time.time()
     try:
-        run = boot(images.kernel, images.initrds, cmdline, qemu=qemu, accel=accel, limits=limits)
+        run = boot(images.kernel, images.initrds, cmdline, qemu=qemu, accel=accel, limits=limits, cancel=cancel)
     except (BootwatchError, OSError) as e:
         return _failed(entry, e.message if isinstance(e, BootwatchError) else describe_oserror(e)), b""
     verdict, reason, evidence = judge(run, limits)
@@ -316,3 +416,15 @@ class ProofStore:
 
     def result_path(self, entry: Entry) -> Path:
         return self.directory / f"{proof_name(entry)}.json"
+
+    def load(self, entry: Entry) -> Proof | None:
+        """The stored proof of ``entry``; None when there is none, or what is there cannot be
+        read as one (a proof that cannot be read proves nothing)."""
+        try:
+            data = read_regular(self.result_path(entry), limit=_RESULT_LIMIT)
+            proof = Proof.from_json(json.loads(data))
+        except (BootwatchError, OSError, ValueError):
+            return None
+        if proof is None or proof.entry_id != entry.id or proof.source != entry.source.value:
+            return None  # another entry's (a name of a long id is a hash)
+        return proof

@@ -26,7 +26,9 @@ Lifetime: qemu is its own session and process group (``setsid``), started throug
 before ``exec``; setpriv keeps ``preexec_fn``, which is unsafe in a threaded process, out of the
 daemon), so the kernel kills it when the thread that started it dies, also by SIGKILL. Every
 other way out (the proof decided, its time bound, an exception, SIGTERM turned into an exception
-by the caller) kills the whole process group and reaps qemu in a ``finally``.
+by the caller, the caller's ``cancel`` event: the daemon stopping, looked at every
+:data:`CANCEL_POLL` seconds, then :class:`ProofCancelled` is raised) kills
+the whole process group and reaps qemu in a ``finally``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,12 +63,24 @@ neither reaches a known break point nor ends the VM: dracut waiting for its root
 FATAL_GRACE = 2.0
 """Seconds to keep reading after a panic or a failed decompression, for the trace."""
 KVM_START = 15.0
+CANCEL_POLL = 0.2
+"""Seconds between looks at a caller's ``cancel`` event while the VM runs."""
 MIN_MEMORY_MIB = 512
 MAX_MEMORY_MIB = 4096
+"""The memory :func:`memory_for` gives a VM."""
+TIMEOUT_BOUNDS = (1.0, 86400.0)
+"""The shortest and longest time bound a proof may be given (``bootwatch prove --timeout``,
+``[prove] timeout``), in seconds."""
+MEMORY_BOUNDS_MIB = (64, 65536)
+"""The least and most memory a VM may be given (``--memory``, ``[prove] memory``), in MiB."""
 LOG_LIMIT = 4 << 20
 """Bytes of console kept: a kernel in a loop of messages must not fill the memory."""
 
 _PR_SET_PDEATHSIG = 1
+
+
+class ProofCancelled(Exception):
+    """The caller cancelled the proof (the daemon stops): the VM is gone, and there is no verdict."""
 
 
 class Accel(TextEnum):
@@ -88,6 +103,7 @@ class Ended(TextEnum):
     FATAL = "the kernel failed"
     TIMEOUT = "the time bound ran out"
     NO_START = "the kernel did not start under KVM"
+    CANCELLED = "the proof was cancelled"
 
 
 @dataclass(frozen=True)
@@ -202,8 +218,12 @@ def _closing_fd(fd: int) -> Iterator[int]:
 
 
 def boot(kernel: Path, initrds: Sequence[Path], cmdline: str, *, qemu: str,
-         accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None) -> VmRun:
-    """Boot ``kernel`` with ``initrds`` until the console decides (see :class:`Ended`)."""
+         accel: AccelChoice = AccelChoice.AUTO, limits: VmLimits | None = None,
+         cancel: threading.Event | None = None) -> VmRun:
+    """Boot ``kernel`` with ``initrds`` until the console decides (see :class:`Ended`).
+
+    Raises :class:`ProofCancelled` once ``cancel`` is set (the VM killed and
+    reaped first)."""
     global _kvm_refused
     limits = limits or VmLimits()
     with contextlib.ExitStack() as stack:
@@ -211,21 +231,21 @@ def boot(kernel: Path, initrds: Sequence[Path], cmdline: str, *, qemu: str,
         initrd_fd, initrd_size = _initrd_fd(stack, initrds)
         memory = limits.memory_mib or memory_for(initrd_size)
         first = Accel.KVM if accel is AccelChoice.KVM or (accel is AccelChoice.AUTO and kvm_usable()) else Accel.TCG
-        run = _run(qemu, first, kernel_fd, initrd_fd, cmdline, memory, limits)
+        run = _run(qemu, first, kernel_fd, initrd_fd, cmdline, memory, limits, cancel)
         if run.accel is Accel.KVM and accel is AccelChoice.AUTO and not run.watch.kernel_started:
             _kvm_refused = True
-            run = _run(qemu, Accel.TCG, kernel_fd, initrd_fd, cmdline, memory, limits)
+            run = _run(qemu, Accel.TCG, kernel_fd, initrd_fd, cmdline, memory, limits, cancel)
         return run
 
 
 def _run(qemu: str, accel: Accel, kernel_fd: int, initrd_fd: int | None, cmdline: str, memory: int,
-         limits: VmLimits) -> VmRun:
+         limits: VmLimits, cancel: threading.Event | None) -> VmRun:
     argv = build_argv(qemu, accel, f"/dev/fd/{kernel_fd}",
                       None if initrd_fd is None else f"/dev/fd/{initrd_fd}", cmdline, memory)
     prefix, needs_preexec = _launcher()
     pass_fds = (kernel_fd,) if initrd_fd is None else (kernel_fd, initrd_fd)
     started = time.monotonic()
-    reader = _Reader(ConsoleWatch(), accel, limits, started)
+    reader = _Reader(ConsoleWatch(), accel, limits, started, cancel)
     status: int | None = None
     with contextlib.ExitStack() as stack:
         proc = subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -237,6 +257,8 @@ def _run(qemu: str, accel: Accel, kernel_fd: int, initrd_fd: int | None, cmdline
         if ended is Ended.EXITED:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = proc.wait(timeout=5)
+    if ended is Ended.CANCELLED:  # the VM is gone (killed and reaped above)
+        raise ProofCancelled(f"{QEMU} stopped: the proof was cancelled")
     return VmRun(accel, reader.watch, bytes(reader.console), ended, status, reader.stderr.decode("utf-8", "replace"),
                  time.monotonic() - started, tuple(argv))
 
@@ -254,8 +276,10 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 class _Reader:
     """Reads qemu's console and error output until the console decides, or a bound runs out."""
 
-    def __init__(self, watch: ConsoleWatch, accel: Accel, limits: VmLimits, started: float) -> None:
+    def __init__(self, watch: ConsoleWatch, accel: Accel, limits: VmLimits, started: float,
+                 cancel: threading.Event | None = None) -> None:
         self.watch = watch
+        self.cancel = cancel
         self.accel = accel
         self.limits = limits
         self.started = started
@@ -268,6 +292,8 @@ class _Reader:
 
     def ended(self, now: float) -> Ended | None:
         watch = self.watch
+        if self.cancel is not None and self.cancel.is_set():
+            return Ended.CANCELLED
         if now >= self.deadline:
             return Ended.TIMEOUT
         if self.stop_at is not None and now >= self.stop_at:
@@ -291,6 +317,8 @@ class _Reader:
             until.append(self.last_output + self.limits.settle)
         if self._awaiting_kvm():
             until.append(self.started + self.limits.kvm_start)
+        if self.cancel is not None:
+            until.append(now + CANCEL_POLL)
         return max(min(until) - now, 0.01)
 
     def error_output(self, chunk: bytes) -> None:
