@@ -261,6 +261,94 @@ def reflink(src_fd: int, dst_fd: int) -> None:
     fcntl.ioctl(dst_fd, FICLONE, src_fd)
 
 
+# ------------------------------------------------------------------------------------ btrfs
+
+# linux/btrfs.h and btrfs_tree.h: both ioctls take a 4096-byte structure, read and written.
+_BTRFS_ARGS_SIZE = 4096
+BTRFS_IOC_TREE_SEARCH = (3 << 30) | (_BTRFS_ARGS_SIZE << 16) | (0x94 << 8) | 17
+BTRFS_IOC_INO_LOOKUP = (3 << 30) | (_BTRFS_ARGS_SIZE << 16) | (0x94 << 8) | 18
+BTRFS_ROOT_TREE_OBJECTID = 1
+BTRFS_ROOT_TREE_DIR_OBJECTID = 6
+BTRFS_FS_TREE_OBJECTID = 5
+"""The id of the top-level subvolume."""
+BTRFS_FIRST_FREE_OBJECTID = 256
+"""The inode number of every subvolume's root directory."""
+BTRFS_DIR_ITEM_KEY = 84
+BTRFS_ROOT_BACKREF_KEY = 144
+_SEARCH_KEY = struct.Struct("=7Q4I4Q")  # struct btrfs_ioctl_search_key: 104 bytes
+_SEARCH_HEADER = struct.Struct("=3Q2I")  # struct btrfs_ioctl_search_header: 32 bytes
+_DIR_ITEM = struct.Struct("<QBQQHHB")  # struct btrfs_dir_item (packed): location key, transid, lengths, type
+_ROOT_REF = struct.Struct("<QQH")  # struct btrfs_root_ref (packed): dirid, sequence, name_len
+_U64_MAX = (1 << 64) - 1
+
+
+def btrfs_tree_search(fd: int, tree_id: int, objectid: int, item_type: int,
+                      max_items: int = 16) -> list[tuple[int, bytes]]:
+    """``ioctl(BTRFS_IOC_TREE_SEARCH)``: the items of ``tree_id`` with that ``objectid`` and
+    type, as ``(offset, item bytes)``, on the btrfs the open ``fd`` (not ``O_PATH``) is on. Needs
+    CAP_SYS_ADMIN (EPERM); ENOTTY on another filesystem."""
+    key = _SEARCH_KEY.pack(tree_id, objectid, objectid, 0, _U64_MAX, 0, _U64_MAX, item_type, item_type, max_items,
+                           0, 0, 0, 0, 0)
+    buf = bytearray(key + bytes(_BTRFS_ARGS_SIZE - len(key)))
+    fcntl.ioctl(fd, BTRFS_IOC_TREE_SEARCH, buf)
+    found = _SEARCH_KEY.unpack_from(buf, 0)[9]  # nr_items: how many the kernel wrote
+    items: list[tuple[int, bytes]] = []
+    pos = _SEARCH_KEY.size
+    for _ in range(found):
+        _, item_objectid, offset, kind, length = _SEARCH_HEADER.unpack_from(buf, pos)
+        pos += _SEARCH_HEADER.size
+        if item_objectid == objectid and kind == item_type:
+            items.append((offset, bytes(buf[pos:pos + length])))
+        pos += length
+    return items
+
+
+def btrfs_ino_lookup(fd: int, tree_id: int = 0, objectid: int = BTRFS_FIRST_FREE_OBJECTID) -> tuple[int, str]:
+    """``ioctl(BTRFS_IOC_INO_LOOKUP)``: the subvolume ``tree_id`` (0: the one ``fd`` is in) and
+    the path of its directory ``objectid`` from that subvolume's root (``""`` for the root itself,
+    else ending in ``/``). With the defaults, which anyone may ask, the id of ``fd``'s subvolume;
+    any other question needs CAP_SYS_ADMIN."""
+    buf = bytearray(struct.pack("=QQ", tree_id, objectid) + bytes(_BTRFS_ARGS_SIZE - 16))
+    fcntl.ioctl(fd, BTRFS_IOC_INO_LOOKUP, buf)
+    tree = struct.unpack_from("=Q", buf, 0)[0]
+    name = bytes(buf[16:]).split(b"\0", 1)[0]
+    return int(tree), os.fsdecode(name)
+
+
+def btrfs_default_subvolume(fd: int) -> int:
+    """The id of the subvolume a mount without ``subvol=`` or ``subvolid=`` mounts (``btrfs
+    subvolume set-default``): the ``default`` entry of the root tree's directory. CAP_SYS_ADMIN."""
+    for _, item in btrfs_tree_search(fd, BTRFS_ROOT_TREE_OBJECTID, BTRFS_ROOT_TREE_DIR_OBJECTID, BTRFS_DIR_ITEM_KEY):
+        if len(item) < _DIR_ITEM.size:
+            continue
+        location, _, _, _, _, name_len, _ = _DIR_ITEM.unpack_from(item, 0)
+        if item[_DIR_ITEM.size:_DIR_ITEM.size + name_len] == b"default":
+            return int(location)
+    return BTRFS_FS_TREE_OBJECTID  # no entry: the top level, as the kernel takes it
+
+
+def btrfs_subvolume_path(fd: int, subvolume: int, *, max_depth: int = 256) -> str:
+    """The path of subvolume ``subvolume`` from the top level of the btrfs ``fd`` is on
+    (``/@/.snapshots/12/snapshot``; ``/`` for the top level), as ``btrfs subvolume list`` finds
+    it: each subvolume's back reference names its parent, the directory in it and its name.
+    FileNotFoundError when there is no such subvolume (deleted); CAP_SYS_ADMIN."""
+    parts: list[str] = []
+    current = subvolume
+    for _ in range(max_depth):
+        if current == BTRFS_FS_TREE_OBJECTID:
+            return "/" + "/".join(reversed(parts))
+        refs = btrfs_tree_search(fd, BTRFS_ROOT_TREE_OBJECTID, current, BTRFS_ROOT_BACKREF_KEY, max_items=1)
+        if not refs:
+            raise FileNotFoundError(errno.ENOENT, f"btrfs subvolume {current} has no back reference (deleted)")
+        parent, item = refs[0]
+        dirid, _, name_len = _ROOT_REF.unpack_from(item, 0)
+        name = os.fsdecode(item[_ROOT_REF.size:_ROOT_REF.size + name_len])
+        _, directory = btrfs_ino_lookup(fd, parent, dirid)
+        parts.append((directory + name).strip("/"))
+        current = parent
+    raise OSError(errno.ELOOP, f"btrfs subvolume {subvolume}: more than {max_depth} levels")
+
+
 # ------------------------------------------------------------------------------------ memory
 
 @functools.cache

@@ -19,9 +19,11 @@ resolves it only where that needs no guess:
   each mount shows): ``@/.snapshots/12/snapshot`` is ``/.snapshots/12/snapshot`` below a mount of
   ``@`` at ``/``. That covers the running root (the mount at ``/``), a snapshot on a mounted btrfs
   and the snapshot paths grub-btrfs names. Every step of the walk must stay on that mount (statx's
-  mount id): a path another mount covers is not the filesystem's, and is UNKNOWN. A btrfs entry
-  without ``subvol=`` boots the filesystem's default subvolume, and ``subvolid=N`` (but 5, the top
-  level) names one by id: bootwatch reads neither, so both are UNKNOWN.
+  mount id): a path another mount covers is not the filesystem's, and is UNKNOWN. Without
+  ``subvol=`` the kernel mounts ``subvolid=``'s subvolume, or else the filesystem's default one
+  (``btrfs subvolume set-default``: openSUSE's rollbacks); its path is read from the filesystem
+  as ``btrfs subvolume get-default`` and ``list`` read it (:func:`bootwatch.linux.btrfs_subvolume_path`,
+  which needs CAP_SYS_ADMIN: without it, UNKNOWN).
 
 **The verdict.** Inside that root, ``usr/lib/modules/<release>`` or ``lib/modules/<release>``:
 
@@ -74,10 +76,6 @@ BTRFS_SYSFS = Path("/sys/fs/btrfs")
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 MAX_SYMLINKS = 40
 """The kernel's own limit on symlinks followed in one path lookup (``MAXSYMLINKS``)."""
-BTRFS_SUBVOLUME_INODE = 256
-"""The inode number of every btrfs subvolume's root directory (``BTRFS_FIRST_FREE_OBJECTID``)."""
-BTRFS_TOP_LEVEL_ID = 5
-"""The id of the btrfs top-level subvolume (``BTRFS_FS_TREE_OBJECTID``)."""
 
 _TAGS = {"UUID": "by-uuid", "PARTUUID": "by-partuuid", "LABEL": "by-label", "PARTLABEL": "by-partlabel"}
 _NETWORK_ROOTS = ("/dev/nfs", "nfs", "cifs:", "iscsi:", "nbd:", "dhcp")
@@ -356,13 +354,13 @@ class RootCheck:
             return _unknown(f"{spec}: the filesystem on {_device_name(device)} is not mounted on this host; "
                             "its lib/modules is not checked")
         btrfs = all(m.fstype == "btrfs" for m in mounts)
+        target = "/"
         if btrfs:
-            target = self._btrfs_target(options)
-            if isinstance(target, Finding):
-                return target
-            spec += f" subvol={target.lstrip('/') or '/'}"
-        else:
-            target = "/"
+            chosen = self._btrfs_target(options, mounts)
+            if isinstance(chosen, Finding):
+                return chosen
+            target, named = chosen
+            spec += f" {named}"
         return self._open(mounts, target, spec, btrfs=btrfs)
 
     def locate(self, file: BootFile) -> Path | None:
@@ -469,8 +467,9 @@ class RootCheck:
                                 self._btrfs_members[number] = fsid
         return self._btrfs_members
 
-    def _btrfs_target(self, options: RootOptions) -> str | Finding:
-        """The subvolume a btrfs root is, as mountinfo's root field would show it."""
+    def _btrfs_target(self, options: RootOptions, mounts: Sequence[MountInfo]) -> tuple[str, str] | Finding:
+        """The subvolume a btrfs root is, as mountinfo's root field would show it, and how a
+        finding names it (``subvol=@``)."""
         spec = f"root={options.root}"
         chosen = options.subvolume
         if isinstance(chosen, str):
@@ -481,14 +480,27 @@ class RootCheck:
             if path is None:
                 return _unknown(f"{spec}: rootflags subvol={subvol} is no path from the filesystem's top level; "
                                 "its lib/modules is not checked")
-            return path
-        if subvolid is not None:
-            if subvolid.isdigit() and int(subvolid) == BTRFS_TOP_LEVEL_ID:
-                return "/"
-            return _unknown(f"{spec}: rootflags names the btrfs subvolume by id only (subvolid={subvolid}), "
-                            "whose path bootwatch does not read; its lib/modules is not checked")
-        return _unknown(f"{spec}: rootflags names no subvol=, so the kernel mounts the btrfs filesystem's "
-                        "default subvolume, which bootwatch does not read; its lib/modules is not checked")
+            return path, f"subvol={path.lstrip('/') or '/'}"
+        if subvolid is not None and not subvolid.isdigit():
+            return _unknown(f"{spec}: rootflags subvolid={subvolid} is no subvolume id; its lib/modules is not checked")
+        what = f"subvolid={int(subvolid)}" if subvolid is not None else "default subvolume"
+        fd = _open_filesystem(mounts)
+        if fd is None:
+            return _unknown(f"{spec}: {what}: no mount of the filesystem can be opened to read which subvolume "
+                            "that is; its lib/modules is not checked")
+        try:
+            number = int(subvolid) if subvolid is not None else linux.btrfs_default_subvolume(fd)
+            path = linux.btrfs_subvolume_path(fd, number)
+        except OSError as e:
+            if subvolid is not None and isinstance(e, FileNotFoundError):
+                return Finding(EntryState.BROKEN, Check.ROOT_MODULES,
+                               f"{spec}: rootflags {what}: the filesystem has no such subvolume: the kernel "
+                               "cannot mount that root")
+            return _unknown(f"{spec}: which subvolume the {what} is cannot be read: {os.strerror(e.errno or 0)}; "
+                            "its lib/modules is not checked")
+        finally:
+            os.close(fd)
+        return path, f"{what} {path.lstrip('/') or '/'}"
 
     def _open(self, mounts: Sequence[MountInfo], target: str, spec: str, *, btrfs: bool) -> _Root | Finding:
         """Open ``target`` (a path from the filesystem's top) through a mount that shows it or a
@@ -505,7 +517,7 @@ class RootCheck:
             path = os.path.normpath(os.path.join(mount.mount_point, rest.lstrip("/")))
             if isinstance(opened, _Found):
                 described = f"{path}: the root this entry boots ({spec})"
-                if btrfs and os.fstat(opened.fd).st_ino != BTRFS_SUBVOLUME_INODE:
+                if btrfs and os.fstat(opened.fd).st_ino != linux.BTRFS_FIRST_FREE_OBJECTID:
                     os.close(opened.fd)
                     return Finding(EntryState.BROKEN, Check.ROOT_MODULES,
                                    f"{described} is a directory, not a btrfs subvolume: the kernel cannot "
@@ -517,6 +529,20 @@ class RootCheck:
                                "the kernel cannot mount that root", path)
             hidden.append(opened)
         return _unknown(f"{spec}: {'; '.join(hidden)}; its lib/modules is not checked")
+
+
+def _open_filesystem(mounts: Sequence[MountInfo]) -> int | None:
+    """A descriptor (not ``O_PATH``: ioctls need a real one) of the first of ``mounts`` whose
+    mount point is that mount, not another one covering it; None when none is."""
+    for mount in mounts:
+        try:
+            fd = os.open(mount.mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if _mount_id(fd) == mount.mount_id:
+            return fd
+        os.close(fd)
+    return None
 
 
 def _showing(mounts: Sequence[MountInfo], target: str) -> list[tuple[MountInfo, str]]:

@@ -224,8 +224,7 @@ def test_symlinks_in_the_root_never_lead_out_of_it(btrfs: Btrfs) -> None:
 def test_roots_that_cannot_be_told_are_unknown_and_say_why(btrfs: Btrfs) -> None:
     check = btrfs.check()
     cases = {
-        f"root={btrfs.device}": "default subvolume",
-        f"root={btrfs.device} rootflags=subvolid=257": "subvolid=257",
+        f"root={btrfs.device} rootflags=subvolid=x": "subvolid=x is no subvolume id",
         f"root={btrfs.device} rootflags=subvol=@home": "no mount here shows the subvolume @home",
         f"root={btrfs.device} rootflags=subvol=@/../etc": "no path",
         f"root={btrfs.device} rootflags=subvol=@ rootflags=compress=zstd": "rootflags= 2 times",
@@ -240,6 +239,37 @@ def test_roots_that_cannot_be_told_are_unknown_and_say_why(btrfs: Btrfs) -> None
         finding = check.finding(entry(options), NEW)
         assert finding is not None and finding.state is EntryState.UNKNOWN, options
         assert finding.check is Check.ROOT_MODULES and why in finding.message, (options, finding.message)
+
+
+def test_the_default_subvolume_and_subvolid_are_read_from_the_filesystem(btrfs: Btrfs) -> None:
+    """No subvol=: the kernel mounts the default subvolume (openSUSE's rollback sets it), or the
+    one subvolid= names; bootwatch reads which that is from the filesystem, as btrfs-progs does."""
+    def rootid(path: Path) -> int:
+        return int(run("btrfs", "inspect-internal", "rootid", str(path)))
+
+    snapshots = btrfs.mnt / ".snapshots"
+    plain = entry(f"root={btrfs.device} ro")
+    finding = btrfs.check().finding(plain, NEW)  # the default is the top level, mounted nowhere here
+    assert finding is not None and finding.state is EntryState.UNKNOWN
+    assert "default subvolume /" in finding.message and "no mount here shows the subvolume /" in finding.message
+    try:
+        run("btrfs", "subvolume", "set-default", str(rootid(snapshots / "12" / "snapshot")), str(btrfs.mnt))
+        assert btrfs.check().finding(plain, OLD) is None
+        finding = btrfs.check().finding(plain, NEW)
+        assert finding is not None and finding.state is EntryState.BROKEN
+        assert f"{snapshots}/12/snapshot: the root this entry boots (root={btrfs.device} default subvolume " \
+               "@/.snapshots/12/snapshot)" in finding.message
+        run("btrfs", "subvolume", "set-default", str(rootid(btrfs.mnt)), str(btrfs.mnt))
+        assert btrfs.check().finding(plain, NEW) is None
+    finally:
+        run("btrfs", "subvolume", "set-default", "5", str(btrfs.mnt))
+    by_id = entry(f"root={btrfs.device} rootflags=subvolid={rootid(snapshots / '13' / 'snapshot')}")
+    assert btrfs.check().finding(by_id, NEW) is None
+    finding = btrfs.check().finding(by_id, OLD)
+    assert finding is not None and finding.state is EntryState.BROKEN and "@/.snapshots/13/snapshot" in finding.message
+    finding = btrfs.check().finding(entry(f"root={btrfs.device} rootflags=subvolid=99999"), NEW)
+    assert finding is not None and finding.state is EntryState.BROKEN
+    assert "subvolid=99999: the filesystem has no such subvolume" in finding.message
 
 
 def test_a_path_another_mount_covers_is_not_the_filesystems(btrfs: Btrfs) -> None:
