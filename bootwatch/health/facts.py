@@ -19,10 +19,10 @@ read began (a write in the same clock tick would keep its timestamps: the next c
 again).
 
 **Persisted** in ``<runtime>/image-facts.json`` (``[paths] runtime``, ``/run/bootwatch`` under
-systemd) by :meth:`FactsMemo.save`, for the daemon and the command line alike: the daemon's health
-pass saves what it read, and ``bootwatch entries`` (root or not: the file is mode 0644) starts from
-it, so it reads no image the daemon has checked; either may save, the last writer's memo stands
-(a lost entry only costs a read). The file is replaced atomically (:mod:`bootwatch.atomic`; not
+systemd) as soon as an image's facts are learnt (:meth:`FactsMemo.save`), for the daemon and the
+command line alike: the daemon's health pass saves what it read, and ``bootwatch entries`` (root or
+not: the file is mode 0644) starts from it, so it reads no image the daemon has checked; either
+may save, the last writer's memo stands (a lost entry only costs a read). The file is replaced atomically (:mod:`bootwatch.atomic`; not
 fsynced: it lives in ``/run``, and an unreadable one is only a cold start). It is read as
 untrusted: a regular file (opened ``O_NONBLOCK``, never following a symlink) of at most
 :data:`MAX_FACTS_SIZE` bytes, owned by root or the running user and writable by nobody else
@@ -158,6 +158,7 @@ class FactsMemo:
         if not facts.check.incomplete and scanproof.stable([st], started_ns):
             self._memo()[str(path)] = (StatSignature.of(st), facts)
             self._changed = True
+            self.save()  # a few kilobytes in /run for each image read: no caller can forget it
         return facts
 
     def save(self) -> None:

@@ -254,8 +254,8 @@ def _as_nobody(runtime: Path, paths: list[Path]) -> list[str]:
 def test_a_new_process_reads_the_saved_facts_and_no_image(images: Images, tmp_path: Path) -> None:
     run = _runtime(tmp_path)
     every = _good(images) + _bad(images)
-    with FactsMemo(run) as memo:  # saved when the block ends
-        facts = {str(p): memo.of(p) for p in every}
+    memo = FactsMemo(run)  # saved as it learns, without a save() or a with block
+    facts = {str(p): memo.of(p) for p in every}
     saved = json.loads((run / FACTS_NAME).read_text())
     assert sorted(i["path"] for i in saved["images"]) == sorted(facts)
     child = _child(run, every)
