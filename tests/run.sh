@@ -17,6 +17,7 @@ APT_PACKAGES=(
     systemd-boot-efi binutils                             # a real UKI: the systemd-boot stub and objcopy
     aide                                                  # the baseline of benchmark row 8 (bootwatch scan vs aide --check)
     qemu-system-x86 initramfs-tools busybox-static        # bootwatch prove: the VM, a real mkinitramfs image, a busybox one
+    man-db groff-base bash                                # the generated man pages read with man, the completion run in bash
 )
 
 if [ "$(id -u)" = 0 ]; then
@@ -39,7 +40,8 @@ VENV=${BOOTWATCH_TEST_VENV:-.venv}
 # The static checks first: they take seconds where the suite takes minutes, and need neither root
 # nor the apt packages, so a broken layer or type fails CI at once. Their rules live in
 # pyproject.toml (ruff's rule set, mypy's settings, the import-linter contracts).
-"$VENV/bin/ruff" check bootwatch tests bench
+"$VENV/bin/ruff" check bootwatch tests bench contrib/docgen
 "$VENV/bin/mypy" --strict bootwatch
+"$VENV/bin/mypy" --strict contrib/docgen              # the man page and completion generator (not installed)
 "$VENV/bin/lint-imports"
 exec "$VENV/bin/python" -m pytest tests -ra "$@"
