@@ -21,6 +21,7 @@ from bootwatch.config import (
 )
 from bootwatch.daemon.status import STATUS_NAME
 from bootwatch.defaults import CONFIG_ENV, DEFAULT_CACHE_DIR, RUNTIME_ENV
+from bootwatch.health.facts import FACTS_NAME
 from bootwatch.prove.proof import PROOFS_DIR
 
 from .commandline import Argument, Command, CommandLine, Value
@@ -71,8 +72,11 @@ FILES = (
     ("/boot/.NAME.boomrestored", "Marks a boot file that was restored from the cache (as boom marks it)."),
     (str(DEFAULT_RUNTIME), "The runtime directory ([paths] runtime): state that does not outlive a boot."),
     (f"{DEFAULT_RUNTIME}/{STATUS_NAME}", "What the running daemon found and did, read by status."),
+    (f"{DEFAULT_RUNTIME}/{FACTS_NAME}", "What each image's check found (its format, a kernel's release, an "
+                                        "initramfs's modules), by the image's stat signature: an unchanged image "
+                                        "is not read again."),
     (f"{DEFAULT_RUNTIME}/{PROOFS_DIR}/", "The last boot proof of each entry (<name>.json) and its serial console "
-                                         "(<name>.log), written by prove."),
+                                         "(<name>.log), written by prove and by the daemon ([prove] on_new_kernel)."),
 )
 
 # Each command line short enough for a 60-column terminal (a long one goes on, after && or a backslash).
