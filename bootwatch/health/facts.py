@@ -22,8 +22,9 @@ again).
 systemd) as soon as an image's facts are learnt (:meth:`FactsMemo.save`), for the daemon and the
 command line alike: the daemon's health pass saves what it read, and ``bootwatch entries`` (root or
 not: the file is mode 0644) starts from it, so it reads no image the daemon has checked; either
-may save, the last writer's memo stands (a lost entry only costs a read). The file is replaced atomically (:mod:`bootwatch.atomic`; not
-fsynced: it lives in ``/run``, and an unreadable one is only a cold start). It is read as
+may save, the last writer's memo stands (a lost entry only costs a read). The file is replaced
+atomically (:mod:`bootwatch.atomic`; not fsynced: it lives in ``/run``, and an unreadable one is
+only a cold start). It is read as
 untrusted: a regular file (opened ``O_NONBLOCK``, never following a symlink) of at most
 :data:`MAX_FACTS_SIZE` bytes, owned by root or the running user and writable by nobody else
 (facts planted by another user could hide a broken image), of this bootwatch version's format.
