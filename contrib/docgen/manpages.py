@@ -135,9 +135,13 @@ VALUE_HELP = {
 }
 
 
-def sentence(text: str) -> str:
+def sentence(text: str, *, keep: tuple[str, ...] = ()) -> str:
+    """``text`` begun with a capital and ended with a full stop; a first word in ``keep`` (a value
+    to be typed as it is, like "auto:") keeps its case."""
     text = text.strip()
-    return text[:1].upper() + text[1:] + ("" if not text or text.endswith((".", "...")) else ".")
+    if not text.startswith(tuple(f"{word}:" for word in keep)):
+        text = text[:1].upper() + text[1:]
+    return text + ("" if not text or text.endswith((".", "...")) else ".")
 
 
 def _argument_help(argument: Argument) -> str:
@@ -146,7 +150,7 @@ def _argument_help(argument: Argument) -> str:
         parts.append("one of: " + ", ".join(argument.choices))
     if argument.repeated and "repeatable" not in argument.help:
         parts.append("may be given more than once")
-    return " ".join(prose(sentence(p)) for p in parts if p)
+    return " ".join(prose(sentence(p, keep=argument.choices)) for p in parts if p)
 
 
 def bootwatch_8(cli: CommandLine, date: str) -> str:
