@@ -27,7 +27,7 @@ from typing import Callable
 # Run as a script: make the repository (bootwatch and bench) importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cache_targets, daemon_targets, prove_target  # noqa: E402
+from bench import cache_targets, daemon_targets, health_target, prove_target  # noqa: E402
 from bench.common import Result, compile_bootwatch, format_table, machine  # noqa: E402
 from bench.sizes import FULL, QUICK, Sizes  # noqa: E402
 
@@ -41,6 +41,7 @@ TARGETS: list[tuple[tuple[str, ...], Callable[[Sizes], list[Result]]]] = [
     (("7",), cache_targets.target_boom),
     (("8",), cache_targets.target_scan_vs_aide),
     (("9",), prove_target.target_prove),
+    (("10",), health_target.target_health_recheck),
 ]
 ALL_IDS = [i for ids, _ in TARGETS for i in ids]
 

@@ -10,7 +10,7 @@ a UKI's from its ``.uname`` section (:func:`~bootwatch.entries.uki.read_uki_at`;
 from its ``.linux`` section's setup header). A UKI's ``.initrd`` modules are its own.
 
 **Remembered.** While a file's signature (device, inode, size, mtime, ctime:
-:class:`~bootwatch.cache.hashing.StatSignature`, taken from the descriptor before the read) is
+:class:`~bootwatch.filestat.StatSignature`, taken from the descriptor before the read) is
 the one its facts were read under, the remembered facts are the answer and the image is not
 opened: a rewrite, a ``touch -r`` (ctime) and a rename over the name (inode) each read it again.
 Not remembered: a check that ran out of time (``incomplete``), a file that cannot be read, and
@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 
 from bootwatch import __version__, scanproof
 from bootwatch.atomic import write_atomically
-from bootwatch.cache.hashing import StatSignature
+from bootwatch.filestat import StatSignature
 from bootwatch.entries.uki import Section, UkiFormatError, read_uki_at
 from bootwatch.errors import BootwatchError, describe_oserror
 from bootwatch.safety import open_regular, read_bounded

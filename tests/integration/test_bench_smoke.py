@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list", "8", "9")
+TARGET_ROWS = ("1", "2", "3-p50", "3-p99", "4", "5", "6-cpu", "6-rss", "7-cache", "7-list", "8", "9", "10")
 BOOM_ROWS = ("7-cache", "7-list")  # bootwatch against boom-boot: not run without it
 
 
