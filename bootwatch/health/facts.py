@@ -24,10 +24,10 @@ command line alike: the daemon's health pass saves what it read, and ``bootwatch
 not: the file is mode 0644) starts from it, so it reads no image the daemon has checked; either
 may save, the last writer's memo stands (a lost entry only costs a read). The file is replaced
 atomically (:mod:`bootwatch.atomic`; not fsynced: it lives in ``/run``, and an unreadable one is
-only a cold start). It is read as
-untrusted: a regular file (opened ``O_NONBLOCK``, never following a symlink) of at most
-:data:`MAX_FACTS_SIZE` bytes, owned by root or the running user and writable by nobody else
-(facts planted by another user could hide a broken image), of this bootwatch version's format.
+only a cold start). It is read as untrusted: a regular file (opened ``O_NONBLOCK``, never
+following a symlink) of at most :data:`MAX_FACTS_SIZE` bytes, owned by root or the running user
+and writable by nobody else (facts planted by another user could hide a broken image), of this
+bootwatch version's format.
 Anything else starts an empty memo, with one warning line (a file of another bootwatch version:
 a debug line). Saving forgets the files that are gone or changed; a memo that cannot be written
 (a read-only runtime directory, ``bootwatch entries`` run by a user) is just not saved.
@@ -50,9 +50,9 @@ from typing import Any, BinaryIO
 
 from bootwatch import __version__, scanproof
 from bootwatch.atomic import write_atomically
-from bootwatch.filestat import StatSignature
 from bootwatch.entries.uki import Section, UkiFormatError, read_uki_at
 from bootwatch.errors import BootwatchError, describe_oserror
+from bootwatch.filestat import StatSignature
 from bootwatch.safety import open_regular, read_bounded
 from bootwatch.verify import ImageCheck, ImageKind, check_open_image, read_failure
 from bootwatch.verify.initramfs import modules_release

@@ -273,20 +273,40 @@ def _stdlib_chunks(f: BinaryIO, start: int, end: int, where: str, method: str,
             return
 
 
+class _Window:
+    """Small reads of ``f`` below ``end`` served from one :data:`CHUNK` read at a time."""
+
+    def __init__(self, f: BinaryIO, end: int) -> None:
+        self.f, self.end = f, end
+        self.base, self.data = 0, b""
+
+    def read(self, pos: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``pos`` (fewer at ``end``)."""
+        if not (self.base <= pos and pos + n <= self.base + len(self.data)):
+            self.base, self.data = pos, _pread(self.f, pos, max(0, min(max(CHUNK, n), self.end - pos)))
+        return self.data[pos - self.base:pos - self.base + n]
+
+    def zeros(self, pos: int) -> int:
+        """How many zero bytes start at ``pos`` (within one window)."""
+        data = self.read(pos, CHUNK)
+        return len(data) - len(data.lstrip(b"\0"))
+
+
 def _zstd_end(f: BinaryIO, start: int, end: int) -> int:
     """Where a run of zstd (and skippable) frames ends, from the frame and block headers.
 
     ``zstd -d`` refuses trailing zero padding, so it must be given the frames only.
     """
+    window = _Window(f, end)
     pos = start
     while pos + 4 <= end:
-        magic = int.from_bytes(_pread(f, pos, 4), "little")
+        magic = int.from_bytes(window.read(pos, 4), "little")
         if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame
-            pos += 8 + int.from_bytes(_pread(f, pos + 4, 4), "little")
+            pos += 8 + int.from_bytes(window.read(pos + 4, 4), "little")
             continue
         if magic != ZSTD_MAGIC:
             break
-        descriptor = _pread(f, pos + 4, 1)
+        descriptor = window.read(pos + 4, 1)
         if not descriptor:
             return end
         fhd = descriptor[0]
@@ -295,10 +315,16 @@ def _zstd_end(f: BinaryIO, start: int, end: int) -> int:
                   + ((1 if single else 0), 2, 4, 8)[fhd >> 6])
         pos += header
         while True:
-            block = _pread(f, pos, 3)
+            block = window.read(pos, 3)
             if len(block) < 3:
                 return end
             value = int.from_bytes(block, "little")
+            if value == 0:
+                # An empty raw block, not the last: zero bytes (the zero-filled tail a crash leaves
+                # in a file) are a run of them, skipped at once, not three bytes at a time.
+                zeros = window.zeros(pos)
+                pos += zeros - zeros % 3
+                continue
             pos += 3 + (1 if (value >> 1) & 3 == 1 else value >> 3)
             if value & 1:
                 break
