@@ -349,6 +349,11 @@ class CacheIndex:
         value = self.image_extra(image_id).get("size")
         return value if value.__class__ is int and value >= 0 else None
 
+    def verified_ok(self, image_id: str) -> bool:
+        """Whether the last recorded check of the image passed."""
+        verified = self.verification(image_id)
+        return verified is not None and verified["ok"]
+
     def verification(self, image_id: str) -> dict[str, Any] | None:
         """The last verification of an image as ``{"time", "ok", "unchecked", "message", "checks"}``, or None.
 
@@ -425,11 +430,8 @@ class CacheIndex:
         if image is None:
             image = self._data["images"][digest.sha1] = {"image_ts": int(mtime)}
         if not is_newest:
-            if digest.sha1 in ids:  # the content went back to an older image: it is the newest again
-                ids.remove(digest.sha1)
-            ids.append(digest.sha1)
-            if newest_ts is not None and image["image_ts"] <= newest_ts:
-                image["image_ts"] = int(newest_ts) + 1
+            # The content may have gone back to an older image: it is the newest again.
+            self._make_newest(ids, digest.sha1, newest_ts)
         extra = image.setdefault(EXTRA, {})
         extra.update({"sha256": digest.sha256, "size": digest.size})
         extra.setdefault("cached_at", cached_at)
@@ -437,6 +439,26 @@ class CacheIndex:
         meta.update({"path_mode": st_mode, "path_uid": uid, "path_gid": gid})
         meta.setdefault("path_attrs", {})
         return not is_newest
+
+    def make_newest(self, path: str, image_id: str) -> None:
+        """Make ``image_id``, one of ``path``'s images, its newest again (the boot file has that
+        content once more: ``restore --image`` put it back)."""
+        ids = self._data["index"][path]
+        if image_id not in ids:
+            raise KeyError(image_id)
+        if self.newest(path) != image_id:
+            self._make_newest(ids, image_id, max(self.image_ts(i) for i in ids))
+
+    def _make_newest(self, ids: list[str], image_id: str, newest_ts: int | None) -> None:
+        """Append ``image_id`` to a path's ids (moving it if it is there) with an ``image_ts`` above
+        ``newest_ts``, the path's highest: boom takes the highest ``image_ts`` as the newest, so
+        an image made newest within the same second is still the newest for boom."""
+        if image_id in ids:
+            ids.remove(image_id)
+        ids.append(image_id)
+        image = self._data["images"][image_id]
+        if newest_ts is not None and image["image_ts"] <= newest_ts:
+            image["image_ts"] = int(newest_ts) + 1
 
     def record_signature(self, path: str, signature: StatSignature, image_id: str) -> None:
         extra = self._data["paths"][path].setdefault(EXTRA, {})
@@ -501,7 +523,12 @@ class CacheIndex:
         """:meth:`trim` of each of ``paths``, with one look at all paths for the ids now unlisted.
 
         The newest image is never dropped, whatever ``keep`` says and however a list repeats an
-        id: a path always keeps an image.
+        id: a path always keeps an image. Nor is the newest image whose check passed (its recorded
+        verification is ok: at caching time or by verify) while no newer image of the path has
+        passed one: when a kernel or initramfs written into the boot directory is broken (a full
+        ``/boot`` truncated it), or its check has not run yet, the previous good image is what
+        ``restore --image`` puts back, and trimming to ``keep`` must not take it first. It is the
+        one rule for every trim: each caching (``Transaction.add``) and ``clean``.
         """
         index = self._data["index"]
         keep = max(keep, 1)
@@ -512,8 +539,11 @@ class CacheIndex:
                 continue
             newest_first = list(dict.fromkeys(self.images_newest_first(path)))
             kept = set(newest_first[:keep])
+            good = next((i for i in newest_first if self.verified_ok(i)), None)
+            if good is not None:
+                kept.add(good)
             index[path] = list(dict.fromkeys(i for i in ids if i in kept))
-            dropped += newest_first[keep:]
+            dropped += [i for i in newest_first if i not in kept]
         return self._drop_unlisted(dropped)
 
     def drop_stray_images(self) -> list[str]:

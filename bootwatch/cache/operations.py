@@ -534,20 +534,13 @@ class Transaction:
 
     def restore(self, path: str) -> str:
         """Copy the newest image of a MISSING path back into the boot directory; return its id."""
-        normalize_boot_path(path)
-        self.flush()
-        if path not in self.index:
-            raise BootwatchError("is not cached", path=path)
-        if self.references.boot_moved:
-            raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
-                                 hint="mount the boot partition first")
-        if self.references.is_absent(self.cache.boot_name(path)):
-            raise BootwatchError(f"not restoring {path}: {self.references.unknown}", hint="mount the ESP first")
+        self._may_restore(path)
         state = self.cache.path_status(self.index, path, self.references).state
         if state is not PathState.MISSING:
-            raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path)
+            raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path,
+                                 hint=f"'bootwatch restore --image ID {path}' puts one of its images in place "
+                                      "of the file there")
         image_id = self.index.newest(path)
-        meta = self.index.meta(path)
         # The name itself, never what a symlink there names: a dangling /vmlinuz -> vmlinuz-6.1
         # is not restored by writing vmlinuz-6.1, which is another path (another entry may need
         # it, and deleting this path's restored copy later would delete that one).
@@ -557,23 +550,97 @@ class Transaction:
             raise BootwatchError(f"is a symlink to {link}, which does not exist; bootwatch never restores through "
                                  "a symlink", path=real, hint=f"restore the path the link names, or remove the "
                                  f"link to restore {path} as a file")
+        self._put_image(path, real, image_id, replace=False)
+        return image_id
+
+    def restore_image(self, path: str, image: str) -> str:
+        """Put the image ``image`` (its id, or a prefix of it that only one of the path's images
+        has) of ``path`` back at the path's name, whatever file is there now (a kernel or
+        initramfs that was written broken); return its id.
+
+        Only an image of ``path`` itself: an initramfs put in place of a kernel would not boot,
+        and an older image of the same path is what a sysadmin wants back. The file is written
+        beside the name and renamed over it, as a restore writes, with the path's recorded
+        attributes; the image becomes the path's newest again and the file's signature is
+        recorded, so the next pass finds the boot file unchanged: neither a change to cache nor
+        a file to take away while an entry names it.
+        """
+        self._may_restore(path)
+        image_id = self._image_of(path, image)
+        if not self.cache.store.has_image(image_id):
+            raise BootwatchError(f"image {image_id} of {path} is not in the cache directory; not restoring it",
+                                 path=self.cache.store.image_path(image_id), hint="run 'bootwatch fsck'")
+        real = self.cache.boot_name(path)
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            # A symlink is replaced by no file: the path it names is another cache key.
+            what = f"a symlink to {os.readlink(real)}" if stat.S_ISLNK(st.st_mode) else f"a {file_kind(st.st_mode)}"
+            raise BootwatchError(f"is {what}, not a regular file; bootwatch puts an image back only in place of a "
+                                 "file", path=real, hint="restore the path the link names" if stat.S_ISLNK(st.st_mode)
+                                 else None)
+        self._put_image(path, real, image_id, replace=True)
+        if not self.read_only:
+            self.index.make_newest(path, image_id)
+        return image_id
+
+    def _image_of(self, path: str, image: str) -> str:
+        """The id of the image of ``path`` that ``image`` names: all of it, or a prefix that no
+        other image of the path has. An image of another path only is refused, naming it."""
+        ids = self.index.images_newest_first(path)
+        found = [i for i in ids if i.startswith(image)]
+        if len(found) == 1:
+            return found[0]
+        listing = ", ".join(ids)
+        if found:
+            raise BootwatchError(f"{image} is the start of {len(found)} of its images ({', '.join(found)}); "
+                                 "not restoring", path=path, hint="give more digits of the image id")
+        others = sorted({other for i in self.index.known_image_ids() if i.startswith(image)
+                         for other in self.index.paths_of(i)})
+        if others:
+            raise BootwatchError(f"image {image} is not one of its images but of {', '.join(others)}; bootwatch "
+                                 "puts back only an image of the path itself", path=path,
+                                 hint=f"its images, newest first: {listing}")
+        raise BootwatchError(f"has no image {image}", path=path, hint=f"its images, newest first: {listing}")
+
+    def _may_restore(self, path: str) -> None:
+        """Refuse to restore ``path`` where no file may be written for it: not cached, or its
+        partition is not the one it was (the boot partition or the ESP is not mounted)."""
+        normalize_boot_path(path)
+        self.flush()
+        if path not in self.index:
+            raise BootwatchError("is not cached", path=path)
+        if self.references.boot_moved:
+            raise BootwatchError(f"not restoring {path}: {self.references.unknown}",
+                                 hint="mount the boot partition first")
+        if self.references.is_absent(self.cache.boot_name(path)):
+            raise BootwatchError(f"not restoring {path}: {self.references.unknown}", hint="mount the ESP first")
+
+    def _put_image(self, path: str, real: Path, image_id: str, *, replace: bool) -> None:
+        """Write image ``image_id`` at ``real``, the name of ``path`` (``replace``: over the file
+        there), and record what was written."""
         if not real.parent.is_dir():
             raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
-        # An earlier restored copy is gone (the path is MISSING): its marker, if bootwatch made it, too.
+        # An earlier restored copy is gone or is about to be replaced: its marker, if bootwatch
+        # made it, goes too (a marker beside a file being replaced is made again for the new one).
         self.forget_restored_copy(path)
-        identity, made_marker = self._write_restored_copy(path, real, image_id, meta)
+        identity, made_marker = self._write_restored_copy(path, real, image_id, self.index.meta(path),
+                                                          replace=replace)
         # What was written, read back after the rename (which changed its ctime): the marker counts
         # only while the boot file is this very file (see remove_restored_copy).
         if not self.read_only:  # else recorded by the first pass after the cache is writable again
             self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
             self.index.record_signature(path, identity.signature, image_id)
             self.dirty = True
-        return image_id
 
-    def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta) -> tuple[FileIdentity, bool]:
+    def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta, *,
+                             replace: bool = False) -> tuple[FileIdentity, bool]:
         """Write the image ``image_id`` to a temp file beside ``real``, checked, with its attributes,
-        then link it to ``real`` with its marker; return the identity of the file now at ``real``
-        and whether the marker was made (False: one was there)."""
+        then link it to ``real`` (``replace``: rename it over the file there) with its marker;
+        return the identity of the file now at ``real`` and whether the marker was made (False:
+        one was there)."""
         with contextlib.ExitStack() as stack:
             src = self.cache.store.open_image(image_id)
             stack.callback(os.close, src)
@@ -598,7 +665,9 @@ class Transaction:
             self._make_marker(marker)
             written = os.fstat(tmp.fd)
             try:
-                tmp.commit(real, replace=False)  # link(2): never follows, never replaces what is there
+                # link(2) never follows and never replaces what is there; rename(2) replaces the
+                # name itself (what a symlink there names is never written).
+                tmp.commit(real, replace=replace)
                 identity = identity_at(real)
             except FileExistsError:
                 identity = None
@@ -1028,6 +1097,11 @@ class BootCache:
     def restore(self, paths: Sequence[str]) -> builtins.list[str]:
         with self.transaction() as txn:
             return [txn.restore(path) for path in paths]
+
+    def restore_image(self, path: str, image: str) -> str:
+        """:meth:`Transaction.restore_image` under the lock; the id of the image put back."""
+        with self.transaction() as txn:
+            return txn.restore_image(path, image)
 
     # ---------------------------------------------------------------- verify
 

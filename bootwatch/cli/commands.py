@@ -29,7 +29,7 @@ from bootwatch.cli.output import format_table, format_time, print_json, verifica
 from bootwatch.config import DEFAULT_CONFIG_PATH, Config
 from bootwatch.defaults import CONFIG_ENV
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
-from bootwatch.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, BootwatchError, printable
+from bootwatch.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, BootwatchError, UsageError, printable
 from bootwatch.log import Event, log_event, setup_cli_logging
 from bootwatch.safety import boot_path_from_argument
 
@@ -80,13 +80,16 @@ def cmd_remove(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    if args.image is not None and len(args.paths) != 1:
+        raise UsageError("restore --image: give exactly one PATH", hint="bootwatch restore --image ID PATH")
     log_changes("restore")
     cache = BootCache.from_config(config)
     paths = boot_paths(cache, args.paths)
-    for path, image_id in zip(paths, cache.restore(paths)):
+    restored = cache.restore(paths) if args.image is None else [cache.restore_image(paths[0], args.image)]
+    for path, image_id in zip(paths, restored):
         print(f"{printable(path)}: restored image {image_id}")
-        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore'", path, image_id,
-                  path=path, image_id=image_id, state=PathState.RESTORED)
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore%s'", path, image_id,
+                  "" if args.image is None else " --image", path=path, image_id=image_id, state=PathState.RESTORED)
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,9 @@ from bootwatch.prove.vm import DEFAULT_TIMEOUT, MEMORY_BOUNDS_MIB, MIN_MEMORY_MI
 
 Command = Callable[[argparse.Namespace, Config], int]
 
+# An image id as restore --image takes it: all of it, or a prefix long enough to be typed from 'list'.
+IMAGE_ID_PREFIX = re.compile(r"[0-9a-f]{8,40}")
+
 
 def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
@@ -52,6 +56,12 @@ def _positive_seconds(text: str) -> float:
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"not between {low:g} and {high:g} seconds: {text!r}")
     return value
+
+
+def _image_id_or_prefix(text: str) -> str:
+    if IMAGE_ID_PREFIX.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image id (8 to 40 lowercase hexadecimal digits)")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("remove", cmd_remove, "uncache paths")
     p.add_argument("--force", action="store_true", help="remove even while boot entries reference the path")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p = command("restore", cmd_restore, "copy a MISSING image back into the boot directory")
+    p = command("restore", cmd_restore, "copy a MISSING image back into the boot directory; with --image, put "
+                                        "that image of PATH in place of the file there")
+    p.add_argument("--image", type=_image_id_or_prefix, metavar="ID",
+                   help="one of PATH's images (its id, or at least 8 of its first digits that no other image of "
+                        "PATH starts with), put back even over a file that is there (one written broken)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = command("list", cmd_list, "list cached paths with their state")
     p.add_argument("--json", action="store_true", help="print a JSON array")

@@ -201,7 +201,7 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
 
 
 def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
-                check_deadline: Callable[[], None] | None, on_name: NameSink | None) -> ImageCheck:
+                check_deadline: Callable[[], None] | None, on_name: NameSink | None, mount: bool = True) -> ImageCheck:
     head = f.read(HEAD_SIZE)
     try:
         if is_bzimage(head):
@@ -225,6 +225,8 @@ def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
         return _initramfs(f, 0, size, check_deadline, on_name)
     fstype = detect_fstype_bytes(head)
     if fstype is not None:
+        if not mount:
+            return ImageCheck(ImageKind.FILESYSTEM, Outcome.SKIPPED, f"not checked: a {fstype} image, not mounted")
         return _filesystem(path, fstype, runtime_dir, check_deadline)
     method = compression_of(head)
     if method is not None:
@@ -267,28 +269,29 @@ def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[]
 
 
 def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None,
-                on_name: NameSink | None = None) -> ImageCheck:
+                on_name: NameSink | None = None, mount: bool = True) -> ImageCheck:
     """Find out what ``path`` holds and check it (see the module docstring for the outcomes).
 
-    ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``).
+    ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``); with
+    ``mount`` False a filesystem image is recognised and ``skipped``, never mounted.
     ``timeout`` (seconds) bounds the walk of a filesystem or an initramfs; when it runs out the
     result is ``incomplete``, since slowness is not corruption. ``on_name``: see the module docstring.
     """
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            return check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name)
+            return check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name, mount=mount)
     except OSError as err:
         return read_failure(path, err)
 
 
 def check_open_image(path: Path, f: BinaryIO, *, runtime_dir: Path, timeout: float | None = None,
-                     on_name: NameSink | None = None) -> ImageCheck:
+                     on_name: NameSink | None = None, mount: bool = True) -> ImageCheck:
     """:func:`check_image` of the regular file open at ``f`` (opened by the caller, as
     :func:`bootwatch.safety.open_regular` opens), which ``path`` names (a filesystem image is
     mounted from it). An :class:`OSError` reading it is raised (:func:`read_failure` says it)."""
     size = os.fstat(f.fileno()).st_size
     try:
-        return _by_content(path, f, size, runtime_dir, _deadline(timeout), on_name)
+        return _by_content(path, f, size, runtime_dir, _deadline(timeout), on_name, mount)
     except _TimedOut as err:
         return ImageCheck(ImageKind.UNKNOWN, Outcome.INCOMPLETE, str(err))
 
