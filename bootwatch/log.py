@@ -106,6 +106,9 @@ class Event(enum.Enum):
     CACHE_DIRECTORY_REPLACED = "445eb8a338a94c5896bbb3ff819258f5"
     TRANSACTION_TIMEOUT = "cd98da52b4b341d791adc707fa625f62"
     NO_BOOT_ENTRIES = "c94114af4a854b428e3f05de560ee34a"
+    ENTRY_BROKEN = "5964d3eca0164f52b61b152b3d0fbe1a"
+    ENTRY_AT_RISK = "f485a98c00c245ffb28ef2fe94703389"
+    ENTRY_RECOVERED = "6bee60758ca04e5b855144a33f2550f1"
 
     @property
     def message_id(self) -> str:
@@ -454,6 +457,10 @@ class EventFields(TypedDict, total=False):
     recorded_mode: str  # RESTORE_ATTRIBUTES_REFUSED: octal
     recorded_uid: int  # RESTORE_ATTRIBUTES_REFUSED
     recorded_gid: int  # RESTORE_ATTRIBUTES_REFUSED
+    entry: str  # ENTRY_*: the boot entry as SOURCE:ID ("bls:fedora-6.1.conf")
+    title: str  # ENTRY_*: the entry's title
+    findings: str  # ENTRY_*: why it is in its state, one finding per line
+    previous_state: str  # ENTRY_RECOVERED: the state it was reported in (BROKEN, AT_RISK)
 
 
 def event_fields(event: Event, *, path: str | os.PathLike[str] | None = None, image_id: str | None = None,

@@ -346,6 +346,13 @@ def print_daemon_status(status: DaemonStatus) -> None:
     if status.entries_warning:
         print(f"  WARNING:        {status.entries_warning}")
         print(f"                  hint: {NO_ENTRIES_HINT}")
+    if status.entries_by_state is not None:
+        print(f"  entry health:   {status.states_text() or 'no boot entries'}")
+        from bootwatch.health.model import EntryState
+        states = [(EntryState(state), name) for name, state in (status.entry_states or {}).items()]
+        for state, name in sorted(states, key=lambda s: (-s[0].rank, s[1])):
+            if state is not EntryState.BOOTABLE:
+                print(f"                  {state} {name} (see 'bootwatch entries')")
     print(f"  last reconcile: {format_time(status.last_reconcile)}")
     print(f"  last batch:     {format_time(status.last_batch)}")
     print("  paths:          " + (", ".join(f"{n} {s}" for s, n in sorted(status.counts.items())) or "none cached"))

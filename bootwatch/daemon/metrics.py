@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from bootwatch.cache.operations import BootCache, ImageVerification, PathState, 
 from bootwatch.cache.pins import count_pins
 from bootwatch.entries.summary import Census
 from bootwatch.errors import BootwatchError, describe_oserror
+from bootwatch.health.model import EntryState
+from bootwatch.health.summary import STATES as HEALTH_STATES
 
 PREFIX = "bootwatch_"
 STATES = tuple(PathState)
@@ -111,6 +113,7 @@ class Metrics:
         self._jobs: dict[str, _JobStats] = {}
         self._last_reconcile: float | None = None
         self._last_verification: tuple[float, int, int] | None = None  # time, images, failures
+        self._entries_by_state: dict[EntryState, int] | None = None  # the last health pass's
 
     # ---------------------------------------------------------------- recording
 
@@ -131,6 +134,11 @@ class Metrics:
         with self._lock:
             self._last_verification = (time.time() if when is None else when, len(results),
                                        sum(1 for r in results if r.failed))
+
+    def record_entry_states(self, counts: Mapping[EntryState, int]) -> None:
+        """The boot entries by health state, as the last health pass found them."""
+        with self._lock:
+            self._entries_by_state = {state: counts.get(state, 0) for state in HEALTH_STATES}
 
     # ---------------------------------------------------------------- rendering
 
@@ -167,7 +175,13 @@ class Metrics:
         with self._lock:
             reconcile = self._last_reconcile
             verification = self._last_verification
+            entries_by_state = self._entries_by_state
             jobs = sorted((name, _JobStats(**vars(stats))) for name, stats in self._jobs.items())
+        if entries_by_state is not None:
+            out.family("entries_by_state", "gauge",
+                       "Boot entries by health state (BOOTABLE, AT_RISK, UNKNOWN, BROKEN; every state always "
+                       "present) as the daemon's last health pass found them; 'bootwatch entries' says why.",
+                       [((("state", state.value),), count) for state, count in entries_by_state.items()])
         if reconcile is not None:
             out.family("last_reconcile_timestamp_seconds", "gauge",
                        "When the last full reconcile of the boot directory ended (Unix time).", [((), reconcile)])

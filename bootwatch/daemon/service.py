@@ -55,6 +55,7 @@ from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.config import Config, load_config
+from bootwatch.daemon.health import HealthWatch
 from bootwatch.daemon.jobs import MaintenanceScheduler
 from bootwatch.daemon.metrics import CacheListing, Metrics
 from bootwatch.daemon.notify import SystemdNotifier
@@ -63,6 +64,7 @@ from bootwatch.daemon.watcher import Change, ChangeKind, EntryLocations, Watcher
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
+from bootwatch.health.summary import count_states
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
 from bootwatch.verify.mount import sweep_stale_mounts
@@ -323,6 +325,8 @@ class Daemon:
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(paths.boot),
                                    cache_dir=str(paths.cache))
         self.census: Census | None = None  # the boot entries as the last pass read them (the worker's)
+        self.health = HealthWatch(self.config.paths.runtime)  # the worker's; its memo lives as long as the daemon
+        self.health_time = 0.0
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
         self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
         # The entry sources' directories as _classify compares names with them (as given and
@@ -869,11 +873,14 @@ class Daemon:
         busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
         # The boot entries: as the pass read them; read here only when it did not.
+        if inventory is None and (full or not busy or now - self.counts_time >= COUNTS_REFRESH):
+            inventory = self._read_inventory()
         census = Census.of(inventory) if inventory is not None else None
-        if census is None and (full or not busy or now - self.counts_time >= COUNTS_REFRESH):
-            census = self._read_census()
         if census is not None:
             self._note_entries(census)
+        if inventory is not None and (not busy or now - self.health_time >= COUNTS_REFRESH):
+            self._check_health(inventory)
+            self.health_time = now
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
             listing = CacheListing.read(self.cache)
             if listing.error is None:
@@ -889,13 +896,24 @@ class Daemon:
         if self.metrics is not None:
             self._write_metrics(full=full, listing=listing, census=census)
 
-    def _read_census(self) -> Census | None:
+    def _read_inventory(self) -> Inventory | None:
         """The boot entries of every source, as the inventory finds them now."""
         try:
-            return Census.of(self.cache.read_inventory())
+            return self.cache.read_inventory()
         except (BootwatchError, OSError) as e:  # the inventory reports what it cannot read; this is a bug's net
             log.error("cannot read the boot entries: %s", e)
             return None
+
+    def _check_health(self, inventory: Inventory) -> None:
+        """The health pass (:mod:`bootwatch.daemon.health`): the status's and the metrics' counts by
+        state, the journal's transitions. Outside the cache lock; its facts memo makes a pass over
+        unchanged images a stat of each."""
+        healths = self.health.check(self.cache, inventory, progress=self.beat, cancel=self.stop_requested)
+        if healths is None:
+            return
+        self.status.set_health(healths)
+        if self.metrics is not None:
+            self.metrics.record_entry_states(count_states(healths))
 
     def _note_entries(self, census: Census) -> None:
         """Say once (journal, then STATUS and the status file) that there is no boot entry to keep

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +28,8 @@ from bootwatch.cache.operations import PathState, PathStatus
 from bootwatch.cache.proc import flock_holder_pids
 from bootwatch.entries.summary import Census
 from bootwatch.errors import BootwatchError
+from bootwatch.health.model import EntryHealth, EntryState
+from bootwatch.health.summary import count_states, states_text
 from bootwatch.safety import read_regular
 
 STATUS_NAME = "status.json"
@@ -57,11 +59,26 @@ class DaemonStatus:
     entries: dict[str, int] | None = None
     entries_text: str | None = None
     entries_warning: str | None = None
+    # The health of the boot entries as the last health pass found them (bootwatch.health):
+    # entries by state, every state counted, and each entry's state by its name (SOURCE:ID,
+    # escaped to one printable line). None: not checked yet.
+    entries_by_state: dict[str, int] | None = None
+    entry_states: dict[str, str] | None = None
 
     def set_entries(self, census: Census) -> None:
         self.entries = {source.value: count for source, count in census.by_source.items()}
         self.entries_text = census.text()
         self.entries_warning = census.warning
+
+    def set_health(self, healths: Sequence[EntryHealth]) -> None:
+        self.entries_by_state = {state.value: count for state, count in count_states(healths).items()}
+        self.entry_states = {_as_line(h.name): h.state.value for h in healths}
+
+    def states_text(self) -> str:
+        """``5 bootable, 1 BROKEN``, or empty before the first health pass or without entries."""
+        if not self.entries_by_state:
+            return ""
+        return states_text({EntryState(k): n for k, n in self.entries_by_state.items()})
 
     def summary(self) -> str:
         """The one line for systemd's STATUS=: what is urgent, else the boot entries and the cache."""
@@ -75,7 +92,8 @@ class DaemonStatus:
         if self.entries_warning:
             watching += f"WARNING: {self.entries_warning}; "
         elif self.entries_text:
-            watching += f"{self.entries_text}; "
+            states = self.states_text()
+            watching += f"{self.entries_text}: {states}; " if states else f"{self.entries_text}; "
         if self.references_unknown:
             return f"{watching}references unknown, nothing is cleaned or deleted: {self.references_unknown}"
         counts = self.counts
@@ -115,8 +133,17 @@ class DaemonStatus:
         self.problems = sum(1 for s in statuses if s.image_problem)
 
 
+_STATE_NAMES = {state.value for state in EntryState}
+
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _as_line(text: str) -> str:
+    """``text`` as a line :func:`_is_line` takes: an entry's id comes from a file anyone with root
+    on the boot partition wrote, and may hold any character."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _is_time(value: object) -> bool:
@@ -140,11 +167,16 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "count": _is_count,
     "counts": lambda v: isinstance(v, dict) and all(_is_line(k) and _is_count(n) for k, n in v.items()),
     "optional counts": lambda v: v is None or _FIELD_CHECKS["counts"](v),
+    "optional state counts": lambda v: v is None or (_FIELD_CHECKS["counts"](v) and set(v) <= _STATE_NAMES),
+    "optional entry states": lambda v: v is None or (isinstance(v, dict) and all(
+        _is_line(k) and v[k] in _STATE_NAMES for k in v)),
 }
 _FIELD_WORDS = {
     "pid": "a process id", "time": "a time", "optional time": "a time or null", "line": "a line of text",
     "optional line": "a line of text or null", "count": "a count", "counts": "an object of counts",
     "optional counts": "an object of counts or null",
+    "optional state counts": "an object of counts by entry state or null",
+    "optional entry states": "an object of entry states or null",
 }
 _FIELDS = {
     "pid": "pid", "started": "time", "boot_dir": "line", "cache_dir": "line", "last_reconcile": "optional time",
@@ -152,6 +184,7 @@ _FIELDS = {
     "error": "optional line", "lock_wait": "optional line", "transaction_wait": "optional line",
     "references_unknown": "optional line", "degraded": "optional line", "entries": "optional counts",
     "entries_text": "optional line", "entries_warning": "optional line",
+    "entries_by_state": "optional state counts", "entry_states": "optional entry states",
 }
 _REQUIRED = ("pid", "started", "boot_dir", "cache_dir")
 

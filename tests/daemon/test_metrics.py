@@ -13,6 +13,7 @@ from bootwatch.cache.operations import BootCache, ImageVerification
 from bootwatch.cache.pins import pin
 from bootwatch.daemon.metrics import Metrics
 from bootwatch.errors import BootwatchError
+from bootwatch.health.model import EntryState
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
@@ -122,6 +123,13 @@ def test_render_parses_and_counts(cache: BootCache) -> None:
     assert types["bootwatch_cache_bytes"] == "gauge"
     samples, _ = parse_exposition(metrics.render(cache))
     assert sample(samples, "bootwatch_pins") == 0
+    # No health pass recorded yet: no sample says "no entry is BROKEN". Then every state has one.
+    assert not any(name == "bootwatch_entries_by_state" for name, _labels in samples)
+    metrics.record_entry_states({EntryState.AT_RISK: 2})
+    samples, types = parse_exposition(metrics.render(cache))
+    assert {state: sample(samples, "bootwatch_entries_by_state", state=state.value) for state in EntryState} == \
+        {EntryState.BOOTABLE: 0, EntryState.AT_RISK: 2, EntryState.UNKNOWN: 0, EntryState.BROKEN: 0}
+    assert types["bootwatch_entries_by_state"] == "gauge"
 
 
 def test_label_values_are_escaped(cache: BootCache) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from bootwatch.cache.operations import BootCache
 from bootwatch.daemon.metrics import Metrics
+from bootwatch.health.model import EntryState
 
 BINARY = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 
@@ -91,6 +92,7 @@ def test_node_exporter_serves_bootwatch_metrics(tmp_path: Path) -> None:
     textdir.mkdir()
     metrics = Metrics(textdir / "bootwatch.prom")
     metrics.record_job("clean", 0.125, True)
+    metrics.record_entry_states({EntryState.BOOTABLE: 1, EntryState.BROKEN: 1})
     (boot / "grub").mkdir()
     (boot / "grub" / "grub.cfg").write_text("menuentry 'Debian GNU/Linux' { linux /vmlinuz-x root=/dev/sda1 }\n")
     metrics.write(cache, pins_count=0)
@@ -106,6 +108,10 @@ def test_node_exporter_serves_bootwatch_metrics(tmp_path: Path) -> None:
         assert find(text, 'bootwatch_entries{source="grub"}')[1] == 1
         assert find(text, "bootwatch_entries_none")[1] == 0
         assert find(text, "bootwatch_entry_sources_unknown")[1] == 0
+        # Every health state has its sample, zero included.
+        assert [find(text, f'bootwatch_entries_by_state{{state="{state}"}}')[1]
+                for state in ("BOOTABLE", "AT_RISK", "UNKNOWN", "BROKEN")] == [1, 0, 0, 1]
+        assert "# TYPE bootwatch_entries_by_state gauge" in text
         # A rewrite is seen at the next scrape (the file is replaced, never half-written).
         metrics.record_job("clean", 0.25, False)
         metrics.write(cache, pins_count=2)

@@ -168,7 +168,10 @@ def test_every_field_the_daemon_writes_is_read_back_with_its_type(tmp_path: Path
                            state="running", lock_wait="waiting for PID 1", degraded="read-only",
                            transaction_wait="waiting for dpkg (PID 2) to finish before deciding on 1 removed file",
                            entries={"grub": 4, "bls": 0}, entries_text="4 boot entries (grub 4, bls 0)",
-                           entries_warning=None)
+                           entries_warning=None,
+                           entries_by_state={"BOOTABLE": 2, "AT_RISK": 0, "UNKNOWN": 1, "BROKEN": 1},
+                           entry_states={"grub:gnulinux-simple": "BOOTABLE", "bls:a.conf": "BROKEN",
+                                         "bls:b.conf": "UNKNOWN", "uki:c.efi": "BOOTABLE"})
     write_status(tmp_path, written)
     assert asdict(load_status(tmp_path)) == asdict(written)
 
@@ -203,6 +206,10 @@ GOOD = {"pid": 1234, "started": 1_700_000_000, "boot_dir": "/boot", "cache_dir":
     ({"problems": False}, "problems"), ({"error": 3}, "error"), ({"degraded": ["x"]}, "degraded"),
     ({"entries": {"grub": -1}}, "entries"), ({"entries": "grub 4"}, "entries"),
     ({"entries_text": "4\nfake"}, "entries_text"), ({"entries_warning": 0}, "entries_warning"),
+    ({"entries_by_state": {"FINE": 1}}, "entries_by_state"), ({"entries_by_state": {"BROKEN": -1}}, "entries_by_state"),
+    ({"entry_states": {"bls:a.conf": "FINE"}}, "entry_states"),
+    ({"entry_states": {"bls:a\n": "BROKEN"}}, "entry_states"),
+    ({"entry_states": ["bls:a.conf"]}, "entry_states"),
 ])
 def test_load_status_refuses_a_field_without_its_type_naming_the_field(tmp_path: Path, change: dict,
                                                                         field: str) -> None:
@@ -420,3 +427,29 @@ def test_daemon_pids_that_cannot_be_told_is_an_error_not_none_running(tmp_path: 
     with pytest.raises(BootwatchError) as raised:
         daemon_pids(tmp_path / "file" / "cache")
     assert "cannot tell whether the daemon runs" in str(raised.value), raised.value
+
+
+def test_the_summary_counts_entries_by_health_state_and_names_are_kept_one_line(tmp_path: Path) -> None:
+    """After a health pass STATUS= says how many entries are in each state (best first, zero left
+    out); an entry id with any character is one printable line in the status file."""
+    from bootwatch.entries.inventory import InventorySettings, read_inventory
+    from bootwatch.entries.summary import Census
+    from bootwatch.health.model import Check, EntryHealth, EntryState, Finding
+    boot = tmp_path / "boot"
+    (boot / "loader" / "entries").mkdir(parents=True)
+    for name in ("a", "b", "c\u2028d"):
+        (boot / "loader" / "entries" / f"{name}.conf").write_text(f"title {name}\nlinux /vmlinuz-1\n")
+    inventory = read_inventory(InventorySettings(boot))
+    status = _status(boot_dir=str(boot), counts={"CACHED": 1},
+                     last_reconcile=time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1)))
+    status.set_entries(Census.of(inventory))
+    assert status.summary().startswith(f"watching {boot}: 3 boot entries (bls 3); 1 cached"), status.summary()
+    a, b, c = sorted(inventory.entries, key=lambda e: e.id)
+    broken = Finding(EntryState.BROKEN, Check.FORMAT, "/boot/vmlinuz-1: truncated", "/boot/vmlinuz-1")
+    status.set_health([EntryHealth.of(a, []), EntryHealth.of(b, []), EntryHealth.of(c, [broken])])
+    assert status.summary() == (f"watching {boot}: 3 boot entries (bls 3): 2 bootable, 1 BROKEN; 1 cached, 0 missing, "
+                                "0 restored, last sync 03:04:05")
+    assert status.entries_by_state == {"BOOTABLE": 2, "AT_RISK": 0, "UNKNOWN": 0, "BROKEN": 1}
+    assert status.entry_states == {"bls:a.conf": "BOOTABLE", "bls:b.conf": "BOOTABLE", "bls:c\\u2028d.conf": "BROKEN"}
+    write_status(tmp_path, status)
+    assert load_status(tmp_path).entry_states == status.entry_states
