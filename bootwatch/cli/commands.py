@@ -368,7 +368,7 @@ def print_daemon_status(status: DaemonStatus) -> None:
 
 def cmd_entries(args: argparse.Namespace, config: Config) -> int:
     from bootwatch.cli.entries import command_entries
-    return command_entries(args.json, config)
+    return command_entries(args.json, config, check=args.check)
 
 
 def cmd_prove(args: argparse.Namespace, config: Config) -> int:

@@ -1,15 +1,27 @@
-"""``bootwatch entries``: every boot entry of the host, from every source, with what the cache holds of it.
+"""``bootwatch entries``: every boot entry of the host, from every source, with what the cache
+holds of it and whether it would boot.
 
 Reads the inventory (:mod:`bootwatch.entries.inventory`) and the cache index without the cache
 lock, and changes nothing. Without a cache directory nothing is cached, which is what it shows.
+Each entry is judged as the daemon's health pass judges it (:class:`bootwatch.health.judge.HostCheck`,
+reading its images).
 
-The ``--json`` document (an interface, documented in the README):
+The ``--json`` document (an interface, documented in the README; keys are only ever added):
 
     {"summary": "5 boot entries (grub 4, bls 1)",
+     "states": {"BOOTABLE": 4, "AT_RISK": 0, "UNKNOWN": 0, "BROKEN": 1},
      "sources": [{"source", "location", "state": "read"|"missing"|"unknown", "reason", "entries",
                   "refused"}],
      "entries": [{"id", "source", "title", "version", "options",
-                  "files": [{"path", "role", "partition", "fs_uuid", "key", "cached", "present"}]}]}
+                  "files": [{"path", "role", "partition", "fs_uuid", "key", "cached", "present"}],
+                  "state": "BOOTABLE"|"AT_RISK"|"UNKNOWN"|"BROKEN",
+                  "findings": [{"state", "check", "message", "path"}]}]}
+
+``states`` counts the entries by state, every state present. An entry's ``state`` is the worst
+of its ``findings`` (:class:`bootwatch.health.model.Finding`, worst first; none for BOOTABLE):
+``check`` names what the finding is about (:class:`bootwatch.health.model.Check`: ``file``,
+``format``, ``kernel-version``, ``root-modules``, ``companion``, ``headroom``, ``proof``),
+``message`` is one line naming the file, ``path`` that file on the host (None: no one file).
 
 ``key`` is the cache key (None: the file is on no partition bootwatch can tell, so it is never
 cached), ``cached`` the state of that key in the index (``cached``, ``restored``, ``missing``,
@@ -18,7 +30,9 @@ whether the file is a regular file on disk now (None without a key: where it is 
 
 Exit code 1 when a source cannot be read completely (each unknown one is a line on stderr, the
 entries that could be read are listed all the same) or the index cannot be read; else 0, also
-when there is no entry at all (the answer, said in words).
+when there is no entry at all (the answer, said in words), and also when an entry is BROKEN: the
+listing is the answer. With ``--check``, a BROKEN entry exits 1 too, one line on stderr for each
+naming it (``SOURCE:ID``) and why.
 """
 
 from __future__ import annotations
@@ -37,6 +51,10 @@ from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import BootFile, Entry
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census, LocationReport, LocationState
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
+from bootwatch.health.facts import FactsMemo
+from bootwatch.health.judge import CacheView, HostCheck
+from bootwatch.health.model import EntryHealth, EntryState
+from bootwatch.health.summary import count_states, states_text
 
 NOT_CACHED = "not cached"
 NO_KEY = "no key"
@@ -60,6 +78,7 @@ class FileReport:
 class EntryReport:
     entry: Entry
     files: tuple[FileReport, ...]
+    health: EntryHealth
 
     @property
     def complete(self) -> bool | None:
@@ -71,7 +90,8 @@ class EntryReport:
     def to_json(self) -> dict[str, Any]:
         e = self.entry
         return {"id": e.id, "source": e.source.value, "title": e.title, "version": e.version,
-                "files": [f.to_json() for f in self.files], "options": e.options}
+                "files": [f.to_json() for f in self.files], "options": e.options,
+                "state": self.health.state.value, "findings": [f.to_json() for f in self.health.findings]}
 
 
 def _present(inventory: Inventory, key: str | None) -> bool | None:
@@ -93,15 +113,17 @@ def _cached(cache: BootCache, index: CacheIndex | None, counts: dict[str, int], 
     return str(cache.path_status(index, key, counts).state).lower()
 
 
-def entry_reports(cache: BootCache, inventory: Inventory, index: CacheIndex | None) -> list[EntryReport]:
+def entry_reports(cache: BootCache, inventory: Inventory, index: CacheIndex | None,
+                  facts: FactsMemo) -> list[EntryReport]:
     counts = inventory.reference_counts()
+    host = HostCheck(inventory, facts, CacheView(cache, index) if index is not None else None)
     reports = []
     for entry in inventory.entries:
         files = []
         for file in entry.files:
             key = inventory.key(file)
             files.append(FileReport(file, key, _cached(cache, index, counts, key), _present(inventory, key)))
-        reports.append(EntryReport(entry, tuple(files)))
+        reports.append(EntryReport(entry, tuple(files), host.entry(entry)))
     return reports
 
 
@@ -153,14 +175,18 @@ def print_entries(census: Census, reports: list[EntryReport]) -> None:
                 print(f"      {next(lines)}")
             if e.options:
                 print(f"    options {printable(e.options)}")
+            print(f"    state: {r.health.state}")
+            for finding in r.health.findings:
+                print(f"      - {finding.state} {finding.check}: {printable(finding.message)}")
     warning = census.warning
     if warning is None:
-        print(f"\n{census.text()}")
+        states = states_text(count_states(r.health for r in reports))
+        print(f"\n{census.text()}{': ' + states if states else ''}")
     else:
         print(f"\n{warning}\nhint: {NO_ENTRIES_HINT}")
 
 
-def command_entries(json_output: bool, config: Config) -> int:
+def command_entries(json_output: bool, config: Config, *, check: bool = False) -> int:
     cache = BootCache.from_config(config)
     inventory = cache.read_inventory()
     census = Census.of(inventory)
@@ -171,9 +197,11 @@ def command_entries(json_output: bool, config: Config) -> int:
     except (BootwatchError, OSError) as e:
         index = None
         index_error = e if isinstance(e, BootwatchError) else BootwatchError(str(e))
-    reports = entry_reports(cache, inventory, index)
+    reports = entry_reports(cache, inventory, index, FactsMemo(config.paths.runtime))
     if json_output:
-        print_json({"summary": census.text(), "sources": [location_json(loc) for loc in census.locations],
+        states = count_states(r.health for r in reports)
+        print_json({"summary": census.text(), "states": {state.value: n for state, n in states.items()},
+                    "sources": [location_json(loc) for loc in census.locations],
                     "entries": [r.to_json() for r in reports]})
     else:
         print_entries(census, reports)
@@ -185,4 +213,8 @@ def command_entries(json_output: bool, config: Config) -> int:
         print(f"bootwatch: {loc.reason}", file=sys.stderr)
     if index_error is not None:
         print(f"bootwatch: cached state unknown: {index_error}", file=sys.stderr)
-    return EXIT_FAILURE if census.unknown or index_error is not None else EXIT_OK
+    broken = [r.health for r in reports if r.health.state is EntryState.BROKEN] if check else []
+    for health in broken:
+        reasons = "; ".join(f.message for f in health.findings if f.state is EntryState.BROKEN)
+        print(f"bootwatch: {printable(health.name)} is BROKEN: {printable(reasons)}", file=sys.stderr)
+    return EXIT_FAILURE if census.unknown or index_error is not None or broken else EXIT_OK

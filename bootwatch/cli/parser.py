@@ -102,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = command("list", cmd_list, "list cached paths with their state")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    p = command("entries", cmd_entries, "list every boot entry of the host (BLS, UKI, GRUB) with its files and "
-                                        "what the cache holds of them; exit 1 if a source cannot be read")
+    p = command("entries", cmd_entries, "list every boot entry of the host (BLS, UKI, GRUB) with its files, "
+                                        "what the cache holds of them and whether it would boot (its state and "
+                                        "findings); exit 1 if a source cannot be read")
     p.add_argument("--json", action="store_true", help="print a JSON object (sources and entries)")
+    p.add_argument("--check", action="store_true", help="exit 1 also when an entry is BROKEN (one line on stderr "
+                                                        "for each)")
     p = command("prove", cmd_prove, "boot entries' own kernel and initramfs in a throwaway QEMU VM (no disk, "
                                     "no network) and check that the initramfs's /init ran; exit 1 if one failed")
     p.add_argument("entries", nargs="*", metavar="ENTRY", help="entry id as 'bootwatch entries' shows it "

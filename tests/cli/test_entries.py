@@ -20,7 +20,7 @@ import pytest
 BootTree = Any  # conftest.BootTree
 
 SAMPLES = Path(__file__).resolve().parents[1] / "realboot" / "samples"
-ENTRY_KEYS = {"id", "source", "title", "version", "files", "options"}
+ENTRY_KEYS = {"id", "source", "title", "version", "files", "options", "state", "findings"}
 FILE_KEYS = {"path", "role", "partition", "fs_uuid", "key", "cached", "present"}
 BOOT_UUID = "cf6a9deb-e989-48ad-9cad-9bc16b4a7da5"  # the sample's separate /boot
 
@@ -46,7 +46,7 @@ def test_json_lists_every_grub_entry_with_keys_cache_state_and_presence(boot_tre
     assert tree.cli("add", "/vmlinuz-linux")[0] == 0
     data, err = entries_json(tree)
     assert err == ""
-    assert set(data) == {"summary", "sources", "entries"}
+    assert set(data) == {"summary", "states", "sources", "entries"}
     assert data["summary"] == "7 boot entries (bls 0, grub 7)"  # the tree has an empty loader/entries
     sources = {(s["source"], s["state"]): s for s in data["sources"]}
     grub = sources["grub", "read"]
@@ -83,7 +83,9 @@ def test_human_output_names_sources_entries_files_and_whether_each_is_complete(b
     rc, out, err = tree.cli("entries")
     assert rc == 0 and err == "", out + err
     lines = out.splitlines()
-    assert "8 boot entries (bls 1, grub 7)" in lines
+    # Then the entries by health state (tests/cli/test_entries_health.py judges real images).
+    assert any(line.startswith("8 boot entries (bls 1, grub 7): ") for line in lines), out
+    assert out.count("\n    state: ") == 8
     assert any(line.split() == ["grub", str(tree.boot / "grub" / "grub.cfg"), "7", "entries"] for line in lines), out
     assert "  [grub] Arch GNU/Linux" in lines and "  [bls] Debian 6.1.0" in lines
     assert any(line.split() == ["kernel", "/vmlinuz-6.1.0", "root", "/vmlinuz-6.1.0", "cached", "present"]
