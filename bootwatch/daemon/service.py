@@ -327,6 +327,8 @@ class Daemon:
         self.census: Census | None = None  # the boot entries as the last pass read them (the worker's)
         self.health = HealthWatch(self.config.paths.runtime)  # the worker's; its memo lives as long as the daemon
         self.health_time = 0.0
+        # The boot entries a batch read while more work waited: judged once the worker is idle.
+        self.health_due: Inventory | None = None
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
         self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
         # The entry sources' directories as _classify compares names with them (as given and
@@ -524,6 +526,7 @@ class Daemon:
             if batch is None:
                 return
             if not batch.has_work():
+                self._check_health_due()
                 continue
             self.busy_since = self.last_progress = time.monotonic()
             try:
@@ -878,9 +881,11 @@ class Daemon:
         census = Census.of(inventory) if inventory is not None else None
         if census is not None:
             self._note_entries(census)
-        if inventory is not None and (not busy or now - self.health_time >= COUNTS_REFRESH):
-            self._check_health(inventory)
-            self.health_time = now
+        if inventory is not None:
+            if busy and now - self.health_time < COUNTS_REFRESH:
+                self.health_due = inventory  # once the worker is idle (_worker_loop)
+            else:
+                self._check_health(inventory)
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
             listing = CacheListing.read(self.cache)
             if listing.error is None:
@@ -896,6 +901,17 @@ class Daemon:
         if self.metrics is not None:
             self._write_metrics(full=full, listing=listing, census=census)
 
+    def _check_health_due(self) -> None:
+        """The health pass a busy batch left for later (:meth:`_after_batch`), now that the burst
+        after it asked for nothing (the close of the daemon's own cache lock counts as work until
+        it is classified): with its STATUS and metrics."""
+        if self.health_due is None:
+            return
+        self._check_health(self.health_due)
+        self.publish_status()
+        if self.metrics is not None:
+            self._write_metrics(full=False)
+
     def _read_inventory(self) -> Inventory | None:
         """The boot entries of every source, as the inventory finds them now."""
         try:
@@ -908,6 +924,8 @@ class Daemon:
         """The health pass (:mod:`bootwatch.daemon.health`): the status's and the metrics' counts by
         state, the journal's transitions. Outside the cache lock; its facts memo makes a pass over
         unchanged images a stat of each."""
+        self.health_due = None
+        self.health_time = time.time()
         healths = self.health.check(self.cache, inventory, progress=self.beat, cancel=self.stop_requested)
         if healths is None:
             return
