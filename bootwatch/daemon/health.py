@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bootwatch.cache.operations import BootCache
@@ -52,10 +52,12 @@ class HealthWatch:
                 return None
             healths.append(host.entry(entry))
             progress()
-        self._report(healths, complete=inventory.unknown is None)
+        self.note(healths, complete=inventory.unknown is None)
         return tuple(healths)
 
-    def _report(self, healths: list[EntryHealth], *, complete: bool) -> None:
+    def note(self, healths: Sequence[EntryHealth], *, complete: bool) -> None:
+        """Remember the states of a pass and log its transitions; ``complete``: the inventory was
+        read completely, so an entry not in ``healths`` is gone."""
         states = {} if complete else dict(self.states)
         for health in healths:
             name, state = health.name, health.state
