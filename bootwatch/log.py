@@ -109,6 +109,7 @@ class Event(enum.Enum):
     ENTRY_BROKEN = "5964d3eca0164f52b61b152b3d0fbe1a"
     ENTRY_AT_RISK = "f485a98c00c245ffb28ef2fe94703389"
     ENTRY_RECOVERED = "6bee60758ca04e5b855144a33f2550f1"
+    RESTORE_REFUSED = "c5266cdb333b49a2930b786f31b67314"
 
     @property
     def message_id(self) -> str:
@@ -448,7 +449,7 @@ class EventFields(TypedDict, total=False):
 
     reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES: why
     previous_image_id: str | None  # IMAGE_CHANGED
-    references: int  # IMAGE_MISSING: how many boot entries name the path
+    references: int  # IMAGE_MISSING, RESTORE_REFUSED: how many boot entries name the path
     job: str  # JOB_FAILED
     waited: str  # LOCK_WAIT, TRANSACTION_TIMEOUT: seconds
     holder_pid: int | None  # LOCK_WAIT, TRANSACTION_TIMEOUT

@@ -25,6 +25,7 @@ from bootwatch.atomic import TempFile, fsync_directory
 from bootwatch.cache import fstab
 from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity_at, put_back, remove_if_same
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
+from bootwatch.cache.headroom import HeadroomError, HostHeadroom
 from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
 from bootwatch.cache.references import References, has_evidence, judge, parse_record, record_of_read
 from bootwatch.cache.signatures import write_signatures
@@ -623,6 +624,7 @@ class Transaction:
         there), and record what was written."""
         if not real.parent.is_dir():
             raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
+        self._check_headroom(path, real, image_id, replace=replace)
         # An earlier restored copy is gone or is about to be replaced: its marker, if bootwatch
         # made it, goes too (a marker beside a file being replaced is made again for the new one).
         self.forget_restored_copy(path)
@@ -634,6 +636,27 @@ class Transaction:
             self.index.record_restored(path, RestoredFile(identity, image_id, made_marker))
             self.index.record_signature(path, identity.signature, image_id)
             self.dirty = True
+
+    def _check_headroom(self, path: str, real: Path, image_id: str, *, replace: bool) -> None:
+        """Refuse (:class:`HeadroomError`) a restore that would leave the filesystem of ``real``
+        without room for one more kernel and initramfs (:mod:`bootwatch.cache.headroom`), before
+        anything is written. ``replace``: the file at ``real`` goes, and its blocks with it unless
+        another name links to it."""
+        image = self.cache.store.image_stat(image_id)
+        if image is None:
+            return  # opening it says what is wrong
+        replaced = 0
+        if replace:
+            with contextlib.suppress(OSError):
+                st = os.lstat(real)
+                replaced = st.st_size if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else 0
+        room = HostHeadroom(self.references.inventory, self.cache.key_name,
+                            lambda key: self.cache.cached_size(self.index, key))
+        refusal = room.restore_refusal(real, image.st_size, replacing=replaced)
+        if refusal is not None:
+            raise HeadroomError(refusal.message, path=real,
+                                hint=f"free space on {refusal.filesystem} (remove a kernel that no boot entry needs, "
+                                     f"an old kernel package), then run 'bootwatch restore {path}'")
 
     def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta, *,
                              replace: bool = False) -> tuple[FileIdentity, bool]:
@@ -789,6 +812,20 @@ class BootCache:
         bootwatch may delete again)."""
         return name_in_boot(self.boot_dir, path, boot_real=self.boot_real,
                             esp=self.esp() if is_esp_key(path) else None)
+
+    def key_name(self, path: str) -> Path | None:
+        """:meth:`boot_name`, or None for a key that is no safe name in the boot directory or the ESP."""
+        try:
+            return self.boot_name(path)
+        except UnsafePathError:
+            return None
+
+    def cached_size(self, index: CacheIndex, path: str) -> int | None:
+        """The size of the newest cached image of ``path``; None when it is not cached or its image is gone."""
+        if path not in index:
+            return None
+        image = self.store.image_stat(index.newest(path))
+        return image.st_size if image is not None else None
 
     def read_inventory(self) -> Inventory:
         """Every boot entry of the host, from every source (see :mod:`bootwatch.entries.inventory`)."""

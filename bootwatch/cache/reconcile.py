@@ -30,6 +30,7 @@ from typing import Any
 
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import hash_path
+from bootwatch.cache.headroom import HeadroomError
 from bootwatch.cache.index import SignatureTable, is_image_id
 from bootwatch.cache.operations import (
     RESTORE_TEMP_PREFIX,
@@ -525,11 +526,28 @@ class Reconciler:
                                  f"not restored: it is a symlink to {link}, which does not exist, and bootwatch "
                                  "never restores through a symlink")
             return
-        image_id = txn.restore(path)
+        try:
+            image_id = txn.restore(path)
+        except HeadroomError as e:
+            self._report_refused(path, count, newest, report, e)
+            return
         report.restored.append(path)
         self.reported_missing.discard(path)
         log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
                   image_id, count, path=path, image_id=image_id, state=PathState.RESTORED)
+
+    def _report_refused(self, path: str, count: int, newest: str, report: ReconcileReport,
+                        error: HeadroomError) -> None:
+        """A restore refused for the headroom of its filesystem: an error of the pass (scan exits 1),
+        not retried (only freeing space helps; the next pass over the entries tries again), and
+        said once per daemon (each time for scan) while the file stays missing."""
+        report.missing.append(path)
+        report.errors.append(str(error))
+        if path not in self.reported_missing:
+            self.reported_missing.add(path)
+            log_event(log, Event.RESTORE_REFUSED, "%s (referenced by %d boot entries; hint: %s)", error, count,
+                      error.hint, level=logging.WARNING, path=path, image_id=newest, state=PathState.MISSING,
+                      references=count)
 
     def _report_not_regular(self, path: str, problem: str) -> None:
         """Warn that a tracked path's boot file is not a regular file (nor cached, nor read), once

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bootwatch.cache.headroom import HostHeadroom
 from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.operations import BootCache, Verification
 from bootwatch.entries.inventory import Inventory
@@ -85,7 +86,10 @@ class HostCheck:
     proofs: ProofStore | None = None
     """Where the boot proofs are kept; None: not looked at."""
 
+    _headroom: HostHeadroom | None = field(default=None, init=False, repr=False)
+
     def all(self) -> tuple[EntryHealth, ...]:
+        self._headroom = None  # each check of the host looks at its filesystems again
         return tuple(self.entry(e) for e in self.inventory.entries)
 
     def entry(self, entry: Entry) -> EntryHealth:
@@ -93,8 +97,12 @@ class HostCheck:
         files = [self._file(f, findings) for f in entry.files]
         findings += self._release(entry, files)
         kernel = next((f.path for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI)), None)
-        findings += companion_findings(entry, kernel)
+        release = next((f.facts.release for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI)
+                        and f.facts is not None), None)
+        findings += companion_findings(entry, kernel, release=release, boot=self.inventory.roots.boot,
+                                       host_path=lambda f: self.host_path(f) or self.root.locate(f))
         findings += self._proof(entry)
+        findings += self._headroom_findings(entry)
         return EntryHealth.of(entry, findings)
 
     def _proof(self, entry: Entry) -> list[Finding]:
@@ -106,10 +114,23 @@ class HostCheck:
         return [Finding(EntryState.BROKEN, Check.PROOF, f"its boot proof of {when} failed: {proof.reason}{log}",
                         proof.log)]
 
+    def _headroom_findings(self, entry: Entry) -> list[Finding]:
+        """AT_RISK where the entry's filesystem lacks room for one more kernel and initramfs, now
+        or once its missing files were restored (:mod:`bootwatch.cache.headroom`)."""
+        if self._headroom is None:
+            view = self.cache
+            self._headroom = HostHeadroom(self.inventory, self.key_path,
+                                          lambda key: view.cache.cached_size(view.index, key) if view else None)
+        return [Finding(EntryState.AT_RISK, Check.HEADROOM, s.message, str(s.filesystem))
+                for s in self._headroom.shortfalls(entry)]
+
     def host_path(self, file: BootFile) -> Path | None:
         key = self.inventory.key(file)
+        return None if key is None else self.key_path(key)
+
+    def key_path(self, key: str) -> Path:
         # A key is relative to the boot directory, also for an ESP file (/../efi/...).
-        return None if key is None else Path(os.path.normpath(str(self.inventory.roots.boot) + key))
+        return Path(os.path.normpath(str(self.inventory.roots.boot) + key))
 
     def _file(self, file: BootFile, findings: list[Finding]) -> _FileFacts:
         path = self.host_path(file) or self.root.locate(file)  # a file in a btrfs snapshot (grub-btrfs)
