@@ -224,9 +224,7 @@ class HostHeadroom:
         room = dataclasses.replace(room, free=room.free + allocated(replacing, room.block))
         if room.kept_after([size]):
             return None
-        return Shortfall(room.filesystem, f"not restoring it ({mib(size)}): that would leave "
-                         f"{mib(max(room.left_after([size]), 0))} free on {room.filesystem}, less than the "
-                         f"{room.what_is_needed()}")
+        return Shortfall(room.filesystem, f"not restoring it ({mib(size)}): {_leaves(room, [size])}")
 
     def shortfalls(self, entry: Entry) -> list[Shortfall]:
         """Each filesystem holding images of ``entry`` that lacks the headroom now, or would once the
@@ -252,6 +250,12 @@ def _shortfall(room: Headroom, missing: Sequence[BootImage]) -> str:
         return (f"{room.filesystem} has {mib(room.free)} free, less than the {room.what_is_needed()}; "
                 "free space there (remove a kernel no entry needs)")
     names = ", ".join(i.key for i in missing)
-    return (f"restoring {names} would leave {mib(max(room.left_after(i.size for i in missing), 0))} free on "
-            f"{room.filesystem}, less than the {room.what_is_needed()}: bootwatch will not restore "
-            f"{'it' if len(missing) == 1 else 'them'}; free space there (remove a kernel no entry needs)")
+    return (f"restoring {names}: {_leaves(room, [i.size for i in missing])}; bootwatch will not restore "
+            f"{'it' if len(missing) == 1 else 'them'}: free space there (remove a kernel no entry needs)")
+
+
+def _leaves(room: Headroom, sizes: Sequence[int]) -> str:
+    left = room.left_after(sizes)
+    if left < 0:
+        return f"it does not fit: {room.filesystem} has {mib(room.free)} free"
+    return f"that would leave {mib(left)} free on {room.filesystem}, less than the {room.what_is_needed()}"

@@ -25,7 +25,7 @@ from polling import wait_for
 from realboot.grub_mkconfig import Unavailable, extracted_kernel, kernel_debs
 from realboot.initramfs_build import mkinitramfs_image
 
-from bootwatch.cache.headroom import allocated
+from bootwatch.cache.headroom import Headroom, allocated
 from bootwatch.cache.operations import BootCache
 from bootwatch.health.facts import FactsMemo
 from bootwatch.health.judge import check_host
@@ -125,6 +125,12 @@ def test_a_restore_that_would_leave_no_room_for_one_more_kernel_is_refused(boot_
         kernel = tree.boot / f"vmlinuz-{old}"
         kernel.unlink()  # as the package manager removes it, while the entry still names it
         size = allocated(vmlinuz.stat().st_size, 4096)
+        leave_free(tree, size - MIB)  # it would not even fit
+        rc, out, err = tree.cli("restore", f"/vmlinuz-{old}")
+        line = tree.assert_clean_error(rc, err, names=[str(kernel)])
+        assert f"it does not fit: {tree.boot} has {(size - MIB) / MIB:.1f} MiB free" in line, line
+        assert not kernel.exists() and leftovers(tree.boot) == []
+
         leave_free(tree, needed(pairs) + size - MIB)  # restored, 1 MiB short of the headroom
 
         rc, out, err = tree.cli("restore", f"/vmlinuz-{old}")
@@ -143,7 +149,7 @@ def test_a_restore_that_would_leave_no_room_for_one_more_kernel_is_refused(boot_
         # The entry is AT_RISK for it; the other entry's /boot still has the room.
         verdicts = health(tree)
         [finding] = headroom_findings(verdicts[f"{old}.conf"])
-        assert f"restoring /vmlinuz-{old} would leave" in finding and str(tree.boot) in finding, finding
+        assert f"restoring /vmlinuz-{old}: that would leave" in finding and str(tree.boot) in finding, finding
         assert verdicts[f"{old}.conf"].state is not EntryState.BOOTABLE
         assert headroom_findings(verdicts[f"{new}.conf"]) == []
 
@@ -196,3 +202,13 @@ def test_the_daemon_refuses_the_restore_and_makes_it_once_there_is_room(boot_tre
             wait_for(kernel.exists, what="the kernel restored")
             assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz)
             assert daemon.output().count("event=RESTORE_REFUSED") == 1
+
+
+def test_what_one_more_kernel_needs() -> None:
+    """The largest kernel plus the largest initramfs, or the largest UKI when that is more."""
+    room = Headroom(Path("/boot"), 1, free=100 * MIB, block=4096, kernel=14 * MIB, initramfs=60 * MIB, uki=50 * MIB)
+    assert room.needed == 74 * MIB
+    assert room.kept_after([26 * MIB]) and not room.kept_after([26 * MIB + 1])
+    assert room.left_after([1]) == 100 * MIB - 4096  # whole blocks
+    assert Headroom(Path("/efi"), 1, free=0, block=512, uki=80 * MIB).needed == 80 * MIB
+    assert Headroom(Path("/efi"), 1, free=0, block=512).kept_after()  # no kernel there: nothing to keep room for
