@@ -215,11 +215,12 @@ class HostHeadroom:
 
     def restore_refusal(self, name: Path, size: int, *, replacing: int = 0) -> Shortfall | None:
         """Why restoring ``size`` bytes at ``name`` breaks the rule, or None; ``replacing``: the
-        bytes of the file there that the restore replaces (freed once it is done). The filesystem
-        is looked at now (a restore just made changes it)."""
+        bytes of the file there that the restore replaces (freed once it is done). A restore that
+        takes no more room than the file it replaces is never refused: it leaves the filesystem as
+        full as it found it. The filesystem is looked at now (a restore just made changes it)."""
         self._rooms.clear()
         room = self.room(name.parent)
-        if room is None:
+        if room is None or allocated(size, room.block) <= allocated(replacing, room.block):
             return None
         room = dataclasses.replace(room, free=room.free + allocated(replacing, room.block))
         if room.kept_after([size]):

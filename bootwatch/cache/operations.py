@@ -653,10 +653,11 @@ class Transaction:
         room = HostHeadroom(self.references.inventory, self.cache.key_name,
                             lambda key: self.cache.cached_size(self.index, key))
         refusal = room.restore_refusal(real, image.st_size, replacing=replaced)
+        again = f"--image {image_id} {path}" if replace else path
         if refusal is not None:
             raise HeadroomError(refusal.message, path=real,
                                 hint=f"free space on {refusal.filesystem} (remove a kernel that no boot entry needs, "
-                                     f"an old kernel package), then run 'bootwatch restore {path}'")
+                                     f"an old kernel package), then run 'bootwatch restore {again}'")
 
     def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta, *,
                              replace: bool = False) -> tuple[FileIdentity, bool]:

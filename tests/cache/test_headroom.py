@@ -161,6 +161,28 @@ def test_a_restore_that_would_leave_no_room_for_one_more_kernel_is_refused(boot_
         assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz)
         assert free(tree.boot) == needed(pairs) + MIB
 
+        # restore --image over a file counts that file as freed: putting the kernel's image back
+        # in place of a smaller broken write is refused where the growth breaks the headroom, and
+        # one that takes no more room than the file it replaces never is.
+        image_id = tree.sha1_of(vmlinuz)
+        os.truncate(kernel, size - 2 * MIB)  # a write cut short
+        leave_free(tree, needed(pairs) + MIB)
+        rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
+        line = tree.assert_clean_error(rc, err, names=[str(kernel)])
+        assert "that would leave" in line and f"bootwatch restore --image {image_id} /vmlinuz-{old}" in err, err
+        assert kernel.stat().st_size == size - 2 * MIB and leftovers(tree.boot) == []
+        leave_free(tree, needed(pairs) + 3 * MIB)
+        rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
+        assert rc == 0, out + err
+        assert tree.sha1_of(kernel) == image_id
+        # Below the headroom, with room for the copy written beside the file: the same size again
+        # is no growth.
+        leave_free(tree, size + MIB)
+        assert size + MIB < needed(pairs)
+        rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
+        assert rc == 0, out + err
+        assert free(tree.boot) == size + MIB
+
 
 def test_a_boot_partition_below_the_headroom_puts_every_entry_at_risk(boot_tree: BootTree,
                                                                       pairs: list[Pair]) -> None:
