@@ -29,8 +29,9 @@ following a symlink) of at most :data:`MAX_FACTS_SIZE` bytes, owned by root or t
 and writable by nobody else (facts planted by another user could hide a broken image), of this
 bootwatch version's format.
 Anything else starts an empty memo, with one warning line (a file of another bootwatch version:
-a debug line). Saving forgets the files that are gone or changed; a memo that cannot be written
-(a read-only runtime directory, ``bootwatch entries`` run by a user) is just not saved.
+a debug line). Saving forgets the files that are gone or changed, and a file asked for that is
+gone is forgotten at once; a memo that cannot be written (a read-only runtime directory,
+``bootwatch entries`` run by a user) is just not saved.
 
 JSON: ``{"format": 1, "bootwatch": VERSION, "images": [{"path": P, "signature": [dev, ino,
 size, mtime_ns, ctime_ns], "check": {"kind", "outcome", "message"}, "release": R|null,
@@ -129,6 +130,9 @@ class FactsMemo:
         try:
             st = os.stat(path)
         except FileNotFoundError:
+            if self._memo().pop(str(path), None) is not None:
+                self._changed = True
+                self.save()
             return None
         except OSError as err:
             return ImageFacts(read_failure(path, err))

@@ -361,6 +361,14 @@ def test_saving_forgets_the_files_that_are_gone(images: Images, tmp_path: Path) 
     with FactsMemo(run) as memo:
         memo.of(kept)
     assert [i["path"] for i in json.loads((run / FACTS_NAME).read_text())["images"]] == [str(kept)]
+    # Asked for, a file that is gone is forgotten at once, without a save() or a with block.
+    gone = Path(shutil.copyfile(images["uki-nouname"], tmp_path / "gone.efi"))
+    _age(gone)
+    FactsMemo(run).of(gone)
+    assert str(gone) in (run / FACTS_NAME).read_text()
+    gone.unlink()
+    assert FactsMemo(run).of(gone) is None
+    assert [i["path"] for i in json.loads((run / FACTS_NAME).read_text())["images"]] == [str(kept)]
 
 
 def test_a_read_only_runtime_directory_is_no_error(images: Images, tmp_path: Path,
