@@ -7,9 +7,9 @@ resolves it only where that needs no guess:
 * ``root=`` names a block device: ``UUID=``, ``PARTUUID=``, ``LABEL=``, ``PARTLABEL=`` through the
   links udev makes in ``/dev/disk/by-*`` (as the initramfs finds them; blkid is never run),
   ``/dev/...`` (``/dev/disk/by-id/...``, ``/dev/mapper/...``) and ``MAJOR:MINOR`` (of a block
-  device, ``/sys/dev/block``). Anything else
-  (no ``root=``, ``/dev/nfs``, ``nfs:``, ``zfs:``, ``live:``, a hex device number) is UNKNOWN,
-  and so is a device that is not there (another disk's UUID);
+  device, ``/sys/dev/block``). Anything else (no ``root=``, ``/dev/nfs``, ``nfs:``, ``zfs:``,
+  ``live:``, a hex device number) is UNKNOWN, and so is a device that is not there (another
+  disk's UUID);
 * that device's filesystem must be mounted here: a mount whose ``major:minor`` is that device's,
   or a btrfs mounted from any member device of the filesystem the device belongs to (its source,
   and the members the kernel lists in ``/sys/fs/btrfs/<fsid>/devices``);
@@ -22,8 +22,8 @@ resolves it only where that needs no guess:
   mount id): a path another mount covers is not the filesystem's, and is UNKNOWN. Without
   ``subvol=`` the kernel mounts ``subvolid=``'s subvolume, or else the filesystem's default one
   (``btrfs subvolume set-default``: openSUSE's rollbacks); its path is read from the filesystem
-  as ``btrfs subvolume get-default`` and ``list`` read it (:func:`bootwatch.linux.btrfs_subvolume_path`,
-  which needs CAP_SYS_ADMIN: without it, UNKNOWN).
+  as ``btrfs subvolume get-default`` and ``list`` read it
+  (:func:`bootwatch.linux.btrfs_subvolume_path`, which needs CAP_SYS_ADMIN: without it, UNKNOWN).
 
 **The verdict.** Inside that root, ``usr/lib/modules/<release>`` or ``lib/modules/<release>``:
 
@@ -37,7 +37,8 @@ resolves it only where that needs no guess:
   boots from such a root, and NixOS keeps its modules in the store, not under ``/lib``;
 * the subvolume ``subvol=`` names is not on the filesystem while a mount shows the subvolume
   above it (a deleted snapshot a stale ``grub-btrfs.cfg`` still offers), or is a directory and not
-  a subvolume: BROKEN, the kernel cannot mount that root at all.
+  a subvolume, or the filesystem has no subvolume of the id ``subvolid=`` names: BROKEN, the
+  kernel cannot mount that root at all.
 
 **Untrusted.** The root's files are another system's: the walk is by descriptor, one component at
 a time with ``O_NOFOLLOW``, ``lstat`` decides, and a symlink in the root (usrmerge's ``/lib ->
@@ -58,7 +59,9 @@ The mounts are read once per :class:`RootCheck`, which a host check makes once f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import itertools
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -67,6 +70,7 @@ from pathlib import Path
 
 from bootwatch import linux
 from bootwatch.entries.model import BootFile, Entry
+from bootwatch.errors import printable
 from bootwatch.health.model import Check, EntryState, Finding
 from bootwatch.linux import MountInfo
 from bootwatch.safety import file_kind
@@ -82,6 +86,7 @@ _NETWORK_ROOTS = ("/dev/nfs", "nfs", "cifs:", "iscsi:", "nbd:", "dhcp")
 _MODULE_DIRS = (("usr", "lib", "modules"), ("lib", "modules"))
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHOWN_RELEASES = 6
+_LISTED_RELEASES = 1000
 
 
 # ------------------------------------------------------------------------------ the options
@@ -257,11 +262,13 @@ def _kind(mode: int) -> str:
     return "regular file" if stat.S_ISREG(mode) else file_kind(mode)
 
 
-def _names(dir_fd: int) -> list[str]:
-    """The entries of the directory ``dir_fd`` (an ``O_PATH`` descriptor) names."""
+def _names(dir_fd: int, limit: int) -> list[str]:
+    """The first ``limit`` names in the directory ``dir_fd`` (an ``O_PATH`` descriptor): the root
+    is another system's, and a directory of a million entries is read no further than needed."""
     fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        return os.listdir(fd)
+        with os.scandir(fd) as entries:
+            return [e.name for e in itertools.islice(entries, limit)]
     finally:
         os.close(fd)
 
@@ -320,7 +327,13 @@ class RootCheck:
         options = RootOptions.of(entry.options)
         key = (options.root, options.rootflags, release, "$" in entry.options)
         if key not in self._known:
-            self._known[key] = self._finding(options, release, entry)
+            try:
+                found = self._finding(options, release, entry)
+            except ValueError as e:  # a NUL or a lone surrogate in the options: no path names it
+                found = _unknown(f"the entry's root= or rootflags= is no path this host has ({e}); "
+                                 "its lib/modules is not checked")
+            self._known[key] = None if found is None else dataclasses.replace(
+                found, message=_shown(found.message), path=None if found.path is None else _shown(found.path))
         return self._known[key]
 
     def _finding(self, options: RootOptions, release: str, entry: Entry) -> Finding | None:
@@ -372,6 +385,12 @@ class RootCheck:
         that mount); a symlink the file itself is (``vmlinuz -> vmlinuz-6.1.0``) is followed
         only to a name in the same directory. The file need not exist (the path is then where it
         is missing); None when the place cannot be told."""
+        try:
+            return self._locate(file)
+        except ValueError:  # a NUL or a lone surrogate: no file has that name
+            return None
+
+    def _locate(self, file: BootFile) -> Path | None:
         uuid = file.partition.fs_uuid
         target = subvolume_path(file.path)
         if uuid is None or target is None or target == "/":
@@ -615,7 +634,7 @@ def _modules_finding(root: _Root, release: str) -> Finding | None:
                 if (st.st_dev, st.st_ino) in seen:
                     continue  # usrmerge: lib/modules is usr/lib/modules
                 seen.add((st.st_dev, st.st_ino))
-                if _names(found.fd):
+                if _names(found.fd, 1):
                     return None
                 empty.append(shown)
             finally:
@@ -626,7 +645,7 @@ def _modules_finding(root: _Root, release: str) -> Finding | None:
         if isinstance(directory, _Found):
             modules_dirs += 1
             try:
-                held.update(n for n in _names(directory.fd) if n != release)
+                held.update(n for n in _names(directory.fd, _LISTED_RELEASES) if n != release)
             finally:
                 os.close(directory.fd)
     if empty:
@@ -680,8 +699,17 @@ def _sysfs_dev(path: Path) -> int | None:
 
 
 def _is_file_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name \
-        and len(os.fsencode(name)) <= 255
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeEncodeError:
+        return False
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name and size <= 255
+
+
+def _shown(text: str) -> str:
+    """``text`` fit for a terminal, the journal and JSON: what the entry's options or the root's
+    names hold of control characters and undecodable bytes written out as escapes."""
+    return printable(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _unknown(message: str, path: str | None = None) -> Finding:
