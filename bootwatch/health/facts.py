@@ -13,7 +13,8 @@ from its ``.linux`` section's setup header). A UKI's ``.initrd`` modules are its
 :class:`~bootwatch.filestat.StatSignature`, taken from the descriptor before the read) is
 the one its facts were read under, the remembered facts are the answer and the image is not
 opened: a rewrite, a ``touch -r`` (ctime) and a rename over the name (inode) each read it again.
-Not remembered: a check that ran out of time (``incomplete``), a file that cannot be read, and
+Not remembered: a check that ran out of time (``incomplete``), a file that cannot be read (one
+this user may not read is ``skipped``: not checked, not broken), and
 facts read from a file changed less than :data:`bootwatch.scanproof.RACY_MARGIN_NS` before the
 read began (a write in the same clock tick would keep its timestamps: the next check reads it
 again).
@@ -55,7 +56,7 @@ from bootwatch.entries.uki import Section, UkiFormatError, read_uki_at
 from bootwatch.errors import BootwatchError, describe_oserror
 from bootwatch.filestat import StatSignature
 from bootwatch.safety import open_regular, read_bounded
-from bootwatch.verify import ImageCheck, ImageKind, check_open_image, read_failure
+from bootwatch.verify import ImageCheck, ImageKind, Outcome, check_open_image, read_failure
 from bootwatch.verify.initramfs import modules_release
 from bootwatch.verify.kernel import bzimage_release, is_bzimage
 
@@ -135,7 +136,7 @@ class FactsMemo:
                 self.save()
             return None
         except OSError as err:
-            return ImageFacts(read_failure(path, err))
+            return ImageFacts(_unreadable(path, err))
         known = self._memo().get(str(path))
         if known is not None and known[0] == StatSignature.of(st):
             return known[1]
@@ -153,13 +154,13 @@ class FactsMemo:
         except FileNotFoundError:
             return None
         except OSError as err:
-            return ImageFacts(read_failure(path, err))
+            return ImageFacts(_unreadable(path, err))
         with f:
             st = os.fstat(f.fileno())
             try:
                 facts = _facts(path, f, self.runtime_dir, self.timeout)
             except OSError as err:
-                return ImageFacts(read_failure(path, err))
+                return ImageFacts(_unreadable(path, err))
         if not facts.check.incomplete and scanproof.stable([st], started_ns):
             self._memo()[str(path)] = (StatSignature.of(st), facts)
             self._changed = True
@@ -219,6 +220,15 @@ def _linux_release(f: BinaryIO, sections: tuple[Section, ...]) -> str | None:
         return None
     head = os.pread(f.fileno(), 0x1000, linux.offset)
     return bzimage_release(f, head, base=linux.offset) if is_bzimage(head) else None
+
+
+def _unreadable(path: Path, err: OSError) -> ImageCheck:
+    """The check of an image that cannot be read: one this user may not read is not checked
+    (``bootwatch entries`` run by a user, an image root keeps private), not broken."""
+    if isinstance(err, PermissionError):
+        return ImageCheck(ImageKind.UNKNOWN, Outcome.SKIPPED,
+                          f"{path}: not checked: this user may not read it ({os.strerror(err.errno or 0).lower()})")
+    return read_failure(path, err)
 
 
 def _unchanged(path: str, signature: StatSignature) -> bool:

@@ -264,6 +264,30 @@ def test_a_new_process_reads_the_saved_facts_and_no_image(images: Images, tmp_pa
     assert {p: ImageFacts.from_json(f) for p, f in child["facts"].items()} == facts
 
 
+def _as_nobody_facts(runtime: Path, path: Path) -> ImageFacts:
+    """The facts of ``path`` as uid 65534 sees them, with a memo of ``runtime`` (a forked child)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            facts = FactsMemo(runtime).of(path)
+            assert facts is not None
+            os.write(write_end, json.dumps(facts.to_json()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        output = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return ImageFacts.from_json(json.loads(output))
+
+
 def test_a_user_reads_root_s_facts_and_cannot_save(images: Images, tmp_path: Path) -> None:
     """``bootwatch entries`` run by a user: the daemon's memo (root's, mode 0644) is used as it is,
     and the user's cannot be saved (the runtime directory is root's), which is no error."""
@@ -278,6 +302,16 @@ def test_a_user_reads_root_s_facts_and_cannot_save(images: Images, tmp_path: Pat
         opened = _as_nobody(run, [*every, images["truncated"]])
         assert opened == [str(images["truncated"])]  # only what root's memo did not hold
         assert (run / FACTS_NAME).read_bytes() == saved
+        # An image root keeps private is not checked by the user, which is not broken; root's
+        # memo answers for it all the same.
+        private = Path(shutil.copyfile(images[f"kernel-{images.old}"], run / "vmlinuz-private"))
+        private.chmod(0o600)
+        facts = _as_nobody_facts(run, private)
+        assert (facts.check.outcome, facts.check.kind) == (Outcome.SKIPPED, ImageKind.UNKNOWN), facts
+        assert "this user may not read it (permission denied)" in facts.check.message
+        _age(private)
+        assert FactsMemo(run).of(private) == FactsMemo(run).of(images[f"kernel-{images.old}"])
+        assert _as_nobody_facts(run, private).check.ok
     finally:
         shutil.rmtree(run)
 
