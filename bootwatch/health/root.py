@@ -418,6 +418,8 @@ class RootCheck:
         """The device number ``root=`` names, or why it names none here."""
         value = root[len("block:"):] if root.startswith("block:") else root
         tag, sep, tagged = value.partition("=")
+        if sep and tag == "PARTUUID" and "/PARTNROFF=" in tagged:
+            return "a partition counted from another (PARTNROFF=), which bootwatch does not resolve"
         if sep and tag in _TAGS:
             names = [udev_encoded(tagged)]
             if tag in ("UUID", "PARTUUID") and tagged.lower() != tagged:

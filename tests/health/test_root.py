@@ -233,6 +233,7 @@ def test_roots_that_cannot_be_told_are_unknown_and_say_why(btrfs: Btrfs) -> None
         "ro quiet": "name no root=",
         "root=/dev/nfs nfsroot=10.0.0.1:/srv": "a network root",
         "root=zfs:rpool/ROOT/debian": "not a local block device",
+        f"root=PARTUUID={uuid.uuid4()}/PARTNROFF=1": "PARTNROFF=",
         "root=/dev/null": "no block device",
     }
     for options, why in cases.items():
