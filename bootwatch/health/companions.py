@@ -16,27 +16,26 @@ or one that does not start with a SHA-512 HMAC (128 hex digits, what ``sha512hma
 checks), is BROKEN. The HMAC itself is not computed: that would read the kernel at every check.
 
 **Devicetrees.** Every ``devicetree`` (and BLS ``devicetree-overlay``) file must be a flattened
-devicetree: magic ``0xd00dfeed``, and no shorter than the ``totalsize`` its header states (a
-truncated one); a loader refuses anything else, and the kernel gets no hardware description. A
+devicetree, whole (:mod:`bootwatch.verify.devicetree`, read through the image facts, so once per
+content); a loader refuses anything else, and the kernel gets no hardware description. A
 devicetree that is missing is the judge's finding (a file the entry names); one whose place
 cannot be told is not looked at here.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 from bootwatch.entries.model import BootFile, Entry, EntrySource, FileRole
 from bootwatch.errors import BootwatchError, describe_oserror
+from bootwatch.health.facts import FactsMemo
 from bootwatch.health.model import Check, EntryState, Finding
 from bootwatch.safety import open_regular
+from bootwatch.verify import ImageKind
+from bootwatch.verify.devicetree import FDT_MAGIC
 
-FDT_MAGIC = 0xD00DFEED
-FDT_HEADER = struct.Struct(">10I")  # magic, totalsize, ... (the devicetree specification's fdt_header)
 HMAC_READ = 4096  # an HMAC file is one line; more is read of no valid one
 _SHA512_HMAC = re.compile(rb"[0-9a-fA-F]{128}")
 
@@ -107,45 +106,34 @@ def _fips_findings(entry: Entry, kernel: Path | None, release: str | None, boot:
                     "HMAC file", str(path))]
 
 
-def devicetree_problem(path: Path) -> str | None:
-    """What keeps the file at ``path`` from being a flattened devicetree, or None. A missing
-    file is None: the judge reports it."""
-    try:
-        with open(open_regular(path, follow_symlinks=True), "rb") as f:
-            head = f.read(FDT_HEADER.size)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        return None
-    except BootwatchError as e:  # not a regular file
-        return e.message.removeprefix(f"{path}: ")
-    except OSError as e:
-        return f"cannot be read ({describe_oserror(e)})"
-    if len(head) < 4 or struct.unpack(">I", head[:4])[0] != FDT_MAGIC:
-        return f"is not a flattened devicetree (no magic 0x{FDT_MAGIC:08x})"
-    if len(head) < FDT_HEADER.size:
-        return f"is truncated: {size} bytes, shorter than a devicetree header"
-    total = FDT_HEADER.unpack(head)[1]
-    if total > size:
-        return f"is truncated: its header states {total} bytes, the file has {size}"
-    return None
-
-
-def _devicetree_findings(entry: Entry, host_path: Callable[[BootFile], Path | None]) -> list[Finding]:
+def _devicetree_findings(entry: Entry, host_path: Callable[[BootFile], Path | None],
+                         facts: FactsMemo | None) -> list[Finding]:
     findings = []
     for file in entry.files_with_role(FileRole.DEVICETREE):
         path = host_path(file)
-        problem = devicetree_problem(path) if path is not None else None
-        if problem is not None:
-            findings.append(Finding(EntryState.BROKEN, Check.COMPANION,
-                                    f"{path}: the devicetree {problem}; the loader cannot hand it to the kernel",
-                                    str(path)))
+        known = facts.of(path) if path is not None and facts is not None else None
+        if known is None:
+            continue  # missing (the judge's finding), or not placed
+        check = known.check
+        if check.kind is ImageKind.DEVICETREE and not check.failed:
+            continue
+        if check.kind is ImageKind.DEVICETREE:
+            problem = check.message  # "devicetree truncated: ..."
+        elif check.failed:
+            problem = f"the devicetree {check.message.removeprefix(f'{path}: ')}"
+        else:
+            problem = f"is no flattened devicetree (no magic 0x{FDT_MAGIC:08x}), though the entry names it as one"
+        findings.append(Finding(EntryState.BROKEN, Check.COMPANION,
+                                f"{path}: {problem}; the loader cannot hand it to the kernel", str(path)))
     return findings
 
 
 def companion_findings(entry: Entry, kernel: Path | None, *, release: str | None = None, boot: Path = Path("/boot"),
-                       host_path: Callable[[BootFile], Path | None] = lambda f: None) -> list[Finding]:
+                       host_path: Callable[[BootFile], Path | None] = lambda f: None,
+                       facts: FactsMemo | None = None) -> list[Finding]:
     """What is wrong with the companions of ``entry``, whose kernel is the host file ``kernel``
     (None when it has none, or its place cannot be told) of release ``release`` (read from the
     image; None: unknown). ``boot`` is the host's boot directory, ``host_path`` where each of the
-    entry's files is on the host."""
-    return _fips_findings(entry, kernel, release, boot) + _devicetree_findings(entry, host_path)
+    entry's files is on the host, ``facts`` what its images are (a devicetree is read once per
+    content, as every image; without it devicetrees are not looked at)."""
+    return _fips_findings(entry, kernel, release, boot) + _devicetree_findings(entry, host_path, facts)

@@ -100,7 +100,7 @@ class HostCheck:
         release = next((f.facts.release for f in files if f.file.role in (FileRole.KERNEL, FileRole.UKI)
                         and f.facts is not None), None)
         findings += companion_findings(entry, kernel, release=release, boot=self.inventory.roots.boot,
-                                       host_path=lambda f: self.host_path(f) or self.root.locate(f))
+                                       host_path=lambda f: self.host_path(f) or self.root.locate(f), facts=self.facts)
         findings += self._proof(entry)
         findings += self._headroom_findings(entry)
         return EntryHealth.of(entry, findings)

@@ -32,6 +32,7 @@ from typing import BinaryIO, Callable
 from bootwatch.enums import TextEnum
 from bootwatch.errors import NotRegularFileError
 from bootwatch.safety import open_regular
+from bootwatch.verify.devicetree import devicetree_problem, devicetree_summary, is_devicetree
 from bootwatch.verify.fstree import FsCheckFailed, FsCheckSkipped, check_filesystem
 from bootwatch.verify.initramfs import (
     CPIO_MAGICS,
@@ -65,6 +66,7 @@ class ImageKind(TextEnum):
     KERNEL = "kernel"
     UKI = "uki"
     INITRAMFS = "initramfs"
+    DEVICETREE = "devicetree"
     FILESYSTEM = "filesystem"
     UNKNOWN = "unknown"
 
@@ -200,9 +202,18 @@ def _pe(f: BinaryIO, sections: list[PeSection], prefix: str,
     return ImageCheck(ImageKind.UKI, Outcome.OK, message)
 
 
+def _devicetree(head: bytes, size: int) -> ImageCheck:
+    problem = devicetree_problem(head, size)
+    if problem is not None:
+        return ImageCheck(ImageKind.DEVICETREE, Outcome.FAILED, problem)
+    return ImageCheck(ImageKind.DEVICETREE, Outcome.OK, devicetree_summary(head))
+
+
 def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
                 check_deadline: Callable[[], None] | None, on_name: NameSink | None, mount: bool = True) -> ImageCheck:
     head = f.read(HEAD_SIZE)
+    if is_devicetree(head):
+        return _devicetree(head, size)
     try:
         if is_bzimage(head):
             summary = bzimage_summary(head, size)

@@ -12,6 +12,7 @@ that room).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -145,6 +146,12 @@ def test_a_restore_that_would_leave_no_room_for_one_more_kernel_is_refused(boot_
         assert rc == 1, out + err
         assert "RESTORE_REFUSED" in err and str(kernel) in err and "Traceback" not in err, err
         assert not kernel.exists() and leftovers(tree.boot) == []
+
+        # 'bootwatch entries' shows the headroom finding on the entry that needs the file.
+        rc, out, err = tree.cli("entries", "--json")
+        shown = {e["id"]: e for e in json.loads(out)["entries"]}
+        assert [f["state"] for f in shown[f"{old}.conf"]["findings"] if f["check"] == "headroom"] == ["AT_RISK"], out
+        assert not [f for f in shown[f"{new}.conf"]["findings"] if f["check"] == "headroom"], out
 
         # The entry is AT_RISK for it; the other entry's /boot still has the room.
         verdicts = health(tree)

@@ -165,12 +165,12 @@ def test_devicetrees_must_be_flattened_devicetrees(boot_tree: BootTree, pair: tu
         install(tree, pair, name, "ro", devicetree=f"/{name}.dtb")
     verdicts = health(tree)
     assert companions(verdicts["good.conf"]) == []
-    expected = {"cut": "is truncated: its header states", "text": "is not a flattened devicetree (no magic 0xd00dfeed)",
-                "dir": "is a directory"}
+    expected = {"cut": "devicetree truncated: its header states", "dir": "the devicetree is a directory",
+                "text": "is no flattened devicetree (no magic 0xd00dfeed)"}
     for name, problem in expected.items():
         [(state, message)] = companions(verdicts[f"{name}.conf"])
         assert state is EntryState.BROKEN and verdicts[f"{name}.conf"].state is EntryState.BROKEN
-        assert message.startswith(f"{tree.boot / (name + '.dtb')}: the devicetree {problem}"), message
+        assert message.startswith(f"{tree.boot / (name + '.dtb')}: {problem}"), message
     # A missing one is the judge's finding on the files the entry names, not a second one here.
     gone = verdicts["gone.conf"]
     assert companions(gone) == [] and gone.state is EntryState.BROKEN
