@@ -6,7 +6,12 @@ line as a child process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +99,105 @@ def test_a_corrupted_stored_proof_is_no_exception(boot_tree: BootTree) -> None:
     result.write_text(json.dumps(data).replace(json.dumps(data["started"]), "1e999", 1))
     (health,) = check_host(cache, cache.read_inventory(), FactsMemo(tree.root / "run")).all()
     assert health.state.value in ("BROKEN", "BOOTABLE")
+
+
+# ------------------------------------------------------------------------------ headroom
+
+Pair = tuple[str, Path, Path]  # release, vmlinuz, its mkinitramfs image
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[Pair]:
+    """Two real kernels (Debian's cloud flavour, two versions) and mkinitramfs images of each."""
+    from realboot.grub_mkconfig import Unavailable, extracted_kernel, kernel_debs
+    from realboot.initramfs_build import mkinitramfs_image
+    try:
+        found = []
+        for deb in kernel_debs(2):
+            kernel = extracted_kernel(deb)
+            found.append((kernel.version, kernel.boot / f"vmlinuz-{kernel.version}", mkinitramfs_image(deb)))
+        return found
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+@contextlib.contextmanager
+def small_boot(tree: BootTree, size: str = "64m") -> Iterator[Path]:
+    """A tmpfs of ``size`` as the tree's boot directory, with its (empty) entries directory."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs as /boot: needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(tree.boot)],
+                   check=True, capture_output=True)
+    try:
+        tree.entries.mkdir(parents=True)
+        yield tree.boot
+    finally:
+        if subprocess.run(["umount", str(tree.boot)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(tree.boot)], check=True)
+
+
+@contextlib.contextmanager
+def real_root(tree: BootTree, *releases: str) -> Iterator[str]:
+    """A loop-mounted ext4 holding the releases' modules: root= of a good entry (tests/realboot/loop_root.py)."""
+    from realboot.grub_mkconfig import Unavailable
+    from realboot.loop_root import loop_root
+    try:
+        with loop_root(tree.root, releases) as device:
+            yield device
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+def free(directory: Path) -> int:
+    vfs = os.statvfs(directory)
+    return vfs.f_bfree * vfs.f_frsize
+
+
+def leave_free(tree: BootTree, wanted: int) -> None:
+    """Grow the filler (a file no entry names) so that ``wanted`` bytes stay free."""
+    filler = tree.boot / "filler"
+    size = filler.stat().st_size if filler.exists() else 0
+    new_size = size + free(tree.boot) - wanted
+    assert new_size >= size, f"{tree.boot} has less than {wanted} bytes free"
+    with open(filler, "ab") as f:
+        f.write(b"\1" * (new_size - size))
+    assert free(tree.boot) == wanted
+
+
+def blocks(path: Path) -> int:
+    return -(-path.stat().st_size // 4096) * 4096
+
+
+def install_one(tree: BootTree, pair: Pair, root: str) -> Path:
+    release, vmlinuz, initrd = pair
+    shutil.copyfile(vmlinuz, tree.boot / f"vmlinuz-{release}")
+    shutil.copyfile(initrd, tree.boot / f"initrd.img-{release}")
+    tree.write_entry(release, linux=f"/vmlinuz-{release}", initrd=[f"/initrd.img-{release}"],
+                     lines=[("options", f"root={root} ro")])
+    return tree.boot / f"vmlinuz-{release}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the host's only entry, its kernel deleted and its restore refused by the "
+                   "headroom rule, is AT_RISK ('it boots today'), so 'entries --check' exits 0 for a host that "
+                   "cannot boot at all, and its file finding says to run 'bootwatch restore KEY', the very "
+                   "command the rule refuses (judge.HostCheck._missing does not ask the headroom rule)")
+def test_the_only_kernel_its_restore_refused_fails_the_check(boot_tree: BootTree, pairs: list[Pair]) -> None:
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    with real_root(tree, release) as root, small_boot(tree):
+        kernel = install_one(tree, pairs[-1], root)
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        kernel.unlink()  # the package manager's removal, the entry still there
+        needed = blocks(vmlinuz) + blocks(initrd)
+        leave_free(tree, needed + blocks(vmlinuz) - MIB)  # restoring it leaves 1 MiB short of one more
+        rc, _, err = tree.cli("restore", f"/vmlinuz-{release}")
+        assert rc == 1 and "not restoring it" in err, err
+        assert not kernel.exists()
+        rc, shown, err = _entries(tree, "--check")
+        entry = shown[f"{release}.conf"]
+        advice = [f["message"] for f in entry["findings"] if f"bootwatch restore /vmlinuz-{release}" in f["message"]]
+        assert entry["state"] == "BROKEN" and rc == 1, entry
+        assert advice == [], advice
+
