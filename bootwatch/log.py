@@ -110,6 +110,7 @@ class Event(enum.Enum):
     ENTRY_AT_RISK = "f485a98c00c245ffb28ef2fe94703389"
     ENTRY_RECOVERED = "6bee60758ca04e5b855144a33f2550f1"
     RESTORE_REFUSED = "c5266cdb333b49a2930b786f31b67314"
+    PROOF_FAILED = "512a20ca6cfc491796fd2e743f11d732"
 
     @property
     def message_id(self) -> str:
@@ -447,7 +448,7 @@ class EventFields(TypedDict, total=False):
     leaves the field out. Users filter the journal by these names: never rename one.
     """
 
-    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES: why
+    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES, PROOF_FAILED: why
     previous_image_id: str | None  # IMAGE_CHANGED
     references: int  # IMAGE_MISSING, RESTORE_REFUSED: how many boot entries name the path
     job: str  # JOB_FAILED
@@ -458,7 +459,7 @@ class EventFields(TypedDict, total=False):
     recorded_mode: str  # RESTORE_ATTRIBUTES_REFUSED: octal
     recorded_uid: int  # RESTORE_ATTRIBUTES_REFUSED
     recorded_gid: int  # RESTORE_ATTRIBUTES_REFUSED
-    entry: str  # ENTRY_*: the boot entry as SOURCE:ID ("bls:fedora-6.1.conf")
+    entry: str  # ENTRY_*, PROOF_FAILED: the boot entry as SOURCE:ID ("bls:fedora-6.1.conf")
     title: str  # ENTRY_*: the entry's title
     findings: str  # ENTRY_*: why it is in its state, one finding per line
     previous_state: str  # ENTRY_RECOVERED: the state it was reported in (BROKEN, AT_RISK)

@@ -1,4 +1,4 @@
-"""The daemon's scheduled maintenance: clean, gc, verify and rescan, on APScheduler 3.x.
+"""The daemon's scheduled maintenance: clean, gc, verify, rescan and the boot proofs, on APScheduler 3.x.
 
 **Schedule.** Each job runs on an interval trigger with ``coalesce=True`` (runs that piled up
 are one run), ``max_instances=1`` (a run that is due while the previous one is still going is
@@ -15,6 +15,10 @@ at least a minute, at most the interval) and re-hashes the least recently verifi
 ``ceil(n * period / interval)`` images, so a day's worth of reading is spread over the day. The
 time of the last verification is in the index, so the order survives restarts. Hashing runs
 without the cache lock (images are never written in place); the results are recorded under it.
+
+**Run now.** A job the daemon supplies can be asked to run at once (:meth:`MaintenanceScheduler.run_now`:
+the boot proof job after a batch cached a new kernel), and added or removed while the scheduler runs
+(a reload that turns it on or off); its interval is then the safety net.
 
 **Failures.** A job that raises is logged once, with its traceback, as ``Event.JOB_FAILED``
 (an ``EVENT_JOB_ERROR`` listener); the scheduler and the daemon go on. APScheduler's own copy of
@@ -67,7 +71,7 @@ from bootwatch.errors import (
 )
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event
 
-JOB_NAMES = ("clean", "gc", "verify", "rescan")
+JOB_NAMES = ("clean", "gc", "verify", "rescan", "prove")
 # The job store every job is added to (APScheduler's memory store under its default name): the
 # executor hands it to run_job() for the events it makes.
 JOBSTORE = "default"
@@ -210,10 +214,10 @@ class _ThreadExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3.x sh
 
 
 class MaintenanceScheduler:
-    """The clean, gc, verify and (when the daemon gives it) rescan jobs on their intervals.
+    """The clean, gc, verify and (when the daemon gives them) rescan and prove jobs on their intervals.
 
     ``jobs`` maps a name from :data:`JOB_NAMES` to the callable to run; a name mapped to None is
-    not scheduled. clean, gc and verify have defaults; rescan runs only if given.
+    not scheduled. clean, gc and verify have defaults; rescan and prove run only if given.
     ``on_job_done(name, duration_seconds, ok)`` is called in the job's thread after every run
     (for metrics); ``on_verified(results)`` after every verify slice that the default verify ran.
     """
@@ -237,7 +241,7 @@ class MaintenanceScheduler:
         self._problems: dict[str, str] = {}  # job name -> the BootwatchError it last failed with
         self._problems_lock = threading.Lock()
         defaults: dict[str, Job | None] = {"clean": self.clean, "gc": self.gc, "verify": self._verify_job,
-                                           "rescan": None}
+                                           "rescan": None, "prove": None}
         for name in (jobs or {}):
             if name not in JOB_NAMES:
                 raise ValueError(f"unknown job {name!r}; expected one of {', '.join(JOB_NAMES)}")
@@ -253,10 +257,13 @@ class MaintenanceScheduler:
                                                             "misfire_grace_time": None})
         self._scheduler.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         for name, func in self.jobs.items():
-            self._scheduler.add_job(self._wrap(name, func), IntervalTrigger(seconds=self.intervals[name],
-                                                                             timezone=timezone.utc),
-                                    id=name, name=name, jobstore=JOBSTORE, coalesce=True, max_instances=1,
-                                    misfire_grace_time=None)
+            self._add(name, func)
+
+    def _add(self, name: str, func: Job) -> None:
+        self._scheduler.add_job(self._wrap(name, func), IntervalTrigger(seconds=self.intervals[name],
+                                                                         timezone=timezone.utc),
+                                id=name, name=name, jobstore=JOBSTORE, coalesce=True, max_instances=1,
+                                misfire_grace_time=None)
 
     # ---------------------------------------------------------------- control
 
@@ -278,6 +285,23 @@ class MaintenanceScheduler:
         self.logger.warning("jobs still running after %.1fs, abandoned: %s", timeout,
                             ", ".join(self._executor.running()))
         return False
+
+    def add_job(self, name: str, func: Job) -> None:
+        """Schedule a job the daemon supplies (one of :data:`JOB_NAMES` not scheduled now)."""
+        if name not in JOB_NAMES or name in self.jobs:
+            raise ValueError(f"job {name!r} is unknown or scheduled already")
+        self.jobs[name] = func
+        self._add(name, func)
+
+    def remove_job(self, name: str) -> None:
+        """Stop scheduling ``name``; a run in progress goes on (the daemon tells it to stop)."""
+        if self.jobs.pop(name, None) is not None:
+            self._scheduler.remove_job(name)
+
+    def run_now(self, name: str) -> None:
+        """Run ``name`` as soon as the scheduler can (skipped, like a due run, while one is running)."""
+        if name in self.jobs:
+            self._scheduler.modify_job(name, next_run_time=datetime.now(timezone.utc))
 
     def reschedule(self, config: Config) -> None:
         """Apply the intervals of a reloaded configuration (the jobs stay the same).
@@ -301,6 +325,7 @@ class MaintenanceScheduler:
             "gc": config.jobs.gc_interval,
             "verify": settings.verify_period,
             "rescan": config.watch.rescan_interval,
+            "prove": config.watch.rescan_interval,  # the safety net of its runs asked for by batches
         }
 
     # ---------------------------------------------------------------- plumbing

@@ -13,6 +13,15 @@ check.
 
 Counters (``_total``) count from the daemon's start, as Prometheus expects of a process's
 counters; ``rate()`` handles the reset at a restart.
+
+Boot proofs (:func:`proof_samples`), read from the proof store at every write, so a ``bootwatch
+prove`` run by hand shows up too: per entry of the inventory (label ``entry="SOURCE:ID"``, as
+the journal and ``bootwatch prove`` name it, escaped as every label value is),
+``bootwatch_entry_last_proof_timestamp_seconds`` is when its stored proof started, whatever
+its verdict and whatever files it booted; ``bootwatch_entry_proof_passed`` is 1 (passed) or 0
+(failed) only while that proof is of the files the entry names now and was run: an entry whose
+kernel was replaced since, or whose proof was not run (no qemu, another architecture), has no
+sample, so ``bootwatch_entry_proof_passed == 0`` is a proof that fails for the entry as it is.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from bootwatch import __version__
 from bootwatch.atomic import write_atomically
 from bootwatch.cache.operations import BootCache, ImageVerification, PathState, PathStatus
 from bootwatch.cache.pins import count_pins
+from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.summary import Census
 from bootwatch.errors import BootwatchError, describe_oserror
 from bootwatch.health.model import EntryState
 from bootwatch.health.summary import STATES as HEALTH_STATES
+from bootwatch.prove.proof import ProofStore, Verdict, entry_files
 
 PREFIX = "bootwatch_"
 STATES = tuple(PathState)
@@ -62,6 +73,32 @@ class CacheListing:
             return cls(cache.list())
         except BootwatchError as e:
             return cls([], e)
+
+
+@dataclass(frozen=True)
+class ProofSample:
+    """The stored boot proof of one entry, as the metrics show it."""
+
+    entry: str
+    """``SOURCE:ID``"""
+    started: float
+    passed: bool | None
+    """None: not run, or of files the entry no longer names."""
+
+
+def proof_samples(store: ProofStore, inventory: Inventory | None) -> list[ProofSample]:
+    """The stored proofs of the entries of ``inventory`` (none without one)."""
+    samples: list[ProofSample] = []
+    if inventory is None:
+        return samples
+    for entry in inventory.entries:
+        proof = store.load(entry)
+        if proof is None:
+            continue
+        current = proof.verdict is not Verdict.NOT_RUN and proof.is_of(entry_files(inventory, entry))
+        samples.append(ProofSample(f"{entry.source.value}:{entry.id}", proof.started,
+                                   proof.verdict is Verdict.PASSED if current else None))
+    return samples
 
 
 def escape_label_value(value: str) -> str:
@@ -143,9 +180,10 @@ class Metrics:
     # ---------------------------------------------------------------- rendering
 
     def render(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None,
-               census: Census | None = None) -> str:
+               census: Census | None = None, proofs: Sequence[ProofSample] = ()) -> str:
         """The whole file. ``listing`` is the cache's read now, if the caller has one (else it is
-        read here); ``pins_count`` and ``census`` (the boot entries) likewise."""
+        read here); ``pins_count`` and ``census`` (the boot entries) likewise. ``proofs``: the
+        boot proofs of the entries (:func:`proof_samples`)."""
         out = Exposition()
         out.family("info", "gauge", "bootwatch version (always 1).", [((("version", __version__),), 1)])
         _render_listing(out, listing if listing is not None else CacheListing.read(cache))
@@ -167,6 +205,7 @@ class Metrics:
                 pins_count = None
         if pins_count is not None:
             out.family("pins", "gauge", "Pin links in <cache>/links (live or not yet collected).", [((), pins_count)])
+        _render_proofs(out, proofs)
         self._render_recorded(out)
         return out.text()
 
@@ -204,14 +243,14 @@ class Metrics:
                    [((("job", name),), s.last_ok) for name, s in jobs])
 
     def write(self, cache: BootCache, pins_count: int | None = None, listing: CacheListing | None = None,
-              census: Census | None = None) -> bool:
+              census: Census | None = None, proofs: Sequence[ProofSample] = ()) -> bool:
         """Replace the text file atomically; False if no text file is configured.
 
         Raises :class:`BootwatchError` if it cannot be written (the daemon logs it and goes on).
         """
         if self.textfile is None:
             return False
-        data = self.render(cache, pins_count, listing, census).encode()
+        data = self.render(cache, pins_count, listing, census, proofs).encode()
         try:
             # 0644 whatever the umask: node_exporter runs as another user
             write_atomically(self.textfile, data, mode=0o644, prefix=f".{self.textfile.name}.tmp.")
@@ -260,6 +299,16 @@ def _render_entries(out: Exposition, census: Census) -> None:
                "1 while no boot entry was found (no entry source, or every one found holds none; the journal "
                "says what was looked at), else 0.",
                [((), census.warning is not None)])
+
+
+def _render_proofs(out: Exposition, proofs: Sequence[ProofSample]) -> None:
+    out.family("entry_last_proof_timestamp_seconds", "gauge",
+               "When the stored boot proof of each entry started (Unix time), whatever its verdict and files.",
+               [((("entry", p.entry),), p.started) for p in proofs])
+    out.family("entry_proof_passed", "gauge",
+               "1 if the boot proof of each entry passed, 0 if it failed; only for a proof that ran and is of the "
+               "files the entry names now.",
+               [((("entry", p.entry),), p.passed) for p in proofs if p.passed is not None])
 
 
 def _image_files(cache: BootCache) -> tuple[int, int]:

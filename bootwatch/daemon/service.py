@@ -19,7 +19,9 @@ it a :data:`Message` on one queue and reads at most what the worker publishes fo
   watches) and reloads are messages too;
 - the **scheduler** (APScheduler) runs the maintenance jobs in threads of their own; they take
   the cache lock like any other writer, and report their runs (:class:`JobDone`,
-  :class:`Verified`) and rescan requests as messages.
+  :class:`Verified`) and rescan requests as messages. With ``[prove] on_new_kernel``, the boot
+  proof job (:mod:`bootwatch.daemon.proofjob`) is one of them: a batch that cached or changed
+  an image hands it the keys and asks for a run; it never holds up a batch.
 
 Start-up order: watches are armed *before* the first reconcile, so that nothing changed during
 the reconcile goes unseen, and ``READY=1`` is sent only after both. Every resource is entered
@@ -57,8 +59,9 @@ from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
 from bootwatch.config import Config, load_config
 from bootwatch.daemon.health import HealthWatch
 from bootwatch.daemon.jobs import MaintenanceScheduler
-from bootwatch.daemon.metrics import CacheListing, Metrics
+from bootwatch.daemon.metrics import CacheListing, Metrics, proof_samples
 from bootwatch.daemon.notify import SystemdNotifier
+from bootwatch.daemon.proofjob import ProofJob
 from bootwatch.daemon.status import DaemonStatus, load_status, status_path, write_status
 from bootwatch.daemon.watcher import Change, ChangeKind, EntryLocations, Watcher
 from bootwatch.entries.inventory import Inventory
@@ -67,6 +70,7 @@ from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.health.summary import count_states
 from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
+from bootwatch.prove.proof import ProofStore
 from bootwatch.verify.mount import sweep_stale_mounts
 
 log = logging.getLogger("bootwatch.daemon.service")
@@ -329,6 +333,11 @@ class Daemon:
         self.health_time = 0.0
         # The boot entries a batch read while more work waited: judged once the worker is idle.
         self.health_due: Inventory | None = None
+        # The boot entries as the last pass read them, entry by entry (the worker's: the proof metrics).
+        self.inventory: Inventory | None = None
+        self.last_change = 0.0  # time.monotonic() of the last change the worker took in (read by the proof job)
+        # The boot proof job, while [prove] on_new_kernel is on (the worker's; see _configure_proofs).
+        self.proof_job: ProofJob | None = None
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
         self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
         # The entry sources' directories as _classify compares names with them (as given and
@@ -356,6 +365,7 @@ class Daemon:
             for stale in sweep_stale_mounts(Path(self.config.paths.runtime)):
                 log.info("removed the stale verification mount point %s", stale)
             self.reconciler = self._new_reconciler(self.config)
+            self._configure_proofs(new_cache=False)
             stack.callback(self._remove_own_status_file)
             self.watcher.start()
             stack.callback(self.watcher.stop)
@@ -474,7 +484,9 @@ class Daemon:
             inputs = self.reconciler.last_inputs  # what a complete pass read (None: it was cut short)
             self._after_batch(report, full=True, inventory=inputs.inventory if inputs is not None else None)
             stack.callback(self._stop_scheduler)
+            stack.callback(self._cancel_proofs)  # first: the scheduler's stop waits for the job
             self._start_scheduler()
+            self._ask_for_proofs()  # of what the first reconcile cached
             self.status.state = "running"
             self._write_status()
             log_event(log, Event.DAEMON_STARTED, "watching %s (%s; cache %s): %d paths examined, %d hashed",
@@ -687,6 +699,7 @@ class Daemon:
         """Add a message to the batch (True), or handle one that is not a change (False)."""
         if isinstance(message, Change):
             batch.changes += 1
+            self.last_change = time.monotonic()
             self._classify(batch, message)
             return True
         if isinstance(message, JobDone):
@@ -873,6 +886,7 @@ class Daemon:
             self._retry_later(Change(ChangeKind.CLOSED, str(self.cache.boot_dir) + path), key=path)
         for path in set(report.cached) | set(report.changed) | set(report.restored):
             self.retries.pop(path, None)
+        self._note_new_images(report)
         busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
         # The boot entries: as the pass read them; read here only when it did not.
@@ -882,6 +896,7 @@ class Daemon:
         if census is not None:
             self._note_entries(census)
         if inventory is not None:
+            self.inventory = inventory  # for the proof metrics of a later job's write
             if busy and now - self.health_time < COUNTS_REFRESH:
                 self.health_due = inventory  # once the worker is idle (_worker_loop)
             else:
@@ -1005,6 +1020,7 @@ class Daemon:
         self.reconciler.reported_missing = reported
         if new.metrics.textfile != old.metrics.textfile:
             self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
+        self._configure_proofs(new_cache=new_cache is not None)
         if self.scheduler is not None:
             if new_cache is not None:  # the jobs hold the old cache: a new scheduler for the new one
                 self._stop_scheduler()
@@ -1049,6 +1065,47 @@ class Daemon:
 
     # ---------------------------------------------------------------- jobs and metrics (worker)
 
+    def _configure_proofs(self, *, new_cache: bool) -> None:
+        """The proof job as ``[prove] on_new_kernel`` says (at start and at a reload): made, or
+        cancelled (its VM killed) and dropped. A new cache needs a new job (and a new scheduler,
+        which takes it); what the old one had pending is kept."""
+        old = self.proof_job
+        wanted = self.config.prove.on_new_kernel
+        if old is not None and (not wanted or new_cache):
+            old.cancel()
+            self.proof_job = None
+            if self.scheduler is not None and not new_cache:
+                self.scheduler.remove_job("prove")
+            log.info("boot proofs of new kernels: off" if not wanted else "boot proofs: moved to the new cache")
+        if wanted and self.proof_job is None:
+            job = ProofJob(self.cache, ProofStore(self.config.paths.runtime), settings=self._job_config,
+                           quiet=self._quiet, logger=log)
+            if old is not None:
+                job.take_over(old)
+            self.proof_job = job
+            if self.scheduler is not None and not new_cache:
+                self.scheduler.add_job("prove", job.run)
+            if old is None:
+                log.info("boot proofs of new kernels: on (%s)", ProofStore(self.config.paths.runtime).directory)
+
+    def _job_config(self) -> Config:
+        """The configuration a job run starts with: the scheduler's, swapped whole by a reload."""
+        return self.scheduler.settings.config if self.scheduler is not None else self.config
+
+    def _quiet(self) -> bool:
+        """No change in hand or waiting, and none for ``[watch] settle`` (read by the proof job)."""
+        return (self.busy_since is None and self.messages.work_pending == 0
+                and time.monotonic() - self.last_change >= self.config.watch.settle)
+
+    def _note_new_images(self, report: ReconcileReport) -> None:
+        """Hand the proof job what a pass cached or saw change, and ask for a run if one is needed."""
+        if self.proof_job is not None and self.proof_job.note_images([*report.cached, *report.changed]):
+            self._ask_for_proofs()
+
+    def _ask_for_proofs(self) -> None:
+        if self.scheduler is not None and self.proof_job is not None and self.proof_job.pending:
+            self.scheduler.run_now("prove")
+
     def _start_scheduler(self) -> None:
         messages = self.messages
 
@@ -1056,10 +1113,15 @@ class Daemon:
             messages.put(Verified(tuple(results)))
 
         self.scheduler = MaintenanceScheduler(
-            self.config, self.cache, jobs={"rescan": lambda: messages.put(Request.RESCAN)},
+            self.config, self.cache, jobs={"rescan": lambda: messages.put(Request.RESCAN),
+                                           "prove": self.proof_job.run if self.proof_job is not None else None},
             on_job_done=lambda name, duration, ok: messages.put(JobDone(name, duration, ok)),
             on_verified=on_verified, logger=log, io_errors=self.io_errors)
         self.scheduler.start()
+
+    def _cancel_proofs(self) -> None:
+        if self.proof_job is not None:
+            self.proof_job.cancel()  # its VM is killed now, not after the jobs' stop timeout
 
     def _stop_scheduler(self) -> None:
         if self.scheduler is not None:
@@ -1069,6 +1131,11 @@ class Daemon:
     def _on_job_done(self, done: JobDone) -> None:
         if done.ok:
             self._clear_io_errors()
+        if done.name == "prove" and self.inventory is not None:
+            # A failed proof of an entry's current files makes it BROKEN: STATUS, the journal and
+            # the metrics say so now, not at the next batch.
+            self._check_health(self.inventory)
+            self.publish_status()
         if self.metrics is not None:
             self.metrics.record_job(done.name, done.duration, done.ok)
             self._write_metrics(full=False)
@@ -1080,7 +1147,8 @@ class Daemon:
                 self.metrics.record_reconcile(self.status.last_reconcile)
             # A job's report reuses the boot entries of the last pass rather than reading them again.
             self.metrics.write(self.cache, pins_count=count_pins(self.cache), listing=listing,
-                               census=census if census is not None else self.census)
+                               census=census if census is not None else self.census,
+                               proofs=proof_samples(ProofStore(self.config.paths.runtime), self.inventory))
         except (OSError, BootwatchError) as e:
             log.warning("cannot write metrics to %s: %s", self.config.metrics.textfile, e)
 
