@@ -348,10 +348,13 @@ def print_daemon_status(status: DaemonStatus) -> None:
         print(f"                  hint: {NO_ENTRIES_HINT}")
     if status.entries_by_state is not None:
         print(f"  entry health:   {status.states_text() or 'no boot entries'}")
+        # The entries to act on by name; the UNKNOWN ones (a root that cannot be told, on every
+        # snapshot entry of some hosts) are counted, and 'bootwatch entries' says why.
         from bootwatch.health.model import EntryState
+        named = (EntryState.BROKEN, EntryState.AT_RISK)
         states = [(EntryState(state), name) for name, state in (status.entry_states or {}).items()]
         for state, name in sorted(states, key=lambda s: (-s[0].rank, s[1])):
-            if state is not EntryState.BOOTABLE:
+            if state in named:
                 print(f"                  {state} {name} (see 'bootwatch entries')")
     print(f"  last reconcile: {format_time(status.last_reconcile)}")
     print(f"  last batch:     {format_time(status.last_batch)}")

@@ -233,6 +233,9 @@ def test_a_file_only_the_cache_holds_makes_the_entry_at_risk_logged_once(
         daemon.signal(signal.SIGHUP)  # another pass: still AT_RISK, not logged again
         daemon.wait_ready(timeout=60)
         wait_status(daemon, lambda s: "1 AT_RISK" in s)
+        text = run_with_config(config, "status").stdout
+        assert "  entry health:   1 bootable, 1 AT_RISK\n" in text, text
+        assert "AT_RISK bls:b.conf (see 'bootwatch entries')" in text, text
         restore = run_with_config(config, "restore", "/initrd-b.img")
         assert restore.returncode == 0, restore.stdout + restore.stderr
         wait_status(daemon, lambda s: "2 boot entries (bls 2): 2 bootable; " in s)
