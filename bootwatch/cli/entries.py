@@ -9,12 +9,12 @@ reading its images).
 The ``--json`` document (an interface, documented in the README; keys are only ever added):
 
     {"summary": "5 boot entries (grub 4, bls 1)",
-     "states": {"BOOTABLE": 4, "AT_RISK": 0, "UNKNOWN": 0, "BROKEN": 1},
+     "states": {"BOOTABLE": 4, "UNKNOWN": 0, "AT_RISK": 0, "BROKEN": 1},
      "sources": [{"source", "location", "state": "read"|"missing"|"unknown", "reason", "entries",
                   "refused"}],
      "entries": [{"id", "source", "title", "version", "options",
                   "files": [{"path", "role", "partition", "fs_uuid", "key", "cached", "present"}],
-                  "state": "BOOTABLE"|"AT_RISK"|"UNKNOWN"|"BROKEN",
+                  "state": "BOOTABLE"|"UNKNOWN"|"AT_RISK"|"BROKEN",
                   "findings": [{"state", "check", "message", "path"}]}]}
 
 ``states`` counts the entries by state, every state present. An entry's ``state`` is the worst

@@ -218,7 +218,7 @@ class Metrics:
             jobs = sorted((name, _JobStats(**vars(stats))) for name, stats in self._jobs.items())
         if entries_by_state is not None:
             out.family("entries_by_state", "gauge",
-                       "Boot entries by health state (BOOTABLE, AT_RISK, UNKNOWN, BROKEN; every state always "
+                       "Boot entries by health state (BOOTABLE, UNKNOWN, AT_RISK, BROKEN; every state always "
                        "present) as the daemon's last health pass found them; 'bootwatch entries' says why.",
                        [((("state", state.value),), count) for state, count in entries_by_state.items()])
         if reconcile is not None:

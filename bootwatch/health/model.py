@@ -3,11 +3,15 @@
 The states, worst first (an entry's state is the worst of its findings', BOOTABLE without any):
 
 * ``BROKEN``: it will not boot; a finding says why;
-* ``UNKNOWN``: a part of it cannot be checked; the finding says which. It ranks above AT_RISK
-  because an entry with an unchecked part cannot be said to boot today;
-* ``AT_RISK``: it boots today but depends on something that can go (a file only the cache still
-  has, no headroom on its partition);
+* ``AT_RISK``: as far as it can be checked it boots today, but it depends on something that can
+  go (a file only the cache still has, no headroom on its partition);
+* ``UNKNOWN``: a part of it cannot be checked; the finding says which;
 * ``BOOTABLE``: every check passed.
+
+AT_RISK ranks above UNKNOWN: a risk bootwatch knows of is something a sysadmin can act on, and
+it must not hide behind a part that cannot be checked (on hosts where every snapshot entry's
+root is UNKNOWN, a kernel only the cache holds would otherwise never be reported). The findings
+list both.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from bootwatch.enums import TextEnum
 
 class EntryState(TextEnum):
     BOOTABLE = "BOOTABLE"
-    AT_RISK = "AT_RISK"
     UNKNOWN = "UNKNOWN"
+    AT_RISK = "AT_RISK"
     BROKEN = "BROKEN"
 
     @property
@@ -32,7 +36,7 @@ class EntryState(TextEnum):
         return _RANK[self]
 
 
-_RANK = {EntryState.BOOTABLE: 0, EntryState.AT_RISK: 1, EntryState.UNKNOWN: 2, EntryState.BROKEN: 3}
+_RANK = {EntryState.BOOTABLE: 0, EntryState.UNKNOWN: 1, EntryState.AT_RISK: 2, EntryState.BROKEN: 3}
 
 
 class Check(TextEnum):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from bootwatch.health.model import EntryHealth, EntryState
 
 STATES = tuple(sorted(EntryState, key=lambda s: s.rank))
-"""Best first: BOOTABLE, AT_RISK, UNKNOWN, BROKEN."""
+"""Best first: BOOTABLE, UNKNOWN, AT_RISK, BROKEN."""
 
 
 def count_states(healths: Iterable[EntryHealth]) -> dict[EntryState, int]:
