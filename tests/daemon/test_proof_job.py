@@ -190,6 +190,11 @@ def test_sigterm_during_a_proof_kills_and_reaps_the_vm(boot_tree: BootTree, kern
     with DaemonProcess(config_for(tree, textfile, on_new_kernel=True, accel="tcg", timeout="10m"), tree.root) as daemon:
         daemon.wait_ready()
         vm = _ticking(tree, kernel, daemon)
+        # A proof never holds up a batch: another kernel is cached while the VM runs.
+        (tree.boot / "vmlinuz-meanwhile").write_bytes(b"\x02" * 4096)
+        tree.write_entry("meanwhile", linux="/vmlinuz-meanwhile")
+        wait_for(lambda: "/vmlinuz-meanwhile" in tree.cli("list")[1], timeout=30, what="the kernel cached meanwhile")
+        assert vms_using(tree.root) == [vm]
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert daemon.proc.wait(30) == 0
