@@ -252,3 +252,29 @@ def test_an_entry_named_in_no_utf8_is_proved_as_any_other(boot_tree: BootTree, p
     assert "internal error" not in err, err
     assert rc == 0, out + err
     assert len(list((runtime / "proofs").glob("*.json"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="an xz initramfs with xz's default integrity check (CRC64) passes the format "
+                   "check ('initramfs: xz, N entries') and the entry has no format finding, but the kernel's xz "
+                   "decoder takes only CRC32 or none (hence mkinitramfs's and dracut's --check=crc32): 'Initramfs "
+                   "unpacking failed: Input was encoded with settings that are not supported by this XZ decoder', "
+                   "a panic (bootwatch prove shows it). verify/initramfs should read the stream flags' check type")
+def test_an_xz_initramfs_the_kernel_cannot_unpack_is_broken(boot_tree: BootTree, pairs: list[Pair]) -> None:
+    if not (shutil.which("xz") and shutil.which("zstd")):
+        pytest.skip("needs xz and zstd")
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    _runtime_config(tree)
+    with real_root(tree, release) as root:
+        install_one(tree, pairs[-1], root)
+        target = tree.boot / f"initrd.img-{release}"
+        plain = subprocess.run(["zstd", "-dcq", str(initrd)], check=True, capture_output=True).stdout
+        packed = subprocess.run(["xz", "-0", "-q", "-c"], input=plain, check=True, capture_output=True).stdout
+        target.write_bytes(packed)
+        if shutil.which("qemu-system-x86_64"):  # the boot itself fails
+            rc, out, err = tree.cli("prove", f"{release}.conf", timeout=300)
+            assert rc == 1 and "Initramfs unpacking failed" in out, out + err
+        _, shown, _ = _entries(tree)
+    entry = shown[f"{release}.conf"]
+    assert [f["state"] for f in entry["findings"] if f["check"] == "format"] == ["BROKEN"], entry
