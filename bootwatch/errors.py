@@ -229,13 +229,22 @@ def describe_oserror(err: OSError, *, path: StrPath | None = None) -> str:
 
 
 # C0 controls, DEL and C1 controls: what a terminal may take as the start of an escape sequence.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str, *, lines: bool = False) -> str:
     """``text`` with every control character written as ``\\xNN``, so that a file name cannot
     move the cursor, recolour or retitle a terminal, or forge a log line. With ``lines``, newlines
-    and tabs stay (multi-line output, a traceback)."""
+    and tabs stay (multi-line output, a traceback). A byte of a file name that is not UTF-8 (read
+    as a lone surrogate, ``os.fsdecode``) is written as ``\\xNN`` too: a UTF-8 terminal or
+    pipe could not take it."""
     pattern = _CONTROL_BUT_LINES if lines else _CONTROL
-    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return pattern.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -52,7 +52,7 @@ from bootwatch.entries.model import BootFile, Entry
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census, LocationReport, LocationState
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
 from bootwatch.health.facts import FactsMemo
-from bootwatch.health.judge import CacheView, HostCheck
+from bootwatch.health.judge import CacheView, HostCheck, proofs_of
 from bootwatch.health.model import EntryHealth, EntryState
 from bootwatch.health.summary import count_states, states_text
 
@@ -116,7 +116,8 @@ def _cached(cache: BootCache, index: CacheIndex | None, counts: dict[str, int], 
 def entry_reports(cache: BootCache, inventory: Inventory, index: CacheIndex | None,
                   facts: FactsMemo) -> list[EntryReport]:
     counts = inventory.reference_counts()
-    host = HostCheck(inventory, facts, CacheView(cache, index) if index is not None else None)
+    host = HostCheck(inventory, facts, CacheView(cache, index) if index is not None else None,
+                     proofs=proofs_of(cache))
     reports = []
     for entry in inventory.entries:
         files = []

@@ -102,6 +102,13 @@ def proof_samples(store: ProofStore, inventory: Inventory | None) -> list[ProofS
 
 
 def escape_label_value(value: str) -> str:
+    """The text format's escapes (backslash, double quote, newline) of a value made UTF-8: an
+    undecodable byte of a file name (a lone surrogate) is written as ``\\xNN``."""
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "backslashreplace")
+    value = data.decode("utf-8", "backslashreplace")
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

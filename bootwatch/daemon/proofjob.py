@@ -46,6 +46,7 @@ from bootwatch.cache.operations import BootCache
 from bootwatch.config import Config
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import Entry, FileRole
+from bootwatch.errors import printable
 from bootwatch.log import NOTICE, Event, log_event
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
 from bootwatch.prove.proof import NOT_INSTALLED, Proof, ProofStore, Verdict, entry_files, prove_entry
@@ -176,7 +177,7 @@ class ProofJob:
                 proof, console = prove_entry(inventory, entry, qemu=qemu, accel=config.prove.accel,
                                              limits=config.prove.limits(), cancel=self._cancel)
             except ProofCancelled:
-                self.logger.info("the boot proof of %s:%s was cancelled", entry.source.value, entry.id)
+                self.logger.info("the boot proof of %s:%s was cancelled", entry.source.value, printable(entry.id))
                 return
             self._report(entry, self.store.save(entry, proof, console))
 
@@ -192,7 +193,7 @@ class ProofJob:
         return stored is None or stored.verdict is Verdict.NOT_RUN or not stored.is_of(files)
 
     def _report(self, entry: Entry, proof: Proof) -> None:
-        name = f"{entry.source.value}:{entry.id}"
+        name = printable(f"{entry.source.value}:{entry.id}")
         where = f" [{proof.accel}, {proof.seconds:.1f} s]" if proof.accel else ""
         if proof.verdict is Verdict.FAILED:
             log_event(self.logger, Event.PROOF_FAILED, "the boot proof of %s failed%s: %s (console log %s)", name,

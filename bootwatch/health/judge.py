@@ -109,7 +109,10 @@ class HostCheck:
         proof = self.proofs.load(entry) if self.proofs is not None else None
         if proof is None or proof.verdict is not Verdict.FAILED or not proof.is_of(entry_files(self.inventory, entry)):
             return []
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(proof.started))
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(proof.started))
+        except (OverflowError, OSError, ValueError):  # a result written by hand: no date to show
+            when = "an unknown time"
         log = f"; console log {proof.log}" if proof.log else ""
         return [Finding(EntryState.BROKEN, Check.PROOF, f"its boot proof of {when} failed: {proof.reason}{log}",
                         proof.log)]
@@ -224,5 +227,10 @@ def check_host(cache: BootCache, inventory: Inventory, facts: FactsMemo, root: R
         view: CacheView | None = CacheView(cache, cache.load_index())
     except (BootwatchError, OSError):
         view = None
-    proofs = ProofStore(cache.runtime_dir) if cache.runtime_dir is not None else None
-    return HostCheck(inventory, facts, view, root or RootCheck(), proofs)
+    return HostCheck(inventory, facts, view, root or RootCheck(), proofs_of(cache))
+
+
+def proofs_of(cache: BootCache) -> ProofStore | None:
+    """Where the boot proofs of ``cache``'s host are kept (``bootwatch prove``'s and the daemon's):
+    its runtime directory's; None without one."""
+    return ProofStore(cache.runtime_dir) if cache.runtime_dir is not None else None

@@ -62,6 +62,8 @@ NOT_INSTALLED = f"{QEMU} is not installed"
 EVIDENCE_TAIL = 12
 """Console lines shown when no marker explains a failure: the last ones."""
 _NAME_LIMIT = 200
+_LATEST = 1 << 33
+"""A stored time or duration beyond this (the year 2242) is no proof's: the file was tampered with."""
 _RESULT_LIMIT = 1 << 20
 """Bytes of a stored result read back: its evidence lines are few and short."""
 
@@ -146,17 +148,26 @@ def _text(data: dict[str, Any], name: str) -> str:
 
 def _number(data: dict[str, Any], name: str) -> float:
     value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: not a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _LATEST:
+        raise TypeError(f"{name}: not a number of seconds")
     return float(value)
 
 
 def proof_name(entry: Entry) -> str:
-    quoted = urllib.parse.quote(entry.id, safe="")
-    name = f"{entry.source.value}-{quoted}"
+    ident = _id_bytes(entry.id)
+    name = f"{entry.source.value}-{urllib.parse.quote(ident, safe='')}"
     if len(name) > _NAME_LIMIT:
-        name = f"{entry.source.value}-sha256-{hashlib.sha256(entry.id.encode()).hexdigest()}"
+        name = f"{entry.source.value}-sha256-{hashlib.sha256(ident).hexdigest()}"
     return name
+
+
+def _id_bytes(ident: str) -> bytes:
+    """The id as the bytes it was read from: a file name that is not UTF-8 is read with its
+    undecodable bytes as lone surrogates (``os.fsdecode``), which UTF-8 cannot encode."""
+    try:
+        return ident.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return ident.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)

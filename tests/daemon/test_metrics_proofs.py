@@ -3,6 +3,7 @@ made by hand shows up as one made by the daemon's job; parsed back with test_met
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ def test_the_time_and_verdict_of_each_entrys_proof(boot_tree: BootTree) -> None:
     tree.write_entry("replaced", linux="/vmlinuz-3", initrd=["/initramfs-3.img"])
     tree.write_entry(ODD, linux="/vmlinuz-4")
     tree.write_entry("never", linux="/vmlinuz-4")
+    tree.write_entry("latin", linux="/vmlinuz-4")
+    os.rename(tree.entries / "latin.conf", os.fsencode(tree.entries) + b"/latin1-\xe9.conf")  # not UTF-8
     runtime = tree.root / "run"
     from bootwatch.cache.operations import BootCache
     cache = BootCache(tree.boot, tree.entries, tree.cache, runtime_dir=runtime)
@@ -41,6 +44,7 @@ def test_the_time_and_verdict_of_each_entrys_proof(boot_tree: BootTree) -> None:
     _prove(cache, runtime, "failed.conf", Verdict.FAILED, 2000.0)
     _prove(cache, runtime, "replaced.conf", Verdict.FAILED, 3000.0)
     _prove(cache, runtime, ODD, Verdict.NOT_RUN, 4000.0)
+    _prove(cache, runtime, "latin1-\udce9.conf", Verdict.PASSED, 5000.0)
     tree.write_file("/initramfs-3.img")  # rebuilt since its proof: that proof says nothing of it now
 
     text = Metrics(tree.root / "m.prom").render(cache, proofs=proof_samples(ProofStore(runtime),
@@ -55,6 +59,8 @@ def test_the_time_and_verdict_of_each_entrys_proof(boot_tree: BootTree) -> None:
     assert value("entry_last_proof_timestamp_seconds", "bls:replaced.conf") == 3000.0
     assert value("entry_last_proof_timestamp_seconds", f"bls:{ODD}") == 4000.0
     assert 'entry="bls:we\\"ird\\\\name.conf"' in text
+    # An undecodable byte of a file name is written as \xNN (the label value must be UTF-8).
+    assert value("entry_last_proof_timestamp_seconds", "bls:latin1-\\xe9.conf") == 5000.0
     assert value("entry_last_proof_timestamp_seconds", "bls:never.conf") is None
     assert value("entry_proof_passed", "bls:passed.conf") == 1
     assert value("entry_proof_passed", "bls:failed.conf") == 0

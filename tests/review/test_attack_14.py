@@ -70,10 +70,6 @@ def _failed_proof(tree: BootTree) -> tuple[Path, Any]:
     return ProofStore(runtime).result_path(entry), cache
 
 
-@pytest.mark.xfail(strict=True, reason="'bootwatch entries' builds its HostCheck without the proof store "
-                   "(cli/entries.entry_reports: HostCheck(inventory, facts, view), proofs=None), so an entry whose "
-                   "last boot proof failed is BROKEN in the daemon's STATUS=/status/metric and not in 'bootwatch "
-                   "entries' (nor --check), which bootwatch.toml's [prove] text says shows it")
 def test_bootwatch_entries_shows_a_failed_proof(boot_tree: BootTree) -> None:
     from bootwatch.health.facts import FactsMemo
     from bootwatch.health.judge import check_host
@@ -86,9 +82,6 @@ def test_bootwatch_entries_shows_a_failed_proof(boot_tree: BootTree) -> None:
     assert [f["check"] for f in shown["one.conf"]["findings"]].count("proof") == 1, shown["one.conf"]
 
 
-@pytest.mark.xfail(strict=True, reason="a stored proof whose 'started' is out of time_t's range (1e999 reads "
-                   "as inf) makes judge.HostCheck._proof's time.localtime raise OverflowError, out of check_host: "
-                   "the daemon's health pass (daemon/health.py) gets an exception, not a finding")
 def test_a_corrupted_stored_proof_is_no_exception(boot_tree: BootTree) -> None:
     from bootwatch.health.facts import FactsMemo
     from bootwatch.health.judge import check_host
@@ -233,11 +226,6 @@ def test_fips_without_hmac_is_not_broken_when_the_initramfs_checks_no_hmac(boot_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="prove/proof.proof_name quotes the entry id with urllib.parse.quote, which "
-                   "raises UnicodeEncodeError for an entry file name that is not UTF-8 (a lone surrogate): "
-                   "'bootwatch prove --all' ends in 'internal error' after the VM ran, the proof is lost and the "
-                   "entries after it are not proved; the daemon's proof job (daemon/proofjob._prove_pending) "
-                   "raises the same way out of its loop")
 def test_an_entry_named_in_no_utf8_is_proved_as_any_other(boot_tree: BootTree, pairs: list[Pair]) -> None:
     if not shutil.which("qemu-system-x86_64"):
         pytest.skip("qemu-system-x86_64 is not installed")
