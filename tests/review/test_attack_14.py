@@ -369,3 +369,26 @@ def test_a_restore_the_headroom_rule_allows_leaves_the_headroom(boot_tree: BootT
         _, shown, _ = _entries(tree)
     headroom = [f["message"] for f in shown[f"{release}.conf"]["findings"] if f["check"] == "headroom"]
     assert rc != 0 or headroom == [], f"restore exit {rc}; then: {headroom}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="an entry's kernel that is an absolute symlink on a separate /boot partition "
+                   "is judged by what the link names on the running host (FactsMemo.of follows it with os.stat), "
+                   "but the boot loader resolves it on that partition alone, where the absolute target is not: "
+                   "GRUB fails with 'file not found', and the entry is BOOTABLE. Files on /boot should be resolved "
+                   "inside their filesystem as the loader does (as health/root resolves a root's symlinks)")
+def test_an_absolute_kernel_symlink_on_a_separate_boot_is_not_bootable(boot_tree: BootTree,
+                                                                       pairs: list[Pair]) -> None:
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    _runtime_config(tree)
+    with real_root(tree, release) as root, small_boot(tree):
+        install_one(tree, pairs[-1], root)
+        _, shown, _ = _entries(tree)
+        assert shown[f"{release}.conf"]["state"] == "BOOTABLE", shown  # the entry as installed
+        (tree.boot / "vmlinuz").symlink_to(tree.boot / f"vmlinuz-{release}")  # absolute: the host's path
+        assert not (tree.boot / str(tree.boot).lstrip("/")).exists()  # not there from the partition's root
+        tree.write_entry(release, linux="/vmlinuz", initrd=[f"/initrd.img-{release}"],
+                         lines=[("options", f"root={root} ro")])
+        _, shown, _ = _entries(tree)
+    assert shown[f"{release}.conf"]["state"] != "BOOTABLE", shown[f"{release}.conf"]
