@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -392,3 +393,31 @@ def test_an_absolute_kernel_symlink_on_a_separate_boot_is_not_bootable(boot_tree
                          lines=[("options", f"root={root} ro")])
         _, shown, _ = _entries(tree)
     assert shown[f"{release}.conf"]["state"] != "BOOTABLE", shown[f"{release}.conf"]
+
+
+@pytest.mark.slow
+def test_an_initramfs_still_being_written_in_place_is_not_reported_broken(boot_tree: BootTree,
+                                                                           pairs: list[Pair]) -> None:
+    """mkinitcpio writes its image in place, from the compressor's pipe, for seconds: while its
+    writer has it open the daemon must record it neither broken nor good."""
+    from daemonproc import DaemonProcess, write_config
+
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
+                          watch={"settle": "150ms"})
+    data = initrd.read_bytes()
+    with real_root(tree, release) as root:
+        install_one(tree, pairs[-1], root)
+        target = tree.boot / f"initrd.img-{release}"
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready(timeout=60)
+            with open(target, "wb") as f:  # rebuilt in place: the same bytes again, written slowly
+                f.write(data[:len(data) // 2])
+                f.flush()
+                time.sleep(3)  # the compressor works on: 20 settle windows
+                f.write(data[len(data) // 2:])
+            time.sleep(2)
+            output = daemon.output()
+    assert "event=IMAGE_WRITTEN_BROKEN" not in output, output
+    assert "event=ENTRY_BROKEN" not in output, output
