@@ -447,3 +447,51 @@ def test_restore_image_refuses_a_file_being_written(boot_tree: BootTree) -> None
         writer.kill()
         writer.wait()
     assert rc == 1 and not replaced, f"exit {rc}, the file being written replaced: {replaced}; {out}{err}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a new image written broken stays in STATUS= ('put back with bootwatch restore "
+                   "--image ...') and in bootwatch_images_written_broken while it is its path's newest, also once the "
+                   "kernel is purged and no entry names the path: a stale alarm whose command puts back a kernel "
+                   "nobody wants; it should end once no entry references the path")
+def test_a_broken_new_image_of_a_kernel_since_removed_is_no_longer_reported(boot_tree: BootTree,
+                                                                              pairs: list[Pair]) -> None:
+    """The sysadmin's answer to a broken new initramfs can be to remove that kernel (its entry and
+    files, as a package purge does): then nothing names the path, and STATUS= and the metric must
+    stop saying that it is broken and must be put back."""
+    from daemonproc import DaemonProcess, write_config
+    from polling import wait_until
+
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    prom = tree.root / "bootwatch.prom"
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
+                          watch={"settle": "100ms"}, metrics={"textfile": str(prom)})
+
+    def written_broken() -> str | None:
+        text = prom.read_text() if prom.exists() else ""
+        return next((line.split()[-1] for line in text.splitlines()
+                     if line.startswith("bootwatch_images_written_broken ")), None)
+
+    def last_status(daemon: DaemonProcess) -> str:
+        while daemon.receive(0.05) is not None:
+            pass
+        return [m["STATUS"] for m in daemon.messages if "STATUS" in m][-1]
+
+    with real_root(tree, release) as root:
+        install_one(tree, pairs[-1], root)
+        target = tree.boot / f"initrd.img-{release}"
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready(timeout=60)
+            with open(target, "r+b") as f:  # cut short in place
+                f.truncate(target.stat().st_size // 2)
+            if not wait_until(lambda: "event=IMAGE_WRITTEN_BROKEN" in daemon.output(), timeout=30):
+                pytest.skip("no write-time check on this branch")
+            assert wait_until(lambda: "restore --image" in last_status(daemon), timeout=30)
+            tree.remove_entry(release)  # the kernel purged: its entry, then its files
+            (tree.boot / f"vmlinuz-{release}").unlink()
+            target.unlink()
+            cleared = wait_until(lambda: "restore --image" not in last_status(daemon)
+                                 and written_broken() == "0", timeout=20)
+            status, metric = last_status(daemon), written_broken()
+    assert cleared, f"STATUS={status!r}; bootwatch_images_written_broken {metric}"
