@@ -507,6 +507,33 @@ def log_event(logger: logging.Logger, event: Event, message: str, *args: object,
 
 
 # --------------------------------------------------------------------------------------------
+# Human text: what a log line or a table says, never a journal field or --json
+
+
+SHORT_ID_DIGITS = 12
+"""The digits of an image id that human text shows: what ``bootwatch list`` shows and
+``restore --image`` takes. Journal fields (``BOOTWATCH_IMAGE_ID``) and --json keep it whole."""
+
+
+def short_id(image_id: str | None) -> str:
+    """An image id as human text shows it: its first :data:`SHORT_ID_DIGITS` digits ("none" for None)."""
+    return "none" if image_id is None else image_id[:SHORT_ID_DIGITS]
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` with ``noun`` in its number: "1 boot entry", "2 boot entries", "0 images"
+    (``plural``: the noun's plural when it is not the noun and an "s")."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {plural if plural is not None else noun + 's'}"
+
+
+def boot_entries(count: int) -> str:
+    """"1 boot entry", "3 boot entries"."""
+    return counted(count, "boot entry", "boot entries")
+
+
+# --------------------------------------------------------------------------------------------
 # I/O errors, once per file and errno
 
 # A failure of the same file with the same errno is logged again after this many seconds, with

@@ -55,7 +55,7 @@ from bootwatch.errors import (
     describe_oserror,
     storage_error,
 )
-from bootwatch.log import NOTICE, Event, log_event
+from bootwatch.log import NOTICE, Event, boot_entries, log_event
 from bootwatch.safety import file_kind, is_esp_key, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ class Transaction:
         self._writable(f"cannot uncache {path}")
         count = self.references.get(path, 0)
         if count and not force:
-            raise BootwatchError(f"is referenced by {count} boot entr{'y' if count == 1 else 'ies'}; "
+            raise BootwatchError(f"is referenced by {boot_entries(count)}; "
                                  "not removing it", path=path, hint="use 'remove --force' to uncache it anyway")
         unknown = self.references.unknown
         if unknown is not None and not force:
@@ -1188,11 +1188,14 @@ class BootCache:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime), timeout=timeout)]
 
-    def verify(self, paths: Sequence[str] | None = None) -> builtins.list[ImageVerification]:
+    def verify(self, paths: Sequence[str] | None = None, *,
+               on_image: Callable[[int, int, str, builtins.list[str]], None] | None = None,
+               ) -> builtins.list[ImageVerification]:
         """Verify the images of ``paths`` (all by default) and record the results in the index.
 
         Hashing runs without the lock, so the daemon and other writers are not held up; the
         results are recorded under the lock, for the images that are still listed then.
+        ``on_image(n, total, image_id, paths)`` is called before the n-th image (from 1) is read.
         """
         index = self.load_index()
         selected = index.paths() if not paths else list(paths)
@@ -1201,7 +1204,12 @@ class BootCache:
             if path not in index:
                 raise BootwatchError("is not cached", path=path)
             ids.extend(i for i in index.images_newest_first(path) if i not in ids)
-        return self.record_verifications([self.verify_image(index, image_id) for image_id in ids])
+        results = []
+        for n, image_id in enumerate(ids, 1):
+            if on_image is not None:
+                on_image(n, len(ids), image_id, index.paths_of(image_id))
+            results.append(self.verify_image(index, image_id))
+        return self.record_verifications(results)
 
     def record_verifications(self, results: Sequence[ImageVerification]) -> builtins.list[ImageVerification]:
         """Record results of hashing done without the lock; return those that still apply under

@@ -54,7 +54,7 @@ from bootwatch.errors import (
     StorageError,
     UnsafePathError,
 )
-from bootwatch.log import Event, IoErrorLog, log_event
+from bootwatch.log import Event, IoErrorLog, boot_entries, counted, log_event, short_id
 from bootwatch.safety import file_kind
 
 log = logging.getLogger("bootwatch.cache.reconcile")
@@ -343,7 +343,7 @@ class Reconciler:
         removed = txn.removed_temp_files + self.cache.remove_stale_temp_files(txn.index, restore_temps)
         report.removed_temp_files = [str(p) for p in removed]
         if report.removed_temp_files:
-            log.info("removed %d temp file(s) left by an interrupted run: %s", len(report.removed_temp_files),
+            log.info("removed %s left by an interrupted run: %s", counted(len(report.removed_temp_files), "temp file"),
                      ", ".join(report.removed_temp_files))
         for path in list(references) + txn.index.paths():
             stats.setdefault(path, None)
@@ -467,23 +467,23 @@ class Reconciler:
         image_gone = newest is not None and newest not in on_disk
         if image_gone:
             report.broken.append(path)
-            log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, newest,
+            log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, short_id(newest),
                       level=logging.WARNING, path=path, image_id=newest, state=PathState.BROKEN)
         report.hashed += 1
         result = txn.add(path)
         on_disk.add(result.image_id)
         if result.outcome is AddOutcome.CACHED:
             report.cached.append(path)
-            log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, result.image_id,
+            log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, short_id(result.image_id),
                       path=path, image_id=result.image_id, state=PathState.CACHED)
         elif result.outcome is AddOutcome.CHANGED:
             report.changed.append(path)
             log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", path,
-                      result.image_id, result.previous_id, path=path, image_id=result.image_id,
-                      state=PathState.CACHED, previous_image_id=result.previous_id)
+                      short_id(result.image_id), short_id(result.previous_id), path=path,
+                      image_id=result.image_id, state=PathState.CACHED, previous_image_id=result.previous_id)
         elif image_gone:
             report.recopied.append(path)
-            log.info("%s: copied image %s again from the boot file", path, result.image_id)
+            log.info("%s: copied image %s again from the boot file", path, short_id(result.image_id))
 
     def _took_restored_copy_away(self, txn: Transaction, path: str, references: References,
                                  report: ReconcileReport, boot_st: os.stat_result, real: Path | None,
@@ -533,8 +533,9 @@ class Reconciler:
             return
         report.restored.append(path)
         self.reported_missing.discard(path)
-        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %d boot entries)", path,
-                  image_id, count, path=path, image_id=image_id, state=PathState.RESTORED)
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s (referenced by %s)", path, short_id(image_id),
+                  boot_entries(count), path=path, image_id=image_id,
+                  state=PathState.RESTORED)
 
     def _report_refused(self, path: str, count: int, newest: str, report: ReconcileReport,
                         error: HeadroomError) -> None:
@@ -545,9 +546,9 @@ class Reconciler:
         report.errors.append(str(error))
         if path not in self.reported_missing:
             self.reported_missing.add(path)
-            log_event(log, Event.RESTORE_REFUSED, "%s (referenced by %d boot entries; hint: %s)", error, count,
-                      error.hint, level=logging.WARNING, path=path, image_id=newest, state=PathState.MISSING,
-                      references=count)
+            log_event(log, Event.RESTORE_REFUSED, "%s (referenced by %s; hint: %s)", error,
+                      boot_entries(count), error.hint, level=logging.WARNING, path=path,
+                      image_id=newest, state=PathState.MISSING, references=count)
 
     def _report_not_regular(self, path: str, problem: str) -> None:
         """Warn that a tracked path's boot file is not a regular file (nor cached, nor read), once
@@ -563,7 +564,7 @@ class Reconciler:
             self.reported_missing.add(path)
             report.missing.append(path)
             level = logging.WARNING if count else logging.INFO
-            why = f"still referenced by {count} boot entries" if count else "no boot entry references it"
+            why = f"still referenced by {boot_entries(count)}" if count else "no boot entry references it"
             if note is not None:
                 why += f"; {note}"
             log_event(log, Event.IMAGE_MISSING, "%s: removed from the boot directory (%s)", path, why,
@@ -610,14 +611,14 @@ class Reconciler:
             if problem is None:
                 continue
             report.broken.extend(paths)
-            log_event(log, Event.IMAGE_BROKEN, "image %s of %s %s", image_id, ", ".join(paths), problem,
+            log_event(log, Event.IMAGE_BROKEN, "image %s of %s %s", short_id(image_id), ", ".join(paths), problem,
                       level=logging.WARNING, path=paths[0], image_id=image_id, state=PathState.BROKEN)
             if st is not None:
                 self._set_aside(image_id, report)
             for path in paths:
                 if self._recopy(txn, path, image_id):
                     report.recopied.append(path)
-                    log.info("%s: copied image %s again from the boot file", path, image_id)
+                    log.info("%s: copied image %s again from the boot file", path, short_id(image_id))
                     break
 
     def _image_problem(self, txn: Transaction, image_id: str, st: os.stat_result | None) -> str | None:
@@ -636,7 +637,7 @@ class Reconciler:
         except ContentChangedError:  # images are never written in place
             return "is being modified in the cache"
         if digest.sha1 != image_id or (size is not None and size != digest.size):
-            return f"was modified in the cache (its content hashes to {digest.sha1})"
+            return f"was modified in the cache (its content hashes to {short_id(digest.sha1)})"
         return None
 
     def _set_aside(self, image_id: str, report: ReconcileReport) -> None:

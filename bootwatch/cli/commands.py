@@ -25,12 +25,19 @@ from bootwatch.cache.operations import AddOutcome, BootCache, CleanReport, PathS
 from bootwatch.cache.policy import keep_unreferenced_predicate
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.session import open_cache, open_existing_cache, reconcile_once, record_scan_proof
-from bootwatch.cli.output import format_table, format_time, print_json, verification_summary
+from bootwatch.cli.output import (
+    Progress,
+    check_text,
+    format_table,
+    format_time,
+    print_json,
+    verification_summary,
+)
 from bootwatch.config import DEFAULT_CONFIG_PATH, Config
 from bootwatch.defaults import CONFIG_ENV
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, BootwatchError, UsageError, printable
-from bootwatch.log import Event, log_event, setup_cli_logging
+from bootwatch.log import Event, counted, log_event, setup_cli_logging, short_id
 from bootwatch.safety import boot_path_from_argument
 
 if TYPE_CHECKING:
@@ -58,12 +65,12 @@ def cmd_add(args: argparse.Namespace, config: Config) -> int:
         if result.outcome is AddOutcome.CHANGED:
             print(f"{printable(result.path)}: changed, new image {result.image_id} (was {result.previous_id})")
             log_event(log, Event.IMAGE_CHANGED, "%s: content changed, new image %s (was %s)", result.path,
-                      result.image_id, result.previous_id, path=result.path, image_id=result.image_id,
-                      state=PathState.CACHED, previous_image_id=result.previous_id)
+                      short_id(result.image_id), short_id(result.previous_id), path=result.path,
+                      image_id=result.image_id, state=PathState.CACHED, previous_image_id=result.previous_id)
         else:
             print(f"{printable(result.path)}: {result.outcome} as {result.image_id}")
             if result.outcome is AddOutcome.CACHED:
-                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, result.image_id,
+                log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", result.path, short_id(result.image_id),
                           path=result.path, image_id=result.image_id, state=PathState.CACHED)
     return EXIT_OK
 
@@ -88,7 +95,7 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     restored = cache.restore(paths) if args.image is None else [cache.restore_image(paths[0], args.image)]
     for path, image_id in zip(paths, restored):
         print(f"{printable(path)}: restored image {image_id}")
-        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore%s'", path, image_id,
+        log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore%s'", path, short_id(image_id),
                   "" if args.image is None else " --image", path=path, image_id=image_id, state=PathState.RESTORED)
     return EXIT_OK
 
@@ -139,16 +146,22 @@ def render_status(cache: BootCache, s: PathStatus) -> str:
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     cache = open_existing_cache(config)
-    results = cache.verify(boot_paths(cache, args.paths) if args.paths else None)
+
+    def on_image(n: int, total: int, image_id: str, paths: list[str]) -> None:
+        progress.show(f"verifying {n}/{total}: {short_id(image_id)} {', '.join(paths)}")
+
+    with Progress() as progress:
+        results = cache.verify(boot_paths(cache, args.paths) if args.paths else None, on_image=on_image)
     if args.json:
         print_json([r.to_json() for r in results])
     else:
         for r in results:
-            print(f"{'ok    ' if r.ok else 'FAILED'} {r.image_id}  {', '.join(map(printable, r.paths))}"
+            print(f"{'ok    ' if r.ok else 'FAILED'} {short_id(r.image_id)}  {', '.join(map(printable, r.paths))}"
                   + ("" if r.ok else f": {r.message}"))
             for check in r.checks:
-                if not check.ok:
-                    print(f"       {check.kind}: {check.outcome}: {check.message}")
+                # A failed check is the result's message, said above.
+                if not check.ok and check.message != r.message:
+                    print(f"       {check_text(check)}")
         if not results:
             print("nothing to verify: the cache is empty")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
@@ -161,8 +174,8 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
     report = cache.clean(dry_run=args.dry_run, force=args.force,
                          keep_unreferenced=keep_unreferenced_predicate(config, cache))
     if not args.dry_run and (report.uncached_paths or report.deleted_images or report.removed_restored_copies):
-        log.info("clean: uncached %s; deleted %d image(s); removed the restored copies %s",
-                 ", ".join(report.uncached_paths) or "nothing", len(report.deleted_images),
+        log.info("clean: uncached %s; deleted %s; removed the restored copies %s",
+                 ", ".join(report.uncached_paths) or "nothing", counted(len(report.deleted_images), "image"),
                  ", ".join(report.removed_restored_copies) or "none")
     if args.json:
         print_json(report.to_json())
@@ -172,17 +185,21 @@ def cmd_clean(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_clean_report(report: CleanReport, *, dry_run: bool) -> None:
-    verb = "would " if dry_run else ""
+    """What clean did, in the past tense, or with --dry-run what it would do."""
+    def say(would: str, did: str, what: str) -> None:
+        print(f"{'would ' + would if dry_run else did} {what}")
+
     for path in report.uncached_paths:
-        print(f"{verb}uncache {printable(path)}: no boot entry references it")
+        say("uncache", "uncached", f"{printable(path)}: no boot entry references it")
     for image_id in report.deleted_images:
-        print(f"{verb}delete image {image_id}")
-    for item in report.kept_pinned:
-        print(f"kept {item}: pinned by a running program")
+        say("delete", "deleted", f"image {short_id(image_id)}")
+    for item in report.kept_pinned:  # a cached path, or an image id
+        what = printable(item) if item.startswith("/") else f"image {short_id(item)}"
+        print(f"{'would keep' if dry_run else 'kept'} {what}: pinned by a running program")
     for path in report.removed_restored_copies:
-        print(f"removed the restored copy {printable(path)}")
+        say("remove", "removed", f"the restored copy {printable(path)}")
     for name in report.removed_temp_files:
-        print(f"{verb}remove stale temp file {printable(name)}")
+        say("remove", "removed", f"the stale temp file {printable(name)}")
     if not any(value for key, value in report.to_json().items() if key != "kept_pinned"):
         print("nothing to clean")
 
@@ -379,6 +396,19 @@ def cmd_prove(args: argparse.Namespace, config: Config) -> int:
     return command_prove(args, config)
 
 
+def refuse_paths_for_demo(args: argparse.Namespace) -> None:
+    """The demo builds its own throw-away tree and configuration and never watches a directory it
+    is given: the common options are refused (before any is read), not ignored."""
+    given = [option for option, value in (("--config", getattr(args, "config", None)),
+                                          ("--boot-dir", getattr(args, "boot_dir", None)),
+                                          ("--cache-dir", getattr(args, "cache_dir", None))) if value is not None]
+    if given:
+        raise UsageError(f"demo: {' and '.join(given)} cannot be used: the demo builds a throw-away boot "
+                         "directory, cache and configuration of its own, and never touches another",
+                         hint="run 'bootwatch demo' alone; 'bootwatch entries' shows a real boot directory")
+
+
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    refuse_paths_for_demo(args)
     from bootwatch.cli.demo import run_demo
     return run_demo(keep=args.keep)

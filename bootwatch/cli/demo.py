@@ -27,6 +27,10 @@ from typing import IO, Callable
 
 SETTLE = "200ms"
 
+# Where systemd looks for a unit a package or an administrator installed (systemd.unit(5)).
+UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/usr/local/lib/systemd/system"),
+             Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+
 
 def _write(path: Path, size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +178,24 @@ def _daemon(config: Path) -> Iterator[LogTail]:
             proc.wait()
 
 
+def next_steps(unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> str:
+    """What to do on this host after the demo: what is true here, whether or not the service's
+    unit is installed (the pip route installs none)."""
+    first = "On this host: 'bootwatch entries' lists its boot entries."
+    if any(os.path.lexists(d / "bootwatch.service") for d in unit_dirs):
+        return (f"{first} The bootwatch service is installed: 'bootwatch status' says whether it runs,\n"
+                "'journalctl -u bootwatch -f' shows what it does.")
+    return (f"{first} The bootwatch service is not installed here: 'bootwatch run' runs the\n"
+            "daemon in the foreground; to run it as a service, install the package or the unit in\n"
+            "contrib/systemd (see the README).")
+
+
 def run_demo(keep: bool = False) -> int:
+    # Each line as it is printed: a reader of a pipe (| tee) follows the scenes as they happen, and
+    # lines on stdout and stderr keep their order on a terminal or a shared pipe (2>&1).
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
     root = Path(tempfile.mkdtemp(prefix="bootwatch-demo."))
     boot, cache = root / "boot", root / "cache"
     boot.mkdir()
@@ -220,7 +241,7 @@ def run_demo(keep: bool = False) -> int:
 
         print("\n== What the cache holds now (bootwatch list):")
         _print_indented(_bootwatch(config, "list"))
-        print("\nOn your host: sudo bootwatch entries; systemctl enable --now bootwatch; journalctl -u bootwatch -f")
+        print(f"\n{next_steps()}")
         if keep:
             print(f"\nKept {root} (run 'rm -r {root}' when done).")
         return 0

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bootwatch.cli.commands import scan_start
+from bootwatch.cli.commands import cmd_demo, refuse_paths_for_demo, scan_start
 from bootwatch.cli.output import printable_output
 from bootwatch.cli.parser import Command, build_parser
 from bootwatch.config import Config, load_config
@@ -53,6 +53,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # inputs older than that by a margin.
     args.started = scan_start(args)
     try:
+        if args.func is cmd_demo:
+            refuse_paths_for_demo(args)  # before they are read: a --boot-dir that is not there is no typo here
         config = load_effective_config(args)
         command: Command = args.func
         return command(args, config)

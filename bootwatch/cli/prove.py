@@ -7,7 +7,8 @@ Each result and console log is kept in ``<runtime>/proofs`` (see :mod:`bootwatch
 Exit codes: 0 when no proof failed (passed, or not run: qemu missing, another architecture), 1
 when one failed (each is named with its reason and the console lines that show it) or, with
 ``--all``, when an entry source could not be read (its readable entries are proved all the same),
-2 for an unknown entry. Progress goes to stderr, and only when it is a terminal. SIGTERM ends the run
+2 for an unknown entry. Progress (the count and the entry being proved) is one line on stderr, written
+over in place and cleared, and only when stderr is a terminal. SIGTERM ends the run
 like Ctrl-C: the running VM is killed and reaped first.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 
 from bootwatch.cache.operations import BootCache
-from bootwatch.cli.output import print_json
+from bootwatch.cli.output import Progress, print_json
 from bootwatch.config import Config
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import Entry
@@ -94,16 +95,15 @@ def command_prove(args: argparse.Namespace, config: Config) -> int:
     accel = AccelChoice(args.accel) if args.accel else config.prove.accel
     store = ProofStore(config.paths.runtime)
     store.check()
-    progress = sys.stderr.isatty() and not args.json
     proofs: list[Proof] = []
-    with sigterm_exits():
+    with sigterm_exits(), Progress() as progress:
         for n, entry in enumerate(entries, 1):
-            if progress:
-                print(f"bootwatch: proving {n}/{len(entries)}: {printable(entry.id)} ...", file=sys.stderr)
+            progress.show(f"proving {n}/{len(entries)}: {entry.id} ({entry.source.value}) ...")
             proof, console = prove_entry(inventory, entry, qemu=qemu, accel=accel, limits=limits)
             proof = store.save(entry, proof, console)
             proofs.append(proof)
             if not args.json:
+                progress.clear()  # stdout and stderr may be the same terminal
                 _print(proof)
                 sys.stdout.flush()
     if args.json:

@@ -69,7 +69,7 @@ from bootwatch.errors import (
     StorageError,
     describe_oserror,
 )
-from bootwatch.log import NOTICE, Event, IoErrorLog, log_event
+from bootwatch.log import NOTICE, Event, IoErrorLog, counted, log_event, short_id
 
 JOB_NAMES = ("clean", "gc", "verify", "rescan", "prove")
 # The job store every job is added to (APScheduler's memory store under its default name): the
@@ -135,8 +135,8 @@ def verify_images(cache: BootCache, index: CacheIndex, ids: Sequence[str], bound
         if stopping.is_set():
             break  # shutting down: record what was done
         if time.monotonic() >= deadline:
-            logger.warning("verify: the run reached its bound of %s s after %d of %d image(s); the rest "
-                           "are verified first at the next run", f"{bound:g}", len(results), len(ids))
+            logger.warning("verify: the run reached its bound of %s s after %d of %s; the rest "
+                           "are verified first at the next run", f"{bound:g}", len(results), counted(len(ids), "image"))
             break
         try:
             results.append(cache.verify_image(index, image_id, deadline=deadline))
@@ -403,13 +403,14 @@ class MaintenanceScheduler:
             return
         self._clean_blocked = None
         if report.uncached_paths or report.deleted_images or report.removed_temp_files:
-            self.logger.info("clean: uncached %d path(s), deleted %d image(s), removed %d temp file(s)",
-                             len(report.uncached_paths), len(report.deleted_images), len(report.removed_temp_files))
+            self.logger.info("clean: uncached %s, deleted %s, removed %s", counted(len(report.uncached_paths), "path"),
+                             counted(len(report.deleted_images), "image"),
+                             counted(len(report.removed_temp_files), "temp file"))
 
     def gc(self) -> None:
         report = pins.gc(self.cache)
         if report.removed:
-            self.logger.info("gc: removed %d pin(s) of dead owners: %s", len(report.removed),
+            self.logger.info("gc: removed %s of dead owners: %s", counted(len(report.removed), "pin"),
                              ", ".join(report.removed))
 
     def _verify_job(self) -> None:
@@ -431,11 +432,11 @@ class MaintenanceScheduler:
         for result in results:
             if result.unchecked:
                 self.logger.warning("verify: image %s of %s was hashed, but its content check was cut off at the "
-                                    "run's bound (%s); it is verified first at the next run", result.image_id,
+                                    "run's bound (%s); it is verified first at the next run", short_id(result.image_id),
                                     ", ".join(result.paths) or "(no path)", result.message)
             elif not result.ok:
                 log_event(self.logger, Event.VERIFY_FAILED, "image %s of %s failed verification: %s",
-                          result.image_id, ", ".join(result.paths) or "(no path)", result.message,
+                          short_id(result.image_id), ", ".join(result.paths) or "(no path)", result.message,
                           level=logging.ERROR, image_id=result.image_id,
                           path=result.paths[0] if result.paths else None)
         if self.on_verified is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bootwatch.entries.inventory import GRUB_CONFIGS, Inventory
 from bootwatch.entries.model import EntrySource, SourceRead
+from bootwatch.log import boot_entries
 
 
 class LocationState(enum.Enum):
@@ -114,7 +115,7 @@ class Census:
         if not self.found:
             parts = "no entry source found"
         total = self.total
-        count = "no boot entries" if total == 0 else f"{total} boot entr{'y' if total == 1 else 'ies'}"
+        count = "no boot entries" if total == 0 else boot_entries(total)
         return f"{count} ({parts})"
 
     @property

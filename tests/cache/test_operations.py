@@ -317,7 +317,7 @@ def test_verify_detects_an_image_that_no_longer_matches_its_id(boot_tree, kernel
     assert rc == 1
     assert "Traceback" not in err
     failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 1 and kernel[K] in failed[0] and "hashes to" in failed[0], out
+    assert len(failed) == 1 and kernel[K][:12] in failed[0] and "hashes to" in failed[0], out
     results = boot_tree.cli("verify", "--json")
     assert results[0] == 1
     # After verify, list reports the problem, in JSON and in the table.
@@ -408,7 +408,7 @@ def test_clean_uncaches_trims_removes_orphans_and_temps_but_keeps_pins(boot_tree
     snapshot = {p.name: p.read_bytes() for p in boot_tree.cache.iterdir() if p.is_file()}
     rc, out, err = boot_tree.cli("clean", "--dry-run")
     assert rc == 0, err
-    assert "would uncache /vmlinuz-old" in out and f"would delete image {orphan_id}" in out
+    assert "would uncache /vmlinuz-old" in out and f"would delete image {orphan_id[:12]}" in out
     assert {p.name: p.read_bytes() for p in boot_tree.cache.iterdir() if p.is_file()} == snapshot, \
         "a dry run changed the cache"
 

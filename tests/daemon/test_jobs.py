@@ -300,7 +300,7 @@ def test_verify_run_stops_at_its_bound_in_the_walk_of_a_filesystem_image(tmp_pat
     assert recorded == {"unchecked": True, "message": check.message, "checks": [check.to_json()]}
     assert least_recently_verified(cache.load_index())[0] == fs_image
     [warning] = [r for r in handler.records if "reached its bound" in r.getMessage()]
-    assert "after 1 of 4 image(s)" in warning.getMessage()
+    assert "after 1 of 4 images" in warning.getMessage()
 
 
 def waits_for_the_cache_lock(thread: threading.Thread) -> bool:
