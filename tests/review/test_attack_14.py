@@ -495,3 +495,31 @@ def test_a_broken_new_image_of_a_kernel_since_removed_is_no_longer_reported(boot
                                  and written_broken() == "0", timeout=20)
             status, metric = last_status(daemon), written_broken()
     assert cleared, f"STATUS={status!r}; bootwatch_images_written_broken {metric}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="on a /boot already below the headroom (a small /boot with its kernels, a "
+                   "common state) every restore is refused, whatever it is: a 3 KiB devicetree an entry needs "
+                   "('not restoring it (0.0 MiB)') is not put back 'to keep room' for a kernel that does not fit "
+                   "anyway (headroom.restore_refusal sizes nothing by role); a restore that is not a kernel, "
+                   "initramfs or UKI, or that does not change whether the rule holds, should not be refused")
+def test_a_small_devicetree_is_restored_on_a_boot_below_the_headroom(boot_tree: BootTree, pairs: list[Pair]) -> None:
+    dtb = Path("/usr/share/qemu/bamboo.dtb")
+    if not dtb.is_file():
+        pytest.skip(f"{dtb} (package qemu-system-data) is not installed")
+    tree = boot_tree
+    release, vmlinuz, initrd = pairs[-1]
+    with small_boot(tree):
+        install_one(tree, pairs[-1], "/dev/vda1")
+        (tree.boot / "dtbs").mkdir()
+        shutil.copyfile(dtb, tree.boot / "dtbs" / "board.dtb")
+        tree.write_entry(release, linux=f"/vmlinuz-{release}", initrd=[f"/initrd.img-{release}"],
+                         devicetree="/dtbs/board.dtb", lines=[("options", "root=/dev/vda1 ro")])
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        leave_free(tree, blocks(vmlinuz) + blocks(initrd) - MIB)  # 1 MiB short of one more kernel
+        (tree.boot / "dtbs" / "board.dtb").unlink()
+        rc, out, err = tree.cli("restore", "/dtbs/board.dtb")
+        assert "Traceback" not in err, err
+        restored = (tree.boot / "dtbs" / "board.dtb").exists()
+    assert rc == 0 and restored, err
