@@ -7,11 +7,18 @@ writing, moves and deletions: bootwatch reads every file it hashes, and ``IN_OPE
 ``IN_MODIFY`` is left out on purpose too: a file being written is only worth looking at once
 it is closed or renamed into place (dracut and package managers write a temp file and rename).
 
-The kernel's event queue can overflow (``IN_Q_OVERFLOW``). watchdog (7.1.1 and later, see
-pyproject.toml) then repairs its recursive watches and gives every watch an ``EventsLostEvent``;
-it is in the event filters, and it becomes a :attr:`ChangeKind.EVENTS_LOST` change, which the
-daemon answers with a full reconcile. The daemon's periodic reconcile remains the safety net for
-whatever else inotify cannot see (a remount, a change made while bootwatch was not running).
+The kernel's event queue can overflow (``IN_Q_OVERFLOW``). watchdog 7.1.1 and later then repairs
+its recursive watches and gives every watch an ``EventsLostEvent``; it is in the event filters, and
+it becomes a :attr:`ChangeKind.EVENTS_LOST` change, which the daemon answers with a full reconcile.
+The daemon's periodic reconcile remains the safety net for whatever else inotify cannot see (a
+remount, a change made while bootwatch was not running).
+
+watchdog 2.2.1 (Debian 12's python3-watchdog, the oldest supported: see pyproject.toml) has
+neither: without ``event_filter`` its own inotify mask already leaves out ``IN_OPEN``,
+``IN_ACCESS`` and ``IN_CLOSE_NOWRITE`` (the ``IN_MODIFY``/``IN_ATTRIB`` events it adds are
+dropped by :class:`QueueingHandler`), and it drops ``IN_Q_OVERFLOW`` without a word, so there an
+overflow is repaired only by the periodic reconcile (``[schedule] rescan``). Each feature is
+looked for in the installed watchdog, never inferred from a version number.
 
 An ESP outside the boot directory (its ``loader/entries`` and ``EFI/Linux``, and the files its
 entries name) has a recursive watch of its own, armed only while the ESP is mounted:
@@ -32,19 +39,20 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import logging
 import os
 import select
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
+import watchdog.events
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
-    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -52,7 +60,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter
 
 from bootwatch import linux
 from bootwatch.errors import describe_oserror
@@ -61,13 +70,55 @@ log = logging.getLogger("bootwatch.daemon.watcher")
 
 EventFilter = list[type[FileSystemEvent]]
 
+# watchdog's event for a queue overflow, None when the installed watchdog has none (before 7.1.1).
+EVENTS_LOST_EVENT: type[FileSystemEvent] | None = getattr(watchdog.events, "EventsLostEvent", None)
+# Whether Observer.schedule takes an event_filter (watchdog 4 and later).
+HAS_EVENT_FILTER = "event_filter" in inspect.signature(BaseObserver.schedule).parameters
+_LOST: EventFilter = [EVENTS_LOST_EVENT] if EVENTS_LOST_EVENT is not None else []
+
 EVENT_FILTER: EventFilter = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-                             DirCreatedEvent, DirMovedEvent, DirDeletedEvent, EventsLostEvent]
+                             DirCreatedEvent, DirMovedEvent, DirDeletedEvent, *_LOST]
 
 # The cache directory only needs other programs' changes: a deleted image, an image or index
 # rewritten in place (boom writes its index with open("w")). bootwatch itself only renames
 # complete files into it from its unwatched temp subdirectory, which these events do not show.
-CACHE_EVENT_FILTER: EventFilter = [FileDeletedEvent, FileClosedEvent, EventsLostEvent]
+CACHE_EVENT_FILTER: EventFilter = [FileDeletedEvent, FileClosedEvent, *_LOST]
+
+
+class StoppedOnceEmitter(InotifyEmitter):
+    """watchdog's inotify emitter, whose stops never overlap.
+
+    An emitter stops itself, in its own thread, when its directory goes (``IN_DELETE_SELF``), and
+    the observer stops it again when the watches are re-armed. watchdog 2.x (Debian 12's) closes
+    the inotify descriptor on each stop with no guard: two stops at once close it twice, and the
+    second close(2) closes whatever file took the number meanwhile (the daemon's cache lock). Once
+    serialised, the second stop does nothing (the emitter has dropped its inotify by then); later
+    watchdogs guard the close themselves.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_lock = threading.Lock()
+
+    def on_thread_stop(self) -> None:
+        with self._stop_lock:
+            super().on_thread_stop()
+
+
+class Observer(BaseObserver):
+    """An inotify observer whose emitters are :class:`StoppedOnceEmitter`."""
+
+    def __init__(self) -> None:
+        super().__init__(StoppedOnceEmitter)
+
+
+def _schedule(observer: Observer, handler: FileSystemEventHandler, directory: Path, *,
+              recursive: bool, event_filter: EventFilter) -> None:
+    """observer.schedule, with the event filter where the installed watchdog takes one."""
+    if HAS_EVENT_FILTER:
+        observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
+    else:
+        observer.schedule(handler, str(directory), recursive=recursive)
 
 
 class ChangeKind(enum.Enum):
@@ -114,7 +165,9 @@ class QueueingHandler(FileSystemEventHandler):
         if kind is None:
             return  # the emitter's own DirModifiedEvent for a parent directory
         src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path) if event.dest_path else None
+        # watchdog 2.x gives only moved events a dest_path; later ones give every event one ("" when none).
+        dest_path = getattr(event, "dest_path", "")
+        dest = os.fsdecode(dest_path) if dest_path else None
         self.changes.put(Change(kind, src, dest, event.is_directory))
 
 
@@ -171,10 +224,10 @@ class Watcher:
         self.boot = Path(boot)
         self.directories = self._select(boot, entries, cache)
         self.locations = locations
-        self.observer: InotifyObserver | None = None
+        self.observer: Observer | None = None
         self.identities: dict[Path, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
-        self.esp_observer: InotifyObserver | None = None
+        self.esp_observer: Observer | None = None
         self.esp: Path | None = None
         # An ESP inside the boot directory (Debian's /boot/efi): watched by the boot directory's
         # recursive watch, whose marks on it go with an unmount and do not come back with a mount.
@@ -198,7 +251,7 @@ class Watcher:
     def start(self) -> None:
         """Arm the watches. Directories that do not exist yet are skipped (and make us unhealthy)."""
         with self._lock:
-            observer = InotifyObserver()
+            observer = Observer()
             handler = QueueingHandler(self.changes)
             observer.daemon = True
             try:
@@ -206,7 +259,7 @@ class Watcher:
                     self.identities[directory] = _identity(directory)
                     if self.identities[directory] is None:
                         continue
-                    observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
+                    _schedule(observer, handler, directory, recursive=recursive, event_filter=event_filter)
                 observer.start()
             except OSError as e:
                 # A directory vanished between its stat and its watch (or a subdirectory of it
@@ -243,14 +296,14 @@ class Watcher:
                 return  # inside the boot directory: its watch covers it (rearm_esp arms it again)
             if state is not None and state[1] == AUTOFS:
                 return  # not mounted: nothing to watch, and looking would mount it
-            observer = InotifyObserver()
+            observer = Observer()
             observer.daemon = True
             handler = QueueingHandler(self.changes)
             try:
                 # The whole ESP: its entries, and the files they name wherever they are on it.
                 present = [self.esp] if os.path.isdir(self.esp) else []
                 for directory in present:
-                    observer.schedule(handler, str(directory), recursive=True, event_filter=EVENT_FILTER)
+                    _schedule(observer, handler, directory, recursive=True, event_filter=EVENT_FILTER)
                 observer.start()
             except OSError as e:
                 log.warning("cannot watch the entries on the ESP %s now (%s); trying again shortly", self.esp,
@@ -357,7 +410,7 @@ class MountTableSignal:
             self.fd = None
 
 
-def _stop(observer: InotifyObserver, timeout: float = 5.0) -> None:
+def _stop(observer: Observer, timeout: float = 5.0) -> None:
     observer.stop()
     with contextlib.suppress(RuntimeError):  # its thread may not have started
         observer.join(timeout)
