@@ -18,6 +18,7 @@ APT_PACKAGES=(
     aide                                                  # the baseline of benchmark row 8 (bootwatch scan vs aide --check)
     qemu-system-x86 initramfs-tools busybox-static        # bootwatch prove: the VM, a real mkinitramfs image, a busybox one
     man-db groff-base bash                                # the generated man pages read with man, the completion run in bash
+    dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian  # contrib/package deb, checked
 )
 
 if [ "$(id -u)" = 0 ]; then
@@ -40,8 +41,14 @@ VENV=${BOOTWATCH_TEST_VENV:-.venv}
 # The static checks first: they take seconds where the suite takes minutes, and need neither root
 # nor the apt packages, so a broken layer or type fails CI at once. Their rules live in
 # pyproject.toml (ruff's rule set, mypy's settings, the import-linter contracts).
-"$VENV/bin/ruff" check bootwatch tests bench contrib/docgen
+"$VENV/bin/ruff" check bootwatch tests bench contrib/docgen contrib/package
 "$VENV/bin/mypy" --strict bootwatch
 "$VENV/bin/mypy" --strict contrib/docgen              # the man page and completion generator (not installed)
+"$VENV/bin/mypy" --strict contrib/package             # the package builder
 "$VENV/bin/lint-imports"
-exec "$VENV/bin/python" -m pytest tests -ra "$@"
+"$VENV/bin/python" -m pytest tests -ra "$@"
+# The daemon's tests again, with Debian 12's watchdog, APScheduler and sdnotify (what the .deb
+# depends on) instead of pip's newest. BOOTWATCH_SKIP_DEBIAN_VERSIONS=1 skips it.
+if [ "${BOOTWATCH_SKIP_DEBIAN_VERSIONS:-0}" != 1 ]; then
+    tests/debian-versions.sh -q
+fi
