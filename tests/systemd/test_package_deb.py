@@ -90,6 +90,34 @@ def test_lintian_finds_no_error_and_no_warning_left_unexplained(package: Path) -
     assert warnings <= set(ACCEPTED_LINTIAN), findings
 
 
+# What the package installs besides the Python package: "MODE PATH" as contrib/package files
+# lists them (the RPM's list is compared with the same normalisation).
+SYSTEM_FILES = [
+    "0644 /etc/bootwatch/bootwatch.toml",
+    "0755 /etc/kernel/postinst.d/zzz-bootwatch",
+    "0755 /etc/kernel/postrm.d/zzz-bootwatch",
+    "0755 /usr/bin/bootwatch",
+    "0755 /usr/lib/kernel/install.d/95-bootwatch.install",
+    "0644 /usr/lib/systemd/catalog/bootwatch.catalog",
+    "0644 /usr/lib/systemd/system/bootwatch.service",
+    "0644 /usr/share/bash-completion/completions/bootwatch",
+    "0644 /usr/share/man/man5/bootwatch.toml.5",
+    "0644 /usr/share/man/man8/bootwatch.8",
+]
+
+
+def test_the_package_installs_the_tree_and_the_system_files(package: Path) -> None:
+    proc = subprocess.run([str(REPO / "contrib/package"), "files", str(package)], capture_output=True, text=True,
+                          check=True)
+    listed = proc.stdout.splitlines()
+    modules = sorted(f"0644 {{python}}/{p.relative_to(REPO)}" for p in (REPO / "bootwatch").rglob("*")
+                     if p.suffix in (".py", ".typed") and "__pycache__" not in p.parts)
+    python = [line for line in listed if line.split(" ", 1)[1].startswith("{python}/bootwatch/")]
+    assert python == modules
+    others = [line for line in listed if not line.split(" ", 1)[1].startswith("{python}/")]
+    assert sorted(others) == sorted(SYSTEM_FILES)
+
+
 def dependencies(deb: Path, rootfs: Path, dest: Path) -> list[Path]:
     """The Debian packages that installing *deb* and man-db in *rootfs* needs, downloaded into *dest*:
     apt on the host answers against the container's own dpkg database."""
