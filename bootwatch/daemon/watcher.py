@@ -14,11 +14,11 @@ The daemon's periodic reconcile remains the safety net for whatever else inotify
 remount, a change made while bootwatch was not running).
 
 watchdog 2.2.1 (Debian 12's python3-watchdog, the oldest supported: see pyproject.toml) has
-neither: without ``event_filter`` its own inotify mask already leaves out ``IN_OPEN``,
-``IN_ACCESS`` and ``IN_CLOSE_NOWRITE`` (the ``IN_MODIFY``/``IN_ATTRIB`` events it adds are
-dropped by :class:`QueueingHandler`), and it drops ``IN_Q_OVERFLOW`` without a word, so there an
-overflow is repaired only by the periodic reconcile (``[schedule] rescan``). Each feature is
-looked for in the installed watchdog, never inferred from a version number.
+neither. Its own inotify mask already leaves out ``IN_OPEN``, ``IN_ACCESS`` and
+``IN_CLOSE_NOWRITE``; the event filters are applied to its events by :class:`FilteredHandler`.
+It drops ``IN_Q_OVERFLOW`` without a word, so there an overflow is repaired only by the periodic
+reconcile (``[watch] rescan_interval``). Each feature is looked for in the installed watchdog,
+never inferred from a version number.
 
 An ESP outside the boot directory (its ``loader/entries`` and ``EFI/Linux``, and the files its
 entries name) has a recursive watch of its own, armed only while the ESP is mounted:
@@ -112,13 +112,30 @@ class Observer(BaseObserver):
         super().__init__(StoppedOnceEmitter)
 
 
+class FilteredHandler(FileSystemEventHandler):
+    """Passes on to *handler* only the events of the filter's types: the event filter, where the
+    installed watchdog cannot apply it itself. The filters are not only narrower masks: the cache
+    directory's leaves out the creations and renames of bootwatch's own writes, which would
+    otherwise read as another program's changes (and each make the daemon reconcile everything)."""
+
+    def __init__(self, handler: FileSystemEventHandler, event_filter: EventFilter) -> None:
+        super().__init__()
+        self.handler = handler
+        self.types = tuple(event_filter)
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, self.types):
+            self.handler.dispatch(event)
+
+
 def _schedule(observer: Observer, handler: FileSystemEventHandler, directory: Path, *,
               recursive: bool, event_filter: EventFilter) -> None:
-    """observer.schedule, with the event filter where the installed watchdog takes one."""
+    """observer.schedule, with the event filter applied by watchdog where it takes one, else by
+    :class:`FilteredHandler`."""
     if HAS_EVENT_FILTER:
         observer.schedule(handler, str(directory), recursive=recursive, event_filter=event_filter)
     else:
-        observer.schedule(handler, str(directory), recursive=recursive)
+        observer.schedule(FilteredHandler(handler, event_filter), str(directory), recursive=recursive)
 
 
 class ChangeKind(enum.Enum):
