@@ -12,7 +12,8 @@ order, each on the state the previous one leaves:
 2. a real Debian kernel copied to /boot with a Boot Loader Specification entry naming it is cached
    by the running daemon, configured by the package's own /etc/bootwatch/bootwatch.toml;
 3. ``man bootwatch`` and ``man bootwatch.toml`` render without a warning, bash completes;
-4. ``apt-get purge bootwatch`` stops the daemon and removes the unit, the program, the
+4. ``apt-get remove`` leaves the kernel hooks (conffiles), which then say nothing;
+5. ``apt-get purge bootwatch`` stops the daemon and removes the unit, the program, the
    configuration and the hooks, keeps the cache and says how to remove it.
 
 BOOTWATCH_TEST_DEB=FILE tests that package instead of building one.
@@ -206,6 +207,17 @@ def test_man_pages_render_and_bash_completes(installed: tuple[Container, str]) -
         assert heading in proc.stdout and "NAME" in proc.stdout, proc.stdout[:400]
         assert proc.stderr == "", proc.stderr
     assert ct.run(["test", "-f", "/usr/share/bash-completion/completions/bootwatch"], check=False).returncode == 0
+
+
+def test_a_removed_package_leaves_kernel_hooks_that_say_nothing(installed: tuple[Container, str]) -> None:
+    """apt-get remove keeps the conffiles, the kernel hooks among them: a kernel package operation
+    then runs them without bootwatch, which was removed on purpose."""
+    ct, _ = installed
+    ct.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "remove", "-y", "bootwatch"], timeout=300)
+    for hooks in ("postinst.d", "postrm.d"):
+        proc = ct.run(["env", "DEB_MAINT_PARAMS=configure" if hooks == "postinst.d" else "DEB_MAINT_PARAMS=remove",
+                       f"/etc/kernel/{hooks}/zzz-bootwatch", "6.1.0-0-amd64", "/boot/vmlinuz-6.1.0-0-amd64"])
+        assert proc.stdout + proc.stderr == ""
 
 
 def test_purge_removes_everything_but_the_cache(installed: tuple[Container, str]) -> None:
