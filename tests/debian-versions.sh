@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=${BOOTWATCH_DEBIAN_VENV:-.venv-debian}
+VENV=${BOOTWATCH_DEBIAN_VENV:-build/venv-debian}  # under build/: no source copy takes it along
 DEPS=build/debian-deps
 # bootwatch's three, then what they import in Debian's builds (their Depends that are Python).
 PACKAGES=(python3-watchdog python3-apscheduler python3-sdnotify
