@@ -566,7 +566,7 @@ class IoErrorLog:
             self._seen[(filename, err)] = [now, 0]
         name = errno.errorcode.get(err, str(err))
         log_event(self.logger, Event.IO_ERROR, "%s%s%s", message, f" (hint: {hint})" if hint else "",
-                  f"; failed {repeats} more time(s) since it was last logged" if repeats else "",
+                  f"; failed {counted(repeats, 'more time')} since it was last logged" if repeats else "",
                   level=logging.ERROR, path=filename, errno=name)
 
     def clear(self, what: str) -> None:
@@ -578,5 +578,5 @@ class IoErrorLog:
             failures = sum(1 + int(repeats) for _, repeats in self._seen.values())
             files = sorted({name for name, _ in self._seen})
             self._seen.clear()
-        self.logger.log(NOTICE, "%s: the I/O errors of %s are over (%d failure(s) in %.0f s)", what,
-                        ", ".join(files), failures, time.monotonic() - since)
+        self.logger.log(NOTICE, "%s: the I/O errors of %s are over (%s in %.0f s)", what,
+                        ", ".join(files), counted(failures, "failure"), time.monotonic() - since)

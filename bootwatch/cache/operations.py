@@ -55,7 +55,7 @@ from bootwatch.errors import (
     describe_oserror,
     storage_error,
 )
-from bootwatch.log import NOTICE, Event, boot_entries, log_event
+from bootwatch.log import NOTICE, Event, boot_entries, log_event, short_id
 from bootwatch.safety import file_kind, is_esp_key, name_in_boot, normalize_boot_path, open_regular, resolve_in_boot
 
 if TYPE_CHECKING:
@@ -569,7 +569,8 @@ class Transaction:
         self._may_restore(path)
         image_id = self._image_of(path, image)
         if not self.cache.store.has_image(image_id):
-            raise BootwatchError(f"image {image_id} of {path} is not in the cache directory; not restoring it",
+            raise BootwatchError(f"image {short_id(image_id)} of {path} is not in the cache directory; "
+                                 "not restoring it",
                                  path=self.cache.store.image_path(image_id), hint="run 'bootwatch fsck'")
         real = self.cache.boot_name(path)
         try:
@@ -674,9 +675,9 @@ class Transaction:
             except OSError as e:
                 raise BootwatchError(f"cannot restore {path}: {describe_oserror(e)}", path=real) from None
             if digest.sha1 != image_id:
-                raise BootwatchError(f"cached image {image_id} is corrupt (its content hashes to {digest.sha1}); "
-                                     "not restoring it", path=self.cache.store.image_path(image_id),
-                                     hint="run 'bootwatch fsck --repair'")
+                raise BootwatchError(f"cached image {short_id(image_id)} is corrupt (its content hashes to "
+                                     f"{short_id(digest.sha1)}); not restoring it",
+                                     path=self.cache.store.image_path(image_id), hint="run 'bootwatch fsck --repair'")
             self._give_restored_attributes(path, real, tmp.fd, meta, os.stat(real.parent))
             mtime_ns = self._restored_mtime_ns(path, image_id)
             if mtime_ns is not None:

@@ -268,11 +268,11 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
                            else cache.read_inventory())
         if census.warning is not None:
             print(f"bootwatch: warning: {census.warning}\nbootwatch: hint: {NO_ENTRIES_HINT}", file=sys.stderr)
-        print(f"{census.text()}; examined {report.examined} paths, hashed {report.hashed}: "
+        print(f"{census.text()}; examined {counted(report.examined, 'path')}, hashed {report.hashed}: "
               f"{len(report.cached)} cached, "
               f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
-              f"{len(report.errors)} errors"
-              + (f", {len(report.removed_temp_files)} temp files of an interrupted run removed"
+              f"{counted(len(report.errors), 'error')}"
+              + (f", {counted(len(report.removed_temp_files), 'temp file')} of an interrupted run removed"
                  if report.removed_temp_files else ""))
     return EXIT_OK if not report.errors else EXIT_FAILURE
 
@@ -383,7 +383,7 @@ def print_daemon_status(status: DaemonStatus) -> None:
     if status.references_unknown:
         print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
     if status.problems:
-        print(f"  problems:       {status.problems} cached images with problems (see 'bootwatch list')")
+        print(f"  problems:       {counted(status.problems, 'cached image')} with problems (see 'bootwatch list')")
 
 
 def cmd_entries(args: argparse.Namespace, config: Config) -> int:

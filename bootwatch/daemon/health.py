@@ -34,6 +34,13 @@ _REPORTED = {EntryState.BROKEN: (Event.ENTRY_BROKEN, logging.ERROR),
              EntryState.AT_RISK: (Event.ENTRY_AT_RISK, logging.WARNING)}
 
 
+def _named(health: EntryHealth) -> str:
+    """The entry as a log line names it: ``source:id (title)``, the title left out where it is the
+    id itself (a GRUB menuentry without --id is known by its title) or empty."""
+    title = health.entry.title
+    return health.name if not title or title == health.entry.id else f"{health.name} ({title})"
+
+
 class HealthWatch:
     """The worker's: the facts memo, and each entry's state as the last pass found it."""
 
@@ -68,13 +75,13 @@ class HealthWatch:
             findings = "\n".join(f.message for f in health.findings) or "none"
             if state in _REPORTED:
                 event, level = _REPORTED[state]
-                log_event(log, event, "boot entry %s (%s) is %s: %s", name, health.entry.title, state.value,
+                log_event(log, event, "boot entry %s is %s: %s", _named(health), state.value,
                           "; ".join(f.message for f in health.findings if f.state is state),
                           level=level, path=health.entry.origin, state=state, entry=name,
                           title=health.entry.title, findings=findings)
             elif before is not None and before in _REPORTED:
-                log_event(log, Event.ENTRY_RECOVERED, "boot entry %s (%s) is no longer %s: %s now%s", name,
-                          health.entry.title, before.value, state.value,
+                log_event(log, Event.ENTRY_RECOVERED, "boot entry %s is no longer %s: %s now%s", _named(health),
+                          before.value, state.value,
                           "" if state is EntryState.BOOTABLE else f" ({health.findings[0].message})",
                           level=NOTICE, path=health.entry.origin, state=state, entry=name,
                           title=health.entry.title, findings=findings, previous_state=before.value)

@@ -68,7 +68,7 @@ from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
 from bootwatch.errors import BootwatchError, StorageError, describe_oserror
 from bootwatch.health.summary import count_states
-from bootwatch.log import NOTICE, Event, IoErrorLog, log_event, setup_logging
+from bootwatch.log import NOTICE, Event, IoErrorLog, counted, log_event, setup_logging
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
 from bootwatch.prove.proof import ProofStore
 from bootwatch.verify.mount import sweep_stale_mounts
@@ -489,9 +489,9 @@ class Daemon:
             self._ask_for_proofs()  # of what the first reconcile cached
             self.status.state = "running"
             self._write_status()
-            log_event(log, Event.DAEMON_STARTED, "watching %s (%s; cache %s): %d paths examined, %d hashed",
+            log_event(log, Event.DAEMON_STARTED, "watching %s (%s; cache %s): %s examined, %d hashed",
                       self.config.paths.boot, self.status.entries_text or "boot entries not read",
-                      self.config.paths.cache, report.examined, report.hashed)
+                      self.config.paths.cache, counted(report.examined, "path"), report.hashed)
             self.notifier.ready(status=self.status.summary())
             self.ready.set()
             self.wakeup.set()  # the main loop starts its watchdog now
@@ -544,7 +544,7 @@ class Daemon:
             try:
                 self._apply_logged(batch)
             except Cancelled:  # stopping: the index is left as it was; the next start redoes the batch
-                log.info("stopped in the middle of a batch of %d changes", batch.changes)
+                log.info("stopped in the middle of a batch of %s", counted(batch.changes, "change"))
                 return
             finally:
                 self.busy_since = None
@@ -572,8 +572,8 @@ class Daemon:
         except Cancelled:
             raise
         except Exception:
-            log.exception("unexpected error while applying a batch of %d changes; "
-                          "a full reconcile follows", batch.changes)
+            log.exception("unexpected error while applying a batch of %s; a full reconcile follows",
+                          counted(batch.changes, "change"))
             self._retry_later(Request.RESCAN, key="rescan")
 
     def _collect(self) -> Batch | None:

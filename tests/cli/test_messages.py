@@ -91,3 +91,44 @@ def test_clean_says_what_it_did_and_a_dry_run_what_it_would_do(boot_tree: BootTr
     assert "would" not in done
     rc, again, err = boot_tree.cli("clean", "--force")
     assert again == "nothing to clean\n"
+
+
+def test_scan_counts_one_path_in_the_singular(boot_tree: BootTree) -> None:
+    boot_tree.write_file("/vmlinuz-6.1.0")
+    boot_tree.write_entry("one", linux="/vmlinuz-6.1.0")
+    rc, out, err = boot_tree.cli("scan")
+    assert rc == 0, err
+    assert out == ("1 boot entry (bls 1); examined 1 path, hashed 1: 1 cached, 0 changed, 0 restored, 0 missing, "
+                   "0 errors\n"), out
+
+
+def test_io_errors_are_counted_in_words() -> None:
+    """The daemon's I/O error lines (bootwatch.log.IoErrorLog): "1 failure", "1 more time"."""
+    import errno
+    import logging
+
+    from bootwatch.log import IoErrorLog
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    logger = logging.getLogger("bootwatch.test.io_errors")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    lines = Lines()
+    logger.addHandler(lines)
+    io_errors = IoErrorLog(logger, repeat=0.0)
+    io_errors.report("/cache/x.img", errno.ENOSPC, "/cache/x.img: no space left")
+    io_errors.clear("a write succeeded")
+    assert lines.lines[-1].startswith("a write succeeded: the I/O errors of /cache/x.img are over (1 failure in ")
+    io_errors = IoErrorLog(logger, repeat=3600.0)
+    io_errors.report("/cache/x.img", errno.ENOSPC, "/cache/x.img: no space left")
+    io_errors.report("/cache/x.img", errno.ENOSPC, "/cache/x.img: no space left")
+    io_errors.repeat = 0.0
+    io_errors.report("/cache/x.img", errno.ENOSPC, "/cache/x.img: no space left")
+    assert lines.lines[-1] == "/cache/x.img: no space left; failed 1 more time since it was last logged"
