@@ -203,6 +203,13 @@ class HostCheck:
         return findings
 
 
+def _empty(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
 def _format_findings(file: BootFile, path: Path, facts: ImageFacts) -> list[Finding]:
     check = facts.check
     wanted = _WANTED_KINDS.get(file.role)
@@ -213,6 +220,11 @@ def _format_findings(file: BootFile, path: Path, facts: ImageFacts) -> list[Find
     if check.kind is not ImageKind.UNKNOWN and check.kind not in wanted:
         return [Finding(EntryState.BROKEN, Check.FORMAT,
                         f"{path}: is {check.kind.value} data, not a {file.role.value} image", str(path))]
+    if file.role in (FileRole.KERNEL, FileRole.UKI) and check.kind is ImageKind.UNKNOWN and _empty(path):
+        # An empty file is no image (check_image leaves it unchecked: not every cached file is
+        # one), but a loader given it as the kernel has nothing to boot.
+        return [Finding(EntryState.BROKEN, Check.FORMAT, f"{path}: is empty, not a {file.role.value} image",
+                        str(path))]
     if file.role is FileRole.INITRD and check.kind is ImageKind.UNKNOWN and check.outcome is Outcome.UNCHECKED:
         return [Finding(EntryState.BROKEN, Check.FORMAT,
                         f"{path}: is no initramfs (no cpio archive, no compression the kernel knows)", str(path))]

@@ -209,21 +209,49 @@ def _devicetree(head: bytes, size: int) -> ImageCheck:
     return ImageCheck(ImageKind.DEVICETREE, Outcome.OK, devicetree_summary(head))
 
 
+def _zero_head(f: BinaryIO, size: int, check_deadline: Callable[[], None] | None,
+               on_name: NameSink | None) -> ImageCheck:
+    """An image whose first bytes are all zero: no boot format starts so, but the kernel skips
+    zero bytes before an initramfs's first archive. Only zeros throughout is what a crash leaves of
+    a file whose size was committed before its data, and no loader boots that."""
+    pos = 0
+    while pos < size:
+        if check_deadline is not None:
+            check_deadline()
+        f.seek(pos)
+        chunk = f.read(1 << 20)
+        if not chunk:
+            break
+        if chunk.strip(b"\0"):
+            return _initramfs(f, 0, size, check_deadline, on_name)
+        pos += len(chunk)
+    return ImageCheck(ImageKind.UNKNOWN, Outcome.FAILED, f"holds only zero bytes ({size} of them): what a crash "
+                      "leaves of a file whose data was never written")
+
+
+def _bzimage(f: BinaryIO, head: bytes, size: int, check_deadline: Callable[[], None] | None,
+             on_name: NameSink | None) -> ImageCheck:
+    """An x86 bzImage: its header against the size, its compressed kernel, its PE sections (EFI stub)."""
+    summary = bzimage_summary(head, size)
+    problem = _payload(f, 0, head, check_deadline)
+    if problem is not None:
+        return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, problem)
+    sections = parse_pe(f, head, size)
+    if sections is not None:
+        return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline, on_name)
+    return ImageCheck(ImageKind.KERNEL, Outcome.OK, summary)
+
+
 def _by_content(path: Path, f: BinaryIO, size: int, runtime_dir: Path,
                 check_deadline: Callable[[], None] | None, on_name: NameSink | None, mount: bool = True) -> ImageCheck:
     head = f.read(HEAD_SIZE)
+    if size and not head.strip(b"\0"):
+        return _zero_head(f, size, check_deadline, on_name)
     if is_devicetree(head):
         return _devicetree(head, size)
     try:
         if is_bzimage(head):
-            summary = bzimage_summary(head, size)
-            problem = _payload(f, 0, head, check_deadline)
-            if problem is not None:
-                return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, problem)
-            sections = parse_pe(f, head, size)
-            if sections is not None:
-                return _pe(f, sections, f"{summary}, EFI stub: ", check_deadline, on_name)
-            return ImageCheck(ImageKind.KERNEL, Outcome.OK, summary)
+            return _bzimage(f, head, size, check_deadline, on_name)
         sections = parse_pe(f, head, size)
     except KernelError as err:
         return ImageCheck(ImageKind.KERNEL, Outcome.FAILED, str(err))

@@ -457,6 +457,23 @@ def _skip_zeros(f: BinaryIO, pos: int, end: int) -> int:
     return end
 
 
+XZ_CHECKS = {0: "none", 1: "CRC32", 4: "CRC64", 10: "SHA-256"}
+
+
+def _check_xz_flags(head: bytes, where: str) -> None:
+    """The kernel's XZ decoder (XZ Embedded) takes a stream whose integrity check is none or
+    CRC32 only; any other fails to unpack at boot ("Input was encoded with settings that are not
+    supported by this XZ decoder"), which is why mkinitramfs and dracut pass ``--check=crc32``.
+    The check type is the low nibble of the stream flags' second byte, right after the magic."""
+    if len(head) < 8:
+        return  # the decompressor reports the truncated header
+    check = head[7] & 0x0F
+    if head[6] != 0 or head[7] >> 4 or check > 1:
+        name = XZ_CHECKS.get(check, f"type {check}")
+        raise ArchiveError(f"{where}: the xz stream's integrity check is {name}, which the kernel's XZ decoder "
+                           "cannot read (it takes CRC32 or none: xz --check=crc32)")
+
+
 def check_initramfs(f: BinaryIO, start: int, end: int,
                     check_deadline: Callable[[], None] | None = None, on_name: NameSink | None = None) -> str:
     """Walk the whole chain in ``f[start:end]``; a summary like ``cpio + zstd, 412 entries``.
@@ -490,6 +507,8 @@ def check_initramfs(f: BinaryIO, start: int, end: int,
             raise ArchiveError(f"junk at offset {pos}: neither a cpio header nor a compressed "
                                f"archive (bytes {head[:6].hex()})")
         where = f"{method} archive at offset {pos}"
+        if method == "xz":
+            _check_xz_flags(head, where)
         end_out: list[int] = []
         stream = _Stream(_member_chunks(f, pos, end, method, where, end_out))
         entries += _walk_archives(stream, where, on_name)

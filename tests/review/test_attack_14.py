@@ -38,10 +38,6 @@ def _runtime_config(tree: BootTree) -> Path:
 # ------------------------------------------------------------------------------ verdicts
 
 
-@pytest.mark.xfail(strict=True, reason="an empty or zero-filled kernel file (what a crash after a kernel "
-                   "install leaves on ext4) is UNKNOWN ('not checked: not a kernel ... bootwatch knows'), not "
-                   "BROKEN, so 'entries --check' passes a host whose default entry cannot boot on any "
-                   "architecture: judge._format_findings treats no magic at all like an unknown architecture")
 @pytest.mark.parametrize("content", ["empty", "zeros"])
 def test_an_empty_or_zeroed_kernel_is_broken(boot_tree: BootTree, content: str) -> None:
     tree = boot_tree
@@ -244,11 +240,6 @@ def test_an_entry_named_in_no_utf8_is_proved_as_any_other(boot_tree: BootTree, p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="an xz initramfs with xz's default integrity check (CRC64) passes the format "
-                   "check ('initramfs: xz, N entries') and the entry has no format finding, but the kernel's xz "
-                   "decoder takes only CRC32 or none (hence mkinitramfs's and dracut's --check=crc32): 'Initramfs "
-                   "unpacking failed: Input was encoded with settings that are not supported by this XZ decoder', "
-                   "a panic (bootwatch prove shows it). verify/initramfs should read the stream flags' check type")
 def test_an_xz_initramfs_the_kernel_cannot_unpack_is_broken(boot_tree: BootTree, pairs: list[Pair]) -> None:
     if not (shutil.which("xz") and shutil.which("zstd")):
         pytest.skip("needs xz and zstd")
