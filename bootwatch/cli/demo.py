@@ -32,11 +32,11 @@ UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/us
              Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 
 
-def _write(path: Path, size: int) -> None:
+def _write(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A package manager writes a temp file and renames it into place.
     tmp = path.with_name(f".{path.name}.dpkg-new")
-    tmp.write_bytes(os.urandom(size))
+    tmp.write_bytes(content)
     os.rename(tmp, path)
 
 
@@ -104,9 +104,25 @@ def _update_grub(boot: Path, versions: tuple[str, ...]) -> None:
     os.rename(new, boot / "grub" / "grub.cfg")
 
 
+def sample_initramfs(size: int) -> bytes:
+    """A stand-in initramfs: an uncompressed cpio archive (newc, as the kernel unpacks it) of an
+    ``/init`` and ``size`` random bytes, so that bootwatch's format check finds an initramfs, as
+    it would on a real host, instead of calling the entries BROKEN."""
+    out = bytearray()
+    members = [("init", 0o100755, b"#!/bin/sh\nexec /bin/sh\n"), ("demo.bin", 0o100644, os.urandom(size)),
+               ("TRAILER!!!", 0, b"")]
+    for ino, (name, mode, data) in enumerate(members, 1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % field for field in fields) + encoded
+        out += bytes(-len(out) % 4) + data
+        out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
 def _install_kernel(boot: Path, version: str) -> None:
-    _write(boot / f"vmlinuz-{version}", 256 * 1024)
-    _write(boot / f"initrd.img-{version}", 128 * 1024)
+    _write(boot / f"vmlinuz-{version}", os.urandom(256 * 1024))
+    _write(boot / f"initrd.img-{version}", sample_initramfs(128 * 1024))
 
 
 def _bootwatch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -209,7 +225,8 @@ def run_demo(keep: bool = False) -> int:
         _update_grub(boot, versions)
         print(f"A throw-away /boot in {boot}, laid out as on a Debian 12 host: GRUB, no BLS entries.\n"
               "Two kernels, and a SAMPLE grub.cfg (not this host's) as Debian's update-grub writes it, with a\n"
-              f"fallback entry pinned to {PINNED} in /etc/grub.d/40_custom:")
+              f"fallback entry pinned to {PINNED} in /etc/grub.d/40_custom. The kernels are stand-ins (random\n"
+              "bytes), so bootwatch cannot tell whether the entries would boot: it says UNKNOWN, and why.")
         for line in sorted(str(p.relative_to(root)) for p in boot.rglob("*") if p.is_file()):
             print(f"   {line}")
         print(f"\n== What bootwatch sees there\n   $ bootwatch entries --boot-dir {boot}")
