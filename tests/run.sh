@@ -19,6 +19,7 @@ APT_PACKAGES=(
     qemu-system-x86 initramfs-tools busybox-static        # bootwatch prove: the VM, a real mkinitramfs image, a busybox one
     man-db groff-base bash                                # the generated man pages read with man, the completion run in bash
     dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian  # contrib/package deb, checked
+    rpm python3-pip                                       # contrib/package rpm (rpmbuild; the spec installs with pip)
 )
 
 if [ "$(id -u)" = 0 ]; then
