@@ -333,6 +333,7 @@ class Daemon:
         self.health_time = 0.0
         # The boot entries a batch read while more work waited: judged once the worker is idle.
         self.health_due: Inventory | None = None
+        self.counts_due = False  # a busy batch left the counts of cached paths for the idle worker
         # The boot entries as the last pass read them, entry by entry (the worker's: the proof metrics).
         self.inventory: Inventory | None = None
         self.last_change = 0.0  # time.monotonic() of the last change the worker took in (read by the proof job)
@@ -902,30 +903,40 @@ class Daemon:
             else:
                 self._check_health(inventory)
         if not busy or now - self.counts_time >= COUNTS_REFRESH:
-            listing = CacheListing.read(self.cache)
-            if listing.error is None:
-                self.status.set_counts(listing.statuses)
-                self.status.error = None
-            else:
-                self.status.error = str(listing.error)
-                log.error("%s", listing.error)
-            self.counts_time = now
+            listing = self._refresh_counts(now)
+        else:
+            self.counts_due = True  # once the worker is idle (_worker_loop), as the health pass
         if not busy:
             release_memory()
         self.publish_status()
         if self.metrics is not None:
             self._write_metrics(full=full, listing=listing, census=census)
 
+    def _refresh_counts(self, now: float) -> CacheListing:
+        """The status's counts of cached paths by state, from the index as it is now."""
+        listing = CacheListing.read(self.cache)
+        if listing.error is None:
+            self.status.set_counts(listing.statuses)
+            self.status.error = None
+        else:
+            self.status.error = str(listing.error)
+            log.error("%s", listing.error)
+        self.counts_time = now
+        self.counts_due = False
+        return listing
+
     def _check_health_due(self) -> None:
-        """The health pass a busy batch left for later (:meth:`_after_batch`), now that the burst
-        after it asked for nothing (the close of the daemon's own cache lock counts as work until
-        it is classified): with its STATUS and metrics."""
-        if self.health_due is None:
+        """The health pass and the counts a busy batch left for later (:meth:`_after_batch`), now
+        that the burst after it asked for nothing (the close of the daemon's own cache lock counts
+        as work until it is classified): with their STATUS and metrics."""
+        if self.health_due is None and not self.counts_due:
             return
-        self._check_health(self.health_due)
+        listing = self._refresh_counts(time.time()) if self.counts_due else None
+        if self.health_due is not None:
+            self._check_health(self.health_due)
         self.publish_status()
         if self.metrics is not None:
-            self._write_metrics(full=False)
+            self._write_metrics(full=False, listing=listing)
 
     def _read_inventory(self) -> Inventory | None:
         """The boot entries of every source, as the inventory finds them now."""
