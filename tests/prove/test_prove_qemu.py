@@ -119,7 +119,10 @@ def test_mkinitramfs_pair_passes_and_is_stored(tree: Path, kernel_deb: tuple[Pat
     stored = tree / "run" / "proofs" / "bls-debian.conf.json"
     assert json.loads(stored.read_text())["verdict"] == "passed"
     log = Path(proof["log"]).read_text()
-    assert "Run /init as init process" in log and "Spawning shell within the initramfs" in log
+    # The proof may end when the console has been quiet for a while after /init (a loaded machine
+    # under TCG can be silent that long before initramfs-tools reaches its break point): the log
+    # holds the whole console up to the end of the proof, so /init's start is in it.
+    assert "Run /init as init process" in log
 
 
 @pytest.mark.slow
