@@ -111,6 +111,7 @@ class Event(enum.Enum):
     ENTRY_RECOVERED = "6bee60758ca04e5b855144a33f2550f1"
     RESTORE_REFUSED = "c5266cdb333b49a2930b786f31b67314"
     PROOF_FAILED = "512a20ca6cfc491796fd2e743f11d732"
+    IMAGE_WRITTEN_BROKEN = "1ee078c911bb4f17ae53037384550c0b"
 
     @property
     def message_id(self) -> str:
@@ -448,8 +449,9 @@ class EventFields(TypedDict, total=False):
     leaves the field out. Users filter the journal by these names: never rename one.
     """
 
-    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES, PROOF_FAILED: why
-    previous_image_id: str | None  # IMAGE_CHANGED
+    reason: str  # RESCAN_OVERFLOW: "overflow" or "watch-lost"; REFERENCES_UNKNOWN, NO_BOOT_ENTRIES, PROOF_FAILED: why;
+    # IMAGE_WRITTEN_BROKEN: what its check found
+    previous_image_id: str | None  # IMAGE_CHANGED; IMAGE_WRITTEN_BROKEN: the previous good image
     references: int  # IMAGE_MISSING, RESTORE_REFUSED: how many boot entries name the path
     job: str  # JOB_FAILED
     waited: str  # LOCK_WAIT, TRANSACTION_TIMEOUT: seconds
@@ -463,6 +465,7 @@ class EventFields(TypedDict, total=False):
     title: str  # ENTRY_*: the entry's title
     findings: str  # ENTRY_*: why it is in its state, one finding per line
     previous_state: str  # ENTRY_RECOVERED: the state it was reported in (BROKEN, AT_RISK)
+    restore_command: str | None  # IMAGE_WRITTEN_BROKEN: what puts the previous good image back
 
 
 def event_fields(event: Event, *, path: str | os.PathLike[str] | None = None, image_id: str | None = None,

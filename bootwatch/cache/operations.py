@@ -1169,7 +1169,8 @@ class BootCache:
         recorded = index.recorded_sha256(image_id)
         if recorded is not None and recorded != digest.sha256:
             return ImageVerification(image_id, paths, False, "SHA256 differs from the one recorded at caching time")
-        checks = self._content_checks(image_id, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        checks = self.content_checks(image_id, timeout=timeout)
         failed = [c for c in checks if c.failed]
         if failed:
             return ImageVerification(image_id, paths, False, failed[0].message, checks)
@@ -1178,16 +1179,17 @@ class BootCache:
             return ImageVerification(image_id, paths, False, cut_off[0].message, checks, unchecked=True)
         return ImageVerification(image_id, paths, True, "ok", checks)
 
-    def _content_checks(self, image_id: str, deadline: float | None = None) -> builtins.list[ImageCheck]:
-        """Checks by kind of image (kernel, initramfs, filesystem): see :mod:`bootwatch.verify`.
+    def content_checks(self, image_id: str, *, timeout: float | None = None,
+                       mount: bool = True) -> builtins.list[ImageCheck]:
+        """Checks by kind of image (kernel, initramfs, filesystem) of the cached image: see
+        :func:`bootwatch.verify.check_image` (``timeout``, ``mount``).
 
         Filesystem images are loop-mounted under the runtime directory; without one (a library
         user that gave none) a private directory under the cache is used.
         """
-        from bootwatch.verify import check_image  # loop, mount and decompressors: only verify needs them
+        from bootwatch.verify import check_image  # loop, mount and decompressors: only checks need them
         runtime = self.runtime_dir if self.runtime_dir is not None else self.store.directory / "run"
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime), timeout=timeout)]
+        return [check_image(self.store.image_path(image_id), runtime_dir=Path(runtime), timeout=timeout, mount=mount)]
 
     def verify(self, paths: Sequence[str] | None = None, *,
                on_image: Callable[[int, int, str, builtins.list[str]], None] | None = None,

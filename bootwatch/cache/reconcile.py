@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootwatch.cache.fileid import identity_at
 from bootwatch.cache.hashing import hash_path
@@ -56,6 +56,10 @@ from bootwatch.errors import (
 )
 from bootwatch.log import Event, IoErrorLog, boot_entries, counted, log_event, short_id
 from bootwatch.safety import file_kind
+
+if TYPE_CHECKING:
+    from bootwatch.cache.writecheck import BrokenImage
+    from bootwatch.entries.model import FileRole
 
 log = logging.getLogger("bootwatch.cache.reconcile")
 
@@ -133,10 +137,13 @@ class ReconcileReport:
     removed_temp_files: list[str] = field(default_factory=list)
     # Why the references were unknown during the pass (see cache.references.References); None: they were known.
     references_unknown: str | None = None
+    # New images of kernels and initramfs images that failed their check when they were cached.
+    written_broken: list[BrokenImage] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["retry"] = sorted(self.retry)
+        data["written_broken"] = [broken.to_json() for broken in self.written_broken]
         return data
 
 
@@ -162,6 +169,10 @@ class Reconciler:
         self.reported_not_regular: set[str] = set()
         # What the last complete pass (unchanged_pass that concluded, or full) looked at.
         self.last_inputs: PassInputs | None = None
+        # The pass's new images to check (see bootwatch.cache.writecheck): path, image id, the
+        # roles entries give the path; and those roles by cache key, read when first needed.
+        self._written: list[tuple[str, str, frozenset[FileRole]]] = []
+        self._roles: dict[str, frozenset[FileRole]] | None = None
 
     # ---------------------------------------------------------------- which paths
 
@@ -331,6 +342,7 @@ class Reconciler:
         references = txn.refresh_references()
         if self._boot_moved(references, report):
             return report
+        self._start_pass()
         stats: dict[str, os.stat_result | None] = {}
         markers: set[str] = set()
         restore_temps: list[Path] = []
@@ -355,6 +367,7 @@ class Reconciler:
         self.reported_missing.difference_update(unchanged)
         for path in sorted(stats.keys() - unchanged):
             self.reconcile_path(txn, path, references, report, on_disk=on_disk, lstat=stats[path], markers=markers)
+        self.check_written(txn, references, report)
         self.last_inputs = PassInputs(directories, sorted(stats), references.inventory)
         return report
 
@@ -364,6 +377,7 @@ class Reconciler:
         references = txn.refresh_references()
         if self._boot_moved(references, report):
             return report
+        self._start_pass()
         selected = set(paths)
         if entries_changed:
             selected.update(references)
@@ -371,6 +385,7 @@ class Reconciler:
         on_disk = txn.images_on_disk()
         for path in sorted(selected):
             self.reconcile_path(txn, path, references, report, on_disk=on_disk)
+        self.check_written(txn, references, report)
         return report
 
     @staticmethod
@@ -470,8 +485,14 @@ class Reconciler:
             log_event(log, Event.IMAGE_BROKEN, "%s: cached image %s is gone from the cache", path, short_id(newest),
                       level=logging.WARNING, path=path, image_id=newest, state=PathState.BROKEN)
         report.hashed += 1
+        roles = self._checked_roles(path, references)
+        if roles is not None and cached and not image_gone:
+            assert newest is not None
+            self._check_once(txn, path, newest, roles)  # so that trimming knows whether to keep it
         result = txn.add(path)
         on_disk.add(result.image_id)
+        if roles is not None and result.outcome is not AddOutcome.UNCHANGED:
+            self._written.append((path, result.image_id, roles))
         if result.outcome is AddOutcome.CACHED:
             report.cached.append(path)
             log_event(log, Event.IMAGE_CACHED, "%s: cached as image %s", path, short_id(result.image_id),
@@ -484,6 +505,66 @@ class Reconciler:
         elif image_gone:
             report.recopied.append(path)
             log.info("%s: copied image %s again from the boot file", path, short_id(result.image_id))
+
+    # ---------------------------------------------------------------- the check of new images
+
+    def _start_pass(self) -> None:
+        self._written, self._roles = [], None
+
+    def _checked_roles(self, path: str, references: References) -> frozenset[FileRole] | None:
+        """The roles the entries give ``path`` if its new images are checked when cached (see
+        :mod:`bootwatch.cache.writecheck`): empty with ``track = "all"`` for a path no entry names
+        as a kernel, initrd or UKI (then its content decides); None if they are not checked."""
+        if self._roles is None:
+            from bootwatch.cache.writecheck import roles_by_key  # and the format checks: only when caching
+            self._roles = roles_by_key(references.inventory)
+        roles = self._roles.get(path)
+        if roles:
+            return roles
+        return frozenset() if tracks_all(self.config) else None
+
+    def _check_once(self, txn: Transaction, path: str, image_id: str, roles: frozenset[FileRole]) -> bool | None:
+        """Check the cached image ``image_id`` of ``path`` if it never was, recording the result
+        (an image cached before checks were made, or by boom); whether its last check passed
+        (None: not one to check, or its check was cut off)."""
+        from bootwatch.cache.writecheck import check_written
+        verified = txn.index.verification(image_id)
+        if verified is not None and not verified["unchecked"]:
+            return bool(verified["ok"])
+        txn.flush()  # an image added in this pass gets its final name before it is read
+        result = check_written(self.cache, txn.index, image_id, roles)
+        if result is None or result.unchecked:
+            return None
+        txn.record_verification(result)
+        return result.ok
+
+    def check_written(self, txn: Transaction, references: References, report: ReconcileReport) -> None:
+        """Check the images the pass cached for kernels and initramfs images, record the results,
+        and report each that is broken at once (journal), naming the command that puts the
+        previous good image back."""
+        written, self._written = self._written, []
+        if not written:
+            return
+        from bootwatch.cache.writecheck import BrokenImage, check_written, previous_good
+        txn.flush()  # the images get their final names: what is checked is the cached image file
+        for path, image_id, roles in written:
+            if path not in txn.index or image_id not in txn.index.image_ids(path):
+                continue
+            result = check_written(self.cache, txn.index, image_id, roles)
+            if result is None:
+                continue
+            txn.record_verification(result)
+            if not result.failed:
+                continue
+            for older in txn.index.images_newest_first(path):  # those never checked, to name a good one
+                if older != image_id and txn.cache.store.has_image(older) and self._check_once(txn, path, older, roles):
+                    break
+            broken = BrokenImage(path, image_id, result.message, previous_good(txn.index, path, image_id))
+            report.written_broken.append(broken)
+            log_event(log, Event.IMAGE_WRITTEN_BROKEN, "%s: the new image %s written there is broken: %s; %s",
+                      path, image_id, broken.problem, broken.remedy(), level=logging.ERROR, path=path,
+                      image_id=image_id, state=PathState.CACHED, previous_image_id=broken.good_image_id,
+                      reason=broken.problem, restore_command=broken.restore_command)
 
     def _took_restored_copy_away(self, txn: Transaction, path: str, references: References,
                                  report: ReconcileReport, boot_st: os.stat_result, real: Path | None,

@@ -272,6 +272,7 @@ def cmd_scan(args: argparse.Namespace, config: Config) -> int:
               f"{len(report.cached)} cached, "
               f"{len(report.changed)} changed, {len(report.restored)} restored, {len(report.missing)} missing, "
               f"{counted(len(report.errors), 'error')}"
+              + (f", {counted(len(report.written_broken), 'new image')} broken" if report.written_broken else "")
               + (f", {counted(len(report.removed_temp_files), 'temp file')} of an interrupted run removed"
                  if report.removed_temp_files else ""))
     return EXIT_OK if not report.errors else EXIT_FAILURE

@@ -26,6 +26,7 @@ from pathlib import Path
 from bootwatch.cache.headroom import HostHeadroom
 from bootwatch.cache.index import CacheIndex
 from bootwatch.cache.operations import BootCache, Verification
+from bootwatch.cache.writecheck import WANTED_KINDS
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.model import BootFile, Entry, FileRole
 from bootwatch.errors import BootwatchError
@@ -69,11 +70,6 @@ class _FileFacts:
     facts: ImageFacts | None
 
 
-_WANTED_KINDS = {
-    FileRole.KERNEL: (ImageKind.KERNEL, ImageKind.UKI),
-    FileRole.UKI: (ImageKind.UKI,),
-    FileRole.INITRD: (ImageKind.INITRAMFS,),
-}
 
 
 @dataclass
@@ -212,7 +208,7 @@ def _empty(path: Path) -> bool:
 
 def _format_findings(file: BootFile, path: Path, facts: ImageFacts) -> list[Finding]:
     check = facts.check
-    wanted = _WANTED_KINDS.get(file.role)
+    wanted = WANTED_KINDS.get(file.role)
     if wanted is None:
         return []  # a devicetree, an EFI program: being there is what is checked
     if check.failed:
