@@ -385,6 +385,8 @@ def print_daemon_status(status: DaemonStatus) -> None:
         print(f"  references:     UNKNOWN, nothing is cleaned or deleted: {status.references_unknown}")
     if status.problems:
         print(f"  problems:       {counted(status.problems, 'cached image')} with problems (see 'bootwatch list')")
+    if status.written_broken:
+        print(f"  BROKEN:         {status.written_broken}")
 
 
 def cmd_entries(args: argparse.Namespace, config: Config) -> int:

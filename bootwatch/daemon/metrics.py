@@ -158,6 +158,7 @@ class Metrics:
         self._last_reconcile: float | None = None
         self._last_verification: tuple[float, int, int] | None = None  # time, images, failures
         self._entries_by_state: dict[EntryState, int] | None = None  # the last health pass's
+        self._written_broken = 0
 
     # ---------------------------------------------------------------- recording
 
@@ -173,6 +174,11 @@ class Metrics:
     def record_reconcile(self, when: float | None = None) -> None:
         with self._lock:
             self._last_reconcile = time.time() if when is None else when
+
+    def record_written_broken(self, paths: int) -> None:
+        """How many paths' newest image failed its check when it was cached (cache.writecheck)."""
+        with self._lock:
+            self._written_broken = paths
 
     def record_verification(self, results: Sequence[ImageVerification], when: float | None = None) -> None:
         with self._lock:
@@ -222,12 +228,17 @@ class Metrics:
             reconcile = self._last_reconcile
             verification = self._last_verification
             entries_by_state = self._entries_by_state
+            written_broken = self._written_broken
             jobs = sorted((name, _JobStats(**vars(stats))) for name, stats in self._jobs.items())
         if entries_by_state is not None:
             out.family("entries_by_state", "gauge",
                        "Boot entries by health state (BOOTABLE, UNKNOWN, AT_RISK, BROKEN; every state always "
                        "present) as the daemon's last health pass found them; 'bootwatch entries' says why.",
                        [((("state", state.value),), count) for state, count in entries_by_state.items()])
+        out.family("images_written_broken", "gauge",
+                   "Cached paths whose newest image, a kernel or initramfs, failed its format check when it was "
+                   "written (the journal's IMAGE_WRITTEN_BROKEN names the command that puts the previous good "
+                   "image back).", [((), written_broken)])
         if reconcile is not None:
             out.family("last_reconcile_timestamp_seconds", "gauge",
                        "When the last full reconcile of the boot directory ended (Unix time).", [((), reconcile)])

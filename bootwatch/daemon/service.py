@@ -56,6 +56,7 @@ from bootwatch.cache.proc import LockHolder, flock_holders
 from bootwatch.cache.reconcile import Reconciler, ReconcileReport
 from bootwatch.cache.session import open_cache, reconcile_once
 from bootwatch.cache.store import INDEX_NAME, LOCK_NAME, TEMP_PREFIX, LockWaiter
+from bootwatch.cache.writecheck import BrokenImage
 from bootwatch.config import Config, load_config
 from bootwatch.daemon.health import HealthWatch
 from bootwatch.daemon.jobs import MaintenanceScheduler
@@ -66,7 +67,7 @@ from bootwatch.daemon.status import DaemonStatus, load_status, status_path, writ
 from bootwatch.daemon.watcher import Change, ChangeKind, EntryLocations, Watcher
 from bootwatch.entries.inventory import Inventory
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census
-from bootwatch.errors import BootwatchError, StorageError, describe_oserror
+from bootwatch.errors import BootwatchError, StorageError, describe_oserror, printable
 from bootwatch.health.summary import count_states
 from bootwatch.log import NOTICE, Event, IoErrorLog, counted, log_event, setup_logging
 from bootwatch.pkgtxn import Transaction, TransactionMonitor
@@ -339,6 +340,8 @@ class Daemon:
         self.last_change = 0.0  # time.monotonic() of the last change the worker took in (read by the proof job)
         # The boot proof job, while [prove] on_new_kernel is on (the worker's; see _configure_proofs).
         self.proof_job: ProofJob | None = None
+        # New images written broken that are still their paths' newest (the worker's), by path.
+        self.written_broken: dict[str, BrokenImage] = {}
         # Armed by run(); the object stays, a reload retargets it (the main thread asks it alive()).
         self.watcher = Watcher(paths.boot, paths.entries, paths.cache, self.messages, self._entry_locations)
         # The entry sources' directories as _classify compares names with them (as given and
@@ -888,6 +891,7 @@ class Daemon:
         for path in set(report.cached) | set(report.changed) | set(report.restored):
             self.retries.pop(path, None)
         self._note_new_images(report)
+        self._note_written_broken(report)
         busy = self.messages.work_pending > 0  # ticks and job reports are no work: idle all the same
         listing: CacheListing | None = None  # the index is read once per batch, for the counts and the metrics
         # The boot entries: as the pass read them; read here only when it did not.
@@ -924,6 +928,33 @@ class Daemon:
         self.counts_time = now
         self.counts_due = False
         return listing
+
+    def _note_written_broken(self, report: ReconcileReport) -> None:
+        """Keep STATUS= and the metric on the new images written broken (the journal said each at
+        once) while each is its path's newest: until a new image replaces it or 'restore --image'
+        puts an older one back."""
+        broken = self.written_broken
+        for path in set(report.cached) | set(report.changed) | set(report.restored):
+            broken.pop(path, None)
+        broken.update((b.path, b) for b in report.written_broken)
+        if broken and not report.written_broken:
+            try:
+                index = self.cache.load_index()
+            except (BootwatchError, OSError):
+                index = None  # kept until the index can be read
+            if index is not None:
+                for path, b in list(broken.items()):
+                    if path not in index or index.newest(path) != b.image_id:
+                        del broken[path]
+        text = None
+        if broken:
+            first = broken[min(broken)]
+            text = f"new image {first.image_id[:12]} of {first.path} is BROKEN ({first.problem}): {first.remedy()}"
+            if len(broken) > 1:
+                text += f" (and {len(broken) - 1} more, see the journal)"
+        self.status.written_broken = None if text is None else printable(text)  # a line, whatever the path holds
+        if self.metrics is not None:
+            self.metrics.record_written_broken(len(broken))
 
     def _check_health_due(self) -> None:
         """The health pass and the counts a busy batch left for later (:meth:`_after_batch`), now

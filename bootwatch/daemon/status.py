@@ -53,6 +53,9 @@ class DaemonStatus:
     transaction_wait: str | None = None  # the package manager transaction a batch waits for
     references_unknown: str | None = None  # why the boot entries cannot be trusted now (cache.references.References)
     degraded: str | None = None  # what the daemon cannot do now, e.g. on a read-only cache
+    # The new kernels and initramfs images written broken that are still their paths' newest,
+    # with the command that puts the previous good image back (see cache.writecheck).
+    written_broken: str | None = None
     # The boot entries as the last read of the inventory found them (entries.summary.Census):
     # entries by source found, the words for them ("5 boot entries (grub 4, bls 1)"), and why
     # there is nothing to keep bootable, while that is so. None: not read yet.
@@ -89,6 +92,8 @@ class DaemonStatus:
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
         watching = f"watching {self.boot_dir}: "
+        if self.written_broken:
+            watching += f"{self.written_broken}; "
         if self.entries_warning:
             watching += f"WARNING: {self.entries_warning}; "
         elif self.entries_text:
@@ -185,6 +190,7 @@ _FIELDS = {
     "references_unknown": "optional line", "degraded": "optional line", "entries": "optional counts",
     "entries_text": "optional line", "entries_warning": "optional line",
     "entries_by_state": "optional state counts", "entry_states": "optional entry states",
+    "written_broken": "optional line",
 }
 _REQUIRED = ("pid", "started", "boot_dir", "cache_dir")
 
