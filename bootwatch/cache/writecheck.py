@@ -95,8 +95,10 @@ def check_written(cache: BootCache, index: CacheIndex, image_id: str,
         return ImageVerification(image_id, paths, False, check.message, [check])
     if wanted and check.kind not in wanted:
         needed = " or ".join(sorted(kind.value for kind in wanted))
+        article = "an" if needed[0] in "aeiou" else "a"
         what = "no image bootwatch knows" if check.kind is ImageKind.UNKNOWN else f"{check.kind.value} data"
-        return ImageVerification(image_id, paths, False, f"is {what}, not a {needed} image ({check.message})", [check])
+        return ImageVerification(image_id, paths, False, f"is {what}, not {article} {needed} image ({check.message})",
+                                 [check])
     return ImageVerification(image_id, paths, True, "ok", [check])
 
 

@@ -92,15 +92,15 @@ class DaemonStatus:
         if self.error:
             return f"watching {self.boot_dir}: {self.error}"
         watching = f"watching {self.boot_dir}: "
-        if self.written_broken:
-            watching += f"{self.written_broken}; "
         if self.entries_warning:
             watching += f"WARNING: {self.entries_warning}; "
         elif self.entries_text:
             states = self.states_text()
             watching += f"{self.entries_text}: {states}; " if states else f"{self.entries_text}; "
+        # A new image written broken ends the line, whatever it holds: what to do about it.
+        broken = f"; {self.written_broken}" if self.written_broken else ""
         if self.references_unknown:
-            return f"{watching}references unknown, nothing is cleaned or deleted: {self.references_unknown}"
+            return f"{watching}references unknown, nothing is cleaned or deleted: {self.references_unknown}{broken}"
         counts = self.counts
         last = time.strftime("%H:%M:%S", time.localtime(self.last_reconcile or self.last_batch or self.started))
         text = (f"{watching}{sum(counts.values())} cached, {counts.get(PathState.MISSING, 0)} missing, "
@@ -109,7 +109,7 @@ class DaemonStatus:
             text += f", {self.problems} with problems"
         if self.degraded:
             text += f"; {self.degraded}"
-        return text
+        return text + broken
 
     @classmethod
     def from_json(cls, data: object, *, source: Path) -> DaemonStatus:

@@ -152,3 +152,46 @@ def test_a_good_new_image_is_not_reported(tree: BootTree, daemon: DaemonProcess)
     assert not event_lines(daemon, "IMAGE_WRITTEN_BROKEN")
     assert metric(tree, "images_written_broken") == "0"
     assert before[-1] in index(tree)["index"][path]
+
+
+# ------------------------------------------------------------------------------------ scan: the same pass
+
+def test_with_keep_1_the_previous_good_image_stays_and_is_restorable(tree: BootTree) -> None:
+    """The kernel was cached by 'add' (no check then); a truncated one is written; 'scan' checks
+    the old image before caching the new one, so trimming to keep = 1 leaves it, and clean too."""
+    tree.set_keep(1)
+    path = f"/vmlinuz-{tree.version}"
+    rc, out, err = tree.cli("add", path)
+    assert rc == 0, out + err
+    good = tree.sha1_of(tree.path(path))
+    assert "verified" not in index(tree)["images"][good].get("bootwatch", {})
+    write_cut_off(tree.path(path), tree.path(path).read_bytes())
+    broken = tree.sha1_of(tree.path(path))
+
+    report = tree.cli_json("scan", "--json")
+    assert report["written_broken"] == [{
+        "path": path, "image_id": broken, "good_image_id": good,
+        "problem": report["written_broken"][0]["problem"],
+        "restore_command": f"bootwatch restore --image {good} {path}"}], report
+    assert report["written_broken"][0]["problem"].startswith("truncated bzImage")
+    for _ in range(2):
+        assert set(index(tree)["index"][path]) == {good, broken}, "the previous good image was trimmed"
+        rc, out, err = tree.cli("clean")
+        assert rc == 0, out + err
+    assert tree.image(good).exists()
+    rc, out, err = tree.cli("restore", "--image", good[:12], path)
+    assert rc == 0, out + err
+    assert tree.sha1_of(tree.path(path)) == good
+
+
+def test_an_empty_initramfs_is_broken_for_the_entry_that_names_it(tree: BootTree) -> None:
+    path = f"/initrd.img-{tree.version}"
+    assert tree.cli("scan")[0] == 0
+    good = index(tree)["index"][path][-1]
+    tree.path(path).write_bytes(b"")
+    rc, out, err = tree.cli("scan")
+    assert rc == 0, out + err
+    assert "1 new images broken" in out
+    [line] = [line for line in err.splitlines() if "event=IMAGE_WRITTEN_BROKEN" in line]
+    assert "is no image bootwatch knows, not an initramfs image" in line
+    assert f"bootwatch restore --image {good} {path}" in line
