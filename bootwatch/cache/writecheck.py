@@ -11,9 +11,12 @@ passed is never trimmed) all see it; the verify job checks it again in its turn.
 
 Which images: the new image of a path that an entry names as a kernel, an initrd or a UKI
 (:data:`WANTED_KINDS`), and with ``track = "all"`` any other new image whose content is a kernel,
-a UKI or an initramfs. An image is broken when its check fails, or when an entry names it as one
-of those and its content is not one (an empty file, zeros, another kind of image). A filesystem
-image is never mounted here: that needs loop devices, under the cache lock; the verify job does it.
+a UKI or an initramfs. An image is broken when its check fails (a format it recognises, cut short
+or corrupt), or when an entry names it as one of those and it is empty (a write that failed at
+once) or an image of another kind (an initramfs where the kernel belongs). Content no check
+recognises is not called broken here, as ``verify`` calls it unchecked, not failed: the entry's
+health check (bootwatch.health.judge) judges it by its role. A filesystem image is never mounted
+here: that needs loop devices, under the cache lock; the verify job does it.
 """
 
 from __future__ import annotations
@@ -93,12 +96,12 @@ def check_written(cache: BootCache, index: CacheIndex, image_id: str,
         return ImageVerification(image_id, paths, False, check.message, [check], unchecked=True)
     if check.failed:
         return ImageVerification(image_id, paths, False, check.message, [check])
-    if wanted and check.kind not in wanted:
+    empty = index.recorded_size(image_id) == 0
+    if wanted and (empty or check.kind not in wanted | {ImageKind.UNKNOWN}):
         needed = " or ".join(sorted(kind.value for kind in wanted))
         article = "an" if needed[0] in "aeiou" else "a"
-        what = "no image bootwatch knows" if check.kind is ImageKind.UNKNOWN else f"{check.kind.value} data"
-        return ImageVerification(image_id, paths, False, f"is {what}, not {article} {needed} image ({check.message})",
-                                 [check])
+        what = "empty" if empty else f"{check.kind.value} data ({check.message})"
+        return ImageVerification(image_id, paths, False, f"is {what}, not {article} {needed} image", [check])
     return ImageVerification(image_id, paths, True, "ok", [check])
 
 

@@ -185,6 +185,8 @@ def test_with_keep_1_the_previous_good_image_stays_and_is_restorable(tree: BootT
 
 
 def test_an_empty_initramfs_is_broken_for_the_entry_that_names_it(tree: BootTree) -> None:
+    """A write that failed at once (no room for a first block) leaves an empty file: no format
+    check can fail on it, but no entry boots an empty initramfs."""
     path = f"/initrd.img-{tree.version}"
     assert tree.cli("scan")[0] == 0
     good = index(tree)["index"][path][-1]
@@ -193,5 +195,6 @@ def test_an_empty_initramfs_is_broken_for_the_entry_that_names_it(tree: BootTree
     assert rc == 0, out + err
     assert "1 new images broken" in out
     [line] = [line for line in err.splitlines() if "event=IMAGE_WRITTEN_BROKEN" in line]
-    assert "is no image bootwatch knows, not an initramfs image" in line
+    assert f"{path}: the new image {tree.sha1_bytes(b'')} written there is broken: is empty, not an initramfs image;" \
+        in line
     assert f"bootwatch restore --image {good} {path}" in line
