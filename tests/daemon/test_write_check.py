@@ -193,7 +193,7 @@ def test_an_empty_initramfs_is_broken_for_the_entry_that_names_it(tree: BootTree
     tree.path(path).write_bytes(b"")
     rc, out, err = tree.cli("scan")
     assert rc == 0, out + err
-    assert "1 new images broken" in out
+    assert "1 new image broken" in out
     [line] = [line for line in err.splitlines() if "event=IMAGE_WRITTEN_BROKEN" in line]
     assert f"{path}: the new image {tree.sha1_bytes(b'')} written there is broken: is empty, not an initramfs image;" \
         in line
