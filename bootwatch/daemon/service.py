@@ -220,6 +220,9 @@ def release_memory() -> None:
 
     A storm of 10,000 files leaves parsed indexes and listings freed but held by the C
     allocator; ``malloc_trim(0)`` returns the free heap pages, so the idle RSS stays small.
+    Called once the batch's own objects are gone (:meth:`Daemon._worker_loop`): trimmed
+    while its transaction's index and the listing were still referenced, their pages were
+    freed only after the trim and stayed with the allocator.
     """
     gc.collect()
     linux.malloc_trim()
@@ -537,13 +540,18 @@ class Daemon:
             self.reconciler.reported_missing = reconciler.reported_missing
 
     def _worker_loop(self) -> None:
+        worked = True  # the first reconcile's memory is released too
         while True:
+            if worked and not self.messages.work_pending:
+                release_memory()  # here, once a batch's index, listing and report are freed
+                worked = False
             batch = self._collect()
             if batch is None:
                 return
             if not batch.has_work():
                 self._check_health_due()
                 continue
+            worked = True
             self.busy_since = self.last_progress = time.monotonic()
             try:
                 self._apply_logged(batch)
@@ -832,7 +840,11 @@ class Daemon:
             self.beat()
             txn.flush()
             self.reconciler.check_images(txn, batch.image_ids, report)
-        self._after_batch(report, full=batch.full, inventory=txn.references.inventory)
+            inventory = txn.references.inventory
+        # The transaction's parsed index is freed before _after_batch parses the index again for
+        # the counts: one parsed index at a time (10,000 paths: about 17 MB of objects each).
+        del txn
+        self._after_batch(report, full=batch.full, inventory=inventory)
 
     def _reload_now(self) -> None:
         try:
@@ -910,8 +922,6 @@ class Daemon:
             listing = self._refresh_counts(now)
         else:
             self.counts_due = True  # once the worker is idle (_worker_loop), as the health pass
-        if not busy:
-            release_memory()
         self.publish_status()
         if self.metrics is not None:
             self._write_metrics(full=full, listing=listing, census=census)
