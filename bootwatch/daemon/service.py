@@ -549,6 +549,7 @@ class Daemon:
             if batch is None:
                 return
             if not batch.has_work():
+                worked = worked or self.health_due is not None  # the health pass below allocates too
                 self._check_health_due()
                 continue
             worked = True
