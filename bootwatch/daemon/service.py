@@ -40,6 +40,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -224,6 +225,10 @@ def release_memory() -> None:
     while its transaction's index and the listing were still referenced, their pages were
     freed only after the trim and stayed with the allocator.
     """
+    # The interpreter's attribute lookup cache keeps the last name looked up in each of its
+    # slots, strings built during the batch (watchdog's f"on_{event_type}") that would pin
+    # otherwise empty pools of the small-object allocator.
+    sys._clear_type_cache()
     gc.collect()
     linux.malloc_trim()
 
@@ -543,6 +548,10 @@ class Daemon:
         worked = True  # the first reconcile's memory is released too
         while True:
             if worked and not self.messages.work_pending:
+                # What a complete pass looked at is for scan's proof; the daemon read what it needs
+                # of the first (_serve), and the list of every path would stay behind, scattered
+                # over the memory the batch used.
+                self.reconciler.last_inputs = None
                 release_memory()  # here, once a batch's index, listing and report are freed
                 worked = False
             batch = self._collect()
