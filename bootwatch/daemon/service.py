@@ -558,7 +558,8 @@ class Daemon:
             if batch is None:
                 return
             if not batch.has_work():
-                worked = worked or self.health_due is not None  # the health pass below allocates too
+                # The health pass and counts left for now parse and read as a batch does.
+                worked = worked or self.health_due is not None or self.counts_due
                 self._check_health_due()
                 continue
             worked = True
