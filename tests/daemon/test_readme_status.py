@@ -3,7 +3,7 @@ the README itself and compares it, line by line, with the output of ``bootwatch 
 real ``bootwatch run`` (tests/daemonproc.py) on real images (the real kernel and mkinitramfs
 image of tests/daemon/test_service_health.py, a real loop-mounted root with its modules), one
 entry's initramfs cut short as a full /boot leaves it. Only what differs from host to host is
-put aside: the PID, the times and the two directories (the README's are the defaults)."""
+put aside: the PID, the times, image ids and the two directories (the README's are the defaults)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ __all__ = ["real_pair", "root_device"]  # fixtures, used by name
 README = REPO_ROOT / "README.md"
 TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 PID = re.compile(r"\(pid \d+\)")
+# Image ids: the real mkinitramfs image (and so the cut one) differs from build to build.
+IMAGE_ID = re.compile(r"\b[0-9a-f]{40}\b|\b[0-9a-f]{12}\b")
 
 
 def readme_teaser() -> list[str]:
@@ -37,7 +39,7 @@ def readme_teaser() -> list[str]:
 def normalized(lines: list[str], boot: str, cache: str) -> list[str]:
     out = []
     for line in lines:
-        line = TIME.sub("<time>", PID.sub("(pid <pid>)", line))
+        line = IMAGE_ID.sub("<id>", TIME.sub("<time>", PID.sub("(pid <pid>)", line)))
         out.append(line.replace(cache, "/var/lib/bootwatch/cache").replace(boot, "/boot"))
     return out
 
