@@ -264,12 +264,6 @@ def test_an_xz_initramfs_the_kernel_cannot_unpack_is_broken(boot_tree: BootTree,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a new initramfs written as zeros (what a crash leaves of a file whose size "
-                   "was committed before its data) is content no check recognises, which the write check "
-                   "(cache/writecheck.check_written: UNKNOWN is allowed for any role) records as a check that "
-                   "passed: with keep = 1 the previous good image is trimmed (at the next clean, as the zeroed "
-                   "image is then the newest that passed) and nothing says the new one is "
-                   "broken, though the health check calls the entry BROKEN ('is no initramfs')")
 def test_a_zeroed_new_initramfs_keeps_the_good_image_with_keep_1(boot_tree: BootTree, pairs: list[Pair]) -> None:
     tree = boot_tree
     release, vmlinuz, initrd = pairs[-1]
