@@ -93,6 +93,15 @@ def test_the_quick_start_has_a_block_per_step_and_no_sudo() -> None:
     assert "systemctl is-active bootwatch" in blocks["check"] and "bootwatch status" in blocks["check"]
 
 
+def test_no_command_in_the_readme_says_sudo() -> None:
+    """The README is read by root on a host without sudo: no section (the service, the hooks,
+    development) shows a command with it, nor installs by hand what the quick start installs."""
+    readme = README.read_text()
+    assert re.findall(r"^(?:    |\t)?(?:\$ |# )?sudo .*$", readme, re.MULTILINE) == []
+    service = readme[readme.index("## Running it as a service"):readme.index("\n## ", readme.index("## Running it"))]
+    assert "install -" not in service and "systemctl enable" not in service, service
+
+
 def apt_names(script: str) -> list[str]:
     """The package names of the script's apt-get install lines (local .deb files left out)."""
     names: list[str] = []
