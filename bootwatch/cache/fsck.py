@@ -47,6 +47,7 @@ from bootwatch.errors import (
     UnsafePathError,
     describe_oserror,
 )
+from bootwatch.log import counted
 from bootwatch.safety import file_kind, normalize_boot_path, open_regular
 
 DEFAULT_MODE = 0o100644
@@ -192,7 +193,8 @@ def _mark_merged_copies(store: CacheStore, copies: list[Path], report: FsckRepor
             continue
         merged.append(copy)
     if merged:
-        report.repaired.append(f"merged {len(merged)} kept corrupt index(es) into the index: "
+        report.repaired.append(f"merged {counted(len(merged), 'kept corrupt index', 'kept corrupt indexes')} "
+                               "into the index: "
                                + ", ".join(c.name for c in merged))
 
 

@@ -113,6 +113,8 @@ def test_a_corrupt_index_stops_every_command_and_is_never_overwritten(boot_tree,
     rc, out, err = boot_tree.cli("fsck", "--repair")
     assert rc == 0, out + err
     assert "Traceback" not in err
+    # Its count agrees with its noun, as every message's does.
+    assert "merged 1 kept corrupt index into the index: cacheindex.json.corrupt-" in out, out
     kept = sorted(boot_tree.cache.glob("cacheindex.json.corrupt-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == corrupt, "the corrupt file must be kept, byte for byte"
     rows = boot_tree.list_json()
