@@ -105,7 +105,7 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print_json([s.to_json() for s in statuses])
         return EXIT_OK
-    rows = [(s.path, s.image_id[:12], s.state + ("*" if s.boot_changed else ""), s.count, len(s.images),
+    rows = [(s.path, short_id(s.image_id), s.state + ("*" if s.boot_changed else ""), s.count, len(s.images),
              verification_summary(s.verified), s.image_problem or "") for s in statuses]
     print(format_table(("PATH", "IMAGE", "STATE", "COUNT", "IMAGES", "VERIFIED", "PROBLEM"), rows))
     if any(s.boot_changed for s in statuses):
