@@ -37,8 +37,8 @@ EXIT_STATUS = (
     (errors.EXIT_FAILURE, "An operation failed, or verify, fsck, entries or prove found a problem; a cache "
                           "directory that does not exist, for the commands that only read the cache."),
     (errors.EXIT_USAGE, "A usage error: an unknown option, a PATH that is no boom-style path, an image id that "
-                        "is not 40 lowercase hex digits, a --boot-dir or --cache-dir that does not exist or is "
-                        "a system directory."),
+                        "is not 40 lowercase hex digits (restore --image: 8 to 40 of them), a --boot-dir or "
+                        "--cache-dir that does not exist or is a system directory."),
     (errors.EXIT_NOT_RUNNING, "status only: the daemon is not running."),
     (errors.EXIT_CONFIG, "A configuration error: the message names the file, the line and the [section] key."),
     (130, "Interrupted (SIGINT) while a command other than run was working."),
