@@ -426,7 +426,8 @@ def _salvage(cache: BootCache, base: CacheIndex, copies: list[Path], digests: di
             report.warnings.append(f"{kept_at}: image matches no known path; kept for an administrator")
     index = CacheIndex(data)
     CacheIndex.validate(data, source=store.index_path)
-    report.repaired.append(f"rebuilt the index with {len(index)} paths and {len(index.all_image_ids())} images")
+    report.repaired.append(f"rebuilt the index with {counted(len(index), 'path')} and "
+                           f"{counted(len(index.all_image_ids()), 'image')}")
     return index, unmerged
 
 

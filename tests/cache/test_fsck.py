@@ -139,6 +139,16 @@ def test_a_corrupt_index_stops_every_command_and_is_never_overwritten(boot_tree,
     assert rc == 0 and "changed" in out, out + err
 
 
+def test_a_repair_counts_one_path_and_one_image_in_the_singular(boot_tree) -> None:
+    boot_tree.write_file(K1, 5000)
+    rc, out, err = boot_tree.cli("add", K1)
+    assert rc == 0, err
+    boot_tree.index_file.write_text("{garbage")
+    rc, out, err = boot_tree.cli("fsck", "--repair")
+    assert rc == 0, out + err
+    assert "rebuilt the index with 1 path and 1 image" in out, out
+
+
 def test_corrupt_and_missing_images_are_problems_that_repair_fixes(boot_tree, populated) -> None:
     # I1: content rotted, boot file intact -> copied again. GONE: rotted and no boot file -> dropped.
     for path in (I1, GONE):
