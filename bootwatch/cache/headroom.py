@@ -20,11 +20,33 @@ check both ask it.
 - **Needed** is ``max(kernel + initramfs, UKI)``, each rounded up to whole blocks
   (``f_frsize``), as is what a restore would write. A filesystem where no entry names a kernel,
   initramfs or UKI (an ESP holding only the boot loader) needs no headroom.
+
+A restore (:meth:`HostHeadroom.restore_decision`, asked by every restore: ``bootwatch restore``,
+``restore --image``, and the auto-restore of ``scan`` and the daemon) is decided so:
+
+1. A file that does not fit at all is never written: refused, naming the free space.
+2. A restore after which the filesystem lacks the headroom, counting the image restored at its
+   key (a larger older initramfs put back is then the largest initramfs there), is refused,
+   except where refusing it keeps no room worth keeping or costs more than the room is worth:
+
+   a. the file is not a kernel, initramfs or UKI (a devicetree, an EFI program, a ``.hmac``):
+      small, and no install grows it, so refusing it saves nothing;
+   b. the operator said ``--force`` (``restore`` and ``restore --image``): the headroom is the
+      only guard it overrides;
+   c. ``restore --image`` replaces a file that fails its format check: the entry does not boot
+      as it is, and repairing it takes no room a sound file there would not;
+   d. the host needs it to boot at all: no entry has all of its files there (the room is kept
+      for the next kernel, and a host that cannot boot installs none). The restore is done and
+      logged as leaving the headroom short.
+
+   A restore that takes no more room than the file it replaces is never refused: it leaves the
+   filesystem as full as it found it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -132,6 +154,27 @@ class Shortfall:
 
     filesystem: Path
     message: str
+    fits: bool = True
+    """The file a refused restore would write fits: ``--force`` would write it."""
+
+
+class Waiver(enum.Enum):
+    """Why a restore that leaves its filesystem without the headroom is done anyway (rule 2a-2d)."""
+
+    NOT_SIZED = "it is not a kernel, initramfs or unified kernel image"
+    FORCED = "the operator said --force"
+    REPAIR = "it replaces a file that fails its format check"
+    NEEDED_TO_BOOT = "no boot entry of the host has all of its files without it"
+
+
+@dataclass(frozen=True)
+class RestoreDecision:
+    """What the rule says of one restore: refused (``refusal``), or done; ``short`` when done
+    although it leaves the filesystem without the headroom, ``waiver`` saying why."""
+
+    refusal: Shortfall | None = None
+    short: Shortfall | None = None
+    waiver: Waiver | None = None
 
 
 class HostHeadroom:
@@ -213,19 +256,68 @@ class HostHeadroom:
             self._rooms[device] = known
         return known if isinstance(known, Headroom) else None
 
-    def restore_refusal(self, name: Path, size: int, *, replacing: int = 0) -> Shortfall | None:
-        """Why restoring ``size`` bytes at ``name`` breaks the rule, or None; ``replacing``: the
-        bytes of the file there that the restore replaces (freed once it is done). A restore that
-        takes no more room than the file it replaces is never refused: it leaves the filesystem as
-        full as it found it. The filesystem is looked at now (a restore just made changes it)."""
+    def role_of(self, key: str) -> FileRole | None:
+        """The role the entries name ``key`` in: a sized one if any entry names it so; None when
+        no entry names it (unknown: sized like a kernel)."""
+        inventory = self.inventory
+        roles = {f.role for e in (inventory.entries if inventory is not None else ())
+                 for f in e.files if inventory is not None and inventory.key(f) == key}
+        sized = [r for r in SIZED_ROLES if r in roles]
+        return sized[0] if sized else next(iter(roles), None)
+
+    def host_boots(self) -> bool:
+        """Whether some entry has all of its files there (a kernel or UKI among them), so that the
+        host boots without any restore. Unknown (no inventory, a file on no partition bootwatch
+        can tell) is not booting."""
+        return self.inventory is not None and any(self._all_there(e) for e in self.inventory.entries)
+
+    def _all_there(self, entry: Entry) -> bool:
+        assert self.inventory is not None
+        if not any(f.role in (FileRole.KERNEL, FileRole.UKI) for f in entry.files):
+            return False
+        for file in entry.files:
+            key = self.inventory.key(file)
+            path = self.locate(key) if key is not None else None
+            try:
+                if path is None or not stat.S_ISREG(os.stat(path).st_mode):
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def restore_decision(self, key: str, name: Path, size: int, *, replacing: int = 0, force: bool = False,
+                         repairing: Callable[[], bool] = lambda: False) -> RestoreDecision:
+        """The rule (see the module docstring) for restoring ``size`` bytes of ``key`` at ``name``;
+        ``replacing``: the bytes of the file there that the restore replaces (freed once it is
+        done); ``repairing``: asked only when it matters, whether that file fails its format check.
+        The filesystem is looked at now (a restore just made changes it)."""
         self._rooms.clear()
         room = self.room(name.parent)
         if room is None or allocated(size, room.block) <= allocated(replacing, room.block):
-            return None
+            return RestoreDecision()
+        role = self.role_of(key)
+        images = dict(self.images)
+        if role in SIZED_ROLES:
+            images[key] = BootImage(key, role, size, room.device, name.parent, True)
+        try:
+            room = Headroom.of(name.parent, images.values())
+        except OSError:
+            return RestoreDecision()
         room = dataclasses.replace(room, free=room.free + allocated(replacing, room.block))
+        refused = f"not restoring it ({mib(size)}): {_leaves(room, [size])}"
+        if room.left_after([size]) < 0:
+            return RestoreDecision(Shortfall(room.filesystem, refused, fits=False))
         if room.kept_after([size]):
-            return None
-        return Shortfall(room.filesystem, f"not restoring it ({mib(size)}): {_leaves(room, [size])}")
+            return RestoreDecision()
+        waiver = (Waiver.NOT_SIZED if role is not None and role not in SIZED_ROLES
+                  else Waiver.FORCED if force
+                  else Waiver.REPAIR if repairing()
+                  else Waiver.NEEDED_TO_BOOT if not self.host_boots()
+                  else None)
+        if waiver is None:
+            return RestoreDecision(Shortfall(room.filesystem, refused))
+        return RestoreDecision(short=Shortfall(room.filesystem, f"restoring it ({mib(size)}), as {waiver.value}, "
+                                               f"although {_leaves(room, [size])}"), waiver=waiver)
 
     def shortfalls(self, entry: Entry) -> list[Shortfall]:
         """Each filesystem holding images of ``entry`` that lacks the headroom now, or would once the
@@ -251,8 +343,8 @@ def _shortfall(room: Headroom, missing: Sequence[BootImage]) -> str:
         return (f"{room.filesystem} has {mib(room.free)} free, less than the {room.what_is_needed()}; "
                 "free space there (remove a kernel no entry needs)")
     names = ", ".join(i.key for i in missing)
-    return (f"restoring {names}: {_leaves(room, [i.size for i in missing])}; bootwatch will not restore "
-            f"{'it' if len(missing) == 1 else 'them'}: free space there (remove a kernel no entry needs)")
+    return (f"restoring {names}: {_leaves(room, [i.size for i in missing])}: free space there (remove a kernel "
+            "no entry needs)")
 
 
 def _leaves(room: Headroom, sizes: Sequence[int]) -> str:

@@ -533,8 +533,10 @@ class Transaction:
         """Give the images added so far their final names (before anything reads them)."""
         self.pending.flush()
 
-    def restore(self, path: str) -> str:
-        """Copy the newest image of a MISSING path back into the boot directory; return its id."""
+    def restore(self, path: str, *, force: bool = False) -> str:
+        """Copy the newest image of a MISSING path back into the boot directory; return its id.
+        ``force``: also where it leaves its filesystem without the headroom (never where it does
+        not fit)."""
         self._may_restore(path)
         state = self.cache.path_status(self.index, path, self.references).state
         if state is not PathState.MISSING:
@@ -551,10 +553,10 @@ class Transaction:
             raise BootwatchError(f"is a symlink to {link}, which does not exist; bootwatch never restores through "
                                  "a symlink", path=real, hint=f"restore the path the link names, or remove the "
                                  f"link to restore {path} as a file")
-        self._put_image(path, real, image_id, replace=False)
+        self._put_image(path, real, image_id, replace=False, force=force)
         return image_id
 
-    def restore_image(self, path: str, image: str) -> str:
+    def restore_image(self, path: str, image: str, *, force: bool = False) -> str:
         """Put the image ``image`` (its id, or a prefix of it that only one of the path's images
         has) of ``path`` back at the path's name, whatever file is there now (a kernel or
         initramfs that was written broken); return its id.
@@ -583,7 +585,7 @@ class Transaction:
             raise BootwatchError(f"is {what}, not a regular file; bootwatch puts an image back only in place of a "
                                  "file", path=real, hint="restore the path the link names" if stat.S_ISLNK(st.st_mode)
                                  else None)
-        self._put_image(path, real, image_id, replace=True)
+        self._put_image(path, real, image_id, replace=True, force=force)
         if not self.read_only:
             self.index.make_newest(path, image_id)
         return image_id
@@ -620,12 +622,12 @@ class Transaction:
         if self.references.is_absent(self.cache.boot_name(path)):
             raise BootwatchError(f"not restoring {path}: {self.references.unknown}", hint="mount the ESP first")
 
-    def _put_image(self, path: str, real: Path, image_id: str, *, replace: bool) -> None:
+    def _put_image(self, path: str, real: Path, image_id: str, *, replace: bool, force: bool = False) -> None:
         """Write image ``image_id`` at ``real``, the name of ``path`` (``replace``: over the file
         there), and record what was written."""
         if not real.parent.is_dir():
             raise BootwatchError(f"cannot restore {path}: its directory no longer exists", path=real.parent)
-        self._check_headroom(path, real, image_id, replace=replace)
+        self._check_headroom(path, real, image_id, replace=replace, force=force)
         # An earlier restored copy is gone or is about to be replaced: its marker, if bootwatch
         # made it, goes too (a marker beside a file being replaced is made again for the new one).
         self.forget_restored_copy(path)
@@ -638,11 +640,12 @@ class Transaction:
             self.index.record_signature(path, identity.signature, image_id)
             self.dirty = True
 
-    def _check_headroom(self, path: str, real: Path, image_id: str, *, replace: bool) -> None:
-        """Refuse (:class:`HeadroomError`) a restore that would leave the filesystem of ``real``
-        without room for one more kernel and initramfs (:mod:`bootwatch.cache.headroom`), before
-        anything is written. ``replace``: the file at ``real`` goes, and its blocks with it unless
-        another name links to it."""
+    def _check_headroom(self, path: str, real: Path, image_id: str, *, replace: bool, force: bool) -> None:
+        """Refuse (:class:`HeadroomError`) a restore that the headroom rule refuses
+        (:mod:`bootwatch.cache.headroom`: it does not fit, or it leaves the filesystem of ``real``
+        without room for one more kernel and initramfs and nothing waives that), before anything
+        is written; log one done although it leaves the headroom short. ``replace``: the file at
+        ``real`` goes, and its blocks with it unless another name links to it."""
         image = self.cache.store.image_stat(image_id)
         if image is None:
             return  # opening it says what is wrong
@@ -653,12 +656,24 @@ class Transaction:
                 replaced = st.st_size if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else 0
         room = HostHeadroom(self.references.inventory, self.cache.key_name,
                             lambda key: self.cache.cached_size(self.index, key))
-        refusal = room.restore_refusal(real, image.st_size, replacing=replaced)
+        decision = room.restore_decision(path, real, image.st_size, replacing=replaced, force=force,
+                                         repairing=lambda: replace and self._fails_format(real))
         again = f"--image {image_id} {path}" if replace else path
+        refusal = decision.refusal
         if refusal is not None:
+            anyway = f", or 'bootwatch restore --force {again}' to restore it anyway" if refusal.fits else ""
             raise HeadroomError(refusal.message, path=real,
                                 hint=f"free space on {refusal.filesystem} (remove a kernel that no boot entry needs, "
-                                     f"an old kernel package), then run 'bootwatch restore {again}'")
+                                     f"an old kernel package), then run 'bootwatch restore {again}'{anyway}")
+        if decision.short is not None:
+            log.warning("%s: %s; free space on %s (remove a kernel that no boot entry needs)", real,
+                        decision.short.message, decision.short.filesystem)
+
+    def _fails_format(self, real: Path) -> bool:
+        """Whether the file at ``real`` fails its format check (a kernel or initramfs written broken)."""
+        from bootwatch.verify import check_image  # decompressors: only a restore over a file needs them
+        runtime = self.cache.runtime_dir if self.cache.runtime_dir is not None else self.cache.store.directory / "run"
+        return check_image(real, runtime_dir=Path(runtime), mount=False).failed
 
     def _write_restored_copy(self, path: str, real: Path, image_id: str, meta: PathMeta, *,
                              replace: bool = False) -> tuple[FileIdentity, bool]:
@@ -1133,14 +1148,14 @@ class BootCache:
             for path in paths:
                 txn.remove(path, force=force)
 
-    def restore(self, paths: Sequence[str]) -> builtins.list[str]:
+    def restore(self, paths: Sequence[str], *, force: bool = False) -> builtins.list[str]:
         with self.transaction() as txn:
-            return [txn.restore(path) for path in paths]
+            return [txn.restore(path, force=force) for path in paths]
 
-    def restore_image(self, path: str, image: str) -> str:
+    def restore_image(self, path: str, image: str, *, force: bool = False) -> str:
         """:meth:`Transaction.restore_image` under the lock; the id of the image put back."""
         with self.transaction() as txn:
-            return txn.restore_image(path, image)
+            return txn.restore_image(path, image, force=force)
 
     # ---------------------------------------------------------------- verify
 

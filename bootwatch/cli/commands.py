@@ -92,7 +92,8 @@ def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     log_changes("restore")
     cache = BootCache.from_config(config)
     paths = boot_paths(cache, args.paths)
-    restored = cache.restore(paths) if args.image is None else [cache.restore_image(paths[0], args.image)]
+    restored = (cache.restore(paths, force=args.force) if args.image is None
+                else [cache.restore_image(paths[0], args.image, force=args.force)])
     for path, image_id in zip(paths, restored):
         print(f"{printable(path)}: restored image {image_id}")
         log_event(log, Event.IMAGE_RESTORED, "%s: restored image %s by 'bootwatch restore%s'", path, short_id(image_id),

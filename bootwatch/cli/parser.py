@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=_image_id_or_prefix, metavar="ID",
                    help="one of PATH's images (its id, or at least 8 of its first digits that no other image of "
                         "PATH starts with), put back even over a file that is there (one written broken)")
+    p.add_argument("--force", action="store_true",
+                   help="restore even where it leaves /boot (or the ESP) without room for one more kernel and "
+                        "initramfs (the headroom); never where the file does not fit, and no other check is skipped")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = command("list", cmd_list, "list cached paths with their state")
     p.add_argument("--json", action="store_true", help="print a JSON array")

@@ -113,15 +113,18 @@ class HostCheck:
         return [Finding(EntryState.BROKEN, Check.PROOF, f"its boot proof of {when} failed: {proof.reason}{log}",
                         proof.log)]
 
-    def _headroom_findings(self, entry: Entry) -> list[Finding]:
-        """AT_RISK where the entry's filesystem lacks room for one more kernel and initramfs, now
-        or once its missing files were restored (:mod:`bootwatch.cache.headroom`)."""
+    def _room(self) -> HostHeadroom:
         if self._headroom is None:
             view = self.cache
             self._headroom = HostHeadroom(self.inventory, self.key_path,
                                           lambda key: view.cache.cached_size(view.index, key) if view else None)
+        return self._headroom
+
+    def _headroom_findings(self, entry: Entry) -> list[Finding]:
+        """AT_RISK where the entry's filesystem lacks room for one more kernel and initramfs, now
+        or once its missing files were restored (:mod:`bootwatch.cache.headroom`)."""
         return [Finding(EntryState.AT_RISK, Check.HEADROOM, s.message, str(s.filesystem))
-                for s in self._headroom.shortfalls(entry)]
+                for s in self._room().shortfalls(entry)]
 
     def host_path(self, file: BootFile) -> Path | None:
         key = self.inventory.key(file)
@@ -162,12 +165,25 @@ class HostCheck:
                                     f"{copy.verification.message}", str(path)))
             return _FileFacts(file, path, None)
         facts = self.facts.of(copy.image)
-        findings.append(Finding(EntryState.AT_RISK, Check.FILE,
-                                f"{path}: missing; only the cache holds it (image {copy.image_id}): "
-                                f"bootwatch restore {key}", str(path)))
+        findings.append(self._restorable(key, path, copy))
         if facts is not None:
             findings += _format_findings(file, path, facts)
         return _FileFacts(file, path, facts)
+
+    def _restorable(self, key: str, path: Path, copy: CachedCopy) -> Finding:
+        """A missing file the cache holds: AT_RISK while the headroom rule lets it be restored, or
+        while another entry boots; BROKEN when the rule refuses it and no entry boots (which the
+        rule's own exception for that case should not let last)."""
+        held = f"{path}: missing; only the cache holds it (image {copy.image_id})"
+        size = self.cache.cache.cached_size(self.cache.index, key) if self.cache is not None else None
+        decision = self._room().restore_decision(key, path, size) if size is not None else None
+        refusal = decision.refusal if decision is not None else None
+        if refusal is None:
+            return Finding(EntryState.AT_RISK, Check.FILE, f"{held}: bootwatch restore {key}", str(path))
+        anyway = f", or run 'bootwatch restore --force {key}'" if refusal.fits else ""
+        state = EntryState.AT_RISK if self._room().host_boots() else EntryState.BROKEN
+        return Finding(state, Check.FILE, f"{held}, and bootwatch does not restore it: {refusal.message}; free "
+                       f"space on {refusal.filesystem} (remove a kernel no entry needs){anyway}", str(path))
 
     def _release(self, entry: Entry, files: list[_FileFacts]) -> list[Finding]:
         """The kernel's release against its initramfs's modules and its root's."""

@@ -168,16 +168,22 @@ def test_a_restore_that_would_leave_no_room_for_one_more_kernel_is_refused(boot_
         assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz)
         assert free(tree.boot) == needed(pairs) + MIB
 
-        # restore --image over a file counts that file as freed: putting the kernel's image back
-        # in place of a smaller broken write is refused where the growth breaks the headroom, and
-        # one that takes no more room than the file it replaces never is.
+        # restore --image over a file counts that file as freed, and one that replaces a file
+        # failing its format check (a write cut short) is done below the headroom (rule 2c): the
+        # entry does not boot as it is. It still must fit, and it says the headroom is short.
         image_id = tree.sha1_of(vmlinuz)
         os.truncate(kernel, size - 2 * MIB)  # a write cut short
-        leave_free(tree, needed(pairs) + MIB)
+        leave_free(tree, MIB)
         rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
         line = tree.assert_clean_error(rc, err, names=[str(kernel)])
-        assert "that would leave" in line and f"bootwatch restore --image {image_id} /vmlinuz-{old}" in err, err
+        assert "does not fit" in line and "--force" not in err, err
         assert kernel.stat().st_size == size - 2 * MIB and leftovers(tree.boot) == []
+        leave_free(tree, needed(pairs) + MIB)
+        rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
+        assert rc == 0, out + err
+        assert "fails its format check, although that would leave" in err, err
+        assert tree.sha1_of(kernel) == image_id and leftovers(tree.boot) == []
+        os.truncate(kernel, size - 2 * MIB)
         leave_free(tree, needed(pairs) + 3 * MIB)
         rc, out, err = tree.cli("restore", "--image", image_id, f"/vmlinuz-{old}")
         assert rc == 0, out + err
@@ -241,3 +247,90 @@ def test_what_one_more_kernel_needs() -> None:
     assert room.left_after([1]) == 100 * MIB - 4096  # whole blocks
     assert Headroom(Path("/efi"), 1, free=0, block=512, uki=80 * MIB).needed == 80 * MIB
     assert Headroom(Path("/efi"), 1, free=0, block=512).kept_after()  # no kernel there: nothing to keep room for
+
+
+def test_force_restores_below_the_headroom_and_never_past_the_free_space(boot_tree: BootTree,
+                                                                         pairs: list[Pair]) -> None:
+    """Rule 2b: '--force' overrides the headroom, not rule 1; until then the entry is AT_RISK (the
+    other entry boots) and its finding names the command that works."""
+    tree = boot_tree
+    (old, vmlinuz, _), (new, _, _) = pairs
+    with small_boot(tree):
+        install(tree, pairs)
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        kernel = tree.boot / f"vmlinuz-{old}"
+        kernel.unlink()
+        size = allocated(vmlinuz.stat().st_size, 4096)
+        leave_free(tree, needed(pairs) + size - MIB)
+        rc, out, err = tree.cli("restore", f"/vmlinuz-{old}")
+        line = tree.assert_clean_error(rc, err, names=[str(kernel)])
+        assert "not restoring it" in line and f"bootwatch restore --force /vmlinuz-{old}" in err, err
+        assert not kernel.exists()
+
+        verdicts = health(tree)
+        [finding] = [f for f in verdicts[f"{old}.conf"].findings if f.check is Check.FILE]
+        assert finding.state is EntryState.AT_RISK, finding
+        assert "does not restore it" in finding.message, finding
+        assert f"bootwatch restore --force /vmlinuz-{old}" in finding.message, finding
+        assert f"bootwatch restore /vmlinuz-{old}" not in finding.message, finding
+
+        rc, out, err = tree.cli("restore", "--force", f"/vmlinuz-{old}")
+        assert rc == 0, out + err
+        assert "the operator said --force" in err, err
+        assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz) and leftovers(tree.boot) == []
+
+        kernel.unlink()
+        leave_free(tree, size - MIB)  # it does not fit: --force changes nothing
+        rc, out, err = tree.cli("restore", "--force", f"/vmlinuz-{old}")
+        line = tree.assert_clean_error(rc, err, names=[str(kernel)])
+        assert "does not fit" in line and "--force" not in err, err
+        assert not kernel.exists() and leftovers(tree.boot) == []
+        verdicts = health(tree)
+        [finding] = [f for f in verdicts[f"{old}.conf"].findings if f.check is Check.FILE]
+        assert finding.state is EntryState.AT_RISK and "--force" not in finding.message, finding
+        assert verdicts[f"{new}.conf"].state is not EntryState.BROKEN
+
+
+def test_scan_restores_the_only_bootable_kernel_below_the_headroom(boot_tree: BootTree, pairs: list[Pair]) -> None:
+    """Rule 2d: when no entry of the host boots without it, the restore is done (scan's and the
+    daemon's automatic restore too), with a warning that the headroom is short."""
+    tree = boot_tree
+    (release, vmlinuz, _) = pairs[-1]
+    with small_boot(tree):
+        install(tree, pairs[-1:])
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        kernel = tree.boot / f"vmlinuz-{release}"
+        kernel.unlink()
+        size = allocated(vmlinuz.stat().st_size, 4096)
+        leave_free(tree, needed(pairs[-1:]) + size - MIB)
+        rc, out, err = tree.cli("scan")
+        assert rc == 0, out + err
+        assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz) and leftovers(tree.boot) == []
+        assert "RESTORE_REFUSED" not in err and "no boot entry of the host has all of its files" in err, err
+        # Restored, the entry boots, and its /boot lacks the headroom: AT_RISK for that.
+        verdicts = health(tree)
+        assert verdicts[f"{release}.conf"].state is EntryState.AT_RISK
+        [finding] = headroom_findings(verdicts[f"{release}.conf"])
+        assert finding.startswith(f"{tree.boot} has"), finding
+
+
+def test_the_daemon_restores_the_only_bootable_kernel_below_the_headroom(boot_tree: BootTree,
+                                                                         pairs: list[Pair]) -> None:
+    tree = boot_tree
+    (release, vmlinuz, _) = pairs[-1]
+    config = write_config(tree.root / "daemon.toml", tree.boot, tree.cache, tree.root / "run",
+                          watch={"settle": "150ms"})
+    with small_boot(tree):
+        install(tree, pairs[-1:])
+        kernel = tree.boot / f"vmlinuz-{release}"
+        with DaemonProcess(config, tree.root) as daemon:
+            daemon.wait_ready(timeout=60)
+            leave_free(tree, needed(pairs[-1:]) - MIB)
+            kernel.unlink()  # its blocks are free again: the restore leaves 1 MiB short of the headroom
+            wait_for(lambda: "no boot entry of the host has all of its files" in daemon.output(),
+                     what="the restore below the headroom logged")
+            wait_for(kernel.exists, what="the kernel restored")
+            assert tree.sha1_of(kernel) == tree.sha1_of(vmlinuz)
+            assert "event=RESTORE_REFUSED" not in daemon.output()
