@@ -955,7 +955,8 @@ class Daemon:
         once) while each is its path's newest: until a new image replaces it or 'restore --image'
         puts an older one back."""
         broken = self.written_broken
-        for path in set(report.cached) | set(report.changed) | set(report.restored):
+        # A new image replaced it, or the file is gone (the kernel purged: the journal says it is missing).
+        for path in set(report.cached) | set(report.changed) | set(report.restored) | set(report.missing):
             broken.pop(path, None)
         broken.update((b.path, b) for b in report.written_broken)
         if broken and not report.written_broken:

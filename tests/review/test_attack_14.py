@@ -422,10 +422,6 @@ def test_restore_image_refuses_a_file_being_written(boot_tree: BootTree) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a new image written broken stays in STATUS= ('put back with bootwatch restore "
-                   "--image ...') and in bootwatch_images_written_broken while it is its path's newest, also once the "
-                   "kernel is purged and no entry names the path: a stale alarm whose command puts back a kernel "
-                   "nobody wants; it should end once no entry references the path")
 def test_a_broken_new_image_of_a_kernel_since_removed_is_no_longer_reported(boot_tree: BootTree,
                                                                               pairs: list[Pair]) -> None:
     """The sysadmin's answer to a broken new initramfs can be to remove that kernel (its entry and
