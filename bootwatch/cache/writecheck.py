@@ -97,6 +97,8 @@ def check_written(cache: BootCache, index: CacheIndex, image_id: str,
     if check.failed:
         return ImageVerification(image_id, paths, False, check.message, [check])
     empty = index.recorded_size(image_id) == 0
+    if wanted and not empty and check.kind is ImageKind.UNKNOWN:
+        return None  # no check recognises it: not known broken, nor passed (trimming keeps the last good one)
     if wanted and (empty or check.kind not in wanted | {ImageKind.UNKNOWN}):
         needed = " or ".join(sorted(kind.value for kind in wanted))
         article = "an" if needed[0] in "aeiou" else "a"
