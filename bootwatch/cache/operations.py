@@ -543,7 +543,7 @@ class Transaction:
             raise BootwatchError(f"is {state}, not MISSING; only a missing image is restored", path=path,
                                  hint=f"'bootwatch restore --image ID {path}' puts one of its images in place "
                                       "of the file there")
-        image_id = self.index.newest(path)
+        image_id = self._image_to_restore(path)
         # The name itself, never what a symlink there names: a dangling /vmlinuz -> vmlinuz-6.1
         # is not restored by writing vmlinuz-6.1, which is another path (another entry may need
         # it, and deleting this path's restored copy later would delete that one).
@@ -554,7 +554,20 @@ class Transaction:
                                  "a symlink", path=real, hint=f"restore the path the link names, or remove the "
                                  f"link to restore {path} as a file")
         self._put_image(path, real, image_id, replace=False, force=force)
+        if not self.read_only and image_id != self.index.newest(path):
+            self.index.make_newest(path, image_id)
         return image_id
+
+    def _image_to_restore(self, path: str) -> str:
+        """The newest image of ``path`` whose last check did not fail. A kernel or initramfs written
+        broken (its format check failed when it was cached) or rotten since is no way back to a
+        boot: the older image that passed is (the trim rule keeps it for this)."""
+        for image_id in self.index.images_newest_first(path):
+            verified = self.index.verification(image_id)
+            if verified is None or verified["ok"] or verified["unchecked"]:
+                return image_id
+        raise BootwatchError("every cached image of it failed its check; not restoring one", path=path,
+                             hint=f"'bootwatch restore --image ID {path}' puts one back all the same")
 
     def restore_image(self, path: str, image: str, *, force: bool = False) -> str:
         """Put the image ``image`` (its id, or a prefix of it that only one of the path's images

@@ -203,3 +203,29 @@ def test_the_newest_image_that_passed_its_check_is_never_trimmed(boot_tree: Boot
     assert tree.cli("clean")[0] == 0
     assert tree.read_index()["index"][K] == [newer]
     assert tree.images_on_disk() == [newer]
+
+
+def test_a_missing_path_is_restored_from_its_newest_image_that_passed_its_check(boot_tree: BootTree,
+                                                                               tmp_path: Path) -> None:
+    """An initramfs written broken (cut short), then removed: the restore puts back the older
+    image that passed its check, not the broken newest one, which would not boot."""
+    import gzip
+
+    from imagefactory import cpio_newc, make_tree
+    tree = boot_tree
+    tree.write_kernel("1.0")
+    tree.write_entry("one", linux=K, initrd=[INITRD])
+    image = gzip.compress(cpio_newc(make_tree(tmp_path / "tree")))
+    tree.path(INITRD).write_bytes(image)
+    assert tree.cli("scan")[0] == 0
+    good = tree.list_json()[INITRD]["image_id"]
+    tree.path(INITRD).write_bytes(image[:len(image) // 2])  # what a full /boot leaves
+    tree.cli("scan")
+    row = tree.list_json()[INITRD]
+    assert row["image_id"] != good and good in row["images"], row
+    tree.path(INITRD).unlink()
+
+    rc, out, err = tree.cli("restore", INITRD)
+    assert rc == 0, out + err
+    assert tree.sha1_of(tree.path(INITRD)) == good
+    assert tree.list_json()[INITRD]["image_id"] == good, "the image put back is not the path's newest"
