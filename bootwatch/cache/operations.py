@@ -27,6 +27,7 @@ from bootwatch.cache.fileid import ASIDE_PREFIX, FileIdentity, Removal, identity
 from bootwatch.cache.hashing import Digest, StatSignature, hash_and_copy, hash_file, hash_path
 from bootwatch.cache.headroom import HeadroomError, HostHeadroom
 from bootwatch.cache.index import CacheIndex, PathMeta, RestoredFile
+from bootwatch.cache.proc import process_command, process_writing
 from bootwatch.cache.references import References, has_evidence, judge, parse_record, record_of_read
 from bootwatch.cache.signatures import write_signatures
 from bootwatch.cache.store import (
@@ -50,6 +51,7 @@ from bootwatch.errors import (
     ContentChangedError,
     DeletionsBlockedError,
     NotRegularFileError,
+    OpenForWritingError,
     ReferencesUnknownError,
     UnsafePathError,
     describe_oserror,
@@ -598,10 +600,24 @@ class Transaction:
             raise BootwatchError(f"is {what}, not a regular file; bootwatch puts an image back only in place of a "
                                  "file", path=real, hint="restore the path the link names" if stat.S_ISLNK(st.st_mode)
                                  else None)
+        if st is not None:
+            self._refuse_if_being_written(real, st)
         self._put_image(path, real, image_id, replace=True, force=force)
         if not self.read_only:
             self.index.make_newest(path, image_id)
         return image_id
+
+    @staticmethod
+    def _refuse_if_being_written(real: Path, st: os.stat_result) -> None:
+        """A file some process has open for writing (an initramfs rebuilt in place) is not
+        replaced: the writer would go on into the unlinked old inode and its image be lost
+        without a word. What it writes is judged when it is done (caching defers it alike)."""
+        writer = process_writing(st.st_dev, st.st_ino)
+        if writer is not None:
+            command = process_command(writer)
+            raise OpenForWritingError(real, f"is open for writing by process {writer}"
+                                            f"{f' ({command})' if command else ''}; not replacing it, "
+                                            "or what it writes would be lost")
 
     def _image_of(self, path: str, image: str) -> str:
         """The id of the image of ``path`` that ``image`` names: all of it, or a prefix that no

@@ -395,11 +395,6 @@ def test_an_initramfs_still_being_written_in_place_is_not_reported_broken(boot_t
     assert "event=ENTRY_BROKEN" not in output, output
 
 
-@pytest.mark.xfail(strict=True, reason="restore --image renames the image over a file that a process has open for "
-                   "writing (an initramfs rebuilt in place, as mkinitcpio writes it): the writer goes on into an "
-                   "unlinked inode and its new image is lost without a word; caching defers such a file "
-                   "(cache/proc.process_writing), restore --image (cache/operations.Transaction.restore_image) "
-                   "does not ask")
 def test_restore_image_refuses_a_file_being_written(boot_tree: BootTree) -> None:
     tree = boot_tree
     files = tree.write_kernel("6.1")
