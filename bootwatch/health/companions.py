@@ -11,7 +11,14 @@ unified kernel image) it reads ``/boot/.vmlinuz-<release>.hmac``. So a GRUB entr
 beside its kernel, a UKI the one named after its release; a BLS entry, read by GRUB's ``blscfg``
 or by systemd-boot, needs one of the two, and where they differ (systemd-boot's
 ``/<machine-id>/<release>/linux`` layout) and only one is there, which the boot reads cannot be
-told (UNKNOWN). ``rd.fips.skipkernel`` skips the check. A missing, empty or non-regular HMAC file,
+told (UNKNOWN). ``rd.fips.skipkernel`` skips the check. The check is the initramfs's: only an
+entry whose initramfs (an initrd it names, or a UKI's ``.initrd``) holds one
+(:func:`bootwatch.health.facts.fips_check_name`: dracut's fips module, Ubuntu's
+``fips-initramfs``) needs the file; ``fips=1`` with an initramfs that holds none (Debian's
+mkinitramfs) only turns the kernel's FIPS mode on, and boots without it. Whether it holds one is
+learnt from the facts' walk of the image; where it cannot be (the initramfs cannot be read or
+walked, a UKI without ``.initrd``, an entry that names no initramfs), a missing HMAC file is
+UNKNOWN, with the reason. A missing, empty or non-regular HMAC file,
 or one that does not start with a SHA-512 HMAC (128 hex digits, what ``sha512hmac`` writes and
 checks), is BROKEN. The HMAC itself is not computed: that would read the kernel at every check.
 
@@ -83,7 +90,38 @@ def hmac_problem(path: Path) -> str | None:
     return None
 
 
-def _fips_findings(entry: Entry, kernel: Path | None, release: str | None, boot: Path) -> list[Finding]:
+def fips_check_of(entry: Entry, kernel: Path, host_path: Callable[[BootFile], Path | None],
+                  facts: FactsMemo | None) -> bool | str:
+    """Whether the initramfs ``entry`` boots holds a FIPS integrity check (see the module
+    docstring): True, False, or why that cannot be told."""
+    if facts is None:
+        return "its initramfs is not looked at"
+    images = [(kernel, True)] if entry.files_with_role(FileRole.UKI) else []
+    for file in entry.files_with_role(FileRole.INITRD):
+        path = host_path(file)
+        if path is None:
+            return f"the place of its initramfs {file.path} cannot be told"
+        images.append((path, False))
+    if not images:
+        return "it names no initramfs"
+    unknown: str | None = None
+    for path, uki in images:
+        known = facts.of(path)
+        if known is not None and known.fips_check:
+            return True
+        if unknown is not None or (known is not None and known.fips_check is not None):
+            continue
+        if known is None:
+            unknown = f"{path} is missing"
+        elif uki and known.check.ok:
+            unknown = f"{path} has no .initrd"
+        else:
+            unknown = f"{path} could not be walked ({known.check.message})"
+    return unknown if unknown is not None else False
+
+
+def _fips_findings(entry: Entry, kernel: Path | None, release: str | None, boot: Path,
+                   host_path: Callable[[BootFile], Path | None], facts: FactsMemo | None) -> list[Finding]:
     if kernel is None or not fips_mode(entry.options):
         return []
     candidates = hmac_candidates(entry, kernel, release, boot)
@@ -101,9 +139,17 @@ def _fips_findings(entry: Entry, kernel: Path | None, release: str | None, boot:
                         f"{bad}: {problem}, while {good} is there: with fips=1 dracut reads the one beside the "
                         "kernel when the loader passes BOOT_IMAGE (GRUB), else the other (systemd-boot)", str(bad))]
     path = candidates[0]
+    checked = fips_check_of(entry, kernel, host_path, facts)
+    if checked is False:
+        return []
+    if checked is not True:
+        return [Finding(EntryState.UNKNOWN, Check.COMPANION,
+                        f"{path}: {problems[path]}: with fips=1, an initramfs with a FIPS check (dracut's fips "
+                        f"module) stops the boot without the kernel's HMAC file, and whether this entry's holds one "
+                        f"cannot be told: {checked}", str(path))]
     return [Finding(EntryState.BROKEN, Check.COMPANION,
-                    f"{path}: {problems[path]}: with fips=1, dracut's FIPS check stops the boot without the kernel's "
-                    "HMAC file", str(path))]
+                    f"{path}: {problems[path]}: with fips=1, its initramfs's FIPS check stops the boot without the "
+                    "kernel's HMAC file", str(path))]
 
 
 def _devicetree_findings(entry: Entry, host_path: Callable[[BootFile], Path | None],
@@ -136,4 +182,5 @@ def companion_findings(entry: Entry, kernel: Path | None, *, release: str | None
     image; None: unknown). ``boot`` is the host's boot directory, ``host_path`` where each of the
     entry's files is on the host, ``facts`` what its images are (a devicetree is read once per
     content, as every image; without it devicetrees are not looked at)."""
-    return _fips_findings(entry, kernel, release, boot) + _devicetree_findings(entry, host_path, facts)
+    return (_fips_findings(entry, kernel, release, boot, host_path, facts)
+            + _devicetree_findings(entry, host_path, facts))

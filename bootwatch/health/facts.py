@@ -5,7 +5,8 @@ whose modules an initramfs holds, remembered by the file's stat signature.
 symlinks followed) and learns everything from that descriptor: the format check
 (:func:`~bootwatch.verify.check_open_image`), whose walk of an initramfs (plain, compressed, or a
 UKI's ``.initrd``) reports every entry's name, from which the ``lib/modules/<release>``
-directories are collected; then a kernel's release from its setup header's ``kernel_version``,
+directories are collected, and whether it holds a FIPS integrity check
+(:func:`fips_check_name`); then a kernel's release from its setup header's ``kernel_version``,
 a UKI's from its ``.uname`` section (:func:`~bootwatch.entries.uki.read_uki_at`; without one,
 from its ``.linux`` section's setup header). A UKI's ``.initrd`` modules are its own.
 
@@ -34,9 +35,9 @@ a debug line). Saving forgets the files that are gone or changed, and a file ask
 gone is forgotten at once; a memo that cannot be written (a read-only runtime directory,
 ``bootwatch entries`` run by a user) is just not saved.
 
-JSON: ``{"format": 1, "bootwatch": VERSION, "images": [{"path": P, "signature": [dev, ino,
+JSON: ``{"format": 2, "bootwatch": VERSION, "images": [{"path": P, "signature": [dev, ino,
 size, mtime_ns, ctime_ns], "check": {"kind", "outcome", "message"}, "release": R|null,
-"module_releases": [R...]|null}]}``.
+"module_releases": [R...]|null, "fips_check": true|false|null}]}``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,7 @@ from bootwatch.verify.kernel import bzimage_release, is_bzimage
 log = logging.getLogger("bootwatch.health.facts")
 
 FACTS_NAME = "image-facts.json"
-FORMAT = 1
+FORMAT = 2
 MAX_FACTS_SIZE = 16 << 20
 """A few hundred bytes per image: far more than any host's boot and cache images need."""
 
@@ -81,10 +83,14 @@ class ImageFacts:
     """For an initramfs (or a UKI's ``.initrd``): the releases whose ``lib/modules/<release>``
     (or ``usr/lib/modules/<release>``) it holds, empty when it holds no modules; None when it
     is no initramfs or could not be walked."""
+    fips_check: bool | None = None
+    """For an initramfs (or a UKI's ``.initrd``): whether it holds a FIPS integrity check of the
+    kernel (:func:`fips_check_name`); None when it is no initramfs or could not be walked."""
 
     def to_json(self) -> dict[str, Any]:
         return {"check": self.check.to_json(), "release": self.release,
-                "module_releases": None if self.module_releases is None else sorted(self.module_releases)}
+                "module_releases": None if self.module_releases is None else sorted(self.module_releases),
+                "fips_check": self.fips_check}
 
     @classmethod
     def from_json(cls, value: object) -> ImageFacts:
@@ -92,14 +98,17 @@ class ImageFacts:
         if not isinstance(value, dict):
             raise ValueError("not an object")
         check, release, modules = value.get("check"), value.get("release"), value.get("module_releases")
+        fips = value.get("fips_check")
         if not isinstance(check, dict) or not all(isinstance(check.get(k), str) for k in _CHECK_FIELDS):
             raise ValueError("bad check")
         if release is not None and not isinstance(release, str):
             raise ValueError("bad release")
         if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
             raise ValueError("bad module_releases")
+        if fips is not None and not isinstance(fips, bool):
+            raise ValueError("bad fips_check")
         return cls(ImageCheck(check["kind"], check["outcome"], check["message"]), release,
-                   None if modules is None else frozenset(modules))
+                   None if modules is None else frozenset(modules), fips)
 
 
 _Known = dict[str, tuple[StatSignature, ImageFacts]]
@@ -109,10 +118,13 @@ class FactsMemo:
     """Image facts by path, valid while the file's stat signature is unchanged (see the module
     docstring); the persisted memo is read at the first :meth:`of`."""
 
-    def __init__(self, runtime_dir: Path, *, timeout: float | None = None) -> None:
-        """``timeout`` bounds each image's check (:func:`bootwatch.verify.check_image`)."""
+    def __init__(self, runtime_dir: Path, *, timeout: float | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        """``timeout`` bounds each image's check (:func:`bootwatch.verify.check_image`), and
+        ``cancel``, once set, cuts it short: either makes the check ``incomplete``, not remembered."""
         self.runtime_dir = Path(runtime_dir)
         self.timeout = timeout
+        self.cancel = cancel
         self._known: _Known | None = None
         self._changed = False
 
@@ -158,7 +170,7 @@ class FactsMemo:
         with f:
             st = os.fstat(f.fileno())
             try:
-                facts = _facts(path, f, self.runtime_dir, self.timeout)
+                facts = _facts(path, f, self.runtime_dir, self.timeout, self.cancel)
             except OSError as err:
                 return ImageFacts(_unreadable(path, err))
         if not facts.check.incomplete and scanproof.stable([st], started_ns):
@@ -187,29 +199,62 @@ class FactsMemo:
             log.debug("%s: the image facts are not saved: %s", self.path, _reason(err))
 
 
-def _facts(path: Path, f: BinaryIO, runtime_dir: Path, timeout: float | None) -> ImageFacts:
+_DRACUT_FIPS_HOOKS = ("fips-boot.sh", "fips-noboot.sh")
+
+
+def fips_check_name(name: bytes) -> bool:
+    """Whether the initramfs entry ``name`` (with or without a leading ``./`` or ``/``, under
+    ``usr/`` or not) is a file of a FIPS integrity check of the kernel, one that stops the boot
+    without the kernel's HMAC file (:mod:`bootwatch.health.companions`):
+
+    * dracut's ``01fips`` module: its script ``/sbin/fips.sh`` (``inst_script``) and its hooks,
+      which ``inst_hook`` names ``lib/dracut/hooks/<hook>/<NN>-<script>``: ``fips-boot.sh``
+      (pre-mount; pre-trigger in older dracut), ``fips-noboot.sh`` (pre-pivot); newer dracut keeps
+      its hooks under ``var/lib/dracut/hooks``;
+    * initramfs-tools (Ubuntu's ``fips-initramfs``): a boot script whose name says ``fips``,
+      ``scripts/<phase>/*fips*``.
+    """
+    parts = name.decode("utf-8", "replace").lstrip("./").split("/")
+    if parts[:1] == ["usr"]:
+        parts = parts[1:]
+    if parts == ["sbin", "fips.sh"]:
+        return True
+    if parts[:1] == ["var"]:
+        parts = parts[1:]
+    if len(parts) == 5 and parts[:3] == ["lib", "dracut", "hooks"]:
+        _, _, script = parts[4].partition("-")
+        return script in _DRACUT_FIPS_HOOKS
+    return len(parts) == 3 and parts[0] == "scripts" and "fips" in parts[2]
+
+
+def _facts(path: Path, f: BinaryIO, runtime_dir: Path, timeout: float | None,
+           cancel: threading.Event | None) -> ImageFacts:
     releases: set[str] = set()
+    fips: list[bool] = []
 
     def on_name(name: bytes) -> None:
         release = modules_release(name)
         if release is not None:
             releases.add(release)
+        elif not fips and fips_check_name(name):
+            fips.append(True)
 
-    check = check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name)
+    check = check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name, cancel=cancel)
     if not check.ok:
         return ImageFacts(check)
     if check.kind is ImageKind.KERNEL:
         head = os.pread(f.fileno(), 0x1000, 0)
         return ImageFacts(check, release=bzimage_release(f, head) if is_bzimage(head) else None)
     if check.kind is ImageKind.INITRAMFS:
-        return ImageFacts(check, module_releases=frozenset(releases))
+        return ImageFacts(check, module_releases=frozenset(releases), fips_check=bool(fips))
     if check.kind is ImageKind.UKI:
         try:
             uki = read_uki_at(f.fileno(), path)
         except UkiFormatError:
             return ImageFacts(check)
         return ImageFacts(check, release=uki.uname or _linux_release(f, uki.sections),
-                          module_releases=frozenset(releases) if uki.has(".initrd") else None)
+                          module_releases=frozenset(releases) if uki.has(".initrd") else None,
+                          fips_check=bool(fips) if uki.has(".initrd") else None)
     return ImageFacts(check)
 
 

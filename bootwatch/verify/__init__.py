@@ -24,6 +24,7 @@ what it reads next (a kernel's release) comes from the same file.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,13 +118,15 @@ class _TimedOut(Exception):
     """The check ran out of time; str() is the message for the result."""
 
 
-def _deadline(timeout: float | None) -> Callable[[], None] | None:
-    if timeout is None:
+def _deadline(timeout: float | None, cancel: threading.Event | None = None) -> Callable[[], None] | None:
+    if timeout is None and cancel is None:
         return None
-    end = time.monotonic() + timeout
+    end = None if timeout is None else time.monotonic() + timeout
 
     def check() -> None:
-        if time.monotonic() > end:
+        if cancel is not None and cancel.is_set():
+            raise _TimedOut("not checked: cancelled")
+        if end is not None and time.monotonic() > end:
             raise _TimedOut(f"not checked: gave up after {timeout} seconds")
     return check
 
@@ -308,29 +311,32 @@ def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[]
 
 
 def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None,
-                on_name: NameSink | None = None, mount: bool = True) -> ImageCheck:
+                on_name: NameSink | None = None, mount: bool = True, cancel: threading.Event | None = None) -> ImageCheck:
     """Find out what ``path`` holds and check it (see the module docstring for the outcomes).
 
     ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``); with
     ``mount`` False a filesystem image is recognised and ``skipped``, never mounted.
     ``timeout`` (seconds) bounds the walk of a filesystem or an initramfs; when it runs out the
-    result is ``incomplete``, since slowness is not corruption. ``on_name``: see the module docstring.
+    result is ``incomplete``, since slowness is not corruption; so it is once ``cancel`` is set
+    (a daemon that stops). ``on_name``: see the module docstring.
     """
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            return check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name, mount=mount)
+            return check_open_image(path, f, runtime_dir=runtime_dir, timeout=timeout, on_name=on_name, mount=mount,
+                                    cancel=cancel)
     except OSError as err:
         return read_failure(path, err)
 
 
 def check_open_image(path: Path, f: BinaryIO, *, runtime_dir: Path, timeout: float | None = None,
-                     on_name: NameSink | None = None, mount: bool = True) -> ImageCheck:
+                     on_name: NameSink | None = None, mount: bool = True,
+                     cancel: threading.Event | None = None) -> ImageCheck:
     """:func:`check_image` of the regular file open at ``f`` (opened by the caller, as
     :func:`bootwatch.safety.open_regular` opens), which ``path`` names (a filesystem image is
     mounted from it). An :class:`OSError` reading it is raised (:func:`read_failure` says it)."""
     size = os.fstat(f.fileno()).st_size
     try:
-        return _by_content(path, f, size, runtime_dir, _deadline(timeout), on_name, mount)
+        return _by_content(path, f, size, runtime_dir, _deadline(timeout, cancel), on_name, mount)
     except _TimedOut as err:
         return ImageCheck(ImageKind.UNKNOWN, Outcome.INCOMPLETE, str(err))
 

@@ -2,8 +2,10 @@
 
 The entries are real BLS type #1 files naming Debian's cloud kernel and the initramfs Debian's
 mkinitramfs makes for it. FIPS: with ``fips=1`` the kernel's HMAC file
-``/boot/.vmlinuz-<release>.hmac`` must be there, as dracut's fips module reads it; the file the
-tests write is what ``sha512hmac`` (libkcapi's hmaccalc mode) writes for the kernel. Devicetrees:
+``/boot/.vmlinuz-<release>.hmac`` must be there when the initramfs runs dracut's fips module
+(a busybox image holding that module's real files, from Debian's ``dracut-core``), and need not
+be when it runs none (Debian's mkinitramfs image); the file the tests write is what
+``sha512hmac`` (libkcapi's hmaccalc mode) writes for the kernel. Devicetrees:
 QEMU's own flattened devicetrees (``/usr/share/qemu/*.dtb``, package qemu-system-data).
 """
 
@@ -19,11 +21,11 @@ from typing import Any
 
 import pytest
 from realboot.grub_mkconfig import Unavailable, extracted_kernel, kernel_debs
-from realboot.initramfs_build import mkinitramfs_image
+from realboot.initramfs_build import DRACUT_FIPS, busybox_initramfs, dracut_fips_files, mkinitramfs_image
 
 from bootwatch.entries.model import BootFile, Entry, EntrySource, FileRole, Partition, PartitionKind
 from bootwatch.health.companions import fips_mode, hmac_candidates
-from bootwatch.health.facts import FactsMemo
+from bootwatch.health.facts import FactsMemo, fips_check_name
 from bootwatch.health.judge import check_host
 from bootwatch.health.model import Check, EntryHealth, EntryState
 
@@ -45,9 +47,19 @@ def pair() -> tuple[str, Path, Path]:
         pytest.skip(str(e))
 
 
+@pytest.fixture(scope="module")
+def dracut_fips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox initramfs holding dracut's fips module, as dracut installs it."""
+    try:
+        return busybox_initramfs(tmp_path_factory.mktemp("dracut") / "initrd.img", "#!/bin/sh\n",
+                                 dracut_fips_files())
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
 def install(tree: BootTree, pair: tuple[str, Path, Path], name: str, options: str,
-            devicetree: str | None = None) -> Path:
-    release, vmlinuz, initrd = pair
+            devicetree: str | None = None, initrd: Path | None = None) -> Path:
+    release, vmlinuz, initrd = pair[0], pair[1], initrd or pair[2]
     kernel = tree.boot / f"vmlinuz-{release}"
     shutil.copyfile(vmlinuz, kernel)
     shutil.copyfile(initrd, tree.boot / f"initrd.img-{release}")
@@ -74,9 +86,10 @@ def companions(h: EntryHealth) -> list[tuple[EntryState, str]]:
 
 
 def test_a_fips_entry_without_its_hmac_is_broken_and_with_it_is_not(boot_tree: BootTree,
-                                                                    pair: tuple[str, Path, Path]) -> None:
+                                                                    pair: tuple[str, Path, Path],
+                                                                    dracut_fips: Path) -> None:
     tree = boot_tree
-    kernel = install(tree, pair, "fips", "root=/dev/vda1 ro fips=1 boot=/dev/vda2")
+    kernel = install(tree, pair, "fips", "root=/dev/vda1 ro fips=1 boot=/dev/vda2", initrd=dracut_fips)
     hmac_file = kernel.parent / f".{kernel.name}.hmac"
     verdict = health(tree)["fips.conf"]
     [(state, message)] = companions(verdict)
@@ -91,9 +104,9 @@ def test_a_fips_entry_without_its_hmac_is_broken_and_with_it_is_not(boot_tree: B
 
 @pytest.mark.parametrize("damage", ["empty", "no digest", "directory", "fifo"])
 def test_an_hmac_that_is_no_hmac_file_is_broken(boot_tree: BootTree, pair: tuple[str, Path, Path],
-                                                damage: str) -> None:
+                                                damage: str, dracut_fips: Path) -> None:
     tree = boot_tree
-    kernel = install(tree, pair, "fips", "ro fips=1")
+    kernel = install(tree, pair, "fips", "ro fips=1", initrd=dracut_fips)
     hmac_file = kernel.parent / f".{kernel.name}.hmac"
     if damage == "empty":
         hmac_file.write_bytes(b"")
@@ -117,6 +130,39 @@ def test_without_fips_no_hmac_is_needed(boot_tree: BootTree, pair: tuple[str, Pa
     install(boot_tree, pair, "skip", "ro fips=1 rd.fips.skipkernel")
     verdicts = health(boot_tree)
     assert companions(verdicts["plain.conf"]) == [] and companions(verdicts["skip.conf"]) == []
+
+
+def test_fips_without_a_fips_check_in_the_initramfs_needs_no_hmac(boot_tree: BootTree,
+                                                                  pair: tuple[str, Path, Path]) -> None:
+    """Debian's mkinitramfs image checks no HMAC: fips=1 only turns the kernel's FIPS mode on."""
+    install(boot_tree, pair, "fips", "ro fips=1")
+    verdict = health(boot_tree)["fips.conf"]
+    assert companions(verdict) == [] and verdict.state is not EntryState.BROKEN, verdict.findings
+
+
+def test_fips_with_an_initramfs_that_cannot_be_walked_is_unknown(boot_tree: BootTree, pair: tuple[str, Path, Path],
+                                                                 dracut_fips: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(dracut_fips.read_bytes()[:len(dracut_fips.read_bytes()) // 2])
+    kernel = install(boot_tree, pair, "fips", "ro fips=1", initrd=cut)
+    [(state, message)] = companions(health(boot_tree)["fips.conf"])
+    assert state is EntryState.UNKNOWN, message
+    assert message.startswith(f"{kernel.parent / ('.' + kernel.name + '.hmac')}: missing") \
+        and "cannot be told" in message and "could not be walked" in message, message
+
+
+def test_the_files_of_a_fips_check_in_an_initramfs() -> None:
+    for script, place in DRACUT_FIPS.items():
+        if script == "fips-load-crypto.sh":  # loads the crypto modules; checks no kernel
+            assert not fips_check_name(place.encode())
+            continue
+        assert fips_check_name(place.encode()) and fips_check_name(b"./" + place.encode())
+        assert fips_check_name(b"usr/" + place.encode())
+    assert fips_check_name(b"var/lib/dracut/hooks/pre-pivot/01-fips-noboot.sh")  # newer dracut's hook directory
+    assert fips_check_name(b"scripts/init-top/fips-check")  # initramfs-tools
+    assert not fips_check_name(b"usr/lib/modules/6.1.0-9/kernel/crypto/fips.ko")
+    assert not fips_check_name(b"lib/dracut/hooks/pre-mount/01-other.sh")
+    assert not fips_check_name(b"etc/fipsmodules") and not fips_check_name(b"usr/bin/fipscheck")
 
 
 def test_fips_options_as_dracut_reads_them() -> None:

@@ -8,6 +8,11 @@ modules added to its ``modules`` list.
 
 ``busybox_initramfs(out, init)``: a gzip'd newc cpio with the static busybox (package
 ``busybox-static``) as ``/bin/busybox`` and ``init`` as ``/init``, plus ``extra`` files.
+
+``dracut_fips_files()``: dracut's real ``01fips`` module files (from Debian's ``dracut-core``
+package, downloaded once into the cache's ``debs/``), by the names dracut installs them under
+in an initramfs (``inst_hook``: ``lib/dracut/hooks/<hook>/01-<script>``; ``inst_script``:
+``sbin/fips.sh``), for a busybox image that holds dracut's FIPS check.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from realboot.grub_mkconfig import CACHE_DIR, Unavailable, _locked
+from realboot.grub_mkconfig import CACHE_DIR, Unavailable, _download, _locked
 
 SCRIPT = Path(__file__).with_name("mkinitramfs-chroot.sh")
 BUSYBOX = Path("/bin/busybox")
@@ -56,6 +61,33 @@ def mkinitramfs_image(deb: Path, modules: tuple[str, ...] = (), cache_dir: Path 
             raise RuntimeError(f"mkinitramfs-chroot.sh failed ({proc.returncode}): {proc.stderr[-2000:]}")
         partial.rename(final)
     return final
+
+
+DRACUT_FIPS = {"fips-boot.sh": "lib/dracut/hooks/pre-mount/01-fips-boot.sh",
+               "fips-noboot.sh": "lib/dracut/hooks/pre-pivot/01-fips-noboot.sh",
+               "fips-load-crypto.sh": "lib/dracut/hooks/pre-udev/01-fips-load-crypto.sh",
+               "fips.sh": "sbin/fips.sh"}
+"""dracut 059's ``modules.d/01fips/module-setup.sh`` install(): each script and its place."""
+
+
+def dracut_fips_files(cache_dir: Path = CACHE_DIR) -> dict[str, bytes]:
+    """dracut's fips module scripts, by their names in an initramfs (see the module docstring)."""
+    debs = cache_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / ".debs.lock"):
+        if not list(debs.glob("dracut-core_*.deb")):
+            _download(["dracut-core"], debs)
+        deb = sorted(debs.glob("dracut-core_*.deb"))[-1]
+    listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    module = "./usr/lib/dracut/modules.d/01fips/"
+    files = {}
+    for name, place in DRACUT_FIPS.items():
+        proc = subprocess.run(["tar", "-x", "-O", "-f", "-", module + name], input=listing, capture_output=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise Unavailable(f"{deb}: no {module}{name} ({proc.stderr.decode(errors='replace').strip()})")
+        files[place] = proc.stdout
+    return files
 
 
 def static_busybox() -> Path:

@@ -194,11 +194,6 @@ def test_the_only_kernel_its_restore_refused_fails_the_check(boot_tree: BootTree
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="fips=1 with no .hmac is BROKEN ('dracut's FIPS check stops the boot') "
-                   "whatever the initramfs is: Debian's mkinitramfs image has no FIPS check at all (no dracut "
-                   "fips module, no fips-initramfs script), and the entry boots (bootwatch prove passes it, the "
-                   "kernel says 'fips mode: enabled'): a false BROKEN. companions._fips_findings should ask the "
-                   "initramfs's names (the facts' walk) whether a FIPS integrity check is in it")
 def test_fips_without_hmac_is_not_broken_when_the_initramfs_checks_no_hmac(boot_tree: BootTree,
                                                                           pairs: list[Pair]) -> None:
     tree = boot_tree
