@@ -5,6 +5,14 @@ The pass runs on the worker after the batch's cache work, outside the cache lock
 :class:`~bootwatch.health.facts.FactsMemo` for the daemon's life, so a pass over an unchanged
 host reads no image again: it stats each file, and reads only what is new or changed.
 
+Each image's check is bounded (``image_timeout``: half the time without progress after which the
+watchdog counts the worker as stuck, so a check never gets the daemon restarted): a hostile or
+huge image (a small gzip that inflates to gigabytes) is "not checked: gave up after N seconds",
+its entry UNKNOWN, and the next batch waits no longer than that; the journal says so once (a
+warning) until the image is checked in time or changes. The memo does not remember a check cut
+short, so each pass tries again, within the same bound. A stop of the daemon cuts the check
+short at once (the worker's cancel event).
+
 The journal hears of transitions, not of states: an entry that becomes BROKEN logs
 ``ENTRY_BROKEN`` once (error), one that becomes AT_RISK ``ENTRY_AT_RISK`` once (warning), and
 one reported so that is neither any more ``ENTRY_RECOVERED`` (notice), with the state it is in
@@ -44,14 +52,17 @@ def _named(health: EntryHealth) -> str:
 class HealthWatch:
     """The worker's: the facts memo, and each entry's state as the last pass found it."""
 
-    def __init__(self, runtime_dir: Path) -> None:
-        self.facts = FactsMemo(runtime_dir)
+    def __init__(self, runtime_dir: Path, *, image_timeout: float | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        self.facts = FactsMemo(runtime_dir, timeout=image_timeout, cancel=cancel)
         self.states: dict[str, EntryState] = {}
+        self._gave_up: dict[Path, str] = {}  # the images whose cut-short check was logged, with its message
 
     def check(self, cache: BootCache, inventory: Inventory, *, progress: Callable[[], None],
               cancel: threading.Event) -> tuple[EntryHealth, ...] | None:
         """Every entry's health, its transitions logged; ``progress`` is called after each entry
         (an image read can take a while: the watchdog sees the worker alive). None: cancelled."""
+        self.facts.incomplete.clear()  # of this pass: a check cut short is never remembered, so read again
         host = check_host(cache, inventory, self.facts)
         healths = []
         for entry in inventory.entries:
@@ -60,7 +71,17 @@ class HealthWatch:
             healths.append(host.entry(entry))
             progress()
         self.note(healths, complete=inventory.unknown is None)
+        self._note_gave_up()
         return tuple(healths)
+
+    def _note_gave_up(self) -> None:
+        """A warning for each image whose check the bound cut short, once while it stays so."""
+        incomplete = {path: check.message for path, check in self.facts.incomplete.items()}
+        for path, message in incomplete.items():
+            if self._gave_up.get(path) != message:
+                log.warning("%s: %s; the entries that need it are UNKNOWN until it is checked in time", path,
+                            message)
+        self._gave_up = incomplete
 
     def note(self, healths: Sequence[EntryHealth], *, complete: bool) -> None:
         """Remember the states of a pass and log its transitions; ``complete``: the inventory was

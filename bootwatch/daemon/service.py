@@ -338,7 +338,9 @@ class Daemon:
         self.status = DaemonStatus(pid=os.getpid(), started=time.time(), boot_dir=str(paths.boot),
                                    cache_dir=str(paths.cache))
         self.census: Census | None = None  # the boot entries as the last pass read them (the worker's)
-        self.health = HealthWatch(self.config.paths.runtime)  # the worker's; its memo lives as long as the daemon
+        # The worker's; its memo lives as long as the daemon. An image's check stays well inside the stuck bound.
+        self.health = HealthWatch(self.config.paths.runtime, image_timeout=self._stuck_after() / 2,
+                                  cancel=self.stop_requested)
         self.health_time = 0.0
         # The boot entries a batch read while more work waited: judged once the worker is idle.
         self.health_due: Inventory | None = None

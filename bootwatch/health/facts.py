@@ -125,6 +125,8 @@ class FactsMemo:
         self.runtime_dir = Path(runtime_dir)
         self.timeout = timeout
         self.cancel = cancel
+        self.incomplete: dict[Path, ImageCheck] = {}
+        """The images whose last check was cut short (the bound, ``cancel``), with that check."""
         self._known: _Known | None = None
         self._changed = False
 
@@ -173,6 +175,10 @@ class FactsMemo:
                 facts = _facts(path, f, self.runtime_dir, self.timeout, self.cancel)
             except OSError as err:
                 return ImageFacts(_unreadable(path, err))
+        if facts.check.incomplete:
+            self.incomplete[path] = facts.check
+        else:
+            self.incomplete.pop(path, None)
         if not facts.check.incomplete and scanproof.stable([st], started_ns):
             self._memo()[str(path)] = (StatSignature.of(st), facts)
             self._changed = True

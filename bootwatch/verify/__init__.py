@@ -311,7 +311,8 @@ def _compressed(f: BinaryIO, size: int, method: str, check_deadline: Callable[[]
 
 
 def check_image(path: Path, *, runtime_dir: Path, timeout: float | None = None,
-                on_name: NameSink | None = None, mount: bool = True, cancel: threading.Event | None = None) -> ImageCheck:
+                on_name: NameSink | None = None, mount: bool = True,
+                cancel: threading.Event | None = None) -> ImageCheck:
     """Find out what ``path`` holds and check it (see the module docstring for the outcomes).
 
     ``runtime_dir`` is where filesystem images are mounted (under ``runtime_dir/mnt``); with

@@ -474,6 +474,20 @@ def _check_xz_flags(head: bytes, where: str) -> None:
                            "cannot read (it takes CRC32 or none: xz --check=crc32)")
 
 
+def _bounded(chunks: Iterator[bytes], check_deadline: Callable[[], None] | None) -> Iterator[bytes]:
+    """``chunks``, with ``check_deadline`` asked before each: one archive or compressed member
+    (a small gzip of gigabytes of zero padding) is bounded too, not only the chain between them."""
+    try:
+        for chunk in chunks:
+            if check_deadline is not None:
+                check_deadline()
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 def check_initramfs(f: BinaryIO, start: int, end: int,
                     check_deadline: Callable[[], None] | None = None, on_name: NameSink | None = None) -> str:
     """Walk the whole chain in ``f[start:end]``; a summary like ``cpio + zstd, 412 entries``.
@@ -497,7 +511,7 @@ def check_initramfs(f: BinaryIO, start: int, end: int,
             if (pos - start) % 4:
                 raise ArchiveError(f"cpio archive at unaligned offset {pos} "
                                    "(the kernel only reads 4-byte aligned archives)")
-            stream = _Stream(_file_chunks(f, pos, end), pos)
+            stream = _Stream(_bounded(_file_chunks(f, pos, end), check_deadline), pos)
             entries += _walk_cpio(stream, f"cpio archive at offset {pos}", on_name)
             pos = stream.pos
             parts.append("cpio")
@@ -510,7 +524,7 @@ def check_initramfs(f: BinaryIO, start: int, end: int,
         if method == "xz":
             _check_xz_flags(head, where)
         end_out: list[int] = []
-        stream = _Stream(_member_chunks(f, pos, end, method, where, end_out))
+        stream = _Stream(_bounded(_member_chunks(f, pos, end, method, where, end_out), check_deadline))
         entries += _walk_archives(stream, where, on_name)
         if not end_out:  # the stream was walked to its end, so this cannot happen
             raise ArchiveError(f"{where}: could not find the end of the compressed stream")
