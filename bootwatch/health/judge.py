@@ -33,7 +33,7 @@ from bootwatch.errors import BootwatchError
 from bootwatch.health.companions import companion_findings
 from bootwatch.health.facts import FactsMemo, ImageFacts
 from bootwatch.health.model import Check, EntryHealth, EntryState, Finding
-from bootwatch.health.root import RootCheck
+from bootwatch.health.root import RootCheck, resolve_on_filesystem
 from bootwatch.prove.proof import ProofStore, Verdict, entry_files
 from bootwatch.verify import ImageKind, Outcome
 
@@ -127,20 +127,44 @@ class HostCheck:
                 for s in self._room().shortfalls(entry)]
 
     def host_path(self, file: BootFile) -> Path | None:
+        """Where the file ``file`` of /boot or the ESP is on this host, as its boot loader finds it
+        (:meth:`on_partition`); None when it is on neither."""
         key = self.inventory.key(file)
-        return None if key is None else self.key_path(key)
+        return None if key is None else self.on_partition(self.key_path(key))
+
+    def on_partition(self, path: Path) -> Path:
+        """``path``, a file of /boot or the ESP, as the boot loader resolves it: on a filesystem
+        of its own (a separate /boot, the ESP) within that filesystem alone
+        (:func:`bootwatch.health.root.resolve_on_filesystem`: ``/boot/vmlinuz -> /boot/vmlinuz-6.1``
+        names ``boot/vmlinuz-6.1`` on the /boot partition), on a /boot of the root filesystem as
+        the host resolves it."""
+        roots = self.inventory.roots
+        if roots.esp is not None and roots.esp in path.parents:
+            top: Path | None = roots.esp
+        else:
+            top = roots.boot if roots.boot_separate and roots.boot in path.parents else None
+        if top is None:
+            return path
+        return resolve_on_filesystem(top, path) or path
 
     def key_path(self, key: str) -> Path:
         # A key is relative to the boot directory, also for an ESP file (/../efi/...).
         return Path(os.path.normpath(str(self.inventory.roots.boot) + key))
 
     def _file(self, file: BootFile, findings: list[Finding]) -> _FileFacts:
-        path = self.host_path(file) or self.root.locate(file)  # a file in a btrfs snapshot (grub-btrfs)
+        key = self.inventory.key(file)
+        path = self.key_path(key) if key is not None else self.root.locate(file)  # grub-btrfs: in a snapshot
         if path is None:
             findings.append(Finding(EntryState.UNKNOWN, Check.FILE,
                                     f"{file.path}: on no partition bootwatch can tell", file.path))
             return _FileFacts(file, None, None)
-        facts = self.facts.of(path)
+        real = self.on_partition(path) if key is not None else path
+        facts = self.facts.of(real)
+        if facts is None and real != path and os.path.islink(path):
+            findings.append(Finding(EntryState.BROKEN, Check.FILE,
+                                    f"{path}: a symlink that does not resolve on its partition (the boot loader "
+                                    f"looks for {real}, which is not there)", str(path)))
+            return _FileFacts(file, path, None)
         if facts is None:
             return self._missing(file, path, findings)
         findings += _format_findings(file, path, facts)

@@ -231,6 +231,45 @@ def _resolve_dir(root_fd: int, parts: Sequence[str]) -> _Found | _Absent:
             os.close(fd)
 
 
+def resolve_on_filesystem(top: Path, path: Path) -> Path | None:
+    """Where ``path``, below ``top``, the mount point of a filesystem of its own (a separate
+    ``/boot``, an ESP), is as a boot loader finds it, reading that filesystem alone: every
+    symlink on the way resolved inside it as :func:`_resolve_dir` resolves a root's (an absolute
+    target starts again at ``top``, ``..`` stops at it). The result has no symlink in it; its
+    last component may be missing (a link that resolves nowhere on the filesystem). None: a link
+    loops or cannot be read, or ``top`` cannot be opened."""
+    parts = [p for p in path.relative_to(top).parts if p != "/"]
+    try:
+        top_fd = os.open(top, _PATH_FLAGS | os.O_DIRECTORY)
+    except OSError:
+        return None
+    links = 0
+    try:
+        while True:
+            *directory, name = parts or ["."]
+            found = _resolve_dir(top_fd, directory)
+            if isinstance(found, _Absent):
+                return top.joinpath(*parts)  # missing on the way
+            try:
+                here = Path(os.readlink(f"/proc/self/fd/{found.fd}"))
+                try:
+                    st = os.stat(name, dir_fd=found.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return here / name
+                if not stat.S_ISLNK(st.st_mode):
+                    return here / name
+                links += 1
+                target = _link_target(name, found.fd, links)
+            finally:
+                os.close(found.fd)
+            base = [] if target.startswith("/") else list(here.relative_to(top).parts)
+            parts = base + [p for p in target.split("/") if p]
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(top_fd)
+
+
 def _link_target(name: str, dir_fd: int, links: int) -> str:
     if links > MAX_SYMLINKS:
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name)

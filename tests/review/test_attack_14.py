@@ -340,11 +340,6 @@ def test_a_restore_the_headroom_rule_allows_leaves_the_headroom(boot_tree: BootT
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="an entry's kernel that is an absolute symlink on a separate /boot partition "
-                   "is judged by what the link names on the running host (FactsMemo.of follows it with os.stat), "
-                   "but the boot loader resolves it on that partition alone, where the absolute target is not: "
-                   "GRUB fails with 'file not found', and the entry is BOOTABLE. Files on /boot should be resolved "
-                   "inside their filesystem as the loader does (as health/root resolves a root's symlinks)")
 def test_an_absolute_kernel_symlink_on_a_separate_boot_is_not_bootable(boot_tree: BootTree,
                                                                        pairs: list[Pair]) -> None:
     tree = boot_tree
