@@ -12,10 +12,15 @@ The ``--json`` document (an interface, documented in the README; keys are only e
      "states": {"BOOTABLE": 4, "UNKNOWN": 0, "AT_RISK": 0, "BROKEN": 1},
      "sources": [{"source", "location", "state": "read"|"missing"|"unknown", "reason", "entries",
                   "refused"}],
-     "entries": [{"id", "source", "title", "version", "options",
+     "entries": [{"id", "source", "title", "version", "release", "options",
                   "files": [{"path", "role", "partition", "fs_uuid", "key", "cached", "present"}],
                   "state": "BOOTABLE"|"UNKNOWN"|"AT_RISK"|"BROKEN",
                   "findings": [{"state", "check", "message", "path"}]}]}
+
+``version`` is what the entry states (or its kernel's file name), ``release`` what its kernel
+image states (:attr:`bootwatch.health.facts.ImageFacts.release`: the setup header's
+``kernel_version``, a UKI's ``.uname``; None when it states none or cannot be read). The text
+listing shows the entry's version, else the image's release with "(from the image)", else "?".
 
 ``states`` counts the entries by state, every state present. An entry's ``state`` is the worst
 of its ``findings`` (:class:`bootwatch.health.model.Finding`, worst first; none for BOOTABLE):
@@ -48,7 +53,7 @@ from bootwatch.cache.operations import BootCache
 from bootwatch.cli.output import format_table, print_json
 from bootwatch.config import Config
 from bootwatch.entries.inventory import Inventory
-from bootwatch.entries.model import BootFile, Entry
+from bootwatch.entries.model import BootFile, Entry, FileRole
 from bootwatch.entries.summary import NO_ENTRIES_HINT, Census, LocationReport, LocationState
 from bootwatch.errors import EXIT_FAILURE, EXIT_OK, BootwatchError, printable
 from bootwatch.health.facts import FactsMemo
@@ -79,6 +84,8 @@ class EntryReport:
     entry: Entry
     files: tuple[FileReport, ...]
     health: EntryHealth
+    release: str | None = None
+    """The release the entry's kernel image states (None: none, or it cannot be read)."""
 
     @property
     def complete(self) -> bool | None:
@@ -89,7 +96,7 @@ class EntryReport:
 
     def to_json(self) -> dict[str, Any]:
         e = self.entry
-        return {"id": e.id, "source": e.source.value, "title": e.title, "version": e.version,
+        return {"id": e.id, "source": e.source.value, "title": e.title, "version": e.version, "release": self.release,
                 "files": [f.to_json() for f in self.files], "options": e.options,
                 "state": self.health.state.value, "findings": [f.to_json() for f in self.health.findings]}
 
@@ -124,8 +131,22 @@ def entry_reports(cache: BootCache, inventory: Inventory, index: CacheIndex | No
         for file in entry.files:
             key = inventory.key(file)
             files.append(FileReport(file, key, _cached(cache, index, counts, key), _present(inventory, key)))
-        reports.append(EntryReport(entry, tuple(files), host.entry(entry)))
+        reports.append(EntryReport(entry, tuple(files), host.entry(entry), _release(host, entry)))
     return reports
+
+
+def _release(host: HostCheck, entry: Entry) -> str | None:
+    """The release the entry's kernel (or UKI) image states, from the facts the judge read."""
+    kernel = next((f for f in entry.files if f.role in (FileRole.KERNEL, FileRole.UKI)), None)
+    path = None if kernel is None else host.host_path(kernel) or host.root.locate(kernel)
+    known = None if path is None else host.facts.of(path)
+    return None if known is None else known.release
+
+
+def _version(report: EntryReport) -> str:
+    if report.entry.version:
+        return printable(report.entry.version)
+    return f"{printable(report.release)} (from the image)" if report.release else "?"
 
 
 def location_json(loc: LocationReport) -> dict[str, Any]:
@@ -171,7 +192,7 @@ def print_entries(census: Census, reports: list[EntryReport]) -> None:
             # Titles, ids, versions and options come from files anyone with root on the boot
             # partition wrote, and GRUB keeps a newline in a quoted title: each is one line here.
             print(f"  [{e.source.value}] {printable(e.title)}")
-            print(f"    id {printable(e.id)}; version {printable(e.version or '?')}; {_complete(r)}")
+            print(f"    id {printable(e.id)}; version {_version(r)}; {_complete(r)}")
             for _ in r.files:
                 print(f"      {next(lines)}")
             if e.options:

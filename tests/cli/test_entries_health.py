@@ -130,3 +130,20 @@ def test_check_exits_1_when_an_entry_is_broken_naming_it(boot_tree: BootTree, re
     assert json.loads(out)["states"]["BROKEN"] == 1  # the listing all the same
     rc, _, err = tree.cli("entries")
     assert rc == 0 and err == ""  # without --check a BROKEN entry is listed, not an error
+
+
+def test_an_entry_that_states_no_version_shows_the_release_its_kernel_image_states(
+        boot_tree: BootTree, real_pair: tuple[Kernel, Path], root_device: str) -> None:
+    tree = boot_tree
+    kernel, initramfs = real_pair
+    shutil.copyfile(kernel.boot / f"vmlinuz-{kernel.version}", tree.boot / "vmlinuz")  # no version in its name
+    shutil.copyfile(initramfs, tree.boot / "initrd.img")
+    tree.write_entry("plain", [("options", f"root={root_device} ro")], title="Plain", linux="/vmlinuz",
+                     initrd=["/initrd.img"])
+    rc, out, err = tree.cli("entries")
+    assert rc == 0, out + err
+    assert entry_block(out, "  [bls] Plain")[1].startswith(
+        f"    id plain.conf; version {kernel.version} (from the image); "), out
+    rc, out, err = tree.cli("entries", "--json")
+    [entry] = json.loads(out)["entries"]
+    assert entry["version"] is None and entry["release"] == kernel.version, entry
