@@ -20,7 +20,7 @@ import pytest
 BootTree = Any  # conftest.BootTree
 
 SAMPLES = Path(__file__).resolve().parents[1] / "realboot" / "samples"
-ENTRY_KEYS = {"id", "source", "title", "version", "files", "options", "state", "findings"}
+ENTRY_KEYS = {"id", "source", "title", "version", "release", "files", "options", "state", "findings"}
 FILE_KEYS = {"path", "role", "partition", "fs_uuid", "key", "cached", "present"}
 BOOT_UUID = "cf6a9deb-e989-48ad-9cad-9bc16b4a7da5"  # the sample's separate /boot
 
