@@ -161,6 +161,7 @@ class HostCheck:
         real = self.on_partition(path) if key is not None else path
         facts = self.facts.of(real)
         if facts is None and real != path and os.path.islink(path):
+            # Not restorable: on the host the link resolves, so there is nothing for a restore to put back.
             findings.append(Finding(EntryState.BROKEN, Check.FILE,
                                     f"{path}: a symlink that does not resolve on its partition (the boot loader "
                                     f"looks for {real}, which is not there)", str(path)))
