@@ -36,11 +36,23 @@ def test_the_configured_time_bound_and_acceleration_apply(tmp_path: Path, bootwa
     bootwatch_config.write_text('[prove]\ntimeout = "3s"\naccel = "tcg"\n')
     env = {"RUNTIME_DIRECTORY": str(tmp_path / "run")}
     rc, out, err = run_bootwatch(boot, tmp_path / "cache", "prove", "--json", "ticking.conf", env=env, timeout=120)
-    assert rc == 1, err
     (proof,) = json.loads(out)
-    assert proof["accel"] == "tcg" and proof["reason"].endswith("within 3 s"), proof
+    assert proof["accel"] == "tcg", proof
+    _ended_by(proof, rc, 3)
     # The command line wins.
     rc, out, err = run_bootwatch(boot, tmp_path / "cache", "prove", "--json", "--timeout", "2", "ticking.conf",
                                  env=env, timeout=120)
     (proof,) = json.loads(out)
-    assert proof["reason"].endswith("within 2 s"), proof
+    _ended_by(proof, rc, 2)
+
+
+def _ended_by(proof: dict[str, object], rc: int, bound: int) -> None:
+    """The VM, which never ends by itself, was stopped at the bound: before the kernel ran /init
+    (failed: not within the bound) or after, with /init ticking (passed: it ran /init). Which of
+    the two depends on how fast TCG runs the kernel on this machine; the bound holds either way."""
+    if rc == 1:
+        assert proof["verdict"] == "failed" and str(proof["reason"]).endswith(f"within {bound} s"), proof
+    else:
+        assert rc == 0 and proof["verdict"] == "passed", proof
+    # Stopped at the bound, not by the test's own timeout (kill and reap take well under 5 s).
+    assert isinstance(proof["seconds"], (int, float)) and bound - 0.5 <= proof["seconds"] < bound + 5, proof
