@@ -112,5 +112,19 @@ def test_reloads_under_a_storm_of_rearms_leave_exactly_one_watcher(boot_tree: Bo
         assert threads(pid) <= baseline
         assert daemon.stop() == 0
         output = daemon.output()
-    assert "Traceback" not in output, output
+    assert "Traceback" not in _without_watchdog2_reader_race(output), output
     assert output.count("configuration reloaded") == RELOADS
+
+
+def _without_watchdog2_reader_race(output: str) -> str:
+    """``output`` less the traceback that watchdog 2.x's own inotify reader thread (Debian 12's
+    watchdog 2.2.1) can print when a re-arm stops it while it reads: its read_events on the
+    descriptor being closed. The daemon goes on (the threads and the exit status above say so);
+    watchdog 3 and later stop the reader before closing. Only that traceback is left out."""
+    import re
+
+    import watchdog.version
+    if int(watchdog.version.VERSION_MAJOR) >= 3:
+        return output
+    block = re.compile(r"Exception in thread[^\n]*\n(?:(?:[ T]|\w*Error)[^\n]*\n?)*")
+    return block.sub(lambda m: "" if "watchdog/observers/inotify" in m.group(0) else m.group(0), output)
